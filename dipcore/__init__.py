@@ -1,0 +1,21 @@
+"""dipcore: the Deep Image Prior (Ulyanov, Vedaldi, Lempitsky, CVPR 2018) as a small, pure torch library.
+
+>>> import dipcore
+>>> obs = dipcore.degrade(clean, task="sr", scale=4, seed=0)                      # doctest: +SKIP
+>>> res = dipcore.restore(obs, task="sr", scale=4, seed=0, reference=clean)       # doctest: +SKIP
+"""
+
+from .api import Restoration, restore
+from .degrade import Observation, degrade
+from .errors import ConfigError, DipcoreError, ImageDecodeError, ImageTooLargeError
+from .fit import EngineOptions, StepRecord
+from .imageio import decode_image, encode_png, load_image, to_float_image
+from .metrics import psnr, ssim
+from .tasks import TASKS, get_preset
+
+__all__ = [
+    "restore", "Restoration", "degrade", "Observation", "psnr", "ssim",
+    "decode_image", "encode_png", "load_image", "to_float_image",
+    "EngineOptions", "StepRecord", "TASKS", "get_preset",
+    "DipcoreError", "ConfigError", "ImageDecodeError", "ImageTooLargeError",
+]  # fmt: skip

@@ -1,0 +1,160 @@
+"""Synthetic observations for evaluation: the degradations of the paper's benchmarks, made from clean images."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .errors import ConfigError
+from .imageio import to_float_image
+from .tasks import TASKS
+
+__all__ = ["Observation", "degrade", "downscale", "upscale_bicubic", "text_mask", "bernoulli_mask", "region_mask"]
+
+
+@dataclass
+class Observation:
+    """What was observed: ``image`` (H×W×C float32 in [0, 1]; the low-resolution image for SR), with the task's
+    side inputs — ``mask`` (H×W float32, 1 = known pixel) for inpainting, ``guide`` (the flash image) for
+    flash/no-flash — and how it was made in ``meta``."""
+
+    image: np.ndarray
+    task: str
+    mask: np.ndarray | None = None
+    scale: int = 1
+    guide: np.ndarray | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def _to_pil(image: np.ndarray) -> Image.Image:
+    arr = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
+    return Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr)
+
+
+def _from_pil(im: Image.Image) -> np.ndarray:
+    arr = np.asarray(im, dtype=np.float32) / 255.0
+    return arr[..., None] if arr.ndim == 2 else arr
+
+
+def downscale(image: np.ndarray, factor: int) -> np.ndarray:
+    """LR = Pillow LANCZOS resize by ``factor`` (the paper's protocol; 8-bit like the published code)."""
+    h, w = image.shape[:2]
+    if h // factor < 1 or w // factor < 1:
+        raise ConfigError(f"a {w}×{h} image is too small to downscale ×{factor}")
+    return _from_pil(_to_pil(image).resize((w // factor, h // factor), Image.Resampling.LANCZOS))
+
+
+def upscale_bicubic(image: np.ndarray, factor: int) -> np.ndarray:
+    """The bicubic baseline: Pillow BICUBIC upsampling by ``factor``."""
+    h, w = image.shape[:2]
+    return _from_pil(_to_pil(image).resize((w * factor, h * factor), Image.Resampling.BICUBIC))
+
+
+def bernoulli_mask(height: int, width: int, *, drop: float, seed: int) -> np.ndarray:
+    """1 where a pixel is kept: each pixel is dropped independently with probability ``drop`` (Table 1: 0.5)."""
+    if not 0.0 <= drop < 1.0:
+        raise ConfigError(f"drop must be in [0, 1), got {drop}")
+    rng = np.random.default_rng(seed)
+    return (rng.random((height, width)) >= drop).astype(np.float32)
+
+
+def region_mask(height: int, width: int, box: tuple[int, int, int, int]) -> np.ndarray:
+    """1 everywhere except the rectangle ``box = (top, left, height, width)`` (a large hole)."""
+    top, left, bh, bw = box
+    mask = np.ones((height, width), np.float32)
+    mask[max(top, 0) : top + bh, max(left, 0) : left + bw] = 0.0
+    return mask
+
+
+def text_mask(height: int, width: int, *, text: str | None = None, seed: int = 0, size: int | None = None) -> np.ndarray:
+    """1 except under text drawn over the image in rows (the text-inpainting experiment)."""
+    from PIL import ImageDraw, ImageFont
+
+    rng = np.random.default_rng(seed)
+    size = size or max(10, height // 12)
+    canvas = Image.new("L", (width, height), 255)
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=size)
+    words = (text or "deep image prior restores what the net can draw easily").split()
+    y = int(rng.integers(0, size))
+    while y < height:
+        line = " ".join(rng.permutation(words))
+        draw.text((int(rng.integers(-size, size)), y), line, fill=0, font=font)
+        y += int(size * 1.6)
+    return (np.asarray(canvas) > 127).astype(np.float32)
+
+
+def _center_crop(image: np.ndarray, multiple: int) -> np.ndarray:
+    h, w = image.shape[:2]
+    nh, nw = h - h % multiple, w - w % multiple
+    top, left = (h - nh) // 2, (w - nw) // 2
+    return image[top : top + nh, left : left + nw]
+
+
+def degrade(
+    clean: Any,
+    *,
+    task: str,
+    scale: int = 4,
+    sigma: float = 25.0,
+    drop: float = 0.5,
+    mask: np.ndarray | None = None,
+    variant: str | None = None,
+    quality: int = 10,
+    crop_multiple: int | None = None,
+    seed: int = 0,
+) -> Observation:
+    """Synthesise the observation of ``task`` from a clean image, with the paper's protocol.
+
+    - ``denoise``: x0 = clip(x + N(0, σ/255)) (σ in 0–255 units, 25 in the paper's table);
+    - ``sr``: LR = Pillow LANCZOS downscale by ``scale``;
+    - ``inpaint``: a Bernoulli mask dropping ``drop`` of the pixels (``variant="random"``, Table 1), text drawn over
+      the image (``"text"``), a central hole (``"large"``/``"region"``), or the given ``mask``;
+    - ``jpeg``: JPEG at ``quality``; ``reconstruct``, ``preimage``: the image itself.
+    ``crop_multiple`` centre-crops the clean image first (the authors' evaluation crops to a multiple of 32).
+    The noise and masks come from ``seed``, so an evaluation is reproducible.
+    """
+    x = to_float_image(clean)
+    if crop_multiple:
+        x = _center_crop(x, crop_multiple)
+    h, w = x.shape[:2]
+    meta: dict[str, Any] = {"seed": seed, "clean_shape": [h, w, x.shape[2]]}
+    if task == "denoise":
+        rng = np.random.default_rng(seed)
+        noisy = np.clip(x + rng.normal(0.0, sigma / 255.0, x.shape).astype(np.float32), 0.0, 1.0)
+        return Observation(noisy, task, meta={**meta, "sigma": sigma})
+    if task == "sr":
+        if h % scale or w % scale:
+            x = x[: h - h % scale, : w - w % scale]
+            meta["clean_shape"] = [*x.shape]
+        return Observation(downscale(x, scale), task, scale=scale, meta={**meta, "scale": scale})
+    if task == "inpaint":
+        variant = variant or "random"
+        if mask is not None:
+            m = to_float_image(mask)[..., 0]
+            m = (m > 0.5).astype(np.float32)
+        elif variant == "random":
+            m = bernoulli_mask(h, w, drop=drop, seed=seed)
+        elif variant == "text":
+            m = text_mask(h, w, seed=seed)
+        elif variant in ("large", "region"):
+            m = region_mask(h, w, (h // 4, w // 4, h // 2, w // 2))
+        else:
+            raise ConfigError(f"unknown inpainting variant {variant!r}")
+        if m.shape != (h, w):
+            raise ConfigError(f"mask is {m.shape[1]}×{m.shape[0]} but the image is {w}×{h}")
+        return Observation(x * m[..., None], task, mask=m, meta={**meta, "variant": variant, "drop": drop})
+    if task == "jpeg":
+        import io
+
+        buf = io.BytesIO()
+        _to_pil(x).save(buf, format="JPEG", quality=quality)
+        return Observation(_from_pil(Image.open(buf)), task, meta={**meta, "quality": quality})
+    if task in ("reconstruct", "preimage"):
+        return Observation(x, task, meta=meta)
+    if task == "flash_noflash":
+        raise ConfigError("flash/no-flash has no synthetic degradation: give the flash image as guide= to restore")
+    raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")

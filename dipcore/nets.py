@@ -1,0 +1,588 @@
+"""Generators of the Deep Image Prior: map a fixed input code z to an image, x = f_θ(z).
+
+Sources: the paper (Ulyanov, Vedaldi, Lempitsky, "Deep Image Prior", CVPR 2018, https://arxiv.org/abs/1711.10925)
+and the code its authors published (DmitryUlyanov/deep-image-prior, "the reference code" below); ``shared/REFERENCE.md``
+gathers the figures. Every builder is keyword-only and each default names where it comes from.
+
+All nets take a code (N, C_in, H, W) and return (N, C_out, H, W) in (0, 1), except ``deep_decoder``, whose code is
+2**(num_layers-1) times smaller (see ``deep_decoder_input_shape``). H and W must be multiples of
+``required_multiple(name, **options)``.
+
+BatchNorm keeps no running statistics: DIP fits one image and never needs an eval mode, so every forward pass
+normalises with the statistics of the batch at hand, also after ``.eval()``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields, replace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dipcore.errors import ConfigError
+
+__all__ = [
+    "skip",
+    "unet",
+    "resnet",
+    "texture_nets",
+    "deep_decoder",
+    "deep_decoder_input_shape",
+    "NETS",
+    "get_net",
+    "required_multiple",
+    "reinitialise",
+]
+
+_PADS = ("reflection", "zero")
+_DOWNSAMPLES = ("stride", "avg", "max", "lanczos2", "lanczos3")
+_UPSAMPLES = ("nearest", "bilinear")
+_ACTS = ("LeakyReLU", "Swish", "ELU", "ReLU", "none")
+_NORMS = ("batch", "instance", "none")
+
+
+def _choice(name: str, value: object, allowed: Sequence[object]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r} is not one of {', '.join(map(repr, allowed))}")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Layers
+
+
+class _Swish(nn.Module):
+    """x · sigmoid(x), the reference code's "Swish"."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.sigmoid(x)
+
+
+class _FillNoise(nn.Module):
+    """Replaces its input by fresh N(0, 1) noise of ``channels`` channels on every call (the reference's GenNoise).
+
+    Draws from torch's global RNG, so a net using it is not reproducible from ``reinitialise``'s generator alone.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.channels = channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, _, h, w = x.shape
+        return torch.randn(n, self.channels, h, w, dtype=x.dtype, device=x.device)  # (N, C, H, W)
+
+
+def _center_crop(x: Tensor, height: int, width: int) -> Tensor:
+    top, left = (x.shape[2] - height) // 2, (x.shape[3] - width) // 2
+    return x[:, :, top : top + height, left : left + width]
+
+
+class _Concat(nn.Module):
+    """Runs every branch on the same input and concatenates the results along channels.
+
+    Results are centre-cropped to the smallest H, W first, as in the reference code (sizes normally match).
+    """
+
+    def __init__(self, *branches: nn.Module) -> None:
+        super().__init__()
+        self.branches = nn.ModuleList(branches)
+
+    def forward(self, x: Tensor) -> Tensor:
+        outs = [branch(x) for branch in self.branches]
+        height, width = min(o.shape[2] for o in outs), min(o.shape[3] for o in outs)
+        return torch.cat([_center_crop(o, height, width) for o in outs], dim=1)  # (N, ΣC, h, w)
+
+
+class _Residual(nn.Sequential):
+    """x + layers(x)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + super().forward(x)
+
+
+def _lanczos_taps(factor: int, support: int) -> Tensor:
+    """1-D Lanczos-``support`` low-pass for downsampling by ``factor``, phase 0.5: 2·support·factor taps, sum 1.
+
+    The same numbers as the reference code's downsampler kernel (and ``operators.lanczos_kernel``, whose outer
+    product this is), kept here so that nets do not depend on operators.
+    """
+    d = (torch.arange(2 * support * factor, dtype=torch.float64) + 0.5 - support * factor).abs() / factor
+    taps = torch.sinc(d) * torch.sinc(d / support)  # d is never 0 with phase 0.5
+    return (taps / taps.sum()).float()
+
+
+class _LanczosDown2(nn.Module):
+    """Fixed depthwise Lanczos low-pass with replicate padding, then every 2nd pixel: (N,C,H,W) -> (N,C,H/2,W/2)."""
+
+    def __init__(self, channels: int, support: int) -> None:
+        super().__init__()
+        taps = _lanczos_taps(2, support)
+        kernel = torch.outer(taps, taps).expand(channels, 1, -1, -1).contiguous()  # (C, 1, k, k)
+        self.register_buffer("kernel", kernel, persistent=False)  # a fixed function, not a weight
+        self.pad = (kernel.shape[-1] - 2) // 2  # keeps the output at exactly H/2
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.pad(x, (self.pad,) * 4, mode="replicate")
+        return F.conv2d(x, self.kernel, stride=2, groups=x.shape[1])  # (N, C, H/2, W/2)
+
+
+def _act(name: str) -> nn.Module:
+    _choice("act", name, _ACTS)
+    if name == "LeakyReLU":
+        return nn.LeakyReLU(0.2)  # slope 0.2 as the reference code; not in place, so hooks see the input
+    if name == "Swish":
+        return _Swish()
+    if name == "ELU":
+        return nn.ELU()
+    return nn.ReLU() if name == "ReLU" else nn.Identity()
+
+
+def _bn(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, track_running_stats=False)  # always the batch's statistics
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    _choice("norm", kind, _NORMS)
+    if kind == "batch":
+        return _bn(channels)
+    return nn.InstanceNorm2d(channels) if kind == "instance" else nn.Identity()
+
+
+def _upsample(mode: str, factor: int = 2) -> nn.Upsample:
+    _choice("upsample", mode, _UPSAMPLES)
+    return nn.Upsample(scale_factor=factor, mode=mode, align_corners=False if mode == "bilinear" else None)
+
+
+@dataclass(frozen=True)
+class _Kit:
+    """How the convolutions of one net are made: padding, bias, normalisation, activation."""
+
+    pad: str = "reflection"
+    bias: bool = True
+    norm: str = "batch"
+    act: str = "LeakyReLU"
+
+    def conv(self, cin: int, cout: int, k: int, downsample: str | None = None) -> nn.Sequential:
+        """k×k convolution keeping H, W, or halving them with the given ``downsample`` mode."""
+        layers: list[nn.Module] = []
+        padding = (k - 1) // 2
+        if self.pad == "reflection" and padding:
+            layers.append(nn.ReflectionPad2d(padding))
+            padding = 0
+        stride = 2 if downsample == "stride" else 1
+        layers.append(nn.Conv2d(cin, cout, k, stride=stride, padding=padding, bias=self.bias))
+        if downsample in ("avg", "max"):
+            layers.append(nn.AvgPool2d(2) if downsample == "avg" else nn.MaxPool2d(2))
+        elif downsample in ("lanczos2", "lanczos3"):
+            layers.append(_LanczosDown2(cout, support=int(downsample[-1])))
+        return nn.Sequential(*layers)
+
+    def block(self, cin: int, cout: int, k: int, downsample: str | None = None) -> list[nn.Module]:
+        """conv → norm → act."""
+        return [self.conv(cin, cout, k, downsample), _norm(self.norm, cout), _act(self.act)]
+
+    def double(self, cin: int, cout: int) -> list[nn.Module]:
+        """(3×3 conv → norm → act) twice, the U-Net's unit."""
+        return self.block(cin, cout, 3) + self.block(cout, cout, 3)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# skip: the paper's encoder-decoder
+
+
+@dataclass(frozen=True)
+class _Scale:
+    """The options of one scale of ``skip``, named as its keywords."""
+
+    channels_down: int
+    channels_up: int
+    channels_skip: int
+    filter_size_down: int
+    filter_size_up: int
+    filter_size_skip: int
+    downsample: str
+    upsample: str
+
+
+def _skip_scales(**per_scale: int | str | Sequence[int | str]) -> list[_Scale]:
+    """Broadcasts scalars to every scale; the number of scales is the length of the sequences given (5 if none)."""
+    lengths = {name: len(v) for name, v in per_scale.items() if not isinstance(v, (int, str))}
+    n = next(iter(lengths.values()), 5)
+    if n < 1 or any(length != n for length in lengths.values()):
+        raise ConfigError(f"per-scale options of skip need one common, non-zero length; got {lengths}")
+    cols = {name: [v] * n if isinstance(v, (int, str)) else list(v) for name, v in per_scale.items()}
+    scales = [_Scale(**{f.name: cols[f.name][i] for f in fields(_Scale)}) for i in range(n)]
+    for s in scales:
+        if min(s.channels_down, s.channels_up) < 1 or s.channels_skip < 0:
+            raise ConfigError(f"skip needs channels_down, channels_up ≥ 1 and channels_skip ≥ 0, got {s}")
+        if any(k < 1 or k % 2 == 0 for k in (s.filter_size_down, s.filter_size_up, s.filter_size_skip)):
+            raise ConfigError(f"skip's filter sizes must be odd and positive, got {s}")
+        _choice("downsample", s.downsample, _DOWNSAMPLES)
+        _choice("upsample", s.upsample, _UPSAMPLES)
+    return scales
+
+
+def _skip_level(scales: list[_Scale], i: int, cin: int, kit: _Kit, need_1x1_up: bool) -> list[nn.Module]:
+    """The layers of scale i and, nested inside its deeper branch, of every coarser scale: (N,cin,H,W) -> (N,up,H,W)."""
+    s, last = scales[i], i == len(scales) - 1
+    deeper = [
+        *kit.block(cin, s.channels_down, s.filter_size_down, s.downsample),  # (N, down, H/2, W/2)
+        *kit.block(s.channels_down, s.channels_down, s.filter_size_down),
+    ]
+    if not last:
+        deeper.append(nn.Sequential(*_skip_level(scales, i + 1, s.channels_down, kit, need_1x1_up)))
+    deeper.append(_upsample(s.upsample))  # (N, k, H, W)
+    k = s.channels_down if last else scales[i + 1].channels_up
+    if s.channels_skip:
+        skip_branch = nn.Sequential(*kit.block(cin, s.channels_skip, s.filter_size_skip))
+        layers: list[nn.Module] = [_Concat(skip_branch, nn.Sequential(*deeper))]  # (N, skip + k, H, W)
+    else:
+        layers = [nn.Sequential(*deeper)]
+    layers += [_bn(s.channels_skip + k), *kit.block(s.channels_skip + k, s.channels_up, s.filter_size_up)]
+    if need_1x1_up:
+        layers += kit.block(s.channels_up, s.channels_up, 1)
+    return layers
+
+
+def skip(
+    *,
+    in_channels: int = 32,
+    out_channels: int = 3,
+    channels_down: int | Sequence[int] = (128,) * 5,
+    channels_up: int | Sequence[int] = (128,) * 5,
+    channels_skip: int | Sequence[int] = (4,) * 5,
+    filter_size_down: int | Sequence[int] = 3,
+    filter_size_up: int | Sequence[int] = 3,
+    filter_size_skip: int | Sequence[int] = 1,
+    pad: str = "reflection",
+    downsample: str | Sequence[str] = "stride",
+    upsample: str | Sequence[str] = "bilinear",
+    act: str = "LeakyReLU",
+    need_1x1_up: bool = True,
+    sigmoid: bool = True,
+    bias: bool = True,
+) -> nn.Sequential:
+    """The paper's encoder-decoder with skip connections ("hourglass"), 2,217,831 parameters with the defaults.
+
+    Per scale, outermost first: a skip branch (conv ``filter_size_skip`` → BN → act, ``channels_skip`` channels,
+    none when 0) beside a deeper branch (conv stride 2 → BN → act, conv → BN → act, the next scale, ×2 upsampling),
+    concatenated, then BN, conv ``filter_size_up`` → BN → act and, with ``need_1x1_up``, a 1×1 conv → BN → act.
+    Head: a 1×1 conv to ``out_channels`` and a sigmoid. H and W must be multiples of 2**scales.
+
+    Defaults are the paper's (Section 4 and supplementary): a 32-channel code, 5 scales of 128 channels down and up,
+    4 skip channels, 3×3 filters, reflection padding, stride-2 downsampling, LeakyReLU(0.2); bilinear upsampling,
+    the 1×1 convs after each up block, the 1×1 skip filters and the bias are the reference code's. Per-scale options
+    take a scalar (every scale) or one value per scale; their length sets the number of scales.
+
+    ``downsample``: "stride", "avg", "max", "lanczos2", "lanczos3"; ``upsample``: "nearest", "bilinear";
+    ``pad``: "reflection", "zero"; ``act``: "LeakyReLU", "Swish", "ELU", "ReLU", "none".
+    """
+    _choice("pad", pad, _PADS)
+    _choice("act", act, _ACTS)
+    scales = _skip_scales(
+        channels_down=channels_down, channels_up=channels_up, channels_skip=channels_skip,
+        filter_size_down=filter_size_down, filter_size_up=filter_size_up, filter_size_skip=filter_size_skip,
+        downsample=downsample, upsample=upsample,
+    )  # fmt: skip
+    kit = _Kit(pad=pad, bias=bias, act=act)
+    head = [kit.conv(scales[0].channels_up, out_channels, 1)] + ([nn.Sigmoid()] if sigmoid else [])
+    return nn.Sequential(*_skip_level(scales, 0, in_channels, kit, need_1x1_up), *head)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# unet
+
+
+class _UNetUp(nn.Module):
+    """×2 upsampling of the deeper features, concatenation with the skip features, two conv → ReLU."""
+
+    def __init__(self, cin: int, cout: int, mode: str, kit: _Kit) -> None:
+        super().__init__()
+        if mode == "deconv":
+            self.up: nn.Module = nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1, bias=kit.bias)
+        else:
+            self.up = nn.Sequential(_upsample(mode), kit.conv(cin, cout, 3))
+        self.conv = nn.Sequential(*kit.double(2 * cout, cout))
+
+    def forward(self, x: Tensor, skip: Tensor) -> Tensor:
+        x = self.up(x)  # (N, cout, 2h, 2w)
+        skip = _center_crop(skip, x.shape[2], x.shape[3])  # (N, cout, 2h, 2w)
+        return self.conv(torch.cat([x, skip], dim=1))
+
+
+class _UNet(nn.Module):
+    """U-Net as the reference code's: max-pool downs, up blocks without normalisation, optional input pyramid."""
+
+    def __init__(self, in_channels: int, widths: list[int], upsample: str, concat_x: bool, kit: _Kit) -> None:
+        super().__init__()
+        self.concat_x = concat_x
+        x_channels = in_channels if concat_x else 0  # the (pooled) input fills the last channels of each level
+        self.start = nn.Sequential(*kit.double(in_channels, widths[0] - x_channels))
+        self.downs = nn.ModuleList(
+            nn.Sequential(nn.MaxPool2d(2), *kit.double(cin, cout - x_channels)) for cin, cout in zip(widths, widths[1:])
+        )
+        up_kit = replace(kit, norm="none")  # the reference code's up blocks have no normalisation
+        self.ups = nn.ModuleList(_UNetUp(cin, cout, upsample, up_kit) for cin, cout in zip(widths[1:], widths))
+
+    def forward(self, x: Tensor) -> Tensor:
+        feats = [self._with_x(self.start(x), x)]  # (N, w0, H, W)
+        pooled = x
+        for down in self.downs:
+            pooled = F.avg_pool2d(pooled, 2) if self.concat_x else pooled
+            feats.append(self._with_x(down(feats[-1]), pooled))  # (N, w_i, H/2^i, W/2^i)
+        y = feats.pop()
+        for up in reversed(self.ups):
+            y = up(y, feats.pop())
+        return y  # (N, w0, H, W)
+
+    def _with_x(self, features: Tensor, x: Tensor) -> Tensor:
+        return torch.cat([features, x], dim=1) if self.concat_x else features
+
+
+def unet(
+    *,
+    in_channels: int = 32,
+    out_channels: int = 3,
+    feature_scale: int = 4,
+    more_layers: int = 0,
+    concat_x: bool = False,
+    upsample: str = "deconv",
+    pad: str = "zero",
+    norm: str = "batch",
+    sigmoid: bool = True,
+    bias: bool = True,
+) -> nn.Sequential:
+    """U-Net (Ronneberger et al. 2015) as in the reference code: widths [64, 128, 256, 512, 1024] // feature_scale.
+
+    Four max-pool downs (plus ``more_layers`` more at the deepest width), each two 3×3 conv → norm → ReLU; up blocks
+    upsample ("deconv": a 4×4 transposed conv; "bilinear"/"nearest": ×2 then a 3×3 conv), concatenate the skip and
+    apply two 3×3 conv → ReLU. ``concat_x`` appends the average-pooled input to every level. Head: 1×1 conv, sigmoid.
+    H and W must be multiples of 2**(4 + more_layers).
+
+    Defaults are the reference code's UNet (feature scale 4, deconv, zero padding, bias) with the BatchNorm its
+    ``get_net`` passes; the input pyramid and extra layers are off there too.
+    """
+    _choice("upsample", upsample, ("deconv", *_UPSAMPLES))
+    _choice("pad", pad, _PADS)
+    _choice("norm", norm, _NORMS)
+    widths = [w // feature_scale for w in (64, 128, 256, 512, 1024)]
+    widths += [widths[-1]] * more_layers
+    if feature_scale < 1 or more_layers < 0 or min(widths) - (in_channels if concat_x else 0) < 1:
+        raise ConfigError(f"unet widths {widths} are too narrow ({feature_scale=}, {concat_x=}, {in_channels=})")
+    kit = _Kit(pad=pad, bias=bias, norm=norm, act="ReLU")
+    head = [kit.conv(widths[0], out_channels, 1)] + ([nn.Sigmoid()] if sigmoid else [])
+    return nn.Sequential(_UNet(in_channels, widths, upsample, concat_x, kit), *head)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# resnet
+
+
+def resnet(
+    *,
+    in_channels: int = 32,
+    out_channels: int = 3,
+    num_blocks: int = 8,
+    channels: int = 32,
+    act: str = "LeakyReLU",
+    norm: str = "batch",
+    sigmoid: bool = True,
+    pad: str = "reflection",
+) -> nn.Sequential:
+    """A residual net at full resolution, as the reference code's ResNet meant to be (its builder mixed up arguments).
+
+    conv → act; a residual path of ``num_blocks`` blocks (conv → norm → act → conv → norm, plus identity) and
+    conv → norm, added to the first features; a 3×3 conv to ``out_channels``; sigmoid. Any H, W.
+
+    Defaults: 8 blocks of 32 channels are dipflow's choice (the reference code's call passed its arguments in the
+    wrong order); LeakyReLU, BatchNorm and reflection padding are the reference code's. Convs before a norm have
+    no bias, as there.
+    """
+    _choice("pad", pad, _PADS)
+    _choice("norm", norm, _NORMS)
+    _choice("act", act, _ACTS)
+    if num_blocks < 0 or channels < 1:
+        raise ConfigError(f"resnet needs num_blocks ≥ 0 and channels ≥ 1, got {num_blocks=} {channels=}")
+    kit = _Kit(pad=pad, bias=norm == "none", norm=norm, act=act)  # a norm cancels a bias
+    plain = _Kit(pad=pad, act=act)
+    blocks = [_Residual(*kit.block(channels, channels, 3), kit.conv(channels, channels, 3), _norm(norm, channels))
+              for _ in range(num_blocks)]  # fmt: skip
+    body = _Residual(*blocks, kit.conv(channels, channels, 3), _norm(norm, channels))  # + the first features
+    head = [plain.conv(channels, out_channels, 3)] + ([nn.Sigmoid()] if sigmoid else [])
+    return nn.Sequential(plain.conv(in_channels, channels, 3), _act(act), body, *head)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# texture_nets
+
+
+def _texture_branch(in_channels: int, conv_num: int, ratio: int, kit: _Kit, fill_noise: bool) -> list[nn.Module]:
+    """Average-pool the code by ``ratio``, then 3×3, 3×3, 1×1 conv → BN → LeakyReLU: (N,C,H,W) -> (N,n,H/r,W/r)."""
+    layers: list[nn.Module] = [nn.AvgPool2d(ratio)] + ([_FillNoise(in_channels)] if fill_noise else [])
+    layers += kit.block(in_channels, conv_num, 3) + kit.block(conv_num, conv_num, 3)
+    return layers + kit.block(conv_num, conv_num, 1)
+
+
+def texture_nets(
+    *,
+    in_channels: int = 32,
+    out_channels: int = 3,
+    ratios: Sequence[int] = (32, 16, 8, 4, 2, 1),
+    fill_noise: bool = False,
+    pad: str = "zero",
+    need_sigmoid: bool = True,
+    conv_num: int = 8,
+    upsample: str = "nearest",
+) -> nn.Sequential:
+    """The multi-scale texture network (Ulyanov et al., "Texture Networks", ICML 2016) as in the reference code.
+
+    One branch per ratio (the code average-pooled by it, then 3×3, 3×3, 1×1 conv → BN → LeakyReLU with ``conv_num``
+    channels); from the coarsest, the merged features are upsampled to the next ratio, BN'd, concatenated with that
+    branch (also BN'd) and passed through 3×3, 3×3, 1×1 conv → BN → LeakyReLU; a final 1×1 conv to ``out_channels``
+    and a sigmoid. ``fill_noise`` replaces the code by fresh noise on every call (global RNG). H and W must be
+    multiples of max(ratios); each ratio must divide the previous one and the last must be 1.
+
+    Defaults are the reference code's (ratios 32…1, 8 channels, zero padding, nearest upsampling); the sigmoid is on
+    here, as DIP images lie in (0, 1). Padding is integral (the reference code's float padding fails on current torch).
+    """
+    _choice("pad", pad, _PADS)
+    _choice("upsample", upsample, _UPSAMPLES)
+    ratios = list(ratios)
+    if not ratios or ratios[-1] != 1 or any(a <= b or a % b for a, b in zip(ratios, ratios[1:])) or conv_num < 1:
+        raise ConfigError(f"texture_nets needs decreasing ratios, each a multiple of the next, ending in 1, and "
+                          f"conv_num ≥ 1; got {ratios} ({conv_num=})")  # fmt: skip
+    kit = _Kit(pad=pad)
+    net = nn.Sequential(*_texture_branch(in_channels, conv_num, ratios[0], kit, fill_noise))
+    c = conv_num  # channels of ``net``'s output
+    for coarse, fine in zip(ratios, ratios[1:]):
+        coarser = nn.Sequential(*net, _upsample(upsample, coarse // fine), _bn(c))  # (N, c, H/fine, W/fine)
+        branch = nn.Sequential(*_texture_branch(in_channels, conv_num, fine, kit, fill_noise), _bn(conv_num))
+        c += conv_num
+        net = nn.Sequential(_Concat(coarser, branch), *kit.block(c, c, 3), *kit.block(c, c, 3), *kit.block(c, c, 1))
+    return nn.Sequential(*net, kit.conv(c, out_channels, 1), *([nn.Sigmoid()] if need_sigmoid else []))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# deep_decoder
+
+
+def deep_decoder_input_shape(height: int, width: int, num_layers: int = 5) -> tuple[int, int]:
+    """The spatial size (h, w) of the code from which ``deep_decoder(num_layers=…)`` makes an H×W image."""
+    factor = 2 ** (num_layers - 1)
+    if num_layers < 1 or height % factor or width % factor:
+        raise ConfigError(f"deep_decoder, {num_layers} layers: H, W must be multiples of {factor}: {height}×{width}")
+    return height // factor, width // factor
+
+
+def deep_decoder(
+    *,
+    in_channels: int = 64,
+    out_channels: int = 3,
+    channels: int = 64,
+    num_layers: int = 5,
+    upsample: str = "bilinear",
+    sigmoid: bool = True,
+) -> nn.Sequential:
+    """Deep Decoder (Heckel & Hand, ICLR 2019, https://arxiv.org/abs/1810.03982): 21,312 parameters by default.
+
+    Per layer: 1×1 conv without bias → ×2 upsampling (not in the last layer) → ReLU → BN; then a 1×1 conv to
+    ``out_channels`` and a sigmoid. The code is 2**(num_layers-1) times smaller than the image, (N, in_channels,
+    H/16, W/16) by default: size it with ``deep_decoder_input_shape``.
+
+    Defaults: 64 channels (the paper's k = 64), 5 layers, bilinear upsampling as in the paper's code.
+    """
+    _choice("upsample", upsample, _UPSAMPLES)
+    if num_layers < 1 or channels < 1:
+        raise ConfigError(f"deep_decoder needs num_layers ≥ 1 and channels ≥ 1, got {num_layers=} {channels=}")
+    layers: list[nn.Module] = []
+    for i in range(num_layers):
+        layers.append(nn.Conv2d(in_channels if i == 0 else channels, channels, 1, bias=False))
+        layers += [_upsample(upsample)] if i < num_layers - 1 else []  # (N, channels, 2h, 2w)
+        layers += [nn.ReLU(), _bn(channels)]
+    layers.append(nn.Conv2d(channels, out_channels, 1, bias=False))
+    return nn.Sequential(*layers, *([nn.Sigmoid()] if sigmoid else []))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# By name
+
+
+NETS: dict[str, Callable[..., nn.Module]] = {
+    "skip": skip,
+    "unet": unet,
+    "resnet": resnet,
+    "texture_nets": texture_nets,
+    "deep_decoder": deep_decoder,
+}
+
+
+def _bind(name: str, kwargs: dict[str, object]) -> dict[str, object]:
+    """All of the builder's keywords, the caller's over the defaults; ConfigError on an unknown name or keyword."""
+    if name not in NETS:
+        raise ConfigError(f"unknown net {name!r}; choose one of {', '.join(NETS)}")
+    params = inspect.signature(NETS[name]).parameters
+    unknown = sorted(set(kwargs) - set(params))
+    if unknown:
+        raise ConfigError(f"net {name!r} has no option {', '.join(unknown)}; its options are {', '.join(params)}")
+    return {k: kwargs.get(k, p.default) for k, p in params.items()}
+
+
+def get_net(name: str, **kwargs: object) -> nn.Module:
+    """Builds the net ``name`` (a key of ``NETS``) with the given options."""
+    _bind(name, kwargs)
+    return NETS[name](**kwargs)
+
+
+def required_multiple(net_name: str, **kwargs: object) -> int:
+    """The number H and W of the image must be multiples of, for ``get_net(net_name, **kwargs)``."""
+    a = _bind(net_name, kwargs)
+    if net_name == "skip":
+        per_scale = {f.name: a[f.name] for f in fields(_Scale)}
+        return 2 ** len(_skip_scales(**per_scale))  # type: ignore[arg-type]
+    if net_name == "unet":
+        return 2 ** (4 + int(a["more_layers"]))  # type: ignore[call-overload]
+    if net_name == "texture_nets":
+        return max(a["ratios"])  # type: ignore[type-var]
+    if net_name == "deep_decoder":
+        return 2 ** (int(a["num_layers"]) - 1)  # type: ignore[call-overload]
+    return 1  # resnet
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Reproducible initialisation
+
+
+def _uniform_(t: Tensor, bound: float, generator: torch.Generator) -> None:
+    # Drawn on the generator's device, then copied: the same seed gives the same weights on CPU and GPU.
+    draw = torch.empty(t.shape, dtype=t.dtype, device=generator.device).uniform_(-bound, bound, generator=generator)
+    t.copy_(draw)
+
+
+@torch.no_grad()
+def reinitialise(module: nn.Module, generator: torch.Generator) -> nn.Module:
+    """Re-draws every weight of ``module`` from ``generator``, whatever the global RNG state; returns ``module``.
+
+    Convolutions (and linear layers) as torch's default: Kaiming-uniform weights with a = √5 and biases uniform in
+    ±1/√fan_in; normalisation layers to weight 1, bias 0. Walks ``module.modules()``, so nested layers are reached;
+    a layer with parameters of any other kind raises TypeError rather than keep weights from the global RNG.
+    """
+    gain = nn.init.calculate_gain("leaky_relu", math.sqrt(5))
+    for m in module.modules():
+        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)):
+            fan_in, _ = nn.init._calculate_fan_in_and_fan_out(m.weight)
+            _uniform_(m.weight, gain * math.sqrt(3.0 / fan_in), generator)
+            if m.bias is not None:
+                _uniform_(m.bias, 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0, generator)
+        elif isinstance(m, nn.modules.batchnorm._NormBase):
+            if m.affine:
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            if m.track_running_stats:
+                m.reset_running_stats()
+        elif next(m.parameters(recurse=False), None) is not None:
+            raise TypeError(f"reinitialise does not know how to initialise {type(m).__name__}")
+    return module

@@ -1,0 +1,77 @@
+"""Early stopping without ground truth: the running-variance rule of Wang et al., "Early Stopping for Deep Image
+Prior" (ES-WMV).
+
+DIP's PSNR rises, peaks and then falls as the net starts to fit the noise; around the peak, consecutive outputs
+change least. The rule keeps the variance of the last W outputs, remembers the output where that variance reached
+its minimum, and stops once no new minimum has come for P iterations. Everything stays on the fit's device: the
+loop reads two scalars only at its sync points.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["VarianceStopping"]
+
+
+class VarianceStopping:
+    """ES-WMV with window ``window`` (W = 100) and ``patience`` (P = 1000); ``ema_alpha`` switches to the
+    O(1)-memory exponential variant (ES-EMV, α = 0.1) that keeps no window of outputs.
+
+    ``update(x, iteration)`` is called with every output (N, C, H, W); ``should_stop()`` is cheap to call at sync
+    points; ``best_output`` / ``best_iteration`` hold the output at the variance minimum.
+    """
+
+    def __init__(self, *, window: int = 100, patience: int = 1000, ema_alpha: float | None = None):
+        if window < 2 or patience < 1:
+            raise ValueError(f"need window ≥ 2 and patience ≥ 1, got {window=} {patience=}")
+        self.window, self.patience, self.ema_alpha = window, patience, ema_alpha
+        self._buffer: Tensor | None = None  # (W, N, C, H, W) ring of the last outputs
+        self._mean: Tensor | None = None  # EMV: running mean of outputs
+        self._count = 0
+        self.variance: Tensor | None = None  # latest variance, a 0-d device tensor
+        self.best_variance: Tensor | None = None
+        self.best_output: Tensor | None = None
+        self.best_iteration: Tensor | None = None  # 0-d int64 on the device
+
+    @torch.no_grad()
+    def update(self, x: Tensor, iteration: int) -> None:
+        x = x.detach().float()
+        var = self._ema_variance(x) if self.ema_alpha else self._window_variance(x)
+        self._count += 1
+        if var is None:  # the window is not full yet
+            return
+        self.variance = var
+        if self.best_variance is None:
+            self.best_variance, self.best_output = var.clone(), x.clone()
+            self.best_iteration = torch.tensor(iteration, device=x.device)
+            return
+        better = var < self.best_variance  # decided on the device: no host synchronisation
+        self.best_variance = torch.where(better, var, self.best_variance)
+        self.best_output = torch.where(better, x, self.best_output)
+        self.best_iteration = torch.where(better, torch.tensor(iteration, device=x.device), self.best_iteration)
+
+    def _window_variance(self, x: Tensor) -> Tensor | None:
+        if self._buffer is None:
+            self._buffer = x.new_zeros((self.window, *x.shape))
+        self._buffer[self._count % self.window] = x
+        if self._count + 1 < self.window:
+            return None
+        # Mean squared distance of the window's outputs to their mean (Wang et al.), averaged over pixels.
+        return (self._buffer - self._buffer.mean(0, keepdim=True)).pow(2).mean()
+
+    def _ema_variance(self, x: Tensor) -> Tensor | None:
+        a = self.ema_alpha
+        if self._mean is None:
+            self._mean, self._var = x.clone(), x.new_zeros(())
+            return None
+        self._var = (1 - a) * self._var + a * (1 - a) * (x - self._mean).pow(2).mean()
+        self._mean = (1 - a) * self._mean + a * x
+        return self._var if self._count + 1 >= self.window else None
+
+    def should_stop(self, iteration: int) -> bool:
+        """True once ``patience`` iterations have passed since the variance minimum (one host read)."""
+        if self.best_iteration is None:
+            return False
+        return iteration - int(self.best_iteration) >= self.patience

@@ -1,0 +1,525 @@
+"""Parquet reports: one pinned schema, one row per image per run, written incrementally and read back together.
+
+Layout under the output root (hive-style, one folder per run; the ``run_id`` column is also stored in the data, so
+a reader that ignores the folder names — or one that uses them, like DuckDB or Spark with hive partitioning — gets
+the same value)::
+
+    <output>/report/run_id=<run>/part-00000.parquet, part-00001.parquet, …   (REPORT_SCHEMA)
+    <output>/curves/run_id=<run>/part-00000.parquet, …                       (CURVES_SCHEMA)
+
+Every part file is written whole and atomically (`storage.write_bytes_atomic`), so a crash loses only the rows not
+yet flushed. Readers pass the pinned schema, so parts written by older versions read together with new ones.
+All storage goes through `pipelines.storage`; this module never imports fsspec.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from pipelines import storage
+
+__all__ = [
+    "CURVES_SCHEMA",
+    "REPORT_SCHEMA",
+    "REPORT_VERSION",
+    "STATUSES",
+    "SUMMARY_SCHEMA",
+    "ReportWriter",
+    "SchemaMismatchError",
+    "canonical_json",
+    "completed_keys",
+    "config_hash",
+    "curve_rows",
+    "latest_rows",
+    "read_curves",
+    "read_report",
+    "summarize",
+    "summary_markdown",
+    "to_records",
+    "to_table",
+]
+
+REPORT_VERSION = "1"  # bump on any change to a schema below
+STATUSES = ("ok", "error", "skipped")
+LATEST_KEY = ("dataset", "image_key", "config_hash", "input_sha256")  # one image under one configuration
+
+_UTC_US = pa.timestamp("us", tz="UTC")
+
+
+def _f(name: str, type_: pa.DataType, doc: str, *, nullable: bool = True) -> pa.Field:
+    return pa.field(name, type_, nullable=nullable, metadata={"doc": doc})
+
+
+REPORT_SCHEMA = pa.schema(
+    [
+        _f("run_id", pa.string(), "the dipflow run that wrote this row", nullable=False),
+        _f("flow_run_id", pa.string(), "Prefect flow-run id, when run as a flow"),
+        _f("dataset", pa.string(), "dataset name (benchmark name or the source URL, redacted)", nullable=False),
+        _f("image_key", pa.string(), "POSIX path of the image relative to the dataset root", nullable=False),
+        _f("input_uri", pa.string(), "full URL of the input image (no credentials)"),
+        _f("input_sha256", pa.string(), "hex SHA-256 of the input bytes"),
+        _f("task", pa.string(), "dipcore task name (sr, denoise, inpaint, …)", nullable=False),
+        _f("scale", pa.int32(), "super-resolution factor; null for other tasks"),
+        _f("variant", pa.string(), "task variant (e.g. the inpainting preset), if any"),
+        _f("config_hash", pa.string(), "config_hash(config_json): 16 hex chars"),
+        _f("config_json", pa.string(), "canonical JSON of every setting used (Restoration.config)"),
+        _f("seed", pa.int64(), "random seed"),
+        _f("iterations_run", pa.int32(), "optimisation steps taken"),
+        _f("iteration_returned", pa.int32(), "1-based iteration the returned image comes from"),
+        _f("stop_reason", pa.string(), "iterations | early_stopping | callback"),
+        _f("psnr", pa.float64(), "PSNR (dB) of the returned output against the ground truth"),
+        _f("psnr_average", pa.float64(), "PSNR (dB) of the EMA of outputs"),
+        _f("psnr_final", pa.float64(), "PSNR (dB) of the last iterate"),
+        _f("psnr_best", pa.float64(), "best PSNR (dB) along the run"),
+        _f("psnr_channel", pa.string(), "PSNR protocol: rgb | y (BT.601 luma)"),
+        _f("psnr_shave", pa.int32(), "PSNR protocol: border pixels shaved"),
+        _f("psnr_crop", pa.string(), "PSNR protocol: centre crop, e.g. '512x512', or null"),
+        _f("ssim", pa.float64(), "SSIM of the returned output"),
+        _f("baseline_name", pa.string(), "baseline scored beside the output: bicubic | input | …"),
+        _f("psnr_baseline", pa.float64(), "PSNR (dB) of the baseline with the same protocol"),
+        _f("height", pa.int32(), "output height in pixels"),
+        _f("width", pa.int32(), "output width in pixels"),
+        _f("wall_seconds", pa.float64(), "wall-clock seconds of the final attempt"),
+        _f("device", pa.string(), "torch device name"),
+        _f("ray_node", pa.string(), "Ray node id or IP the job ran on"),
+        _f("attempts", pa.int32(), "attempts made (1 = first try)"),
+        _f("status", pa.string(), "ok | error | skipped", nullable=False),
+        _f("error", pa.string(), "error message (redacted), when status is error"),
+        _f("output_uri", pa.string(), "full URL of the written output (no credentials)"),
+        _f("started_at", _UTC_US, "start of the final attempt (UTC)"),
+        _f("finished_at", _UTC_US, "end of the final attempt (UTC)"),
+    ],
+    metadata={"dipflow.report_version": REPORT_VERSION, "dipflow.schema": "report"},
+)
+"""One row per image per run."""
+
+CURVES_SCHEMA = pa.schema(
+    [
+        _f("run_id", pa.string(), "the dipflow run", nullable=False),
+        _f("dataset", pa.string(), "dataset name", nullable=False),
+        _f("image_key", pa.string(), "image key within the dataset", nullable=False),
+        _f("iteration", pa.int32(), "1-based iteration", nullable=False),
+        _f("loss", pa.float64(), "data-term loss at this iteration"),
+        _f("psnr", pa.float64(), "PSNR (dB) of the iterate, with ground truth"),
+        _f("psnr_average", pa.float64(), "PSNR (dB) of the EMA, with ground truth"),
+    ],
+    metadata={"dipflow.report_version": REPORT_VERSION, "dipflow.schema": "curves"},
+)
+"""Sampled loss/PSNR curves: several rows per image per run."""
+
+SUMMARY_SCHEMA = pa.schema(
+    [
+        pa.field("dataset", pa.string(), nullable=False),
+        pa.field("task", pa.string(), nullable=False),
+        pa.field("scale", pa.int32()),
+        pa.field("images", pa.int64(), nullable=False),
+        pa.field("ok", pa.int64(), nullable=False),
+        pa.field("errors", pa.int64(), nullable=False),
+        pa.field("skipped", pa.int64(), nullable=False),
+        pa.field("psnr", pa.float64()),
+        pa.field("psnr_baseline", pa.float64()),
+        pa.field("ssim", pa.float64()),
+        pa.field("mean_wall_seconds", pa.float64()),
+        pa.field("total_wall_seconds", pa.float64(), nullable=False),
+    ],
+    metadata={"dipflow.report_version": REPORT_VERSION, "dipflow.schema": "summary"},
+)
+"""`summarize`'s output: one row per (dataset, task, scale)."""
+
+
+class SchemaMismatchError(ValueError):
+    """Rows whose columns or values do not fit the pinned schema."""
+
+
+# ------------------------------------------------------------------------------------------------- hashing
+
+
+def canonical_json(config: Mapping[str, Any]) -> str:
+    """The canonical JSON of a config: sorted keys, no spaces, ASCII, no NaN (the `config_json` column)."""
+    return json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """The first 16 hex chars of the SHA-256 of `canonical_json(config)`."""
+    return storage.sha256_hex(canonical_json(config).encode("utf-8"))[:16]
+
+
+# -------------------------------------------------------------------------------------------------- tables
+
+
+def _mismatch(what: str, schema: pa.Schema, given: Sequence[str]) -> SchemaMismatchError:
+    return SchemaMismatchError(
+        f"{what} (schema {schema.metadata.get(b'dipflow.schema', b'?').decode()} "
+        f"v{schema.metadata.get(b'dipflow.report_version', b'?').decode()})\n"
+        f"  expected columns: {', '.join(schema.names)}\n"
+        f"  given columns:    {', '.join(given)}"
+    )
+
+
+def to_table(rows: Sequence[Mapping[str, Any]] | pa.Table, schema: pa.Schema = REPORT_SCHEMA) -> pa.Table:
+    """`rows` (dicts, or an Arrow table) cast to `schema`: missing nullable columns become typed nulls; a missing
+    or null non-nullable column, an unexpected column, a value of the wrong type or an unknown status raises
+    `SchemaMismatchError` naming the expected and the given columns."""
+    if isinstance(rows, pa.Table):
+        given = list(rows.column_names)
+        n = rows.num_rows
+    else:
+        given = list(dict.fromkeys(name for row in rows for name in row))
+        n = len(rows)
+    unexpected = [name for name in given if name not in schema.names]
+    missing = [f.name for f in schema if not f.nullable and f.name not in given]
+    if unexpected or missing:
+        problems = []
+        if unexpected:
+            problems.append(f"unexpected columns {unexpected}")
+        if missing:
+            problems.append(f"missing required columns {missing}")
+        raise _mismatch("; ".join(problems), schema, given)
+
+    arrays = []
+    for f in schema:
+        try:
+            if f.name not in given:
+                arr = pa.nulls(n, f.type)
+            elif isinstance(rows, pa.Table):
+                arr = rows.column(f.name).cast(f.type)
+            else:
+                arr = pa.array([row.get(f.name) for row in rows], type=f.type)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError) as exc:
+            raise _mismatch(f"column {f.name!r} cannot be {f.type}: {exc}", schema, given) from exc
+        if not f.nullable and arr.null_count:
+            raise _mismatch(f"column {f.name!r} is required but has {arr.null_count} null value(s)", schema, given)
+        arrays.append(arr)
+    table = pa.Table.from_arrays(arrays, schema=schema)
+    if "status" in schema.names and n:
+        bad = set(table.column("status").to_pylist()) - set(STATUSES)
+        if bad:
+            raise _mismatch(f"status must be one of {STATUSES}, got {sorted(bad)}", schema, given)
+    return table
+
+
+def to_records(table: pa.Table) -> list[dict[str, Any]]:
+    """JSON-able rows (timestamps as ISO strings, NaN/inf as None) for Prefect table artifacts and ``--json``."""
+    records = table.to_pylist()
+    for row in records:
+        for name, value in row.items():
+            if isinstance(value, datetime):
+                row[name] = value.isoformat()
+            elif isinstance(value, float) and not math.isfinite(value):
+                row[name] = None
+    return records
+
+
+def curve_rows(
+    history: Mapping[str, Sequence[float | None]],
+    *,
+    run_id: str,
+    dataset: str,
+    image_key: str,
+    max_points: int = 200,
+) -> list[dict[str, Any]]:
+    """CURVES_SCHEMA rows from a `Restoration.history` (lists ``loss`` and optionally ``psnr``/``psnr_average``,
+    one value per iteration), sampled to at most `max_points` evenly spaced iterations, always the first and last."""
+    n = len(history.get("loss", ()))
+    if n == 0:
+        return []
+    if n <= max_points:
+        picks = list(range(n))
+    else:
+        picks = sorted({round(k * (n - 1) / (max_points - 1)) for k in range(max_points)})
+
+    def at(name: str, i: int) -> float | None:
+        values = history.get(name)
+        value = values[i] if values is not None and i < len(values) else None
+        return None if value is None else float(value)
+
+    return [
+        {"run_id": run_id, "dataset": dataset, "image_key": image_key, "iteration": i + 1,
+         "loss": at("loss", i), "psnr": at("psnr", i), "psnr_average": at("psnr_average", i)}
+        for i in picks
+    ]
+
+
+# -------------------------------------------------------------------------------------------------- writing
+
+
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_PART = re.compile(r"part-(\d+)\.parquet$")
+
+
+def _run_dir(output_root: str, kind: str, run_id: str) -> str:
+    if not _RUN_ID.fullmatch(run_id or ""):
+        raise ValueError(f"run id {run_id!r}: use 1-128 of A-Z a-z 0-9 . _ - (starting with a letter or digit)")
+    return storage.join(output_root, kind, f"run_id={run_id}")
+
+
+def _parts(directory: str, storage_options: dict | None) -> list[str]:
+    """The part files under `directory`, ordered by run folder then part number."""
+    uris = storage.list_files(directory, storage_options, suffix=".parquet")
+
+    def order(uri: str) -> tuple[str, int, str]:
+        folder, _, name = uri.rpartition("/")
+        m = _PART.fullmatch(name)
+        return folder, int(m.group(1)) if m else -1, name
+
+    return sorted(uris, key=order)
+
+
+class _PartStream:
+    """Buffered rows of one schema, flushed as numbered part files in one folder."""
+
+    def __init__(self, directory: str, schema: pa.Schema, storage_options: dict | None) -> None:
+        self.directory = directory
+        self.schema = schema
+        self.storage_options = storage_options
+        self.buffer: list[pa.Table] = []
+        self.batches = 0
+        self.rows_written = 0
+        self.parts_written = 0
+        # Continue after existing parts, so that reopening a run (a retried flow) never overwrites what it wrote.
+        numbers = [int(m.group(1)) for u in _parts(directory, storage_options) if (m := _PART.search(u))]
+        self.next_seq = max(numbers, default=-1) + 1
+
+    def add(self, table: pa.Table) -> None:
+        self.buffer.append(table)
+        self.batches += 1
+
+    def flush(self) -> None:
+        if not self.buffer:
+            return
+        table = pa.concat_tables(self.buffer)
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink, compression="zstd")
+        uri = storage.join(self.directory, f"part-{self.next_seq:05d}.parquet")
+        storage.write_bytes_atomic(uri, sink.getvalue().to_pybytes(), self.storage_options)
+        self.next_seq += 1
+        self.parts_written += 1
+        self.rows_written += table.num_rows
+        self.buffer.clear()
+        self.batches = 0
+
+
+class ReportWriter:
+    """Appends report rows (and curves) of one run to Parquet part files under `output_root`, as they arrive.
+
+    Every `flush_every` appended rows (curve batches) become one part file, written atomically; a crash loses at
+    most the rows not yet flushed — with the default ``flush_every=1``, none that `append` returned from. Rows are
+    validated against the schema at `append`, so a bad row fails there, never at a later flush. `close` (or leaving
+    the ``with`` block, also on an exception) flushes the rest. One writer per run id at a time.
+    """
+
+    def __init__(
+        self, output_root: str, run_id: str, storage_options: dict | None = None, flush_every: int = 1
+    ) -> None:
+        if flush_every < 1:
+            raise ValueError(f"flush_every must be at least 1, got {flush_every}")
+        self.output_root = output_root
+        self.run_id = run_id
+        self.flush_every = flush_every
+        self.report_dir = _run_dir(output_root, "report", run_id)
+        self.curves_dir = _run_dir(output_root, "curves", run_id)
+        self._report = _PartStream(self.report_dir, REPORT_SCHEMA, storage_options)
+        self._curves = _PartStream(self.curves_dir, CURVES_SCHEMA, storage_options)
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def rows_written(self) -> int:
+        """Report rows flushed to storage so far."""
+        return self._report.rows_written
+
+    def _with_run(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        row = dict(row)
+        if row.setdefault("run_id", self.run_id) != self.run_id:
+            raise SchemaMismatchError(f"row has run_id {row['run_id']!r}, this writer writes run {self.run_id!r}")
+        return row
+
+    def append(self, row: Mapping[str, Any]) -> None:
+        """Add one REPORT_SCHEMA row (``run_id`` is filled in); flushes when `flush_every` rows are buffered."""
+        table = to_table([self._with_run(row)], REPORT_SCHEMA)
+        with self._lock:
+            self._check_open()
+            self._report.add(table)
+            if self._report.batches >= self.flush_every:
+                self._report.flush()
+
+    def append_curves(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Add one image's CURVES_SCHEMA rows (e.g. from `curve_rows`); one batch counts as one toward
+        `flush_every`."""
+        rows = [self._with_run(r) for r in rows]
+        if not rows:
+            return
+        table = to_table(rows, CURVES_SCHEMA)
+        with self._lock:
+            self._check_open()
+            self._curves.add(table)
+            if self._curves.batches >= self.flush_every:
+                self._curves.flush()
+
+    def flush(self) -> None:
+        """Write whatever is buffered."""
+        with self._lock:
+            self._report.flush()
+            self._curves.flush()
+
+    def close(self) -> None:
+        """Flush and refuse further appends (idempotent)."""
+        if not self._closed:
+            self.flush()
+            self._closed = True
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"report writer for run {self.run_id!r} is closed")
+
+    def __enter__(self) -> ReportWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+# -------------------------------------------------------------------------------------------------- reading
+
+
+def _read(
+    output_root: str, kind: str, schema: pa.Schema, storage_options: dict | None, run_id: str | None
+) -> pa.Table:
+    directory = _run_dir(output_root, kind, run_id) if run_id is not None else storage.join(output_root, kind)
+    uris = _parts(directory, storage_options)
+    if not uris:
+        return schema.empty_table()
+    fs, _ = storage.filesystem(directory, storage_options)
+    paths = [storage.filesystem(u, storage_options)[1] for u in uris]
+    # The pinned schema, not one inferred from the files: older parts (fewer columns) read as nulls, and every
+    # run's parts read together with the same types.
+    dataset = ds.dataset(paths, schema=schema, format="parquet", filesystem=fs)
+    return dataset.to_table().replace_schema_metadata(schema.metadata)
+
+
+def read_report(output_root: str, storage_options: dict | None = None, *, run_id: str | None = None) -> pa.Table:
+    """Every report row under `output_root` (or one run's), in REPORT_SCHEMA; none → an empty table."""
+    return _read(output_root, "report", REPORT_SCHEMA, storage_options, run_id)
+
+
+def read_curves(output_root: str, storage_options: dict | None = None, *, run_id: str | None = None) -> pa.Table:
+    """Every curve row under `output_root` (or one run's), in CURVES_SCHEMA; none → an empty table."""
+    return _read(output_root, "curves", CURVES_SCHEMA, storage_options, run_id)
+
+
+def latest_rows(table: pa.Table) -> pa.Table:
+    """The latest row per (dataset, image_key, config_hash, input_sha256), in table order.
+
+    Latest = greatest `finished_at` (nulls earliest), ties broken by position in the table. A ``skipped`` row (a
+    resumed run passing over a finished image) never hides an ``ok`` or ``error`` row of the same image.
+    """
+    n = table.num_rows
+    if n == 0:
+        return table
+    ranks = pa.table(
+        {
+            "real": pc.not_equal(table.column("status"), "skipped"),
+            "t": pc.fill_null(table.column("finished_at").cast(pa.int64()), -(2**63)),  # null = earliest
+            "i": pa.array(range(n), pa.int64()),
+        }
+    )
+    order = pc.sort_indices(
+        ranks, sort_keys=[("real", "ascending"), ("t", "ascending"), ("i", "ascending")]
+    ).to_pylist()
+    keys = list(zip(*(table.column(name).to_pylist() for name in LATEST_KEY), strict=True))
+    last: dict[tuple, int] = {}
+    for i in order:
+        last[keys[i]] = i
+    return table.take(pa.array(sorted(last.values()), pa.int64()))
+
+
+def completed_keys(
+    source: str | pa.Table, storage_options: dict | None = None
+) -> set[tuple[str, str]]:
+    """(input_sha256, config_hash) of every image whose latest row (see `latest_rows`) is ``ok`` — what a resumed
+    run may skip. `source` is an output root (all runs under it are read) or a report table."""
+    table = read_report(source, storage_options) if isinstance(source, str) else source
+    latest = latest_rows(table)
+    done = latest.filter(pc.equal(latest.column("status"), "ok"))
+    return {
+        (sha, cfg)
+        for sha, cfg in zip(done.column("input_sha256").to_pylist(), done.column("config_hash").to_pylist(),
+                            strict=True)
+        if sha is not None and cfg is not None
+    }
+
+
+# ------------------------------------------------------------------------------------------------ summaries
+
+
+def _mean(values: list[float | None]) -> float | None:
+    kept = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(kept) / len(kept) if kept else None
+
+
+def summarize(table: pa.Table) -> pa.Table:
+    """One SUMMARY_SCHEMA row per (dataset, task, scale) of a report table (pass one run, or `latest_rows`).
+
+    ``images`` counts rows; ``ok``/``errors``/``skipped`` count statuses; the means (``psnr``, ``psnr_baseline``,
+    ``ssim``, ``mean_wall_seconds``) are over ``ok`` rows with a value; ``total_wall_seconds`` sums every row
+    (failed attempts cost time too).
+    """
+    cols = ["dataset", "task", "scale", "status", "psnr", "psnr_baseline", "ssim", "wall_seconds"]
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in table.select(cols).to_pylist():
+        groups.setdefault((row["dataset"], row["task"], row["scale"]), []).append(row)
+    out = []
+    for (dataset, task, scale), rows in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or 0)):
+        ok = [r for r in rows if r["status"] == "ok"]
+        out.append(
+            {
+                "dataset": dataset,
+                "task": task,
+                "scale": scale,
+                "images": len(rows),
+                "ok": len(ok),
+                "errors": sum(r["status"] == "error" for r in rows),
+                "skipped": sum(r["status"] == "skipped" for r in rows),
+                "psnr": _mean([r["psnr"] for r in ok]),
+                "psnr_baseline": _mean([r["psnr_baseline"] for r in ok]),
+                "ssim": _mean([r["ssim"] for r in ok]),
+                "mean_wall_seconds": _mean([r["wall_seconds"] for r in ok]),
+                "total_wall_seconds": float(sum(r["wall_seconds"] or 0.0 for r in rows)),
+            }
+        )
+    return pa.Table.from_pylist(out, schema=SUMMARY_SCHEMA)
+
+
+def _cell(value: Any, digits: int) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def summary_markdown(table: pa.Table) -> str:
+    """A markdown table of `summarize(table)` (or of a summary table as given), for Prefect artifacts and
+    ``dipflow report``."""
+    summary = table if table.schema.names == SUMMARY_SCHEMA.names else summarize(table)
+    header = ["dataset", "task", "scale", "images", "ok", "errors", "skipped",
+              "PSNR (dB)", "baseline PSNR (dB)", "SSIM", "mean s", "total s"]
+    digits = {"psnr": 2, "psnr_baseline": 2, "ssim": 4, "mean_wall_seconds": 1, "total_wall_seconds": 1}
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for row in summary.to_pylist():
+        cells = [_cell(row[name], digits.get(name, 0)) for name in SUMMARY_SCHEMA.names]
+        lines.append("| " + " | ".join(cells) + " |")
+    if summary.num_rows == 0:
+        lines.append("| " + " | ".join(["–"] * len(header)) + " |")
+    return "\n".join(lines) + "\n"

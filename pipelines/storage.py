@@ -1,0 +1,528 @@
+"""Datasets and outputs through fsspec: listing, reading, atomic writing, keys that stay inside the output root.
+
+This is the only module of the project that imports fsspec; everything else passes URI strings (any fsspec URL:
+a local path, ``file://``, ``s3://``, ``gs://``, ``az://``, ``memory://``, ``https://`` …) plus an optional
+``storage_options`` dict that goes to the filesystem unchanged. ``storage_options`` values are never logged or put in
+an error message; URLs are passed through `redact` before they are.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import unicodedata
+from dataclasses import dataclass, field
+from hashlib import sha256
+from pathlib import PurePosixPath
+from typing import IO, TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+if TYPE_CHECKING:
+    from fsspec import AbstractFileSystem
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ImageEntry",
+    "Listing",
+    "StorageError",
+    "StorageNotFoundError",
+    "StorageOptionError",
+    "UnsafeKeyError",
+    "exists",
+    "filesystem",
+    "is_image_key",
+    "join",
+    "list_files",
+    "list_images",
+    "open_output",
+    "output_uri",
+    "parse_storage_options",
+    "read_bytes",
+    "redact",
+    "safe_key",
+    "sha256_hex",
+    "write_bytes_atomic",
+]
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"})
+"""Lower-case extensions of the files taken as images (matched case-insensitively)."""
+
+MASK_SUFFIX = "_mask"
+"""``<stem>_mask.<ext>`` beside an image is its inpainting mask; such files are never images of their own."""
+
+# Protocols whose single PUT is atomic: the object becomes visible only when the upload completes
+# (S3/GCS/Azure multipart and resumable uploads included), and memory:// swaps one dict entry.
+_ATOMIC_PUT_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "memory", "oss"})
+
+
+class StorageError(Exception):
+    """A storage problem worth one clear message (the URL in it is redacted)."""
+
+
+class StorageNotFoundError(StorageError, FileNotFoundError):
+    """A source, file or folder that does not exist."""
+
+
+class UnsafeKeyError(StorageError, ValueError):
+    """A relative key that could escape the output root (``..``, absolute, encoded separators, …)."""
+
+
+class StorageOptionError(StorageError, ValueError):
+    """A malformed ``--storage-option key=value``."""
+
+
+@dataclass(frozen=True)
+class ImageEntry:
+    """One image of a dataset: its full URL, its key relative to the source root, and its side inputs."""
+
+    uri: str  # full URL with protocol, e.g. "s3://bucket/data/sub/a.png", "file:///data/sub/a.png"
+    key: str  # POSIX path relative to the source root, e.g. "sub/a.png"
+    size: int  # bytes
+    mask_uri: str | None = None  # inpainting mask (1 = known pixel)
+    guide_uri: str | None = None  # flash image for flash/no-flash
+
+
+@dataclass
+class Listing:
+    """What `list_images` found: the images, and every other file with the reason it is not one."""
+
+    images: list[ImageEntry] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (key, reason)
+
+
+# --------------------------------------------------------------------------------------------------- filesystems
+
+
+def filesystem(uri: str, storage_options: dict | None = None) -> tuple[AbstractFileSystem, str]:
+    """The fsspec filesystem and the protocol-less path of `uri` (for pyarrow and other fsspec-aware readers)."""
+    try:
+        return fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    except (ImportError, ValueError) as exc:  # unknown protocol, missing s3fs/gcsfs/adlfs, malformed URL
+        raise StorageError(f"cannot open {redact(uri)}: {redact(str(exc))}") from exc
+
+
+def _is_local(fs: AbstractFileSystem) -> bool:
+    return isinstance(fs, LocalFileSystem)
+
+
+def _protocols(fs: AbstractFileSystem) -> set[str]:
+    proto = fs.protocol
+    return {proto} if isinstance(proto, str) else set(proto)
+
+
+def _fresh(fs: AbstractFileSystem, path: str) -> None:
+    # s3fs/gcsfs cache listings per instance (and instances per storage_options); another process (a Ray worker)
+    # may have written since, so every listing and existence check starts from the store itself.
+    try:
+        fs.invalidate_cache(path)
+    except Exception:  # noqa: BLE001 - a cache that cannot be cleared is not worth failing a listing for
+        pass
+
+
+def exists(uri: str, storage_options: dict | None = None) -> bool:
+    """Whether a file or folder exists at `uri` (fresh, not from a listing cache)."""
+    fs, path = filesystem(uri, storage_options)
+    _fresh(fs, path)
+    return bool(fs.exists(path))
+
+
+def read_bytes(uri: str, storage_options: dict | None = None) -> bytes:
+    """The whole content of the file at `uri`."""
+    fs, path = filesystem(uri, storage_options)
+    try:
+        return fs.cat_file(path)
+    except FileNotFoundError as exc:
+        raise StorageNotFoundError(f"no such file: {redact(uri)}") from exc
+    except IsADirectoryError as exc:
+        raise StorageError(f"{redact(uri)} is a folder, not a file") from exc
+
+
+def sha256_hex(data: bytes) -> str:
+    """The hex SHA-256 of `data` (the content hash that identifies an input across runs)."""
+    return sha256(data).hexdigest()
+
+
+def write_bytes_atomic(uri: str, data: bytes, storage_options: dict | None = None) -> None:
+    """Write `data` to `uri` so that a reader sees either the old file or the whole new one, never a part.
+
+    Local files: write a temporary file in the same folder, fsync it, then `os.replace` it over the target (a rename
+    within one filesystem is atomic on POSIX and Windows). Object stores (s3, gcs, azure, memory): one PUT is atomic
+    already — the object appears only once the upload completes, multipart uploads included — and a rename there is a
+    copy plus delete, which is not, so the bytes are written directly. Other filesystems (sftp, ftp, …) get a temporary
+    sibling and `fs.mv`, the best they offer. Parent folders are created.
+    """
+    fs, path = filesystem(uri, storage_options)
+    if _is_local(fs):
+        _write_local_atomic(path, data)
+        return
+    if _protocols(fs) & _ATOMIC_PUT_PROTOCOLS:
+        fs.pipe_file(path, data)
+    else:
+        parent, _, name = path.rpartition("/")
+        fs.makedirs(parent, exist_ok=True)
+        tmp = f"{parent}/.{name}.{os.urandom(6).hex()}.tmp"
+        fs.pipe_file(tmp, data)
+        fs.mv(tmp, path)
+    _fresh(fs, path.rpartition("/")[0] or path)
+
+
+def _write_local_atomic(path: str, data: bytes) -> None:
+    parent = os.path.dirname(path) or "."
+    os.makedirs(parent, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are ordinary files
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def open_output(uri: str, mode: str = "rb", storage_options: dict | None = None) -> IO[Any]:
+    """An open fsspec file at `uri` (use as a context manager). Writes through it are NOT atomic; prefer
+    `write_bytes_atomic` for whole files."""
+    fs, path = filesystem(uri, storage_options)
+    if "w" in mode or "a" in mode:
+        parent = path.rpartition("/")[0]
+        if parent and _is_local(fs):
+            fs.makedirs(parent, exist_ok=True)
+    try:
+        return fs.open(path, mode)
+    except FileNotFoundError as exc:
+        raise StorageNotFoundError(f"no such file: {redact(uri)}") from exc
+
+
+def list_files(root: str, storage_options: dict | None = None, *, suffix: str | None = None) -> list[str]:
+    """Full URLs of every file under `root` (recursive, sorted, fresh), optionally only those ending in `suffix`.
+    A missing root gives an empty list."""
+    fs, path = filesystem(root, storage_options)
+    _fresh(fs, path)
+    if not fs.exists(path):
+        return []
+    found = sorted(fs.find(path))
+    if suffix is not None:
+        found = [p for p in found if p.endswith(suffix)]
+    return [fs.unstrip_protocol(p) for p in found]
+
+
+# --------------------------------------------------------------------------------------------------------- keys
+
+
+_DRIVE = re.compile(r"^[A-Za-z]:")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_ENCODED_SEPARATOR = re.compile(r"%(2f|5c|2e|00)", re.IGNORECASE)  # "/", "\", ".", NUL
+
+
+def safe_key(key: str) -> str:
+    """The normalised POSIX form of a relative key, or `UnsafeKeyError` if it could leave the root it is joined to.
+
+    Rejected: empty keys and empty segments (``a//b``, a leading or trailing ``/``), ``..`` and other dot-only
+    segments, absolute paths, backslashes, drive letters (``C:``), NUL and control characters, and percent-encoded
+    separators or dots (``%2f``, ``%5c``, ``%2e``, ``%00``, also double-encoded as ``%252f``) — a store or proxy that
+    decodes them once more would otherwise see ``../``. ``.`` segments are dropped.
+    """
+    if not isinstance(key, str) or not key:
+        raise UnsafeKeyError(f"empty or non-string key: {key!r}")
+
+    def reject(why: str) -> UnsafeKeyError:
+        return UnsafeKeyError(f"unsafe key {key!r}: {why}")
+
+    # Check the key as given, as a store would decode it, and as Unicode compatibility folding would (U+FF0F "／"
+    # folds to "/"), so that no decoding step downstream can turn it into a traversal.
+    forms = [key]
+    decoded = key
+    for _ in range(3):
+        decoded = unquote(decoded)
+        forms.append(decoded)
+    forms.append(unicodedata.normalize("NFKC", key))
+    for form in forms:
+        if _CONTROL.search(form):
+            raise reject("contains NUL or a control character")
+        if "\\" in form:
+            raise reject("contains a backslash")
+    if any(form.count("/") != key.count("/") for form in forms):  # e.g. U+FF0F "／" folding to "/"
+        raise reject("contains a character that folds or decodes to '/'")
+    if any(_ENCODED_SEPARATOR.search(form) for form in forms):
+        raise reject("contains a percent-encoded separator or dot")
+    for form in forms:
+        if form.startswith("/"):
+            raise reject("is an absolute path")
+        if _DRIVE.match(form):
+            raise reject("starts with a drive letter")
+        for seg in form.split("/"):
+            if seg == "":
+                raise reject("has an empty segment")
+            if seg != "." and seg.strip(". ") == "":  # "..", "...", ". ." (Windows strips trailing dots and spaces)
+                raise reject("has a '..' segment")
+    parts = [seg for seg in key.split("/") if seg != "."]
+    if not parts:
+        raise reject("names no file")
+    return "/".join(parts)
+
+
+def join(root: str, *parts: str) -> str:
+    """`root` (any URL or path) joined with relative parts; the joined parts must pass `safe_key`."""
+    rel = safe_key("/".join(parts))
+    scheme, sep, path = root.partition("://") if "://" in root else ("", "", root)
+    stripped = path.rstrip("/")
+    if not stripped and path:  # the root is "/" or "file:///"
+        stripped = "/"
+    base = f"{scheme}{sep}{stripped}"
+    if base.endswith("/") or (sep and not stripped):
+        return base + rel
+    return f"{base}/{rel}"
+
+
+def output_uri(output_root: str, key: str, *, suffix: str = ".png") -> str:
+    """Where the output of the input `key` goes: the same relative path under `output_root`, its extension
+    replaced by `suffix` (``"sub/a.jpg"`` → ``"<root>/sub/a.png"``). Raises `UnsafeKeyError` for a key that
+    could escape the root."""
+    if suffix and (not suffix.startswith(".") or "/" in suffix or "\\" in suffix or suffix.strip(".") == ""):
+        raise UnsafeKeyError(f"bad output suffix {suffix!r}: expected e.g. '.png'")
+    rel = PurePosixPath(safe_key(key))
+    return join(output_root, str(rel.with_name(rel.stem + suffix)))
+
+
+# ---------------------------------------------------------------------------------------------------- redaction
+
+
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^/@\s?#]+)@")
+_QUERY_PARAM = re.compile(r"(?P<lead>[?&;])(?P<name>[^=&#\s?;]+)=(?P<value>[^&#\s\"'<>;]*)")
+_SECRET_EXACT = frozenset({"sig", "key", "pwd", "pass", "auth", "code", "se", "sv", "sp", "st", "skoid", "sktid"})
+_SECRET_PARTS = ("token", "secret", "signature", "password", "passwd", "credential", "apikey", "api_key",
+                 "accesskey", "access_key", "awsaccesskeyid", "sessionkey", "session_key", "authorization")
+_AWS_KEY_ID = re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b")
+
+
+def _is_secret_param(name: str) -> bool:
+    lowered = unquote(name).lower()
+    return lowered in _SECRET_EXACT or any(part in lowered for part in _SECRET_PARTS)
+
+
+def redact(url_or_text: str) -> str:
+    """`url_or_text` with credentials removed: ``user:password@`` in URLs, signing and token query parameters
+    (``X-Amz-Signature``, ``X-Amz-Credential``, ``X-Amz-Security-Token``, ``Signature``, ``AWSAccessKeyId``, Azure
+    SAS ``sig``/``se``/…, ``token``, ``key``, ``secret``, …) and AWS access key ids. Works on whole messages too."""
+    text = _USERINFO.sub(lambda m: f"{m['scheme']}***@", str(url_or_text))
+
+    def param(m: re.Match[str]) -> str:
+        if _is_secret_param(m["name"]):
+            return f"{m['lead']}{m['name']}=***"
+        return m.group(0)
+
+    text = _QUERY_PARAM.sub(param, text)
+    return _AWS_KEY_ID.sub("***", text)
+
+
+# ------------------------------------------------------------------------------------------- storage options
+
+
+def _convert(value: str) -> Any:
+    lowered = value.strip().lower()
+    if lowered == "true":
+        return True
+    if lowered == "false":
+        return False
+    if re.fullmatch(r"[+-]?\d+", value.strip()):
+        return int(value)
+    return value
+
+
+def parse_storage_options(pairs: list[str] | tuple[str, ...] | None) -> dict:
+    """``["anon=true", "client_kwargs.endpoint_url=http://…"]`` → ``{"anon": True, "client_kwargs":
+    {"endpoint_url": "http://…"}}``: ``true``/``false`` become bools, integers ints, dotted keys nested dicts.
+    Errors name the key, never the value (it may be a secret)."""
+    options: dict[str, Any] = {}
+    for pair in pairs or ():
+        name, sep, value = pair.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise StorageOptionError("a storage option must look like key=value (got one without '=' or a key)")
+        path = name.split(".")
+        if any(not p for p in path):
+            raise StorageOptionError(f"storage option {name!r}: empty part in a dotted key")
+        node = options
+        for i, part in enumerate(path[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise StorageOptionError(f"storage option {name!r}: {'.'.join(path[: i + 1])!r} is already a value")
+            node = child
+        leaf = path[-1]
+        if isinstance(node.get(leaf), dict):
+            raise StorageOptionError(f"storage option {name!r} is already a group of options")
+        node[leaf] = _convert(value)
+    return options
+
+
+# --------------------------------------------------------------------------------------------------- listing
+
+
+def is_image_key(key: str) -> bool:
+    """Whether `key` has an image extension (case-insensitive)."""
+    return PurePosixPath(key).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _split(key: str) -> tuple[str, str]:
+    """``"sub/a.png"`` → ``("sub/", "a")``: the folder prefix and the stem."""
+    folder, _, name = key.rpartition("/")
+    return (f"{folder}/" if folder else ""), PurePosixPath(name).stem
+
+
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    """A glob relative to the root: ``*`` and ``?`` stay within a segment, ``**`` crosses segments."""
+    out, i = [], 0
+    while i < len(pattern):
+        c = pattern[i]
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif c == "*":
+            out.append("[^/]*")
+            i += 1
+        elif c == "?":
+            out.append("[^/]")
+            i += 1
+        elif c == "[":
+            end = pattern.find("]", i + 2 if pattern[i + 1 : i + 2] in ("!", "]") else i + 1)
+            if end == -1:
+                out.append(re.escape(c))
+                i += 1
+            else:
+                body = pattern[i + 1 : end]
+                body = "^" + body[1:] if body.startswith("!") else body
+                out.append(f"[{body}]")
+                i = end + 1
+        else:
+            out.append(re.escape(c))
+            i += 1
+    return re.compile("".join(out) + r"\Z", re.DOTALL)
+
+
+def _find(fs: AbstractFileSystem, path: str, url: str) -> tuple[dict[str, int], str]:
+    """(key → size for every file under `path`, the folder the keys are relative to); a missing `path` raises
+    `StorageNotFoundError`. A single file as the source is a dataset of one, keyed by its name."""
+    _fresh(fs, path)
+    if not fs.exists(path):
+        raise StorageNotFoundError(f"source does not exist: {redact(url)}")
+    if fs.isfile(path):
+        folder, _, name = path.rstrip("/").rpartition("/")
+        return {name: int(fs.info(path).get("size") or 0)}, folder
+    root = path.rstrip("/")
+    found = fs.find(path, detail=True)
+    out: dict[str, int] = {}
+    for p, info in found.items():
+        if info.get("type", "file") != "file":
+            continue
+        if p.startswith(root + "/") or not root:  # never a sibling that merely shares the prefix
+            out[p[len(root) :].lstrip("/")] = int(info.get("size") or 0)
+    return out, root
+
+
+def list_images(
+    source: str,
+    *,
+    glob: str | None = None,
+    storage_options: dict | None = None,
+    mask_dir: str | None = None,
+    guide_suffix: str | None = None,
+) -> Listing:
+    """The images under `source` (any fsspec URL, recursive, sorted by key) with their side inputs.
+
+    - `glob` (relative to the source, e.g. ``"*.png"``, ``"**/*.jpg"``, ``"val/*"``) selects images; side inputs
+      are matched among all files.
+    - Masks: ``<stem>_mask.<ext>`` beside the image, or in `mask_dir` a file at the image's relative folder named
+      ``<stem>.<ext>`` or ``<stem>_mask.<ext>`` (at the folder or at `mask_dir`'s top). Files named ``*_mask.*`` are
+      never images; a `mask_dir` inside the source contributes no images.
+    - Guides: with `guide_suffix` (e.g. ``"_flash"``), ``<stem><guide_suffix>.<ext>`` beside ``<stem>.<ext>`` is that
+      image's guide, not an image of its own.
+
+    Every file that is not an image is in `Listing.skipped` with the reason. A missing source raises
+    `StorageNotFoundError`.
+    """
+    fs, root = filesystem(source, storage_options)
+    files, root_clean = _find(fs, root, source)
+
+    def uri(rel: str) -> str:
+        return fs.unstrip_protocol(f"{root_clean}/{rel}")
+
+    # Side-input folder: listed separately; inside the source, its files are excluded from the images.
+    masks_in_dir: dict[str, tuple[str, str]] = {}  # "<folder><stem>" → (URL, key in the mask folder)
+    mask_dir_prefix: str | None = None  # the mask folder's key prefix when it lies inside the source
+    if mask_dir is not None:
+        mfs, mroot = filesystem(mask_dir, storage_options)
+        mfiles, mroot_clean = _find(mfs, mroot, mask_dir)
+        if type(mfs) is type(fs) and mroot_clean.startswith(root_clean + "/"):
+            mask_dir_prefix = mroot_clean[len(root_clean) + 1 :] + "/"
+        for rel in sorted(mfiles):
+            if is_image_key(rel):
+                folder, stem = _split(rel)
+                stem = stem[: -len(MASK_SUFFIX)] if stem.endswith(MASK_SUFFIX) else stem
+                masks_in_dir.setdefault(f"{folder}{stem}", (mfs.unstrip_protocol(f"{mroot_clean}/{rel}"), rel))
+
+    by_stem: dict[str, list[str]] = {}  # "<folder><stem>" → image-extension keys, sorted
+    for rel in sorted(files):
+        if is_image_key(rel):
+            folder, stem = _split(rel)
+            by_stem.setdefault(f"{folder}{stem}", []).append(rel)
+
+    def side_input(folder: str, stem: str, tag: str) -> str | None:
+        keys = by_stem.get(f"{folder}{stem}{tag}", [])
+        keys = sorted(keys, key=lambda k: (PurePosixPath(k).suffix.lower() != ".png", k))
+        return keys[0] if keys else None
+
+    matcher = _glob_regex(glob) if glob else None
+    listing = Listing()
+    claimed: dict[str, str] = {}  # side-input key → reason
+    candidates: list[str] = []
+    for rel in sorted(files):
+        folder, stem = _split(rel)
+        if mask_dir_prefix is not None and rel.startswith(mask_dir_prefix):
+            claimed.setdefault(rel, "in the mask folder")
+        elif not is_image_key(rel):
+            listing.skipped.append((rel, "not an image extension"))
+        elif stem.endswith(MASK_SUFFIX):
+            claimed.setdefault(rel, "mask with no matching image")
+        elif guide_suffix and stem.endswith(guide_suffix):
+            claimed.setdefault(rel, "guide with no matching image")
+        elif matcher is not None and not matcher.match(rel):
+            listing.skipped.append((rel, f"does not match glob {glob!r}"))
+        else:
+            candidates.append(rel)
+
+    for rel in candidates:
+        folder, stem = _split(rel)
+        mask_key = side_input(folder, stem, MASK_SUFFIX)
+        mask = uri(mask_key) if mask_key else None
+        if mask_key:
+            claimed[mask_key] = f"mask of {rel}"
+        elif masks_in_dir:
+            found = masks_in_dir.get(f"{folder}{stem}") or masks_in_dir.get(stem)
+            if found:
+                mask = found[0]
+                if mask_dir_prefix is not None:
+                    claimed[mask_dir_prefix + found[1]] = f"mask of {rel}"
+        guide = None
+        if guide_suffix:
+            guide_key = side_input(folder, stem, guide_suffix)
+            if guide_key:
+                claimed[guide_key] = f"guide of {rel}"
+                guide = uri(guide_key)
+        listing.images.append(ImageEntry(uri=uri(rel), key=rel, size=files[rel], mask_uri=mask, guide_uri=guide))
+
+    listing.skipped.extend(claimed.items())
+    listing.skipped.sort()
+    return listing
