@@ -224,6 +224,9 @@ def test_dockerfile_runs_as_a_non_root_user():
     assert user.isdigit(), "use a numeric USER so that runAsNonRoot can be enforced"
     run = " ".join(a for op, a in DOCKERFILE if op == "RUN")
     assert f"--uid {user}" in run, "the USER's uid is not created"
+    # The cluster launcher places ~/ file_mounts under the image's HOME, /root when the image does not set one.
+    homes = [a for op, a in DOCKERFILE if op == "ENV" and a.startswith("HOME=")]
+    assert homes and homes[-1] != "HOME=/root"
 
 
 def _dockerignore_included(path: str, patterns: list[str]) -> bool:
