@@ -313,6 +313,9 @@ def test_deploy_all_registers_the_schedules_and_the_server_plans_runs(stack, dep
         # Unset at deploy time, the working directory is resolved by the worker when a run starts.
         assert "{{ $DIPFLOW_HOME }}" in json.dumps(d["pull_steps"])
         assert {k: d["parameters"][k] for k in spec["parameters"]} == spec["parameters"]
+        if "concurrency_limit" in spec:  # one nightly at a time, a colliding night is cancelled
+            assert d["global_concurrency_limit"]["limit"] == spec["concurrency_limit"]["limit"]
+            assert d["concurrency_options"]["collision_strategy"] == spec["concurrency_limit"]["collision_strategy"]
 
     # The scheduler service fills in upcoming runs; they must fall on the cron's times.
     deadline = time.monotonic() + 90
