@@ -1,0 +1,326 @@
+"""Jobs: what the restoration of one image needs, planned from a dataset listing, and the report rows made from them.
+
+A job carries URIs and small settings only — never pixels — so it is cheap to ship to a Ray actor. Its identity
+across runs is ``(input_sha256, config_hash)``: the content of the input and every setting that shapes the output
+(the resolved dipcore preset, the seed and, for evaluation, how the observation is synthesised). A resumed run skips
+the jobs whose identity already has an ``ok`` row in the report. Pure Python: no Ray, no Prefect.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from pipelines import reports, storage
+
+__all__ = [
+    "BENCHMARKS",
+    "Job",
+    "Plan",
+    "RunConfig",
+    "Synthesis",
+    "base_row",
+    "error_row",
+    "image_seed",
+    "observe",
+    "plan_jobs",
+    "rejected_job",
+    "run_config",
+    "score",
+    "skipped_row",
+    "utcnow",
+]
+
+BENCHMARKS: dict[str, dict[str, Any]] = {
+    # The paper's benchmarks and the degradation each is evaluated on (shared/REFERENCE.md).
+    "set5": {"task": "sr", "scale": 4},
+    "set14": {"task": "sr", "scale": 4},
+    "cbm3d9": {"task": "denoise", "sigma": 25.0},
+    "heide11": {"task": "inpaint", "variant": "random", "drop": 0.5},
+}
+SR_CROP_MULTIPLE = 32  # the authors' evaluation centre-crops the clean image to a multiple of 32 first
+
+
+@dataclass(frozen=True)
+class Synthesis:
+    """How an evaluation job makes its observation from the clean input (``dipcore.degrade``'s arguments)."""
+
+    task: str
+    scale: int = 4  # sr
+    sigma: float = 25.0  # denoise, 0–255 units
+    drop: float = 0.5  # inpaint: fraction of pixels dropped
+    variant: str | None = None  # inpaint variant
+    crop_multiple: int | None = None  # sr: centre crop of the clean image to a multiple of this
+    crop_size: int | None = None  # smoke runs: centre-crop the clean image to crop_size² first
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The settings shared by every job of one dataset: what `dipcore.restore` gets, and their identity."""
+
+    task: str
+    restore_kwargs: dict[str, Any]  # scale/variant/preset/iterations/early_stopping and preset overrides
+    seed: int
+    config: dict[str, Any]  # resolved preset + seed (+ synthesis): what config_hash identifies
+    config_hash: str
+    synthesis: Synthesis | None = None
+
+    @property
+    def config_json(self) -> str:
+        return reports.canonical_json(self.config)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One image to restore: where to read it, how to restore it, where to write it. URIs and settings only."""
+
+    run_id: str
+    dataset: str
+    key: str  # POSIX path relative to the dataset root
+    input_uri: str
+    task: str
+    restore_kwargs: dict[str, Any]
+    config_hash: str
+    config_json: str
+    seed: int
+    output_uri: str
+    sha256: str | None = None  # of the input bytes at planning time (None: unreadable then)
+    mask_uri: str | None = None
+    guide_uri: str | None = None
+    reference_uri: str | None = None  # ground truth beside a real observation, for scoring
+    synthesis: Synthesis | None = None  # evaluation: the input is the clean image; the observation is made from it
+
+    @property
+    def scale(self) -> int | None:
+        return self.restore_kwargs.get("scale") if self.task == "sr" else None
+
+
+@dataclass
+class Plan:
+    """Jobs for one dataset, and the images that cannot become jobs (with the reason)."""
+
+    dataset: str
+    config: RunConfig
+    jobs: list[Job] = field(default_factory=list)
+    rejected: list[tuple[storage.ImageEntry, str]] = field(default_factory=list)
+    not_images: list[tuple[str, str]] = field(default_factory=list)  # (key, reason) from the listing
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def image_seed(seed: int, key: str) -> int:
+    """A fixed per-image seed for synthesised noise and masks: the same image gets the same degradation in every
+    run, and different images get independent ones."""
+    return int(storage.sha256_hex(f"{seed}:{key}".encode())[:8], 16)
+
+
+def run_config(
+    task: str,
+    *,
+    scale: int | None = None,
+    variant: str | None = None,
+    preset: str = "paper",
+    iterations: int | None = None,
+    early_stopping: bool | None = None,
+    overrides: dict[str, Any] | None = None,
+    seed: int = 0,
+    synthesis: Synthesis | None = None,
+) -> RunConfig:
+    """Resolve the dipcore preset once (an unknown task, variant or override raises `dipcore.ConfigError` here, on
+    the driver, before any worker starts) and hash it."""
+    from dipcore.api import preset_for  # torch comes with dipcore; only the planner needs it
+
+    sigma = synthesis.sigma if synthesis is not None and task == "denoise" else None
+    p = preset_for(task, variant=variant, scale=scale, preset=preset, sigma=sigma, iterations=iterations,
+                   early_stopping=early_stopping, **(overrides or {}))  # fmt: skip
+    kwargs: dict[str, Any] = {"scale": p.scale if task == "sr" else None, "variant": p.variant, "preset": preset,
+                              "iterations": iterations, "early_stopping": early_stopping, **(overrides or {})}
+    config: dict[str, Any] = {**p.to_dict(), "seed": seed}
+    if synthesis is not None:
+        config["synthesis"] = dataclasses.asdict(synthesis)
+    config = json.loads(reports.canonical_json(config))  # plain JSON types, as stored in the report
+    return RunConfig(task, kwargs, seed, config, reports.config_hash(config), synthesis)
+
+
+def _hash(entry: storage.ImageEntry, storage_options: dict | None) -> str | None:
+    try:
+        return storage.sha256_hex(storage.read_bytes(entry.uri, storage_options))
+    except (storage.StorageError, OSError):
+        return None  # the worker will read it again and report the error in the image's row
+
+
+def plan_jobs(
+    listing: storage.Listing,
+    *,
+    run_id: str,
+    dataset: str,
+    output: str,
+    config: RunConfig,
+    storage_options: dict | None = None,
+    readers: int = 8,
+) -> Plan:
+    """One job per listed image. Inputs are read here once for their content hash (in `readers` threads: the reads
+    wait on storage, not on the CPU); a key that could escape the output root is rejected, not planned."""
+    plan = Plan(dataset=dataset, config=config, not_images=list(listing.skipped))
+    entries: list[tuple[storage.ImageEntry, str]] = []
+    for entry in listing.images:
+        try:
+            entries.append((entry, storage.output_uri(output, entry.key)))
+        except storage.UnsafeKeyError as exc:
+            plan.rejected.append((entry, str(exc)))
+    with ThreadPoolExecutor(max_workers=max(1, readers)) as pool:
+        hashes = list(pool.map(lambda e: _hash(e[0], storage_options), entries))
+    for (entry, out), sha in zip(entries, hashes, strict=True):
+        plan.jobs.append(
+            Job(run_id=run_id, dataset=dataset, key=entry.key, input_uri=entry.uri, task=config.task,
+                restore_kwargs=config.restore_kwargs, config_hash=config.config_hash,
+                config_json=config.config_json, seed=config.seed, output_uri=out, sha256=sha,
+                mask_uri=entry.mask_uri, guide_uri=entry.guide_uri, synthesis=config.synthesis)
+        )  # fmt: skip
+    return plan
+
+
+# ------------------------------------------------------------------------------------------------------ rows
+
+
+def base_row(job: Job) -> dict[str, Any]:
+    """The report columns a job determines before it runs (URIs redacted: no credentials in reports)."""
+    return {
+        "run_id": job.run_id,
+        "dataset": job.dataset,
+        "image_key": job.key,
+        "input_uri": storage.redact(job.input_uri),
+        "input_sha256": job.sha256,
+        "task": job.task,
+        "scale": job.scale,
+        "variant": job.restore_kwargs.get("variant"),
+        "config_hash": job.config_hash,
+        "config_json": job.config_json,
+        "seed": job.seed,
+        "output_uri": storage.redact(job.output_uri) if job.output_uri else None,
+    }
+
+
+def error_row(job: Job, message: str, *, attempts: int, started_at: datetime | None = None) -> dict[str, Any]:
+    """An ``error`` row: the run goes on, and the message (redacted) says what went wrong."""
+    now = utcnow()
+    return {**base_row(job), "status": "error", "error": storage.redact(message), "attempts": attempts,
+            "started_at": started_at or now, "finished_at": now,
+            "wall_seconds": (now - started_at).total_seconds() if started_at else 0.0}  # fmt: skip
+
+
+def skipped_row(job: Job) -> dict[str, Any]:
+    """A ``skipped`` row: the image was restored with the same input and settings by an earlier run."""
+    now = utcnow()
+    return {**base_row(job), "status": "skipped", "attempts": 0, "started_at": now, "finished_at": now,
+            "wall_seconds": 0.0}  # fmt: skip
+
+
+def rejected_job(entry: storage.ImageEntry, plan: Plan, run_id: str) -> Job:
+    """A stand-in job for an image that could not be planned, so that it still gets its error row."""
+    c = plan.config
+    return Job(run_id=run_id, dataset=plan.dataset, key=entry.key, input_uri=entry.uri, task=c.task,
+               restore_kwargs=c.restore_kwargs, config_hash=c.config_hash, config_json=c.config_json, seed=c.seed,
+               output_uri="", synthesis=c.synthesis)  # fmt: skip
+
+
+def all_jobs(plans: Iterable[Plan]) -> list[Job]:
+    return [job for plan in plans for job in plan.jobs]
+
+
+# ------------------------------------------------------------------------------------------- observe and score
+
+
+def _crop_square(image: Any, size: int) -> Any:
+    h, w = image.shape[:2]
+    nh, nw = min(h, size), min(w, size)
+    top, left = (h - nh) // 2, (w - nw) // 2
+    return image[top : top + nh, left : left + nw]
+
+
+def observe(job: Job, image: Any, read_image: Callable[[str], Any]) -> tuple[Any, Any, dict[str, Any]]:
+    """(what to restore, the ground truth or None, side inputs for ``dipcore.restore``) of a decoded input.
+
+    A plain job restores the image itself, with its mask/guide read by `read_image`. An evaluation job treats the
+    image as clean and synthesises the paper's observation from it with a fixed per-image seed: SR first
+    centre-crops to a multiple of 32 (the ground truth is that crop) and downscales with LANCZOS; denoising adds
+    σ-Gaussian noise; inpainting drops pixels with a Bernoulli mask.
+    """
+    import dipcore
+    from dipcore.metrics import center_crop_to_multiple
+
+    s = job.synthesis
+    if s is None:
+        side = {}
+        if job.mask_uri:
+            side["mask"] = read_image(job.mask_uri)
+        if job.guide_uri:
+            side["guide"] = read_image(job.guide_uri)
+        if job.task == "inpaint" and "mask" not in side:
+            raise dipcore.ConfigError(f"no mask for {job.key}: put <name>_mask.png beside it or pass a mask folder")
+        truth = read_image(job.reference_uri) if job.reference_uri else None
+        return image, truth, side
+    clean = _crop_square(image, s.crop_size) if s.crop_size else image
+    seed = image_seed(job.seed, job.key)
+    if s.task == "sr":
+        clean = center_crop_to_multiple(clean, s.crop_multiple or s.scale)
+        obs = dipcore.degrade(clean, task="sr", scale=s.scale, seed=seed)
+    elif s.task == "denoise":
+        obs = dipcore.degrade(clean, task="denoise", sigma=s.sigma, seed=seed)
+    elif s.task == "inpaint":
+        obs = dipcore.degrade(clean, task="inpaint", drop=s.drop, variant=s.variant, seed=seed)
+    else:
+        obs = dipcore.degrade(clean, task=s.task, seed=seed)
+    return obs, clean, {}
+
+
+def _crop_label(s: Synthesis | None) -> str | None:
+    if s is None:
+        return None
+    parts = ([f"{s.crop_size}x{s.crop_size}"] if s.crop_size else []) + (
+        [f"center{s.crop_multiple}"] if s.crop_multiple else [])  # fmt: skip
+    return "+".join(parts) or None
+
+
+def score(job: Job, res: Any, obs: Any, truth: Any) -> dict[str, Any]:
+    """PSNR/SSIM columns of a restoration against the ground truth (none without one), with the baseline beside it.
+
+    SR: PSNR on BT.601 Y with `scale` border pixels shaved (the clean image was already centre-cropped to a
+    multiple of 32), baseline bicubic. Other tasks: PSNR over all channels (RGB, or gray), no shave, baseline the
+    degraded input itself. ``psnr_best`` is the best of the run's PSNR curve, which dipcore measures over all
+    channels — so it is given only where that is the protocol (not for SR).
+    """
+    if truth is None:
+        return {}
+    import dipcore
+    from dipcore.degrade import upscale_bicubic
+
+    observed = getattr(obs, "image", obs)
+    if job.task == "sr":
+        protocol = {"y_channel": True, "shave": int(job.scale or 1)}
+        baseline_name, baseline, channel = "bicubic", upscale_bicubic(observed, int(job.scale or 1)), "y"
+    else:
+        protocol = {"y_channel": False, "shave": 0}
+        baseline_name, baseline = "input", observed
+        channel = "rgb" if truth.shape[-1] == 3 else "gray"
+
+    def psnr(x: Any) -> float | None:
+        return dipcore.psnr(x, truth, **protocol) if x is not None and x.shape == truth.shape else None
+
+    try:
+        ssim = dipcore.ssim(res.image, truth, **protocol) if res.image.shape == truth.shape else None
+    except dipcore.ConfigError:  # smaller than SSIM's 11×11 window after the shave
+        ssim = None
+    return {
+        "psnr": psnr(res.image), "psnr_average": psnr(res.average), "psnr_final": psnr(res.final),
+        "psnr_best": res.best_psnr if job.task != "sr" else None,
+        "psnr_channel": channel, "psnr_shave": protocol["shave"], "psnr_crop": _crop_label(job.synthesis),
+        "ssim": ssim, "baseline_name": baseline_name, "psnr_baseline": psnr(baseline),
+    }  # fmt: skip

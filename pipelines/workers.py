@@ -1,0 +1,471 @@
+"""Ray actors that run dipcore on one job at a time, and the driver loop that feeds them.
+
+- `Restorer` does one job: read bytes → decode → (synthesise the observation, for evaluation) → ``dipcore.restore``
+  → encode → atomic write → one small metrics row and sampled curves. Every failure becomes an ``error`` row: a
+  bad image never takes a worker down. `RestoreWorker` is the same class as a Ray actor.
+- `WorkerPool` places one actor per GPU by default (fractions pack small images), or CPU actors on a cluster with no
+  GPUs, and replaces dead actors.
+- `run_jobs` is a plain ``ray.wait`` loop (not ``ray.util.ActorPool``, which mishandles dead actors): bounded jobs in
+  flight, results in completion order, every wait with a timeout, jobs of a dead actor requeued to a live one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray.exceptions import GetTimeoutError, NodeDiedError, RayActorError, RayError, WorkerCrashedError
+
+from pipelines import jobs as jobs_mod
+from pipelines import reports, storage
+from pipelines.jobs import Job, observe, score
+
+__all__ = ["JobOutcome", "Restorer", "RestoreWorker", "RunStats", "WorkerPool", "WorkerStartError", "run_inline",
+           "run_jobs", "start_ray"]  # fmt: skip
+
+# A worker process that vanished: the actor (and what it ran) is gone, the job itself may be fine elsewhere.
+_WORKER_LOST = (RayActorError, WorkerCrashedError, NodeDiedError)  # RayActorError covers ActorDiedError
+
+
+class WorkerStartError(RuntimeError):
+    """No worker could start (no resources of the requested kind, or the actor fails in its constructor)."""
+
+
+@dataclass
+class JobOutcome:
+    """What one finished job sends back to the driver: a report row and its sampled curve rows."""
+
+    job: Job
+    row: dict[str, Any]
+    curves: list[dict[str, Any]] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------------- the worker
+
+
+class Restorer:
+    """Restores one job at a time on one torch device; the body of `RestoreWorker`, usable in-process too."""
+
+    def __init__(self, storage_options: dict | None = None, *, device: str | None = None, threads: int | None = None,
+                 node: str | None = None) -> None:  # fmt: skip
+        import torch
+
+        if threads:
+            torch.set_num_threads(max(1, int(threads)))
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.storage_options = storage_options
+        self.node = node
+
+    def info(self) -> dict[str, Any]:
+        """Where this worker runs (also the readiness probe of the driver)."""
+        import torch
+
+        return {"device": self.device, "node": self.node, "pid": os.getpid(), "threads": torch.get_num_threads()}
+
+    def run(self, job: Job) -> JobOutcome:
+        """Restore `job`; never raises for a problem of the image itself (that becomes an ``error`` row)."""
+        import dipcore
+
+        started, t0 = jobs_mod.utcnow(), time.perf_counter()
+        row = {**jobs_mod.base_row(job), "device": self.device, "ray_node": self.node, "attempts": 1}
+        curves: list[dict[str, Any]] = []
+        try:
+            data = storage.read_bytes(job.input_uri, self.storage_options)
+            row["input_sha256"] = storage.sha256_hex(data)  # what was restored, should the file have changed
+            image = dipcore.decode_image(data, name=job.key)
+            obs, truth, side = observe(job, image, self._read_image)
+            res = dipcore.restore(obs, task=job.task, seed=job.seed, reference=truth, device=self.device,
+                                  **side, **job.restore_kwargs)  # fmt: skip
+            storage.write_bytes_atomic(job.output_uri, dipcore.encode_png(res.image), self.storage_options)
+            row.update(score(job, res, obs, truth))
+            row.update(status="ok", iterations_run=res.iterations_run, iteration_returned=res.iteration,
+                       stop_reason=res.stop_reason, height=int(res.image.shape[0]), width=int(res.image.shape[1]),
+                       device=res.device)  # fmt: skip
+            curves = reports.curve_rows(res.history, run_id=job.run_id, dataset=job.dataset, image_key=job.key)
+        except Exception as exc:  # noqa: BLE001 - the row carries the message; the worker stays up
+            row.update(status="error", error=storage.redact(_describe(exc)))
+        row.update(started_at=started, finished_at=jobs_mod.utcnow(), wall_seconds=time.perf_counter() - t0)
+        return JobOutcome(job, row, curves)
+
+    def _read_image(self, uri: str) -> Any:
+        import dipcore
+
+        return dipcore.decode_image(storage.read_bytes(uri, self.storage_options), name=uri.rpartition("/")[2])
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for the report: our own typed errors speak for themselves; anything else names its type."""
+    import dipcore
+
+    if isinstance(exc, (dipcore.DipcoreError, storage.StorageError)):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+@ray.remote(max_restarts=0)  # the driver replaces a dead actor itself and requeues its jobs (run_jobs)
+class RestoreWorker(Restorer):
+    """`Restorer` as a Ray actor: resources come from ``.options(num_gpus=…, num_cpus=…)``; the device from the
+    GPU Ray assigned (CUDA when torch sees it) and torch's threads from the CPUs it assigned."""
+
+    def __init__(self, storage_options: dict | None = None) -> None:
+        import torch
+
+        ctx = ray.get_runtime_context()
+        cpus = ctx.get_assigned_resources().get("CPU", 0.0)
+        # Ray sets CUDA_VISIBLE_DEVICES to the assigned GPU(s), so the first visible one is ours.
+        device = "cuda:0" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
+        super().__init__(storage_options, device=device, threads=max(1, int(cpus)), node=ctx.get_node_id())
+        # The first Adam step imports torch._dynamo (seconds): pay it while starting, not inside a job's timeout.
+        torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+
+
+# ---------------------------------------------------------------------------------------------------- Ray setup
+
+
+def start_ray(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None,
+              object_store_memory: int | None = None) -> bool:  # fmt: skip
+    """Join the cluster at `address`, or start a private local instance on loopback when it is None/"local".
+    Returns True when this call connected (so the caller shuts Ray down), False when Ray was already up."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    if ray.is_initialized():
+        return False
+    common = {"logging_level": logging.ERROR, "log_to_driver": False}  # Ray's warnings would tear the progress bar
+    if address in (None, "local"):
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a private instance reports nothing anywhere
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, object_store_memory=object_store_memory,
+                 include_dashboard=False, **common)  # fmt: skip
+    else:
+        ray.init(address=address, **common)
+    return True
+
+
+# ------------------------------------------------------------------------------------------------------ the pool
+
+
+@dataclass
+class _Slot:
+    index: int
+    actor: Any
+    generation: int = 0
+    ready: bool = False
+    info: dict[str, Any] | None = None
+    in_flight: int = 0
+    busy_since: float | None = None  # when the call now running on it started (its head of line)
+    start_failures: int = 0
+    retired: str | None = None  # why it was given up
+
+
+class WorkerPool:
+    """A fixed number of `RestoreWorker` actors, each in a slot that a dead actor's replacement takes over."""
+
+    def __init__(self, size: int, *, num_gpus: float = 0.0, num_cpus: float = 1.0,
+                 storage_options: dict | None = None) -> None:  # fmt: skip
+        if size < 1:
+            raise ValueError(f"a worker pool needs at least one worker, got {size}")
+        self.options = {"num_gpus": num_gpus, "num_cpus": num_cpus, "scheduling_strategy": "SPREAD"}
+        self.storage_options = storage_options
+        self.slots = [_Slot(i, self._spawn()) for i in range(size)]
+        self.restarts = 0
+
+    @classmethod
+    def for_cluster(cls, *, gpus_per_worker: float = 1.0, cpus_per_worker: float | None = None,
+                    num_workers: int | None = None, max_workers: int | None = None,
+                    storage_options: dict | None = None) -> WorkerPool:  # fmt: skip
+        """Size a pool from the live nodes: GPU actors when the cluster has GPUs (and `gpus_per_worker` > 0),
+        else CPU actors; `num_workers` defaults to as many as fit, `max_workers` caps it (e.g. the job count)."""
+        gpus = float(ray.cluster_resources().get("GPU", 0.0))
+        use_gpu = gpus > 0 and gpus_per_worker > 0
+        num_gpus = gpus_per_worker if use_gpu else 0.0
+        num_cpus = cpus_per_worker if cpus_per_worker is not None else (0.0 if use_gpu else 1.0)
+        size = num_workers or max(1, _capacity(num_gpus, num_cpus))
+        if max_workers is not None:
+            size = max(1, min(size, max_workers))
+        return cls(size, num_gpus=num_gpus, num_cpus=num_cpus, storage_options=storage_options)
+
+    def _spawn(self) -> Any:
+        return RestoreWorker.options(**self.options).remote(self.storage_options)
+
+    @property
+    def actors(self) -> list[Any]:
+        return [s.actor for s in self.slots]
+
+    def replace(self, slot: _Slot) -> None:
+        """Kill the slot's actor (if it still runs) and start a fresh one in its place."""
+        try:
+            ray.kill(slot.actor, no_restart=True)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+        slot.actor, slot.generation, slot.ready, slot.info = self._spawn(), slot.generation + 1, False, None
+        slot.in_flight, slot.busy_since = 0, None
+        self.restarts += 1
+
+    def shutdown(self) -> None:
+        for slot in self.slots:
+            try:
+                ray.kill(slot.actor, no_restart=True)
+            except Exception:  # noqa: BLE001
+                pass
+
+
+def _capacity(num_gpus: float, num_cpus: float) -> int:
+    """How many actors of this shape fit on the live nodes, node by node (totals would count the head's CPUs for
+    GPU actors that cannot run there)."""
+    total = 0
+    for node in ray.nodes():
+        if not node.get("Alive"):
+            continue
+        res = node.get("Resources", {})
+        fits = []
+        if num_gpus > 0:
+            fits.append(int(res.get("GPU", 0.0) / num_gpus + 1e-9))
+        if num_cpus > 0:
+            fits.append(int(res.get("CPU", 0.0) / num_cpus + 1e-9))
+        total += min(fits) if fits else 1
+    return total
+
+
+# --------------------------------------------------------------------------------------------- the driver loop
+
+
+@dataclass
+class RunStats:
+    """Counts of one `run_jobs` call."""
+
+    ok: int = 0
+    errors: int = 0
+    failed_attempts: int = 0  # attempts lost to dead workers or Ray errors (each retried or ended as an error row)
+    restarts: int = 0  # actors replaced
+    seconds: float = 0.0
+
+
+@dataclass
+class _Call:
+    ref: Any
+    job: Job
+    attempt: int
+    slot: _Slot
+    generation: int
+    seq: int
+
+
+class _Driver:
+    """The state of one `run_jobs` call; each method is one step of the loop."""
+
+    def __init__(self, jobs: Iterable[Job], pool: WorkerPool, on_result: Callable[[JobOutcome], None], *,
+                 max_in_flight: int | None, max_attempts: int, timeout: float | None, poll: float,
+                 startup_timeout: float, log: Callable[[str], None]) -> None:  # fmt: skip
+        self.queue: deque[tuple[Job, int]] = deque((job, 1) for job in jobs)  # (job, attempt number)
+        self.pool, self.on_result, self.log = pool, on_result, log
+        self.max_in_flight = max_in_flight or 2 * len(pool.slots)  # 2 per actor: the next job waits in its queue
+        self.per_actor = max(1, math.ceil(self.max_in_flight / len(pool.slots)))
+        self.max_attempts, self.timeout, self.poll = max(1, max_attempts), timeout, poll
+        self.startup_timeout = startup_timeout
+        self.startup_deadline = time.monotonic() + startup_timeout  # moved on whenever an actor is replaced
+        self.calls: dict[Any, _Call] = {}
+        self.pings: dict[Any, tuple[_Slot, int]] = {}
+        self.seq = 0
+        self.stats = RunStats()
+
+    def run(self) -> RunStats:
+        started = time.monotonic()
+        for slot in self.pool.slots:
+            self._ping(slot)
+        while self.queue or self.calls:
+            self._submit()
+            refs = [*self.calls, *self.pings]
+            if not refs:
+                raise WorkerStartError("no worker is left to run the remaining jobs: " + self._retired_reasons())
+            ready, rest = ray.wait(refs, num_returns=1, timeout=self.poll)
+            if ready and rest:  # drain everything else that is ready too, without waiting
+                ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
+            for ref in ready:
+                if ref in self.pings:
+                    self._on_ping(ref)
+                elif ref in self.calls:  # else: already settled when its actor was found dead
+                    self._on_call(self.calls.pop(ref))
+            self._check_timeouts()
+            self._check_startup()
+        self.stats.restarts = self.pool.restarts
+        self.stats.seconds = time.monotonic() - started
+        return self.stats
+
+    # -- submitting
+
+    def _ping(self, slot: _Slot) -> None:
+        self.pings[slot.actor.info.remote()] = (slot, slot.generation)
+
+    def _submit(self) -> None:
+        while self.queue and len(self.calls) < self.max_in_flight:
+            free = [s for s in self.pool.slots if s.ready and not s.retired and s.in_flight < self.per_actor]
+            if not free:
+                return
+            slot = min(free, key=lambda s: s.in_flight)
+            job, attempt = self.queue.popleft()
+            ref = slot.actor.run.remote(job)
+            self.seq += 1
+            self.calls[ref] = _Call(ref, job, attempt, slot, slot.generation, self.seq)
+            slot.in_flight += 1
+            slot.busy_since = slot.busy_since or time.monotonic()
+
+    # -- results
+
+    def _on_ping(self, ref: Any) -> None:
+        slot, generation = self.pings.pop(ref)
+        if generation != slot.generation:
+            return
+        try:
+            slot.info = ray.get(ref, timeout=self.poll)
+            slot.ready, slot.start_failures = True, 0
+        except RayError as exc:
+            slot.start_failures += 1
+            if slot.start_failures >= 3:  # a constructor that keeps failing will not start to work
+                slot.retired = _first_line(exc)
+                self.log(f"worker {slot.index} could not start ({slot.retired}); giving it up")
+            else:
+                self._replace(slot)
+
+    def _replace(self, slot: _Slot) -> None:
+        self.pool.replace(slot)
+        self._ping(slot)
+        self.startup_deadline = time.monotonic() + self.startup_timeout
+
+    def _on_call(self, call: _Call) -> None:
+        try:
+            outcome = ray.get(call.ref, timeout=self.poll)
+        except _WORKER_LOST as exc:
+            self.calls[call.ref] = call  # settled with the rest of its actor's calls
+            self._lose_slot(call.slot, call.generation, f"worker lost: {_first_line(exc)}")
+            return
+        except (RayError, GetTimeoutError) as exc:
+            self._slot_done(call)
+            self._failed(call, f"Ray error: {_first_line(exc)}")
+            return
+        self._slot_done(call)
+        self._deliver(call, outcome)
+
+    def _deliver(self, call: _Call, outcome: JobOutcome) -> None:
+        outcome.row["attempts"] = call.attempt
+        if outcome.row.get("status") == "ok":
+            self.stats.ok += 1
+        else:
+            self.stats.errors += 1
+        self.on_result(outcome)
+
+    def _slot_done(self, call: _Call) -> None:
+        slot = call.slot
+        if call.generation == slot.generation:
+            slot.in_flight -= 1
+            slot.busy_since = time.monotonic() if slot.in_flight else None  # the next queued call starts now
+
+    def _failed(self, call: _Call, reason: str) -> None:
+        """One attempt lost: retry the job first thing, or end it as an error row."""
+        self.stats.failed_attempts += 1
+        self.log(f"{call.job.key}: attempt {call.attempt} of {self.max_attempts} failed: {reason}")
+        if call.attempt < self.max_attempts:
+            self.queue.appendleft((call.job, call.attempt + 1))
+            return
+        message = f"failed after {call.attempt} attempt(s); last: {reason}"
+        self.stats.errors += 1
+        self.on_result(JobOutcome(call.job, jobs_mod.error_row(call.job, message, attempts=call.attempt)))
+
+    def _lose_slot(self, slot: _Slot, generation: int, reason: str) -> None:
+        """The actor of `slot` is dead (or killed for a timeout): settle all its calls, then replace it.
+
+        A sync actor runs calls in submission order, so only the oldest unfinished call was running: it loses an
+        attempt; the calls queued behind it never started and go back to the queue as they were. A call whose
+        result was already complete is delivered as usual.
+        """
+        mine = sorted((c for c in self.calls.values() if c.slot is slot and c.generation == generation),
+                      key=lambda c: c.seq)  # fmt: skip
+        for c in mine:
+            del self.calls[c.ref]
+        head_failed = False
+        for c in mine:
+            try:
+                if ray.wait([c.ref], timeout=0)[0]:
+                    self._deliver(c, ray.get(c.ref, timeout=self.poll))
+                    continue
+            except (RayError, GetTimeoutError):
+                pass
+            if not head_failed:
+                head_failed = True
+                self._failed(c, reason)
+            else:
+                self.queue.appendleft((c.job, c.attempt))
+        if generation == slot.generation and not slot.retired:
+            self._replace(slot)
+
+    # -- watchdogs
+
+    def _check_timeouts(self) -> None:
+        if self.timeout is None:
+            return
+        now = time.monotonic()
+        for slot in self.pool.slots:
+            if slot.in_flight and slot.busy_since is not None and now - slot.busy_since > self.timeout:
+                self._lose_slot(slot, slot.generation, f"timed out after {self.timeout:g} s")
+
+    def _check_startup(self) -> None:
+        if any(s.ready for s in self.pool.slots) or time.monotonic() < self.startup_deadline:
+            return
+        opts = {k: v for k, v in self.pool.options.items() if k != "scheduling_strategy"}
+        raise WorkerStartError(
+            f"no worker started in time: each asks for {opts}; the cluster has {ray.cluster_resources()}"
+            + (f" ({self._retired_reasons()})" if any(s.retired for s in self.pool.slots) else "")
+        )
+
+    def _retired_reasons(self) -> str:
+        return "; ".join(f"worker {s.index}: {s.retired}" for s in self.pool.slots if s.retired) or "none started"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".strip()
+
+
+def run_jobs(
+    jobs: Iterable[Job],
+    *,
+    workers: WorkerPool,
+    on_result: Callable[[JobOutcome], None],
+    max_in_flight: int | None = None,
+    max_attempts: int = 3,
+    timeout: float | None = None,
+    poll: float = 1.0,
+    startup_timeout: float = 600.0,
+    log: Callable[[str], None] | None = None,
+) -> RunStats:
+    """Run `jobs` on the actors of `workers`, calling `on_result` on the driver for each finished job, in
+    completion order, exactly once per job (an ``ok`` or ``error`` row).
+
+    At most `max_in_flight` calls are outstanding (default: two per actor, so none idles between jobs). An attempt
+    that dies with its actor, or runs past `timeout` seconds, is retried on a live or restarted actor until
+    `max_attempts`; then the job ends as an error row and the run goes on. Every ``ray.wait`` returns within
+    `poll` seconds. Raises `WorkerStartError` when no actor is ready within `startup_timeout` seconds.
+    """
+    driver = _Driver(jobs, workers, on_result, max_in_flight=max_in_flight, max_attempts=max_attempts,
+                     timeout=timeout, poll=poll, startup_timeout=startup_timeout,
+                     log=log or logging.getLogger("dipflow.workers").warning)  # fmt: skip
+    return driver.run()
+
+
+def run_inline(jobs: Iterable[Job], *, restorer: Restorer, on_result: Callable[[JobOutcome], None]) -> RunStats:
+    """Run `jobs` one by one in this process (for process-local storage such as ``memory://``, and debugging)."""
+    stats, started = RunStats(), time.monotonic()
+    for job in jobs:
+        outcome = restorer.run(job)
+        outcome.row["attempts"] = 1
+        if outcome.row.get("status") == "ok":
+            stats.ok += 1
+        else:
+            stats.errors += 1
+        on_result(outcome)
+    stats.seconds = time.monotonic() - started
+    return stats
