@@ -1,0 +1,417 @@
+"""Prefect flows: restore a dataset, evaluate on the paper's benchmarks. Each reads like a table of contents —
+list → plan → skip what earlier runs finished → run on Ray → report → artifacts — and every Prefect call stays here
+on the driver (Ray workers never talk to Prefect: in ephemeral mode there is no server they could reach).
+
+Credentials: a flow's parameters are stored by Prefect (and shown in its UI), so secret storage options (keys,
+secrets, tokens, passwords …) must not be parameters. Pass them with ``with storage_credentials({...}):`` around the
+call (the CLI does this with every ``--storage-option`` whose name looks secret) or through the environment's usual
+mechanisms (AWS_* variables, instance roles …); they reach the workers directly, never Prefect.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+import pyarrow.compute as pc
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import MissingContextError
+from prefect.logging import get_logger
+from pydantic import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+
+from pipelines import jobs, progress, reports, storage
+from pipelines.jobs import BENCHMARKS, SR_CROP_MULTIPLE, Job, Plan, Synthesis
+
+__all__ = ["Execution", "evaluate", "restore_dataset", "split_secret_options", "storage_credentials"]
+
+_SECRETS: ContextVar[dict | None] = ContextVar("dipflow_storage_credentials", default=None)
+_SECRET_WORDS = ("key", "secret", "token", "password", "passwd", "credential", "sas", "signature", "auth")
+
+
+# ----------------------------------------------------------------------------------------------- credentials
+
+
+def split_secret_options(options: Mapping[str, Any] | None) -> tuple[dict, dict]:
+    """(plain, secret) halves of storage options, nested dicts included: a name containing key/secret/token/
+    password/credential/sas/signature/auth is secret (when in doubt, secret: it then only stays out of Prefect)."""
+    plain: dict[str, Any] = {}
+    secret: dict[str, Any] = {}
+    for name, value in (options or {}).items():
+        if isinstance(value, Mapping):
+            p, s = split_secret_options(value)
+            if p:
+                plain[name] = p
+            if s:
+                secret[name] = s
+        elif any(word in name.lower() for word in _SECRET_WORDS):
+            secret[name] = value
+        else:
+            plain[name] = value
+    return plain, secret
+
+
+def _merge(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for name, value in b.items():
+        out[name] = _merge(out[name], value) if isinstance(out.get(name), Mapping) and isinstance(value, Mapping) \
+            else value  # fmt: skip
+    return out
+
+
+@contextlib.contextmanager
+def storage_credentials(options: Mapping[str, Any] | None) -> Iterator[None]:
+    """Storage options merged into those of flows run inside this block, without becoming flow parameters."""
+    token = _SECRETS.set(dict(options or {}))
+    try:
+        yield
+    finally:
+        _SECRETS.reset(token)
+
+
+def _options(parameters: Mapping[str, Any] | None) -> dict | None:
+    merged = _merge(parameters or {}, _SECRETS.get() or {})
+    return merged or None
+
+
+# ------------------------------------------------------------------------------------------------------ tasks
+
+
+def _transient(task_: Any, task_run: Any, state: Any) -> bool:
+    """Retry network hiccups, not a missing source, a bad key or a bad setting."""
+    try:
+        state.result()
+    except (storage.StorageNotFoundError, storage.UnsafeKeyError, ValueError, PermissionError):
+        return False
+    except Exception:  # noqa: BLE001 - anything else may be a flaky store
+        return True
+    return False
+
+
+@task(name="list-images", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_transient,
+      cache_policy=NO_CACHE)  # fmt: skip
+def list_dataset(source: str, glob: str | None, storage_options: dict | None, mask_dir: str | None = None,
+                 guide_suffix: str | None = None) -> storage.Listing:  # fmt: skip
+    """The images under `source` (and every other file, with why it is not one)."""
+    return storage.list_images(source, glob=glob, storage_options=storage_options, mask_dir=mask_dir,
+                               guide_suffix=guide_suffix)  # fmt: skip
+
+
+@task(name="plan-jobs", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_transient, cache_policy=NO_CACHE)
+def plan_dataset(listing: storage.Listing, *, run_id: str, dataset: str, output: str, config: jobs.RunConfig,
+                 storage_options: dict | None, limit: int | None = None) -> Plan:  # fmt: skip
+    """One job per image (the first `limit` by key): content hash, config hash, output URI."""
+    if limit is not None:
+        listing = storage.Listing(images=listing.images[:limit], skipped=listing.skipped)
+    return jobs.plan_jobs(listing, run_id=run_id, dataset=dataset, output=output, config=config,
+                          storage_options=storage_options)  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------------ flows
+
+
+@dataclass(frozen=True)
+class Execution:
+    """Where and how jobs run (none of it changes the results, so none of it is in the config hash)."""
+
+    ray_address: str | None = None  # None: a private local Ray instance
+    gpus_per_worker: float = 1.0
+    cpus_per_worker: float | None = None  # default: 1 for CPU actors, 0 beside a GPU
+    num_workers: int | None = None  # default: as many as the cluster fits
+    max_attempts: int = 3
+    job_timeout: float | None = None  # seconds per attempt
+    executor: Literal["auto", "ray", "inline"] = "auto"  # auto: inline when storage is process-local (memory://)
+
+
+@flow(name="restore-dataset", validate_parameters=True)
+def restore_dataset(
+    source: str,
+    output: str,
+    task: str,
+    scale: PositiveInt | None = None,
+    preset: Literal["paper", "fast"] = "paper",
+    iterations: PositiveInt | None = None,
+    overrides: dict[str, Any] | None = None,
+    glob: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+    ray_address: str | None = None,
+    gpus_per_worker: NonNegativeFloat = 1.0,
+    num_workers: PositiveInt | None = None,
+    seed: NonNegativeInt = 0,
+    dataset: str | None = None,
+    resume: bool = True,
+    max_attempts: PositiveInt = 3,
+    variant: str | None = None,
+    early_stopping: bool | None = None,
+    mask_dir: str | None = None,
+    guide_suffix: str | None = None,
+    limit: PositiveInt | None = None,
+    cpus_per_worker: NonNegativeFloat | None = None,
+    job_timeout: PositiveFloat | None = None,
+    executor: Literal["auto", "ray", "inline"] = "auto",
+) -> dict[str, Any]:
+    """Restore every image under `source` (any fsspec URL) into `output` with ``dipcore.restore``, on Ray actors,
+    and write the Parquet report beside the outputs. Returns a small summary (run id, report URI, counts)."""
+    so = _options(storage_options)
+    config = jobs.run_config(task, scale=scale, variant=variant, preset=preset, iterations=iterations,
+                             early_stopping=early_stopping, overrides=overrides, seed=seed)  # fmt: skip
+    run_id = _new_run_id()
+    listing = list_dataset(source, glob, so, mask_dir, guide_suffix)
+    plan = plan_dataset(listing, run_id=run_id, dataset=dataset or storage.redact(source), output=output,
+                        config=config, storage_options=so, limit=limit)  # fmt: skip
+    ex = Execution(ray_address, gpus_per_worker, cpus_per_worker, num_workers, max_attempts, job_timeout, executor)
+    return _run(run_id, [plan], output=output, storage_options=so, execution=ex, resume=resume,
+                title=f"restoring ({task})", artifact="restore-dataset")  # fmt: skip
+
+
+@flow(name="evaluate", validate_parameters=True)
+def evaluate(
+    benchmarks: list[str],
+    data_root: str,
+    output: str,
+    task: str | None = None,
+    scale: PositiveInt | None = None,
+    preset: Literal["paper", "fast"] = "paper",
+    iterations: PositiveInt | None = None,
+    overrides: dict[str, Any] | None = None,
+    sigma: PositiveFloat | None = None,
+    crop: PositiveInt | None = None,
+    limit: PositiveInt | None = None,
+    storage_options: dict[str, Any] | None = None,
+    ray_address: str | None = None,
+    gpus_per_worker: NonNegativeFloat = 1.0,
+    num_workers: PositiveInt | None = None,
+    seed: NonNegativeInt = 0,
+    resume: bool = True,
+    max_attempts: PositiveInt = 3,
+    cpus_per_worker: NonNegativeFloat | None = None,
+    job_timeout: PositiveFloat | None = None,
+    executor: Literal["auto", "ray", "inline"] = "auto",
+) -> dict[str, Any]:
+    """Score dipcore on benchmarks with the paper's protocol: each of `benchmarks` is a name under `data_root`
+    (set5, set14 → SR ×4; cbm3d9 → denoising σ=25; heide11 → inpainting, 50 % of pixels dropped) or a folder URL
+    of clean images (SR ×4 unless `task` says otherwise). The observation is synthesised from the clean image in
+    the worker; outputs go to ``<output>/<benchmark>/`` and every row carries PSNR, SSIM and the baseline's PSNR."""
+    if not benchmarks:
+        raise ValueError("name at least one benchmark (set5, set14, cbm3d9, heide11) or a folder of clean images")
+    so = _options(storage_options)
+    run_id = _new_run_id()
+    plans = []
+    for name in benchmarks:
+        source, dataset = _benchmark_source(name, data_root)
+        spec = _synthesis(name, task, scale, sigma, crop)
+        config = jobs.run_config(spec.task, scale=spec.scale if spec.task == "sr" else None, variant=spec.variant,
+                                 preset=preset, iterations=iterations, overrides=overrides, seed=seed,
+                                 synthesis=spec)  # fmt: skip
+        listing = list_dataset(source, None, so)
+        plans.append(plan_dataset(listing, run_id=run_id, dataset=dataset, output=storage.join(output, dataset),
+                                  config=config, storage_options=so, limit=limit))  # fmt: skip
+    ex = Execution(ray_address, gpus_per_worker, cpus_per_worker, num_workers, max_attempts, job_timeout, executor)
+    return _run(run_id, plans, output=output, storage_options=so, execution=ex, resume=resume,
+                title="evaluating", artifact="evaluate")  # fmt: skip
+
+
+def _benchmark_source(name: str, data_root: str) -> tuple[str, str]:
+    """(source URL, dataset name): a known benchmark under `data_root`, else `name` is itself a folder URL."""
+    if name in BENCHMARKS:
+        return storage.join(data_root, name), name
+    last = name.rstrip("/").rpartition("/")[2] or "dataset"
+    try:
+        return name, storage.safe_key(last)
+    except storage.UnsafeKeyError:
+        return name, "dataset"
+
+
+def _synthesis(name: str, task: str | None, scale: int | None, sigma: float | None, crop: int | None) -> Synthesis:
+    default = BENCHMARKS.get(name, {"task": "sr", "scale": 4})
+    t = task or default["task"]
+    if t == "sr":
+        return Synthesis("sr", scale=scale or default.get("scale", 4), crop_multiple=SR_CROP_MULTIPLE, crop_size=crop)
+    if t == "denoise":
+        return Synthesis("denoise", sigma=sigma or default.get("sigma", 25.0), crop_size=crop)
+    if t == "inpaint":
+        return Synthesis("inpaint", drop=default.get("drop", 0.5), variant="random", crop_size=crop)
+    return Synthesis(t, crop_size=crop)
+
+
+# ---------------------------------------------------------------------------------------------------- running
+
+
+def _new_run_id() -> str:
+    return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+
+
+def _logger() -> Any:
+    try:
+        return get_run_logger()
+    except MissingContextError:  # called through .fn() or outside a run
+        return get_logger("dipflow")
+
+
+def _in_flow_run() -> bool:
+    from prefect.context import FlowRunContext
+
+    return FlowRunContext.get() is not None
+
+
+def _run(run_id: str, plans: list[Plan], *, output: str, storage_options: dict | None, execution: Execution,
+         resume: bool, title: str, artifact: str) -> dict[str, Any]:  # fmt: skip
+    """Skip what is done, run the rest, append every row to the report as it arrives, publish the summary."""
+    logger = _logger()
+    for plan in plans:
+        if plan.not_images:
+            shown = ", ".join(f"{k} ({why})" for k, why in plan.not_images[:5])
+            logger.warning("%s: %d file(s) are not images: %s%s", plan.dataset, len(plan.not_images), shown,
+                           " …" if len(plan.not_images) > 5 else "")  # fmt: skip
+    todo, done = _resume_split(plans, output, storage_options) if resume else (jobs.all_jobs(plans), [])
+    total = sum(len(p.jobs) + len(p.rejected) for p in plans)
+    logger.info("run %s: %d image(s), %d to restore, %d done by earlier runs; report under %s",
+                run_id, total, len(todo), len(done), storage.redact(output))  # fmt: skip
+    tracker = _Tracker(total, artifact, enabled=_in_flow_run())
+    flow_run_id = _flow_run_id()
+    with reports.ReportWriter(output, run_id, storage_options) as writer:
+
+        def record(row: dict[str, Any], curves: list[dict[str, Any]] = ()) -> None:  # type: ignore[assignment]
+            writer.append({**row, "flow_run_id": flow_run_id})
+            writer.append_curves(curves)
+            tracker.advance(row)
+            if row["status"] == "error":
+                logger.warning("%s: %s", row["image_key"], row.get("error"))
+
+        progress.started(total, title)
+        try:
+            for plan in plans:
+                for entry, why in plan.rejected:
+                    record(jobs.error_row(jobs.rejected_job(entry, plan, run_id), why, attempts=0))
+            for job in done:
+                record(jobs.skipped_row(job))
+            _execute(todo, execution, storage_options, lambda o: record(o.row, o.curves), logger)
+        finally:
+            progress.finished()
+            tracker.close()
+    return _publish(run_id, flow_run_id, output, storage_options, plans, tracker.counts, artifact, logger)
+
+
+def _resume_split(plans: list[Plan], output: str, storage_options: dict | None) -> tuple[list[Job], list[Job]]:
+    """(to run, done by an earlier run): done = an ``ok`` row for the same input content and config, and the
+    output file still there."""
+    done_keys = reports.completed_keys(output, storage_options)
+    if not done_keys:
+        return jobs.all_jobs(plans), []
+    existing = {_path(u, storage_options) for u in storage.list_files(output, storage_options)}
+    todo, done = [], []
+    for job in jobs.all_jobs(plans):
+        finished = (job.sha256, job.config_hash) in done_keys and _path(job.output_uri, storage_options) in existing
+        (done if finished else todo).append(job)
+    return todo, done
+
+
+def _path(uri: str, storage_options: dict | None) -> str:
+    return storage.filesystem(uri, storage_options)[1]
+
+
+def _execute(todo: list[Job], ex: Execution, so: dict | None, on_result: Any, logger: Any) -> None:
+    from pipelines import workers
+
+    if not todo:
+        return
+    local_only = any(u.startswith("memory://") for j in todo for u in (j.input_uri, j.output_uri))
+    if ex.executor == "ray" and local_only:
+        raise ValueError("memory:// is private to this process, so Ray workers cannot read or write it; "
+                         "use executor='inline' (or 'auto')")  # fmt: skip
+    if ex.executor == "inline" or (ex.executor == "auto" and local_only):
+        logger.info("running %d job(s) in this process (%s)", len(todo),
+                    "memory:// is private to it" if local_only else "executor=inline")  # fmt: skip
+        workers.run_inline(todo, restorer=workers.Restorer(so), on_result=on_result)
+        return
+    started_ray = workers.start_ray(ex.ray_address)
+    try:
+        pool = workers.WorkerPool.for_cluster(gpus_per_worker=ex.gpus_per_worker, cpus_per_worker=ex.cpus_per_worker,
+                                              num_workers=ex.num_workers, max_workers=len(todo),
+                                              storage_options=so)  # fmt: skip
+        logger.info("%d Ray worker(s), each %s", len(pool.slots),
+                    {k: v for k, v in pool.options.items() if k != "scheduling_strategy"})  # fmt: skip
+        try:
+            stats = workers.run_jobs(todo, workers=pool, on_result=on_result, max_attempts=ex.max_attempts,
+                                     timeout=ex.job_timeout, log=logger.warning)  # fmt: skip
+        finally:
+            pool.shutdown()
+        logger.info("workers: %d ok, %d failed, %d lost attempt(s), %d restart(s) in %.1f s",
+                    stats.ok, stats.errors, stats.failed_attempts, stats.restarts, stats.seconds)  # fmt: skip
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+
+
+def _flow_run_id() -> str | None:
+    if not _in_flow_run():
+        return None
+    from prefect.runtime import flow_run
+
+    return str(flow_run.id)
+
+
+class _Tracker:
+    """Counts by status, and Prefect's progress artifact, updated at most once a second."""
+
+    def __init__(self, total: int, key: str, *, enabled: bool) -> None:
+        self.total, self.done, self.counts = total, 0, Counter()
+        self.artifact_id, self.last = None, 0.0
+        if enabled and total:
+            from prefect.artifacts import create_progress_artifact
+
+            self.artifact_id = create_progress_artifact(0.0, key=f"{key}-progress", description="images finished")
+
+    def advance(self, row: Mapping[str, Any]) -> None:
+        self.done += 1
+        self.counts[row["status"]] += 1
+        progress.advanced(row)
+        if self.artifact_id is not None and time.monotonic() - self.last >= 1.0:
+            self._update()
+
+    def _update(self) -> None:
+        from prefect.artifacts import update_progress_artifact
+
+        update_progress_artifact(self.artifact_id, 100.0 * self.done / max(1, self.total))
+        self.last = time.monotonic()
+
+    def close(self) -> None:
+        if self.artifact_id is not None:
+            self._update()
+
+
+def _publish(run_id: str, flow_run_id: str | None, output: str, so: dict | None, plans: list[Plan],
+             counts: Counter, artifact: str, logger: Any) -> dict[str, Any]:  # fmt: skip
+    """The run's summary from the report as written: Prefect table and markdown artifacts, and the return value."""
+    table = reports.read_report(output, so, run_id=run_id)
+    summary = reports.to_records(reports.summarize(table))
+    failed = table.filter(pc.equal(table.column("status"), "error"))
+    failures = [{"dataset": r["dataset"], "image_key": r["image_key"], "error": r["error"]}
+                for r in failed.select(["dataset", "image_key", "error"]).to_pylist()]  # fmt: skip
+    report_uri = storage.redact(storage.join(output, "report", f"run_id={run_id}"))
+    not_images = sum(len(p.not_images) for p in plans)
+    if _in_flow_run():
+        from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+        create_table_artifact(summary, key=f"{artifact}-summary", description=f"dipflow run {run_id}")
+        lines = [f"# dipflow run `{run_id}`", "", reports.summary_markdown(table), f"Report: `{report_uri}`", ""]
+        lines += [f"- **{f['dataset']}/{f['image_key']}**: {f['error']}" for f in failures[:50]]
+        if not_images:
+            lines.append(f"\n{not_images} file(s) in the source(s) are not images (see the flow's log).")
+        create_markdown_artifact("\n".join(lines), key=f"{artifact}-report", description=f"dipflow run {run_id}")
+    logger.info("run %s finished: %d ok, %d failed, %d skipped", run_id, counts["ok"], counts["error"],
+                counts["skipped"])  # fmt: skip
+    return {
+        "run_id": run_id, "flow_run_id": flow_run_id, "output": storage.redact(output), "report": report_uri,
+        "images": sum(counts.values()), "ok": counts["ok"], "error": counts["error"], "skipped": counts["skipped"],
+        "not_images": not_images, "failures": failures, "summary": summary,
+    }  # fmt: skip

@@ -1,0 +1,92 @@
+"""Progress of a dataset run, for whoever is watching: the CLI's rich bar on stderr, or nobody.
+
+Flows report through `started` / `advanced` / `finished`, which go to the sink installed with `reporting(...)` in
+the current context (a ``ContextVar``, so concurrent runs in other contexts do not see each other's sink) and do
+nothing when none is installed. Prefect's own progress artifact is updated by the flow itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
+from typing import Any, Protocol
+
+__all__ = ["ProgressSink", "RichProgress", "advanced", "finished", "reporting", "started"]
+
+
+class ProgressSink(Protocol):
+    def started(self, total: int, title: str) -> None: ...
+
+    def advanced(self, row: Mapping[str, Any]) -> None: ...
+
+    def finished(self) -> None: ...
+
+
+_SINK: ContextVar[ProgressSink | None] = ContextVar("dipflow_progress", default=None)
+
+
+@contextlib.contextmanager
+def reporting(sink: ProgressSink | None) -> Iterator[None]:
+    """Send the progress of runs started inside this block to `sink`."""
+    token = _SINK.set(sink)
+    try:
+        yield
+    finally:
+        _SINK.reset(token)
+
+
+def started(total: int, title: str) -> None:
+    if (sink := _SINK.get()) is not None:
+        sink.started(total, title)
+
+
+def advanced(row: Mapping[str, Any]) -> None:
+    """One image finished (ok, error or skipped): `row` is its report row."""
+    if (sink := _SINK.get()) is not None:
+        sink.advanced(row)
+
+
+def finished() -> None:
+    if (sink := _SINK.get()) is not None:
+        sink.finished()
+
+
+class RichProgress:
+    """A rich progress bar on stderr: images done of the total, with ok / error / skipped counts and the ETA."""
+
+    def __init__(self, *, enabled: bool = True) -> None:
+        from rich.console import Console
+
+        self.console = Console(stderr=True)
+        self.enabled = enabled
+        self.counts = {"ok": 0, "error": 0, "skipped": 0}
+        self._progress: Any = None
+        self._task: Any = None
+
+    def started(self, total: int, title: str) -> None:
+        if not self.enabled:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[counts]}"), TimeRemainingColumn(), console=self.console,
+        )  # fmt: skip
+        self._progress.start()
+        self._task = self._progress.add_task(title, total=total, counts=self._label())
+
+    def advanced(self, row: Mapping[str, Any]) -> None:
+        status = str(row.get("status"))
+        self.counts[status] = self.counts.get(status, 0) + 1
+        if self._progress is not None:
+            self._progress.update(self._task, advance=1, counts=self._label())
+
+    def finished(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def _label(self) -> str:
+        c = self.counts
+        return f"[green]{c['ok']} ok[/] [red]{c['error']} failed[/] [dim]{c['skipped']} skipped[/]"
