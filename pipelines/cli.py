@@ -1,0 +1,371 @@
+"""The ``dipflow`` command: restore a dataset, evaluate on benchmarks, read a report, restore one image, run a demo.
+
+Exit codes: 0 done; 1 an error (one message on stderr; ``DIPFLOW_DEBUG=1`` shows the traceback); 2 a usage error;
+3 the run finished but some images failed (they are listed); 130 interrupted (run the same command to resume).
+torch, Ray and Prefect are imported inside the commands, so ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from typing import Any
+
+__all__ = ["CLIError", "build_parser", "main"]
+
+# dipcore.TASKS, spelled out so that building the parser does not import torch (a test keeps them equal).
+TASKS = ("denoise", "jpeg", "sr", "inpaint", "flash_noflash", "preimage", "reconstruct")
+EXIT_FAILED_IMAGES, EXIT_INTERRUPTED = 3, 130
+
+
+class CLIError(Exception):
+    """A problem the user can fix; the message says how."""
+
+
+# ------------------------------------------------------------------------------------------- shared options
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number ≥ 0, got {text}")
+    return value
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("restoration")
+    g.add_argument("--preset", choices=("paper", "fast"), default="paper",
+                   help="published settings (default), or a narrow net and a short run for CPUs")
+    g.add_argument("--iterations", type=_positive_int, help="optimisation steps (default: the preset's)")
+    g.add_argument("--channels", type=_positive_int, help="channels at every scale of the net (default: preset's)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the net's initialisation and input (default 0)")
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("execution")
+    g.add_argument("--ray-address", metavar="ADDR",
+                   help="join this Ray cluster (e.g. ray://head:10001 or auto); default: a private local instance")
+    g.add_argument("--gpus-per-worker", type=_non_negative_float, default=1.0, metavar="G",
+                   help="GPUs per actor; 0.5 packs two small-image actors on a GPU (default 1; ignored without GPUs)")
+    g.add_argument("--cpus-per-worker", type=_non_negative_float, metavar="C",
+                   help="CPUs per actor (default: 1 for CPU actors, 0 beside a GPU)")
+    g.add_argument("--workers", type=_positive_int, metavar="N", help="number of actors (default: as many as fit)")
+    g.add_argument("--max-attempts", type=_positive_int, default=3, metavar="N",
+                   help="attempts per image when its worker dies (default 3)")
+    g.add_argument("--job-timeout", type=float, metavar="S", help="seconds per attempt before the worker is replaced")
+    g.add_argument("--no-resume", action="store_true", help="restore every image, even those done by earlier runs")
+    g.add_argument("--limit", type=_positive_int, metavar="N", help="only the first N images (by key) of each dataset")
+    _add_storage_option(g)
+    _add_output_options(p)
+
+
+def _add_storage_option(g: Any) -> None:
+    g.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="fsspec storage option, repeatable; dotted keys nest (client_kwargs.endpoint_url=…). "
+                        "Secret-looking ones (key, secret, token …) never become Prefect parameters")
+
+
+def _add_output_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--verbose", action="store_true", help="show Prefect's and Ray's INFO logs")
+
+
+def _sub(subs: Any, name: str, help_: str, epilog: str) -> argparse.ArgumentParser:
+    return subs.add_parser(name, help=help_, description=help_, epilog="examples:\n" + epilog,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dipflow", description="Dataset-scale image restoration with the Deep Image Prior.",
+        epilog=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    subs = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    p = _sub(subs, "restore", "restore every image of a dataset (any fsspec URL) on Ray workers",
+             "  dipflow restore photos/ -o restored/ --task denoise --preset fast\n"
+             "  dipflow restore s3://bucket/lr -o s3://bucket/sr --task sr --scale 4 --ray-address auto\n"
+             "  dipflow restore scans/ -o out/ --task inpaint --glob '**/*.png'   # masks: <name>_mask.png\n")
+    p.add_argument("source", metavar="SRC", help="folder or URL of the images (recursive)")
+    p.add_argument("-o", "--output", required=True, metavar="DST", help="where outputs and the report go")
+    p.add_argument("--task", required=True, choices=TASKS, help="what to undo")
+    p.add_argument("--scale", type=_positive_int, help="super-resolution factor (sr; default 4)")
+    p.add_argument("--variant", help="task variant (inpaint: random|text|large|region; denoise: sigma25|sigma50)")
+    p.add_argument("--glob", help="only keys matching this pattern, relative to SRC (e.g. '**/*.jpg')")
+    p.add_argument("--mask-dir", metavar="URL", help="folder of inpainting masks named like the images")
+    p.add_argument("--guide-suffix", metavar="SUFFIX", help="flash/no-flash: <name><SUFFIX>.png is the guide")
+    p.add_argument("--dataset", help="name of the dataset in the report (default: SRC)")
+    _add_model_options(p)
+    _add_run_options(p)
+    p.set_defaults(func=cmd_restore)
+
+    p = _sub(subs, "evaluate", "score restoration on benchmarks with the paper's protocol",
+             "  dipflow evaluate set5 set14 --data-root ../shared/data -o eval/            # SR x4, Y-PSNR\n"
+             "  dipflow evaluate cbm3d9 heide11 --data-root s3://bench -o s3://bench/eval\n"
+             "  dipflow evaluate set5 --data-root data -o smoke/ --preset fast --iterations 50 --crop 64\n")
+    p.add_argument("benchmarks", nargs="+", metavar="BENCHMARK",
+                   help="set5, set14 (SR x4), cbm3d9 (denoise σ=25), heide11 (inpaint 50%%), or a folder URL")
+    p.add_argument("--data-root", default=os.environ.get("DIPFLOW_DATA_ROOT"), metavar="URL",
+                   help="folder holding the benchmark folders (default: $DIPFLOW_DATA_ROOT)")
+    p.add_argument("-o", "--output", required=True, metavar="DST", help="where outputs and the report go")
+    p.add_argument("--task", choices=TASKS, help="task for every benchmark (default: each benchmark's own)")
+    p.add_argument("--scale", type=_positive_int, help="SR factor (default 4)")
+    p.add_argument("--sigma", type=float, help="denoising noise level in 0-255 units (default 25)")
+    p.add_argument("--crop", type=_positive_int, metavar="SIZE", help="centre-crop clean images to SIZE² (smoke runs)")
+    _add_model_options(p)
+    _add_run_options(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = _sub(subs, "report", "summarise the Parquet report under an output folder",
+             "  dipflow report restored/\n  dipflow report eval/ --run-id 20250101T000000Z-abc123 --json\n"
+             "  dipflow report s3://bucket/sr --markdown > summary.md\n")
+    p.add_argument("output", metavar="DST", help="output folder or URL of earlier runs")
+    p.add_argument("--run-id", help="one run (default: the latest result of every image over all runs)")
+    p.add_argument("--markdown", action="store_true", help="print a markdown table")
+    p.add_argument("--json", action="store_true", help="print runs, summary and failures as JSON")
+    _add_storage_option(p)
+    p.set_defaults(func=cmd_report)
+
+    p = _sub(subs, "restore-image", "restore one image with dipcore in this process (no Ray, no Prefect)",
+             "  dipflow restore-image noisy.png -o clean.png --task denoise --preset fast\n"
+             "  dipflow restore-image lr.png -o sr.png --task sr --scale 4 --device cuda\n"
+             "  dipflow restore-image kate.png -o out.png --task inpaint --variant text --mask kate_mask.png\n")
+    p.add_argument("input", metavar="IN", help="image file or URL")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="where the PNG goes")
+    p.add_argument("--task", required=True, choices=TASKS, help="what to undo")
+    p.add_argument("--scale", type=_positive_int, help="super-resolution factor (sr; default 4)")
+    p.add_argument("--variant", help="task variant (see `dipflow restore --help`)")
+    p.add_argument("--mask", metavar="M", help="inpainting mask (white = known pixel)")
+    p.add_argument("--guide", metavar="G", help="guide image (the flash image for flash_noflash)")
+    p.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: CUDA when present)")
+    _add_model_options(p)
+    _add_output_options(p)
+    p.set_defaults(func=cmd_restore_image)
+
+    p = _sub(subs, "demo", "denoise three sample photos through the evaluate flow (local Ray, CPU, ~2 min)",
+             "  dipflow demo\n  dipflow demo -o /tmp/demo --iterations 100\n")
+    p.add_argument("-o", "--output", default="dipflow-demo", metavar="DIR", help="folder for it all (./dipflow-demo)")
+    p.add_argument("--iterations", type=_positive_int, default=240, help="steps per image (default 240)")
+    p.add_argument("--size", type=_positive_int, default=96, help="side of the sample photos in pixels (96)")
+    p.add_argument("--workers", type=_positive_int, help="number of actors (default: one per CPU)")
+    p.add_argument("--no-resume", action="store_true", help="redo images a previous demo finished")
+    _add_output_options(p)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("dipflow: interrupted; run the same command again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - one clear message; tracebacks only on request
+        if os.environ.get("DIPFLOW_DEBUG"):
+            traceback.print_exc()
+        print(f"dipflow: error: {_message(exc)}", file=sys.stderr)
+        return 1
+
+
+def _message(exc: BaseException) -> str:
+    from pipelines import storage
+
+    known = (CLIError, ValueError, OSError, storage.StorageError)
+    text = str(exc).strip() or type(exc).__name__
+    if type(exc).__name__ in ("WorkerStartError", "ParameterTypeError") or isinstance(exc, known):
+        return storage.redact(text)
+    return storage.redact(f"{type(exc).__name__}: {text} (DIPFLOW_DEBUG=1 shows the traceback)")
+
+
+# --------------------------------------------------------------------------------------------------- commands
+
+
+
+def _storage_options(pairs: list[str]) -> dict:
+    from pipelines import storage
+
+    return storage.parse_storage_options(pairs)
+
+
+def _engine_env(args: argparse.Namespace) -> None:
+    """Before Prefect is imported: no analytics; time for its ephemeral server to start on a busy laptop (its
+    default, 20 s, is short for a first start that creates the database); and its console logs only with
+    --verbose — they would tear the progress bar, and a failed flow logs a traceback where the CLI prints one
+    message. The logs still reach the Prefect API (and UI) in full. Values set by the user win."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    if not args.verbose:
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+
+
+def _run_flow(name: str, args: argparse.Namespace, **params: Any) -> dict[str, Any]:
+    """Run a flow of pipelines.flows with a progress bar, keeping secret storage options out of its parameters."""
+    _engine_env(args)
+    from pipelines import flows, progress
+
+    plain, secret = flows.split_secret_options(_storage_options(getattr(args, "storage_option", [])))
+    sink = progress.RichProgress(enabled=not args.quiet)
+    with flows.storage_credentials(secret), progress.reporting(sink):
+        return getattr(flows, name)(storage_options=plain or None, **params)
+
+
+def _execution(args: argparse.Namespace) -> dict[str, Any]:
+    return {"ray_address": args.ray_address, "gpus_per_worker": args.gpus_per_worker,
+            "cpus_per_worker": args.cpus_per_worker, "num_workers": args.workers, "max_attempts": args.max_attempts,
+            "job_timeout": args.job_timeout, "resume": not args.no_resume, "limit": args.limit, "seed": args.seed,
+            "preset": args.preset, "iterations": args.iterations,
+            "overrides": {"channels": args.channels} if args.channels else None}  # fmt: skip
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    summary = _run_flow("restore_dataset", args, source=args.source, output=args.output, task=args.task,
+                        scale=args.scale, variant=args.variant, glob=args.glob, mask_dir=args.mask_dir,
+                        guide_suffix=args.guide_suffix, dataset=args.dataset, **_execution(args))  # fmt: skip
+    return _finish(summary, args)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    if not args.data_root and any(b in ("set5", "set14", "cbm3d9", "heide11") for b in args.benchmarks):
+        raise CLIError("where are the benchmarks? pass --data-root URL (or set DIPFLOW_DATA_ROOT)")
+    summary = _run_flow("evaluate", args, benchmarks=args.benchmarks, data_root=args.data_root or ".",
+                        output=args.output, task=args.task, scale=args.scale, sigma=args.sigma, crop=args.crop,
+                        **_execution(args))  # fmt: skip
+    return _finish(summary, args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pipelines import samples
+
+    root = Path(args.output).resolve()
+    clean = root / "clean"
+    samples.write_samples(str(clean), size=args.size)
+    summary = _run_flow("evaluate", args, benchmarks=[str(clean)], data_root=str(root), output=str(root / "results"),
+                        task="denoise", preset="fast", iterations=args.iterations, num_workers=args.workers,
+                        resume=not args.no_resume)  # fmt: skip
+    code = _finish(summary, args)
+    if not args.json:
+        print(f"\nclean samples:    {clean}\nrestored images:  {root / 'results' / 'clean'}\n"
+              f"Parquet report:   {summary['report']}\nsee it again:     dipflow report {root / 'results'}")
+    return code
+
+
+def _finish(summary: dict[str, Any], args: argparse.Namespace) -> int:
+    """Print the run's summary (table or JSON) and its failures; exit 3 when any image failed."""
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+    else:
+        _print_table(summary["summary"], title=f"run {summary['run_id']}")
+        print(f"{summary['ok']} ok, {summary['error']} failed, {summary['skipped']} skipped (done by earlier runs)"
+              f" — report: {summary['report']}")  # fmt: skip
+        if summary["not_images"]:
+            print(f"{summary['not_images']} file(s) were not images (see the log)", file=sys.stderr)
+    _print_failures(summary["failures"])
+    return EXIT_FAILED_IMAGES if summary["error"] else 0
+
+
+def _print_failures(failures: list[dict[str, Any]]) -> None:
+    if failures:
+        print(f"{len(failures)} image(s) failed:", file=sys.stderr)
+        for f in failures:
+            print(f"  {f['dataset']}/{f['image_key']}: {f['error']}", file=sys.stderr)
+
+
+def _print_table(records: list[dict[str, Any]], *, title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    columns = [("dataset", "dataset", ""), ("task", "task", ""), ("scale", "scale", ""), ("images", "images", ""),
+               ("ok", "ok", ""), ("errors", "failed", ""), ("skipped", "skipped", ""), ("psnr", "PSNR dB", ".2f"),
+               ("psnr_baseline", "baseline dB", ".2f"), ("ssim", "SSIM", ".4f"),
+               ("mean_wall_seconds", "s/image", ".1f")]  # fmt: skip
+    for _, header, _fmt in columns:
+        table.add_column(header, justify="left" if header in ("dataset", "task") else "right")
+    for r in records:
+        table.add_row(*("–" if r.get(k) is None else format(r[k], f) for k, _, f in columns))
+    Console(width=None if sys.stdout.isatty() else 160).print(table)  # a pipe gets whole columns
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import pyarrow.compute as pc
+
+    from pipelines import reports, storage
+
+    so = _storage_options(args.storage_option)
+    table = reports.read_report(args.output, so, run_id=args.run_id)
+    if table.num_rows == 0:
+        where = storage.redact(storage.join(args.output, "report"))
+        raise CLIError(f"no report rows under {where}" + (f" for run {args.run_id}" if args.run_id else ""))
+    runs = sorted(set(table.column("run_id").to_pylist()))
+    view = table if args.run_id else reports.latest_rows(table)
+    failed = view.filter(pc.equal(view.column("status"), "error")).select(["dataset", "image_key", "error"])
+    failures = failed.to_pylist()
+    if args.json:
+        print(json.dumps({"runs": runs, "summary": reports.to_records(reports.summarize(view)),
+                          "failures": failures}, indent=2))  # fmt: skip
+    elif args.markdown:
+        print(reports.summary_markdown(view), end="")
+    else:
+        title = f"run {args.run_id}" if args.run_id else f"latest result of each image over {len(runs)} run(s)"
+        _print_table(reports.to_records(reports.summarize(view)), title=title)
+        _print_failures(failures)
+    return 0
+
+
+def cmd_restore_image(args: argparse.Namespace) -> int:
+    import dipcore
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from pipelines import storage
+
+    def read(uri: str) -> Any:
+        return dipcore.decode_image(storage.read_bytes(uri), name=uri)
+
+    image = read(args.input)
+    side = {"mask": read(args.mask) if args.mask else None, "guide": read(args.guide) if args.guide else None}
+    overrides = {"channels": args.channels} if args.channels else {}
+    bar = Progress(TextColumn("[bold]restoring"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(), console=Console(stderr=True),
+                   disable=args.quiet)  # fmt: skip
+    with bar:
+        step = bar.add_task("restore", total=None, loss="–")
+
+        def on_step(rec: dipcore.StepRecord) -> None:
+            bar.update(step, completed=rec.iteration, total=rec.iterations, loss=f"{rec.loss:.5f}")
+
+        res = dipcore.restore(image, task=args.task, scale=args.scale, variant=args.variant, preset=args.preset,
+                              iterations=args.iterations, seed=args.seed, device=args.device, callback=on_step,
+                              **side, **overrides)  # fmt: skip
+    storage.write_bytes_atomic(args.output, dipcore.encode_png(res.image))
+    result = {"output": storage.redact(args.output), "task": args.task, "height": int(res.image.shape[0]),
+              "width": int(res.image.shape[1]), "iterations_run": res.iterations_run, "iteration": res.iteration,
+              "stop_reason": res.stop_reason, "seconds": round(res.seconds, 3), "device": res.device}  # fmt: skip
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"wrote {result['output']} ({result['width']}×{result['height']}): {res.iterations_run} iterations "
+              f"on {res.device} in {res.seconds:.1f} s (returned iteration {res.iteration}, {res.stop_reason})")
+    return 0
+
+
+if __name__ == "__main__":  # python -m pipelines.cli
+    sys.exit(main())
