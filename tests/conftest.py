@@ -72,3 +72,67 @@ def s3_server():
 def s3_root(s3_server):
     """A fresh ``s3://dipflow-test/<uuid>`` prefix for one test."""
     return s3_server.url(_uuid.uuid4().hex)
+
+
+# --- Ray and Prefect for the pipelines tests: one local Ray instance and one Prefect harness per session ----------
+import tempfile as _tempfile
+
+# Before Ray or Prefect is imported anywhere: no usage reports, Prefect's home and database in a temp dir.
+_os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+_os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+_os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+_os.environ.setdefault("PREFECT_HOME", _tempfile.mkdtemp(prefix="dipflow-prefect-home-"))
+
+_RAY_TEST_OPTIONS = {"num_cpus": 2, "object_store_memory": 128 * 1024 * 1024}
+
+
+@_pytest.fixture(scope="session")
+def ray_session():
+    """A private local Ray instance (2 CPUs, no GPU, loopback) shared by the whole session; shut down at its end."""
+    ray = _pytest.importorskip("ray")
+    from pipelines import workers
+
+    workers.start_ray(**_RAY_TEST_OPTIONS)
+    yield ray
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@_pytest.fixture
+def ray_local(ray_session):
+    """The session's local Ray instance, started again if a test (the multi-node cluster one) replaced it."""
+    if not ray_session.is_initialized():
+        from pipelines import workers
+
+        workers.start_ray(**_RAY_TEST_OPTIONS)
+    return ray_session
+
+
+@_pytest.fixture(scope="session")
+def prefect_harness():
+    """One Prefect test server with a temporary database for every flow of the session."""
+    utilities = _pytest.importorskip("prefect.testing.utilities")
+    with utilities.prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+@_pytest.fixture
+def write_images():
+    """``write_images(root, keys, size=32, storage_options=None)``: smooth RGB PNGs (a different one per key) at
+    ``<root>/<key>`` through pipelines.storage, so any fsspec URL works; returns the URLs."""
+    import numpy as np
+
+    import dipcore
+    from pipelines import storage
+
+    def write(root, keys, size=32, storage_options=None):
+        yy, xx = np.mgrid[0:size, 0:size] / size
+        uris = []
+        for i, key in enumerate(keys):
+            image = np.stack([xx, yy, (xx + yy) * (i + 1) / (2 * len(keys))], axis=-1).astype(np.float32)
+            uri = f"{root.rstrip('/')}/{key}"
+            storage.write_bytes_atomic(uri, dipcore.encode_png(image), storage_options)
+            uris.append(uri)
+        return uris
+
+    return write

@@ -1,0 +1,148 @@
+"""pipelines.flows end to end under one Prefect test harness and one local Ray instance: a local folder (with bad
+files, artifacts and resume), an interrupted run, memory://, S3 on a moto server, and the benchmark protocol."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from pipelines import reports, storage
+
+FAST = {"preset": "fast", "iterations": 2, "overrides": {"channels": 8}}
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def by_key(table) -> dict[str, dict]:
+    rows = table.to_pylist()
+    assert len(rows) == len({r["image_key"] for r in rows}), "an image has more than one row in a run"
+    return {r["image_key"]: r for r in rows}
+
+
+def test_restore_dataset_on_a_local_folder_with_artifacts_and_resume(ray_local, tmp_path, write_images):
+    from prefect.artifacts import Artifact
+
+    from pipelines import flows
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    write_images(str(src), ["a.png", "sub/b.png", "sub/deeper/c.png"])
+    (src / "corrupt.png").write_bytes(b"not an image at all")
+    (src / "empty.png").write_bytes(b"")
+    (src / "notes.txt").write_text("not an image")
+
+    first = flows.restore_dataset(str(src), str(out), "denoise", **FAST)
+    assert (first["images"], first["ok"], first["error"], first["skipped"], first["not_images"]) == (5, 3, 2, 0, 1)
+    assert sorted(f["image_key"] for f in first["failures"]) == ["corrupt.png", "empty.png"]
+    for key in ["a.png", "sub/b.png", "sub/deeper/c.png"]:  # outputs mirror the input's relative paths
+        assert (out / key).is_file()
+    rows = by_key(reports.read_report(str(out), run_id=first["run_id"]))
+    assert rows["a.png"]["status"] == "ok" and rows["a.png"]["flow_run_id"] == first["flow_run_id"]
+    assert rows["a.png"]["attempts"] == 1 and rows["a.png"]["ray_node"] and rows["a.png"]["psnr"] is None
+    assert "empty file" in rows["empty.png"]["error"]
+    assert "not a recognised image format" in rows["corrupt.png"]["error"]
+    curves = reports.read_curves(str(out), run_id=first["run_id"])
+    assert sorted(set(curves.column("image_key").to_pylist())) == ["a.png", "sub/b.png", "sub/deeper/c.png"]
+
+    table = json.loads(Artifact.get("restore-dataset-summary").data)
+    assert [(r["dataset"], r["images"], r["ok"], r["errors"]) for r in table] == [(str(src), 5, 3, 2)]
+    assert first["run_id"] in Artifact.get("restore-dataset-report").data
+    assert Artifact.get("restore-dataset-progress").data == 100.0
+
+    stamp = (out / "a.png").stat().st_mtime_ns
+    second = flows.restore_dataset(str(src), str(out), "denoise", **FAST)
+    assert (second["ok"], second["error"], second["skipped"]) == (0, 2, 3)  # only the failed ones run again
+    assert (out / "a.png").stat().st_mtime_ns == stamp
+    assert {r["status"] for r in by_key(reports.read_report(str(out), run_id=second["run_id"])).values()} == \
+        {"skipped", "error"}  # fmt: skip
+
+
+def test_an_interrupted_run_resumes_with_only_the_unfinished_images(ray_local, tmp_path, write_images, monkeypatch):
+    from pipelines import flows
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    keys = [f"im{i}.png" for i in range(4)]
+    write_images(str(src), keys)
+    append = reports.ReportWriter.append
+    calls = []
+
+    def crash_after_two(self, row):
+        if len(calls) == 2:
+            raise RuntimeError("simulated crash of the driver")
+        calls.append(row["image_key"])
+        append(self, row)
+
+    monkeypatch.setattr(reports.ReportWriter, "append", crash_after_two)
+    with pytest.raises(RuntimeError, match="simulated crash"):  # the driver dies; in-process jobs save a pool start
+        flows.restore_dataset(str(src), str(out), "denoise", **FAST, executor="inline")
+    monkeypatch.undo()
+    assert len(calls) == 2
+
+    resumed = flows.restore_dataset(str(src), str(out), "denoise", **FAST)
+    rows = by_key(reports.read_report(str(out), run_id=resumed["run_id"]))
+    assert sorted(k for k, r in rows.items() if r["status"] == "skipped") == sorted(calls)
+    assert sorted(k for k, r in rows.items() if r["status"] == "ok") == sorted(set(keys) - set(calls))
+    latest = reports.latest_rows(reports.read_report(str(out)))
+    assert sorted(latest.column("image_key").to_pylist()) == keys
+    assert set(latest.column("status").to_pylist()) == {"ok"}
+
+
+def test_restore_dataset_on_memory_keeps_escaping_keys_inside(tmp_path, write_images):
+    import fsspec
+
+    from pipelines import flows
+
+    root = "memory://flow-memory"
+    write_images(f"{root}/src", ["a.png", "sub/b.png"])
+    for key in ["..%2f..%2fescaped.png", "sub/..%2fescaped.png"]:
+        storage.write_bytes_atomic(f"{root}/src/{key}", storage.read_bytes(f"{root}/src/a.png"))
+    summary = flows.restore_dataset(f"{root}/src", f"{root}/out", "denoise", **FAST)
+    assert (summary["ok"], summary["error"]) == (2, 2)
+    rows = by_key(reports.read_report(f"{root}/out"))
+    assert all("unsafe key" in rows[k]["error"] for k in ["..%2f..%2fescaped.png", "sub/..%2fescaped.png"])
+    files = fsspec.filesystem("memory").find("/")
+    assert all(f.startswith(("/flow-memory/src/", "/flow-memory/out/")) for f in files), files
+    assert storage.exists(f"{root}/out/sub/b.png") and not any("escaped" in f and "/out/" in f for f in files)
+
+
+def test_restore_dataset_on_s3_keeps_credentials_out_of_prefect(ray_local, s3_server, s3_root, write_images):
+    from prefect.client.orchestration import get_client
+
+    from pipelines import flows
+
+    plain, secret = flows.split_secret_options(s3_server.storage_options)
+    assert set(secret) == {"key", "secret"} and "client_kwargs" in plain
+    write_images(f"{s3_root}/in", ["a.png", "sub/b.png"], storage_options=s3_server.storage_options)
+    with flows.storage_credentials(secret):
+        summary = flows.restore_dataset(f"{s3_root}/in", f"{s3_root}/out", "sr", scale=2, storage_options=plain,
+                                        **FAST)  # fmt: skip
+    assert (summary["ok"], summary["error"]) == (2, 0), summary["failures"]
+    so = s3_server.storage_options
+    assert storage.exists(f"{s3_root}/out/sub/b.png", so)
+    rows = by_key(reports.read_report(f"{s3_root}/out", so))
+    assert rows["sub/b.png"]["output_uri"] == f"{s3_root}/out/sub/b.png" and rows["sub/b.png"]["height"] == 64
+    with get_client(sync_client=True) as client:
+        parameters = client.read_flow_run(summary["flow_run_id"]).parameters
+    assert "testing" not in repr(parameters) and parameters["storage_options"] == plain
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data is not here")
+def test_evaluate_scores_benchmarks_with_the_paper_protocols(ray_local, tmp_path):
+    from pipelines import flows
+
+    summary = flows.evaluate(["set5", "cbm3d9", "heide11"], str(DATA), str(tmp_path / "eval"), crop=48, limit=1,
+                             executor="inline", **FAST)  # fmt: skip (the protocol is the worker's, not Ray's)
+    assert (summary["ok"], summary["error"]) == (3, 0), summary["failures"]
+    rows = {r["dataset"]: r for r in reports.read_report(str(tmp_path / "eval")).to_pylist()}
+    sr, dn, inp = rows["set5"], rows["cbm3d9"], rows["heide11"]
+    assert (sr["task"], sr["scale"], sr["psnr_channel"], sr["psnr_shave"], sr["psnr_crop"]) == \
+        ("sr", 4, "y", 4, "48x48+center32")  # fmt: skip
+    assert sr["baseline_name"] == "bicubic" and (sr["height"], sr["width"]) == (32, 32)
+    assert (dn["task"], dn["psnr_channel"], dn["psnr_shave"], dn["baseline_name"]) == ("denoise", "rgb", 0, "input")
+    assert 18 < dn["psnr_baseline"] < 24  # σ = 25 noise on [0, 255]: about 20.2 dB before clipping
+    assert (inp["task"], inp["variant"], inp["psnr_channel"]) == ("inpaint", "random", "gray")
+    assert all(r["psnr"] is not None and r["ssim"] is not None for r in rows.values())
+    assert os.path.isfile(tmp_path / "eval" / "set5" / "baby.png")

@@ -1,0 +1,195 @@
+"""pipelines.workers and pipelines.jobs: one job in-process, the Ray driver loop with dead and stuck actors, and
+actor placement on a multi-node cluster with logical GPUs. Tiny images, 8-channel nets, a few iterations."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import dipcore
+from pipelines import jobs, storage
+from pipelines.jobs import Job, Synthesis
+
+FAST = {"preset": "fast", "iterations": 2, "overrides": {"channels": 8}}
+
+
+def plan(root: str, output: str, task: str = "denoise", synthesis: Synthesis | None = None, **kw) -> jobs.Plan:
+    config = jobs.run_config(task, synthesis=synthesis, **{**FAST, **kw})
+    return jobs.plan_jobs(storage.list_images(root), run_id="test-run", dataset="tiny", output=output, config=config)
+
+
+# ---------------------------------------------------------------------------------------------- in-process
+
+
+def test_restorer_runs_one_evaluation_job_with_the_sr_protocol(tmp_path, write_images):
+    write_images(str(tmp_path / "src"), ["sub/a.png"], size=72)
+    p = plan(str(tmp_path / "src"), str(tmp_path / "out"), task="sr", scale=4,
+             synthesis=Synthesis("sr", scale=4, crop_multiple=32))
+    from pipelines.workers import Restorer
+
+    outcome = Restorer().run(p.jobs[0])
+    row = outcome.row
+    assert row["status"] == "ok", row.get("error")
+    assert row["output_uri"] == str(tmp_path / "out" / "sub" / "a.png")
+    restored = dipcore.load_image(tmp_path / "out" / "sub" / "a.png")
+    assert restored.shape == (64, 64, 3)  # 72 px centre-cropped to a multiple of 32, restored at full size
+    assert (row["height"], row["width"]) == (64, 64)
+    assert (row["psnr_channel"], row["psnr_shave"], row["psnr_crop"]) == ("y", 4, "center32")
+    assert row["baseline_name"] == "bicubic" and row["psnr_baseline"] > 20  # a smooth image: bicubic does well
+    assert row["psnr"] is not None and row["ssim"] is not None and row["psnr_best"] is None  # curve is RGB, not Y
+    assert row["iterations_run"] == 2 and row["input_sha256"] == p.jobs[0].sha256
+    assert [c["iteration"] for c in outcome.curves] == [1, 2]
+    assert all(not isinstance(v, np.ndarray) for v in row.values())  # rows stay small
+
+
+def test_restorer_turns_bad_inputs_into_error_rows(tmp_path, write_images):
+    src = tmp_path / "src"
+    write_images(str(src), ["good.png"])
+    (src / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    (src / "empty.png").write_bytes(b"")
+    p = plan(str(src), str(tmp_path / "out"), task="inpaint")  # no masks beside them: also an error
+    from pipelines.workers import Restorer
+
+    restorer = Restorer()
+    rows = {j.key: restorer.run(j).row for j in p.jobs}
+    missing = dataclasses.replace(p.jobs[0], key="gone.png", input_uri=str(src / "gone.png"))
+    rows["gone.png"] = restorer.run(missing).row
+    assert {k: r["status"] for k, r in rows.items()} == dict.fromkeys(rows, "error")
+    assert "empty file" in rows["empty.png"]["error"]
+    assert "corrupt" in rows["corrupt.png"]["error"] or "truncated" in rows["corrupt.png"]["error"]
+    assert "no mask for good.png" in rows["good.png"]["error"]
+    assert "no such file" in rows["gone.png"]["error"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_plan_rejects_keys_that_would_escape_the_output_root():
+    root = "memory://plan-escape"
+    for key in ["ok.png", "..%2fevil.png", "sub/..%2f..%2fevil.png", "x\\..\\evil.png"]:
+        storage.write_bytes_atomic(f"{root}/src/{key}", b"bytes")
+    p = plan(f"{root}/src", f"{root}/out")
+    assert [j.key for j in p.jobs] == ["ok.png"] and p.jobs[0].output_uri == f"{root}/out/ok.png"
+    assert sorted(e.key for e, _ in p.rejected) == ["..%2fevil.png", "sub/..%2f..%2fevil.png", "x\\..\\evil.png"]
+    assert all("unsafe key" in why for _, why in p.rejected)
+
+
+def test_config_hash_changes_with_settings_not_with_execution():
+    a = jobs.run_config("denoise", **FAST)
+    assert jobs.run_config("denoise", **FAST).config_hash == a.config_hash
+    assert jobs.run_config("denoise", **{**FAST, "iterations": 3}).config_hash != a.config_hash
+    assert jobs.run_config("denoise", **FAST, seed=1).config_hash != a.config_hash
+    with pytest.raises(dipcore.ConfigError, match="unknown setting"):
+        jobs.run_config("denoise", overrides={"chanels": 8})
+
+
+# ------------------------------------------------------------------------------------------------- on Ray
+
+
+def _run(job_list, pool, **kw):
+    from pipelines.workers import run_jobs
+
+    outcomes = []
+    stats = run_jobs(job_list, workers=pool, on_result=outcomes.append, poll=0.5, startup_timeout=300, **kw)
+    return outcomes, stats
+
+
+class _CrashingJob(Job):
+    """A job that kills the worker process reading it (fault injection): always, or on its first attempt only."""
+
+    @property
+    def scale(self):  # read by the worker first thing (jobs.base_row); the driver reads it too, harmlessly
+        if os.getpid() != _DRIVER_PID:
+            marker = os.path.join(_MARKERS, self.key)
+            if self.key.startswith("always") or not os.path.exists(marker):
+                open(marker, "w").close()
+                os._exit(1)
+        return super().scale
+
+
+_DRIVER_PID = os.getpid()
+_MARKERS = ""
+
+
+def test_jobs_of_dead_actors_are_retried_then_given_up(ray_local, tmp_path, write_images):
+    global _MARKERS
+    _MARKERS = str(tmp_path)
+    ray_local.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this module
+    write_images(str(tmp_path / "src"), ["always.png", "once.png", "ok1.png", "ok2.png"])
+    p = plan(str(tmp_path / "src"), str(tmp_path / "out"))
+    as_crashing = lambda j: _CrashingJob(**{f.name: getattr(j, f.name) for f in dataclasses.fields(Job)})  # noqa
+    job_list = [as_crashing(j) if j.key in ("always.png", "once.png") else j for j in p.jobs]
+    from pipelines.workers import WorkerPool
+
+    pool = WorkerPool(2, num_cpus=1)
+    try:
+        outcomes, stats = _run(job_list, pool, max_attempts=2)
+    finally:
+        pool.shutdown()
+    rows = {o.row["image_key"]: o.row for o in outcomes}
+    assert len(outcomes) == len(rows) == 4  # every job exactly once
+    assert rows["always.png"]["status"] == "error" and rows["always.png"]["attempts"] == 2
+    assert "failed after 2 attempt(s)" in rows["always.png"]["error"] and "worker lost" in rows["always.png"]["error"]
+    assert rows["once.png"]["status"] == "ok" and rows["once.png"]["attempts"] == 2
+    # Calls queued behind a crashing job never started: they are requeued without losing an attempt.
+    assert [rows[k]["attempts"] for k in ("ok1.png", "ok2.png")] == [1, 1]
+    assert stats.failed_attempts == 3 and stats.restarts >= 3 and (stats.ok, stats.errors) == (3, 1)
+    assert all((tmp_path / "out" / k).exists() for k in ("once.png", "ok1.png", "ok2.png"))
+
+
+def test_a_stuck_attempt_times_out(ray_local, tmp_path, write_images):
+    write_images(str(tmp_path / "src"), ["fine.png"])
+    p = plan(str(tmp_path / "src"), str(tmp_path / "out"))
+    os.mkfifo(tmp_path / "src" / "stuck.png")  # reading it blocks forever: no writer ever opens it
+    stuck = dataclasses.replace(p.jobs[0], key="stuck.png", input_uri=str(tmp_path / "src" / "stuck.png"))
+    from pipelines.workers import WorkerPool
+
+    pool = WorkerPool(1, num_cpus=1)
+    try:
+        started = time.monotonic()
+        outcomes, stats = _run([stuck], pool, max_attempts=1, timeout=2.0)
+        assert time.monotonic() - started < 60
+    finally:
+        pool.shutdown()
+    (row,) = [o.row for o in outcomes]
+    assert row["status"] == "error" and "timed out after 2 s" in row["error"] and row["attempts"] == 1
+    assert stats.restarts == 1
+
+
+# ----------------------------------------------------------------------------------- multi-node, logical GPUs
+
+
+def test_actors_land_on_gpu_nodes_of_a_multi_node_cluster(ray_session, tmp_path, write_images):
+    """Head without GPUs, two nodes with one logical GPU each (no CUDA needed: Ray only schedules by count)."""
+    from ray.cluster_utils import Cluster
+
+    from pipelines import workers
+
+    ray = ray_session
+    ray.shutdown()  # the shared local instance; `ray_local` restarts it for any later test
+    store = 80 * 1024 * 1024
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0, "object_store_memory": store})
+    try:
+        gpu_nodes = {cluster.add_node(num_cpus=1, num_gpus=1, object_store_memory=store).node_id for _ in range(2)}
+        ray.init(address=cluster.address, logging_level=30, log_to_driver=False)
+        cluster.wait_for_nodes()
+        assert (workers._capacity(1, 0), workers._capacity(0.5, 0), workers._capacity(0, 1)) == (2, 4, 3)
+        write_images(str(tmp_path / "src"), [f"im{i}.png" for i in range(4)])
+        p = plan(str(tmp_path / "src"), str(tmp_path / "out"))
+        pool = workers.WorkerPool.for_cluster(gpus_per_worker=1.0, max_workers=8)
+        assert len(pool.slots) == 2 and pool.options["num_gpus"] == 1.0
+        try:
+            outcomes, _ = _run(p.jobs, pool)
+            placed = {s.info["node"] for s in pool.slots if s.info}
+        finally:
+            pool.shutdown()
+        assert placed == gpu_nodes  # one actor on each GPU node, none on the head
+        assert sorted(o.row["image_key"] for o in outcomes) == [f"im{i}.png" for i in range(4)]
+        assert {o.row["ray_node"] for o in outcomes} <= gpu_nodes
+        assert all(o.row["status"] == "ok" and o.row["device"] == "cpu" for o in outcomes)  # no CUDA here
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
