@@ -434,7 +434,7 @@ def texture_nets(
     ratios: Sequence[int] = (32, 16, 8, 4, 2, 1),
     fill_noise: bool = False,
     pad: str = "zero",
-    need_sigmoid: bool = True,
+    sigmoid: bool = True,
     conv_num: int = 8,
     upsample: str = "nearest",
 ) -> nn.Sequential:
@@ -463,7 +463,7 @@ def texture_nets(
         branch = nn.Sequential(*_texture_branch(in_channels, conv_num, fine, kit, fill_noise), _bn(conv_num))
         c += conv_num
         net = nn.Sequential(_Concat(coarser, branch), *kit.block(c, c, 3), *kit.block(c, c, 3), *kit.block(c, c, 1))
-    return nn.Sequential(*net, kit.conv(c, out_channels, 1), *([nn.Sigmoid()] if need_sigmoid else []))
+    return nn.Sequential(*net, kit.conv(c, out_channels, 1), *([nn.Sigmoid()] if sigmoid else []))
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -88,8 +88,8 @@ def lanczos_kernel(factor: int, *, support: int = 2, phase: float = 0.5) -> np.n
     With phase 0.5 it has ``2·support·factor`` taps a side (4f × 4f for Lanczos-2), centred between pixels, so
     that keeping every f-th sample of the filtered image lands on the centres of the low-resolution pixels.
     """
-    if factor < 1 or support < 1:
-        raise ConfigError(f"lanczos_kernel needs factor ≥ 1 and support ≥ 1, got {factor=} {support=}")
+    if factor < 1 or support < 1 or phase not in (0, 0.5):
+        raise ConfigError(f"lanczos_kernel needs factor ≥ 1, support ≥ 1, phase 0 or 0.5; got {factor=} {support=} {phase=}")
     taps = 2 * support * factor if phase == 0.5 else 2 * support * factor + 1
     centre = (taps + 1) / 2  # 1-based; between the two middle taps when taps is even (phase 0.5)
     offsets = np.arange(1, taps + 1, dtype=np.float64) - centre

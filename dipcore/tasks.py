@@ -188,10 +188,14 @@ def apply_overrides(p: TaskPreset, **overrides: Any) -> TaskPreset:
     fields = {f.name for f in dataclasses.fields(TaskPreset)} - {"task", "net_options"}
     opts = dict(p.net_options)
     changes: dict[str, Any] = {}
-    for name, value in overrides.items():
+    net = overrides.get("net") or p.net
+    # `net` first: another architecture starts from its own defaults, then the other overrides apply to it.
+    for name, value in sorted(overrides.items(), key=lambda kv: kv[0] != "net"):
         if value is None:
             continue
-        if name == "channels":
+        if name == "channels" and net != "skip":
+            opts["channels"] = int(value)  # resnet / deep_decoder width
+        elif name == "channels":
             n = len(opts.get("channels_down", (0,) * 5))
             opts["channels_down"] = opts["channels_up"] = (int(value),) * n
         elif name == "skip_channels":
@@ -217,5 +221,6 @@ def apply_overrides(p: TaskPreset, **overrides: Any) -> TaskPreset:
 _ALIASES = {"channels", "skip_channels", "net_options"}
 _NET_OPTION_NAMES = {
     "channels_down", "channels_up", "channels_skip", "filter_size_down", "filter_size_up", "filter_size_skip",
-    "pad", "downsample", "upsample", "act", "need_1x1_up", "feature_scale", "num_blocks", "num_layers",
+    "pad", "downsample", "upsample", "act", "need_1x1_up", "sigmoid", "bias", "feature_scale", "more_layers",
+    "concat_x", "norm", "num_blocks", "ratios", "conv_num", "fill_noise", "num_layers",
 }  # fmt: skip

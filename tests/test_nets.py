@@ -120,8 +120,7 @@ def test_every_net_maps_a_code_to_an_image_in_0_1(name):
 
 @pytest.mark.parametrize("name", list(SMALL))
 def test_every_net_without_sigmoid_leaves_the_range(name):
-    key = "need_sigmoid" if name == "texture_nets" else "sigmoid"
-    net = nets.get_net(name, **SMALL[name], **{key: False})
+    net = nets.get_net(name, **SMALL[name], sigmoid=False)
     assert not any(isinstance(m, nn.Sigmoid) for m in net.modules())
 
 
