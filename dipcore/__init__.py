@@ -5,7 +5,7 @@
 >>> res = dipcore.restore(obs, task="sr", scale=4, seed=0, reference=clean)       # doctest: +SKIP
 """
 
-from .api import Restoration, restore
+from .api import Restoration, restore, restore_batch
 from .degrade import Observation, degrade
 from .errors import ConfigError, DipcoreError, ImageDecodeError, ImageTooLargeError
 from .fit import EngineOptions, StepRecord
@@ -14,7 +14,7 @@ from .metrics import psnr, ssim
 from .tasks import TASKS, get_preset
 
 __all__ = [
-    "restore", "Restoration", "degrade", "Observation", "psnr", "ssim",
+    "restore", "restore_batch", "Restoration", "degrade", "Observation", "psnr", "ssim",
     "decode_image", "encode_png", "load_image", "to_float_image",
     "EngineOptions", "StepRecord", "TASKS", "get_preset",
     "DipcoreError", "ConfigError", "ImageDecodeError", "ImageTooLargeError",

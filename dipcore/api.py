@@ -14,15 +14,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import nets
+from .batched import stack_problems
 from .degrade import Observation
 from .errors import ConfigError
-from .fit import EngineOptions, FitProblem, FitResult, FitSettings, StepRecord, default_device, fit
+from .fit import EngineOptions, FitProblem, FitResult, FitSettings, StepRecord, default_device, fit, fit_stacked
 from .imageio import to_float_image
 from .operators import Features, Identity, LanczosDown, Mask, Operator, alexnet, meshgrid_code, noise_code
 from .stopping import VarianceStopping
 from .tasks import TaskPreset, apply_overrides, get_preset
 
-__all__ = ["Restoration", "restore", "build_problem", "preset_for"]
+__all__ = ["Restoration", "restore", "restore_batch", "build_problem", "preset_for"]
 
 
 @dataclass
@@ -211,30 +212,85 @@ def restore(
         scale = scale or (observation.scale if task == "sr" else None)
     p = preset_for(task, variant=variant, scale=scale, preset=preset, iterations=iterations,
                    early_stopping=early_stopping, **overrides)  # fmt: skip
+    obs, ref = _prepare(p, observation, mask=mask, guide=guide, reference=reference)
+    dev = torch.device(device) if device is not None else default_device()
+    engine = (engine or EngineOptions()).resolved(dev)
+    seeds = [seed + r for r in range(p.restarts)]
+    problems = [build_problem(p, obs, device=dev, seed=s, reference=ref, features_weights=features_weights)
+                for s in seeds]  # fmt: skip
+    runs = _run(problems, seeds, _settings(p, engine), dev, callback, batched=engine.batch_restarts)
+    return _collect(runs, p, seed, dev, started)
+
+
+def restore_batch(
+    observations: list[Any],
+    *,
+    task: str,
+    references: list[Any] | None = None,
+    seeds: list[int] | None = None,
+    scale: int | None = None,
+    variant: str | None = None,
+    preset: str = "paper",
+    iterations: int | None = None,
+    device: str | torch.device | None = None,
+    early_stopping: bool | None = None,
+    callback: Callable[[StepRecord], bool | None] | None = None,
+    engine: EngineOptions | None = None,
+    **overrides: Any,
+) -> list[Restoration]:
+    """Restore K images of one shape and task as one batched fit (see ``dipcore.batched``): the same results as K
+    ``restore`` calls with seeds ``seeds`` (up to float rounding), in much less GPU time for small images."""
+    started = time.perf_counter()
+    k = len(observations)
+    seeds = list(seeds) if seeds is not None else list(range(k))
+    references = list(references) if references is not None else [None] * k
+    if len(seeds) != k or len(references) != k:
+        raise ConfigError(f"{k} observations need {k} seeds and references, got {len(seeds)} and {len(references)}")
+    if isinstance(observations[0], Observation):
+        scale = scale or (observations[0].scale if task == "sr" else None)
+    p = preset_for(task, variant=variant, scale=scale, preset=preset, iterations=iterations,
+                   early_stopping=early_stopping, **overrides)  # fmt: skip
+    if p.restarts != 1:
+        raise ConfigError("restore_batch runs one fit per image: use restarts=1")
+    dev = torch.device(device) if device is not None else default_device()
+    problems = []
+    for observation, reference, s in zip(observations, references, seeds):
+        obs, ref = _prepare(p, observation, reference=reference)
+        problems.append(build_problem(p, obs, device=dev, seed=s, reference=ref))
+    runs = _run(problems, seeds, _settings(p, (engine or EngineOptions()).resolved(dev)), dev, callback, batched=True)
+    return [_collect([run], p, s, dev, started) for run, s in zip(runs, seeds)]
+
+
+def _prepare(p: TaskPreset, observation: Any, *, mask: Any = None, guide: Any = None, reference: Any = None):
+    """The observation and reference as float arrays, centre-cropped when the preset asks for the paper's crop."""
     if p.iterations < 1:
         raise ConfigError(f"iterations must be ≥ 1, got {p.iterations}")
-    obs = _as_observation(observation, task, mask, guide, p.scale)
+    obs = _as_observation(observation, p.task, mask, guide, p.scale)
     ref = to_float_image(reference) if reference is not None else None
     if p.crop == "center":
         multiple = nets.required_multiple(p.net, **p.net_options)
-        lr_multiple = max(1, multiple // p.scale) if task == "sr" else multiple
+        lr_multiple = max(1, multiple // p.scale) if p.task == "sr" else multiple
         obs.image, obs.mask, obs.guide = (_center_crop(a, lr_multiple) for a in (obs.image, obs.mask, obs.guide))
         ref = _center_crop(ref, multiple)
-    if ref is not None and ref.shape[2] != obs.image.shape[2] and task != "preimage":
+    if ref is not None and ref.shape[2] != obs.image.shape[2] and p.task != "preimage":
         ref = np.repeat(ref, obs.image.shape[2], axis=2) if ref.shape[2] == 1 else ref.mean(2, keepdims=True)
+    return obs, ref
 
-    dev = torch.device(device) if device is not None else default_device()
+
+def _settings(p: TaskPreset, engine: EngineOptions) -> FitSettings:
     stopping = (lambda: VarianceStopping(window=p.es_window, patience=p.es_patience)) if p.early_stopping else None
-    settings = FitSettings(
+    return FitSettings(
         lr=p.lr, iterations=p.iterations, reg_noise_std=p.reg_noise_std, ema=p.ema, backtrack=p.backtrack,
-        stopping=stopping, engine=engine or EngineOptions(),
+        stopping=stopping, engine=engine,
     )  # fmt: skip
-    runs: list[FitResult] = []
-    for r in range(p.restarts):
-        problem = build_problem(p, obs, device=dev, seed=seed + r, reference=ref, features_weights=features_weights)
-        jitter_gen = torch.Generator(device=dev).manual_seed(seed + r)
-        runs.append(fit(problem, settings, generator=jitter_gen, callback=callback))
-    return _collect(runs, p, seed, dev, started)
+
+
+def _run(problems, seeds, settings, dev, callback, *, batched: bool) -> list[FitResult]:
+    """Fit the problems one by one, or as one stacked fit when ``batched`` and there is more than one."""
+    generators = [torch.Generator(device=dev).manual_seed(s) for s in seeds]
+    if batched and len(problems) > 1:
+        return fit_stacked(stack_problems(problems), settings, generators=generators, callback=callback)
+    return [fit(prob, settings, generator=g, callback=callback) for prob, g in zip(problems, generators)]
 
 
 def _returned(run: FitResult, p: TaskPreset) -> Tensor:

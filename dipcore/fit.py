@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 from typing import Callable, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .operators import Operator
 from .stopping import VarianceStopping
 
-__all__ = ["FitProblem", "FitSettings", "EngineOptions", "StepRecord", "FitResult", "fit", "default_device"]
+__all__ = [
+    "FitProblem", "FitSettings", "EngineOptions", "StepRecord", "FitResult", "fit", "fit_stacked", "default_device",
+]  # fmt: skip
 
 # A PSNR drop of more than 5 dB from the last accepted iteration undoes the step (published denoising code).
 _BACKTRACK_DB = 5.0
@@ -41,7 +42,6 @@ class FitProblem:
     target: Tensor  # the observation in A's space
     crop: tuple[int, int, int, int]  # (top, left, H, W): the image inside the net's canvas
     reference: Tensor | None = None  # (1, C, H, W) ground truth, for PSNR curves only
-    loss_mask: Tensor | None = None  # optional weights on the residual (unused by the paper's tasks)
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,7 @@ class EngineOptions:
     tf32: bool | None = None  # TF32 convolutions and matmuls; default: on for CUDA, off gives strict fp32
     autocast: Literal["bf16"] | None = None  # bf16 autocast of the forward pass (opt-in; costs some PSNR)
     cudnn_benchmark: bool | None = None  # default: on for CUDA (shapes are static during a fit)
+    batch_restarts: bool | None = None  # restarts of one image as one stacked fit; default: on for CUDA
 
     def resolved(self, device: torch.device) -> "EngineOptions":
         cuda = device.type == "cuda"
@@ -63,6 +64,7 @@ class EngineOptions:
             tf32=pick(self.tf32, cuda),
             autocast=self.autocast,
             cudnn_benchmark=pick(self.cudnn_benchmark, cuda),
+            batch_restarts=pick(self.batch_restarts, cuda),
         )
 
 
@@ -100,8 +102,9 @@ class FitResult:
     backtracks: int = 0
 
 
-def _psnr(x: Tensor, ref: Tensor) -> Tensor:
-    mse = (x.float() - ref).pow(2).mean().clamp_min(1e-12)
+def _psnr(x: Tensor, ref: Tensor, k: int = 1) -> Tensor:
+    """PSNR of each of the K stacked fits, on the device: (1, K·C, H, W) -> (K,)."""
+    mse = (x.float() - ref).pow(2).reshape(k, -1).mean(1).clamp_min(1e-12)
     return -10.0 * torch.log10(mse)
 
 
@@ -129,34 +132,49 @@ def fit(
     callback: Callable[[StepRecord], bool | None] | None = None,
 ) -> FitResult:
     """Run one DIP fit. ``generator`` (on the fit's device) draws the input jitter; a callback returning True stops."""
+    return fit_stacked(problem, settings, generators=[generator], callback=callback)[0]
+
+
+def fit_stacked(
+    problem: FitProblem,
+    settings: FitSettings,
+    *,
+    generators: list[torch.Generator],
+    callback: Callable[[StepRecord], bool | None] | None = None,
+) -> list[FitResult]:
+    """Run K = ``len(generators)`` independent fits stacked along channels in one net (see ``dipcore.batched``).
+
+    Fit k owns channel block k of the code, the output, the target and every parameter's first dimension, so
+    per-fit losses add up to a loss whose gradient is each fit's own; BatchNorm and Adam are per channel, hence
+    per fit. Fit k draws its jitter from ``generators[k]``. With K = 1 this is the plain DIP loop.
+    Callbacks see the mean over the K fits.
+    """
+    k = len(generators)
     device = problem.z.device
     engine = settings.engine.resolved(device)
     net, z, op = problem.net, problem.z, problem.operator
     memory_format = torch.channels_last if engine.channels_last else torch.contiguous_format
     net.to(memory_format=memory_format)
     z = z.contiguous(memory_format=memory_format)
+    z_blocks = z.shape[1] // k
     top, left, h, w = problem.crop
     ref = problem.reference
     n = settings.iterations
     params = [p for p in net.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=settings.lr)
-    stopping = settings.stopping() if settings.stopping else None
+    opt = torch.optim.Adam(params, lr=settings.lr, fused=device.type == "cuda")
+    rules = [settings.stopping() for _ in range(k)] if settings.stopping else None
     autocast = (
         torch.autocast(device.type, dtype=torch.bfloat16) if engine.autocast == "bf16" else contextlib.nullcontext()
     )
 
-    losses = torch.zeros(n, device=device)
-    psnrs = torch.zeros(n, device=device) if ref is not None else None
-    psnrs_avg = torch.zeros(n, device=device) if ref is not None and settings.ema else None
+    losses = torch.zeros(n, k, device=device)
+    psnrs = torch.zeros(n, k, device=device) if ref is not None else None
+    psnrs_avg = torch.zeros(n, k, device=device) if ref is not None and settings.ema else None
     average: Tensor | None = None
     snapshot = [p.detach().clone() for p in params] if settings.backtrack else None
-    accepted_loss = torch.full((), math.inf, device=device)
-    backtracks = torch.zeros((), dtype=torch.int64, device=device)
-    history: dict[str, list[float]] = {"loss": []}
-    if ref is not None:
-        history["psnr"] = []
-        if settings.ema:
-            history["psnr_average"] = []
+    accepted_loss = torch.full((k,), math.inf, device=device)
+    backtracks = torch.zeros(k, dtype=torch.int64, device=device)
+    histories = [_empty_history(ref is not None, bool(settings.ema)) for _ in range(k)]
     out = None
     stop_reason: Literal["iterations", "early_stopping", "callback"] = "iterations"
     synced = 0
@@ -166,84 +184,103 @@ def fit(
         for it in range(1, n + 1):
             z_in = z
             if settings.reg_noise_std > 0:
-                jitter = torch.randn(z.shape, generator=generator, device=device)
+                jitter = torch.cat([torch.randn((1, z_blocks, *z.shape[2:]), generator=g, device=device)
+                                    for g in generators], dim=1)  # fmt: skip
                 z_in = z + settings.reg_noise_std * jitter
             with autocast:
-                out = net(z_in)[..., top : top + h, left : left + w].float()  # (1, C, H, W)
-                loss = F.mse_loss(op(out), problem.target)
+                out = net(z_in)[..., top : top + h, left : left + w].float()  # (1, K·C, H, W)
+                per_fit = (op(out) - problem.target).pow(2).reshape(k, -1).mean(1)  # (K,) each fit's MSE
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            per_fit.sum().backward()
             if snapshot is not None:
-                _backtrack(params, snapshot, loss.detach(), accepted_loss, backtracks)
+                _backtrack(params, snapshot, per_fit.detach(), accepted_loss, backtracks)
             opt.step()
 
             with torch.no_grad():
                 out = out.detach()
-                losses[it - 1] = loss.detach()
+                losses[it - 1] = per_fit.detach()
                 if settings.ema:
                     average = out.clone() if average is None else average.lerp_(out, 1.0 - settings.ema)
                 if ref is not None:
-                    psnrs[it - 1] = _psnr(out, ref)
+                    psnrs[it - 1] = _psnr(out, ref, k)
                     if psnrs_avg is not None:
-                        psnrs_avg[it - 1] = _psnr(average, ref)
-                if stopping is not None:
-                    stopping.update(out, it)
+                        psnrs_avg[it - 1] = _psnr(average, ref, k)
+                if rules is not None:
+                    for rule, block in zip(rules, out.chunk(k, dim=1)):
+                        rule.update(block, it)
 
             if it % engine.sync_every and it != n:
                 continue
-            stop = _deliver(history, callback, losses, psnrs, psnrs_avg, synced, it, n)
+            stop = _deliver(histories, callback, losses, psnrs, psnrs_avg, synced, it, n)
             synced = it
             if stop:
                 stop_reason = "callback"
                 break
-            if stopping is not None and stopping.should_stop(it):
+            if rules is not None and all(rule.should_stop(it) for rule in rules):
                 stop_reason = "early_stopping"
                 break
 
-    stopped = None
-    iteration = it
-    if stop_reason == "early_stopping":
-        stopped, iteration = stopping.best_output, int(stopping.best_iteration)
-    return FitResult(
-        final=out, average=average, stopped=stopped, iteration=iteration, iterations_run=it,
-        stop_reason=stop_reason, history=history, backtracks=int(backtracks),
-    )  # fmt: skip
+    results = []
+    for i in range(k):
+        block = lambda t: None if t is None else t[:, t.shape[1] // k * i : t.shape[1] // k * (i + 1)]  # noqa: E731
+        rule = rules[i] if rules is not None else None
+        fired = rule is not None and (stop_reason == "early_stopping" or rule.should_stop(it))
+        results.append(FitResult(
+            final=block(out), average=block(average), stopped=rule.best_output if fired else None,
+            iteration=int(rule.best_iteration) if fired else it, iterations_run=it,
+            stop_reason="early_stopping" if fired else stop_reason, history=histories[i],
+            backtracks=int(backtracks[i]),
+        ))  # fmt: skip
+    return results
+
+
+def _empty_history(with_psnr: bool, with_average: bool) -> dict[str, list[float]]:
+    history: dict[str, list[float]] = {"loss": []}
+    if with_psnr:
+        history["psnr"] = []
+        if with_average:
+            history["psnr_average"] = []
+    return history
 
 
 @torch.no_grad()
 def _backtrack(params: list[Tensor], snapshot: list[Tensor], loss: Tensor, accepted: Tensor, count: Tensor) -> None:
-    """Before the step: if the loss of the current weights jumped by more than 5 dB against the last accepted one,
-    go back to the weights that gave it and drop this gradient; otherwise the current weights become the snapshot.
+    """Before the step: where a fit's loss jumped by more than 5 dB against its last accepted one, go back to the
+    weights that gave that loss and drop this gradient; elsewhere the current weights become the snapshot.
 
-    Decided on the device with ``torch.where``: no host read, and the snapshot is a device copy.
+    ``loss``, ``accepted`` and ``count`` hold one value per stacked fit, and fit k owns block k of every
+    parameter's first dimension. Decided on the device with ``torch.where``: no host read, no CPU copy.
     """
-    jump = 10.0 * torch.log10(loss.clamp_min(1e-12) / accepted) > _BACKTRACK_DB
-    keep = (~jump).to(params[0].dtype)
+    k = loss.numel()
+    jump = 10.0 * torch.log10(loss.clamp_min(1e-12) / accepted) > _BACKTRACK_DB  # (K,)
     for p, s in zip(params, snapshot):
-        s.copy_(torch.where(jump, s, p))
+        mask = jump.repeat_interleave(p.shape[0] // k).view(-1, *([1] * (p.dim() - 1)))
+        s.copy_(torch.where(mask, s, p))
         p.copy_(s)
         if p.grad is not None:
-            p.grad.mul_(keep)
+            p.grad.mul_(~mask)
     accepted.copy_(torch.where(jump, accepted, loss))
     count.add_(jump.long())
 
 
-def _deliver(history, callback, losses, psnrs, psnrs_avg, start: int, end: int, n: int) -> bool:
-    """Copy iterations (start, end] of the device buffers into the history and hand them to the callback."""
-    chunk_loss = losses[start:end].tolist()
-    chunk_psnr = psnrs[start:end].tolist() if psnrs is not None else None
-    chunk_avg = psnrs_avg[start:end].tolist() if psnrs_avg is not None else None
-    history["loss"].extend(chunk_loss)
-    if chunk_psnr is not None:
-        history["psnr"].extend(chunk_psnr)
-    if chunk_avg is not None:
-        history["psnr_average"].extend(chunk_avg)
+def _deliver(histories, callback, losses, psnrs, psnrs_avg, start: int, end: int, n: int) -> bool:
+    """Copy iterations (start, end] of the device buffers (n, K) into the histories and hand them to the callback."""
+    chunks = {"loss": losses[start:end].tolist()}
+    if psnrs is not None:
+        chunks["psnr"] = psnrs[start:end].tolist()
+    if psnrs_avg is not None:
+        chunks["psnr_average"] = psnrs_avg[start:end].tolist()
+    for i, history in enumerate(histories):
+        for key, rows in chunks.items():
+            history[key].extend(row[i] for row in rows)
     if callback is None:
         return False
-    for i, loss in enumerate(chunk_loss):
+    mean = lambda row: sum(row) / len(row)  # noqa: E731
+    for j, loss_row in enumerate(chunks["loss"]):
         record = StepRecord(
-            iteration=start + i + 1, iterations=n, loss=loss,
-            psnr=chunk_psnr[i] if chunk_psnr else None, psnr_average=chunk_avg[i] if chunk_avg else None,
+            iteration=start + j + 1, iterations=n, loss=mean(loss_row),
+            psnr=mean(chunks["psnr"][j]) if "psnr" in chunks else None,
+            psnr_average=mean(chunks["psnr_average"][j]) if "psnr_average" in chunks else None,
         )  # fmt: skip
         if callback(record):
             return True
