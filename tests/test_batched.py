@@ -50,7 +50,7 @@ def test_k_fits_batched_equal_k_fits_one_by_one(crops, task):
         single = dipcore.restore(o, reference=c, seed=s, **kwargs)
         np.testing.assert_allclose(b.image, single.image, atol=3e-3)
         np.testing.assert_allclose(b.history["loss"], single.history["loss"], rtol=1e-3)
-        np.testing.assert_allclose(b.history["psnr"], single.history["psnr"], atol=1e-3)
+        np.testing.assert_allclose(b.history["psnr"], single.history["psnr"], atol=1e-2)
         other_seed = dipcore.restore(o, reference=c, seed=s + 10, **kwargs)
         assert np.abs(other_seed.image - single.image).max() > 0.05  # the tolerance is far below what a mix-up gives
         assert b.config["seed"] == s
