@@ -88,7 +88,7 @@ def _transient(task_: Any, task_run: Any, state: Any) -> bool:
     """Retry network hiccups, not a missing source, a bad key or a bad setting."""
     try:
         state.result()
-    except (storage.StorageNotFoundError, storage.UnsafeKeyError, ValueError, PermissionError):
+    except (storage.StorageError, ValueError, PermissionError):  # missing source, bad URL or key, bad setting
         return False
     except Exception:  # noqa: BLE001 - anything else may be a flaky store
         return True
@@ -166,7 +166,8 @@ def restore_dataset(
     listing = list_dataset(source, glob, so, mask_dir, guide_suffix)
     plan = plan_dataset(listing, run_id=run_id, dataset=dataset or storage.redact(source), output=output,
                         config=config, storage_options=so, limit=limit)  # fmt: skip
-    ex = Execution(ray_address, gpus_per_worker, cpus_per_worker, num_workers, max_attempts, job_timeout, executor)
+    ex = Execution(ray_address=ray_address, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
+                   num_workers=num_workers, max_attempts=max_attempts, job_timeout=job_timeout, executor=executor)
     return _run(run_id, [plan], output=output, storage_options=so, execution=ex, resume=resume,
                 title=f"restoring ({task})", artifact="restore-dataset")  # fmt: skip
 
@@ -213,7 +214,8 @@ def evaluate(
         listing = list_dataset(source, None, so)
         plans.append(plan_dataset(listing, run_id=run_id, dataset=dataset, output=storage.join(output, dataset),
                                   config=config, storage_options=so, limit=limit))  # fmt: skip
-    ex = Execution(ray_address, gpus_per_worker, cpus_per_worker, num_workers, max_attempts, job_timeout, executor)
+    ex = Execution(ray_address=ray_address, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
+                   num_workers=num_workers, max_attempts=max_attempts, job_timeout=job_timeout, executor=executor)
     return _run(run_id, plans, output=output, storage_options=so, execution=ex, resume=resume,
                 title="evaluating", artifact="evaluate")  # fmt: skip
 
@@ -283,7 +285,8 @@ def _run(run_id: str, plans: list[Plan], *, output: str, storage_options: dict |
             writer.append_curves(curves)
             tracker.advance(row)
             if row["status"] == "error":
-                logger.warning("%s: %s", row["image_key"], row.get("error"))
+                key, error = row["image_key"], str(row.get("error"))
+                logger.warning("failed: %s", error if error.startswith(key) else f"{key}: {error}")
 
         progress.started(total, title)
         try:

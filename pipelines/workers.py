@@ -32,6 +32,7 @@ __all__ = ["JobOutcome", "Restorer", "RestoreWorker", "RunStats", "WorkerPool", 
 
 # A worker process that vanished: the actor (and what it ran) is gone, the job itself may be fine elsewhere.
 _WORKER_LOST = (RayActorError, WorkerCrashedError, NodeDiedError)  # RayActorError covers ActorDiedError
+_SETTLE_SECONDS = 10.0  # how long the calls of a dead actor may take to resolve before we judge them
 
 
 class WorkerStartError(RuntimeError):
@@ -375,17 +376,22 @@ class _Driver:
         self.stats.errors += 1
         self.on_result(JobOutcome(call.job, jobs_mod.error_row(call.job, message, attempts=call.attempt)))
 
-    def _lose_slot(self, slot: _Slot, generation: int, reason: str) -> None:
-        """The actor of `slot` is dead (or killed for a timeout): settle all its calls, then replace it.
+    def _lose_slot(self, slot: _Slot, generation: int, reason: str, *, kill: bool = False) -> None:
+        """The actor of `slot` is dead (or is killed now, for a timeout): settle all its calls, then replace it.
 
-        A sync actor runs calls in submission order, so only the oldest unfinished call was running: it loses an
-        attempt; the calls queued behind it never started and go back to the queue as they were. A call whose
-        result was already complete is delivered as usual.
+        A sync actor runs calls in submission order, so the oldest call that did not complete was the one running:
+        it loses an attempt; the calls queued behind it never started and go back to the queue as they were. Ray
+        resolves every call of a dead actor (a reply already on its way still counts as done), so we wait for all
+        of them to settle before judging; a call that completed is delivered as usual.
         """
+        if kill:
+            ray.kill(slot.actor, no_restart=True)
         mine = sorted((c for c in self.calls.values() if c.slot is slot and c.generation == generation),
                       key=lambda c: c.seq)  # fmt: skip
         for c in mine:
             del self.calls[c.ref]
+        if mine:
+            ray.wait([c.ref for c in mine], num_returns=len(mine), timeout=_SETTLE_SECONDS)
         head_failed = False
         for c in mine:
             try:
@@ -410,7 +416,7 @@ class _Driver:
         now = time.monotonic()
         for slot in self.pool.slots:
             if slot.in_flight and slot.busy_since is not None and now - slot.busy_since > self.timeout:
-                self._lose_slot(slot, slot.generation, f"timed out after {self.timeout:g} s")
+                self._lose_slot(slot, slot.generation, f"timed out after {self.timeout:g} s", kill=True)
 
     def _check_startup(self) -> None:
         if any(s.ready for s in self.pool.slots) or time.monotonic() < self.startup_deadline:

@@ -106,6 +106,9 @@ class _CrashingJob(Job):
             marker = os.path.join(_MARKERS, self.key)
             if self.key.startswith("always") or not os.path.exists(marker):
                 open(marker, "w").close()
+                # Die a moment into the job, as an OOM kill mid-fit would: an instant exit could take the reply
+                # of the previous call, finished but not yet sent, down with it.
+                time.sleep(0.5)
                 os._exit(1)
         return super().scale
 
