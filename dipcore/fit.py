@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .operators import Operator
+from .step import TrainingStep
 from .stopping import VarianceStopping
 
 __all__ = [
@@ -54,6 +55,8 @@ class EngineOptions:
     autocast: Literal["bf16"] | None = None  # bf16 autocast of the forward pass (opt-in; costs some PSNR)
     cudnn_benchmark: bool | None = None  # default: on for CUDA (shapes are static during a fit)
     batch_restarts: bool | None = None  # restarts of one image as one stacked fit; default: on for CUDA
+    fused_adam: bool | None = None  # one fused Adam kernel; default: on for CUDA
+    cuda_graph: bool | None = None  # replay the whole step from a CUDA graph (not with backtracking); default off
 
     def resolved(self, device: torch.device) -> "EngineOptions":
         cuda = device.type == "cuda"
@@ -65,6 +68,8 @@ class EngineOptions:
             autocast=self.autocast,
             cudnn_benchmark=pick(self.cudnn_benchmark, cuda),
             batch_restarts=pick(self.batch_restarts, cuda),
+            fused_adam=pick(self.fused_adam, cuda),
+            cuda_graph=pick(self.cuda_graph, False),
         )
 
 
@@ -157,11 +162,12 @@ def fit_stacked(
     net.to(memory_format=memory_format)
     z = z.contiguous(memory_format=memory_format)
     z_blocks = z.shape[1] // k
-    top, left, h, w = problem.crop
     ref = problem.reference
     n = settings.iterations
     params = [p for p in net.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=settings.lr, fused=device.type == "cuda")
+    # Backtracking decides on the device too, but stays eager: its per-parameter selects gain little from a graph.
+    graphed = bool(engine.cuda_graph) and device.type == "cuda" and not settings.backtrack
+    opt = torch.optim.Adam(params, lr=settings.lr, fused=engine.fused_adam, capturable=graphed)
     rules = [settings.stopping() for _ in range(k)] if settings.stopping else None
     autocast = (
         torch.autocast(device.type, dtype=torch.bfloat16) if engine.autocast == "bf16" else contextlib.nullcontext()
@@ -180,25 +186,23 @@ def fit_stacked(
     synced = 0
     it = 0
 
+    backtrack = None
+    if snapshot is not None:
+        backtrack = lambda loss: _backtrack(params, snapshot, loss, accepted_loss, backtracks)  # noqa: E731
+    step = TrainingStep(
+        net, z, op, problem.target, problem.crop, k, opt, reg_noise_std=settings.reg_noise_std,
+        autocast=autocast, before_step=backtrack, cuda_graph=graphed,
+    )  # fmt: skip
     with _backend_flags(engine, device):
         for it in range(1, n + 1):
-            z_in = z
+            jitter = None
             if settings.reg_noise_std > 0:
                 jitter = torch.cat([torch.randn((1, z_blocks, *z.shape[2:]), generator=g, device=device)
                                     for g in generators], dim=1)  # fmt: skip
-                z_in = z + settings.reg_noise_std * jitter
-            with autocast:
-                out = net(z_in)[..., top : top + h, left : left + w].float()  # (1, K·C, H, W)
-                per_fit = (op(out) - problem.target).pow(2).reshape(k, -1).mean(1)  # (K,) each fit's MSE
-            opt.zero_grad(set_to_none=True)
-            per_fit.sum().backward()
-            if snapshot is not None:
-                _backtrack(params, snapshot, per_fit.detach(), accepted_loss, backtracks)
-            opt.step()
+            out, per_fit = step(jitter)
 
             with torch.no_grad():
-                out = out.detach()
-                losses[it - 1] = per_fit.detach()
+                losses[it - 1] = per_fit
                 if settings.ema:
                     average = out.clone() if average is None else average.lerp_(out, 1.0 - settings.ema)
                 if ref is not None:
