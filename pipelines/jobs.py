@@ -20,10 +20,12 @@ from pipelines import reports, storage
 
 __all__ = [
     "BENCHMARKS",
+    "SR_CROP_MULTIPLE",
     "Job",
     "Plan",
     "RunConfig",
     "Synthesis",
+    "all_jobs",
     "base_row",
     "error_row",
     "image_seed",

@@ -12,8 +12,8 @@
 from __future__ import annotations
 
 import logging
-import os
 import math
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -61,6 +61,9 @@ class Restorer:
         if threads:
             torch.set_num_threads(max(1, int(threads)))
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dev = torch.device(self.device)
+        # The report's device column: the GPU's name (as Restoration.device gives it), for error rows too.
+        self.device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type
         self.storage_options = storage_options
         self.node = node
 
@@ -68,14 +71,14 @@ class Restorer:
         """Where this worker runs (also the readiness probe of the driver)."""
         import torch
 
-        return {"device": self.device, "node": self.node, "pid": os.getpid(), "threads": torch.get_num_threads()}
+        return {"device": self.device_name, "node": self.node, "pid": os.getpid(), "threads": torch.get_num_threads()}
 
     def run(self, job: Job) -> JobOutcome:
         """Restore `job`; never raises for a problem of the image itself (that becomes an ``error`` row)."""
         import dipcore
 
         started, t0 = jobs_mod.utcnow(), time.perf_counter()
-        row = {**jobs_mod.base_row(job), "device": self.device, "ray_node": self.node, "attempts": 1}
+        row = {**jobs_mod.base_row(job), "device": self.device_name, "ray_node": self.node, "attempts": 1}
         curves: list[dict[str, Any]] = []
         try:
             data = storage.read_bytes(job.input_uri, self.storage_options)
@@ -92,6 +95,10 @@ class Restorer:
             curves = reports.curve_rows(res.history, run_id=job.run_id, dataset=job.dataset, image_key=job.key)
         except Exception as exc:  # noqa: BLE001 - the row carries the message; the worker stays up
             row.update(status="error", error=storage.redact(_describe(exc)))
+            if self.device_name != "cpu":
+                import torch
+
+                torch.cuda.empty_cache()  # after a CUDA out-of-memory, give the next job the whole card
         row.update(started_at=started, finished_at=jobs_mod.utcnow(), wall_seconds=time.perf_counter() - t0)
         return JobOutcome(job, row, curves)
 
@@ -132,8 +139,10 @@ class RestoreWorker(Restorer):
 
 def start_ray(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None,
               object_store_memory: int | None = None) -> bool:  # fmt: skip
-    """Join the cluster at `address`, or start a private local instance on loopback when it is None/"local".
-    Returns True when this call connected (so the caller shuts Ray down), False when Ray was already up."""
+    """Join the cluster at `address` (``auto``, ``ray://head:10001``, ``host:6379``), or start a private local
+    instance when it is None/"local": no dashboard, no usage reports, `num_cpus`/`num_gpus` as given (Ray 2.60
+    guards its ports with token authentication). Returns True when this call connected (so the caller shuts Ray
+    down), False when Ray was already up in this process (its owner shuts it down)."""
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     if ray.is_initialized():
         return False
