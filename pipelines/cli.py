@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _sub(subs, "demo", "denoise three sample photos through the evaluate flow (local Ray, CPU, ~2 min)",
              "  dipflow demo\n  dipflow demo -o /tmp/demo --iterations 100\n")
-    p.add_argument("-o", "--output", default="dipflow-demo", metavar="DIR", help="folder for it all (./dipflow-demo)")
+    p.add_argument("-o", "--output", default="demo-output", metavar="DIR", help="folder for it all (./demo-output)")
     p.add_argument("--iterations", type=_positive_int, default=240, help="steps per image (default 240)")
     p.add_argument("--size", type=_positive_int, default=96, help="side of the sample photos in pixels (96)")
     p.add_argument("--workers", type=_positive_int, help="number of actors (default: one per CPU)")
