@@ -1,8 +1,7 @@
 """Ray actors that run dipcore on one job at a time, and the driver loop that feeds them.
 
-- `Restorer` does one job: read bytes → decode → (synthesise the observation, for evaluation) → ``dipcore.restore``
-  → encode → atomic write → one small metrics row and sampled curves. Every failure becomes an ``error`` row: a
-  bad image never takes a worker down. `RestoreWorker` is the same class as a Ray actor.
+- `RestoreWorker` is `pipelines.restorer.Restorer` (one job: read → decode → restore → encode → write → one row)
+  as a Ray actor.
 - `WorkerPool` places one actor per GPU by default (fractions pack small images), or CPU actors on a cluster with no
   GPUs, and replaces dead actors.
 - `run_jobs` is a plain ``ray.wait`` loop (not ``ray.util.ActorPool``, which mishandles dead actors): bounded jobs in
@@ -24,8 +23,8 @@ import ray
 from ray.exceptions import GetTimeoutError, NodeDiedError, RayActorError, RayError, WorkerCrashedError
 
 from pipelines import jobs as jobs_mod
-from pipelines import reports, storage
-from pipelines.jobs import Job, observe, score
+from pipelines.jobs import Job
+from pipelines.restorer import JobOutcome, Restorer
 
 __all__ = ["JobOutcome", "Restorer", "RestoreWorker", "RunStats", "WorkerPool", "WorkerStartError", "run_inline",
            "run_jobs", "start_ray"]  # fmt: skip
@@ -37,84 +36,6 @@ _SETTLE_SECONDS = 10.0  # how long the calls of a dead actor may take to resolve
 
 class WorkerStartError(RuntimeError):
     """No worker could start (no resources of the requested kind, or the actor fails in its constructor)."""
-
-
-@dataclass
-class JobOutcome:
-    """What one finished job sends back to the driver: a report row and its sampled curve rows."""
-
-    job: Job
-    row: dict[str, Any]
-    curves: list[dict[str, Any]] = field(default_factory=list)
-
-
-# ------------------------------------------------------------------------------------------------- the worker
-
-
-class Restorer:
-    """Restores one job at a time on one torch device; the body of `RestoreWorker`, usable in-process too."""
-
-    def __init__(self, storage_options: dict | None = None, *, device: str | None = None, threads: int | None = None,
-                 node: str | None = None) -> None:  # fmt: skip
-        import torch
-
-        if threads:
-            torch.set_num_threads(max(1, int(threads)))
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dev = torch.device(self.device)
-        # The report's device column: the GPU's name (as Restoration.device gives it), for error rows too.
-        self.device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type
-        self.storage_options = storage_options
-        self.node = node
-
-    def info(self) -> dict[str, Any]:
-        """Where this worker runs (also the readiness probe of the driver)."""
-        import torch
-
-        return {"device": self.device_name, "node": self.node, "pid": os.getpid(), "threads": torch.get_num_threads()}
-
-    def run(self, job: Job) -> JobOutcome:
-        """Restore `job`; never raises for a problem of the image itself (that becomes an ``error`` row)."""
-        import dipcore
-
-        started, t0 = jobs_mod.utcnow(), time.perf_counter()
-        row = {**jobs_mod.base_row(job), "device": self.device_name, "ray_node": self.node, "attempts": 1}
-        curves: list[dict[str, Any]] = []
-        try:
-            data = storage.read_bytes(job.input_uri, self.storage_options)
-            row["input_sha256"] = storage.sha256_hex(data)  # what was restored, should the file have changed
-            image = dipcore.decode_image(data, name=job.key)
-            obs, truth, side = observe(job, image, self._read_image)
-            res = dipcore.restore(obs, task=job.task, seed=job.seed, reference=truth, device=self.device,
-                                  **side, **job.restore_kwargs)  # fmt: skip
-            storage.write_bytes_atomic(job.output_uri, dipcore.encode_png(res.image), self.storage_options)
-            row.update(score(job, res, obs, truth))
-            row.update(status="ok", iterations_run=res.iterations_run, iteration_returned=res.iteration,
-                       stop_reason=res.stop_reason, height=int(res.image.shape[0]), width=int(res.image.shape[1]),
-                       device=res.device)  # fmt: skip
-            curves = reports.curve_rows(res.history, run_id=job.run_id, dataset=job.dataset, image_key=job.key)
-        except Exception as exc:  # noqa: BLE001 - the row carries the message; the worker stays up
-            row.update(status="error", error=storage.redact(_describe(exc)))
-            if self.device_name != "cpu":
-                import torch
-
-                torch.cuda.empty_cache()  # after a CUDA out-of-memory, give the next job the whole card
-        row.update(started_at=started, finished_at=jobs_mod.utcnow(), wall_seconds=time.perf_counter() - t0)
-        return JobOutcome(job, row, curves)
-
-    def _read_image(self, uri: str) -> Any:
-        import dipcore
-
-        return dipcore.decode_image(storage.read_bytes(uri, self.storage_options), name=uri.rpartition("/")[2])
-
-
-def _describe(exc: BaseException) -> str:
-    """One line for the report: our own typed errors speak for themselves; anything else names its type."""
-    import dipcore
-
-    if isinstance(exc, (dipcore.DipcoreError, storage.StorageError)):
-        return str(exc)
-    return f"{type(exc).__name__}: {exc}"
 
 
 @ray.remote(max_restarts=0)  # the driver replaces a dead actor itself and requeues its jobs (run_jobs)
