@@ -1,0 +1,134 @@
+"""Speed of one DIP fit: ms/iteration, images/hour, peak memory and achieved TFLOP/s, per engine setting.
+
+Every case is timed as T(warmup + timed) − T(warmup) over two fresh fits, so set-up, cuDNN's algorithm search and
+graph capture are excluded and what remains is the steady per-iteration cost. The *plain* engine is the loop the
+published code runs: eager strict fp32 (no TF32), contiguous tensors, non-fused Adam, a host read of the loss every
+iteration, one fit at a time. Every speed-up is a ratio taken in the same process on the same machine.
+
+    PYTHONPATH=. python3 benchmarks/bench_fit.py --device cuda --sizes 256 512 --batch 1 2 4 8 --bf16 --graph
+    PYTHONPATH=. python3 benchmarks/bench_fit.py --device cpu --sizes 64 128 256 --engines plain optimised
+
+Prints one JSON line per case (and appends them to --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from dataclasses import asdict
+
+import numpy as np
+import torch
+
+from dipcore.api import build_problem, preset_for
+from dipcore.batched import stack_problems
+from dipcore.degrade import Observation
+from dipcore.fit import EngineOptions, FitSettings, fit_stacked
+
+PLAIN = EngineOptions(sync_every=1, channels_last=False, tf32=False, cudnn_benchmark=True, fused_adam=False,
+                      cuda_graph=False, batch_restarts=False)  # fmt: skip
+ENGINES = {
+    "plain": PLAIN,
+    "optimised": EngineOptions(),  # the per-device defaults of dipcore
+    "optimised+graph": EngineOptions(cuda_graph=True),
+    "bf16+graph": EngineOptions(cuda_graph=True, autocast="bf16"),
+    "bf16": EngineOptions(autocast="bf16"),
+    "channels_last": EngineOptions(channels_last=True),
+}
+
+
+def _observation(task: str, size: int, scale: int) -> Observation:
+    """A smooth random image: content does not change the speed of a fit."""
+    gen = np.random.default_rng(0)
+    side = size // scale if task == "sr" else size
+    img = gen.random((side, side, 3), dtype=np.float32)
+    return Observation(img, task, scale=scale if task == "sr" else 1)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _flops_per_fit_iteration(p, obs, device) -> float:
+    """FLOPs of one forward + backward of one fit's net, counted by torch.utils.flop_counter (a stacked step does
+    K times this useful work, whatever the grouped kernels count)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    problem = build_problem(p, obs, device=device, seed=0)
+    with FlopCounterMode(display=False) as counter:
+        problem.net(problem.z).sum().backward()
+    return float(counter.get_total_flops())
+
+
+def _timed_fit(p, obs, device, engine, k: int, iterations: int) -> tuple[float, object]:
+    problems = [build_problem(p, obs, device=device, seed=s) for s in range(k)]
+    problem = stack_problems(problems) if k > 1 else problems[0]
+    settings = FitSettings(lr=p.lr, iterations=iterations, reg_noise_std=p.reg_noise_std, ema=p.ema,
+                           backtrack=p.backtrack, engine=engine)  # fmt: skip
+    gens = [torch.Generator(device=device).manual_seed(s) for s in range(k)]
+    _sync(device)
+    t0 = time.perf_counter()
+    fit_stacked(problem, settings, generators=gens)
+    _sync(device)
+    return time.perf_counter() - t0, problem
+
+
+def run_case(task: str, size: int, engine_name: str, k: int, *, device: torch.device, warmup: int, timed: int,
+             channels: int | None = None, scale: int = 4) -> dict:  # fmt: skip
+    p = preset_for(task, scale=scale if task == "sr" else None, channels=channels)
+    obs = _observation(task, size, scale)
+    engine = ENGINES[engine_name]
+    _timed_fit(p, obs, device, engine, k, 2)  # lazy imports and initialisation, not part of any figure
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t_warm, _ = _timed_fit(p, obs, device, engine, k, warmup)
+    t_all, problem = _timed_fit(p, obs, device, engine, k, warmup + timed)
+    per_iter = max(t_all - t_warm, 1e-9) / timed
+    flops = _flops_per_fit_iteration(p, obs, device) * k
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    return {
+        "task": task, "size": size, "engine": engine_name, "fits": k, "ms_per_iteration": per_iter * 1e3,
+        "ms_per_iteration_per_fit": per_iter * 1e3 / k,
+        "images_per_hour": 3600.0 / (p.iterations * per_iter / k), "preset_iterations": p.iterations,
+        "peak_memory_mib": peak, "tflops": flops / per_iter / 1e12, "gflop_per_iteration": flops / 1e9,
+        "params": sum(q.numel() for q in problem.net.parameters()), "channels": channels or 128,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "warmup": warmup, "timed": timed,
+        "engine_options": asdict(engine.resolved(device)),
+    }  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--task", default="sr")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
+    ap.add_argument("--engines", nargs="+", default=["plain", "optimised"], choices=list(ENGINES))
+    ap.add_argument("--batch", type=int, nargs="+", default=[1], help="K fits stacked (optimised engines only)")
+    ap.add_argument("--channels", type=int, default=None, help="width at every scale (default: the preset's 128)")
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--timed", type=int, default=30)
+    ap.add_argument("--out", default=None, help="append the JSON lines to this file")
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    for size in args.sizes:
+        for engine in args.engines:
+            for k in args.batch if engine != "plain" else [1]:
+                if device.type == "cpu" and ("graph" in engine or engine.startswith("bf16")):
+                    continue
+                row = run_case(args.task, size, engine, k, device=device, warmup=args.warmup, timed=args.timed,
+                               channels=args.channels)  # fmt: skip
+                line = json.dumps(row)
+                print(line, flush=True)
+                if args.out:
+                    with open(args.out, "a") as f:
+                        f.write(line + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
