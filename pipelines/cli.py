@@ -129,11 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _sub(subs, "report", "summarise the Parquet report under an output folder",
              "  dipflow report restored/\n  dipflow report eval/ --run-id 20250101T000000Z-abc123 --json\n"
-             "  dipflow report s3://bucket/sr --markdown > summary.md\n")
+             "  dipflow report s3://bucket/sr --markdown > summary.md\n"
+             "  dipflow report eval/ --html eval/html/index.html\n")
     p.add_argument("output", metavar="DST", help="output folder or URL of earlier runs")
     p.add_argument("--run-id", help="one run (default: the latest result of every image over all runs)")
     p.add_argument("--markdown", action="store_true", help="print a markdown table")
     p.add_argument("--json", action="store_true", help="print runs, summary and failures as JSON")
+    p.add_argument("--html", metavar="PATH", help="also write a static HTML report (thumbnails beside it) to PATH/URL")
     _add_storage_option(p)
     p.set_defaults(func=cmd_report)
 
@@ -327,6 +329,12 @@ def cmd_report(args: argparse.Namespace) -> int:
         title = f"run {args.run_id}" if args.run_id else f"latest result of each image over {len(runs)} run(s)"
         _print_table(reports.to_records(reports.summarize(view)), title=title)
         _print_failures(failures)
+    if args.html:
+        from pipelines import html_report
+
+        written = html_report.write_html_report(args.output, args.html, run_id=args.run_id, storage_options=so)
+        print(f"HTML report: {written.uri} ({written.rows} images, {written.thumbs_made} new thumbnails)",
+              file=sys.stderr)  # stdout stays the table, markdown or JSON
     return 0
 
 
