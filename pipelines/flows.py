@@ -407,6 +407,17 @@ def _publish(run_id: str, flow_run_id: str | None, output: str, so: dict | None,
 
         create_table_artifact(summary, key=f"{artifact}-summary", description=f"dipflow run {run_id}")
         lines = [f"# dipflow run `{run_id}`", "", reports.summary_markdown(table), f"Report: `{report_uri}`", ""]
+        try:  # best effort: a page that cannot be written costs its link, never the run
+            import os
+
+            from pipelines import html_report
+
+            page = html_report.write_html_report(output, storage.join(output, "html", f"run_id={run_id}",
+                                                 "index.html"), run_id=run_id, storage_options=so)  # fmt: skip
+            href = page.uri if "://" in page.uri else f"file://{os.path.abspath(page.uri)}"
+            lines[-1:] = [f"HTML report: [{page.uri}]({href})", ""]
+        except Exception as exc:  # noqa: BLE001
+            logger.warning("no HTML report for run %s: %s", run_id, storage.redact(str(exc)))
         lines += [f"- **{f['dataset']}/{f['image_key']}**: {f['error']}" for f in failures[:50]]
         if not_images:
             lines.append(f"\n{not_images} file(s) in the source(s) are not images (see the flow's log).")

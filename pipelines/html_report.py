@@ -313,7 +313,8 @@ const imgs=[...tb.querySelectorAll('img')].filter(i=>i.closest('tr').style.displ
 imgs.forEach(i=>i.loading='eager');const t0=Date.now();
 (function poll(){const done=imgs.filter(i=>i.complete);
  if(done.length<imgs.length&&Date.now()-t0<8000){setTimeout(poll,50);return;}
- const b=document.body.dataset;b.thumbsTotal=imgs.length;b.thumbsLoaded=imgs.filter(i=>i.complete&&i.naturalWidth>0).length;
+ const b=document.body.dataset;b.thumbsTotal=imgs.length;
+ b.thumbsLoaded=imgs.filter(i=>i.complete&&i.naturalWidth>0).length;
  b.rows=rows.length;b.curves=[...document.querySelectorAll('svg.curve polyline')].filter(p=>p.points.length>1).length;
  b.checked='1';})();
 })();
@@ -339,7 +340,8 @@ def render_html(view: pa.Table, curves: pa.Table, html_dir: str, present: set[st
 <body><h1>{html.escape(title)}</h1><p>runs: {html.escape(runs)}</p>
 <h2>Summary</h2>{_summary_html(view)}
 <h2>Images</h2><p><button id="prev">◀</button> <span id="pageinfo"></span> <button id="next">▶</button>
- — click a column to sort, a thumbnail for the full-size image; curves: PSNR blue, log loss grey, returned iteration red.</p>
+ — click a column to sort, a thumbnail for the full-size image;
+ curves: PSNR blue, log loss grey, returned iteration red.</p>
 <table id="images"><thead><tr>{''.join(f'<th>{h}</th>' for h in header)}</tr></thead>
 <tbody>{_image_rows(view, by_image, present, html_dir, thumb_errors or {})}</tbody></table>
 <h2>Failed images ({len(failed)})</h2><ul id="failures">{failures or '<li>none</li>'}</ul>

@@ -82,8 +82,9 @@ def test_cli_report_html_keeps_the_table_output(run, capsys):
 
 def _chromium(args: list[str], user_data: Path, timeout: float = 45) -> subprocess.CompletedProcess:
     """Run headless Chromium once; killed (with its children) on timeout."""
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-           "--disable-component-update", "--disable-sync", "--disable-quic", f"--user-data-dir={user_data}", *args]  # fmt: skip
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic",
+           f"--user-data-dir={user_data}", *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout)
@@ -114,3 +115,21 @@ def test_page_in_headless_chromium(run, tmp_path):
                     tmp_path / "profile-shot")  # fmt: skip
     assert res.returncode == 0 and shot.is_file() and shot.stat().st_size > 10_000, res.stderr[-2000:]
     print(f"screenshot: {shot}")
+
+
+def test_flow_markdown_artifact_links_to_the_html_report(run, monkeypatch):
+    import logging
+    from collections import Counter
+
+    import prefect.artifacts
+
+    from pipelines import flows
+
+    made = {}
+    monkeypatch.setattr(flows, "_in_flow_run", lambda: True)
+    monkeypatch.setattr(prefect.artifacts, "create_table_artifact", lambda *a, **k: None)
+    monkeypatch.setattr(prefect.artifacts, "create_markdown_artifact", lambda md, **k: made.setdefault("md", md))
+    flows._publish("run-noisy", None, str(run / "out"), None, [], Counter(ok=1, error=1), "restore-dataset",
+                   logging.getLogger("test"))  # fmt: skip
+    page = run / "out" / "html" / "run_id=run-noisy" / "index.html"
+    assert page.is_file() and f"HTML report: [{page}](file://{page})" in made["md"]
