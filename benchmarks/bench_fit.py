@@ -32,8 +32,8 @@ PLAIN = EngineOptions(sync_every=1, channels_last=False, tf32=False, cudnn_bench
                       cuda_graph=False, batch_restarts=False)  # fmt: skip
 ENGINES = {
     "plain": PLAIN,
-    "optimised": EngineOptions(),  # the per-device defaults of dipcore
-    "optimised+graph": EngineOptions(cuda_graph=True),
+    "optimised": EngineOptions(cuda_graph=False),  # dipcore's CUDA defaults without the graph
+    "optimised+graph": EngineOptions(cuda_graph=True),  # dipcore's CUDA defaults
     "bf16+graph": EngineOptions(cuda_graph=True, autocast="bf16"),
     "bf16": EngineOptions(autocast="bf16"),
     "channels_last": EngineOptions(channels_last=True),
