@@ -1,9 +1,10 @@
 # The two commands of the README: `make demo` and `make test`. Both create .venv when it is missing.
 PYTHON ?= python3
 VENV ?= .venv
-# torch is installed first, pinned: pip takes a local CPU wheel where one lies on disk (CI), and PyPI's default
-# build elsewhere (CUDA on Linux). pyproject's range then keeps whichever build is installed.
-TORCH_VERSION ?= 2.13.0
+# The pins of deploy/versions.env (torch, Ray, Prefect): what CI tests is what the image and the cluster run.
+# torch goes first: pip takes a local CPU wheel where one lies on disk (CI), and PyPI's default build elsewhere
+# (CUDA on Linux); pyproject's range then keeps whichever build is installed. `make TORCH_VERSION=…` overrides.
+include deploy/versions.env
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.dipflow-installed
 
@@ -14,8 +15,8 @@ install: $(STAMP)
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install "torch==$(TORCH_VERSION)"
+$(STAMP): pyproject.toml deploy/versions.env | $(PY)
+	$(PY) -m pip install "torch==$(TORCH_VERSION)" "ray==$(RAY_VERSION)" "prefect==$(PREFECT_VERSION)"
 	$(PY) -m pip install -e ".[dev]"
 	touch $@
 
