@@ -19,6 +19,7 @@ from .degrade import Observation
 from .errors import ConfigError
 from .fit import EngineOptions, FitProblem, FitResult, FitSettings, StepRecord, default_device, fit, fit_stacked
 from .imageio import to_float_image
+from .metrics import center_crop_to_multiple
 from .operators import Features, Identity, LanczosDown, Mask, Operator, alexnet, meshgrid_code, noise_code
 from .stopping import VarianceStopping
 from .tasks import TaskPreset, apply_overrides, get_preset
@@ -67,14 +68,7 @@ def _as_tensor(image: np.ndarray, device: torch.device) -> Tensor:
 
 
 def _center_crop(arr: np.ndarray | None, multiple: int) -> np.ndarray | None:
-    if arr is None or multiple <= 1:
-        return arr
-    h, w = arr.shape[:2]
-    nh, nw = h - h % multiple, w - w % multiple
-    if nh == 0 or nw == 0:
-        raise ConfigError(f"a {w}×{h} image is smaller than the net's multiple {multiple}")
-    top, left = (h - nh) // 2, (w - nw) // 2
-    return arr[top : top + nh, left : left + nw]
+    return arr if arr is None or multiple <= 1 else center_crop_to_multiple(arr, multiple)
 
 
 def _pad_to(x: Tensor, height: int, width: int) -> Tensor:

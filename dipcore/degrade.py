@@ -10,6 +10,7 @@ from PIL import Image
 
 from .errors import ConfigError
 from .imageio import to_float_image
+from .metrics import center_crop_to_multiple
 from .tasks import TASKS
 
 __all__ = ["Observation", "degrade", "downscale", "upscale_bicubic", "text_mask", "bernoulli_mask", "region_mask"]
@@ -87,13 +88,6 @@ def text_mask(height: int, width: int, *, text: str | None = None, seed: int = 0
     return (np.asarray(canvas) > 127).astype(np.float32)
 
 
-def _center_crop(image: np.ndarray, multiple: int) -> np.ndarray:
-    h, w = image.shape[:2]
-    nh, nw = h - h % multiple, w - w % multiple
-    top, left = (h - nh) // 2, (w - nw) // 2
-    return image[top : top + nh, left : left + nw]
-
-
 def degrade(
     clean: Any,
     *,
@@ -119,7 +113,7 @@ def degrade(
     """
     x = to_float_image(clean)
     if crop_multiple:
-        x = _center_crop(x, crop_multiple)
+        x = center_crop_to_multiple(x, crop_multiple)
     h, w = x.shape[:2]
     meta: dict[str, Any] = {"seed": seed, "clean_shape": [h, w, x.shape[2]]}
     if task == "denoise":
