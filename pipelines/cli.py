@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(subs, "demo", "denoise three sample photos through the evaluate flow (local Ray, CPU, ~2 min)",
              "  dipflow demo\n  dipflow demo -o /tmp/demo --iterations 100\n")
     p.add_argument("-o", "--output", default="demo-output", metavar="DIR", help="folder for it all (./demo-output)")
-    p.add_argument("--iterations", type=_positive_int, default=240, help="steps per image (default 240)")
+    p.add_argument("--iterations", type=_positive_int, default=500, help="steps per image (default 500)")
     p.add_argument("--size", type=_positive_int, default=96, help="side of the sample photos in pixels (96)")
     p.add_argument("--workers", type=_positive_int, help="number of actors (default: one per CPU)")
     p.add_argument("--no-resume", action="store_true", help="redo images a previous demo finished")
@@ -265,7 +265,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     code = _finish(summary, args)
     if not args.json:
         print(f"\nclean samples:    {clean}\nrestored images:  {root / 'results' / 'clean'}\n"
-              f"Parquet report:   {summary['report']}\nsee it again:     dipflow report {root / 'results'}")
+              f"Parquet report:   {summary['report']}\n"
+              f"HTML report:      {root / 'results' / 'html' / ('run_id=' + summary['run_id']) / 'index.html'}\n"
+              f"see it again:     dipflow report {root / 'results'}")
     return code
 
 
