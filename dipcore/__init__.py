@@ -10,12 +10,13 @@ from .degrade import Observation, degrade
 from .errors import ConfigError, DipcoreError, ImageDecodeError, ImageTooLargeError
 from .fit import EngineOptions, StepRecord
 from .imageio import decode_image, encode_png, load_image, to_float_image
+from .memory import estimate_peak_bytes
 from .metrics import psnr, ssim
 from .tasks import TASKS, get_preset
 
 __all__ = [
     "restore", "restore_batch", "Restoration", "degrade", "Observation", "psnr", "ssim",
     "decode_image", "encode_png", "load_image", "to_float_image",
-    "EngineOptions", "StepRecord", "TASKS", "get_preset",
+    "EngineOptions", "StepRecord", "TASKS", "get_preset", "estimate_peak_bytes",
     "DipcoreError", "ConfigError", "ImageDecodeError", "ImageTooLargeError",
 ]  # fmt: skip
