@@ -71,7 +71,7 @@ class Suite:
 
     def evaluate(self, benchmark: str, data_root: str, engine: str, *, ms_per_it: float, limit_px: int | None = None):
         """Evaluate one benchmark with one engine, image by image, skipping what cannot finish before the deadline."""
-        spec = jobs.Synthesis(**_SYNTHESIS[benchmark])
+        spec = jobs.benchmark_synthesis(benchmark)
         iterations = 30 if self.smoke else None
         overrides = {"channels": 16} if self.smoke else None
         config = jobs.run_config(spec.task, scale=spec.scale if spec.task == "sr" else None, variant=spec.variant,
@@ -123,13 +123,6 @@ def graph_matches_eager(suite: Suite) -> bool:
     ok = a[:3] == b[:3] and 0.5 < b[-1] / a[-1] < 2.0 and b[-1] < 0.5 * b[0]  # and it learns
     suite.log(f"graph check: eager losses {a[0]:.5f}→{a[-1]:.5f}, graphed {b[0]:.5f}→{b[-1]:.5f}: {ok}")
     return ok
-
-
-_SYNTHESIS = {
-    "set5": {"task": "sr", "scale": 4, "crop_multiple": 32},
-    "set14": {"task": "sr", "scale": 4, "crop_multiple": 32},
-    "cbm3d9": {"task": "denoise", "sigma": 25.0},
-}
 
 
 def _f(x) -> str:

@@ -28,7 +28,7 @@ from prefect.logging import get_logger
 from pydantic import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 from pipelines import jobs, progress, reports, storage
-from pipelines.jobs import BENCHMARKS, SR_CROP_MULTIPLE, Job, Plan, Synthesis
+from pipelines.jobs import BENCHMARKS, Job, Plan
 
 __all__ = ["Execution", "evaluate", "restore_dataset", "split_secret_options", "storage_credentials"]
 
@@ -207,7 +207,7 @@ def evaluate(
     plans = []
     for name in benchmarks:
         source, dataset = _benchmark_source(name, data_root)
-        spec = _synthesis(name, task, scale, sigma, crop)
+        spec = jobs.benchmark_synthesis(name, task=task, scale=scale, sigma=sigma, crop=crop)
         config = jobs.run_config(spec.task, scale=spec.scale if spec.task == "sr" else None, variant=spec.variant,
                                  preset=preset, iterations=iterations, overrides=overrides, seed=seed,
                                  synthesis=spec)  # fmt: skip
@@ -229,18 +229,6 @@ def _benchmark_source(name: str, data_root: str) -> tuple[str, str]:
         return name, storage.safe_key(last)
     except storage.UnsafeKeyError:
         return name, "dataset"
-
-
-def _synthesis(name: str, task: str | None, scale: int | None, sigma: float | None, crop: int | None) -> Synthesis:
-    default = BENCHMARKS.get(name, {"task": "sr", "scale": 4})
-    t = task or default["task"]
-    if t == "sr":
-        return Synthesis("sr", scale=scale or default.get("scale", 4), crop_multiple=SR_CROP_MULTIPLE, crop_size=crop)
-    if t == "denoise":
-        return Synthesis("denoise", sigma=sigma or default.get("sigma", 25.0), crop_size=crop)
-    if t == "inpaint":
-        return Synthesis("inpaint", drop=default.get("drop", 0.5), variant="random", crop_size=crop)
-    return Synthesis(t, crop_size=crop)
 
 
 # ---------------------------------------------------------------------------------------------------- running

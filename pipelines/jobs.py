@@ -61,6 +61,21 @@ class Synthesis:
     crop_size: int | None = None  # smoke runs: centre-crop the clean image to crop_size² first
 
 
+def benchmark_synthesis(name: str, *, task: str | None = None, scale: int | None = None, sigma: float | None = None,
+                        crop: int | None = None) -> Synthesis:  # fmt: skip
+    """The paper's protocol for benchmark `name` (a folder of clean images that is not one of BENCHMARKS is SR ×4),
+    with a caller's task, scale, σ or smoke-run crop in place of the defaults."""
+    default = BENCHMARKS.get(name, {"task": "sr", "scale": 4})
+    t = task or default["task"]
+    if t == "sr":
+        return Synthesis("sr", scale=scale or default.get("scale", 4), crop_multiple=SR_CROP_MULTIPLE, crop_size=crop)
+    if t == "denoise":
+        return Synthesis("denoise", sigma=sigma or default.get("sigma", 25.0), crop_size=crop)
+    if t == "inpaint":
+        return Synthesis("inpaint", drop=default.get("drop", 0.5), variant="random", crop_size=crop)
+    return Synthesis(t, crop_size=crop)
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """The settings shared by every job of one dataset: what `dipcore.restore` gets, and their identity."""
