@@ -16,6 +16,7 @@ from typing import Callable, Literal
 import torch
 from torch import Tensor, nn
 
+from .batched import unstack_block
 from .operators import Operator
 from .step import TrainingStep
 from .stopping import VarianceStopping
@@ -228,7 +229,7 @@ def fit_stacked(
 
     results = []
     for i in range(k):
-        block = lambda t: None if t is None else t[:, t.shape[1] // k * i : t.shape[1] // k * (i + 1)]  # noqa: E731
+        block = lambda t: None if t is None else unstack_block(t, k, i)  # noqa: E731
         rule = rules[i] if rules is not None else None
         fired = rule is not None and (stop_reason == "early_stopping" or rule.should_stop(it))
         results.append(FitResult(
