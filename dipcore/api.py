@@ -15,7 +15,7 @@ from torch import Tensor
 
 from . import nets
 from .batched import stack_problems
-from .degrade import Observation
+from .degrade import Observation, binary_mask
 from .errors import ConfigError
 from .fit import EngineOptions, FitProblem, FitResult, FitSettings, StepRecord, default_device, fit, fit_stacked
 from .imageio import to_float_image
@@ -167,8 +167,7 @@ def _as_observation(obs: Any, task: str, mask: Any, guide: Any, scale: int | Non
     else:
         o = Observation(to_float_image(obs), task, scale=scale or 1)
     if mask is not None:
-        m = to_float_image(mask)
-        o.mask = (m.mean(axis=2) > 0.5).astype(np.float32)
+        o.mask = binary_mask(mask)
     if guide is not None:
         o.guide = to_float_image(guide)
     return o

@@ -13,7 +13,9 @@ from .imageio import to_float_image
 from .metrics import center_crop_to_multiple
 from .tasks import TASKS
 
-__all__ = ["Observation", "degrade", "downscale", "upscale_bicubic", "text_mask", "bernoulli_mask", "region_mask"]
+__all__ = [
+    "Observation", "degrade", "binary_mask", "downscale", "upscale_bicubic", "text_mask", "bernoulli_mask", "region_mask",
+]  # fmt: skip
 
 
 @dataclass
@@ -52,6 +54,11 @@ def upscale_bicubic(image: np.ndarray, factor: int) -> np.ndarray:
     """The bicubic baseline: Pillow BICUBIC upsampling by ``factor``."""
     h, w = image.shape[:2]
     return _from_pil(_to_pil(image).resize((w * factor, h * factor), Image.Resampling.BICUBIC))
+
+
+def binary_mask(mask: Any) -> np.ndarray:
+    """H×W float32 of 0/1 from a mask image or array: white (mean over channels above one half) = known pixel."""
+    return (to_float_image(mask).mean(axis=2) > 0.5).astype(np.float32)
 
 
 def bernoulli_mask(height: int, width: int, *, drop: float, seed: int) -> np.ndarray:
@@ -128,8 +135,7 @@ def degrade(
     if task == "inpaint":
         variant = variant or "random"
         if mask is not None:
-            m = to_float_image(mask)[..., 0]
-            m = (m > 0.5).astype(np.float32)
+            m = binary_mask(mask)
         elif variant == "random":
             m = bernoulli_mask(h, w, drop=drop, seed=seed)
         elif variant == "text":
