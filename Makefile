@@ -1,4 +1,4 @@
-# The two commands of the README: `make demo` and `make test`. Both create .venv when it is missing.
+# The commands of the README: `make demo`, `make test` and `make results`. Each creates .venv when it is missing.
 PYTHON ?= python3
 VENV ?= .venv
 # The pins of deploy/versions.env (torch, Ray, Prefect): what CI tests is what the image and the cluster run.
@@ -8,7 +8,7 @@ include deploy/versions.env
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.dipflow-installed
 
-.PHONY: demo test install clean
+.PHONY: demo test results install clean
 
 install: $(STAMP)
 
@@ -25,6 +25,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# docs/results.md from the committed Parquet reports and the hand-written notes; a test keeps the two equal.
+results: $(STAMP)
+	$(VENV)/bin/dipflow report benchmarks/results/2026-11-26-h200/set5-x4-graph --markdown --notes docs/results-notes.md --output docs/results.md
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache

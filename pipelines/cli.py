@@ -127,14 +127,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = _sub(subs, "report", "summarise the Parquet report under an output folder",
+    p = _sub(subs, "report", "summarise the Parquet reports under output folders, or write the results document",
              "  dipflow report restored/\n  dipflow report eval/ --run-id 20250101T000000Z-abc123 --json\n"
-             "  dipflow report s3://bucket/sr --markdown > summary.md\n"
-             "  dipflow report eval/ --html eval/html/index.html\n")
-    p.add_argument("output", metavar="DST", help="output folder or URL of earlier runs")
+             "  dipflow report eval-a/ eval-b/ --markdown --notes docs/results-notes.md -o docs/results.md\n"
+             "  dipflow report s3://bucket/sr --summary-markdown > summary.md\n"
+             "  dipflow report eval/ --html eval/html/index.html\n")  # fmt: skip
+    p.add_argument("roots", nargs="+", metavar="DST", help="output folders or URLs of earlier runs, read together")
     p.add_argument("--run-id", help="one run (default: the latest result of every image over all runs)")
-    p.add_argument("--markdown", action="store_true", help="print a markdown table")
-    p.add_argument("--json", action="store_true", help="print runs, summary and failures as JSON")
+    form = p.add_mutually_exclusive_group()
+    form.add_argument("--markdown", action="store_true",
+                      help="print the results document: each benchmark beside the paper, with protocol, settings, "
+                           "hardware, time per image and the gap (docs/results.md is made this way)")
+    form.add_argument("--summary-markdown", action="store_true",
+                      help="print only the summary table as markdown (what a flow run's artifact shows)")
+    form.add_argument("--json", action="store_true", help="print runs, summary and failures as JSON")
+    p.add_argument("-o", "--output", metavar="PATH", help="with --markdown: write the document to PATH/URL")
+    p.add_argument("--notes", metavar="FILE",
+                   help="with --markdown: hand-written markdown appended verbatim (it survives regeneration)")
     p.add_argument("--html", metavar="PATH", help="also write a static HTML report (thumbnails beside it) to PATH/URL")
     _add_storage_option(p)
     p.set_defaults(func=cmd_report)
@@ -308,16 +317,60 @@ def _print_table(records: list[dict[str, Any]], *, title: str) -> None:
     Console(width=None if sys.stdout.isatty() else 160).print(table)  # a pipe gets whole columns
 
 
-def cmd_report(args: argparse.Namespace) -> int:
-    import pyarrow.compute as pc
+def _read_reports(args: argparse.Namespace, so: dict) -> Any:
+    """The report rows of every root, read together; a root without rows is an error (a mistyped path)."""
+    import pyarrow as pa
 
     from pipelines import reports, storage
 
+    tables = []
+    for root in args.roots:
+        table = reports.read_report(root, so, run_id=args.run_id)
+        if table.num_rows == 0:
+            where = storage.redact(storage.join(root, "report"))
+            raise CLIError(f"no report rows under {where}" + (f" for run {args.run_id}" if args.run_id else ""))
+        tables.append(table)
+    return pa.concat_tables(tables)
+
+
+def _regeneration_command(args: argparse.Namespace) -> str:
+    """The command line that writes this results document again (storage options left out: they may be secret)."""
+    import shlex
+
+    from pipelines import storage
+
+    argv = ["dipflow", "report", *args.roots, "--markdown"]
+    for flag, value in (("--run-id", args.run_id), ("--notes", args.notes), ("--output", args.output)):
+        argv += [flag, value] if value else []
+    command = shlex.join(storage.redact(a) for a in argv)
+    return command + (" (plus its --storage-option flags)" if args.storage_option else "")
+
+
+def _results_document(args: argparse.Namespace, view: Any, so: dict) -> None:
+    from pipelines import results_doc, storage
+
+    notes = storage.read_bytes(args.notes, so).decode("utf-8") if args.notes else None
+    document = results_doc.render(view, command=_regeneration_command(args),
+                                  sources=[storage.redact(r) for r in args.roots], notes=notes,
+                                  notes_source=storage.redact(args.notes) if args.notes else None)  # fmt: skip
+    if args.output:
+        storage.write_bytes_atomic(args.output, document.encode("utf-8"), so)
+        print(f"results document: {storage.redact(args.output)}", file=sys.stderr)
+    else:
+        print(document, end="")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import pyarrow.compute as pc
+
+    from pipelines import reports
+
+    if (args.output or args.notes) and not args.markdown:
+        raise CLIError("--output and --notes go with --markdown (the results document); add --markdown")
+    if args.html and len(args.roots) > 1:
+        raise CLIError("--html writes the report of one output folder; pass one DST")
     so = _storage_options(args.storage_option)
-    table = reports.read_report(args.output, so, run_id=args.run_id)
-    if table.num_rows == 0:
-        where = storage.redact(storage.join(args.output, "report"))
-        raise CLIError(f"no report rows under {where}" + (f" for run {args.run_id}" if args.run_id else ""))
+    table = _read_reports(args, so)
     runs = sorted(set(table.column("run_id").to_pylist()))
     view = table if args.run_id else reports.latest_rows(table)
     failed = view.filter(pc.equal(view.column("status"), "error")).select(["dataset", "image_key", "error"])
@@ -326,6 +379,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(json.dumps({"runs": runs, "summary": reports.to_records(reports.summarize(view)),
                           "failures": failures}, indent=2))  # fmt: skip
     elif args.markdown:
+        _results_document(args, view, so)
+    elif args.summary_markdown:
         print(reports.summary_markdown(view), end="")
     else:
         title = f"run {args.run_id}" if args.run_id else f"latest result of each image over {len(runs)} run(s)"
@@ -334,7 +389,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.html:
         from pipelines import html_report
 
-        written = html_report.write_html_report(args.output, args.html, run_id=args.run_id, storage_options=so)
+        written = html_report.write_html_report(args.roots[0], args.html, run_id=args.run_id, storage_options=so)
         print(f"HTML report: {written.uri} ({written.rows} images, {written.thumbs_made} new thumbnails)",
               file=sys.stderr)  # stdout stays the table, markdown or JSON
     return 0

@@ -26,18 +26,11 @@ from typing import Any
 
 import pyarrow as pa
 
+from pipelines import paper as paper_figures
 from pipelines import reports, storage
 
-__all__ = ["PAPER", "HtmlReport", "render_html", "write_html_report"]
+__all__ = ["HtmlReport", "render_html", "write_html_report"]
 
-PAPER: dict[str, dict[str, Any]] = {
-    # The paper's numbers per benchmark (shared/REFERENCE.md): dipflow's target PSNR and the baseline's.
-    "set5": {"task": "sr", "scale": 4, "psnr": 29.90, "baseline": 28.43, "note": "bicubic 28.43"},
-    "set14": {"task": "sr", "scale": 4, "psnr": 27.00, "baseline": 26.05, "note": "bicubic 26.05"},
-    "cbm3d9": {"task": "denoise", "psnr": 29.22, "baseline": None,
-               "note": "1800 steps; 30.43 with output averaging, 31.00 averaged over 2 runs"},
-    "heide11": {"task": "inpaint", "psnr": 33.48, "baseline": None, "note": "mean of 11 images, 50% dropped"},
-}  # fmt: skip
 THUMB = 128  # longest side of a thumbnail, pixels
 PAGE_ROWS = 50  # image rows per page
 
@@ -207,9 +200,9 @@ def _summary_html(view: pa.Table) -> str:
            "<th>settings</th><th>hardware</th><th>wall s</th></tr>"]  # fmt: skip
     for s in reports.summarize(view).to_pylist():
         group = groups[(s["dataset"], s["task"], s["scale"])]
-        paper = PAPER.get(str(s["dataset"]).lower())
-        if paper and (paper["task"] != s["task"] or paper.get("scale", s["scale"]) != s["scale"]):
-            paper = None
+        paper = paper_figures.benchmark_for(s["dataset"], s["task"], s["scale"])
+        baselines = {r["baseline_name"] for r in group if r["baseline_name"]}
+        paper_baseline = paper.baseline(baselines.pop()) if paper and len(baselines) == 1 else None
         configs = Counter(r["config_json"] for r in group if r["config_json"])
         settings = "".join(
             f"<details><summary>{html.escape(_settings_line(c))} ({n} images)</summary><pre>"
@@ -222,8 +215,8 @@ def _summary_html(view: pa.Table) -> str:
         out.append(
             f"<tr><td>{html.escape(s['dataset'])}</td><td>{html.escape(task)}</td><td>{s['images']}</td>"
             f"<td>{s['ok']}</td><td>{s['errors']}</td><td>{_fmt(s['psnr'])}</td><td>{_fmt(s['psnr_baseline'])}</td>"
-            f"<td title='{html.escape(paper['note']) if paper else ''}'>{_fmt(paper['psnr'] if paper else None)}</td>"
-            f"<td>{_fmt(paper['baseline'] if paper else None)}</td><td>{_fmt(s['ssim'], 4)}</td>"
+            f"<td title='{html.escape(paper.note) if paper else ''}'>{_fmt(paper.psnr if paper else None)}</td>"
+            f"<td>{_fmt(paper_baseline.psnr if paper_baseline else None)}</td><td>{_fmt(s['ssim'], 4)}</td>"
             f"<td>{settings or '–'}</td><td>{hardware}{f' on {nodes} node(s)' if nodes else ''}</td>"
             f"<td>{_fmt(s['total_wall_seconds'], 1)}</td></tr>")  # fmt: skip
     return "\n".join(out) + "</table>"

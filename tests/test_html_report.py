@@ -74,7 +74,7 @@ def test_cli_report_html_keeps_the_table_output(run, capsys):
     from pipelines import cli
 
     page = run / "cli" / "index.html"
-    assert cli.main(["report", str(run / "out"), "--html", str(page), "--markdown"]) == 0
+    assert cli.main(["report", str(run / "out"), "--html", str(page), "--summary-markdown"]) == 0
     captured = capsys.readouterr()
     assert captured.out.startswith("| dataset |") and "HTML report:" in captured.err
     assert page.is_file() and len(list((run / "cli" / "thumbs").glob("*.png"))) == 6
