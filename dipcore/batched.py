@@ -138,7 +138,7 @@ def stack_problems(problems: list["FitProblem"]) -> "FitProblem":
     )
 
 
-def batch_refusal(p: "TaskPreset") -> str | None:
+def batch_refusal(p: TaskPreset) -> str | None:
     """Why ``restore_batch`` would refuse fits of preset ``p`` (None: they can be stacked), decided without a fit:
     restarts and the pre-image's classifier are refused by name, and the net by stacking one of its own."""
     if p.restarts != 1:

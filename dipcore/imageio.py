@@ -133,7 +133,7 @@ def image_shape(data: bytes, *, name: str | None = None) -> tuple[int, int, int]
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(bytes(data)), formats=FORMATS) as im:
                 (width, height), mode, orientation = im.size, im.mode, _orientation(im)
-    except Exception as e:  # noqa: BLE001 - Pillow raises many types for a bad header
+    except Exception as e:  # Pillow raises many types for a bad header
         raise ImageDecodeError(f"{where}unreadable image header: {e}") from e
     if orientation in (5, 6, 7, 8):  # the transposing orientations (_ORIENT)
         width, height = height, width

@@ -127,7 +127,7 @@ class Execution:
     cpus_per_worker: float | None = None  # default: 1 for CPU actors, 0 beside a GPU
     num_workers: int | None = None  # default: as many as the cluster fits
     max_attempts: int = 3
-    job_timeout: float | None = None  # seconds per attempt
+    job_timeout: float | None = None  # seconds per attempt (a packed call gets it once per job)
     executor: Literal["auto", "ray", "inline"] = "auto"  # auto: inline when storage is process-local (memory://)
     pack: Pack = "auto"  # jobs per stacked fit (pipelines.packing): a number, or "auto" (1 on a CPU, memory on a GPU)
 

@@ -171,7 +171,7 @@ def test_auto_packs_nothing_on_a_cpu_and_fills_a_gpus_free_memory():
     assert Restorer(device="cpu").pack_limit == 1
     p = preset_for("sr", scale=4, channels=16)
     one = dipcore.estimate_peak_bytes(p, 256, 256)
-    free_for = lambda k: int(dipcore.estimate_peak_bytes(p, 256, 256, fits=k) / packing.MEMORY_SHARE) + 1  # noqa
+    free_for = lambda k: int(dipcore.estimate_peak_bytes(p, 256, 256, fits=k) / packing.MEMORY_SHARE) + 1
     assert packing.pack_for_memory(p, 256, 256, channels=3, free_bytes=free_for(3)) == 3
     assert packing.pack_for_memory(p, 256, 256, channels=3, free_bytes=free_for(3) - one) == 2
     assert packing.pack_for_memory(p, 256, 256, channels=3, free_bytes=100 * free_for(8)) == packing.AUTO_PACK_CAP
