@@ -292,3 +292,20 @@ def test_run_inline_packs_up_to_pack_and_auto_packs_nothing_on_a_cpu(tmp_path, s
     assert spy == [2] and (stats.ok, stats.packed) == (3, 0)
     with pytest.raises(ValueError, match="pack must be"):
         run_inline(j, restorer=Restorer(device="cpu"), on_result=outcomes.append, pack=0)
+
+
+def test_auto_on_a_gpu_actor_cuts_what_it_gets_to_its_free_memory(tmp_path, spy, monkeypatch):
+    import torch
+
+    src = tmp_path / "src"
+    for i in range(3):
+        write(src, f"im{i}.png", 32, 32, seed=i)
+    j = list(plan(src).values())
+    r = Restorer(device="cpu")
+    r.device_name = "a GPU"  # what "auto" looks at; the fits still run on the CPU
+    assert r.pack_limit == packing.AUTO_PACK_CAP and r.info()["pack_limit"] == packing.AUTO_PACK_CAP
+    p = preset_for("denoise", preset="fast", iterations=2, channels=16)  # the plan's settings
+    two = int(dipcore.estimate_peak_bytes(p, 32, 32, fits=2) / packing.MEMORY_SHARE) + 1
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (two, 10 * two))
+    outcomes = r.run_batch(j, pack="auto")
+    assert spy == [2] and [o.row["status"] for o in outcomes] == ["ok"] * 3  # two stacked, the third alone
