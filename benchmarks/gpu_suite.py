@@ -6,10 +6,12 @@ go to a real Parquet report through `pipelines.reports`. What it writes under --
 
 - ``bench_fit.jsonl``: per-iteration speed of plain vs optimised engines (256², 512²), batched K = 1/2/4/8, bf16;
 - ``reports/<engine>/…``: Parquet reports of Set5 ×4 (paper preset, 2000 iterations) per engine, then Set14 ×4
-  and cbm3d9 σ=25 with the fastest engine as long as time is left;
+  and cbm3d9 σ=25 with the fastest engine as long as time is left; with ``--pack K`` (or ``auto``) the fastest
+  engine's Set5 and Set14 runs stack images of one shape into one fit (``Restorer.run_batch``, as a packing Ray
+  actor does) and go to ``reports/<engine>-pack<K>/``; the plain engine always runs one image at a time;
 - ``suite.log``: what ran, what was skipped for lack of time, and every error.
 
-    PYTHONPATH=. python3 benchmarks/gpu_suite.py --data-root .devdata --out "$OUT" --deadline 430
+    PYTHONPATH=. python3 benchmarks/gpu_suite.py --data-root .devdata --out "$OUT" --deadline 430 [--pack 8]
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import bench_fit  # noqa: E402
 
 from dipcore.fit import EngineOptions  # noqa: E402
 from pipelines import jobs, reports, storage  # noqa: E402
+from pipelines.packing import PackQueue  # noqa: E402
 from pipelines.restorer import Restorer  # noqa: E402
 
 EVAL_ENGINES = {
@@ -69,36 +72,40 @@ class Suite:
                  f"{row['peak_memory_mib'] or 0:.0f} MiB")  # fmt: skip
         return row
 
-    def evaluate(self, benchmark: str, data_root: str, engine: str, *, ms_per_it: float, limit_px: int | None = None):
-        """Evaluate one benchmark with one engine, image by image, skipping what cannot finish before the deadline."""
+    def evaluate(self, benchmark: str, data_root: str, engine: str, *, ms_per_it: float, pack: int | str = 1):
+        """Evaluate one benchmark with one engine, `pack` images of one shape per fit (1: one at a time), skipping
+        what cannot finish before the deadline."""
         spec = jobs.benchmark_synthesis(benchmark)
         iterations = 30 if self.smoke else None
         overrides = {"channels": 16} if self.smoke else None
         config = jobs.run_config(spec.task, scale=spec.scale if spec.task == "sr" else None, variant=spec.variant,
                                  iterations=iterations, overrides=overrides, synthesis=spec)  # fmt: skip
         listing = storage.list_images(f"{data_root}/{benchmark}")
-        run_id = f"{benchmark}-{engine.replace('+', '-')}"
-        root = str(self.out / "reports" / engine.replace("+", "-"))
+        label = engine.replace("+", "-") + ("" if pack == 1 else f"-pack{pack}")
+        run_id = f"{benchmark}-{label}"
+        root = str(self.out / "reports" / label)
         plan = jobs.plan_jobs(listing, run_id=run_id, dataset=benchmark, output=f"{root}/{benchmark}", config=config)
         restorer = Restorer(device=self.device, engine=EVAL_ENGINES[engine])
         n_iter = config.config["iterations"]
+        queue = PackQueue(sorted(plan.jobs, key=lambda j: j.key))
+        limit = pack if isinstance(pack, int) else restorer.pack_limit
         with reports.ReportWriter(root, run_id) as writer:
-            for job in sorted(plan.jobs, key=lambda j: j.key):
-                from PIL import Image
-
-                with Image.open(job.input_uri.removeprefix("file://")) as im:
-                    pixels = im.size[0] * im.size[1]
+            while queue:
+                batch = [job for job, _ in queue.take(limit)]
+                pixels = sum(j.size[0] * j.size[1] if j.size else 256**2 for j in batch)
+                # One fit's time per pixel, summed: an upper bound, since stacked fits take less per fit.
                 estimate = ms_per_it / 1e3 * n_iter * max(1.0, pixels / 256**2) + 3
+                keys = ", ".join(j.key for j in batch)
                 if estimate > self.left():
-                    self.log(f"skip {benchmark}/{job.key} ({engine}): needs ~{estimate:.0f}s, {self.left():.0f}s left")
+                    self.log(f"skip {benchmark}/{{{keys}}} ({label}): needs ~{estimate:.0f}s, {self.left():.0f}s left")
                     continue
-                outcome = restorer.run(job)
-                writer.append(outcome.row)
-                writer.append_curves(outcome.curves)
-                r = outcome.row
-                self.log(f"{benchmark}/{job.key} {engine}: {r['status']} psnr={_f(r.get('psnr'))} "
-                         f"bicubic/input={_f(r.get('psnr_baseline'))} avg={_f(r.get('psnr_average'))} "
-                         f"{r['wall_seconds']:.1f}s {r.get('error') or ''}")  # fmt: skip
+                for outcome in restorer.run_batch(batch, pack):
+                    writer.append(outcome.row)
+                    writer.append_curves(outcome.curves)
+                    r = outcome.row
+                    self.log(f"{benchmark}/{r['image_key']} {label} (batch of {len(batch)}): {r['status']} "
+                             f"psnr={_f(r.get('psnr'))} bicubic/input={_f(r.get('psnr_baseline'))} "
+                             f"avg={_f(r.get('psnr_average'))} {r['wall_seconds']:.1f}s {r.get('error') or ''}")  # fmt: skip
 
 
 def graph_matches_eager(suite: Suite) -> bool:
@@ -136,7 +143,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--deadline", type=float, default=430.0, help="seconds; later work is skipped, not cut")
     ap.add_argument("--smoke", action="store_true", help="tiny nets and runs, to check the script itself")
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--pack", default="1", metavar="K",
+                    help="Set5/Set14 with the fastest engine: images of one shape per stacked fit (auto: by free "
+                         "memory, at most 8; default 1: one at a time)")  # fmt: skip
     args = ap.parse_args(argv)
+    if args.pack != "auto" and not (args.pack.isdigit() and int(args.pack) >= 1):
+        ap.error(f"--pack must be 'auto' or a positive integer, not {args.pack}")
+    pack = args.pack if args.pack == "auto" else int(args.pack)
     s = Suite(Path(args.out), args.deadline, args.smoke, args.device)
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     s.log(f"torch {torch.__version__}, CUDA {torch.version.cuda}, {gpu}, device {args.device}")
@@ -162,10 +175,10 @@ def main(argv: list[str] | None = None) -> int:
 
     # 2. Set5 ×4 at the paper's preset with the fastest engine (issue 2's butterfly, issue 6's Set5), then plain
     #    (speed ratio and PSNR parity, issue 5) and bf16 (its PSNR cost), then more benchmarks while time is left.
-    s.evaluate("set5", args.data_root, best, ms_per_it=ms(best))
+    s.evaluate("set5", args.data_root, best, ms_per_it=ms(best), pack=pack)
     s.evaluate("set5", args.data_root, "plain", ms_per_it=ms("plain"))
     s.evaluate("set5", args.data_root, "bf16+graph" if "graph" in best else "bf16", ms_per_it=ms("bf16+graph"))
-    s.evaluate("set14", args.data_root, best, ms_per_it=ms(best))
+    s.evaluate("set14", args.data_root, best, ms_per_it=ms(best), pack=pack)
     s.evaluate("cbm3d9", args.data_root, "optimised", ms_per_it=ms("optimised"))
     s.log("done")
     return 0

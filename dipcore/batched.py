@@ -20,8 +20,9 @@ from .errors import ConfigError
 
 if TYPE_CHECKING:
     from .fit import FitProblem
+    from .tasks import TaskPreset
 
-__all__ = ["stack_modules", "stack_problems", "stack_blocks", "unstack_block"]
+__all__ = ["batch_refusal", "stack_modules", "stack_problems", "stack_blocks", "unstack_block"]
 
 # Modules without parameters that act on each channel separately: shared as they are.
 _CHANNELWISE = (
@@ -135,3 +136,18 @@ def stack_problems(problems: list["FitProblem"]) -> "FitProblem":
         crop=first.crop,
         reference=stack_blocks(refs) if all(r is not None for r in refs) else None,
     )
+
+
+def batch_refusal(p: TaskPreset) -> str | None:
+    """Why ``restore_batch`` would refuse fits of preset ``p`` (None: they can be stacked), decided without a fit:
+    restarts and the pre-image's classifier are refused by name, and the net by stacking one of its own."""
+    if p.restarts != 1:
+        return f"restarts={p.restarts}: restore_batch runs one fit per image"
+    if p.task == "preimage":
+        return "the pre-image task cannot be batched (its classifier is not per-fit)"
+    net = nets.get_net(p.net, in_channels=p.input_depth, out_channels=3, **p.net_options)
+    try:
+        stack_modules([net, net])
+    except ConfigError as exc:
+        return str(exc)
+    return None

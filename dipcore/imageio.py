@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "FORMATS",
     "decode_image",
+    "image_shape",
     "load_image",
     "to_float_image",
     "encode_png",
@@ -111,6 +112,32 @@ def decode_image(
     if orientation in _ORIENT:
         array = _ORIENT[orientation](array)
     return np.ascontiguousarray(_to_mode(array, mode))
+
+
+def image_shape(data: bytes, *, name: str | None = None) -> tuple[int, int, int]:
+    """``(H, W, C)`` that :func:`decode_image` (``mode="keep"``) would return, from the header alone.
+
+    No pixel is decoded (Pillow opens lazily), so a scheduler can group images by shape cheaply; the EXIF
+    orientation is applied as ``decode_image`` applies it. A file whose pixels are corrupt may still pass here.
+
+    :raises ImageDecodeError: empty data, or a header Pillow cannot read.
+
+    >>> image_shape(encode_png(np.zeros((2, 3, 1), np.float32)))
+    (2, 3, 1)
+    """
+    where = f"{name}: " if name else ""
+    if not data:
+        raise ImageDecodeError(f"{where}empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(bytes(data)), formats=FORMATS) as im:
+                (width, height), mode, orientation = im.size, im.mode, _orientation(im)
+    except Exception as e:  # Pillow raises many types for a bad header
+        raise ImageDecodeError(f"{where}unreadable image header: {e}") from e
+    if orientation in (5, 6, 7, 8):  # the transposing orientations (_ORIENT)
+        width, height = height, width
+    return height, width, 1 if mode in _ONE_CHANNEL_MODES else 3
 
 
 def load_image(

@@ -35,6 +35,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _pack(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return _positive_int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be 'auto' or a positive integer, got {text}") from None
+
+
 def _non_negative_float(text: str) -> float:
     value = float(text)
     if not value >= 0:
@@ -62,7 +71,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--workers", type=_positive_int, metavar="N", help="number of actors (default: as many as fit)")
     g.add_argument("--max-attempts", type=_positive_int, default=3, metavar="N",
                    help="attempts per image when its worker dies (default 3)")
-    g.add_argument("--job-timeout", type=float, metavar="S", help="seconds per attempt before the worker is replaced")
+    g.add_argument("--job-timeout", type=float, metavar="S",
+                   help="seconds per attempt (per image of a packed call) before the worker is replaced")
+    g.add_argument("--pack", type=_pack, default="auto", metavar="K",
+                   help="images of one shape per stacked fit on a worker; auto (default): none on CPU workers, as "
+                        "many as the GPU's free memory holds (at most 8) on GPU workers; 1: off")
     g.add_argument("--no-resume", action="store_true", help="restore every image, even those done by earlier runs")
     g.add_argument("--limit", type=_positive_int, metavar="N", help="only the first N images (by key) of each dataset")
     _add_storage_option(g)
@@ -239,7 +252,7 @@ def _run_flow(name: str, args: argparse.Namespace, **params: Any) -> dict[str, A
 def _execution(args: argparse.Namespace) -> dict[str, Any]:
     return {"ray_address": args.ray_address, "gpus_per_worker": args.gpus_per_worker,
             "cpus_per_worker": args.cpus_per_worker, "num_workers": args.workers, "max_attempts": args.max_attempts,
-            "job_timeout": args.job_timeout, "resume": not args.no_resume, "limit": args.limit, "seed": args.seed,
+            "job_timeout": args.job_timeout, "pack": args.pack, "resume": not args.no_resume, "limit": args.limit, "seed": args.seed,
             "preset": args.preset, "iterations": args.iterations,
             "overrides": {"channels": args.channels} if args.channels else None}  # fmt: skip
 

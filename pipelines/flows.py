@@ -29,6 +29,7 @@ from pydantic import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveIn
 
 from pipelines import jobs, progress, reports, storage
 from pipelines.jobs import BENCHMARKS, Job, Plan
+from pipelines.packing import Pack
 
 __all__ = ["Execution", "evaluate", "restore_dataset", "split_secret_options", "storage_credentials"]
 
@@ -126,8 +127,9 @@ class Execution:
     cpus_per_worker: float | None = None  # default: 1 for CPU actors, 0 beside a GPU
     num_workers: int | None = None  # default: as many as the cluster fits
     max_attempts: int = 3
-    job_timeout: float | None = None  # seconds per attempt
+    job_timeout: float | None = None  # seconds per attempt (a packed call gets it once per job)
     executor: Literal["auto", "ray", "inline"] = "auto"  # auto: inline when storage is process-local (memory://)
+    pack: Pack = "auto"  # jobs per stacked fit (pipelines.packing): a number, or "auto" (1 on a CPU, memory on a GPU)
 
 
 @flow(name="restore-dataset", validate_parameters=True)
@@ -156,9 +158,13 @@ def restore_dataset(
     cpus_per_worker: NonNegativeFloat | None = None,
     job_timeout: PositiveFloat | None = None,
     executor: Literal["auto", "ray", "inline"] = "auto",
+    pack: Literal["auto"] | PositiveInt = "auto",
 ) -> dict[str, Any]:
     """Restore every image under `source` (any fsspec URL) into `output` with ``dipcore.restore``, on Ray actors,
-    and write the Parquet report beside the outputs. Returns a small summary (run id, report URI, counts)."""
+    and write the Parquet report beside the outputs. Returns a small summary (run id, report URI, counts).
+
+    `pack` images of one shape run as one stacked fit on an actor (``dipcore.restore_batch``); ``"auto"`` packs
+    none on CPU actors and as many as the card's free memory holds (at most 8) on GPU actors."""
     so = _options(storage_options)
     config = jobs.run_config(task, scale=scale, variant=variant, preset=preset, iterations=iterations,
                              early_stopping=early_stopping, overrides=overrides, seed=seed)  # fmt: skip
@@ -167,7 +173,8 @@ def restore_dataset(
     plan = plan_dataset(listing, run_id=run_id, dataset=dataset or storage.redact(source), output=output,
                         config=config, storage_options=so, limit=limit)  # fmt: skip
     ex = Execution(ray_address=ray_address, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
-                   num_workers=num_workers, max_attempts=max_attempts, job_timeout=job_timeout, executor=executor)
+                   num_workers=num_workers, max_attempts=max_attempts, job_timeout=job_timeout, executor=executor,
+                   pack=pack)  # fmt: skip
     return _run(run_id, [plan], output=output, storage_options=so, execution=ex, resume=resume,
                 title=f"restoring ({task})", artifact="restore-dataset")  # fmt: skip
 
@@ -195,11 +202,13 @@ def evaluate(
     cpus_per_worker: NonNegativeFloat | None = None,
     job_timeout: PositiveFloat | None = None,
     executor: Literal["auto", "ray", "inline"] = "auto",
+    pack: Literal["auto"] | PositiveInt = "auto",
 ) -> dict[str, Any]:
     """Score dipcore on benchmarks with the paper's protocol: each of `benchmarks` is a name under `data_root`
     (set5, set14 → SR ×4; cbm3d9 → denoising σ=25; heide11 → inpainting, 50 % of pixels dropped) or a folder URL
     of clean images (SR ×4 unless `task` says otherwise). The observation is synthesised from the clean image in
-    the worker; outputs go to ``<output>/<benchmark>/`` and every row carries PSNR, SSIM and the baseline's PSNR."""
+    the worker; outputs go to ``<output>/<benchmark>/`` and every row carries PSNR, SSIM and the baseline's PSNR.
+    `pack` is as for `restore_dataset`: images whose observations have one shape can run as one stacked fit."""
     if not benchmarks:
         raise ValueError("name at least one benchmark (set5, set14, cbm3d9, heide11) or a folder of clean images")
     so = _options(storage_options)
@@ -215,7 +224,8 @@ def evaluate(
         plans.append(plan_dataset(listing, run_id=run_id, dataset=dataset, output=storage.join(output, dataset),
                                   config=config, storage_options=so, limit=limit))  # fmt: skip
     ex = Execution(ray_address=ray_address, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
-                   num_workers=num_workers, max_attempts=max_attempts, job_timeout=job_timeout, executor=executor)
+                   num_workers=num_workers, max_attempts=max_attempts, job_timeout=job_timeout, executor=executor,
+                   pack=pack)  # fmt: skip
     return _run(run_id, plans, output=output, storage_options=so, execution=ex, resume=resume,
                 title="evaluating", artifact="evaluate")  # fmt: skip
 
@@ -320,7 +330,7 @@ def _execute(todo: list[Job], ex: Execution, so: dict | None, on_result: Any, lo
     if ex.executor == "inline" or (ex.executor == "auto" and local_only):
         logger.info("running %d job(s) in this process (%s)", len(todo),
                     "memory:// is private to it" if local_only else "executor=inline")  # fmt: skip
-        workers.run_inline(todo, restorer=workers.Restorer(so), on_result=on_result)
+        workers.run_inline(todo, restorer=workers.Restorer(so), on_result=on_result, pack=ex.pack)
         return
     started_ray = workers.start_ray(ex.ray_address)
     try:
@@ -331,11 +341,12 @@ def _execute(todo: list[Job], ex: Execution, so: dict | None, on_result: Any, lo
                     {k: v for k, v in pool.options.items() if k != "scheduling_strategy"})  # fmt: skip
         try:
             stats = workers.run_jobs(todo, workers=pool, on_result=on_result, max_attempts=ex.max_attempts,
-                                     timeout=ex.job_timeout, log=logger.warning)  # fmt: skip
+                                     timeout=ex.job_timeout, pack=ex.pack, log=logger.warning)  # fmt: skip
         finally:
             pool.shutdown()
-        logger.info("workers: %d ok, %d failed, %d lost attempt(s), %d restart(s) in %.1f s",
-                    stats.ok, stats.errors, stats.failed_attempts, stats.restarts, stats.seconds)  # fmt: skip
+        logger.info("workers: %d ok, %d failed, %d lost attempt(s), %d restart(s), %d job(s) in stacked fits "
+                    "in %.1f s", stats.ok, stats.errors, stats.failed_attempts, stats.restarts, stats.packed,
+                    stats.seconds)  # fmt: skip
     finally:
         if started_ray:
             import ray

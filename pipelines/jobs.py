@@ -4,6 +4,9 @@ A job carries URIs and small settings only — never pixels — so it is cheap t
 across runs is ``(input_sha256, config_hash)``: the content of the input and every setting that shapes the output
 (the resolved dipcore preset, the seed and, for evaluation, how the observation is synthesised). A resumed run skips
 the jobs whose identity already has an ``ok`` row in the report. Pure Python: no Ray, no Prefect.
+
+Jobs that may run as one stacked fit (`pack_key`) share the config, the task, the observation's shape — known on
+the driver from the input's header, without decoding pixels (`observation_shape`) — and the kind of side inputs.
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ __all__ = [
     "base_row",
     "error_row",
     "image_seed",
+    "observation_shape",
     "observe",
+    "pack_key",
     "plan_jobs",
     "rejected_job",
     "run_config",
@@ -86,6 +91,7 @@ class RunConfig:
     config: dict[str, Any]  # resolved preset + seed (+ synthesis): what config_hash identifies
     config_hash: str
     synthesis: Synthesis | None = None
+    packable: bool = False  # dipcore.restore_batch can stack fits of this config (dipcore.batched.batch_refusal)
 
     @property
     def config_json(self) -> str:
@@ -111,6 +117,8 @@ class Job:
     guide_uri: str | None = None
     reference_uri: str | None = None  # ground truth beside a real observation, for scoring
     synthesis: Synthesis | None = None  # evaluation: the input is the clean image; the observation is made from it
+    size: tuple[int, int, int] | None = None  # (H, W, C) of the input from its header at planning (None: unreadable)
+    packable: bool = False  # its config's fits can be stacked (RunConfig.packable)
 
     @property
     def scale(self) -> int | None:
@@ -153,6 +161,7 @@ def run_config(
     """Resolve the dipcore preset once (an unknown task, variant or override raises `dipcore.ConfigError` here, on
     the driver, before any worker starts) and hash it."""
     from dipcore.api import preset_for  # torch comes with dipcore; only the planner needs it
+    from dipcore.batched import batch_refusal
 
     sigma = synthesis.sigma if synthesis is not None and task == "denoise" else None
     p = preset_for(task, variant=variant, scale=scale, preset=preset, sigma=sigma, iterations=iterations,
@@ -163,14 +172,25 @@ def run_config(
     if synthesis is not None:
         config["synthesis"] = dataclasses.asdict(synthesis)
     config = json.loads(reports.canonical_json(config))  # plain JSON types, as stored in the report
-    return RunConfig(task, kwargs, seed, config, reports.config_hash(config), synthesis)
+    return RunConfig(task, kwargs, seed, config, reports.config_hash(config), synthesis,
+                     packable=batch_refusal(p) is None)  # fmt: skip
 
 
-def _hash(entry: storage.ImageEntry, storage_options: dict | None) -> str | None:
+def _inspect(entry: storage.ImageEntry, storage_options: dict | None) -> tuple[str | None, tuple | None]:
+    """(content hash, (H, W, C) from the header) of an input; None for what cannot be read (the worker reads it
+    again and reports the error in the image's row)."""
+    from dipcore import DipcoreError  # imported by plan_jobs before its threads start
+    from dipcore.imageio import image_shape
+
     try:
-        return storage.sha256_hex(storage.read_bytes(entry.uri, storage_options))
+        data = storage.read_bytes(entry.uri, storage_options)
     except (storage.StorageError, OSError):
-        return None  # the worker will read it again and report the error in the image's row
+        return None, None
+    try:
+        size = image_shape(data)
+    except DipcoreError:
+        size = None  # not packable; the worker's decode says what is wrong
+    return storage.sha256_hex(data), size
 
 
 def plan_jobs(
@@ -183,8 +203,11 @@ def plan_jobs(
     storage_options: dict | None = None,
     readers: int = 8,
 ) -> Plan:
-    """One job per listed image. Inputs are read here once for their content hash (in `readers` threads: the reads
-    wait on storage, not on the CPU); a key that could escape the output root is rejected, not planned."""
+    """One job per listed image. Inputs are read here once for their content hash and header size (in `readers`
+    threads: the reads wait on storage, not on the CPU); a key that could escape the output root is rejected, not
+    planned."""
+    import dipcore.imageio  # noqa: F401 - once here, not concurrently in the reader threads
+
     plan = Plan(dataset=dataset, config=config, not_images=list(listing.skipped))
     entries: list[tuple[storage.ImageEntry, str]] = []
     for entry in listing.images:
@@ -193,15 +216,45 @@ def plan_jobs(
         except storage.UnsafeKeyError as exc:
             plan.rejected.append((entry, str(exc)))
     with ThreadPoolExecutor(max_workers=max(1, readers)) as pool:
-        hashes = list(pool.map(lambda e: _hash(e[0], storage_options), entries))
-    for (entry, out), sha in zip(entries, hashes, strict=True):
+        inspected = list(pool.map(lambda e: _inspect(e[0], storage_options), entries))
+    for (entry, out), (sha, size) in zip(entries, inspected, strict=True):
         plan.jobs.append(
             Job(run_id=run_id, dataset=dataset, key=entry.key, input_uri=entry.uri, task=config.task,
                 restore_kwargs=config.restore_kwargs, config_hash=config.config_hash,
                 config_json=config.config_json, seed=config.seed, output_uri=out, sha256=sha,
-                mask_uri=entry.mask_uri, guide_uri=entry.guide_uri, synthesis=config.synthesis)
+                mask_uri=entry.mask_uri, guide_uri=entry.guide_uri, synthesis=config.synthesis, size=size,
+                packable=config.packable)
         )  # fmt: skip
     return plan
+
+
+def observation_shape(job: Job) -> tuple[int, int, int] | None:
+    """(H, W, C) of what the fit of `job` observes, from the input's header size: the input itself for a plain
+    job; for an evaluation job the observation `observe` synthesises (smoke crop, then for SR the centre crop to a
+    multiple of 32 and the ÷scale downscale). None when unknown (unreadable header) or too small for the protocol
+    (the worker reports why)."""
+    if job.size is None:
+        return None
+    h, w, c = job.size
+    s = job.synthesis
+    if s is None:
+        return h, w, c
+    if s.crop_size:
+        h, w = min(h, s.crop_size), min(w, s.crop_size)
+    if s.task == "sr":
+        multiple = s.crop_multiple or s.scale
+        h, w = (h - h % multiple) // s.scale, (w - w % multiple) // s.scale  # LANCZOS keeps ⌊n / scale⌋
+    return (h, w, c) if h > 0 and w > 0 else None
+
+
+def pack_key(job: Job) -> tuple | None:
+    """Jobs with equal keys can run as one stacked fit (``dipcore.restore_batch``): same config (hence task and
+    settings), same observation shape, same kind of side inputs. None: the job runs alone."""
+    shape = observation_shape(job)
+    if not job.packable or shape is None:
+        return None
+    sides = (job.mask_uri is not None, job.guide_uri is not None, job.reference_uri is not None)
+    return job.config_hash, job.task, shape, sides
 
 
 # ------------------------------------------------------------------------------------------------------ rows

@@ -1,22 +1,29 @@
-"""One job, start to end, on one torch device: read bytes → decode → (synthesise the observation, for evaluation)
-→ ``dipcore.restore`` → encode → atomic write → one small metrics row and sampled curves.
+"""Jobs, start to end, on one torch device: read bytes → decode → (synthesise the observation, for evaluation)
+→ ``dipcore.restore`` → encode → atomic write → one small metrics row and sampled curves per job.
 
-Every failure becomes an ``error`` row: a bad image never takes a worker down. Ray-free, so the same code runs in
-a Ray actor (`pipelines.workers.RestoreWorker`), in-process, and on a GPU box that has no Ray (benchmarks).
+Jobs of one pack key (`pipelines.jobs.pack_key`) handed over together run as one stacked fit
+(``dipcore.restore_batch``). Every failure becomes an ``error`` row of its own job: a bad image never takes a
+worker down, nor the other jobs of its batch. Ray-free, so the same code runs in a Ray actor
+(`pipelines.workers.RestoreWorker`), in-process, and on a GPU box that has no Ray (benchmarks).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from pipelines import jobs as jobs_mod
 from pipelines import reports, storage
-from pipelines.jobs import Job, observe, score
+from pipelines.jobs import Job, observe, pack_key, score
+from pipelines.packing import AUTO_PACK_CAP, Pack, pack_for_memory
 
 __all__ = ["JobOutcome", "Restorer"]
+
+_log = logging.getLogger("dipflow.restorer")
 
 
 @dataclass
@@ -28,11 +35,39 @@ class JobOutcome:
     curves: list[dict[str, Any]] = field(default_factory=list)
 
 
+@dataclass
+class _Work:
+    """One job inside a `Restorer.run_batch` call: its row so far, and what its fit needs once decoded."""
+
+    job: Job
+    row: dict[str, Any]
+    curves: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0  # its own read/decode/observe time plus its share of its group's fit
+    obs: Any = None  # what dipcore restores (an array or a dipcore.Observation); None until observed
+    truth: Any = None
+    side: dict[str, Any] = field(default_factory=dict)  # mask/guide of a plain job
+
+    def fail(self, exc: BaseException) -> None:
+        self.row.update(status="error", error=storage.redact(_describe(exc)))
+
+    def group_key(self) -> tuple | None:
+        """Its pack key checked against what was decoded (the file may have changed since planning)."""
+        key = pack_key(self.job)
+        if key is None:
+            return None
+        image = getattr(self.obs, "image", self.obs)
+        return key, image.shape, tuple(sorted(self.side))
+
+    def outcome(self, started: datetime, finished: datetime) -> JobOutcome:
+        self.row.update(started_at=started, finished_at=finished, wall_seconds=self.seconds)
+        return JobOutcome(self.job, self.row, self.curves)
+
+
 # ------------------------------------------------------------------------------------------------- the worker
 
 
 class Restorer:
-    """Restores one job at a time on one torch device; the body of `RestoreWorker`, usable in-process too."""
+    """Restores jobs on one torch device; the body of `RestoreWorker`, usable in-process too."""
 
     def __init__(self, storage_options: dict | None = None, *, device: str | None = None, threads: int | None = None,
                  node: str | None = None, engine: Any = None) -> None:  # fmt: skip
@@ -49,45 +84,160 @@ class Restorer:
         self.node = node
         self.engine = engine
 
+    @property
+    def pack_limit(self) -> int:
+        """The most jobs "auto" packs into one fit here: none on a CPU (grouped convolutions are slower there than
+        plain ones), `AUTO_PACK_CAP` on a GPU (each batch is then sized to the card's free memory)."""
+        return 1 if self.device_name == "cpu" else AUTO_PACK_CAP
+
     def info(self) -> dict[str, Any]:
-        """Where this worker runs (also the readiness probe of the driver)."""
+        """Where this worker runs and how many jobs "auto" gives it at once (also the driver's readiness probe)."""
         import torch
 
-        return {"device": self.device_name, "node": self.node, "pid": os.getpid(), "threads": torch.get_num_threads()}
+        return {"device": self.device_name, "node": self.node, "pid": os.getpid(), "threads": torch.get_num_threads(),
+                "pack_limit": self.pack_limit}  # fmt: skip
 
     def run(self, job: Job) -> JobOutcome:
         """Restore `job`; never raises for a problem of the image itself (that becomes an ``error`` row)."""
+        return self.run_batch([job], pack=1)[0]
+
+    def run_batch(self, jobs: list[Job], pack: Pack = "auto") -> list[JobOutcome]:
+        """Restore `jobs` (one outcome each, in order), stacking those of one pack key into fits of at most `pack`
+        jobs ("auto": as many as the device's free memory allows, none on a CPU).
+
+        A job that cannot be read, decoded or observed gets its own error row and leaves the others. A stacked fit
+        that fails (CUDA out of memory, an unexpected shape …) runs again one job at a time, so no job is lost to
+        its batch. ``wall_seconds`` of a job is its own read/decode/observe time plus 1/K of its group's fit,
+        encode, write and scoring; ``started_at``/``finished_at`` span the whole call. The rows of a call thus
+        add up to its time, and the report's mean seconds per image stays a throughput figure.
+        """
+        started = jobs_mod.utcnow()
+        work = [self._observe(job) for job in jobs]
+        for group in self._groups([w for w in work if w.obs is not None], pack):
+            t0 = time.perf_counter()
+            self._restore_group(group)
+            share = (time.perf_counter() - t0) / len(group)
+            for w in group:
+                w.seconds += share
+        finished = jobs_mod.utcnow()
+        return [w.outcome(started, finished) for w in work]
+
+    # -- the steps
+
+    def _observe(self, job: Job) -> _Work:
         import dipcore
 
-        started, t0 = jobs_mod.utcnow(), time.perf_counter()
-        row = {**jobs_mod.base_row(job), "device": self.device_name, "ray_node": self.node, "attempts": 1}
-        curves: list[dict[str, Any]] = []
+        t0 = time.perf_counter()
+        w = _Work(job, {**jobs_mod.base_row(job), "device": self.device_name, "ray_node": self.node, "attempts": 1})
         try:
             data = storage.read_bytes(job.input_uri, self.storage_options)
-            row["input_sha256"] = storage.sha256_hex(data)  # what was restored, should the file have changed
+            w.row["input_sha256"] = storage.sha256_hex(data)  # what was restored, should the file have changed
             image = dipcore.decode_image(data, name=job.key)
-            obs, truth, side = observe(job, image, self._read_image)
-            res = dipcore.restore(obs, task=job.task, seed=job.seed, reference=truth, device=self.device,
-                                  engine=self.engine, **side, **job.restore_kwargs)  # fmt: skip
-            storage.write_bytes_atomic(job.output_uri, dipcore.encode_png(res.image), self.storage_options)
-            row.update(score(job, res, obs, truth))
-            row.update(status="ok", iterations_run=res.iterations_run, iteration_returned=res.iteration,
-                       stop_reason=res.stop_reason, height=int(res.image.shape[0]), width=int(res.image.shape[1]),
-                       device=res.device)  # fmt: skip
-            curves = reports.curve_rows(res.history, run_id=job.run_id, dataset=job.dataset, image_key=job.key)
+            w.obs, w.truth, w.side = observe(job, image, self._read_image)
         except Exception as exc:  # noqa: BLE001 - the row carries the message; the worker stays up
-            row.update(status="error", error=storage.redact(_describe(exc)))
-            if self.device_name != "cpu":
-                import torch
+            w.fail(exc)
+        w.seconds = time.perf_counter() - t0
+        return w
 
-                torch.cuda.empty_cache()  # after a CUDA out-of-memory, give the next job the whole card
-        row.update(started_at=started, finished_at=jobs_mod.utcnow(), wall_seconds=time.perf_counter() - t0)
-        return JobOutcome(job, row, curves)
+    def _groups(self, work: list[_Work], pack: Pack) -> list[list[_Work]]:
+        """Jobs of one checked pack key together, in chunks of at most `pack`; the rest alone. In job order."""
+        if pack != "auto" and (not isinstance(pack, int) or pack < 1):
+            raise ValueError(f"pack must be a positive integer or 'auto', not {pack!r}")
+        by_key: dict[Any, list[_Work]] = {}
+        for i, w in enumerate(work):
+            key = w.group_key()
+            by_key.setdefault(("alone", i) if key is None else key, []).append(w)
+        groups = []
+        for members in by_key.values():
+            k = self._auto_pack(members[0]) if pack == "auto" else pack
+            groups += [members[i : i + k] for i in range(0, len(members), max(1, k))]
+        return groups
+
+    def _auto_pack(self, w: _Work) -> int:
+        """How many fits like `w`'s "auto" stacks here: 1 on a CPU, else what the GPU's free memory holds."""
+        if self.pack_limit == 1:
+            return 1
+        import torch
+
+        from dipcore.api import preset_for
+
+        p = preset_for(w.job.task, **w.job.restore_kwargs)
+        h, w_, c = getattr(w.obs, "image", w.obs).shape
+        factor = p.scale if p.task == "sr" else 1  # the fit's canvas is the output
+        free, _total = torch.cuda.mem_get_info(torch.device(self.device))
+        return pack_for_memory(p, h * factor, w_ * factor, channels=c, free_bytes=free, cap=self.pack_limit)
+
+    def _restore_group(self, group: list[_Work]) -> None:
+        import dipcore
+
+        if len(group) == 1:
+            self._restore_alone(group[0])
+            return
+        first = group[0].job
+        try:
+            results = dipcore.restore_batch(
+                [_observation(w) for w in group], task=first.task, references=[w.truth for w in group],
+                seeds=[w.job.seed for w in group], device=self.device, engine=self.engine, **first.restore_kwargs,
+            )  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - each job gets its own chance below
+            _log.warning("a stacked fit of %d jobs failed (%s); running them one by one", len(group), _describe(exc))
+            self._free_cuda()
+            for w in group:
+                self._restore_alone(w)
+            return
+        for w, res in zip(group, results, strict=True):
+            self._finish(w, res)
+
+    def _restore_alone(self, w: _Work) -> None:
+        import dipcore
+
+        try:
+            res = dipcore.restore(w.obs, task=w.job.task, seed=w.job.seed, reference=w.truth, device=self.device,
+                                  engine=self.engine, **w.side, **w.job.restore_kwargs)  # fmt: skip
+        except Exception as exc:  # noqa: BLE001
+            w.fail(exc)
+            self._free_cuda()
+            return
+        self._finish(w, res)
+
+    def _finish(self, w: _Work, res: Any) -> None:
+        """Write the output, score it, fill the row and the curves."""
+        import dipcore
+
+        job = w.job
+        try:
+            storage.write_bytes_atomic(job.output_uri, dipcore.encode_png(res.image), self.storage_options)
+            w.row.update(score(job, res, w.obs, w.truth))
+            w.row.update(status="ok", iterations_run=res.iterations_run, iteration_returned=res.iteration,
+                         stop_reason=res.stop_reason, height=int(res.image.shape[0]), width=int(res.image.shape[1]),
+                         device=res.device)  # fmt: skip
+            w.curves = reports.curve_rows(res.history, run_id=job.run_id, dataset=job.dataset, image_key=job.key)
+        except Exception as exc:  # noqa: BLE001
+            w.fail(exc)
+
+    def _free_cuda(self) -> None:
+        if self.device_name != "cpu":
+            import torch
+
+            torch.cuda.empty_cache()  # after a CUDA out-of-memory, give the next fit the whole card
 
     def _read_image(self, uri: str) -> Any:
         import dipcore
 
         return dipcore.decode_image(storage.read_bytes(uri, self.storage_options), name=uri.rpartition("/")[2])
+
+
+def _observation(w: _Work) -> Any:
+    """`w`'s observation with its side inputs attached, as ``restore_batch`` takes them (one list of inputs)."""
+    if not w.side:
+        return w.obs
+    import dipcore
+    from dipcore.degrade import binary_mask
+
+    mask, guide = w.side.get("mask"), w.side.get("guide")
+    return dipcore.Observation(dipcore.to_float_image(w.obs), w.job.task, scale=w.job.scale or 1,
+                               mask=None if mask is None else binary_mask(mask),
+                               guide=None if guide is None else dipcore.to_float_image(guide))  # fmt: skip
 
 
 def _describe(exc: BaseException) -> str:

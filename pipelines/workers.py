@@ -1,11 +1,15 @@
-"""Ray actors that run dipcore on one job at a time, and the driver loop that feeds them.
+"""Ray actors that run dipcore on one job — or one pack of compatible jobs — at a time, and the driver loop that
+feeds them.
 
-- `RestoreWorker` is `pipelines.restorer.Restorer` (one job: read → decode → restore → encode → write → one row)
-  as a Ray actor.
+- `RestoreWorker` is `pipelines.restorer.Restorer` (per job: read → decode → restore → encode → write → one row;
+  jobs of one pack key handed over together as one stacked fit) as a Ray actor.
 - `WorkerPool` places one actor per GPU by default (fractions pack small images), or CPU actors on a cluster with no
   GPUs, and replaces dead actors.
-- `run_jobs` is a plain ``ray.wait`` loop (not ``ray.util.ActorPool``, which mishandles dead actors): bounded jobs in
-  flight, results in completion order, every wait with a timeout, jobs of a dead actor requeued to a live one.
+- `run_jobs` is a plain ``ray.wait`` loop (not ``ray.util.ActorPool``, which mishandles dead actors): bounded calls
+  in flight, results in completion order, every wait with a timeout, jobs of a dead actor requeued to a live one.
+  Each call takes up to `pack` compatible jobs from a `pipelines.packing.PackQueue`; with ``pack="auto"`` the
+  bound is the actor's own (its readiness probe says: 1 on a CPU, 8 on a GPU), and a GPU actor sizes each stacked
+  fit to its free memory.
 """
 
 from __future__ import annotations
@@ -14,7 +18,6 @@ import logging
 import math
 import os
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +27,7 @@ from ray.exceptions import GetTimeoutError, NodeDiedError, RayActorError, RayErr
 
 from pipelines import jobs as jobs_mod
 from pipelines.jobs import Job
+from pipelines.packing import Pack, PackQueue
 from pipelines.restorer import JobOutcome, Restorer
 
 __all__ = ["JobOutcome", "Restorer", "RestoreWorker", "RunStats", "WorkerPool", "WorkerStartError", "run_inline",
@@ -173,14 +177,14 @@ class RunStats:
     errors: int = 0
     failed_attempts: int = 0  # attempts lost to dead workers or Ray errors (each retried or ended as an error row)
     restarts: int = 0  # actors replaced
+    packed: int = 0  # jobs delivered from calls of more than one job (stacked fits)
     seconds: float = 0.0
 
 
 @dataclass
 class _Call:
     ref: Any
-    job: Job
-    attempt: int
+    items: list[tuple[Job, int]]  # (job, attempt number) of each job in the call
     slot: _Slot
     generation: int
     seq: int
@@ -191,9 +195,10 @@ class _Driver:
 
     def __init__(self, jobs: Iterable[Job], pool: WorkerPool, on_result: Callable[[JobOutcome], None], *,
                  max_in_flight: int | None, max_attempts: int, timeout: float | None, poll: float,
-                 startup_timeout: float, log: Callable[[str], None]) -> None:  # fmt: skip
-        self.queue: deque[tuple[Job, int]] = deque((job, 1) for job in jobs)  # (job, attempt number)
-        self.pool, self.on_result, self.log = pool, on_result, log
+                 startup_timeout: float, pack: Pack, log: Callable[[str], None]) -> None:  # fmt: skip
+        _check_pack(pack)
+        self.queue = PackQueue(jobs)
+        self.pool, self.on_result, self.log, self.pack = pool, on_result, log, pack
         self.max_in_flight = max_in_flight or 2 * len(pool.slots)  # 2 per actor: the next job waits in its queue
         self.per_actor = max(1, math.ceil(self.max_in_flight / len(pool.slots)))
         self.max_attempts, self.timeout, self.poll = max(1, max_attempts), timeout, poll
@@ -238,12 +243,16 @@ class _Driver:
             if not free:
                 return
             slot = min(free, key=lambda s: s.in_flight)
-            job, attempt = self.queue.popleft()
-            ref = slot.actor.run.remote(job)
+            items = self.queue.take(self._pack_limit(slot))
+            ref = slot.actor.run_batch.remote([job for job, _ in items], self.pack)
             self.seq += 1
-            self.calls[ref] = _Call(ref, job, attempt, slot, slot.generation, self.seq)
+            self.calls[ref] = _Call(ref, items, slot, slot.generation, self.seq)
             slot.in_flight += 1
             slot.busy_since = slot.busy_since or time.monotonic()
+
+    def _pack_limit(self, slot: _Slot) -> int:
+        """Jobs per call: `pack` when it is a number; for "auto" the bound the actor gave in its probe."""
+        return self.pack if isinstance(self.pack, int) else int((slot.info or {}).get("pack_limit", 1))
 
     # -- results
 
@@ -269,25 +278,27 @@ class _Driver:
 
     def _on_call(self, call: _Call) -> None:
         try:
-            outcome = ray.get(call.ref, timeout=self.poll)
+            outcomes = ray.get(call.ref, timeout=self.poll)
         except _WORKER_LOST as exc:
             self.calls[call.ref] = call  # settled with the rest of its actor's calls
             self._lose_slot(call.slot, call.generation, f"worker lost: {_first_line(exc)}")
             return
         except (RayError, GetTimeoutError) as exc:
             self._slot_done(call)
-            self._failed(call, f"Ray error: {_first_line(exc)}")
+            self.queue.push_front(self._failed(call, f"Ray error: {_first_line(exc)}"))
             return
         self._slot_done(call)
-        self._deliver(call, outcome)
+        self._deliver(call, outcomes)
 
-    def _deliver(self, call: _Call, outcome: JobOutcome) -> None:
-        outcome.row["attempts"] = call.attempt
-        if outcome.row.get("status") == "ok":
-            self.stats.ok += 1
-        else:
-            self.stats.errors += 1
-        self.on_result(outcome)
+    def _deliver(self, call: _Call, outcomes: list[JobOutcome]) -> None:
+        for (_job, attempt), outcome in zip(call.items, outcomes, strict=True):
+            outcome.row["attempts"] = attempt
+            if outcome.row.get("status") == "ok":
+                self.stats.ok += 1
+            else:
+                self.stats.errors += 1
+            self.stats.packed += len(call.items) > 1
+            self.on_result(outcome)
 
     def _slot_done(self, call: _Call) -> None:
         slot = call.slot
@@ -295,22 +306,27 @@ class _Driver:
             slot.in_flight -= 1
             slot.busy_since = time.monotonic() if slot.in_flight else None  # the next queued call starts now
 
-    def _failed(self, call: _Call, reason: str) -> None:
-        """One attempt lost: retry the job first thing, or end it as an error row."""
-        self.stats.failed_attempts += 1
-        self.log(f"{call.job.key}: attempt {call.attempt} of {self.max_attempts} failed: {reason}")
-        if call.attempt < self.max_attempts:
-            self.queue.appendleft((call.job, call.attempt + 1))
-            return
-        message = f"failed after {call.attempt} attempt(s); last: {reason}"
-        self.stats.errors += 1
-        self.on_result(JobOutcome(call.job, jobs_mod.error_row(call.job, message, attempts=call.attempt)))
+    def _failed(self, call: _Call, reason: str) -> list[tuple[Job, int]]:
+        """One attempt lost for every job of the call: those with attempts left are returned, to retry first
+        thing (each alone: see PackQueue); the others end as error rows."""
+        retry = []
+        for job, attempt in call.items:
+            self.stats.failed_attempts += 1
+            self.log(f"{job.key}: attempt {attempt} of {self.max_attempts} failed: {reason}")
+            if attempt < self.max_attempts:
+                retry.append((job, attempt + 1))
+                continue
+            message = f"failed after {attempt} attempt(s); last: {reason}"
+            self.stats.errors += 1
+            self.on_result(JobOutcome(job, jobs_mod.error_row(job, message, attempts=attempt)))
+        return retry
 
     def _lose_slot(self, slot: _Slot, generation: int, reason: str, *, kill: bool = False) -> None:
         """The actor of `slot` is dead (or is killed now, for a timeout): settle all its calls, then replace it.
 
         A sync actor runs calls in submission order, so the oldest call that did not complete was the one running:
-        it loses an attempt; the calls queued behind it never started and go back to the queue as they were. Ray
+        each of its jobs loses an attempt; the calls queued behind it never started and their jobs go back to the
+        queue as they were. Ray
         resolves every call of a dead actor (a reply already on its way still counts as done), so we wait for all
         of them to settle before judging; a call that completed is delivered as usual.
         """
@@ -323,6 +339,7 @@ class _Driver:
         if mine:
             ray.wait([c.ref for c in mine], num_returns=len(mine), timeout=_SETTLE_SECONDS)
         head_failed = False
+        back: list[tuple[Job, int]] = []  # to the head of the queue, in this order
         for c in mine:
             try:
                 if ray.wait([c.ref], timeout=0)[0]:
@@ -332,9 +349,10 @@ class _Driver:
                 pass
             if not head_failed:
                 head_failed = True
-                self._failed(c, reason)
+                back += self._failed(c, reason)  # a batch loses one attempt for each of its jobs
             else:
-                self.queue.appendleft((c.job, c.attempt))
+                back += c.items
+        self.queue.push_front(back)
         if generation == slot.generation and not slot.retired:
             self._replace(slot)
 
@@ -345,8 +363,13 @@ class _Driver:
             return
         now = time.monotonic()
         for slot in self.pool.slots:
-            if slot.in_flight and slot.busy_since is not None and now - slot.busy_since > self.timeout:
-                self._lose_slot(slot, slot.generation, f"timed out after {self.timeout:g} s", kill=True)
+            if not slot.in_flight or slot.busy_since is None:
+                continue
+            running = min((c for c in self.calls.values() if c.slot is slot and c.generation == slot.generation),
+                          key=lambda c: c.seq, default=None)  # fmt: skip
+            limit = self.timeout * (len(running.items) if running else 1)  # the timeout is per job of the call
+            if now - slot.busy_since > limit:
+                self._lose_slot(slot, slot.generation, f"timed out after {limit:g} s", kill=True)
 
     def _check_startup(self) -> None:
         if any(s.ready for s in self.pool.slots) or time.monotonic() < self.startup_deadline:
@@ -359,6 +382,11 @@ class _Driver:
 
     def _retired_reasons(self) -> str:
         return "; ".join(f"worker {s.index}: {s.retired}" for s in self.pool.slots if s.retired) or "none started"
+
+
+def _check_pack(pack: Pack) -> None:
+    if pack != "auto" and (isinstance(pack, bool) or not isinstance(pack, int) or pack < 1):
+        raise ValueError(f"pack must be a positive integer or 'auto', not {pack!r}")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -376,32 +404,43 @@ def run_jobs(
     timeout: float | None = None,
     poll: float = 1.0,
     startup_timeout: float = 600.0,
+    pack: Pack = "auto",
     log: Callable[[str], None] | None = None,
 ) -> RunStats:
     """Run `jobs` on the actors of `workers`, calling `on_result` on the driver for each finished job, in
     completion order, exactly once per job (an ``ok`` or ``error`` row).
 
-    At most `max_in_flight` calls are outstanding (default: two per actor, so none idles between jobs). An attempt
-    that dies with its actor, or runs past `timeout` seconds, is retried on a live or restarted actor until
-    `max_attempts`; then the job ends as an error row and the run goes on. Every ``ray.wait`` returns within
-    `poll` seconds. Raises `WorkerStartError` when no actor is ready within `startup_timeout` seconds.
+    Each call to an actor takes up to `pack` jobs of one pack key (``"auto"``: up to the actor's own bound, 1 on a
+    CPU); the actor runs them as one stacked fit. At most `max_in_flight` calls are outstanding (default: two per
+    actor, so none idles between calls). An attempt that dies with its actor, or runs past `timeout` seconds per
+    job of its call, is retried on a live or restarted actor until `max_attempts` — a batch loses an attempt for
+    each of its jobs, and each retries alone; then the job ends as an error row and the run goes on. Every
+    ``ray.wait`` returns within `poll` seconds. Raises `WorkerStartError` when no actor is ready within
+    `startup_timeout` seconds.
     """
     driver = _Driver(jobs, workers, on_result, max_in_flight=max_in_flight, max_attempts=max_attempts,
-                     timeout=timeout, poll=poll, startup_timeout=startup_timeout,
+                     timeout=timeout, poll=poll, startup_timeout=startup_timeout, pack=pack,
                      log=log or logging.getLogger("dipflow.workers").warning)  # fmt: skip
     return driver.run()
 
 
-def run_inline(jobs: Iterable[Job], *, restorer: Restorer, on_result: Callable[[JobOutcome], None]) -> RunStats:
-    """Run `jobs` one by one in this process (for process-local storage such as ``memory://``, and debugging)."""
+def run_inline(jobs: Iterable[Job], *, restorer: Restorer, on_result: Callable[[JobOutcome], None],
+               pack: Pack = "auto") -> RunStats:  # fmt: skip
+    """Run `jobs` in this process, up to `pack` compatible ones at a time as one stacked fit ("auto": the
+    restorer's own bound, 1 on a CPU), for process-local storage such as ``memory://``, and debugging."""
+    _check_pack(pack)
     stats, started = RunStats(), time.monotonic()
-    for job in jobs:
-        outcome = restorer.run(job)
-        outcome.row["attempts"] = 1
-        if outcome.row.get("status") == "ok":
-            stats.ok += 1
-        else:
-            stats.errors += 1
-        on_result(outcome)
+    queue = PackQueue(jobs)
+    limit = pack if isinstance(pack, int) else restorer.pack_limit
+    while queue:
+        batch = [job for job, _ in queue.take(limit)]
+        for outcome in restorer.run_batch(batch, pack):
+            outcome.row["attempts"] = 1
+            if outcome.row.get("status") == "ok":
+                stats.ok += 1
+            else:
+                stats.errors += 1
+            stats.packed += len(batch) > 1
+            on_result(outcome)
     stats.seconds = time.monotonic() - started
     return stats

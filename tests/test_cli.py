@@ -125,3 +125,26 @@ def test_usage_errors_exit_2_and_debug_shows_tracebacks(tmp_path, capsys, monkey
     monkeypatch.setenv("DIPFLOW_DEBUG", "1")
     assert cli.main(["report", str(tmp_path)]) == 1
     assert "Traceback" in capsys.readouterr().err
+
+
+def test_pack_reaches_the_flows_and_bad_values_are_usage_errors(monkeypatch, capsys):
+    from pipelines import flows
+
+    seen: dict = {}
+
+    def flow(**params):
+        seen.update(params)
+        return {"failures": [], "error": 0}
+
+    monkeypatch.setattr(flows, "restore_dataset", flow)
+    monkeypatch.setattr(flows, "evaluate", flow)
+    assert cli.main(["restore", "src", "-o", "out", "--task", "denoise", "--pack", "2", "--json", "--quiet"]) == 0
+    assert seen["pack"] == 2
+    assert cli.main(["evaluate", "set5", "--data-root", "data", "-o", "out", "--json", "--quiet"]) == 0
+    assert seen["pack"] == "auto"  # the default: the actors decide (none on a CPU)
+    capsys.readouterr()
+    for bad in ("0", "many", "1.5"):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(["restore", "src", "-o", "out", "--task", "denoise", "--pack", bad])
+        assert exit_.value.code == 2
+        assert "--pack" in capsys.readouterr().err

@@ -110,6 +110,26 @@ def test_restore_dataset_on_memory_keeps_escaping_keys_inside(tmp_path, write_im
     assert storage.exists(f"{root}/out/sub/b.png")
 
 
+def test_restore_dataset_packs_images_of_one_shape(tmp_path, write_images, monkeypatch):
+    import dipcore
+    from pipelines import flows
+
+    stacked: list[int] = []
+    real = dipcore.restore_batch
+    monkeypatch.setattr(dipcore, "restore_batch", lambda obs, **kw: stacked.append(len(obs)) or real(obs, **kw))
+    root = "memory://flow-pack"
+    write_images(f"{root}/src", ["a.png", "b.png", "c.png"])
+    write_images(f"{root}/src", ["large.png"], size=48)
+    summary = flows.restore_dataset(f"{root}/src", f"{root}/out", "denoise", pack=2, **FAST)
+    assert (summary["ok"], summary["error"]) == (4, 0), summary["failures"]
+    assert sorted(stacked) == [2]  # [a b] stacked; c and the 48² image alone
+    rows = by_key(reports.read_report(f"{root}/out"))
+    assert {k: (r["height"], r["attempts"]) for k, r in rows.items()} == \
+        {"a.png": (32, 1), "b.png": (32, 1), "c.png": (32, 1), "large.png": (48, 1)}  # fmt: skip
+    with pytest.raises(Exception, match="pack"):
+        flows.restore_dataset(f"{root}/src", f"{root}/out", "denoise", pack=0, **FAST)
+
+
 def test_restore_dataset_on_s3_keeps_credentials_out_of_prefect(ray_local, s3_server, s3_root, write_images):
     from prefect.client.orchestration import get_client
 

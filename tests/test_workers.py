@@ -143,6 +143,38 @@ def test_jobs_of_dead_actors_are_retried_then_given_up(ray_local, tmp_path, writ
     assert all((tmp_path / "out" / k).exists() for k in ("once.png", "ok1.png", "ok2.png"))
 
 
+def test_a_packed_batch_through_ray_requeues_its_jobs_when_its_actor_dies(ray_local, tmp_path, write_images):
+    """pack=2 on one CPU actor: [a b] (a kills the actor on its first attempt), [c] (another shape), [d e]."""
+    # "a" is a key no other test uses: a reused worker process may unpickle _CrashingJob with an earlier test's
+    # _MARKERS, where a marker of the same name would already exist.
+    global _MARKERS
+    _MARKERS = str(tmp_path)
+    ray_local.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    src = tmp_path / "src"
+    write_images(str(src), ["a-crashes-once.png", "b.png", "d.png", "e.png"])
+    write_images(str(src), ["c.png"], size=48)
+    p = plan(str(src), str(tmp_path / "out"))
+    as_crashing = lambda j: _CrashingJob(**{f.name: getattr(j, f.name) for f in dataclasses.fields(Job)})
+    by_key = {j.key: j for j in p.jobs}
+    crashing = as_crashing(by_key["a-crashes-once.png"])
+    job_list = [crashing, *(by_key[k] for k in ("b.png", "c.png", "d.png", "e.png"))]
+    from pipelines.workers import WorkerPool
+
+    pool = WorkerPool(1, num_cpus=1)
+    try:
+        outcomes, stats = _run(job_list, pool, max_attempts=2, pack=2)
+    finally:
+        pool.shutdown()
+    rows = {o.row["image_key"]: o.row for o in outcomes}
+    assert len(outcomes) == len(rows) == 5 and all(r["status"] == "ok" for r in rows.values())
+    # The batch that died lost one attempt for each of its jobs; the call queued behind it lost none.
+    assert {k: r["attempts"] for k, r in rows.items()} == \
+        {"a-crashes-once.png": 2, "b.png": 2, "c.png": 1, "d.png": 1, "e.png": 1}  # fmt: skip
+    assert stats.packed == 2  # d and e in one stacked fit; the retries ran alone
+    assert (stats.failed_attempts, stats.restarts) == (2, 1)
+    assert (rows["c.png"]["height"], rows["d.png"]["height"]) == (48, 32)
+
+
 def test_a_stuck_attempt_times_out(ray_local, tmp_path, write_images):
     write_images(str(tmp_path / "src"), ["fine.png"])
     p = plan(str(tmp_path / "src"), str(tmp_path / "out"))

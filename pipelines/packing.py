@@ -1,0 +1,116 @@
+"""Packing: which waiting jobs run together as one stacked fit (``dipcore.restore_batch``), and how many fit a GPU.
+
+- `PackQueue` hands out the oldest waiting job with up to K − 1 more of its pack key (`jobs.pack_key`: same config,
+  task, observation shape and kind of side inputs), so jobs of different shapes are never grouped.
+- `pack_for_memory` is the "auto" size of a group on a GPU: as many fits as ``dipcore.estimate_peak_bytes`` puts
+  within a share of the card's free memory, at most `AUTO_PACK_CAP`.
+
+Stacking pays on a GPU, where one small fit leaves the card idle (at 256² on an H200, K = 8 fits took 3.49 ms per
+iteration each against 4.53 for one fit with CUDA graphs, 3.65 against 12.45 eager: benchmarks/RESULTS.md). On a
+CPU grouped convolutions are slower than plain ones, so "auto" packs nothing there. Pure Python and dipcore: the Ray
+driver, the in-process runner and the GPU benchmarks share it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from pipelines.jobs import Job, pack_key
+
+if TYPE_CHECKING:
+    from dipcore.tasks import TaskPreset
+
+__all__ = ["AUTO_PACK_CAP", "MEMORY_SHARE", "Pack", "PackQueue", "pack_for_memory"]
+
+Pack = int | Literal["auto"]  # jobs per stacked fit: a number (1 = off), or "auto" (decided by the actor's device)
+
+AUTO_PACK_CAP = 8  # the largest K measured (benchmarks/RESULTS.md): per-fit time had nearly flattened out by then
+# What estimate_peak_bytes leaves out — cuDNN workspaces, a CUDA graph's private pool, allocator rounding, and
+# a second actor sharing the card — comes out of the rest.
+MEMORY_SHARE = 0.8
+
+
+@dataclass
+class _Entry:
+    job: Job
+    attempt: int
+    key: tuple | None
+    taken: bool = False
+
+
+class PackQueue:
+    """Jobs waiting to run, each with its attempt number, in order; ``take(k)`` removes the oldest and up to k − 1
+    more with its pack key, in queue order.
+
+    A job on a retry (attempt > 1) runs alone: when a batch dies with its actor, any of its jobs may be the cause,
+    and alone it cannot take the others down again.
+    """
+
+    def __init__(self, jobs: Iterable[Job] = ()) -> None:
+        self._order: deque[_Entry] = deque()
+        self._by_key: dict[tuple, deque[_Entry]] = {}  # entries taken through _order stay until skipped here
+        self._size = 0
+        for job in jobs:
+            self._add(job, 1, front=False)
+
+    def __len__(self) -> int:
+        return self._size
+
+    def append(self, job: Job, attempt: int = 1) -> None:
+        self._add(job, attempt, front=False)
+
+    def push_front(self, items: list[tuple[Job, int]]) -> None:
+        """Put (job, attempt) pairs back at the head, in their order (retries first thing)."""
+        for job, attempt in reversed(items):
+            self._add(job, attempt, front=True)
+
+    def take(self, k: int) -> list[tuple[Job, int]]:
+        """The oldest waiting job and up to ``k - 1`` more of its pack key: [(job, attempt), …], [] when empty."""
+        head = self._pop(self._order)
+        if head is None:
+            return []
+        group = [head]
+        bucket = self._by_key.get(head.key) if head.key is not None else None
+        while bucket is not None and len(group) < k:
+            entry = self._pop(bucket)
+            if entry is None:
+                break
+            group.append(entry)
+        if bucket is not None and not bucket:
+            del self._by_key[head.key]
+        return [(e.job, e.attempt) for e in group]
+
+    def _add(self, job: Job, attempt: int, *, front: bool) -> None:
+        key = pack_key(job) if attempt == 1 else None
+        entry = _Entry(job, attempt, key)
+        queues = [self._order] + ([self._by_key.setdefault(key, deque())] if key is not None else [])
+        for q in queues:
+            q.appendleft(entry) if front else q.append(entry)
+        self._size += 1
+
+    def _pop(self, q: deque[_Entry]) -> _Entry | None:
+        while q:
+            entry = q.popleft()
+            if not entry.taken:
+                entry.taken = True
+                self._size -= 1
+                return entry
+        return None
+
+
+def pack_for_memory(p: TaskPreset, height: int, width: int, *, channels: int, free_bytes: int,
+                    cap: int = AUTO_PACK_CAP) -> int:  # fmt: skip
+    """The largest K ≤ `cap` whose K stacked fits of preset `p` on a `height` × `width` output (estimated by
+    ``dipcore.estimate_peak_bytes``) take at most `MEMORY_SHARE` of `free_bytes`; at least 1 (whether a single
+    fit fits is for the fit to find out)."""
+    from dipcore import estimate_peak_bytes
+
+    budget = MEMORY_SHARE * free_bytes
+    per_fit = estimate_peak_bytes(p, height, width, out_channels=channels, fits=1)
+    k = max(1, min(cap, int(budget // max(per_fit, 1))))
+    while k > 1 and estimate_peak_bytes(p, height, width, out_channels=channels, fits=k) > budget:
+        k -= 1  # the estimate is linear in K today; this keeps the answer right should it stop being so
+    return k
