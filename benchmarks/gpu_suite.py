@@ -71,17 +71,16 @@ class Suite:
 
     def evaluate(self, benchmark: str, data_root: str, engine: str, *, ms_per_it: float, limit_px: int | None = None):
         """Evaluate one benchmark with one engine, image by image, skipping what cannot finish before the deadline."""
-        spec = jobs.benchmark_synthesis(benchmark)
         iterations = 30 if self.smoke else None
         overrides = {"channels": 16} if self.smoke else None
-        config = jobs.run_config(spec.task, scale=spec.scale if spec.task == "sr" else None, variant=spec.variant,
-                                 iterations=iterations, overrides=overrides, synthesis=spec)  # fmt: skip
+        # The evaluate flow's protocol: early-stopping study, the benchmark's runs, classical baseline.
+        config = jobs.evaluation_config(benchmark, iterations=iterations, overrides=overrides)
         listing = storage.list_images(f"{data_root}/{benchmark}")
         run_id = f"{benchmark}-{engine.replace('+', '-')}"
         root = str(self.out / "reports" / engine.replace("+", "-"))
         plan = jobs.plan_jobs(listing, run_id=run_id, dataset=benchmark, output=f"{root}/{benchmark}", config=config)
         restorer = Restorer(device=self.device, engine=EVAL_ENGINES[engine])
-        n_iter = config.config["iterations"]
+        n_iter = config.config["iterations"] * config.config["restarts"]
         with reports.ReportWriter(root, run_id) as writer:
             for job in sorted(plan.jobs, key=lambda j: j.key):
                 from PIL import Image

@@ -3,18 +3,22 @@
 
 Every failure becomes an ``error`` row: a bad image never takes a worker down. Ray-free, so the same code runs in
 a Ray actor (`pipelines.workers.RestoreWorker`), in-process, and on a GPU box that has no Ray (benchmarks).
+An evaluation job's classical baseline (`pipelines.baselines`, CPU) runs in a thread beside the fit, so on a GPU
+worker it costs little wall time.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipelines import baselines, reports, storage
 from pipelines import jobs as jobs_mod
-from pipelines import reports, storage
-from pipelines.jobs import Job, observe, score
+from pipelines.jobs import Job, observe, psnr_protocol, score
 
 __all__ = ["JobOutcome", "Restorer"]
 
@@ -39,6 +43,8 @@ class Restorer:
         """``engine`` is a ``dipcore.EngineOptions`` (how fits run on the device; dipcore's defaults otherwise)."""
         import torch
 
+        import dipcore
+
         if threads:
             torch.set_num_threads(max(1, int(threads)))
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -48,6 +54,11 @@ class Restorer:
         self.storage_options = storage_options
         self.node = node
         self.engine = engine
+        # What software and engine produced a row's numbers (also on error rows: they say where it failed).
+        resolved = (engine or dipcore.EngineOptions()).resolved(dev)
+        self.software = {"torch_version": torch.__version__,
+                         "engine_json": reports.canonical_json(dataclasses.asdict(resolved))}  # fmt: skip
+        self._baselines = ThreadPoolExecutor(max_workers=1, thread_name_prefix="classical-baseline")
 
     def info(self) -> dict[str, Any]:
         """Where this worker runs (also the readiness probe of the driver)."""
@@ -60,17 +71,22 @@ class Restorer:
         import dipcore
 
         started, t0 = jobs_mod.utcnow(), time.perf_counter()
-        row = {**jobs_mod.base_row(job), "device": self.device_name, "ray_node": self.node, "attempts": 1}
+        row = {**jobs_mod.base_row(job), "device": self.device_name, "ray_node": self.node, "attempts": 1,
+               **self.software}  # fmt: skip
         curves: list[dict[str, Any]] = []
         try:
             data = storage.read_bytes(job.input_uri, self.storage_options)
             row["input_sha256"] = storage.sha256_hex(data)  # what was restored, should the file have changed
             image = dipcore.decode_image(data, name=job.key)
             obs, truth, side = observe(job, image, self._read_image)
+            classical = self._start_classical(job, obs, truth)
+            protocol = psnr_protocol(job) if truth is not None else None
             res = dipcore.restore(obs, task=job.task, seed=job.seed, reference=truth, device=self.device,
-                                  engine=self.engine, **side, **job.restore_kwargs)  # fmt: skip
+                                  engine=self.engine, psnr_protocol=protocol, **side, **job.restore_kwargs)  # fmt: skip
             storage.write_bytes_atomic(job.output_uri, dipcore.encode_png(res.image), self.storage_options)
             row.update(score(job, res, obs, truth))
+            if classical is not None:
+                row.update(classical.result())
             row.update(status="ok", iterations_run=res.iterations_run, iteration_returned=res.iteration,
                        stop_reason=res.stop_reason, height=int(res.image.shape[0]), width=int(res.image.shape[1]),
                        device=res.device)  # fmt: skip
@@ -83,6 +99,14 @@ class Restorer:
                 torch.cuda.empty_cache()  # after a CUDA out-of-memory, give the next job the whole card
         row.update(started_at=started, finished_at=jobs_mod.utcnow(), wall_seconds=time.perf_counter() - t0)
         return JobOutcome(job, row, curves)
+
+    def _start_classical(self, job: Job, obs: Any, truth: Any) -> Future | None:
+        """The classical baseline's columns, computed in a thread while the fit runs (None: not asked for)."""
+        if not job.classical or truth is None or job.synthesis is None:
+            return None
+        sigma = job.synthesis.sigma if job.task == "denoise" else None
+        return self._baselines.submit(baselines.score_classical, job.task, obs, truth, sigma=sigma,
+                                      protocol=psnr_protocol(job))  # fmt: skip
 
     def _read_image(self, uri: str) -> Any:
         import dipcore
