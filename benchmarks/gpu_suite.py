@@ -78,15 +78,15 @@ class Suite:
         spec = jobs.benchmark_synthesis(benchmark)
         iterations = 30 if self.smoke else None
         overrides = {"channels": 16} if self.smoke else None
-        config = jobs.run_config(spec.task, scale=spec.scale if spec.task == "sr" else None, variant=spec.variant,
-                                 iterations=iterations, overrides=overrides, synthesis=spec)  # fmt: skip
+        # The evaluate flow's protocol: early-stopping study, the benchmark's runs, classical baseline.
+        config = jobs.evaluation_config(benchmark, iterations=iterations, overrides=overrides)
         listing = storage.list_images(f"{data_root}/{benchmark}")
         label = engine.replace("+", "-") + ("" if pack == 1 else f"-pack{pack}")
         run_id = f"{benchmark}-{label}"
         root = str(self.out / "reports" / label)
         plan = jobs.plan_jobs(listing, run_id=run_id, dataset=benchmark, output=f"{root}/{benchmark}", config=config)
         restorer = Restorer(device=self.device, engine=EVAL_ENGINES[engine])
-        n_iter = config.config["iterations"]
+        n_iter = config.config["iterations"] * config.config["restarts"]
         queue = PackQueue(sorted(plan.jobs, key=lambda j: j.key))
         limit = pack if isinstance(pack, int) else restorer.pack_limit
         with reports.ReportWriter(root, run_id) as writer:

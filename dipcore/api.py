@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -19,17 +20,44 @@ from .degrade import Observation, binary_mask
 from .errors import ConfigError
 from .fit import EngineOptions, FitProblem, FitResult, FitSettings, StepRecord, default_device, fit, fit_stacked
 from .imageio import to_float_image
-from .metrics import center_crop_to_multiple
+from .metrics import PsnrProtocol, center_crop_to_multiple, check_protocol
 from .operators import Features, Identity, LanczosDown, Mask, Operator, alexnet, meshgrid_code, noise_code
 from .stopping import VarianceStopping
 from .tasks import TaskPreset, apply_overrides, get_preset
 
-__all__ = ["Restoration", "restore", "restore_batch", "build_problem", "preset_for"]
+__all__ = ["Restoration", "RunOutput", "StoppingChoice", "restore", "restore_batch", "build_problem", "preset_for"]
+
+
+@dataclass(frozen=True)
+class StoppingChoice:
+    """What the early-stopping rule returns — in observe mode, would have returned — for one run."""
+
+    image: np.ndarray  # the rule's output where it fired; where it never fired, what the run returns at its end
+    iteration: int  # the iteration `image` comes from
+    fired_at: int | None  # the iteration (a sync point) at which the rule said stop; None: never within the run
+
+
+@dataclass
+class RunOutput:
+    """One optimisation run (seed ``seed``) of a restoration; with ``restarts`` > 1 the Restoration averages them."""
+
+    seed: int
+    image: np.ndarray  # what this run alone returns (final, average or the early-stopping choice, as the preset says)
+    final: np.ndarray  # its last iterate
+    average: np.ndarray | None  # its moving average of outputs
+    iteration: int  # the iteration `image` comes from
+    stop_reason: str
+    stopping: StoppingChoice | None  # None when early stopping is off
+    history: dict[str, list[float]]
 
 
 @dataclass
 class Restoration:
-    """The result of ``restore``: images are H×W×C float32 arrays in [0, 1] at the task's output size."""
+    """The result of ``restore``: images are H×W×C float32 arrays in [0, 1] at the task's output size.
+
+    With ``restarts`` > 1, ``image``, ``final`` and ``average`` are means over the runs (paper: "averaged over two
+    optimization runs"), ``history`` and ``stopping`` are the first run's, and ``runs`` keeps every run apart.
+    """
 
     image: np.ndarray  # the returned output (see `iteration` and `stop_reason`)
     final: np.ndarray  # output of the last iteration run
@@ -43,9 +71,14 @@ class Restoration:
     device: str
     backtracks: int = 0
     restarts: list[dict[str, Any]] = field(default_factory=list)  # per-restart summary when restarts > 1
+    runs: list[RunOutput] = field(default_factory=list)  # every run's own outputs, seeds seed, seed + 1, …
+    stopping: StoppingChoice | None = None  # the first run's early-stopping choice (early_stopping True/"observe")
+    psnr_protocol: PsnrProtocol | None = None  # how the history's PSNR curves are measured (with a reference)
+    engine: dict[str, Any] = field(default_factory=dict)  # the resolved EngineOptions the fit ran with
 
     @property
     def best_psnr(self) -> float | None:
+        """The best PSNR of the first run's raw outputs along the run (``psnr_protocol``): an oracle."""
         curve = self.history.get("psnr")
         return max(curve) if curve else None
 
@@ -186,10 +219,11 @@ def restore(
     seed: int = 0,
     reference: Any = None,
     device: str | torch.device | None = None,
-    early_stopping: bool | None = None,
+    early_stopping: bool | str | None = None,
     callback: Callable[[StepRecord], bool | None] | None = None,
     engine: EngineOptions | None = None,
     features_weights: str | Path | None = None,
+    psnr_protocol: PsnrProtocol | Mapping[str, Any] | None = None,
     **overrides: Any,
 ) -> "Restoration":
     """Restore one image with the Deep Image Prior.
@@ -197,7 +231,10 @@ def restore(
     ``observation`` is a ``dipcore.Observation`` (from ``dipcore.degrade``) or a degraded image (array or PIL).
     The task's published preset is used (``preset="fast"`` for a narrow, short run); ``overrides`` change any of
     its settings (``channels=``, ``lr=``, ``reg_noise_std=``, ``input_depth=``, ``net=``, ``ema=``, ``restarts=``,
-    ``crop="center"`` for the paper's centre crop, …). ``reference`` (ground truth) only adds PSNR curves.
+    ``crop="center"`` for the paper's centre crop, …). ``reference`` (ground truth) only adds PSNR curves, measured
+    as ``psnr_protocol`` says (``dipcore.psnr``'s keywords, e.g. ``{"y_channel": True, "shave": 4}`` for SR ×4;
+    default: all channels, no shave). ``early_stopping=True`` stops by the running-variance rule; ``"observe"``
+    runs every iteration, returns the usual output and records the rule's choice in ``Restoration.stopping``.
     Same seed and same device give the same result.
     """
     started = time.perf_counter()
@@ -206,13 +243,14 @@ def restore(
     p = preset_for(task, variant=variant, scale=scale, preset=preset, iterations=iterations,
                    early_stopping=early_stopping, **overrides)  # fmt: skip
     obs, ref = _prepare(p, observation, mask=mask, guide=guide, reference=reference)
+    protocol = _protocol(psnr_protocol, ref)
     dev = torch.device(device) if device is not None else default_device()
     engine = (engine or EngineOptions()).resolved(dev)
     seeds = [seed + r for r in range(p.restarts)]
     problems = [build_problem(p, obs, device=dev, seed=s, reference=ref, features_weights=features_weights)
                 for s in seeds]  # fmt: skip
-    runs = _run(problems, seeds, _settings(p, engine), dev, callback, batched=engine.batch_restarts)
-    return _collect(runs, p, seed, dev, started)
+    runs = _run(problems, seeds, _settings(p, engine, protocol), dev, callback, batched=engine.batch_restarts)
+    return _collect(runs, p, seed, dev, started, protocol=protocol, engine=engine)
 
 
 def restore_batch(
@@ -226,9 +264,10 @@ def restore_batch(
     preset: str = "paper",
     iterations: int | None = None,
     device: str | torch.device | None = None,
-    early_stopping: bool | None = None,
+    early_stopping: bool | str | None = None,
     callback: Callable[[StepRecord], bool | None] | None = None,
     engine: EngineOptions | None = None,
+    psnr_protocol: PsnrProtocol | Mapping[str, Any] | None = None,
     **overrides: Any,
 ) -> list[Restoration]:
     """Restore K images of one shape and task as one batched fit (see ``dipcore.batched``): the same results as K
@@ -246,18 +285,22 @@ def restore_batch(
     if p.restarts != 1:
         raise ConfigError("restore_batch runs one fit per image: use restarts=1")
     dev = torch.device(device) if device is not None else default_device()
-    problems = []
+    engine = (engine or EngineOptions()).resolved(dev)
+    problems, protocol = [], None
     for observation, reference, s in zip(observations, references, seeds):
         obs, ref = _prepare(p, observation, reference=reference)
+        protocol = _protocol(psnr_protocol, ref) if ref is not None else protocol
         problems.append(build_problem(p, obs, device=dev, seed=s, reference=ref))
-    runs = _run(problems, seeds, _settings(p, (engine or EngineOptions()).resolved(dev)), dev, callback, batched=True)
-    return [_collect([run], p, s, dev, started) for run, s in zip(runs, seeds)]
+    runs = _run(problems, seeds, _settings(p, engine, protocol), dev, callback, batched=True)
+    return [_collect([run], p, s, dev, started, protocol=protocol, engine=engine) for run, s in zip(runs, seeds)]
 
 
 def _prepare(p: TaskPreset, observation: Any, *, mask: Any = None, guide: Any = None, reference: Any = None):
     """The observation and reference as float arrays, centre-cropped when the preset asks for the paper's crop."""
     if p.iterations < 1:
         raise ConfigError(f"iterations must be ≥ 1, got {p.iterations}")
+    if p.early_stopping not in (True, False, "observe"):
+        raise ConfigError(f"early_stopping must be True, False or 'observe', not {p.early_stopping!r}")
     obs = _as_observation(observation, p.task, mask, guide, p.scale)
     ref = to_float_image(reference) if reference is not None else None
     if p.crop == "center":
@@ -270,11 +313,21 @@ def _prepare(p: TaskPreset, observation: Any, *, mask: Any = None, guide: Any = 
     return obs, ref
 
 
-def _settings(p: TaskPreset, engine: EngineOptions) -> FitSettings:
+def _protocol(value: PsnrProtocol | Mapping[str, Any] | None, ref: np.ndarray | None) -> PsnrProtocol | None:
+    """The PSNR protocol of the curves, checked against the reference's size (None without a reference)."""
+    protocol = PsnrProtocol.of(value)
+    if ref is None:
+        return None
+    check_protocol(protocol, *ref.shape)
+    return protocol
+
+
+def _settings(p: TaskPreset, engine: EngineOptions, protocol: PsnrProtocol | None) -> FitSettings:
     stopping = (lambda: VarianceStopping(window=p.es_window, patience=p.es_patience)) if p.early_stopping else None
     return FitSettings(
         lr=p.lr, iterations=p.iterations, reg_noise_std=p.reg_noise_std, ema=p.ema, backtrack=p.backtrack,
-        stopping=stopping, engine=engine,
+        stopping=stopping, observe_stopping=p.early_stopping == "observe", psnr_protocol=protocol or PsnrProtocol(),
+        engine=engine,
     )  # fmt: skip
 
 
@@ -300,20 +353,36 @@ def _numpy(x: Tensor | None) -> np.ndarray | None:
     return x[0].float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
 
 
-def _collect(runs: list[FitResult], p: TaskPreset, seed: int, dev: torch.device, started: float) -> Restoration:
-    """One Restoration from the restarts: the returned images are averaged across them (paper: 2 runs)."""
-    mean = lambda xs: torch.stack(xs).mean(0)  # noqa: E731
-    first = runs[0]
-    image = mean([_returned(r, p) for r in runs])
-    final = mean([r.final for r in runs])
-    average = mean([r.average for r in runs]) if first.average is not None else None
-    config = {**p.to_dict(), "seed": seed}
+def _run_output(run: FitResult, p: TaskPreset, seed: int) -> RunOutput:
+    image = _numpy(_returned(run, p))
+    stopping = None
+    if p.early_stopping:
+        fired = run.es_output is not None
+        stopping = StoppingChoice(
+            image=image if run.stopped is not None or not fired else _numpy(run.es_output),
+            iteration=run.es_iteration if fired else run.iteration, fired_at=run.es_fired_at,
+        )  # fmt: skip
+    return RunOutput(seed=seed, image=image, final=_numpy(run.final), average=_numpy(run.average),
+                     iteration=run.iteration, stop_reason=run.stop_reason, stopping=stopping, history=run.history)
+
+
+def _collect(
+    runs: list[FitResult], p: TaskPreset, seed: int, dev: torch.device, started: float, *,
+    protocol: PsnrProtocol | None, engine: EngineOptions,
+) -> Restoration:  # fmt: skip
+    """One Restoration from the restarts: the returned images are averaged across them (paper: 2 runs); each run's
+    own outputs stay in ``runs``."""
+    outputs = [_run_output(r, p, seed + i) for i, r in enumerate(runs)]
+    first = outputs[0]
+    mean = lambda xs: xs[0] if len(xs) == 1 else np.mean(xs, axis=0, dtype=np.float32)  # noqa: E731
     return Restoration(
-        image=_numpy(image), final=_numpy(final), average=_numpy(average),
-        iteration=first.iteration, iterations_run=first.iterations_run, stop_reason=first.stop_reason,
-        history=first.history, config=config, seconds=time.perf_counter() - started,
+        image=mean([o.image for o in outputs]), final=mean([o.final for o in outputs]),
+        average=mean([o.average for o in outputs]) if first.average is not None else None,
+        iteration=first.iteration, iterations_run=runs[0].iterations_run, stop_reason=first.stop_reason,
+        history=first.history, config={**p.to_dict(), "seed": seed}, seconds=time.perf_counter() - started,
         device=torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         backtracks=sum(r.backtracks for r in runs),
-        restarts=[{"seed": seed + i, "iteration": r.iteration, "stop_reason": r.stop_reason} for i, r in enumerate(runs)]
+        restarts=[{"seed": o.seed, "iteration": o.iteration, "stop_reason": o.stop_reason} for o in outputs]
         if len(runs) > 1 else [],
+        runs=outputs, stopping=first.stopping, psnr_protocol=protocol, engine=dataclasses.asdict(engine),
     )  # fmt: skip

@@ -1,5 +1,5 @@
 """The DIP optimisation loop: Adam over the weights of a freshly initialised net, with input jitter, an exponential
-moving average of outputs, backtracking on loss jumps, early stopping and callbacks.
+moving average of outputs, backtracking on loss jumps, early stopping (acted on, or only observed) and callbacks.
 
 The loop keeps everything on the fit's device — losses, PSNRs, the average, the backtracking snapshot, the
 early-stopping state — and reads them on the host only every ``sync_every`` iterations, so a GPU is never stalled
@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .batched import unstack_block
+from .metrics import PsnrProtocol, psnr_stacked
 from .operators import Operator
 from .step import TrainingStep
 from .stopping import VarianceStopping
@@ -84,6 +85,9 @@ class FitSettings:
     ema: float | None = None  # weight of the moving average of outputs (0.99 in the denoising code)
     backtrack: bool = False
     stopping: Callable[[], VarianceStopping] | None = None  # a factory: each fit gets a fresh rule
+    # With `stopping`: run every iteration and only record what the rule would have returned (an ES study).
+    observe_stopping: bool = False
+    psnr_protocol: PsnrProtocol = field(default_factory=PsnrProtocol)  # how the curves measure PSNR
     engine: EngineOptions = field(default_factory=EngineOptions)
 
 
@@ -108,12 +112,12 @@ class FitResult:
     stop_reason: Literal["iterations", "early_stopping", "callback"]
     history: dict[str, list[float]]
     backtracks: int = 0
-
-
-def _psnr(x: Tensor, ref: Tensor, k: int = 1) -> Tensor:
-    """PSNR of each of the K stacked fits, on the device: (1, K·C, H, W) -> (K,)."""
-    mse = (x.float() - ref).pow(2).reshape(k, -1).mean(1).clamp_min(1e-12)
-    return -10.0 * torch.log10(mse)
+    # The early-stopping rule's choice at the first sync point where it said stop: what a stopping run of this fit
+    # alone returns. In stopping mode it is `stopped` (stacked fits stop when all rules agree: then it is their
+    # choice there). None when the rule is off or never fired.
+    es_output: Tensor | None = None
+    es_iteration: int | None = None  # the iteration `es_output` comes from
+    es_fired_at: int | None = None  # the sync point at which the rule said stop
 
 
 @contextlib.contextmanager
@@ -184,6 +188,7 @@ def fit_stacked(
     accepted_loss = torch.full((k,), math.inf, device=device)
     backtracks = torch.zeros(k, dtype=torch.int64, device=device)
     histories = [_empty_history(ref is not None, bool(settings.ema)) for _ in range(k)]
+    observed: list[tuple[Tensor, int, int] | None] = [None] * k  # observe mode: (output, iteration, fired at)
     out = None
     stop_reason: Literal["iterations", "early_stopping", "callback"] = "iterations"
     synced = 0
@@ -209,10 +214,10 @@ def fit_stacked(
                 if settings.ema:
                     average = out.clone() if average is None else average.lerp_(out, 1.0 - settings.ema)
                 if ref is not None:
-                    psnrs[it - 1] = _psnr(out, ref, k)
+                    psnrs[it - 1] = psnr_stacked(out, ref, k, settings.psnr_protocol)
                     if psnrs_avg is not None:
-                        psnrs_avg[it - 1] = _psnr(average, ref, k)
-                if rules is not None:
+                        psnrs_avg[it - 1] = psnr_stacked(average, ref, k, settings.psnr_protocol)
+                if rules is not None and not all(observed):  # an observed rule is left alone once it has fired
                     for rule, block in zip(rules, out.chunk(k, dim=1)):
                         rule.update(block, it)
 
@@ -223,22 +228,37 @@ def fit_stacked(
             if stop:
                 stop_reason = "callback"
                 break
-            if rules is not None and all(rule.should_stop(it) for rule in rules):
+            if rules is not None and settings.observe_stopping:
+                _observe(rules, observed, it)
+            elif rules is not None and all(rule.should_stop(it) for rule in rules):
                 stop_reason = "early_stopping"
                 break
 
     results = []
     for i in range(k):
         block = lambda t: None if t is None else unstack_block(t, k, i)  # noqa: E731
-        rule = rules[i] if rules is not None else None
+        rule = rules[i] if rules is not None and not settings.observe_stopping else None
         fired = rule is not None and (stop_reason == "early_stopping" or rule.should_stop(it))
-        results.append(FitResult(
+        result = FitResult(
             final=block(out), average=block(average), stopped=rule.best_output if fired else None,
             iteration=int(rule.best_iteration) if fired else it, iterations_run=it,
             stop_reason="early_stopping" if fired else stop_reason, history=histories[i],
             backtracks=int(backtracks[i]),
-        ))  # fmt: skip
+        )  # fmt: skip
+        if fired:
+            result.es_output, result.es_iteration, result.es_fired_at = result.stopped, result.iteration, it
+        elif observed[i] is not None:
+            result.es_output, result.es_iteration, result.es_fired_at = observed[i]
+        results.append(result)
     return results
+
+
+def _observe(rules: list[VarianceStopping], observed: list, it: int) -> None:
+    """At a sync point: keep each rule's choice the first time it says stop — what a stopping run would return
+    there. The rule would go on updating (its minimum can move on), so its choice is copied, not referenced."""
+    for i, rule in enumerate(rules):
+        if observed[i] is None and rule.should_stop(it):
+            observed[i] = (rule.best_output.clone(), int(rule.best_iteration), it)
 
 
 def _empty_history(with_psnr: bool, with_average: bool) -> dict[str, list[float]]:

@@ -4,18 +4,27 @@ Inputs are numpy arrays ``H×W×C`` or ``H×W`` with values in ``[0, data_range]
 The super-resolution protocol of the Deep Image Prior paper's evaluation is
 ``psnr(out, ref, y_channel=True, crop="center32", shave=4)``: centre crop to a multiple of 32, shave 4 pixels
 from every border, then PSNR on the Y channel (range 16–235, peak 255).
+
+`PsnrProtocol` names such a protocol once; `psnr_stacked` measures it on the fit's device (torch, float32) for the
+per-iteration curves of ``dipcore.fit``, so that a curve and a final ``psnr`` of the same output agree.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+import torch
+from torch import Tensor
 
 from .errors import ConfigError
 
-__all__ = ["rgb_to_y", "center_crop_to_multiple", "psnr", "ssim"]
+__all__ = [
+    "PsnrProtocol", "check_protocol", "rgb_to_y", "center_crop_to_multiple", "psnr", "psnr_stacked", "ssim",
+]  # fmt: skip
 
 _Y_WEIGHTS = np.array([65.481, 128.553, 24.966])  # ITU-R BT.601 for R, G, B in [0, 1]; they sum to 219
 _WIN, _SIGMA = 11, 1.5  # Wang et al. 2004; skimage's radius int(3.5 * 1.5 + 0.5) = 5 gives the same 11 taps
@@ -136,6 +145,76 @@ def ssim(
         s = ((2 * mx * my + c1) * (2 * vxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
         scores.append(float(s.mean()))
     return float(np.mean(scores))
+
+
+@dataclass(frozen=True)
+class PsnrProtocol:
+    """How a PSNR is measured: :func:`psnr`'s keywords (``data_range`` aside: restorations are in ``[0, 1]``).
+
+    >>> PsnrProtocol.of({"y_channel": True, "shave": 4}).kwargs()
+    {'y_channel': True, 'shave': 4, 'crop': None}
+    """
+
+    y_channel: bool = False
+    shave: int = 0
+    crop: int | str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.y_channel, (bool, np.bool_)):
+            raise ConfigError(f"y_channel must be True or False, not {self.y_channel!r}")
+        if isinstance(self.shave, bool) or not isinstance(self.shave, (int, np.integer)) or self.shave < 0:
+            raise ConfigError(f"shave must be a non-negative integer, not {self.shave!r}")
+        _crop_multiple(self.crop)
+
+    @classmethod
+    def of(cls, value: PsnrProtocol | Mapping[str, Any] | None) -> PsnrProtocol:
+        """A protocol from itself, a dict of :func:`psnr`'s keywords, or None (all channels, no shave, no crop)."""
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if not isinstance(value, Mapping) or set(value) - {"y_channel", "shave", "crop"}:
+            raise ConfigError(f"a PSNR protocol takes y_channel, shave and crop, not {value!r}")
+        return cls(**value)
+
+    def kwargs(self) -> dict[str, Any]:
+        """The keywords of :func:`psnr` and :func:`ssim`."""
+        return asdict(self)
+
+
+def psnr_stacked(x: Tensor, ref: Tensor, k: int = 1, protocol: PsnrProtocol | None = None) -> Tensor:
+    """PSNR of each of ``k`` images stacked along channels, on their device: (1, K·C, H, W) twice -> (K,).
+
+    The same crop, shave and Y conversion as :func:`psnr` (default: all channels, no shave, no crop), in float32.
+    """
+    protocol = protocol or PsnrProtocol()
+    _, kc, h, w = x.shape
+    a, b = (t.float().reshape(k, kc // k, h, w) for t in (x, ref))  # (K, C, H, W)
+    m = _crop_multiple(protocol.crop)
+    if m is not None:
+        nh, nw = h - h % m, w - w % m
+        top, left = (h - nh) // 2, (w - nw) // 2
+        a, b = (t[..., top : top + nh, left : left + nw] for t in (a, b))
+    s = protocol.shave
+    if s:
+        a, b = (t[..., s:-s, s:-s] for t in (a, b))
+    diff, peak = a - b, 1.0  # (K, C, h, w)
+    if protocol.y_channel:  # Y is affine in RGB, so the Y difference is the weighted RGB difference
+        wr, wg, wb = (float(v) for v in _Y_WEIGHTS)  # Python floats: no host-to-device copy per call
+        diff = diff * (wr + wg + wb) if diff.shape[1] == 1 else wr * diff[:, 0] + wg * diff[:, 1] + wb * diff[:, 2]
+        peak = 255.0
+    mse = diff.pow(2).reshape(k, -1).mean(1).clamp_min(1e-12)  # (K,)
+    return 10.0 * torch.log10(peak**2 / mse)
+
+
+def check_protocol(protocol: PsnrProtocol, height: int, width: int, channels: int) -> None:
+    """Raise ConfigError when ``protocol`` cannot measure an ``height×width×channels`` image."""
+    if protocol.y_channel and channels not in (1, 3):
+        raise ConfigError(f"a Y-channel PSNR needs 1 or 3 channels, the output has {channels}")
+    m = _crop_multiple(protocol.crop)
+    h, w = (height - height % m, width - width % m) if m else (height, width)
+    if min(h, w) - 2 * protocol.shave <= 0:
+        raise ConfigError(f"the PSNR protocol {protocol.kwargs()} leaves nothing of a {height}×{width} image")
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -48,7 +48,9 @@ class TaskPreset:
     drop: float | None = None  # fraction of pixels dropped by the Bernoulli mask (evaluation only)
     layer: str | None = None  # pre-image: the classifier layer whose features are inverted
     crop: Literal["pad", "center"] = "pad"  # pad to the net's multiple and crop back, or the paper's centre crop
-    early_stopping: bool = False  # stop by the running-variance rule instead of a fixed iteration count
+    # True: stop by the running-variance rule instead of a fixed iteration count; "observe": run the fixed count and
+    # record where the rule would have stopped and what it would have returned (an early-stopping study).
+    early_stopping: bool | Literal["observe"] = False
     es_window: int = 100  # Wang et al.: window W of the running variance
     es_patience: int = 1000  # Wang et al.: P iterations without a new minimum
 

@@ -136,6 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=_positive_int, help="SR factor (default 4)")
     p.add_argument("--sigma", type=float, help="denoising noise level in 0-255 units (default 25)")
     p.add_argument("--crop", type=_positive_int, metavar="SIZE", help="centre-crop clean images to SIZE² (smoke runs)")
+    g = p.add_argument_group("protocol")
+    g.add_argument("--early-stopping", choices=("observe", "stop", "off"), default="observe",
+                   help="observe (default): run the full count and record where the no-ground-truth rule would "
+                        "stop and its PSNR; stop: act on it; off: no rule")
+    g.add_argument("--runs", type=_positive_int, metavar="N",
+                   help="independent runs averaged per image (default: 2 for cbm3d9, as in the paper; 1 elsewhere)")
+    g.add_argument("--no-classical", action="store_true",
+                   help="skip the classical baselines (CBM3D or NLM for denoising, biharmonic for inpainting)")
     _add_model_options(p)
     _add_run_options(p)
     p.set_defaults(func=cmd_evaluate)
@@ -269,6 +277,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise CLIError("where are the benchmarks? pass --data-root URL (or set DIPFLOW_DATA_ROOT)")
     summary = _run_flow("evaluate", args, benchmarks=args.benchmarks, data_root=args.data_root or ".",
                         output=args.output, task=args.task, scale=args.scale, sigma=args.sigma, crop=args.crop,
+                        early_stopping=args.early_stopping, runs=args.runs, classical=not args.no_classical,
                         **_execution(args))  # fmt: skip
     return _finish(summary, args)
 

@@ -203,12 +203,19 @@ def evaluate(
     job_timeout: PositiveFloat | None = None,
     executor: Literal["auto", "ray", "inline"] = "auto",
     pack: Literal["auto"] | PositiveInt = "auto",
+    early_stopping: Literal["observe", "stop", "off"] = "observe",
+    runs: PositiveInt | None = None,
+    classical: bool = True,
 ) -> dict[str, Any]:
     """Score dipcore on benchmarks with the paper's protocol: each of `benchmarks` is a name under `data_root`
     (set5, set14 → SR ×4; cbm3d9 → denoising σ=25; heide11 → inpainting, 50 % of pixels dropped) or a folder URL
     of clean images (SR ×4 unless `task` says otherwise). The observation is synthesised from the clean image in
     the worker; outputs go to ``<output>/<benchmark>/`` and every row carries PSNR, SSIM and the baseline's PSNR.
-    `pack` is as for `restore_dataset`: images whose observations have one shape can run as one stacked fit."""
+    `pack` is as for `restore_dataset`: images whose observations have one shape can run as one stacked fit.
+
+    ``early_stopping="observe"`` (default) adds the early-stopping study to every row (the rule's choice beside the
+    best PSNR along the run); ``runs`` runs are averaged per image (default 2 for cbm3d9 as in the paper, else 1);
+    ``classical`` scores CBM3D/NLM (denoising) or biharmonic inpainting beside DIP."""
     if not benchmarks:
         raise ValueError("name at least one benchmark (set5, set14, cbm3d9, heide11) or a folder of clean images")
     so = _options(storage_options)
@@ -216,10 +223,9 @@ def evaluate(
     plans = []
     for name in benchmarks:
         source, dataset = _benchmark_source(name, data_root)
-        spec = jobs.benchmark_synthesis(name, task=task, scale=scale, sigma=sigma, crop=crop)
-        config = jobs.run_config(spec.task, scale=spec.scale if spec.task == "sr" else None, variant=spec.variant,
-                                 preset=preset, iterations=iterations, overrides=overrides, seed=seed,
-                                 synthesis=spec)  # fmt: skip
+        config = jobs.evaluation_config(name, task=task, scale=scale, sigma=sigma, crop=crop, preset=preset,
+                                        iterations=iterations, overrides=overrides, seed=seed,
+                                        early_stopping=early_stopping, runs=runs, classical=classical)  # fmt: skip
         listing = list_dataset(source, None, so)
         plans.append(plan_dataset(listing, run_id=run_id, dataset=dataset, output=storage.join(output, dataset),
                                   config=config, storage_options=so, limit=limit))  # fmt: skip

@@ -50,7 +50,9 @@ __all__ = [
     "to_table",
 ]
 
-REPORT_VERSION = "1"  # bump on any change to a schema below
+# Bump on any change to a schema below. 2: the early-stopping study, two-run and classical-baseline columns and the
+# software that produced a row (appended after the version-1 columns, which keep their order and meaning).
+REPORT_VERSION = "2"
 STATUSES = ("ok", "error", "skipped")
 LATEST_KEY = ("dataset", "image_key", "config_hash", "input_sha256")  # one image under one configuration
 
@@ -81,7 +83,7 @@ REPORT_SCHEMA = pa.schema(
         _f("psnr", pa.float64(), "PSNR (dB) of the returned output against the ground truth"),
         _f("psnr_average", pa.float64(), "PSNR (dB) of the EMA of outputs"),
         _f("psnr_final", pa.float64(), "PSNR (dB) of the last iterate"),
-        _f("psnr_best", pa.float64(), "best PSNR (dB) along the run"),
+        _f("psnr_best", pa.float64(), "best PSNR (dB) of the first run's iterates, same protocol (an oracle)"),
         _f("psnr_channel", pa.string(), "PSNR protocol: rgb | y (BT.601 luma)"),
         _f("psnr_shave", pa.int32(), "PSNR protocol: border pixels shaved"),
         _f("psnr_crop", pa.string(), "PSNR protocol: centre crop, e.g. '512x512', or null"),
@@ -99,6 +101,17 @@ REPORT_SCHEMA = pa.schema(
         _f("output_uri", pa.string(), "full URL of the written output (no credentials)"),
         _f("started_at", _UTC_US, "start of the final attempt (UTC)"),
         _f("finished_at", _UTC_US, "end of the final attempt (UTC)"),
+        # version 2
+        _f("iteration_best", pa.int32(), "1-based iteration of psnr_best"),
+        _f("psnr_auto", pa.float64(), "PSNR (dB) of the output the early-stopping rule selects (no ground truth)"),
+        _f("iteration_auto", pa.int32(), "1-based iteration of that output"),
+        _f("es_stop_iteration", pa.int32(), "iteration at which the rule stopped the run (or would have); null: never"),
+        _f("psnr_two_runs", pa.float64(), "PSNR (dB) of the average of two runs' returned outputs (seeds s, s+1)"),
+        _f("classical_name", pa.string(), "classical non-learned baseline: cbm3d | bm3d | nlm | biharmonic"),
+        _f("psnr_classical", pa.float64(), "PSNR (dB) of the classical baseline with the same protocol"),
+        _f("torch_version", pa.string(), "torch.__version__ of the worker"),
+        _f("engine_json", pa.string(), "canonical JSON of the resolved dipcore EngineOptions"),
+        _f("pack_size", pa.int32(), "fits stacked in the image's fit (1: alone); wall_seconds is its 1/pack_size share"),
     ],
     metadata={"dipflow.report_version": REPORT_VERSION, "dipflow.schema": "report"},
 )

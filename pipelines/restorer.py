@@ -4,21 +4,25 @@
 Jobs of one pack key (`pipelines.jobs.pack_key`) handed over together run as one stacked fit
 (``dipcore.restore_batch``). Every failure becomes an ``error`` row of its own job: a bad image never takes a
 worker down, nor the other jobs of its batch. Ray-free, so the same code runs in a Ray actor
-(`pipelines.workers.RestoreWorker`), in-process, and on a GPU box that has no Ray (benchmarks).
+(`pipelines.workers.RestoreWorker`), in-process, and on a GPU box that has no Ray (benchmarks). An evaluation
+job's classical baseline (`pipelines.baselines`, CPU) runs in a thread beside the fit, so on a GPU worker it costs
+little wall time.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from pipelines import jobs as jobs_mod
-from pipelines import reports, storage
-from pipelines.jobs import Job, observe, pack_key, score
+from pipelines import baselines, reports, storage
+from pipelines.jobs import Job, observe, pack_key, psnr_protocol, score
 from pipelines.packing import AUTO_PACK_CAP, Pack, pack_for_memory
 
 __all__ = ["JobOutcome", "Restorer"]
@@ -46,6 +50,7 @@ class _Work:
     obs: Any = None  # what dipcore restores (an array or a dipcore.Observation); None until observed
     truth: Any = None
     side: dict[str, Any] = field(default_factory=dict)  # mask/guide of a plain job
+    classical: Future | None = None  # the classical baseline's columns, computed beside the fit
 
     def fail(self, exc: BaseException) -> None:
         self.row.update(status="error", error=storage.redact(_describe(exc)))
@@ -74,6 +79,8 @@ class Restorer:
         """``engine`` is a ``dipcore.EngineOptions`` (how fits run on the device; dipcore's defaults otherwise)."""
         import torch
 
+        import dipcore
+
         if threads:
             torch.set_num_threads(max(1, int(threads)))
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -83,6 +90,11 @@ class Restorer:
         self.storage_options = storage_options
         self.node = node
         self.engine = engine
+        # What software and engine produced a row's numbers (also on error rows: they say where it failed).
+        resolved = (engine or dipcore.EngineOptions()).resolved(dev)
+        self.software = {"torch_version": torch.__version__,
+                         "engine_json": reports.canonical_json(dataclasses.asdict(resolved))}  # fmt: skip
+        self._baselines = ThreadPoolExecutor(max_workers=1, thread_name_prefix="classical-baseline")
 
     @property
     def pack_limit(self) -> int:
@@ -128,12 +140,14 @@ class Restorer:
         import dipcore
 
         t0 = time.perf_counter()
-        w = _Work(job, {**jobs_mod.base_row(job), "device": self.device_name, "ray_node": self.node, "attempts": 1})
+        w = _Work(job, {**jobs_mod.base_row(job), "device": self.device_name, "ray_node": self.node, "attempts": 1,
+                        **self.software})  # fmt: skip
         try:
             data = storage.read_bytes(job.input_uri, self.storage_options)
             w.row["input_sha256"] = storage.sha256_hex(data)  # what was restored, should the file have changed
             image = dipcore.decode_image(data, name=job.key)
             w.obs, w.truth, w.side = observe(job, image, self._read_image)
+            w.classical = self._start_classical(job, w.obs, w.truth)
         except Exception as exc:  # noqa: BLE001 - the row carries the message; the worker stays up
             w.fail(exc)
         w.seconds = time.perf_counter() - t0
@@ -177,7 +191,8 @@ class Restorer:
         try:
             results = dipcore.restore_batch(
                 [_observation(w) for w in group], task=first.task, references=[w.truth for w in group],
-                seeds=[w.job.seed for w in group], device=self.device, engine=self.engine, **first.restore_kwargs,
+                seeds=[w.job.seed for w in group], device=self.device, engine=self.engine,
+                psnr_protocol=_protocol(group[0]), **first.restore_kwargs,
             )  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - each job gets its own chance below
             _log.warning("a stacked fit of %d jobs failed (%s); running them one by one", len(group), _describe(exc))
@@ -186,21 +201,22 @@ class Restorer:
                 self._restore_alone(w)
             return
         for w, res in zip(group, results, strict=True):
-            self._finish(w, res)
+            self._finish(w, res, pack_size=len(group))
 
     def _restore_alone(self, w: _Work) -> None:
         import dipcore
 
         try:
             res = dipcore.restore(w.obs, task=w.job.task, seed=w.job.seed, reference=w.truth, device=self.device,
-                                  engine=self.engine, **w.side, **w.job.restore_kwargs)  # fmt: skip
+                                  engine=self.engine, psnr_protocol=_protocol(w), **w.side,
+                                  **w.job.restore_kwargs)  # fmt: skip
         except Exception as exc:  # noqa: BLE001
             w.fail(exc)
             self._free_cuda()
             return
-        self._finish(w, res)
+        self._finish(w, res, pack_size=1)
 
-    def _finish(self, w: _Work, res: Any) -> None:
+    def _finish(self, w: _Work, res: Any, *, pack_size: int) -> None:
         """Write the output, score it, fill the row and the curves."""
         import dipcore
 
@@ -208,12 +224,22 @@ class Restorer:
         try:
             storage.write_bytes_atomic(job.output_uri, dipcore.encode_png(res.image), self.storage_options)
             w.row.update(score(job, res, w.obs, w.truth))
+            if w.classical is not None:
+                w.row.update(w.classical.result())
             w.row.update(status="ok", iterations_run=res.iterations_run, iteration_returned=res.iteration,
                          stop_reason=res.stop_reason, height=int(res.image.shape[0]), width=int(res.image.shape[1]),
-                         device=res.device)  # fmt: skip
+                         device=res.device, pack_size=pack_size)  # fmt: skip
             w.curves = reports.curve_rows(res.history, run_id=job.run_id, dataset=job.dataset, image_key=job.key)
         except Exception as exc:  # noqa: BLE001
             w.fail(exc)
+
+    def _start_classical(self, job: Job, obs: Any, truth: Any) -> Future | None:
+        """The classical baseline's columns, computed in a thread while the fit runs (None: not asked for)."""
+        if not job.classical or truth is None or job.synthesis is None:
+            return None
+        sigma = job.synthesis.sigma if job.task == "denoise" else None
+        return self._baselines.submit(baselines.score_classical, job.task, obs, truth, sigma=sigma,
+                                      protocol=psnr_protocol(job))  # fmt: skip
 
     def _free_cuda(self) -> None:
         if self.device_name != "cpu":
@@ -225,6 +251,11 @@ class Restorer:
         import dipcore
 
         return dipcore.decode_image(storage.read_bytes(uri, self.storage_options), name=uri.rpartition("/")[2])
+
+
+def _protocol(w: _Work) -> dict[str, Any] | None:
+    """How the fit measures its PSNR curves: the job's scoring protocol, when there is a ground truth."""
+    return psnr_protocol(w.job) if w.truth is not None else None
 
 
 def _observation(w: _Work) -> Any:

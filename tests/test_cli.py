@@ -78,6 +78,29 @@ def test_restore_then_report(ray_local, prefect_harness, tmp_path, write_images,
 
 
 @pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ([], {"early_stopping": "observe", "runs": None, "classical": True}),
+        (["--early-stopping", "off", "--runs", "3", "--no-classical"],
+         {"early_stopping": "off", "runs": 3, "classical": False}),
+    ],
+)
+def test_evaluate_protocol_options_reach_the_flow(extra, expected, monkeypatch):
+    seen = {}
+
+    def fake_flow(name, args, **params):
+        seen.update(params, flow=name)
+        return {"run_id": "r", "summary": [], "ok": 0, "error": 0, "skipped": 0, "report": "-", "not_images": 0,
+                "failures": []}  # fmt: skip
+
+    monkeypatch.setattr(cli, "_run_flow", fake_flow)
+    assert cli.main(["evaluate", "cbm3d9", "--data-root", "data", "-o", "out", "--json", *extra]) == 0
+    assert seen["flow"] == "evaluate" and {k: seen[k] for k in expected} == expected
+    with pytest.raises(SystemExit):
+        cli.main(["evaluate", "cbm3d9", "--data-root", "data", "-o", "out", "--early-stopping", "sometimes"])
+
+
+@pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["report", "{tmp}/nothing-here"], "no report rows under"),

@@ -155,8 +155,10 @@ def test_restore_dataset_on_s3_keeps_credentials_out_of_prefect(ray_local, s3_se
 def test_evaluate_scores_benchmarks_with_the_paper_protocols(ray_local, tmp_path):
     from pipelines import flows
 
+    # The study columns are off here (the smoke protocol covers the defaults): what is checked is the switches.
     summary = flows.evaluate(["set5", "cbm3d9", "heide11"], str(DATA), str(tmp_path / "eval"), crop=48, limit=1,
-                             executor="inline", **FAST)  # fmt: skip (the protocol is the worker's, not Ray's)
+                             executor="inline", early_stopping="off", runs=1, classical=False,
+                             **FAST)  # fmt: skip (the protocol is the worker's, not Ray's)
     assert (summary["ok"], summary["error"]) == (3, 0), summary["failures"]
     rows = {r["dataset"]: r for r in reports.read_report(str(tmp_path / "eval")).to_pylist()}
     sr, dn, inp = rows["set5"], rows["cbm3d9"], rows["heide11"]
@@ -167,4 +169,8 @@ def test_evaluate_scores_benchmarks_with_the_paper_protocols(ray_local, tmp_path
     assert 18 < dn["psnr_baseline"] < 24  # σ = 25 noise on [0, 255]: about 20.2 dB before clipping
     assert (inp["task"], inp["variant"], inp["psnr_channel"]) == ("inpaint", "random", "gray")
     assert all(r["psnr"] is not None and r["ssim"] is not None for r in rows.values())
+    assert all(r["psnr_best"] is not None and r["torch_version"] and r["engine_json"] for r in rows.values())
+    off = ("psnr_auto", "iteration_auto", "es_stop_iteration", "psnr_two_runs", "classical_name", "psnr_classical")
+    assert all(r[name] is None for r in rows.values() for name in off)
+    assert json.loads(dn["config_json"])["restarts"] == 1 and json.loads(dn["config_json"])["early_stopping"] is False
     assert os.path.isfile(tmp_path / "eval" / "set5" / "baby.png")

@@ -1,4 +1,5 @@
-"""dipcore.metrics: PSNR (RGB, Y, shave, centre crop) by hand computation, SSIM against scikit-image."""
+"""dipcore.metrics: PSNR (RGB, Y, shave, centre crop) by hand computation, its on-device twin for stacked fits
+against it, SSIM against scikit-image."""
 
 from __future__ import annotations
 
@@ -6,11 +7,20 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from skimage import color, data
 from skimage.metrics import structural_similarity
 
 from dipcore.errors import ConfigError
-from dipcore.metrics import center_crop_to_multiple, psnr, rgb_to_y, ssim
+from dipcore.metrics import (
+    PsnrProtocol,
+    center_crop_to_multiple,
+    check_protocol,
+    psnr,
+    psnr_stacked,
+    rgb_to_y,
+    ssim,
+)
 
 
 @pytest.fixture
@@ -123,6 +133,39 @@ def test_shape_errors():
     with pytest.raises(ConfigError):
         rgb_to_y(np.zeros((4, 4, 2)))
     assert psnr(np.zeros((8, 8)), np.zeros((8, 8, 1))) == math.inf  # H×W is H×W×1
+
+
+@pytest.mark.parametrize(
+    "protocol",
+    [{}, {"y_channel": True, "shave": 4}, {"y_channel": True, "crop": "center32", "shave": 4}, {"crop": 16, "shave": 1}],
+)
+@pytest.mark.parametrize("channels", [3, 1])
+def test_psnr_stacked_is_psnr_of_each_stacked_image(rng, protocol, channels):
+    """The curves' float32 PSNR on (1, K·C, H, W) blocks agrees with the float64 one on each H×W×C image."""
+    refs = [rng.random((70, 45, channels)) for _ in range(3)]
+    outs = [_noisy(rng, r, s) for r, s in zip(refs, (0.02, 0.05, 0.1))]
+    stack = lambda xs: torch.from_numpy(np.concatenate([x.transpose(2, 0, 1) for x in xs]))[None].float()  # noqa: E731
+    got = psnr_stacked(stack(outs), stack(refs), 3, PsnrProtocol.of(protocol)).tolist()
+    want = [psnr(o.astype(np.float32), r.astype(np.float32), **protocol) for o, r in zip(outs, refs)]
+    assert got == pytest.approx(want, abs=2e-4)
+    assert want[0] > want[1] > want[2]  # each block is its own image, not a mix
+
+
+def test_psnr_protocol_is_psnrs_keywords_and_checked():
+    p = PsnrProtocol.of({"y_channel": True, "shave": 4})
+    assert p == PsnrProtocol(True, 4) and PsnrProtocol.of(p) is p and PsnrProtocol.of(None) == PsnrProtocol()
+    a = np.random.default_rng(1).random((20, 20, 3))
+    assert psnr(a, a * 0.9, **p.kwargs()) == psnr(a, a * 0.9, y_channel=True, shave=4)
+    for bad in ({"shave": -1}, {"y": True}, {"crop": "middle"}, {"y_channel": "yes"}, [("shave", 1)]):
+        with pytest.raises(ConfigError):
+            PsnrProtocol.of(bad)
+    check_protocol(p, 9, 9, 3)
+    with pytest.raises(ConfigError, match="leaves nothing"):
+        check_protocol(p, 8, 30, 3)
+    with pytest.raises(ConfigError, match="leaves nothing"):
+        check_protocol(PsnrProtocol(crop=32), 31, 64, 1)
+    with pytest.raises(ConfigError, match="1 or 3 channels"):
+        check_protocol(p, 64, 64, 2)
 
 
 # --- SSIM ----------------------------------------------------------------------------------------------------------

@@ -223,6 +223,7 @@ def test_a_packed_batch_gives_what_one_job_at_a_time_gives(tmp_path, spy, case):
         np.testing.assert_allclose(_losses(p), _losses(s), rtol=1e-3)
         restored = dipcore.load_image(p.row["output_uri"])  # the packed output, overwritten below by the single one
         assert restored.shape == (64, 64, 3) and p.row["height"] == 64
+        assert (p.row["pack_size"], s.row["pack_size"]) == (2, 1)
         if s.row.get("psnr") is not None:
             assert p.row["psnr"] == pytest.approx(s.row["psnr"], abs=0.05)
     first = [_losses(s)[0] for s in single]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -40,7 +41,7 @@ def row(key: str = "a.png", **kw) -> dict:
 
 def test_schemas_are_pinned_with_version_metadata():
     for schema, name in ((REPORT_SCHEMA, b"report"), (CURVES_SCHEMA, b"curves")):
-        assert schema.metadata[b"dipflow.report_version"] == b"1"
+        assert schema.metadata[b"dipflow.report_version"] == reports.REPORT_VERSION.encode() == b"2"
         assert schema.metadata[b"dipflow.schema"] == name
     f = REPORT_SCHEMA.field
     assert {n for n in REPORT_SCHEMA.names if not f(n).nullable} == {"run_id", "dataset", "image_key", "task", "status"}
@@ -167,6 +168,41 @@ def test_old_parts_with_fewer_columns_read_with_the_pinned_schema(tmp_path):
     assert sorted(table.column("height").to_pylist()) == [32, 64]
     z = table.filter(pc.equal(table.column("image_key"), "z.png"))
     assert z.column("psnr").to_pylist() == [None]
+
+
+V1_REPORT = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "2026-11-26-h200" / "set5-x4-graph"
+V2_COLUMNS = {
+    "iteration_best": pa.int32(), "psnr_auto": pa.float64(), "iteration_auto": pa.int32(),
+    "es_stop_iteration": pa.int32(), "psnr_two_runs": pa.float64(), "classical_name": pa.string(),
+    "psnr_classical": pa.float64(), "torch_version": pa.string(), "engine_json": pa.string(), "pack_size": pa.int32(),
+}  # fmt: skip
+
+
+def test_version_2_appends_its_columns_after_those_of_a_real_version_1_part():
+    v1 = pq.read_schema(next((V1_REPORT / "report").rglob("part-*.parquet")))
+    assert v1.metadata[b"dipflow.report_version"] == b"1"
+    assert REPORT_SCHEMA.names[: len(v1.names)] == v1.names  # same order: positional readers keep working
+    assert {n: REPORT_SCHEMA.field(n).type for n in REPORT_SCHEMA.names[len(v1.names) :]} == V2_COLUMNS
+    assert all(REPORT_SCHEMA.field(n).nullable for n in V2_COLUMNS)
+
+
+def test_version_1_parts_read_together_with_version_2_ones(tmp_path):
+    """Real parts written by schema v1 (an H200 run of Set5) and a new v2 run under one root: one table."""
+    import shutil
+
+    shutil.copytree(V1_REPORT / "report", tmp_path / "report")
+    with ReportWriter(str(tmp_path), "v2-run") as writer:
+        writer.append(row("baby.png", psnr_best=31.5, iteration_best=1800, psnr_auto=31.2, iteration_auto=1500,
+                          es_stop_iteration=None, torch_version="2.13.0+cpu", engine_json='{"sync_every":1}'))
+    table = reports.read_report(str(tmp_path))
+    assert table.schema == REPORT_SCHEMA and table.num_rows == 6
+    old = table.filter(pc.not_equal(table.column("run_id"), "v2-run")).to_pylist()
+    new = table.filter(pc.equal(table.column("run_id"), "v2-run")).to_pylist()
+    assert len(old) == 5 and all(r["psnr"] > 25 and r["status"] == "ok" for r in old)  # v1 values intact
+    assert all(r[name] is None for r in old for name in V2_COLUMNS)  # v2 columns: typed nulls
+    assert (new[0]["iteration_best"], new[0]["psnr_auto"], new[0]["es_stop_iteration"]) == (1800, 31.2, None)
+    (summary,) = reports.summarize(reports.latest_rows(table)).to_pylist()  # set5 ×4: five v1 rows and the new one
+    assert (summary["images"], summary["ok"]) == (6, 6)
 
 
 def test_empty_and_missing_report(tmp_path):

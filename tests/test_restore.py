@@ -116,13 +116,66 @@ def test_a_callback_sees_every_iteration_and_can_stop_the_fit(photo):
     assert res.stop_reason == "callback" and res.iterations_run == 5 and len(res.history["loss"]) == 5
 
 
-def test_restarts_average_independent_fits(photo):
+def test_restarts_average_independent_fits_and_keep_each_run(photo):
     obs = dipcore.degrade(photo, task="denoise", sigma=25, seed=0)
-    kwargs = dict(task="denoise", preset="fast", iterations=6, channels=8, ema=None, output="final")
+    kwargs = dict(task="denoise", preset="fast", iterations=6, channels=8, ema=0.9, output="final")
     both = dipcore.restore(obs, restarts=2, seed=10, **kwargs)
     one, two = dipcore.restore(obs, seed=10, **kwargs), dipcore.restore(obs, seed=11, **kwargs)
     np.testing.assert_allclose(both.image, (one.image + two.image) / 2, atol=1e-6)
-    assert [r["seed"] for r in both.restarts] == [10, 11]
+    assert [r["seed"] for r in both.restarts] == [10, 11] and [r.seed for r in both.runs] == [10, 11]
+    for run, alone in zip(both.runs, (one, two)):  # each run's own outputs, as a single run gives them
+        for name in ("image", "final", "average"):
+            np.testing.assert_array_equal(getattr(run, name), getattr(alone, name))
+        assert run.history == alone.history and run.stopping is None
+    assert np.abs(both.runs[0].final - both.runs[1].final).max() > 1e-3
+    assert both.history == one.history and len(one.runs) == 1 and one.runs[0].image is one.image
+
+
+def test_psnr_curves_follow_the_callers_protocol(photo):
+    obs = dipcore.degrade(photo, task="sr", scale=4, seed=0)
+    sr4 = {"y_channel": True, "shave": 4}
+    res = dipcore.restore(obs, task="sr", scale=4, preset="fast", iterations=5, channels=8, reference=photo,
+                          psnr_protocol=sr4)  # fmt: skip
+    # Both score the same float32 output; the curve in float32, dipcore.psnr in float64 (no 8-bit quantisation).
+    assert res.history["psnr"][-1] == pytest.approx(dipcore.psnr(res.final, photo, **sr4), abs=1e-3)
+    assert abs(res.history["psnr"][-1] - dipcore.psnr(res.final, photo)) > 0.1  # not the all-channel PSNR
+    assert res.psnr_protocol == dipcore.PsnrProtocol(y_channel=True, shave=4)
+    assert res.best_iteration == int(np.argmax(res.history["psnr"])) + 1
+    with pytest.raises(dipcore.ConfigError, match="leaves nothing"):
+        dipcore.restore(obs, task="sr", scale=4, preset="fast", iterations=5, channels=8, reference=photo,
+                        psnr_protocol={"shave": 32})  # fmt: skip
+
+
+def test_observed_early_stopping_records_what_a_stopping_run_returns(photo):
+    """Observe mode runs the fixed count and returns its usual output; its record of the rule equals what a
+    stopping run with the same seed returns. The host reads every 7 iterations (as on CUDA, every 25): the rule
+    is asked only there, and it goes on updating in between."""
+    sync_every = 7
+    obs = dipcore.degrade(photo[:32, :32], task="denoise", sigma=25, seed=0)
+    kwargs = dict(task="denoise", preset="fast", iterations=80, channels=8, es_window=10, es_patience=15, seed=3,
+                  engine=dipcore.EngineOptions(sync_every=sync_every))  # fmt: skip
+    observed = dipcore.restore(obs, early_stopping="observe", **kwargs)
+    stopped = dipcore.restore(obs, early_stopping=True, **kwargs)
+    plain = dipcore.restore(obs, early_stopping=False, **kwargs)
+    assert stopped.stop_reason == "early_stopping" and stopped.iterations_run < 80
+    assert (observed.stop_reason, observed.iterations_run, observed.iteration) == ("iterations", 80, 80)
+    np.testing.assert_array_equal(observed.image, plain.image)
+    choice = observed.stopping
+    assert choice.fired_at == stopped.iterations_run and choice.fired_at % sync_every == 0
+    assert choice.iteration == stopped.iteration < choice.fired_at
+    np.testing.assert_array_equal(choice.image, stopped.image)
+    assert (stopped.stopping.iteration, stopped.stopping.fired_at) == (stopped.iteration, stopped.iterations_run)
+    assert stopped.stopping.image is stopped.image
+    assert plain.stopping is None
+    with pytest.raises(dipcore.ConfigError, match="early_stopping"):
+        dipcore.restore(obs, early_stopping="sometimes", **kwargs)
+
+
+def test_an_observed_rule_that_never_fires_chooses_the_runs_output(photo):
+    obs = dipcore.degrade(photo[:32, :32], task="denoise", sigma=25, seed=0)
+    res = dipcore.restore(obs, task="denoise", preset="fast", iterations=12, channels=8, early_stopping="observe")
+    assert res.stopping.fired_at is None and res.stopping.iteration == 12
+    np.testing.assert_array_equal(res.stopping.image, res.image)  # the preset's output (here the moving average)
 
 
 def test_centre_crop_is_the_paper_protocol_option(photo):

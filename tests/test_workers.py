@@ -4,12 +4,14 @@ actor placement on a multi-node cluster with logical GPUs. Tiny images, 8-channe
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 import time
 
 import numpy as np
 import pytest
+import torch
 
 import dipcore
 from pipelines import jobs, storage
@@ -41,7 +43,13 @@ def test_restorer_runs_one_evaluation_job_with_the_sr_protocol(tmp_path, write_i
     assert (row["height"], row["width"]) == (64, 64)
     assert (row["psnr_channel"], row["psnr_shave"], row["psnr_crop"]) == ("y", 4, "center32")
     assert row["baseline_name"] == "bicubic" and row["psnr_baseline"] > 20  # a smooth image: bicubic does well
-    assert row["psnr"] is not None and row["ssim"] is not None and row["psnr_best"] is None  # curve is RGB, not Y
+    assert row["psnr"] is not None and row["ssim"] is not None
+    # The curve is measured with the row's protocol (Y, 4 px shaved): its last point is the last iterate's PSNR.
+    curve = [c["psnr"] for c in outcome.curves]
+    assert curve[-1] == pytest.approx(row["psnr_final"], abs=1e-3) and row["psnr_best"] == max(curve)
+    assert row["iteration_best"] == curve.index(max(curve)) + 1
+    assert row["psnr_auto"] is None and row["psnr_two_runs"] is None and row.get("classical_name") is None
+    assert row["torch_version"] == torch.__version__ and json.loads(row["engine_json"])["sync_every"] == 1
     assert row["iterations_run"] == 2 and row["input_sha256"] == p.jobs[0].sha256
     assert [c["iteration"] for c in outcome.curves] == [1, 2]
     assert all(not isinstance(v, np.ndarray) for v in row.values())  # rows stay small
@@ -84,6 +92,25 @@ def test_config_hash_changes_with_settings_not_with_execution():
     assert jobs.run_config("denoise", **FAST, seed=1).config_hash != a.config_hash
     with pytest.raises(dipcore.ConfigError, match="unknown setting"):
         jobs.run_config("denoise", overrides={"chanels": 8})
+
+
+def test_evaluation_configs_follow_the_paper_and_hash_what_shapes_a_row():
+    fast = {"preset": "fast", "iterations": 2, "overrides": {"channels": 8}}
+    dn = jobs.evaluation_config("cbm3d9", **fast)
+    assert dn.config["restarts"] == 2 and dn.config["early_stopping"] == "observe" and dn.classical
+    assert dn.restore_kwargs["restarts"] == 2 and dn.config["classical_baseline"] is True
+    assert jobs.evaluation_config("cbm3d9").config["iterations"] == 1800  # the paper's table (the code: 3000)
+    sr = jobs.evaluation_config("set5", **fast)
+    assert sr.config["restarts"] == 1 and not sr.classical and "classical_baseline" not in sr.config  # bicubic
+    assert jobs.evaluation_config("cbm3d9", task="sr", **fast).config["restarts"] == 1  # runs follow the task
+    changed = [jobs.evaluation_config("cbm3d9", **fast, **kw).config_hash
+               for kw in ({"runs": 1}, {"early_stopping": "off"}, {"early_stopping": "stop"}, {"classical": False})]
+    assert len({dn.config_hash, *changed}) == 5
+    assert jobs.evaluation_config("cbm3d9", preset="fast", overrides={"restarts": 3}).config["restarts"] == 3
+    with pytest.raises(dipcore.ConfigError, match="disagree"):
+        jobs.evaluation_config("cbm3d9", runs=2, overrides={"restarts": 3})
+    with pytest.raises(dipcore.ConfigError, match="observe, stop, off"):
+        jobs.evaluation_config("set5", early_stopping="maybe")
 
 
 # ------------------------------------------------------------------------------------------------- on Ray
