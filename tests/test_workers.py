@@ -245,7 +245,8 @@ def test_actors_land_on_gpu_nodes_of_a_multi_node_cluster(ray_session, tmp_path,
         assert len(pool.slots) == 2 and pool.options["num_gpus"] == 1.0
         try:
             outcomes, _ = _run(p.jobs, pool)
-            placed = {s.info["node"] for s in pool.slots if s.info}
+            # Ask every actor directly: under load one actor may finish all four jobs before the other is ready.
+            placed = {ray.get(s.actor.info.remote(), timeout=120)["node"] for s in pool.slots}
         finally:
             pool.shutdown()
         assert placed == gpu_nodes  # one actor on each GPU node, none on the head
