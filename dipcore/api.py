@@ -79,14 +79,6 @@ def _pad_to(x: Tensor, height: int, width: int) -> Tensor:
     return F.pad(x, pad, mode=mode)
 
 
-def _min_canvas(p: TaskPreset, multiple: int) -> int:
-    """Smallest canvas side the net can run on: BatchNorm needs more than one value per channel at the deepest
-    scale, and reflection padding there needs a map wider than the pad (5×5 filters: 3 pixels)."""
-    sizes = p.net_options.get("filter_size_down", 3)
-    pad = (max(sizes) if isinstance(sizes, (tuple, list)) else sizes) // 2
-    return multiple * max(2, pad + 1)
-
-
 def build_problem(
     p: TaskPreset,
     obs: Observation,
@@ -102,7 +94,7 @@ def build_problem(
     if p.task == "sr":
         h, w = h * p.scale, w * p.scale
     multiple = nets.required_multiple(p.net, **p.net_options)
-    side = _min_canvas(p, multiple)
+    side = nets.min_canvas(p.net, **p.net_options)
     hc, wc = (max(side, math.ceil(n / multiple) * multiple) for n in (h, w))
     crop = ((hc - h) // 2, (wc - w) // 2, h, w)
 
