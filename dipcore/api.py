@@ -19,6 +19,7 @@ from .degrade import Observation, binary_mask
 from .errors import ConfigError
 from .fit import EngineOptions, FitProblem, FitResult, FitSettings, StepRecord, default_device, fit, fit_stacked
 from .imageio import to_float_image
+from .memory import decide_checkpoint
 from .metrics import center_crop_to_multiple
 from .operators import Features, Identity, LanczosDown, Mask, Operator, alexnet, meshgrid_code, noise_code
 from .stopping import VarianceStopping
@@ -200,6 +201,7 @@ def restore(
     obs, ref = _prepare(p, observation, mask=mask, guide=guide, reference=reference)
     dev = torch.device(device) if device is not None else default_device()
     engine = (engine or EngineOptions()).resolved(dev)
+    engine = _plan_memory(engine, p, obs, dev, fits=p.restarts if engine.batch_restarts else 1)
     seeds = [seed + r for r in range(p.restarts)]
     problems = [build_problem(p, obs, device=dev, seed=s, reference=ref, features_weights=features_weights)
                 for s in seeds]  # fmt: skip
@@ -242,7 +244,8 @@ def restore_batch(
     for observation, reference, s in zip(observations, references, seeds):
         obs, ref = _prepare(p, observation, reference=reference)
         problems.append(build_problem(p, obs, device=dev, seed=s, reference=ref))
-    runs = _run(problems, seeds, _settings(p, (engine or EngineOptions()).resolved(dev)), dev, callback, batched=True)
+    engine = _plan_memory((engine or EngineOptions()).resolved(dev), p, obs, dev, fits=k)
+    runs = _run(problems, seeds, _settings(p, engine), dev, callback, batched=True)
     return [_collect([run], p, s, dev, started) for run, s in zip(runs, seeds)]
 
 
@@ -260,6 +263,14 @@ def _prepare(p: TaskPreset, observation: Any, *, mask: Any = None, guide: Any = 
     if ref is not None and ref.shape[2] != obs.image.shape[2] and p.task != "preimage":
         ref = np.repeat(ref, obs.image.shape[2], axis=2) if ref.shape[2] == 1 else ref.mean(2, keepdims=True)
     return obs, ref
+
+
+def _plan_memory(engine: EngineOptions, p: TaskPreset, obs: Observation, dev: torch.device, *, fits: int):
+    """``engine`` with activation checkpointing decided for this job; OutOfMemoryError when it cannot fit."""
+    h, w, c = obs.image.shape
+    scale = p.scale if p.task == "sr" else 1
+    out_channels = 3 if p.task == "preimage" else c
+    return decide_checkpoint(engine, p, h * scale, w * scale, out_channels=out_channels, fits=fits, device=dev)
 
 
 def _settings(p: TaskPreset, engine: EngineOptions) -> FitSettings:
