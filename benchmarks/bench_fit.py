@@ -7,7 +7,7 @@ iteration, one fit at a time. Every speed-up is a ratio taken in the same proces
 
     PYTHONPATH=. python3 benchmarks/bench_fit.py --device cuda --sizes 256 512 --batch 1 2 4 8 --bf16 --graph
     PYTHONPATH=. python3 benchmarks/bench_fit.py --device cpu --sizes 64 128 256 --engines plain optimised
-    PYTHONPATH=. python3 benchmarks/bench_fit.py --device cuda --sizes 256 512 --engines optimised+graph checkpoint+graph
+    PYTHONPATH=. python3 benchmarks/bench_fit.py --device cuda --sizes 512 --engines optimised+graph checkpoint+graph
 
 Peak memory (CUDA's max_memory_allocated) is printed beside dipcore's estimate of it (``estimated_peak_mib``), so
 each GPU run also checks the estimate, with and without activation checkpointing.
