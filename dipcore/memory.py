@@ -34,8 +34,9 @@ __all__ = ["estimate_peak_bytes", "device_budget", "decide_checkpoint"]
 # What autograd saves is not all that is alive at the peak: the backward pass adds activation gradients, and the
 # step its outputs and buffers. On the H200 the measured peaks were 1.15–1.24× the saved activations plus the four
 # parameter copies (604 MiB at 256², 2276 at 512², 5209 for 8 stacked fits at 256²); 1.3 keeps the estimate above.
-# The checkpointed estimate takes the same headroom: on the CPU, a step's live tensors peak at 0.7–1.0× its modelled
-# activations, as plain steps do (tests/test_memory.py); it has not been measured on a GPU yet.
+# The checkpointed estimate takes the same headroom, unmeasured on a GPU yet: on the CPU, at 128², the live tensors of
+# a checkpointed step of each net peaked at 0.5–1.0× its modelled activations, those of a plain step at 0.6–1.2×
+# (tests/test_memory.py checks the default net).
 _BACKWARD_HEADROOM = 1.3
 
 
@@ -144,15 +145,16 @@ def estimate_peak_bytes(
 # ---------------------------------------------------------------------------------------------------------------------
 # Does a job fit its device?
 
-# Kept free beyond the estimate: cuDNN's workspaces (its autotuner tries algorithms that need hundreds of MiB at
-# 512²), the allocator's rounding and fragmentation, and on the CPU the interpreter and its libraries. A guess to be
-# calibrated on a GPU: the H200 runs measured max_memory_allocated only.
-_MARGIN_MIN = 1 << 30
-_MARGIN_FRACTION = 0.05
+# Kept free on a GPU beyond the estimate: cuDNN's workspaces (its autotuner tries algorithms that need hundreds of
+# MiB at 512²) and the caching allocator's rounding and fragmentation. A guess to be calibrated on a GPU: the H200
+# runs measured max_memory_allocated only. The CPU has neither, and its figure (MemAvailable) already leaves out
+# what the process holds, so no margin is kept there.
+_CUDA_MARGIN_MIN = 1 << 30
+_CUDA_MARGIN_FRACTION = 0.05
 
 
-def _margin(total: int) -> int:
-    return max(_MARGIN_MIN, int(_MARGIN_FRACTION * total))
+def _cuda_margin(total: int) -> int:
+    return max(_CUDA_MARGIN_MIN, int(_CUDA_MARGIN_FRACTION * total))
 
 
 def _meminfo_bytes(text: str, key: str) -> int | None:
@@ -165,24 +167,22 @@ def _meminfo_bytes(text: str, key: str) -> int | None:
 
 
 def device_budget(device: torch.device) -> int | None:
-    """Bytes a fit may use on ``device`` now, a margin for the framework kept back; None where unknown.
+    """Bytes a fit may use on ``device`` now; None where unknown.
 
-    CUDA: the device's free memory plus what this process's allocator holds unused (a previous job's cache).
-    CPU: MemAvailable of /proc/meminfo (Linux), since a process that runs out of RAM is killed by the kernel rather
-    than given an error. Elsewhere (macOS, Windows, MPS) no check is made.
+    CUDA: the device's free memory plus what this process's allocator holds unused (a previous job's cache), minus a
+    margin for cuDNN. CPU: MemAvailable of /proc/meminfo (Linux), since a process that runs out of RAM is killed by
+    the kernel rather than given an error. Elsewhere (macOS, Windows, MPS) no check is made.
     """
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
         cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-        return free + cached - _margin(total)
+        return free + cached - _cuda_margin(total)
     if device.type == "cpu":
         try:
             with open("/proc/meminfo") as f:
-                text = f.read()
+                return _meminfo_bytes(f.read(), "MemAvailable")
         except OSError:
             return None
-        available, total = _meminfo_bytes(text, "MemAvailable"), _meminfo_bytes(text, "MemTotal")
-        return None if available is None or total is None else available - _margin(total)
     return None
 
 

@@ -175,8 +175,9 @@ def test_device_budget_counts_this_processs_cached_memory_and_keeps_a_margin(mon
     meminfo = "MemTotal:       16000000 kB\nMemFree:          800000 kB\nMemAvailable:    9000000 kB\n"
     assert memory._meminfo_bytes(meminfo, "MemAvailable") == 9_000_000 * 1024
     assert memory._meminfo_bytes(meminfo, "SwapTotal") is None
-    budget = memory.device_budget(torch.device("cpu"))  # this machine's RAM (Linux)
-    assert budget is None or 0 < budget < memory._meminfo_bytes(open("/proc/meminfo").read(), "MemTotal")
+    budget = memory.device_budget(torch.device("cpu"))  # this machine's available RAM (Linux)
+    with open("/proc/meminfo") as f:
+        assert budget is None or 0 < budget < memory._meminfo_bytes(f.read(), "MemTotal")
 
 
 # ------------------------------------------------------------------------------------------------- restore
