@@ -2,7 +2,7 @@
 and recomputes the unit's inside from it.
 
 A DIP step keeps every intermediate activation of its net for the backward pass, and these grow with the image:
-about 1.8 GiB of the 2.2 GiB peak of the default net at 512². A unit (pad → conv → BatchNorm → activation, say)
+about 1.9 GiB of the 2.2 GiB peak of the default net at 512². A unit (pad → conv → BatchNorm → activation, say)
 keeps three or four tensors of its output's size; checkpointed, it keeps its input alone and runs its forward a
 second time during the backward pass: less memory for about one more forward pass per step.
 
