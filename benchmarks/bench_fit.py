@@ -7,6 +7,10 @@ iteration, one fit at a time. Every speed-up is a ratio taken in the same proces
 
     PYTHONPATH=. python3 benchmarks/bench_fit.py --device cuda --sizes 256 512 --batch 1 2 4 8 --bf16 --graph
     PYTHONPATH=. python3 benchmarks/bench_fit.py --device cpu --sizes 64 128 256 --engines plain optimised
+    PYTHONPATH=. python3 benchmarks/bench_fit.py --device cuda --sizes 512 --engines optimised+graph checkpoint+graph
+
+Peak memory (CUDA's max_memory_allocated) is printed beside dipcore's estimate of it (``estimated_peak_mib``), so
+each GPU run also checks the estimate, with and without activation checkpointing.
 
 Prints one JSON line per case (and appends them to --out).
 """
@@ -18,7 +22,7 @@ import json
 import platform
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 import torch
@@ -27,9 +31,10 @@ from dipcore.api import build_problem, preset_for
 from dipcore.batched import stack_problems
 from dipcore.degrade import Observation
 from dipcore.fit import EngineOptions, FitSettings, fit_stacked
+from dipcore.memory import estimate_peak_bytes
 
 PLAIN = EngineOptions(sync_every=1, channels_last=False, tf32=False, cudnn_benchmark=True, fused_adam=False,
-                      cuda_graph=False, batch_restarts=False)  # fmt: skip
+                      cuda_graph=False, batch_restarts=False, checkpoint=False)  # fmt: skip
 ENGINES = {
     "plain": PLAIN,
     "optimised": EngineOptions(cuda_graph=False),  # dipcore's CUDA defaults without the graph
@@ -37,6 +42,10 @@ ENGINES = {
     "bf16+graph": EngineOptions(cuda_graph=True, autocast="bf16"),
     "bf16": EngineOptions(autocast="bf16"),
     "channels_last": EngineOptions(channels_last=True),
+    # Activation checkpointing forced on (dipcore's default turns it on only for jobs that do not fit): its cost in
+    # time and its saving in memory, against "optimised" and "optimised+graph".
+    "checkpoint": EngineOptions(cuda_graph=False, checkpoint=True),
+    "checkpoint+graph": EngineOptions(cuda_graph=True, checkpoint=True),
 }
 
 
@@ -81,7 +90,8 @@ def run_case(task: str, size: int, engine_name: str, k: int, *, device: torch.de
              channels: int | None = None, scale: int = 4) -> dict:  # fmt: skip
     p = preset_for(task, scale=scale if task == "sr" else None, channels=channels)
     obs = _observation(task, size, scale)
-    engine = ENGINES[engine_name]
+    # fit_stacked runs checkpoint="auto" as off (restore() decides it): record what runs.
+    engine = replace(ENGINES[engine_name], checkpoint=ENGINES[engine_name].checkpoint is True)
     _timed_fit(p, obs, device, engine, k, 2)  # lazy imports and initialisation, not part of any figure
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -90,11 +100,13 @@ def run_case(task: str, size: int, engine_name: str, k: int, *, device: torch.de
     per_iter = max(t_all - t_warm, 1e-9) / timed
     flops = _flops_per_fit_iteration(p, obs, device) * k
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    estimate = estimate_peak_bytes(p, size, size, fits=k, checkpoint=engine.checkpoint) / 2**20
     return {
         "task": task, "size": size, "engine": engine_name, "fits": k, "ms_per_iteration": per_iter * 1e3,
         "ms_per_iteration_per_fit": per_iter * 1e3 / k,
         "images_per_hour": 3600.0 / (p.iterations * per_iter / k), "preset_iterations": p.iterations,
-        "peak_memory_mib": peak, "tflops": flops / per_iter / 1e12, "gflop_per_iteration": flops / 1e9,
+        "peak_memory_mib": peak, "estimated_peak_mib": estimate,
+        "tflops": flops / per_iter / 1e12, "gflop_per_iteration": flops / 1e9,
         "params": sum(q.numel() for q in problem.net.parameters()), "channels": channels or 128,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__, "threads": torch.get_num_threads(), "warmup": warmup, "timed": timed,

@@ -7,7 +7,7 @@
 
 from .api import Restoration, RunOutput, StoppingChoice, restore, restore_batch
 from .degrade import Observation, degrade
-from .errors import ConfigError, DipcoreError, ImageDecodeError, ImageTooLargeError
+from .errors import ConfigError, DipcoreError, ImageDecodeError, ImageTooLargeError, OutOfMemoryError
 from .fit import EngineOptions, StepRecord
 from .imageio import decode_image, encode_png, load_image, to_float_image
 from .memory import estimate_peak_bytes
@@ -19,5 +19,5 @@ __all__ = [
     "ssim", "PsnrProtocol",
     "decode_image", "encode_png", "load_image", "to_float_image",
     "EngineOptions", "StepRecord", "TASKS", "get_preset", "estimate_peak_bytes",
-    "DipcoreError", "ConfigError", "ImageDecodeError", "ImageTooLargeError",
+    "DipcoreError", "ConfigError", "ImageDecodeError", "ImageTooLargeError", "OutOfMemoryError",
 ]  # fmt: skip

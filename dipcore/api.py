@@ -20,6 +20,7 @@ from .degrade import Observation, binary_mask
 from .errors import ConfigError
 from .fit import EngineOptions, FitProblem, FitResult, FitSettings, StepRecord, default_device, fit, fit_stacked
 from .imageio import to_float_image
+from .memory import decide_checkpoint
 from .metrics import PsnrProtocol, center_crop_to_multiple, check_protocol
 from .operators import Features, Identity, LanczosDown, Mask, Operator, alexnet, meshgrid_code, noise_code
 from .stopping import VarianceStopping
@@ -112,14 +113,6 @@ def _pad_to(x: Tensor, height: int, width: int) -> Tensor:
     return F.pad(x, pad, mode=mode)
 
 
-def _min_canvas(p: TaskPreset, multiple: int) -> int:
-    """Smallest canvas side the net can run on: BatchNorm needs more than one value per channel at the deepest
-    scale, and reflection padding there needs a map wider than the pad (5×5 filters: 3 pixels)."""
-    sizes = p.net_options.get("filter_size_down", 3)
-    pad = (max(sizes) if isinstance(sizes, (tuple, list)) else sizes) // 2
-    return multiple * max(2, pad + 1)
-
-
 def build_problem(
     p: TaskPreset,
     obs: Observation,
@@ -135,7 +128,7 @@ def build_problem(
     if p.task == "sr":
         h, w = h * p.scale, w * p.scale
     multiple = nets.required_multiple(p.net, **p.net_options)
-    side = _min_canvas(p, multiple)
+    side = nets.min_canvas(p.net, **p.net_options)
     hc, wc = (max(side, math.ceil(n / multiple) * multiple) for n in (h, w))
     crop = ((hc - h) // 2, (wc - w) // 2, h, w)
 
@@ -246,6 +239,7 @@ def restore(
     protocol = _protocol(psnr_protocol, ref)
     dev = torch.device(device) if device is not None else default_device()
     engine = (engine or EngineOptions()).resolved(dev)
+    engine = _plan_memory(engine, p, obs, dev, fits=p.restarts if engine.batch_restarts else 1)
     seeds = [seed + r for r in range(p.restarts)]
     problems = [build_problem(p, obs, device=dev, seed=s, reference=ref, features_weights=features_weights)
                 for s in seeds]  # fmt: skip
@@ -291,6 +285,7 @@ def restore_batch(
         obs, ref = _prepare(p, observation, reference=reference)
         protocol = _protocol(psnr_protocol, ref) if ref is not None else protocol
         problems.append(build_problem(p, obs, device=dev, seed=s, reference=ref))
+    engine = _plan_memory(engine, p, obs, dev, fits=k)
     runs = _run(problems, seeds, _settings(p, engine, protocol), dev, callback, batched=True)
     return [_collect([run], p, s, dev, started, protocol=protocol, engine=engine) for run, s in zip(runs, seeds)]
 
@@ -311,6 +306,14 @@ def _prepare(p: TaskPreset, observation: Any, *, mask: Any = None, guide: Any = 
     if ref is not None and ref.shape[2] != obs.image.shape[2] and p.task != "preimage":
         ref = np.repeat(ref, obs.image.shape[2], axis=2) if ref.shape[2] == 1 else ref.mean(2, keepdims=True)
     return obs, ref
+
+
+def _plan_memory(engine: EngineOptions, p: TaskPreset, obs: Observation, dev: torch.device, *, fits: int):
+    """``engine`` with activation checkpointing decided for this job; OutOfMemoryError when it cannot fit."""
+    h, w, c = obs.image.shape
+    scale = p.scale if p.task == "sr" else 1
+    out_channels = 3 if p.task == "preimage" else c
+    return decide_checkpoint(engine, p, h * scale, w * scale, out_channels=out_channels, fits=fits, device=dev)
 
 
 def _protocol(value: PsnrProtocol | Mapping[str, Any] | None, ref: np.ndarray | None) -> PsnrProtocol | None:

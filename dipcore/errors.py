@@ -15,3 +15,8 @@ class ImageDecodeError(DipcoreError, ValueError):
 
 class ImageTooLargeError(ImageDecodeError):
     """An image whose pixel count exceeds the configured limit (decompression-bomb guard)."""
+
+
+class OutOfMemoryError(DipcoreError):
+    """A job whose estimated peak memory exceeds what its device has free, even with activation checkpointing;
+    raised before the fit starts."""

@@ -17,6 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from .batched import unstack_block
+from .checkpointing import checkpointed
+from .errors import ConfigError
 from .metrics import PsnrProtocol, psnr_stacked
 from .operators import Operator
 from .step import TrainingStep
@@ -61,10 +63,17 @@ class EngineOptions:
     # Replay the whole step from a CUDA graph (not with backtracking); default on for CUDA: 2.7× at 256² on an H200
     # with the same Set5 PSNR (benchmarks/RESULTS.md).
     cuda_graph: bool | None = None
+    # Activation checkpointing (dipcore.checkpointing): True, False, or "auto" (the default): restore() and
+    # restore_batch() turn it on when the job's estimated peak exceeds the device's free memory, and raise
+    # OutOfMemoryError when even the checkpointed estimate does; fit() itself runs "auto" as off.
+    checkpoint: bool | Literal["auto"] | None = None
+    memory_budget: int | None = None  # bytes a fit may use; default: measured when it starts (dipcore.memory)
 
     def resolved(self, device: torch.device) -> "EngineOptions":
         cuda = device.type == "cuda"
         pick = lambda value, default: default if value is None else value  # noqa: E731
+        if self.checkpoint not in (None, True, False, "auto"):
+            raise ConfigError(f"checkpoint={self.checkpoint!r} is not one of True, False, 'auto'")
         return EngineOptions(
             sync_every=pick(self.sync_every, 25 if cuda else 1),
             channels_last=pick(self.channels_last, cuda),
@@ -74,6 +83,8 @@ class EngineOptions:
             batch_restarts=pick(self.batch_restarts, cuda),
             fused_adam=pick(self.fused_adam, cuda),
             cuda_graph=pick(self.cuda_graph, cuda),
+            checkpoint=pick(self.checkpoint, "auto"),
+            memory_budget=self.memory_budget,
         )
 
 
@@ -167,6 +178,8 @@ def fit_stacked(
     net, z, op = problem.net, problem.z, problem.operator
     memory_format = torch.channels_last if engine.channels_last else torch.contiguous_format
     net.to(memory_format=memory_format)
+    if engine.checkpoint is True:
+        net = checkpointed(net)  # the same parameters; keeps less for backward, recomputes the rest
     z = z.contiguous(memory_format=memory_format)
     z_blocks = z.shape[1] // k
     ref = problem.reference

@@ -35,6 +35,7 @@ __all__ = [
     "NETS",
     "get_net",
     "required_multiple",
+    "min_canvas",
     "reinitialise",
 ]
 
@@ -550,6 +551,14 @@ def required_multiple(net_name: str, **kwargs: object) -> int:
     if net_name == "deep_decoder":
         return 2 ** (int(a["num_layers"]) - 1)  # type: ignore[call-overload]
     return 1  # resnet
+
+
+def min_canvas(net_name: str, **kwargs: object) -> int:
+    """The smallest H and W the net runs on: BatchNorm needs more than one value per channel at the deepest scale,
+    and reflection padding there a map wider than the pad (5×5 filters: 3 pixels)."""
+    sizes = _bind(net_name, kwargs).get("filter_size_down", 3)
+    pad = (max(sizes) if isinstance(sizes, (tuple, list)) else sizes) // 2  # type: ignore[call-overload, operator]
+    return required_multiple(net_name, **kwargs) * max(2, pad + 1)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -6,6 +6,11 @@ sets the pace. Capturing the whole step once and replaying it removes that overh
 during a fit, and everything the step touches (weights, Adam state, gradients, the jitter) lives in tensors
 whose addresses stay fixed. The jitter is drawn outside the graph, from the fit's own generator, into a static
 buffer, so graphed and eager fits draw the same numbers.
+
+A checkpointed net (``dipcore.checkpointing``) recomputes its units inside the backward pass, so the recomputation
+is captured with the rest of the step; it neither reads nor sets an RNG state, which a capture forbids. That a
+checkpointed step captures and replays correctly has been checked on the CPU's eager path only: the GPU suite's
+``checkpoint+graph`` case and its checkpoint check are what test it on a GPU.
 """
 
 from __future__ import annotations

@@ -229,6 +229,8 @@ class Restorer:
             w.row.update(status="ok", iterations_run=res.iterations_run, iteration_returned=res.iteration,
                          stop_reason=res.stop_reason, height=int(res.image.shape[0]), width=int(res.image.shape[1]),
                          device=res.device, pack_size=pack_size)  # fmt: skip
+            if res.engine:  # what the fit ran with, checkpointing decided for this job included
+                w.row["engine_json"] = reports.canonical_json(res.engine)
             w.curves = reports.curve_rows(res.history, run_id=job.run_id, dataset=job.dataset, image_key=job.key)
         except Exception as exc:  # noqa: BLE001
             w.fail(exc)

@@ -75,6 +75,19 @@ def test_restorer_turns_bad_inputs_into_error_rows(tmp_path, write_images):
     assert not (tmp_path / "out").exists()
 
 
+def test_restorer_reports_a_job_too_large_for_its_device_as_an_error_row(tmp_path, write_images):
+    write_images(str(tmp_path / "src"), ["big.png"], size=64)
+    p = plan(str(tmp_path / "src"), str(tmp_path / "out"))
+    from pipelines.workers import Restorer
+
+    row = Restorer(engine=dipcore.EngineOptions(memory_budget=2**20)).run(p.jobs[0]).row  # a 1 MiB "device"
+    assert row["status"] == "error"
+    error = row["error"]
+    assert error.startswith("this job (1 fit of 64×64") and "with activation checkpointing" in error, error
+    assert "only 1 MiB of RAM is free" in error and "smaller image" in error, error
+    assert not (tmp_path / "out").exists()
+
+
 def test_plan_rejects_keys_that_would_escape_the_output_root():
     root = "memory://plan-escape"
     for key in ["ok.png", "..%2fevil.png", "sub/..%2f..%2fevil.png", "x\\..\\evil.png"]:
