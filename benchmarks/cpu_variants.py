@@ -11,7 +11,8 @@ against the plain eager step in the same process:
   step, Adam and the Lanczos operator included, fails in torch 2.13 on a stride check of
   ``replication_pad2d_backward``'s meta kernel, so the net alone is compiled.)
 
-    PYTHONPATH=. python3 benchmarks/cpu_variants.py --sizes 128 256 --out benchmarks/results/<date>-cpu/cpu_variants.jsonl
+    PYTHONPATH=. python3 benchmarks/cpu_variants.py --sizes 128 256 \
+        --out benchmarks/results/<date>-cpu/cpu_variants.jsonl
 
 Prints one JSON line per case. Run it on a quiet machine: the figures are wall-clock.
 """

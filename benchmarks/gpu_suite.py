@@ -6,19 +6,26 @@ go to a real Parquet report through `pipelines.reports`. What it writes under --
 
 - ``bench_fit.jsonl``: per-iteration speed of plain vs optimised engines (256², 512²), batched K = 1/2/4/8, bf16,
   activation checkpointing; peak memory beside its estimate;
-- ``reports/<engine>/…``: Parquet reports of Set5 ×4 (paper preset, 2000 iterations) per engine, then Set14 ×4
-  and cbm3d9 σ=25 with the fastest engine as long as time is left; with ``--pack K`` (or ``auto``) the fastest
-  engine's Set5 and Set14 runs stack images of one shape into one fit (``Restorer.run_batch``, as a packing Ray
-  actor does) and go to ``reports/<engine>-pack<K>/``; the plain engine always runs one image at a time;
+- ``reports/<engine>/…``: Parquet reports of the evaluations (``--evaluate``, default `EVALUATIONS`: Set5 ×4 and
+  Set14 ×4 with the fastest engine, Set5 with the plain loop and with bf16, then cbm3d9 σ=25 and heide11), each
+  with the evaluate flow's protocol (`jobs.evaluation_config`: the early-stopping study, the benchmark's runs, the
+  classical baseline), as long as time is left; with ``--pack K`` (or ``auto``) the fastest engine's runs stack
+  images of one shape into one fit (``Restorer.run_batch``, as a packing Ray actor does) and go to
+  ``reports/<engine>-pack<K>/``; other engines run one image at a time;
 - ``suite.log``: what ran, what was skipped for lack of time, and every error.
 
     PYTHONPATH=. python3 benchmarks/gpu_suite.py --data-root .devdata --out "$OUT" --deadline 430 [--pack 8]
+    PYTHONPATH=. python3 benchmarks/gpu_suite.py ... --no-speed --evaluate cbm3d9:best heide11:best   # a second call
+
+The device tool does not bring back deeply nested folders, so the suite ends by packing ``reports/`` into
+``reports.tar.gz``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 import traceback
@@ -34,6 +41,8 @@ from pipelines import jobs, reports, storage  # noqa: E402
 from pipelines.packing import PackQueue  # noqa: E402
 from pipelines.restorer import Restorer  # noqa: E402
 
+# Most important first (issue 6 wants Set5 in full first; issue 5 the plain loop's ratio and bf16's PSNR cost).
+EVALUATIONS = ("set5:best", "set14:best", "set5:plain", "set5:bf16", "cbm3d9:best", "heide11:best")
 EVAL_ENGINES = {
     "plain": bench_fit.PLAIN,
     "optimised": EngineOptions(cuda_graph=False),
@@ -61,8 +70,8 @@ class Suite:
 
     def bench(self, size: int, engine: str, k: int, *, warmup: int, timed: int) -> dict | None:
         try:
-            row = bench_fit.run_case("sr", size, engine, k, device=torch.device(self.device), warmup=warmup, timed=timed,
-                                     channels=16 if self.smoke else None)  # fmt: skip
+            row = bench_fit.run_case("sr", size, engine, k, device=torch.device(self.device), warmup=warmup,
+                                     timed=timed, channels=16 if self.smoke else None)  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - one failing case must not end the run
             self.log(f"bench {engine} {size} K={k} FAILED: {exc!r}\n{traceback.format_exc()}")
             return None
@@ -76,7 +85,6 @@ class Suite:
     def evaluate(self, benchmark: str, data_root: str, engine: str, *, ms_per_it: float, pack: int | str = 1):
         """Evaluate one benchmark with one engine, `pack` images of one shape per fit (1: one at a time), skipping
         what cannot finish before the deadline."""
-        spec = jobs.benchmark_synthesis(benchmark)
         iterations = 30 if self.smoke else None
         overrides = {"channels": 16} if self.smoke else None
         # The evaluate flow's protocol: early-stopping study, the benchmark's runs, classical baseline.
@@ -106,7 +114,9 @@ class Suite:
                     r = outcome.row
                     self.log(f"{benchmark}/{r['image_key']} {label} (batch of {len(batch)}): {r['status']} "
                              f"psnr={_f(r.get('psnr'))} bicubic/input={_f(r.get('psnr_baseline'))} "
-                             f"avg={_f(r.get('psnr_average'))} {r['wall_seconds']:.1f}s {r.get('error') or ''}")  # fmt: skip
+                             f"avg={_f(r.get('psnr_average'))} auto={_f(r.get('psnr_auto'))} "
+                             f"best={_f(r.get('psnr_best'))} classical={_f(r.get('psnr_classical'))} "
+                             f"{r['wall_seconds']:.1f}s {r.get('error') or ''}")  # fmt: skip
 
 
 def graph_matches_eager(suite: Suite) -> bool:
@@ -167,6 +177,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--deadline", type=float, default=430.0, help="seconds; later work is skipped, not cut")
     ap.add_argument("--smoke", action="store_true", help="tiny nets and runs, to check the script itself")
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--evaluate", nargs="*", default=list(EVALUATIONS), metavar="BENCHMARK:ENGINE",
+                    help="evaluations to run after the speed cases, in order, while time is left; ENGINE is an "
+                         "engine name, 'best' (the fastest that passed its check) or 'bf16' (bf16 with the best's "
+                         f"graph setting). Default: {' '.join(EVALUATIONS)}")  # fmt: skip
+    ap.add_argument("--no-speed", action="store_true", help="skip the speed cases (evaluate with the 'optimised' "
+                    "engine's last measured speed unknown: every evaluation is attempted)")  # fmt: skip
     ap.add_argument("--pack", default="1", metavar="K",
                     help="Set5/Set14 with the fastest engine: images of one shape per stacked fit (auto: by free "
                          "memory, at most 8; default 1: one at a time)")  # fmt: skip
@@ -181,35 +197,43 @@ def main(argv: list[str] | None = None) -> int:
     sizes = (64, 128) if args.smoke else (256, 512)
 
     # 1. Speed of one fit (issues 2 and 5): plain vs optimised at 256² and 512²; CUDA graphs; bf16; batched K.
-    rows = {}
-    for size in sizes:
+    rows: dict = {}
+    for size in sizes if not args.no_speed else ():
         for engine in ("plain", "optimised", "optimised+graph", "bf16+graph"):
-            s.bench(size, engine, 1, warmup=w, timed=t)
-    for k in (2, 4, 8):
+            rows[(engine, size)] = s.bench(size, engine, 1, warmup=w, timed=t)
+    for k in (2, 4, 8) if not args.no_speed else ():
         s.bench(sizes[0], "optimised+graph", k, warmup=w, timed=t)
         s.bench(sizes[0], "optimised", k, warmup=w, timed=t)
     # Activation checkpointing (issue 5's memory item): its cost in ms/it and its saving in peak memory against the
     # same engines without it (above), whether it captures in a CUDA graph, and whether it fits like the plain step.
-    for size in sizes:
+    for size in sizes if not args.no_speed else ():
         for engine in ("checkpoint+graph", "checkpoint"):
             s.bench(size, engine, 1, warmup=w, timed=t)
     checkpoint_matches_plain(s)
 
     def ms(engine: str) -> float:
-        row = rows.get((engine, sizes[0]))
+        """The engine's measured ms/it at 256² (0 when the speed cases were skipped: then nothing is skipped ahead
+        of time, and the deadline is checked between images only)."""
+        if args.no_speed:
+            return 0.0
+        row = rows.get((engine, sizes[0])) or rows.get((f"{engine}+graph", sizes[0]))  # bf16: eager ≥ graphed
         return row["ms_per_iteration"] if row else float("inf")
 
     candidates = ("optimised", "optimised+graph") if graph_matches_eager(s) else ("optimised",)
-    best = min(candidates, key=ms)
+    best = candidates[-1] if args.no_speed else min(candidates, key=ms)
     s.log(f"fastest engine at 256²: {best}")
 
-    # 2. Set5 ×4 at the paper's preset with the fastest engine (issue 2's butterfly, issue 6's Set5), then plain
-    #    (speed ratio and PSNR parity, issue 5) and bf16 (its PSNR cost), then more benchmarks while time is left.
-    s.evaluate("set5", args.data_root, best, ms_per_it=ms(best), pack=pack)
-    s.evaluate("set5", args.data_root, "plain", ms_per_it=ms("plain"))
-    s.evaluate("set5", args.data_root, "bf16+graph" if "graph" in best else "bf16", ms_per_it=ms("bf16+graph"))
-    s.evaluate("set14", args.data_root, best, ms_per_it=ms(best), pack=pack)
-    s.evaluate("cbm3d9", args.data_root, "optimised", ms_per_it=ms("optimised"))
+    # 2. The evaluations, in the order asked (default: EVALUATIONS), each skipped image by image when it cannot
+    #    finish before the deadline. The fastest engine's SR runs are packed as --pack says.
+    for item in args.evaluate:
+        benchmark, _, engine = item.partition(":")
+        engine = {"best": best, "bf16": "bf16+graph" if "graph" in best else "bf16"}.get(engine or "best", engine)
+        if engine not in EVAL_ENGINES:
+            s.log(f"skip {item}: unknown engine {engine!r} (one of best, bf16, {', '.join(EVAL_ENGINES)})")
+            continue
+        s.evaluate(benchmark, args.data_root, engine, ms_per_it=ms(engine), pack=pack if engine == best else 1)
+    if (s.out / "reports").is_dir():  # one file: the device tool drops folders nested this deep
+        shutil.make_archive(str(s.out / "reports"), "gztar", root_dir=s.out, base_dir="reports")
     s.log("done")
     return 0
 

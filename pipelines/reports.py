@@ -111,7 +111,7 @@ REPORT_SCHEMA = pa.schema(
         _f("psnr_classical", pa.float64(), "PSNR (dB) of the classical baseline with the same protocol"),
         _f("torch_version", pa.string(), "torch.__version__ of the worker"),
         _f("engine_json", pa.string(), "canonical JSON of the resolved dipcore EngineOptions"),
-        _f("pack_size", pa.int32(), "fits stacked in the image's fit (1: alone); wall_seconds is its 1/pack_size share"),
+        _f("pack_size", pa.int32(), "fits stacked in the image's fit (1: alone); wall_seconds is its share"),
     ],
     metadata={"dipflow.report_version": REPORT_VERSION, "dipflow.schema": "report"},
 )
