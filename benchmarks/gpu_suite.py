@@ -119,11 +119,9 @@ class Suite:
                              f"{r['wall_seconds']:.1f}s {r.get('error') or ''}")  # fmt: skip
 
 
-def graph_matches_eager(suite: Suite) -> bool:
-    """The graphed step must fit like the eager one: same seed, 60 iterations, final losses within a factor 2.
-
-    Not closer: fits are chaotic in rounding (tests/test_batched.py), and on the H200 the graphed and eager fits
-    of this check ended at 0.00215 and 0.00138 (2026-11-26) while their Set5 PSNRs agreed within 0.05 dB."""
+def _twin_fits(suite: Suite, label: str, a: EngineOptions, b: EngineOptions):
+    """Loss histories of two 60-iteration fits of one synthetic 64² image, same seed, engines `a` and `b` (None,
+    None when one fails; the error is logged)."""
     import numpy as np
 
     import dipcore
@@ -132,12 +130,20 @@ def graph_matches_eager(suite: Suite) -> bool:
     img = np.stack([0.5 + 0.4 * np.sin(6 * xx), 0.5 + 0.4 * np.cos(5 * yy), xx * yy], -1).astype(np.float32)
     kw = dict(task="sr", scale=4, iterations=60, seed=0, device=suite.device, channels=16 if suite.smoke else None)
     try:
-        eager = dipcore.restore(img, engine=EngineOptions(cuda_graph=False), **kw)
-        graphed = dipcore.restore(img, engine=EngineOptions(cuda_graph=True), **kw)
+        return tuple(dipcore.restore(img, engine=e, **kw).history["loss"] for e in (a, b))
     except Exception as exc:  # noqa: BLE001
-        suite.log(f"graph check FAILED: {exc!r}\n{traceback.format_exc()}")
+        suite.log(f"{label} check FAILED: {exc!r}\n{traceback.format_exc()}")
+        return None, None
+
+
+def graph_matches_eager(suite: Suite) -> bool:
+    """The graphed step must fit like the eager one: same seed, 60 iterations, final losses within a factor 2.
+
+    Not closer: fits are chaotic in rounding (tests/test_batched.py), and on the H200 the graphed and eager fits
+    of this check ended at 0.00215 and 0.00138 (2026-11-26) while their Set5 PSNRs agreed within 0.05 dB."""
+    a, b = _twin_fits(suite, "graph", EngineOptions(cuda_graph=False), EngineOptions(cuda_graph=True))
+    if a is None:
         return False
-    a, b = eager.history["loss"], graphed.history["loss"]
     ok = a[:3] == b[:3] and 0.5 < b[-1] / a[-1] < 2.0 and b[-1] < 0.5 * b[0]  # and it learns
     suite.log(f"graph check: eager losses {a[0]:.5f}→{a[-1]:.5f}, graphed {b[0]:.5f}→{b[-1]:.5f}: {ok}")
     return ok
@@ -148,18 +154,9 @@ def checkpoint_matches_plain(suite: Suite) -> bool:
     losses equal up to rounding and the final ones within a factor 2 (fits are chaotic in rounding, as above)."""
     import numpy as np
 
-    import dipcore
-
-    yy, xx = np.mgrid[0:64, 0:64] / 64.0
-    img = np.stack([0.5 + 0.4 * np.sin(6 * xx), 0.5 + 0.4 * np.cos(5 * yy), xx * yy], -1).astype(np.float32)
-    kw = dict(task="sr", scale=4, iterations=60, seed=0, device=suite.device, channels=16 if suite.smoke else None)
-    try:
-        plain = dipcore.restore(img, engine=EngineOptions(checkpoint=False), **kw)
-        lean = dipcore.restore(img, engine=EngineOptions(checkpoint=True), **kw)
-    except Exception as exc:  # noqa: BLE001
-        suite.log(f"checkpoint check FAILED: {exc!r}\n{traceback.format_exc()}")
+    a, b = _twin_fits(suite, "checkpoint", EngineOptions(checkpoint=False), EngineOptions(checkpoint=True))
+    if a is None:
         return False
-    a, b = plain.history["loss"], lean.history["loss"]
     ok = np.allclose(a[:3], b[:3], rtol=1e-4) and 0.5 < b[-1] / a[-1] < 2.0
     suite.log(f"checkpoint check (default engine): plain losses {a[0]:.5f}→{a[-1]:.5f}, "
               f"checkpointed {b[0]:.5f}→{b[-1]:.5f}: {ok}")  # fmt: skip

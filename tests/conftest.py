@@ -136,3 +136,15 @@ def write_images():
         return uris
 
     return write
+
+
+@_pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny tensors (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    more threads only add overhead there, badly so on a loaded 2-core CI machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

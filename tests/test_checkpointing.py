@@ -11,23 +11,10 @@ from dipcore import nets
 from dipcore.batched import stack_modules
 from dipcore.checkpointing import CheckpointedUnit, checkpointed
 from dipcore.memory import _saved_bytes
+from test_nets import SMALL  # narrow configurations of every net: milliseconds per pass at 64×64
 
-# Narrow configurations of every net (as tests/test_nets.py), at 64×64: milliseconds per pass.
-SMALL = {
-    "skip": dict(in_channels=8, channels_down=8, channels_up=8, channels_skip=2),
-    "unet": dict(in_channels=8, feature_scale=16),
-    "resnet": dict(in_channels=8, num_blocks=2, channels=8),
-    "texture_nets": dict(in_channels=8, conv_num=4),
-    "deep_decoder": dict(in_channels=8, channels=8),
-}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tensors here are small: intra-op threads only add overhead, badly so on a loaded CI machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _code(name: str, channels: int, size: int = 64, seed: int = 0) -> torch.Tensor:

@@ -20,13 +20,8 @@ from dipcore.memory import _BACKWARD_HEADROOM, _saved_bytes, decide_checkpoint, 
 MiB = 2**20
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tensors here are small: intra-op threads only add overhead, badly so on a loaded CI machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tensors here are small: intra-op threads only add overhead, badly so on a loaded CI machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("task, overrides", [("sr", {}), ("inpaint", {"variant": "large"}), ("denoise", {"net": "deep_decoder"})])

@@ -21,13 +21,8 @@ SMALL = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tensors here are tiny: intra-op threads only add overhead, badly so on a loaded CI machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tensors here are small: intra-op threads only add overhead, badly so on a loaded CI machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _code(name: str, options: dict, size: int = 64, batch: int = 1, seed: int = 0) -> torch.Tensor:
