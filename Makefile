@@ -28,7 +28,7 @@ test: $(STAMP)
 
 # docs/results.md from the committed Parquet reports and the hand-written notes; a test keeps the two equal.
 results: $(STAMP)
-	$(VENV)/bin/dipflow report benchmarks/results/2026-11-26-h200/set5-x4-graph --markdown --notes docs/results-notes.md --output docs/results.md
+	$(VENV)/bin/dipflow report benchmarks/results/2026-11-26-h200/set5-x4-graph benchmarks/results/2026-11-26-cpu/es-cbm3d9-crop64 --markdown --notes docs/results-notes.md --output docs/results.md
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache
