@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         benchmark, _, engine = item.partition(":")
         engine = {"best": best, "bf16": "bf16+graph" if "graph" in best else "bf16"}.get(engine or "best", engine)
         if engine not in EVAL_ENGINES:
-            s.log(f"skip {item}: unknown engine {engine!r} (one of best, bf16, {', '.join(EVAL_ENGINES)})")
+            s.log(f"skip {item}: unknown engine {engine!r} (one of best, {', '.join(EVAL_ENGINES)})")
             continue
         s.evaluate(benchmark, args.data_root, engine, ms_per_it=ms(engine), pack=pack if engine == best else 1)
     if (s.out / "reports").is_dir():  # one file: the device tool drops folders nested this deep
