@@ -134,12 +134,17 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 row = run_case(args.task, size, engine, k, device=device, warmup=args.warmup, timed=args.timed,
                                channels=args.channels)  # fmt: skip
-                line = json.dumps(row)
-                print(line, flush=True)
-                if args.out:
-                    with open(args.out, "a") as f:
-                        f.write(line + "\n")
+                emit(row, args.out)
     return 0
+
+
+def emit(row: dict, out: str | None) -> None:
+    """Print `row` as one JSON line, and append it to the file `out` when given (the raw records of RESULTS.md)."""
+    line = json.dumps(row)
+    print(line, flush=True)
+    if out:
+        with open(out, "a") as f:
+            f.write(line + "\n")
 
 
 if __name__ == "__main__":

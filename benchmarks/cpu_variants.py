@@ -20,17 +20,20 @@ Prints one JSON line per case. Run it on a quiet machine: the figures are wall-c
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from dipcore.api import build_problem, preset_for
 from dipcore.degrade import Observation
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_fit import emit  # noqa: E402
 
 VARIANTS = ("eager", "channels_last", "no_mkldnn", "compile_net")
 
@@ -93,11 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             row = run_case(variant, size, warmup=args.warmup, timed=args.timed)
             base = row["ms_per_iteration"] if variant == "eager" else base
             row["speedup_vs_eager"] = base / row["ms_per_iteration"] if base else None
-            line = json.dumps(row)
-            print(line, flush=True)
-            if args.out:
-                with open(args.out, "a") as f:
-                    f.write(line + "\n")
+            emit(row, args.out)
     return 0
 
 
