@@ -16,6 +16,7 @@ from torch import Tensor
 
 from . import nets
 from .batched import stack_problems
+from .concurrent import fit_concurrently
 from .degrade import Observation, binary_mask
 from .errors import ConfigError
 from .fit import EngineOptions, FitProblem, FitResult, FitSettings, StepRecord, default_device, fit, fit_stacked
@@ -281,10 +282,14 @@ def restore_batch(
     dev = torch.device(device) if device is not None else default_device()
     engine = (engine or EngineOptions()).resolved(dev)
     problems, protocol = [], None
+    shapes = set()
     for observation, reference, s in zip(observations, references, seeds):
         obs, ref = _prepare(p, observation, reference=reference)
+        shapes.add(obs.image.shape)
         protocol = _protocol(psnr_protocol, ref) if ref is not None else protocol
         problems.append(build_problem(p, obs, device=dev, seed=s, reference=ref))
+    if len(shapes) > 1:  # what stacking needs, and what the memory plan assumes in either batch mode
+        raise ConfigError(f"a batch needs observations of one shape, got {sorted(shapes)}")
     engine = _plan_memory(engine, p, obs, dev, fits=k)
     runs = _run(problems, seeds, _settings(p, engine, protocol), dev, callback, batched=True)
     return [_collect([run], p, s, dev, started, protocol=protocol, engine=engine) for run, s in zip(runs, seeds)]
@@ -335,9 +340,12 @@ def _settings(p: TaskPreset, engine: EngineOptions, protocol: PsnrProtocol | Non
 
 
 def _run(problems, seeds, settings, dev, callback, *, batched: bool) -> list[FitResult]:
-    """Fit the problems one by one, or as one stacked fit when ``batched`` and there is more than one."""
+    """Fit the problems one by one, or as one batch when ``batched`` and there is more than one: stacked into one
+    net, or side by side on CPU threads, as the engine's ``batch_mode`` says."""
     generators = [torch.Generator(device=dev).manual_seed(s) for s in seeds]
     if batched and len(problems) > 1:
+        if settings.engine.resolved(dev).batch_mode == "threads":
+            return fit_concurrently(problems, settings, generators=generators, callback=callback)
         return fit_stacked(stack_problems(problems), settings, generators=generators, callback=callback)
     return [fit(prob, settings, generator=g, callback=callback) for prob, g in zip(problems, generators)]
 

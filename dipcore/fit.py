@@ -58,8 +58,11 @@ class EngineOptions:
     tf32: bool | None = None  # TF32 convolutions and matmuls; default: on for CUDA, off gives strict fp32
     autocast: Literal["bf16"] | None = None  # bf16 autocast of the forward pass (opt-in; costs some PSNR)
     cudnn_benchmark: bool | None = None  # default: on for CUDA (shapes are static during a fit)
-    batch_restarts: bool | None = None  # restarts of one image as one stacked fit; default: on for CUDA
-    fused_adam: bool | None = None  # one fused Adam kernel; default: on for CUDA
+    batch_restarts: bool | None = None  # restarts of one image as one batch (see batch_mode); default: on
+    # How a batch of fits runs: "stack" = one stacked net (dipcore.batched; the default on CUDA); "threads" = side by
+    # side on CPU threads (dipcore.concurrent; the default on the CPU, where grouped convolutions are slow).
+    batch_mode: Literal["stack", "threads"] | None = None
+    fused_adam: bool | None = None  # one fused Adam kernel; default: on (on the CPU, 3× faster than the loop of 112)
     # Replay the whole step from a CUDA graph (not with backtracking); default on for CUDA: 2.7× at 256² on an H200
     # with the same Set5 PSNR (benchmarks/RESULTS.md).
     cuda_graph: bool | None = None
@@ -74,14 +77,19 @@ class EngineOptions:
         pick = lambda value, default: default if value is None else value  # noqa: E731
         if self.checkpoint not in (None, True, False, "auto"):
             raise ConfigError(f"checkpoint={self.checkpoint!r} is not one of True, False, 'auto'")
+        if self.batch_mode not in (None, "stack", "threads"):
+            raise ConfigError(f"batch_mode={self.batch_mode!r} is not one of 'stack', 'threads'")
+        if self.batch_mode == "threads" and cuda:
+            raise ConfigError("batch_mode='threads' is for CPUs: on CUDA, batches run stacked")
         return EngineOptions(
             sync_every=pick(self.sync_every, 25 if cuda else 1),
             channels_last=pick(self.channels_last, cuda),
             tf32=pick(self.tf32, cuda),
             autocast=self.autocast,
             cudnn_benchmark=pick(self.cudnn_benchmark, cuda),
-            batch_restarts=pick(self.batch_restarts, cuda),
-            fused_adam=pick(self.fused_adam, cuda),
+            batch_restarts=pick(self.batch_restarts, True),
+            batch_mode=pick(self.batch_mode, "stack" if cuda else "threads"),
+            fused_adam=pick(self.fused_adam, True),
             cuda_graph=pick(self.cuda_graph, cuda),
             checkpoint=pick(self.checkpoint, "auto"),
             memory_budget=self.memory_budget,

@@ -148,3 +148,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@_pytest.fixture
+def keep_torch_threads():
+    """Gives torch's thread count back after a test that sets it (a `Restorer(threads=…)`, for instance)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

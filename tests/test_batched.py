@@ -1,4 +1,5 @@
-"""Batched multi-fit: K fits stacked in one grouped net give what K separate fits give."""
+"""Batched multi-fit: K fits stacked in one grouped net, or run side by side on CPU threads, give what K separate
+fits give."""
 
 import numpy as np
 import pytest
@@ -41,11 +42,14 @@ def test_unsupported_layers_are_refused():
 # convolutions, or even channels_last vs contiguous). Pixel differences grow from 1e-6 at the first output to
 # ~1e-3 after one step and ~0.1 after 15, while the PSNR stays the same (measured). So: tight agreement of the
 # first outputs and losses, and equal quality over a longer run.
+@pytest.mark.parametrize("mode", ["stack", "threads"])
 @pytest.mark.parametrize("task", ["denoise", "sr", "inpaint"])
-def test_k_fits_batched_equal_k_fits_one_by_one(crops, task):
+def test_k_fits_batched_equal_k_fits_one_by_one(crops, task, mode):
     obs = [dipcore.degrade(c, task=task, seed=i) for i, c in enumerate(crops)]
     kwargs = dict(task=task, iterations=2, **SMALL)
-    batched = dipcore.restore_batch(obs, references=crops, seeds=[3, 4, 5], **kwargs)
+    engine = dipcore.EngineOptions(batch_mode=mode)
+    batched = dipcore.restore_batch(obs, references=crops, seeds=[3, 4, 5], engine=engine, **kwargs)
+    assert all(b.engine["batch_mode"] == mode for b in batched)
     for o, c, s, b in zip(obs, crops, [3, 4, 5], batched):
         single = dipcore.restore(o, reference=c, seed=s, **kwargs)
         np.testing.assert_allclose(b.image, single.image, atol=3e-3)
@@ -56,29 +60,33 @@ def test_k_fits_batched_equal_k_fits_one_by_one(crops, task):
         assert b.config["seed"] == s
 
 
-def test_batched_fits_reach_the_same_quality_over_a_longer_run(crops):
+def test_stacked_fits_reach_the_same_quality_over_a_longer_run(crops):
     obs = [dipcore.degrade(c, task="denoise", seed=i) for i, c in enumerate(crops)]
     kwargs = dict(task="denoise", iterations=150, **SMALL)
-    batched = dipcore.restore_batch(obs, seeds=[3, 4, 5], **kwargs)
-    for o, c, s, b in zip(obs, crops, [3, 4, 5], batched):
-        single = dipcore.restore(o, seed=s, **kwargs)
-        assert dipcore.psnr(b.image, c) == pytest.approx(dipcore.psnr(single.image, c), abs=0.3)
+    batched = dipcore.restore_batch(obs, seeds=[3, 4, 5], engine=dipcore.EngineOptions(batch_mode="stack"), **kwargs)
+    singles = [dipcore.restore(o, seed=s, **kwargs) for o, s in zip(obs, [3, 4, 5])]
+    # One image's PSNR after 150 iterations moves by up to ~0.5 dB with float rounding alone (fused or looped Adam,
+    # grouped or plain convolutions: measured); the mean over the three is steadier. A mix-up costs several dB.
+    mean_psnr = lambda results: np.mean([dipcore.psnr(r.image, c) for r, c in zip(results, crops)])  # noqa: E731
+    assert mean_psnr(batched) == pytest.approx(mean_psnr(singles), abs=0.3)
 
 
-def test_batched_restarts_equal_sequential_restarts(crops):
+@pytest.mark.parametrize("mode", ["stack", "threads"])
+def test_batched_restarts_equal_sequential_restarts(crops, mode):
     obs = dipcore.degrade(crops[1], task="denoise", seed=0)
     kwargs = dict(task="denoise", iterations=2, restarts=3, seed=7, **SMALL)
-    batched = dipcore.restore(obs, engine=dipcore.EngineOptions(batch_restarts=True), **kwargs)
+    batched = dipcore.restore(obs, engine=dipcore.EngineOptions(batch_restarts=True, batch_mode=mode), **kwargs)
     sequential = dipcore.restore(obs, engine=dipcore.EngineOptions(batch_restarts=False), **kwargs)
     np.testing.assert_allclose(batched.image, sequential.image, atol=3e-3)
     assert batched.backtracks == sequential.backtracks
 
 
-def test_batched_early_stopping_picks_each_fits_own_iteration(crops):
+@pytest.mark.parametrize("mode", ["stack", "threads"])
+def test_batched_early_stopping_picks_each_fits_own_iteration(crops, mode):
     obs = [dipcore.degrade(c, task="denoise", seed=i) for i, c in enumerate(crops[:2])]
     res = dipcore.restore_batch(
         obs, task="denoise", iterations=400, early_stopping=True, es_window=10, es_patience=40,
-        ema=None, output="final", **SMALL,
+        ema=None, output="final", engine=dipcore.EngineOptions(batch_mode=mode), **SMALL,
     )  # fmt: skip
     assert all(r.stop_reason in ("early_stopping", "iterations") for r in res)
     assert any(r.stop_reason == "early_stopping" for r in res)
