@@ -74,8 +74,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--job-timeout", type=float, metavar="S",
                    help="seconds per attempt (per image of a packed call) before the worker is replaced")
     g.add_argument("--pack", type=_pack, default="auto", metavar="K",
-                   help="images of one shape per stacked fit on a worker; auto (default): none on CPU workers, as "
-                        "many as the GPU's free memory holds (at most 8) on GPU workers; 1: off")
+                   help="images of one shape per batch on a worker; auto (default): one per thread on CPU workers "
+                        "(side by side), as many as the GPU's free memory holds (at most 8, stacked) on GPU "
+                        "workers; 1: off")
     g.add_argument("--no-resume", action="store_true", help="restore every image, even those done by earlier runs")
     g.add_argument("--limit", type=_positive_int, metavar="N", help="only the first N images (by key) of each dataset")
     _add_storage_option(g)

@@ -129,7 +129,7 @@ class Execution:
     max_attempts: int = 3
     job_timeout: float | None = None  # seconds per attempt (a packed call gets it once per job)
     executor: Literal["auto", "ray", "inline"] = "auto"  # auto: inline when storage is process-local (memory://)
-    pack: Pack = "auto"  # jobs per stacked fit (pipelines.packing): a number, or "auto" (1 on a CPU, memory on a GPU)
+    pack: Pack = "auto"  # jobs per batch (pipelines.packing): a number, or "auto" (threads on a CPU, memory on a GPU)
 
 
 @flow(name="restore-dataset", validate_parameters=True)
@@ -163,8 +163,9 @@ def restore_dataset(
     """Restore every image under `source` (any fsspec URL) into `output` with ``dipcore.restore``, on Ray actors,
     and write the Parquet report beside the outputs. Returns a small summary (run id, report URI, counts).
 
-    `pack` images of one shape run as one stacked fit on an actor (``dipcore.restore_batch``); ``"auto"`` packs
-    none on CPU actors and as many as the card's free memory holds (at most 8) on GPU actors."""
+    `pack` images of one shape run as one batch on an actor (``dipcore.restore_batch``); ``"auto"`` packs one per
+    thread on CPU actors (one-CPU actors: none) and as many as the card's free memory holds (at most 8) on GPU
+    actors."""
     so = _options(storage_options)
     config = jobs.run_config(task, scale=scale, variant=variant, preset=preset, iterations=iterations,
                              early_stopping=early_stopping, overrides=overrides, seed=seed)  # fmt: skip
@@ -211,7 +212,7 @@ def evaluate(
     (set5, set14 → SR ×4; cbm3d9 → denoising σ=25; heide11 → inpainting, 50 % of pixels dropped) or a folder URL
     of clean images (SR ×4 unless `task` says otherwise). The observation is synthesised from the clean image in
     the worker; outputs go to ``<output>/<benchmark>/`` and every row carries PSNR, SSIM and the baseline's PSNR.
-    `pack` is as for `restore_dataset`: images whose observations have one shape can run as one stacked fit.
+    `pack` is as for `restore_dataset`: images whose observations have one shape can run as one batch.
 
     ``early_stopping="observe"`` (default) adds the early-stopping study to every row (the rule's choice beside the
     best PSNR along the run); ``runs`` runs are averaged per image (default 2 for cbm3d9 as in the paper, else 1);
@@ -350,7 +351,7 @@ def _execute(todo: list[Job], ex: Execution, so: dict | None, on_result: Any, lo
                                      timeout=ex.job_timeout, pack=ex.pack, log=logger.warning)  # fmt: skip
         finally:
             pool.shutdown()
-        logger.info("workers: %d ok, %d failed, %d lost attempt(s), %d restart(s), %d job(s) in stacked fits "
+        logger.info("workers: %d ok, %d failed, %d lost attempt(s), %d restart(s), %d job(s) in batches "
                     "in %.1f s", stats.ok, stats.errors, stats.failed_attempts, stats.restarts, stats.packed,
                     stats.seconds)  # fmt: skip
     finally:

@@ -1,9 +1,9 @@
 """Jobs, start to end, on one torch device: read bytes → decode → (synthesise the observation, for evaluation)
 → ``dipcore.restore`` → encode → atomic write → one small metrics row and sampled curves per job.
 
-Jobs of one pack key (`pipelines.jobs.pack_key`) handed over together run as one stacked fit
-(``dipcore.restore_batch``). Every failure becomes an ``error`` row of its own job: a bad image never takes a
-worker down, nor the other jobs of its batch. Ray-free, so the same code runs in a Ray actor
+Jobs of one pack key (`pipelines.jobs.pack_key`) handed over together run as one batch (``dipcore.restore_batch``:
+stacked in one net on a GPU, side by side on CPU threads). Every failure becomes an ``error`` row of its own job: a
+bad image never takes a worker down, nor the other jobs of its batch. Ray-free, so the same code runs in a Ray actor
 (`pipelines.workers.RestoreWorker`), in-process, and on a GPU box that has no Ray (benchmarks). An evaluation
 job's classical baseline (`pipelines.baselines`, CPU) runs in a thread beside the fit, so on a GPU worker it costs
 little wall time.
@@ -98,9 +98,12 @@ class Restorer:
 
     @property
     def pack_limit(self) -> int:
-        """The most jobs "auto" packs into one fit here: none on a CPU (grouped convolutions are slower there than
-        plain ones), `AUTO_PACK_CAP` on a GPU (each batch is then sized to the card's free memory)."""
-        return 1 if self.device_name == "cpu" else AUTO_PACK_CAP
+        """The most jobs "auto" packs into one batch here: on a CPU, one per torch thread (the fits run side by side,
+        one thread each: ``dipcore.concurrent``; a one-CPU actor thus packs none), `AUTO_PACK_CAP` on a GPU (each
+        batch is then sized to the card's free memory)."""
+        import torch
+
+        return max(1, torch.get_num_threads()) if self.device_name == "cpu" else AUTO_PACK_CAP
 
     def info(self) -> dict[str, Any]:
         """Where this worker runs and how many jobs "auto" gives it at once (also the driver's readiness probe)."""
@@ -115,9 +118,9 @@ class Restorer:
 
     def run_batch(self, jobs: list[Job], pack: Pack = "auto") -> list[JobOutcome]:
         """Restore `jobs` (one outcome each, in order), stacking those of one pack key into fits of at most `pack`
-        jobs ("auto": as many as the device's free memory allows, none on a CPU).
+        jobs ("auto": as many as the device's free memory allows, on a CPU one per torch thread).
 
-        A job that cannot be read, decoded or observed gets its own error row and leaves the others. A stacked fit
+        A job that cannot be read, decoded or observed gets its own error row and leaves the others. A batch
         that fails (CUDA out of memory, an unexpected shape …) runs again one job at a time, so no job is lost to
         its batch. ``wall_seconds`` of a job is its own read/decode/observe time plus 1/K of its group's fit,
         encode, write and scoring; ``started_at``/``finished_at`` span the whole call. The rows of a call thus
@@ -168,9 +171,10 @@ class Restorer:
         return groups
 
     def _auto_pack(self, w: _Work) -> int:
-        """How many fits like `w`'s "auto" stacks here: 1 on a CPU, else what the GPU's free memory holds."""
-        if self.pack_limit == 1:
-            return 1
+        """How many fits like `w`'s "auto" batches here: one per thread on a CPU, else what the GPU's free memory
+        holds."""
+        if self.pack_limit == 1 or self.device_name == "cpu":
+            return self.pack_limit
         import torch
 
         from dipcore.api import preset_for
@@ -195,7 +199,7 @@ class Restorer:
                 psnr_protocol=_protocol(group[0]), **first.restore_kwargs,
             )  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - each job gets its own chance below
-            _log.warning("a stacked fit of %d jobs failed (%s); running them one by one", len(group), _describe(exc))
+            _log.warning("a batch of %d jobs failed (%s); running them one by one", len(group), _describe(exc))
             self._free_cuda()
             for w in group:
                 self._restore_alone(w)

@@ -2,14 +2,14 @@
 feeds them.
 
 - `RestoreWorker` is `pipelines.restorer.Restorer` (per job: read → decode → restore → encode → write → one row;
-  jobs of one pack key handed over together as one stacked fit) as a Ray actor.
+  jobs of one pack key handed over together as one batch: ``dipcore.restore_batch``) as a Ray actor.
 - `WorkerPool` places one actor per GPU by default (fractions pack small images), or CPU actors on a cluster with no
   GPUs, and replaces dead actors.
 - `run_jobs` is a plain ``ray.wait`` loop (not ``ray.util.ActorPool``, which mishandles dead actors): bounded calls
   in flight, results in completion order, every wait with a timeout, jobs of a dead actor requeued to a live one.
   Each call takes up to `pack` compatible jobs from a `pipelines.packing.PackQueue`; with ``pack="auto"`` the
-  bound is the actor's own (its readiness probe says: 1 on a CPU, 8 on a GPU), and a GPU actor sizes each stacked
-  fit to its free memory.
+  bound is the actor's own (its readiness probe says: its thread count on a CPU, 8 on a GPU), and a GPU actor sizes
+  each stacked fit to its free memory.
 """
 
 from __future__ import annotations
@@ -177,7 +177,7 @@ class RunStats:
     errors: int = 0
     failed_attempts: int = 0  # attempts lost to dead workers or Ray errors (each retried or ended as an error row)
     restarts: int = 0  # actors replaced
-    packed: int = 0  # jobs delivered from calls of more than one job (stacked fits)
+    packed: int = 0  # jobs delivered from calls of more than one job (batched fits)
     seconds: float = 0.0
 
 
@@ -410,12 +410,12 @@ def run_jobs(
     """Run `jobs` on the actors of `workers`, calling `on_result` on the driver for each finished job, in
     completion order, exactly once per job (an ``ok`` or ``error`` row).
 
-    Each call to an actor takes up to `pack` jobs of one pack key (``"auto"``: up to the actor's own bound, 1 on a
-    CPU); the actor runs them as one stacked fit. At most `max_in_flight` calls are outstanding (default: two per
-    actor, so none idles between calls). An attempt that dies with its actor, or runs past `timeout` seconds per
-    job of its call, is retried on a live or restarted actor until `max_attempts` — a batch loses an attempt for
-    each of its jobs, and each retries alone; then the job ends as an error row and the run goes on. Every
-    ``ray.wait`` returns within `poll` seconds. Raises `WorkerStartError` when no actor is ready within
+    Each call to an actor takes up to `pack` jobs of one pack key (``"auto"``: up to the actor's own bound, its
+    thread count on a CPU); the actor runs them as one batch. At most `max_in_flight` calls are outstanding
+    (default: two per actor, so none idles between calls). An attempt that dies with its actor, or runs past
+    `timeout` seconds per job of its call, is retried on a live or restarted actor until `max_attempts` — a batch
+    loses an attempt for each of its jobs, and each retries alone; then the job ends as an error row and the run
+    goes on. Every ``ray.wait`` returns within `poll` seconds. Raises `WorkerStartError` when no actor is ready within
     `startup_timeout` seconds.
     """
     driver = _Driver(jobs, workers, on_result, max_in_flight=max_in_flight, max_attempts=max_attempts,
@@ -426,8 +426,8 @@ def run_jobs(
 
 def run_inline(jobs: Iterable[Job], *, restorer: Restorer, on_result: Callable[[JobOutcome], None],
                pack: Pack = "auto") -> RunStats:  # fmt: skip
-    """Run `jobs` in this process, up to `pack` compatible ones at a time as one stacked fit ("auto": the
-    restorer's own bound, 1 on a CPU), for process-local storage such as ``memory://``, and debugging."""
+    """Run `jobs` in this process, up to `pack` compatible ones at a time as one batch ("auto": the
+    restorer's own bound, its thread count on a CPU), for process-local storage such as ``memory://``, and debugging."""
     _check_pack(pack)
     stats, started = RunStats(), time.monotonic()
     queue = PackQueue(jobs)

@@ -167,8 +167,9 @@ def test_retried_jobs_come_back_first_and_run_alone():
 # --------------------------------------------------------------------------------------------- "auto" sizing
 
 
-def test_auto_packs_nothing_on_a_cpu_and_fills_a_gpus_free_memory():
-    assert Restorer(device="cpu").pack_limit == 1
+def test_auto_packs_one_job_per_thread_on_a_cpu_and_fills_a_gpus_free_memory(keep_torch_threads):
+    assert Restorer(device="cpu", threads=1).pack_limit == 1  # a one-CPU actor
+    assert Restorer(device="cpu", threads=2).pack_limit == 2
     p = preset_for("sr", scale=4, channels=16)
     one = dipcore.estimate_peak_bytes(p, 256, 256)
     free_for = lambda k: int(dipcore.estimate_peak_bytes(p, 256, 256, fits=k) / packing.MEMORY_SHARE) + 1
@@ -277,7 +278,7 @@ def test_a_failing_stacked_fit_falls_back_to_one_job_at_a_time(tmp_path, spy):
     assert b["status"] == "error" and "mask is 16×16" in b["error"]
 
 
-def test_run_inline_packs_up_to_pack_and_auto_packs_nothing_on_a_cpu(tmp_path, spy):
+def test_run_inline_packs_up_to_pack_and_auto_packs_one_job_per_thread_on_a_cpu(tmp_path, spy, keep_torch_threads):
     from pipelines.workers import run_inline
 
     src = tmp_path / "src"
@@ -289,8 +290,10 @@ def test_run_inline_packs_up_to_pack_and_auto_packs_nothing_on_a_cpu(tmp_path, s
     assert spy == [2] and (stats.ok, stats.packed) == (3, 2)
     assert sorted(o.row["image_key"] for o in outcomes) == ["im0.png", "im1.png", "im2.png"]
     assert all(o.row["attempts"] == 1 for o in outcomes)
-    stats = run_inline(j, restorer=Restorer(device="cpu"), on_result=outcomes.append)  # pack="auto"
+    stats = run_inline(j, restorer=Restorer(device="cpu", threads=1), on_result=outcomes.append)  # pack="auto"
     assert spy == [2] and (stats.ok, stats.packed) == (3, 0)
+    stats = run_inline(j, restorer=Restorer(device="cpu", threads=2), on_result=outcomes.append)  # two threads
+    assert spy == [2, 2] and (stats.ok, stats.packed) == (3, 2)
     with pytest.raises(ValueError, match="pack must be"):
         run_inline(j, restorer=Restorer(device="cpu"), on_result=outcomes.append, pack=0)
 
