@@ -6,7 +6,7 @@ published code runs: eager strict fp32 (no TF32), contiguous tensors, non-fused 
 iteration, one fit at a time. Every speed-up is a ratio taken in the same process on the same machine.
 
     PYTHONPATH=. python3 benchmarks/bench_fit.py --device cuda --sizes 256 512 --batch 1 2 4 8 --bf16 --graph
-    PYTHONPATH=. python3 benchmarks/bench_fit.py --device cpu --sizes 64 128 256 --engines plain optimised
+    PYTHONPATH=. python3 benchmarks/bench_fit.py --device cpu --sizes 128 256 --engines plain optimised --batch 1 2
     PYTHONPATH=. python3 benchmarks/bench_fit.py --device cuda --sizes 512 --engines optimised+graph checkpoint+graph
 
 Peak memory (CUDA's max_memory_allocated) is printed beside dipcore's estimate of it (``estimated_peak_mib``), so
@@ -29,6 +29,7 @@ import torch
 
 from dipcore.api import build_problem, preset_for
 from dipcore.batched import stack_problems
+from dipcore.concurrent import fit_concurrently
 from dipcore.degrade import Observation
 from dipcore.fit import EngineOptions, FitSettings, fit_stacked
 from dipcore.memory import estimate_peak_bytes
@@ -37,7 +38,10 @@ PLAIN = EngineOptions(sync_every=1, channels_last=False, tf32=False, cudnn_bench
                       cuda_graph=False, batch_restarts=False, checkpoint=False)  # fmt: skip
 ENGINES = {
     "plain": PLAIN,
-    "optimised": EngineOptions(cuda_graph=False),  # dipcore's CUDA defaults without the graph
+    # dipcore's defaults without the graph: on CUDA TF32, channels_last, fused Adam …; on the CPU fused Adam, and
+    # K > 1 fits side by side on threads (dipcore.concurrent)
+    "optimised": EngineOptions(cuda_graph=False),
+    "stacked": EngineOptions(cuda_graph=False, batch_mode="stack"),  # K > 1 fits in one grouped net, CPU or GPU
     "optimised+graph": EngineOptions(cuda_graph=True),  # dipcore's CUDA defaults
     "bf16+graph": EngineOptions(cuda_graph=True, autocast="bf16"),
     "bf16": EngineOptions(autocast="bf16"),
@@ -75,13 +79,17 @@ def _flops_per_fit_iteration(p, obs, device) -> float:
 
 def _timed_fit(p, obs, device, engine, k: int, iterations: int) -> tuple[float, object]:
     problems = [build_problem(p, obs, device=device, seed=s) for s in range(k)]
-    problem = stack_problems(problems) if k > 1 else problems[0]
+    threads = k > 1 and engine.resolved(device).batch_mode == "threads"
+    problem = stack_problems(problems) if k > 1 and not threads else problems[0]
     settings = FitSettings(lr=p.lr, iterations=iterations, reg_noise_std=p.reg_noise_std, ema=p.ema,
                            backtrack=p.backtrack, engine=engine)  # fmt: skip
     gens = [torch.Generator(device=device).manual_seed(s) for s in range(k)]
     _sync(device)
     t0 = time.perf_counter()
-    fit_stacked(problem, settings, generators=gens)
+    if threads:
+        fit_concurrently(problems, settings, generators=gens)
+    else:
+        fit_stacked(problem, settings, generators=gens)
     _sync(device)
     return time.perf_counter() - t0, problem
 
@@ -120,21 +128,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--task", default="sr")
     ap.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
     ap.add_argument("--engines", nargs="+", default=["plain", "optimised"], choices=list(ENGINES))
-    ap.add_argument("--batch", type=int, nargs="+", default=[1], help="K fits stacked (optimised engines only)")
+    ap.add_argument("--batch", type=int, nargs="+", default=[1],
+                    help="K fits in one batch: stacked, or on a CPU side by side for 'optimised' (not for plain)")
     ap.add_argument("--channels", type=int, default=None, help="width at every scale (default: the preset's 128)")
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--timed", type=int, default=30)
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run every case of a size this many times, interleaved (noisy machines: take the median)")
     ap.add_argument("--out", default=None, help="append the JSON lines to this file")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     for size in args.sizes:
-        for engine in args.engines:
-            for k in args.batch if engine != "plain" else [1]:
-                if device.type == "cpu" and ("graph" in engine or engine.startswith("bf16")):
-                    continue
-                row = run_case(args.task, size, engine, k, device=device, warmup=args.warmup, timed=args.timed,
-                               channels=args.channels)  # fmt: skip
-                emit(row, args.out)
+        for round_ in range(1, args.rounds + 1):
+            for engine in args.engines:
+                for k in args.batch if engine != "plain" else [1]:
+                    if device.type == "cpu" and ("graph" in engine or engine.startswith("bf16")):
+                        continue
+                    row = run_case(args.task, size, engine, k, device=device, warmup=args.warmup, timed=args.timed,
+                                   channels=args.channels)  # fmt: skip
+                    emit({**row, "round": round_}, args.out)
     return 0
 
 
