@@ -16,7 +16,7 @@ from torch import Tensor
 
 from . import nets
 from .batched import stack_problems
-from .concurrent import fit_concurrently
+from .concurrent import concurrent_workers, fit_concurrently
 from .degrade import Observation, binary_mask
 from .errors import ConfigError
 from .fit import EngineOptions, FitProblem, FitResult, FitSettings, StepRecord, default_device, fit, fit_stacked
@@ -240,7 +240,7 @@ def restore(
     protocol = _protocol(psnr_protocol, ref)
     dev = torch.device(device) if device is not None else default_device()
     engine = (engine or EngineOptions()).resolved(dev)
-    engine = _plan_memory(engine, p, obs, dev, fits=p.restarts if engine.batch_restarts else 1)
+    engine = _plan_memory(engine, p, obs, dev, fits=_at_once(engine, p.restarts) if engine.batch_restarts else 1)
     seeds = [seed + r for r in range(p.restarts)]
     problems = [build_problem(p, obs, device=dev, seed=s, reference=ref, features_weights=features_weights)
                 for s in seeds]  # fmt: skip
@@ -290,7 +290,7 @@ def restore_batch(
         problems.append(build_problem(p, obs, device=dev, seed=s, reference=ref))
     if len(shapes) > 1:  # what stacking needs, and what the memory plan assumes in either batch mode
         raise ConfigError(f"a batch needs observations of one shape, got {sorted(shapes)}")
-    engine = _plan_memory(engine, p, obs, dev, fits=k)
+    engine = _plan_memory(engine, p, obs, dev, fits=_at_once(engine, k))
     runs = _run(problems, seeds, _settings(p, engine, protocol), dev, callback, batched=True)
     return [_collect([run], p, s, dev, started, protocol=protocol, engine=engine) for run, s in zip(runs, seeds)]
 
@@ -319,6 +319,12 @@ def _plan_memory(engine: EngineOptions, p: TaskPreset, obs: Observation, dev: to
     scale = p.scale if p.task == "sr" else 1
     out_channels = 3 if p.task == "preimage" else c
     return decide_checkpoint(engine, p, h * scale, w * scale, out_channels=out_channels, fits=fits, device=dev)
+
+
+def _at_once(engine: EngineOptions, fits: int) -> int:
+    """How many of a batch's fits hold their activations at the same time: all when stacked, one per worker when
+    side by side on threads."""
+    return concurrent_workers(fits) if engine.batch_mode == "threads" else fits
 
 
 def _protocol(value: PsnrProtocol | Mapping[str, Any] | None, ref: np.ndarray | None) -> PsnrProtocol | None:

@@ -204,7 +204,18 @@ def test_a_job_that_cannot_fit_is_refused_before_any_fit_starts(photo):
     small = dipcore.EngineOptions(memory_budget=MiB)
     kw = dict(task="denoise", preset="fast", channels=16, iterations=3, device="cpu", callback=steps.append)
     with pytest.raises(dipcore.OutOfMemoryError, match="2 fits of 64×64"):
-        dipcore.restore(photo, engine=dataclasses_replace(small, batch_restarts=True), restarts=2, **kw)
+        dipcore.restore(photo, engine=dataclasses_replace(small, batch_mode="stack"), restarts=2, **kw)
     with pytest.raises(dipcore.OutOfMemoryError, match="3 fits of 64×64"):
-        dipcore.restore_batch([photo] * 3, engine=small, **kw)
+        dipcore.restore_batch([photo] * 3, engine=dataclasses_replace(small, batch_mode="stack"), **kw)
     assert steps == []
+
+
+def test_fits_side_by_side_need_memory_only_for_those_running_at_once(photo, keep_torch_threads):
+    torch.set_num_threads(1)  # one worker: the three fits run one after the other
+    p = preset_for("denoise", preset="fast", channels=16)
+    one_fit = dipcore.EngineOptions(memory_budget=estimate_peak_bytes(p, 64, 64) + MiB)
+    kw = dict(task="denoise", preset="fast", channels=16, iterations=2, device="cpu")
+    results = dipcore.restore_batch([photo] * 3, engine=one_fit, **kw)
+    assert [r.engine["checkpoint"] for r in results] == [False] * 3  # not even checkpointing was needed
+    with pytest.raises(dipcore.OutOfMemoryError, match="3 fits of 64×64"):
+        dipcore.restore_batch([photo] * 3, engine=dataclasses_replace(one_fit, batch_mode="stack"), **kw)
