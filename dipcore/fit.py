@@ -60,9 +60,9 @@ class EngineOptions:
     cudnn_benchmark: bool | None = None  # default: on for CUDA (shapes are static during a fit)
     batch_restarts: bool | None = None  # restarts of one image as one batch (see batch_mode); default: on
     # How a batch of fits runs: "stack" = one stacked net (dipcore.batched; the default on CUDA); "threads" = side by
-    # side on CPU threads (dipcore.concurrent; the default on the CPU, where grouped convolutions are slow).
+    # side on CPU threads (dipcore.concurrent; the CPU's default, where grouped convolutions are slow).
     batch_mode: Literal["stack", "threads"] | None = None
-    fused_adam: bool | None = None  # one fused Adam kernel; default: on (on the CPU, 3× faster than the loop of 112)
+    fused_adam: bool | None = None  # one fused Adam kernel; default: on for CUDA and the CPU (there 3× faster than a loop)
     # Replay the whole step from a CUDA graph (not with backtracking); default on for CUDA: 2.7× at 256² on an H200
     # with the same Set5 PSNR (benchmarks/RESULTS.md).
     cuda_graph: bool | None = None
@@ -79,8 +79,8 @@ class EngineOptions:
             raise ConfigError(f"checkpoint={self.checkpoint!r} is not one of True, False, 'auto'")
         if self.batch_mode not in (None, "stack", "threads"):
             raise ConfigError(f"batch_mode={self.batch_mode!r} is not one of 'stack', 'threads'")
-        if self.batch_mode == "threads" and cuda:
-            raise ConfigError("batch_mode='threads' is for CPUs: on CUDA, batches run stacked")
+        if self.batch_mode == "threads" and device.type != "cpu":
+            raise ConfigError(f"batch_mode='threads' is for CPUs: on {device.type}, batches run stacked")
         return EngineOptions(
             sync_every=pick(self.sync_every, 25 if cuda else 1),
             channels_last=pick(self.channels_last, cuda),
@@ -88,8 +88,8 @@ class EngineOptions:
             autocast=self.autocast,
             cudnn_benchmark=pick(self.cudnn_benchmark, cuda),
             batch_restarts=pick(self.batch_restarts, True),
-            batch_mode=pick(self.batch_mode, "stack" if cuda else "threads"),
-            fused_adam=pick(self.fused_adam, True),
+            batch_mode=pick(self.batch_mode, "threads" if device.type == "cpu" else "stack"),
+            fused_adam=pick(self.fused_adam, device.type in ("cuda", "cpu")),
             cuda_graph=pick(self.cuda_graph, cuda),
             checkpoint=pick(self.checkpoint, "auto"),
             memory_budget=self.memory_budget,

@@ -80,7 +80,7 @@ def test_as_many_workers_as_threads_and_fits_allow():
 def test_threads_are_the_cpu_default_and_refused_on_cuda():
     assert EngineOptions().resolved(torch.device("cpu")).batch_mode == "threads"
     assert EngineOptions().resolved(torch.device("cuda")).batch_mode == "stack"
-    with pytest.raises(ConfigError, match="for CPUs"):
+    with pytest.raises(ConfigError, match="for CPUs: on cuda"):
         EngineOptions(batch_mode="threads").resolved(torch.device("cuda"))
     with pytest.raises(ConfigError, match="batch_mode"):
         EngineOptions(batch_mode="processes").resolved(torch.device("cpu"))
