@@ -350,7 +350,7 @@ def _run(problems, seeds, settings, dev, callback, *, batched: bool) -> list[Fit
     net, or side by side on CPU threads, as the engine's ``batch_mode`` says."""
     generators = [torch.Generator(device=dev).manual_seed(s) for s in seeds]
     if batched and len(problems) > 1:
-        if settings.engine.resolved(dev).batch_mode == "threads":
+        if settings.engine.batch_mode == "threads":  # restore() and restore_batch() pass a resolved engine
             return fit_concurrently(problems, settings, generators=generators, callback=callback)
         return fit_stacked(stack_problems(problems), settings, generators=generators, callback=callback)
     return [fit(prob, settings, generator=g, callback=callback) for prob, g in zip(problems, generators)]
