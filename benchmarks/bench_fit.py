@@ -27,11 +27,9 @@ from dataclasses import asdict, replace
 import numpy as np
 import torch
 
-from dipcore.api import build_problem, preset_for
-from dipcore.batched import stack_problems
-from dipcore.concurrent import fit_concurrently
+from dipcore.api import _run, build_problem, preset_for
 from dipcore.degrade import Observation
-from dipcore.fit import EngineOptions, FitSettings, fit_stacked
+from dipcore.fit import EngineOptions, FitSettings
 from dipcore.memory import estimate_peak_bytes
 
 PLAIN = EngineOptions(sync_every=1, channels_last=False, tf32=False, cudnn_benchmark=True, fused_adam=False,
@@ -78,27 +76,22 @@ def _flops_per_fit_iteration(p, obs, device) -> float:
 
 
 def _timed_fit(p, obs, device, engine, k: int, iterations: int) -> tuple[float, object]:
+    """K fits run as restore_batch runs them (stacked, or side by side on CPU threads, as the engine says)."""
     problems = [build_problem(p, obs, device=device, seed=s) for s in range(k)]
-    threads = k > 1 and engine.resolved(device).batch_mode == "threads"
-    problem = stack_problems(problems) if k > 1 and not threads else problems[0]
     settings = FitSettings(lr=p.lr, iterations=iterations, reg_noise_std=p.reg_noise_std, ema=p.ema,
-                           backtrack=p.backtrack, engine=engine)  # fmt: skip
-    gens = [torch.Generator(device=device).manual_seed(s) for s in range(k)]
+                           backtrack=p.backtrack, engine=engine.resolved(device))  # fmt: skip
     _sync(device)
     t0 = time.perf_counter()
-    if threads:
-        fit_concurrently(problems, settings, generators=gens)
-    else:
-        fit_stacked(problem, settings, generators=gens)
+    _run(problems, list(range(k)), settings, device, None, batched=True)
     _sync(device)
-    return time.perf_counter() - t0, problem
+    return time.perf_counter() - t0, problems[0]
 
 
 def run_case(task: str, size: int, engine_name: str, k: int, *, device: torch.device, warmup: int, timed: int,
              channels: int | None = None, scale: int = 4) -> dict:  # fmt: skip
     p = preset_for(task, scale=scale if task == "sr" else None, channels=channels)
     obs = _observation(task, size, scale)
-    # fit_stacked runs checkpoint="auto" as off (restore() decides it): record what runs.
+    # A fit runs checkpoint="auto" as off (restore() decides it): record what runs.
     engine = replace(ENGINES[engine_name], checkpoint=ENGINES[engine_name].checkpoint is True)
     _timed_fit(p, obs, device, engine, k, 2)  # lazy imports and initialisation, not part of any figure
     if device.type == "cuda":
@@ -115,7 +108,7 @@ def run_case(task: str, size: int, engine_name: str, k: int, *, device: torch.de
         "images_per_hour": 3600.0 / (p.iterations * per_iter / k), "preset_iterations": p.iterations,
         "peak_memory_mib": peak, "estimated_peak_mib": estimate,
         "tflops": flops / per_iter / 1e12, "gflop_per_iteration": flops / 1e9,
-        "params": sum(q.numel() for q in problem.net.parameters()), "channels": channels or 128,
+        "params": k * sum(q.numel() for q in problem.net.parameters()), "channels": channels or 128,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__, "threads": torch.get_num_threads(), "warmup": warmup, "timed": timed,
         "engine_options": asdict(engine.resolved(device)),

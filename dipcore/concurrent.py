@@ -79,7 +79,7 @@ class _Relay:
         self.stopped = False
         self.lock = threading.Lock()
 
-    def for_fit(self, i: int) -> Callable[[StepRecord], bool] | None:
+    def for_fit(self, i: int) -> Callable[[StepRecord], bool]:
         if self.callback is None:
             return lambda record: self.stopped
         return lambda record: self._record(i, record)
