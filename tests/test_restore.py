@@ -64,17 +64,37 @@ def test_super_resolution_has_the_output_size_and_explains_the_lr_image(photo):
     assert dipcore.psnr(down, obs.image) > 30.0
 
 
-def test_early_stopping_returns_an_iteration_close_to_the_best_along_the_run(photo):
-    obs = dipcore.degrade(photo, task="denoise", sigma=25, seed=0)
+# When the early-stopping rule fires on a real fit is chaotic in float rounding (it changed between CPUs), so these
+# tests assert what holds for every run on a real fit ("live"), and force the firing branch on every CPU with an
+# observation built so that the rule must fire ("still"): an inpainting fit that knows no pixel has a zero loss
+# gradient, Adam's update of a zero gradient is exactly zero, and without jitter the output is the same at every
+# iteration; the variance never drops below the first full window's, so the rule picks iteration W and says stop at
+# W + P. (How close the rule's pick comes to the best iteration is a study, not a unit test: docs/results.md.)
+def _stopping_case(case: str, photo: np.ndarray) -> tuple[dipcore.Observation, dict]:
+    crop = photo[:32, :32]
+    if case == "live":
+        return dipcore.degrade(crop, task="denoise", sigma=25, seed=0), dict(task="denoise")
+    still = dipcore.Observation(crop, "inpaint", mask=np.zeros(crop.shape[:2], np.float32))
+    return still, dict(task="inpaint", reg_noise_std=0.0)
+
+
+@pytest.mark.parametrize("case", ["live", "still"])
+def test_early_stopping_returns_the_output_of_the_iteration_it_names(photo, case):
+    obs, kwargs = _stopping_case(case, photo)
     res = dipcore.restore(
-        obs, task="denoise", preset="fast", iterations=3000, channels=16, ema=None, output="final",
-        early_stopping=True, es_patience=300, reference=photo, seed=0,
+        obs, preset="fast", iterations=300, channels=8, ema=None, output="final", early_stopping=True,
+        es_window=10, es_patience=30, reference=photo[:32, :32], seed=0, **kwargs,
     )  # fmt: skip
-    assert res.stop_reason == "early_stopping"
-    assert res.iterations_run < 3000 and res.iterations_run - res.iteration == 300
-    returned = dipcore.psnr(res.image, photo)
-    assert returned == pytest.approx(res.history["psnr"][res.iteration - 1], abs=0.01)  # the output of that iteration
-    assert returned > res.best_psnr - 1.0, (returned, res.best_psnr, res.iteration, res.best_iteration)
+    if case == "still":
+        assert (res.stop_reason, res.iteration, res.iterations_run) == ("early_stopping", 10, 40)
+    if res.stop_reason == "early_stopping":
+        assert res.iterations_run - res.iteration == 30  # the CPU reads the rule at every iteration
+        returned = dipcore.psnr(res.image, photo[:32, :32])
+        assert returned == pytest.approx(res.history["psnr"][res.iteration - 1], abs=0.01)  # that iteration's output
+        assert res.stopping.iteration == res.iteration and res.stopping.fired_at == res.iterations_run
+    else:
+        assert (res.stop_reason, res.iteration, res.iterations_run) == ("iterations", 300, 300)
+        assert res.stopping.fired_at is None
 
 
 def test_same_seed_same_output_and_another_seed_another(photo):
@@ -148,27 +168,34 @@ def test_psnr_curves_follow_the_callers_protocol(photo):
                         psnr_protocol={"shave": 32})  # fmt: skip
 
 
-def test_observed_early_stopping_records_what_a_stopping_run_returns(photo):
+@pytest.mark.parametrize("case", ["live", "still"])
+def test_observed_early_stopping_records_what_a_stopping_run_returns(photo, case):
     """Observe mode runs the fixed count and returns its usual output; its record of the rule equals what a
     stopping run with the same seed returns. The host reads every 7 iterations (as on CUDA, every 25): the rule
     is asked only there, and it goes on updating in between."""
     sync_every = 7
-    obs = dipcore.degrade(photo[:32, :32], task="denoise", sigma=25, seed=0)
-    kwargs = dict(task="denoise", preset="fast", iterations=80, channels=8, es_window=10, es_patience=15, seed=3,
-                  engine=dipcore.EngineOptions(sync_every=sync_every))  # fmt: skip
+    obs, task_kwargs = _stopping_case(case, photo)
+    kwargs = dict(preset="fast", iterations=80, channels=8, es_window=10, es_patience=15, seed=3,
+                  engine=dipcore.EngineOptions(sync_every=sync_every), **task_kwargs)  # fmt: skip
     observed = dipcore.restore(obs, early_stopping="observe", **kwargs)
     stopped = dipcore.restore(obs, early_stopping=True, **kwargs)
     plain = dipcore.restore(obs, early_stopping=False, **kwargs)
-    assert stopped.stop_reason == "early_stopping" and stopped.iterations_run < 80
     assert (observed.stop_reason, observed.iterations_run, observed.iteration) == ("iterations", 80, 80)
     np.testing.assert_array_equal(observed.image, plain.image)
-    choice = observed.stopping
-    assert choice.fired_at == stopped.iterations_run and choice.fired_at % sync_every == 0
-    assert choice.iteration == stopped.iteration < choice.fired_at
-    np.testing.assert_array_equal(choice.image, stopped.image)
-    assert (stopped.stopping.iteration, stopped.stopping.fired_at) == (stopped.iteration, stopped.iterations_run)
-    assert stopped.stopping.image is stopped.image
     assert plain.stopping is None
+    choice = observed.stopping
+    if case == "still":  # W + P = 25: the first read after it is at 28
+        assert (stopped.stop_reason, stopped.iteration, choice.fired_at) == ("early_stopping", 10, 28)
+    if stopped.stop_reason == "early_stopping":
+        assert stopped.iterations_run < 80
+        assert choice.fired_at == stopped.iterations_run and choice.fired_at % sync_every == 0
+        assert choice.iteration == stopped.iteration < choice.fired_at
+        np.testing.assert_array_equal(choice.image, stopped.image)
+        assert (stopped.stopping.iteration, stopped.stopping.fired_at) == (stopped.iteration, stopped.iterations_run)
+        assert stopped.stopping.image is stopped.image
+    else:  # the rule never said stop in 80 iterations: neither run records a choice that fired
+        assert stopped.iterations_run == 80 and choice.fired_at is None and stopped.stopping.fired_at is None
+        np.testing.assert_array_equal(stopped.image, plain.image)
     with pytest.raises(dipcore.ConfigError, match="early_stopping"):
         dipcore.restore(obs, early_stopping="sometimes", **kwargs)
 
