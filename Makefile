@@ -8,7 +8,7 @@ include deploy/versions.env
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.dipflow-installed
 
-.PHONY: demo test results install clean
+.PHONY: demo test lint results install clean
 
 install: $(STAMP)
 
@@ -23,8 +23,13 @@ $(STAMP): pyproject.toml deploy/versions.env | $(PY)
 demo: $(STAMP)
 	$(VENV)/bin/dipflow demo
 
-test: $(STAMP)
+# The lint and format gate first (seconds), then the suite.
+test: lint
 	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 # docs/results.md from the committed Parquet reports and the hand-written notes; a test keeps the two equal.
 results: $(STAMP)

@@ -30,15 +30,15 @@ from pathlib import Path
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-import dipcore  # noqa: E402
-from pipelines import jobs, storage, workers  # noqa: E402
-from pipelines.restorer import Restorer  # noqa: E402
+import dipcore
+from pipelines import jobs, storage, workers
+from pipelines.restorer import Restorer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_fit import PLAIN, emit  # noqa: E402
+from bench_fit import PLAIN, emit
 
 WAYS = ("plain", "inline", "pipeline")
 
@@ -102,8 +102,15 @@ def main(argv: list[str] | None = None) -> int:
     tiny = np.zeros((16, 16, 3), np.float32)
     for engine in (PLAIN, None):  # this process's first fits pay lazy imports and initialisation: not timed
         dipcore.restore(tiny, task="denoise", preset="fast", channels=8, iterations=2, engine=engine)
-    common = {"images": args.images, "size": args.size, "iterations": args.iterations, "cores": cores,
-              "torch": torch.__version__, "task": "denoise", "net": "default"}  # fmt: skip
+    common = {
+        "images": args.images,
+        "size": args.size,
+        "iterations": args.iterations,
+        "cores": cores,
+        "torch": torch.__version__,
+        "task": "denoise",
+        "net": "default",
+    }
     seconds: dict[str, list[float]] = {way: [] for way in args.ways}
     try:
         for round_ in range(1, args.rounds + 1):
@@ -121,9 +128,17 @@ def main(argv: list[str] | None = None) -> int:
                 dt = time.perf_counter() - t0
                 assert done == args.images, (way, done)
                 seconds[way].append(dt)
-                emit({**common, "way": way, "round": round_, "seconds": dt, "load_average": load,
-                      "images_per_hour_at_2000_iterations": 3600 * args.images * args.iterations / 2000 / dt},
-                     args.out)  # fmt: skip
+                emit(
+                    {
+                        **common,
+                        "way": way,
+                        "round": round_,
+                        "seconds": dt,
+                        "load_average": load,
+                        "images_per_hour_at_2000_iterations": 3600 * args.images * args.iterations / 2000 / dt,
+                    },
+                    args.out,
+                )
     finally:
         if pool is not None:
             pool.shutdown()
@@ -131,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     for way, times in seconds.items():
         line = f"{way:9s} median {statistics.median(times):7.1f} s over {len(times)} round(s)"
         if plain and way != "plain":
-            ratios = [p / t for p, t in zip(plain, times)]
+            ratios = [p / t for p, t in zip(plain, times, strict=True)]
             line += f"; vs plain: median {statistics.median(ratios):.2f}× (range {min(ratios):.2f}–{max(ratios):.2f})"
         print(line, flush=True)
     return 0

@@ -32,8 +32,16 @@ from dipcore.degrade import Observation
 from dipcore.fit import EngineOptions, FitSettings
 from dipcore.memory import estimate_peak_bytes
 
-PLAIN = EngineOptions(sync_every=1, channels_last=False, tf32=False, cudnn_benchmark=True, fused_adam=False,
-                      cuda_graph=False, batch_restarts=False, checkpoint=False)  # fmt: skip
+PLAIN = EngineOptions(
+    sync_every=1,
+    channels_last=False,
+    tf32=False,
+    cudnn_benchmark=True,
+    fused_adam=False,
+    cuda_graph=False,
+    batch_restarts=False,
+    checkpoint=False,
+)
 ENGINES = {
     "plain": PLAIN,
     # dipcore's defaults without the graph: on CUDA TF32, channels_last, fused Adam …; on the CPU fused Adam, and
@@ -78,8 +86,14 @@ def _flops_per_fit_iteration(p, obs, device) -> float:
 def _timed_fit(p, obs, device, engine, k: int, iterations: int) -> tuple[float, object]:
     """K fits run as restore_batch runs them (stacked, or side by side on CPU threads, as the engine says)."""
     problems = [build_problem(p, obs, device=device, seed=s) for s in range(k)]
-    settings = FitSettings(lr=p.lr, iterations=iterations, reg_noise_std=p.reg_noise_std, ema=p.ema,
-                           backtrack=p.backtrack, engine=engine.resolved(device))  # fmt: skip
+    settings = FitSettings(
+        lr=p.lr,
+        iterations=iterations,
+        reg_noise_std=p.reg_noise_std,
+        ema=p.ema,
+        backtrack=p.backtrack,
+        engine=engine.resolved(device),
+    )
     _sync(device)
     t0 = time.perf_counter()
     _run(problems, list(range(k)), settings, device, None, batched=True)
@@ -87,8 +101,18 @@ def _timed_fit(p, obs, device, engine, k: int, iterations: int) -> tuple[float, 
     return time.perf_counter() - t0, problems[0]
 
 
-def run_case(task: str, size: int, engine_name: str, k: int, *, device: torch.device, warmup: int, timed: int,
-             channels: int | None = None, scale: int = 4) -> dict:  # fmt: skip
+def run_case(
+    task: str,
+    size: int,
+    engine_name: str,
+    k: int,
+    *,
+    device: torch.device,
+    warmup: int,
+    timed: int,
+    channels: int | None = None,
+    scale: int = 4,
+) -> dict:
     p = preset_for(task, scale=scale if task == "sr" else None, channels=channels)
     obs = _observation(task, size, scale)
     # A fit runs checkpoint="auto" as off (restore() decides it): record what runs.
@@ -103,16 +127,27 @@ def run_case(task: str, size: int, engine_name: str, k: int, *, device: torch.de
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     estimate = estimate_peak_bytes(p, size, size, fits=k, checkpoint=engine.checkpoint) / 2**20
     return {
-        "task": task, "size": size, "engine": engine_name, "fits": k, "ms_per_iteration": per_iter * 1e3,
+        "task": task,
+        "size": size,
+        "engine": engine_name,
+        "fits": k,
+        "ms_per_iteration": per_iter * 1e3,
         "ms_per_iteration_per_fit": per_iter * 1e3 / k,
-        "images_per_hour": 3600.0 / (p.iterations * per_iter / k), "preset_iterations": p.iterations,
-        "peak_memory_mib": peak, "estimated_peak_mib": estimate,
-        "tflops": flops / per_iter / 1e12, "gflop_per_iteration": flops / 1e9,
-        "params": k * sum(q.numel() for q in problem.net.parameters()), "channels": channels or 128,
+        "images_per_hour": 3600.0 / (p.iterations * per_iter / k),
+        "preset_iterations": p.iterations,
+        "peak_memory_mib": peak,
+        "estimated_peak_mib": estimate,
+        "tflops": flops / per_iter / 1e12,
+        "gflop_per_iteration": flops / 1e9,
+        "params": k * sum(q.numel() for q in problem.net.parameters()),
+        "channels": channels or 128,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "warmup": warmup, "timed": timed,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "warmup": warmup,
+        "timed": timed,
         "engine_options": asdict(engine.resolved(device)),
-    }  # fmt: skip
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,13 +156,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--task", default="sr")
     ap.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
     ap.add_argument("--engines", nargs="+", default=["plain", "optimised"], choices=list(ENGINES))
-    ap.add_argument("--batch", type=int, nargs="+", default=[1],
-                    help="K fits in one batch: stacked, or on a CPU side by side for 'optimised' (not for plain)")
+    ap.add_argument(
+        "--batch",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="K fits in one batch: stacked, or on a CPU side by side for 'optimised' (not for plain)",
+    )
     ap.add_argument("--channels", type=int, default=None, help="width at every scale (default: the preset's 128)")
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--timed", type=int, default=30)
-    ap.add_argument("--rounds", type=int, default=1,
-                    help="run every case of a size this many times, interleaved (noisy machines: take the median)")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every case of a size this many times, interleaved (noisy machines: take the median)",
+    )
     ap.add_argument("--out", default=None, help="append the JSON lines to this file")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
@@ -137,8 +181,16 @@ def main(argv: list[str] | None = None) -> int:
                 for k in args.batch if engine != "plain" else [1]:
                     if device.type == "cpu" and ("graph" in engine or engine.startswith("bf16")):
                         continue
-                    row = run_case(args.task, size, engine, k, device=device, warmup=args.warmup, timed=args.timed,
-                                   channels=args.channels)  # fmt: skip
+                    row = run_case(
+                        args.task,
+                        size,
+                        engine,
+                        k,
+                        device=device,
+                        warmup=args.warmup,
+                        timed=args.timed,
+                        channels=args.channels,
+                    )
                     emit({**row, "round": round_}, args.out)
     return 0
 

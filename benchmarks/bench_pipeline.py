@@ -29,8 +29,8 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="bench-prefect-"))
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
-import dipcore  # noqa: E402
-from pipelines import jobs, reports, storage, workers  # noqa: E402
+import dipcore
+from pipelines import jobs, reports, storage, workers
 
 SIZE, ITERATIONS, CHANNELS = 16, 1, 8
 SETTINGS = {"preset": "fast", "iterations": ITERATIONS, "overrides": {"channels": CHANNELS}}
@@ -79,8 +79,13 @@ def driver_run(folder: Path, output: Path, *, n_workers: int) -> dict[str, float
             pool.shutdown()
     done = time.perf_counter()
     assert stats.ok == len(plan.jobs), stats
-    return {"plan": planned - started, "startup": first[0] - planned, "run": done - first[0],
-            "total": done - started, "n": len(plan.jobs)}  # fmt: skip
+    return {
+        "plan": planned - started,
+        "startup": first[0] - planned,
+        "run": done - first[0],
+        "total": done - started,
+        "n": len(plan.jobs),
+    }
 
 
 def flow_run(folder: Path, output: Path) -> float:
@@ -110,30 +115,37 @@ def main() -> None:
     data = root / "data"
     make_dataset(data, args.jobs)
     workers.start_ray(num_cpus=2)
-    print(f"{args.jobs} jobs of {SIZE}×{SIZE} px, {ITERATIONS} iteration(s), {CHANNELS}-channel net, on "
-          f"{os.cpu_count()} CPU core(s); load average {os.getloadavg()[0]:.1f}")  # fmt: skip
+    print(
+        f"{args.jobs} jobs of {SIZE}×{SIZE} px, {ITERATIONS} iteration(s), {CHANNELS}-channel net, on "
+        f"{os.cpu_count()} CPU core(s); load average {os.getloadavg()[0]:.1f}"
+    )
 
     loop_s, n = plain_loop(data)
     print(f"plain dipcore.restore loop (1 thread):  {loop_s:7.2f} s  = {1000 * loop_s / n:7.1f} ms/image")
     d = driver_run(data, root / "out-driver", n_workers=1)
     per = 1000 * d["run"] / n
-    print(f"driver loop, 1 actor x 1 CPU:            {d['run']:7.2f} s  = {per:7.1f} ms/image "
-          f"(+{per - 1000 * loop_s / n:.1f} ms/image over the plain loop); "
-          f"planning {d['plan']:.2f} s, actor start-up {d['startup']:.2f} s")  # fmt: skip
+    print(
+        f"driver loop, 1 actor x 1 CPU:            {d['run']:7.2f} s  = {per:7.1f} ms/image "
+        f"(+{per - 1000 * loop_s / n:.1f} ms/image over the plain loop); "
+        f"planning {d['plan']:.2f} s, actor start-up {d['startup']:.2f} s"
+    )
     if not args.skip_flow:
         from prefect.testing.utilities import prefect_test_harness
 
         with prefect_test_harness(server_startup_timeout=180):
             f = flow_run(data, root / "out-flow")
-        print(f"restore_dataset flow, 1 actor:           {f:7.2f} s  = {1000 * f / n:7.1f} ms/image, all included "
-              f"(+{1000 * (f - loop_s) / n:.1f} ms/image over the plain loop)")  # fmt: skip
+        print(
+            f"restore_dataset flow, 1 actor:           {f:7.2f} s  = {1000 * f / n:7.1f} ms/image, all included "
+            f"(+{1000 * (f - loop_s) / n:.1f} ms/image over the plain loop)"
+        )
 
     for m in args.memory_jobs:
         folder = root / f"mem{m}"
         make_dataset(folder, m)
         peak, rss = memory(folder, root / f"out-mem{m}")
-        print(f"driver, {m:5d} jobs on 2 actors: peak traced Python memory {peak:7.1f} MiB, max RSS so far "
-              f"{rss:7.0f} MiB")  # fmt: skip
+        print(
+            f"driver, {m:5d} jobs on 2 actors: peak traced Python memory {peak:7.1f} MiB, max RSS so far {rss:7.0f} MiB"
+        )
     print(f"(scratch data in {root})", file=sys.stderr)
 
 

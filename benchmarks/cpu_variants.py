@@ -33,7 +33,7 @@ from dipcore.api import build_problem, preset_for
 from dipcore.degrade import Observation
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_fit import emit  # noqa: E402
+from bench_fit import emit
 
 VARIANTS = ("eager", "channels_last", "no_mkldnn", "compile_net")
 
@@ -77,9 +77,18 @@ def run_case(variant: str, size: int, *, warmup: int, timed: int) -> dict:
         per_iter = (time.perf_counter() - t0) / timed
     finally:
         torch.backends.mkldnn.enabled = saved
-    return {"variant": variant, "size": size, "ms_per_iteration": per_iter * 1e3, "warmup_seconds": warm,
-            "warmup": warmup, "timed": timed, "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "cpu": platform.processor() or platform.machine(), "load_average_1m": os.getloadavg()[0]}  # fmt: skip
+    return {
+        "variant": variant,
+        "size": size,
+        "ms_per_iteration": per_iter * 1e3,
+        "warmup_seconds": warm,
+        "warmup": warmup,
+        "timed": timed,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "load_average_1m": os.getloadavg()[0],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,12 +34,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_fit  # noqa: E402
+import bench_fit
 
-from dipcore.fit import EngineOptions  # noqa: E402
-from pipelines import jobs, reports, storage  # noqa: E402
-from pipelines.packing import PackQueue  # noqa: E402
-from pipelines.restorer import Restorer  # noqa: E402
+from dipcore.fit import EngineOptions
+from pipelines import jobs, reports, storage
+from pipelines.packing import PackQueue
+from pipelines.restorer import Restorer
 
 # Most important first (issue 6 wants Set5 in full first; issue 5 the plain loop's ratio and bf16's PSNR cost).
 EVALUATIONS = ("set5:best", "set14:best", "set5:plain", "set5:bf16", "cbm3d9:best", "heide11:best")
@@ -57,7 +57,7 @@ class Suite:
         self.out, self.t0, self.deadline, self.smoke = out, time.monotonic(), deadline, smoke
         self.device = device
         out.mkdir(parents=True, exist_ok=True)
-        self.log_file = open(out / "suite.log", "a")
+        self.log_path = out / "suite.log"
 
     def left(self) -> float:
         return self.deadline - (time.monotonic() - self.t0)
@@ -65,21 +65,31 @@ class Suite:
     def log(self, msg: str) -> None:
         line = f"[{time.monotonic() - self.t0:7.1f}s] {msg}"
         print(line, flush=True)
-        self.log_file.write(line + "\n")
-        self.log_file.flush()
+        with open(self.log_path, "a") as f:  # appended line by line: a killed run keeps what it logged
+            f.write(line + "\n")
 
     def bench(self, size: int, engine: str, k: int, *, warmup: int, timed: int) -> dict | None:
         try:
-            row = bench_fit.run_case("sr", size, engine, k, device=torch.device(self.device), warmup=warmup,
-                                     timed=timed, channels=16 if self.smoke else None)  # fmt: skip
+            row = bench_fit.run_case(
+                "sr",
+                size,
+                engine,
+                k,
+                device=torch.device(self.device),
+                warmup=warmup,
+                timed=timed,
+                channels=16 if self.smoke else None,
+            )
         except Exception as exc:  # noqa: BLE001 - one failing case must not end the run
             self.log(f"bench {engine} {size} K={k} FAILED: {exc!r}\n{traceback.format_exc()}")
             return None
         with open(self.out / "bench_fit.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
-        self.log(f"bench {engine:16s} {size}² K={k}: {row['ms_per_iteration']:.2f} ms/it, "
-                 f"{row['ms_per_iteration_per_fit']:.2f} ms/it/fit, {row['tflops']:.1f} TFLOP/s, "
-                 f"{row['peak_memory_mib'] or 0:.0f} MiB (estimated {row['estimated_peak_mib']:.0f})")  # fmt: skip
+        self.log(
+            f"bench {engine:16s} {size}² K={k}: {row['ms_per_iteration']:.2f} ms/it, "
+            f"{row['ms_per_iteration_per_fit']:.2f} ms/it/fit, {row['tflops']:.1f} TFLOP/s, "
+            f"{row['peak_memory_mib'] or 0:.0f} MiB (estimated {row['estimated_peak_mib']:.0f})"
+        )
         return row
 
     def evaluate(self, benchmark: str, data_root: str, engine: str, *, ms_per_it: float, pack: int | str = 1):
@@ -112,11 +122,13 @@ class Suite:
                     writer.append(outcome.row)
                     writer.append_curves(outcome.curves)
                     r = outcome.row
-                    self.log(f"{benchmark}/{r['image_key']} {label} (batch of {len(batch)}): {r['status']} "
-                             f"psnr={_f(r.get('psnr'))} bicubic/input={_f(r.get('psnr_baseline'))} "
-                             f"avg={_f(r.get('psnr_average'))} auto={_f(r.get('psnr_auto'))} "
-                             f"best={_f(r.get('psnr_best'))} classical={_f(r.get('psnr_classical'))} "
-                             f"{r['wall_seconds']:.1f}s {r.get('error') or ''}")  # fmt: skip
+                    self.log(
+                        f"{benchmark}/{r['image_key']} {label} (batch of {len(batch)}): {r['status']} "
+                        f"psnr={_f(r.get('psnr'))} bicubic/input={_f(r.get('psnr_baseline'))} "
+                        f"avg={_f(r.get('psnr_average'))} auto={_f(r.get('psnr_auto'))} "
+                        f"best={_f(r.get('psnr_best'))} classical={_f(r.get('psnr_classical'))} "
+                        f"{r['wall_seconds']:.1f}s {r.get('error') or ''}"
+                    )
 
 
 def _twin_fits(suite: Suite, label: str, a: EngineOptions, b: EngineOptions):
@@ -131,7 +143,7 @@ def _twin_fits(suite: Suite, label: str, a: EngineOptions, b: EngineOptions):
     kw = dict(task="sr", scale=4, iterations=60, seed=0, device=suite.device, channels=16 if suite.smoke else None)
     try:
         return tuple(dipcore.restore(img, engine=e, **kw).history["loss"] for e in (a, b))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - a failing check is logged; the suite goes on
         suite.log(f"{label} check FAILED: {exc!r}\n{traceback.format_exc()}")
         return None, None
 
@@ -158,8 +170,10 @@ def checkpoint_matches_plain(suite: Suite) -> bool:
     if a is None:
         return False
     ok = np.allclose(a[:3], b[:3], rtol=1e-4) and 0.5 < b[-1] / a[-1] < 2.0
-    suite.log(f"checkpoint check (default engine): plain losses {a[0]:.5f}→{a[-1]:.5f}, "
-              f"checkpointed {b[0]:.5f}→{b[-1]:.5f}: {ok}")  # fmt: skip
+    suite.log(
+        f"checkpoint check (default engine): plain losses {a[0]:.5f}→{a[-1]:.5f}, "
+        f"checkpointed {b[0]:.5f}→{b[-1]:.5f}: {ok}"
+    )
     return ok
 
 
@@ -174,15 +188,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--deadline", type=float, default=430.0, help="seconds; later work is skipped, not cut")
     ap.add_argument("--smoke", action="store_true", help="tiny nets and runs, to check the script itself")
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--evaluate", nargs="*", default=list(EVALUATIONS), metavar="BENCHMARK:ENGINE",
-                    help="evaluations to run after the speed cases, in order, while time is left; ENGINE is an "
-                         "engine name, 'best' (the fastest that passed its check) or 'bf16' (bf16 with the best's "
-                         f"graph setting). Default: {' '.join(EVALUATIONS)}")  # fmt: skip
-    ap.add_argument("--no-speed", action="store_true", help="skip the speed cases (evaluate with the 'optimised' "
-                    "engine's last measured speed unknown: every evaluation is attempted)")  # fmt: skip
-    ap.add_argument("--pack", default="1", metavar="K",
-                    help="Set5/Set14 with the fastest engine: images of one shape per stacked fit (auto: by free "
-                         "memory, at most 8; default 1: one at a time)")  # fmt: skip
+    ap.add_argument(
+        "--evaluate",
+        nargs="*",
+        default=list(EVALUATIONS),
+        metavar="BENCHMARK:ENGINE",
+        help="evaluations to run after the speed cases, in order, while time is left; ENGINE is an "
+        "engine name, 'best' (the fastest that passed its check) or 'bf16' (bf16 with the best's "
+        f"graph setting). Default: {' '.join(EVALUATIONS)}",
+    )
+    ap.add_argument(
+        "--no-speed",
+        action="store_true",
+        help="skip the speed cases (evaluate with the 'optimised' "
+        "engine's last measured speed unknown: every evaluation is attempted)",
+    )
+    ap.add_argument(
+        "--pack",
+        default="1",
+        metavar="K",
+        help="Set5/Set14 with the fastest engine: images of one shape per stacked fit (auto: by free "
+        "memory, at most 8; default 1: one at a time)",
+    )
     args = ap.parse_args(argv)
     if args.pack != "auto" and not (args.pack.isdigit() and int(args.pack) >= 1):
         ap.error(f"--pack must be 'auto' or a positive integer, not {args.pack}")

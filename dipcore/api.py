@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ from .operators import Features, Identity, LanczosDown, Mask, Operator, alexnet,
 from .stopping import VarianceStopping
 from .tasks import TaskPreset, apply_overrides, get_preset
 
-__all__ = ["Restoration", "RunOutput", "StoppingChoice", "restore", "restore_batch", "build_problem", "preset_for"]
+__all__ = ["Restoration", "RunOutput", "StoppingChoice", "build_problem", "preset_for", "restore", "restore_batch"]
 
 
 @dataclass(frozen=True)
@@ -91,9 +92,14 @@ class Restoration:
 
 
 def preset_for(
-    task: str, *, variant: str | None = None, scale: int | None = None, preset: str = "paper",
-    sigma: float | None = None, **overrides: Any,
-) -> TaskPreset:  # fmt: skip
+    task: str,
+    *,
+    variant: str | None = None,
+    scale: int | None = None,
+    preset: str = "paper",
+    sigma: float | None = None,
+    **overrides: Any,
+) -> TaskPreset:
     """The preset of a task with a user's overrides applied (what ``restore`` runs)."""
     return apply_overrides(get_preset(task, variant=variant, scale=scale, preset=preset, sigma=sigma), **overrides)
 
@@ -219,7 +225,7 @@ def restore(
     features_weights: str | Path | None = None,
     psnr_protocol: PsnrProtocol | Mapping[str, Any] | None = None,
     **overrides: Any,
-) -> "Restoration":
+) -> Restoration:
     """Restore one image with the Deep Image Prior.
 
     ``observation`` is a ``dipcore.Observation`` (from ``dipcore.degrade``) or a degraded image (array or PIL).
@@ -234,16 +240,24 @@ def restore(
     started = time.perf_counter()
     if isinstance(observation, Observation):
         scale = scale or (observation.scale if task == "sr" else None)
-    p = preset_for(task, variant=variant, scale=scale, preset=preset, iterations=iterations,
-                   early_stopping=early_stopping, **overrides)  # fmt: skip
+    p = preset_for(
+        task,
+        variant=variant,
+        scale=scale,
+        preset=preset,
+        iterations=iterations,
+        early_stopping=early_stopping,
+        **overrides,
+    )
     obs, ref = _prepare(p, observation, mask=mask, guide=guide, reference=reference)
     protocol = _protocol(psnr_protocol, ref)
     dev = torch.device(device) if device is not None else default_device()
     engine = (engine or EngineOptions()).resolved(dev)
     engine = _plan_memory(engine, p, obs, dev, fits=_at_once(engine, p.restarts) if engine.batch_restarts else 1)
     seeds = [seed + r for r in range(p.restarts)]
-    problems = [build_problem(p, obs, device=dev, seed=s, reference=ref, features_weights=features_weights)
-                for s in seeds]  # fmt: skip
+    problems = [
+        build_problem(p, obs, device=dev, seed=s, reference=ref, features_weights=features_weights) for s in seeds
+    ]
     runs = _run(problems, seeds, _settings(p, engine, protocol), dev, callback, batched=engine.batch_restarts)
     return _collect(runs, p, seed, dev, started, protocol=protocol, engine=engine)
 
@@ -275,15 +289,22 @@ def restore_batch(
         raise ConfigError(f"{k} observations need {k} seeds and references, got {len(seeds)} and {len(references)}")
     if isinstance(observations[0], Observation):
         scale = scale or (observations[0].scale if task == "sr" else None)
-    p = preset_for(task, variant=variant, scale=scale, preset=preset, iterations=iterations,
-                   early_stopping=early_stopping, **overrides)  # fmt: skip
+    p = preset_for(
+        task,
+        variant=variant,
+        scale=scale,
+        preset=preset,
+        iterations=iterations,
+        early_stopping=early_stopping,
+        **overrides,
+    )
     if p.restarts != 1:
         raise ConfigError("restore_batch runs one fit per image: use restarts=1")
     dev = torch.device(device) if device is not None else default_device()
     engine = (engine or EngineOptions()).resolved(dev)
     problems, protocol = [], None
     shapes = set()
-    for observation, reference, s in zip(observations, references, seeds):
+    for observation, reference, s in zip(observations, references, seeds, strict=True):
         obs, ref = _prepare(p, observation, reference=reference)
         shapes.add(obs.image.shape)
         protocol = _protocol(psnr_protocol, ref) if ref is not None else protocol
@@ -292,7 +313,10 @@ def restore_batch(
         raise ConfigError(f"a batch needs observations of one shape, got {sorted(shapes)}")
     engine = _plan_memory(engine, p, obs, dev, fits=_at_once(engine, k))
     runs = _run(problems, seeds, _settings(p, engine, protocol), dev, callback, batched=True)
-    return [_collect([run], p, s, dev, started, protocol=protocol, engine=engine) for run, s in zip(runs, seeds)]
+    return [
+        _collect([run], p, s, dev, started, protocol=protocol, engine=engine)
+        for run, s in zip(runs, seeds, strict=True)
+    ]
 
 
 def _prepare(p: TaskPreset, observation: Any, *, mask: Any = None, guide: Any = None, reference: Any = None):
@@ -339,10 +363,16 @@ def _protocol(value: PsnrProtocol | Mapping[str, Any] | None, ref: np.ndarray | 
 def _settings(p: TaskPreset, engine: EngineOptions, protocol: PsnrProtocol | None) -> FitSettings:
     stopping = (lambda: VarianceStopping(window=p.es_window, patience=p.es_patience)) if p.early_stopping else None
     return FitSettings(
-        lr=p.lr, iterations=p.iterations, reg_noise_std=p.reg_noise_std, ema=p.ema, backtrack=p.backtrack,
-        stopping=stopping, observe_stopping=p.early_stopping == "observe", psnr_protocol=protocol or PsnrProtocol(),
+        lr=p.lr,
+        iterations=p.iterations,
+        reg_noise_std=p.reg_noise_std,
+        ema=p.ema,
+        backtrack=p.backtrack,
+        stopping=stopping,
+        observe_stopping=p.early_stopping == "observe",
+        psnr_protocol=protocol or PsnrProtocol(),
         engine=engine,
-    )  # fmt: skip
+    )
 
 
 def _run(problems, seeds, settings, dev, callback, *, batched: bool) -> list[FitResult]:
@@ -353,7 +383,7 @@ def _run(problems, seeds, settings, dev, callback, *, batched: bool) -> list[Fit
         if settings.engine.batch_mode == "threads":  # restore() and restore_batch() pass a resolved engine
             return fit_concurrently(problems, settings, generators=generators, callback=callback)
         return fit_stacked(stack_problems(problems), settings, generators=generators, callback=callback)
-    return [fit(prob, settings, generator=g, callback=callback) for prob, g in zip(problems, generators)]
+    return [fit(prob, settings, generator=g, callback=callback) for prob, g in zip(problems, generators, strict=True)]
 
 
 def _returned(run: FitResult, p: TaskPreset) -> Tensor:
@@ -377,29 +407,56 @@ def _run_output(run: FitResult, p: TaskPreset, seed: int) -> RunOutput:
         fired = run.es_output is not None
         stopping = StoppingChoice(
             image=image if run.stopped is not None or not fired else _numpy(run.es_output),
-            iteration=run.es_iteration if fired else run.iteration, fired_at=run.es_fired_at,
-        )  # fmt: skip
-    return RunOutput(seed=seed, image=image, final=_numpy(run.final), average=_numpy(run.average),
-                     iteration=run.iteration, stop_reason=run.stop_reason, stopping=stopping, history=run.history)
+            iteration=run.es_iteration if fired else run.iteration,
+            fired_at=run.es_fired_at,
+        )
+    return RunOutput(
+        seed=seed,
+        image=image,
+        final=_numpy(run.final),
+        average=_numpy(run.average),
+        iteration=run.iteration,
+        stop_reason=run.stop_reason,
+        stopping=stopping,
+        history=run.history,
+    )
 
 
 def _collect(
-    runs: list[FitResult], p: TaskPreset, seed: int, dev: torch.device, started: float, *,
-    protocol: PsnrProtocol | None, engine: EngineOptions,
-) -> Restoration:  # fmt: skip
+    runs: list[FitResult],
+    p: TaskPreset,
+    seed: int,
+    dev: torch.device,
+    started: float,
+    *,
+    protocol: PsnrProtocol | None,
+    engine: EngineOptions,
+) -> Restoration:
     """One Restoration from the restarts: the returned images are averaged across them (paper: 2 runs); each run's
     own outputs stay in ``runs``."""
     outputs = [_run_output(r, p, seed + i) for i, r in enumerate(runs)]
     first = outputs[0]
-    mean = lambda xs: xs[0] if len(xs) == 1 else np.mean(xs, axis=0, dtype=np.float32)  # noqa: E731
+
+    def mean(xs):
+        return xs[0] if len(xs) == 1 else np.mean(xs, axis=0, dtype=np.float32)
+
     return Restoration(
-        image=mean([o.image for o in outputs]), final=mean([o.final for o in outputs]),
+        image=mean([o.image for o in outputs]),
+        final=mean([o.final for o in outputs]),
         average=mean([o.average for o in outputs]) if first.average is not None else None,
-        iteration=first.iteration, iterations_run=runs[0].iterations_run, stop_reason=first.stop_reason,
-        history=first.history, config={**p.to_dict(), "seed": seed}, seconds=time.perf_counter() - started,
+        iteration=first.iteration,
+        iterations_run=runs[0].iterations_run,
+        stop_reason=first.stop_reason,
+        history=first.history,
+        config={**p.to_dict(), "seed": seed},
+        seconds=time.perf_counter() - started,
         device=torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         backtracks=sum(r.backtracks for r in runs),
         restarts=[{"seed": o.seed, "iteration": o.iteration, "stop_reason": o.stop_reason} for o in outputs]
-        if len(runs) > 1 else [],
-        runs=outputs, stopping=first.stopping, psnr_protocol=protocol, engine=dataclasses.asdict(engine),
-    )  # fmt: skip
+        if len(runs) > 1
+        else [],
+        runs=outputs,
+        stopping=first.stopping,
+        psnr_protocol=protocol,
+        engine=dataclasses.asdict(engine),
+    )

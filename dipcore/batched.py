@@ -22,13 +22,23 @@ if TYPE_CHECKING:
     from .fit import FitProblem
     from .tasks import TaskPreset
 
-__all__ = ["batch_refusal", "stack_modules", "stack_problems", "stack_blocks", "unstack_block"]
+__all__ = ["batch_refusal", "stack_blocks", "stack_modules", "stack_problems", "unstack_block"]
 
 # Modules without parameters that act on each channel separately: shared as they are.
 _CHANNELWISE = (
-    nn.LeakyReLU, nn.ReLU, nn.ELU, nn.Sigmoid, nn.Identity, nn.Upsample, nn.ReflectionPad2d, nn.ReplicationPad2d,
-    nn.ZeroPad2d, nn.AvgPool2d, nn.MaxPool2d, nets._Swish,
-)  # fmt: skip
+    nn.LeakyReLU,
+    nn.ReLU,
+    nn.ELU,
+    nn.Sigmoid,
+    nn.Identity,
+    nn.Upsample,
+    nn.ReflectionPad2d,
+    nn.ReplicationPad2d,
+    nn.ZeroPad2d,
+    nn.AvgPool2d,
+    nn.MaxPool2d,
+    nets._Swish,
+)
 
 
 class _StackedConcat(nn.Module):
@@ -51,9 +61,16 @@ class _StackedConcat(nn.Module):
 def _stack_conv(convs: list[nn.Conv2d]) -> nn.Conv2d:
     c, k = convs[0], len(convs)
     out = nn.Conv2d(
-        c.in_channels * k, c.out_channels * k, c.kernel_size, c.stride, c.padding, c.dilation,
-        groups=c.groups * k, bias=c.bias is not None, padding_mode=c.padding_mode,
-    )  # fmt: skip
+        c.in_channels * k,
+        c.out_channels * k,
+        c.kernel_size,
+        c.stride,
+        c.padding,
+        c.dilation,
+        groups=c.groups * k,
+        bias=c.bias is not None,
+        padding_mode=c.padding_mode,
+    )
     with torch.no_grad():
         out.weight.copy_(torch.cat([m.weight for m in convs]))  # (K·Cout, Cin/groups, kh, kw)
         if c.bias is not None:
@@ -112,14 +129,15 @@ def unstack_block(x: Tensor, k: int, i: int) -> Tensor:
     return x[:, c * i : c * (i + 1)]
 
 
-def stack_problems(problems: list["FitProblem"]) -> "FitProblem":
+def stack_problems(problems: list[FitProblem]) -> FitProblem:
     """One FitProblem for K problems of the same task and shape (built with their own seeds)."""
     from .fit import FitProblem
     from .operators import Features, Mask
 
     first = problems[0]
-    if any(p.crop != first.crop or p.z.shape != first.z.shape or p.target.shape != first.target.shape
-           for p in problems):  # fmt: skip
+    if any(
+        p.crop != first.crop or p.z.shape != first.z.shape or p.target.shape != first.target.shape for p in problems
+    ):
         raise ConfigError("stacked fits need observations of one shape")
     op = first.operator
     if isinstance(op, Features):

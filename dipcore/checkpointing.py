@@ -22,7 +22,7 @@ from torch.utils.checkpoint import checkpoint
 
 from . import nets
 
-__all__ = ["checkpointed", "CheckpointedUnit"]
+__all__ = ["CheckpointedUnit", "checkpointed"]
 
 
 class CheckpointedUnit(nn.Module):

@@ -12,14 +12,14 @@ same number of threads per fit. PyTorch's operators release the GIL while they c
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
 
 import torch
 
 from .fit import FitProblem, FitResult, FitSettings, StepRecord, fit
 
-__all__ = ["fit_concurrently", "concurrent_workers"]
+__all__ = ["concurrent_workers", "fit_concurrently"]
 
 
 def concurrent_workers(fits: int, threads: int | None = None) -> int:
@@ -48,8 +48,10 @@ def fit_concurrently(
     workers = concurrent_workers(len(problems), total)
     relay = _Relay(callback, len(problems))
     if workers == 1:
-        return [fit(p, settings, generator=g, callback=relay.for_fit(i))
-                for i, (p, g) in enumerate(zip(problems, generators))]  # fmt: skip
+        return [
+            fit(p, settings, generator=g, callback=relay.for_fit(i))
+            for i, (p, g) in enumerate(zip(problems, generators, strict=True))
+        ]
     per_fit = max(1, total // workers)
 
     def run(i: int) -> FitResult:

@@ -14,8 +14,15 @@ from .metrics import center_crop_to_multiple
 from .tasks import TASKS
 
 __all__ = [
-    "Observation", "degrade", "binary_mask", "downscale", "upscale_bicubic", "text_mask", "bernoulli_mask", "region_mask",
-]  # fmt: skip
+    "Observation",
+    "bernoulli_mask",
+    "binary_mask",
+    "degrade",
+    "downscale",
+    "region_mask",
+    "text_mask",
+    "upscale_bicubic",
+]
 
 
 @dataclass
@@ -77,7 +84,9 @@ def region_mask(height: int, width: int, box: tuple[int, int, int, int]) -> np.n
     return mask
 
 
-def text_mask(height: int, width: int, *, text: str | None = None, seed: int = 0, size: int | None = None) -> np.ndarray:
+def text_mask(
+    height: int, width: int, *, text: str | None = None, seed: int = 0, size: int | None = None
+) -> np.ndarray:
     """1 except under text drawn over the image in rows (the text-inpainting experiment)."""
     from PIL import ImageDraw, ImageFont
 

@@ -9,9 +9,12 @@ by a per-iteration ``.item()`` (the published code also copied all weights to th
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
+import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -25,11 +28,22 @@ from .step import TrainingStep
 from .stopping import VarianceStopping
 
 __all__ = [
-    "FitProblem", "FitSettings", "EngineOptions", "StepRecord", "FitResult", "fit", "fit_stacked", "default_device",
-]  # fmt: skip
+    "EngineOptions",
+    "FitProblem",
+    "FitResult",
+    "FitSettings",
+    "StepRecord",
+    "default_device",
+    "fit",
+    "fit_stacked",
+]
 
 # A PSNR drop of more than 5 dB from the last accepted iteration undoes the step (published denoising code).
 _BACKTRACK_DB = 5.0
+
+
+def _given_or(value, default):
+    return default if value is None else value
 
 
 def default_device() -> torch.device:
@@ -62,7 +76,9 @@ class EngineOptions:
     # How a batch of fits runs: "stack" = one stacked net (dipcore.batched; the default on CUDA); "threads" = side by
     # side on CPU threads (dipcore.concurrent; the CPU's default, where grouped convolutions are slow).
     batch_mode: Literal["stack", "threads"] | None = None
-    fused_adam: bool | None = None  # one fused Adam kernel; default: on for CUDA and the CPU (there 3× faster than a loop)
+    fused_adam: bool | None = (
+        None  # one fused Adam kernel; default: on for CUDA and the CPU (there 3× faster than a loop)
+    )
     # Replay the whole step from a CUDA graph (not with backtracking); default on for CUDA: 2.7× at 256² on an H200
     # with the same Set5 PSNR (benchmarks/RESULTS.md).
     cuda_graph: bool | None = None
@@ -72,9 +88,8 @@ class EngineOptions:
     checkpoint: bool | Literal["auto"] | None = None
     memory_budget: int | None = None  # bytes a fit may use; default: measured when it starts (dipcore.memory)
 
-    def resolved(self, device: torch.device) -> "EngineOptions":
+    def resolved(self, device: torch.device) -> EngineOptions:
         cuda = device.type == "cuda"
-        pick = lambda value, default: default if value is None else value  # noqa: E731
         if self.checkpoint not in (None, True, False, "auto"):
             raise ConfigError(f"checkpoint={self.checkpoint!r} is not one of True, False, 'auto'")
         if self.batch_mode not in (None, "stack", "threads"):
@@ -82,16 +97,16 @@ class EngineOptions:
         if self.batch_mode == "threads" and device.type != "cpu":
             raise ConfigError(f"batch_mode='threads' is for CPUs: on {device.type}, batches run stacked")
         return EngineOptions(
-            sync_every=pick(self.sync_every, 25 if cuda else 1),
-            channels_last=pick(self.channels_last, cuda),
-            tf32=pick(self.tf32, cuda),
+            sync_every=_given_or(self.sync_every, 25 if cuda else 1),
+            channels_last=_given_or(self.channels_last, cuda),
+            tf32=_given_or(self.tf32, cuda),
             autocast=self.autocast,
-            cudnn_benchmark=pick(self.cudnn_benchmark, cuda),
-            batch_restarts=pick(self.batch_restarts, True),
-            batch_mode=pick(self.batch_mode, "threads" if device.type == "cpu" else "stack"),
-            fused_adam=pick(self.fused_adam, device.type in ("cuda", "cpu")),
-            cuda_graph=pick(self.cuda_graph, cuda),
-            checkpoint=pick(self.checkpoint, "auto"),
+            cudnn_benchmark=_given_or(self.cudnn_benchmark, cuda),
+            batch_restarts=_given_or(self.batch_restarts, True),
+            batch_mode=_given_or(self.batch_mode, "threads" if device.type == "cpu" else "stack"),
+            fused_adam=_given_or(self.fused_adam, device.type in ("cuda", "cpu")),
+            cuda_graph=_given_or(self.cuda_graph, cuda),
+            checkpoint=_given_or(self.checkpoint, "auto"),
             memory_budget=self.memory_budget,
         )
 
@@ -151,8 +166,7 @@ def _backend_flags(engine: EngineOptions, device: torch.device):
     try:
         yield
     finally:
-        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
-         torch.backends.cudnn.benchmark) = saved  # fmt: skip
+        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark) = saved
 
 
 def fit(
@@ -217,17 +231,27 @@ def fit_stacked(
 
     backtrack = None
     if snapshot is not None:
-        backtrack = lambda loss: _backtrack(params, snapshot, loss, accepted_loss, backtracks)  # noqa: E731
+        backtrack = functools.partial(_backtrack, params, snapshot, accepted=accepted_loss, count=backtracks)
     step = TrainingStep(
-        net, z, op, problem.target, problem.crop, k, opt, reg_noise_std=settings.reg_noise_std,
-        autocast=autocast, before_step=backtrack, cuda_graph=graphed,
-    )  # fmt: skip
+        net,
+        z,
+        op,
+        problem.target,
+        problem.crop,
+        k,
+        opt,
+        reg_noise_std=settings.reg_noise_std,
+        autocast=autocast,
+        before_step=backtrack,
+        cuda_graph=graphed,
+    )
     with _backend_flags(engine, device):
         for it in range(1, n + 1):
             jitter = None
             if settings.reg_noise_std > 0:
-                jitter = torch.cat([torch.randn((1, z_blocks, *z.shape[2:]), generator=g, device=device)
-                                    for g in generators], dim=1)  # fmt: skip
+                jitter = torch.cat(
+                    [torch.randn((1, z_blocks, *z.shape[2:]), generator=g, device=device) for g in generators], dim=1
+                )
             out, per_fit = step(jitter)
 
             with torch.no_grad():
@@ -239,7 +263,7 @@ def fit_stacked(
                     if psnrs_avg is not None:
                         psnrs_avg[it - 1] = psnr_stacked(average, ref, k, settings.psnr_protocol)
                 if rules is not None and not all(observed):  # an observed rule is left alone once it has fired
-                    for rule, block in zip(rules, out.chunk(k, dim=1)):
+                    for rule, block in zip(rules, out.chunk(k, dim=1), strict=True):
                         rule.update(block, it)
 
             if it % engine.sync_every and it != n:
@@ -257,15 +281,18 @@ def fit_stacked(
 
     results = []
     for i in range(k):
-        block = lambda t: None if t is None else unstack_block(t, k, i)  # noqa: E731
         rule = rules[i] if rules is not None and not settings.observe_stopping else None
         fired = rule is not None and (stop_reason == "early_stopping" or rule.should_stop(it))
         result = FitResult(
-            final=block(out), average=block(average), stopped=rule.best_output if fired else None,
-            iteration=int(rule.best_iteration) if fired else it, iterations_run=it,
-            stop_reason="early_stopping" if fired else stop_reason, history=histories[i],
+            final=unstack_block(out, k, i),
+            average=None if average is None else unstack_block(average, k, i),
+            stopped=rule.best_output if fired else None,
+            iteration=int(rule.best_iteration) if fired else it,
+            iterations_run=it,
+            stop_reason="early_stopping" if fired else stop_reason,
+            history=histories[i],
             backtracks=int(backtracks[i]),
-        )  # fmt: skip
+        )
         if fired:
             result.es_output, result.es_iteration, result.es_fired_at = result.stopped, result.iteration, it
         elif observed[i] is not None:
@@ -301,7 +328,7 @@ def _backtrack(params: list[Tensor], snapshot: list[Tensor], loss: Tensor, accep
     """
     k = loss.numel()
     jump = 10.0 * torch.log10(loss.clamp_min(1e-12) / accepted) > _BACKTRACK_DB  # (K,)
-    for p, s in zip(params, snapshot):
+    for p, s in zip(params, snapshot, strict=True):
         mask = jump.repeat_interleave(p.shape[0] // k).view(-1, *([1] * (p.dim() - 1)))
         s.copy_(torch.where(mask, s, p))
         p.copy_(s)
@@ -323,13 +350,14 @@ def _deliver(histories, callback, losses, psnrs, psnrs_avg, start: int, end: int
             history[key].extend(row[i] for row in rows)
     if callback is None:
         return False
-    mean = lambda row: sum(row) / len(row)  # noqa: E731
     for j, loss_row in enumerate(chunks["loss"]):
         record = StepRecord(
-            iteration=start + j + 1, iterations=n, loss=mean(loss_row),
-            psnr=mean(chunks["psnr"][j]) if "psnr" in chunks else None,
-            psnr_average=mean(chunks["psnr_average"][j]) if "psnr_average" in chunks else None,
-        )  # fmt: skip
+            iteration=start + j + 1,
+            iterations=n,
+            loss=statistics.fmean(loss_row),
+            psnr=statistics.fmean(chunks["psnr"][j]) if "psnr" in chunks else None,
+            psnr_average=statistics.fmean(chunks["psnr_average"][j]) if "psnr_average" in chunks else None,
+        )
         if callback(record):
             return True
     return False

@@ -24,11 +24,11 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "FORMATS",
     "decode_image",
+    "encode_image",
+    "encode_png",
     "image_shape",
     "load_image",
     "to_float_image",
-    "encode_png",
-    "encode_image",
 ]
 
 DEFAULT_MAX_PIXELS = 64 * 1024 * 1024  # 64 megapixels: a 8k×8k photo, ~800 MB as float32 RGB
@@ -88,8 +88,7 @@ def decode_image(
             width, height = im.size
             if width * height > max_pixels:
                 raise ImageTooLargeError(
-                    f"{where}image is {width}×{height} = {width * height:,} pixels, "
-                    f"more than max_pixels={max_pixels:,}"
+                    f"{where}image is {width}×{height} = {width * height:,} pixels, more than max_pixels={max_pixels:,}"
                 )
             if im.format == "PNG":
                 _check_png_chunks(data, where)
@@ -104,9 +103,7 @@ def decode_image(
     except Image.DecompressionBombError as e:
         raise ImageTooLargeError(f"{where}{e}") from e
     except Image.UnidentifiedImageError as e:
-        raise ImageDecodeError(
-            f"{where}not a recognised image format (expected one of {', '.join(FORMATS)})"
-        ) from e
+        raise ImageDecodeError(f"{where}not a recognised image format (expected one of {', '.join(FORMATS)})") from e
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, EOFError, struct.error, ...
         raise ImageDecodeError(f"{where}truncated or corrupt image data: {e}") from e
     if orientation in _ORIENT:
@@ -227,11 +224,7 @@ def encode_png(image: Any, *, bits: Literal[8, 16] = 8) -> bytes:
 
 
 def encode_image(
-    image: Any,
-    *,
-    format: Literal["png", "jpeg", "webp", "tiff"] = "png",
-    bits: Literal[8, 16] = 8,
-    quality: int = 95,
+    image: Any, *, format: Literal["png", "jpeg", "webp", "tiff"] = "png", bits: Literal[8, 16] = 8, quality: int = 95
 ) -> bytes:
     """Encode an image as PNG (8/16 bit), JPEG or WebP (8 bit, ``quality``) or TIFF (8 bit, 16 bit grey only)."""
     fmt = format.lower()
@@ -307,7 +300,7 @@ def _to_mode(a: np.ndarray, mode: str) -> np.ndarray:
 def _orientation(im: Image.Image) -> int:
     try:
         return int(im.getexif().get(0x0112, 1))  # EXIF, TIFF or XMP orientation
-    except Exception:  # a broken EXIF block should not make the pixels unreadable
+    except Exception:  # noqa: BLE001 - a broken EXIF block (any error Pillow raises) leaves the pixels readable
         return 1
 
 

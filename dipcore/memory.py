@@ -29,7 +29,7 @@ from .fit import EngineOptions
 from .operators import noise_code
 from .tasks import TaskPreset
 
-__all__ = ["estimate_peak_bytes", "device_budget", "decide_checkpoint"]
+__all__ = ["decide_checkpoint", "device_budget", "estimate_peak_bytes"]
 
 # What autograd saves is not all that is alive at the peak: the backward pass adds activation gradients, and the
 # step its outputs and buffers. On the H200 the measured peaks were 1.15–1.24× the saved activations plus the four
@@ -191,9 +191,8 @@ def _size(n: int) -> str:
 
 
 def decide_checkpoint(
-    engine: EngineOptions, p: TaskPreset, height: int, width: int, *, out_channels: int, fits: int,
-    device: torch.device,
-) -> EngineOptions:  # fmt: skip
+    engine: EngineOptions, p: TaskPreset, height: int, width: int, *, out_channels: int, fits: int, device: torch.device
+) -> EngineOptions:
     """``engine`` (resolved) with ``checkpoint`` settled to True or False for ``fits`` stacked fits of ``p`` on an
     ``height × width`` output: "auto" checkpoints only when the plain estimate exceeds the device's budget.
 

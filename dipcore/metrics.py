@@ -22,9 +22,7 @@ from torch import Tensor
 
 from .errors import ConfigError
 
-__all__ = [
-    "PsnrProtocol", "check_protocol", "rgb_to_y", "center_crop_to_multiple", "psnr", "psnr_stacked", "ssim",
-]  # fmt: skip
+__all__ = ["PsnrProtocol", "center_crop_to_multiple", "check_protocol", "psnr", "psnr_stacked", "rgb_to_y", "ssim"]
 
 _Y_WEIGHTS = np.array([65.481, 128.553, 24.966])  # ITU-R BT.601 for R, G, B in [0, 1]; they sum to 219
 _WIN, _SIGMA = 11, 1.5  # Wang et al. 2004; skimage's radius int(3.5 * 1.5 + 0.5) = 5 gives the same 11 taps
@@ -76,13 +74,7 @@ def center_crop_to_multiple(image: Any, m: int) -> np.ndarray:
 
 
 def psnr(
-    a: Any,
-    b: Any,
-    *,
-    y_channel: bool = False,
-    shave: int = 0,
-    crop: int | str | None = None,
-    data_range: float = 1.0,
+    a: Any, b: Any, *, y_channel: bool = False, shave: int = 0, crop: int | str | None = None, data_range: float = 1.0
 ) -> float:
     """Peak signal-to-noise ratio in dB, one MSE over all pixels and channels.
 
@@ -110,13 +102,7 @@ def psnr(
 
 
 def ssim(
-    a: Any,
-    b: Any,
-    *,
-    y_channel: bool = False,
-    shave: int = 0,
-    crop: int | str | None = None,
-    data_range: float = 1.0,
+    a: Any, b: Any, *, y_channel: bool = False, shave: int = 0, crop: int | str | None = None, data_range: float = 1.0
 ) -> float:
     """Structural similarity (Wang et al. 2004), mean over pixels and then over channels.
 
@@ -218,6 +204,7 @@ def check_protocol(protocol: PsnrProtocol, height: int, width: int, channels: in
 
 
 # ---------------------------------------------------------------------------------------------------------------
+
 
 def _gauss_valid(maps: np.ndarray) -> np.ndarray:
     """Separable Gaussian filter of (N, H, W) maps, 'valid' positions only: (N, H - 10, W - 10)."""

@@ -18,6 +18,7 @@ import inspect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
+from itertools import pairwise
 
 import torch
 import torch.nn.functional as F
@@ -26,17 +27,17 @@ from torch import Tensor, nn
 from dipcore.errors import ConfigError
 
 __all__ = [
-    "skip",
-    "unet",
-    "resnet",
-    "texture_nets",
+    "NETS",
     "deep_decoder",
     "deep_decoder_input_shape",
-    "NETS",
     "get_net",
-    "required_multiple",
     "min_canvas",
     "reinitialise",
+    "required_multiple",
+    "resnet",
+    "skip",
+    "texture_nets",
+    "unet",
 ]
 
 _PADS = ("reflection", "zero")
@@ -285,10 +286,15 @@ def skip(
     _choice("pad", pad, _PADS)
     _choice("act", act, _ACTS)
     scales = _skip_scales(
-        channels_down=channels_down, channels_up=channels_up, channels_skip=channels_skip,
-        filter_size_down=filter_size_down, filter_size_up=filter_size_up, filter_size_skip=filter_size_skip,
-        downsample=downsample, upsample=upsample,
-    )  # fmt: skip
+        channels_down=channels_down,
+        channels_up=channels_up,
+        channels_skip=channels_skip,
+        filter_size_down=filter_size_down,
+        filter_size_up=filter_size_up,
+        filter_size_skip=filter_size_skip,
+        downsample=downsample,
+        upsample=upsample,
+    )
     kit = _Kit(pad=pad, bias=bias, act=act)
     head = [kit.conv(scales[0].channels_up, out_channels, 1)] + ([nn.Sigmoid()] if sigmoid else [])
     return nn.Sequential(*_skip_level(scales, 0, in_channels, kit, need_1x1_up), *head)
@@ -324,10 +330,10 @@ class _UNet(nn.Module):
         x_channels = in_channels if concat_x else 0  # the (pooled) input fills the last channels of each level
         self.start = nn.Sequential(*kit.double(in_channels, widths[0] - x_channels))
         self.downs = nn.ModuleList(
-            nn.Sequential(nn.MaxPool2d(2), *kit.double(cin, cout - x_channels)) for cin, cout in zip(widths, widths[1:])
+            nn.Sequential(nn.MaxPool2d(2), *kit.double(cin, cout - x_channels)) for cin, cout in pairwise(widths)
         )
         up_kit = replace(kit, norm="none")  # the reference code's up blocks have no normalisation
-        self.ups = nn.ModuleList(_UNetUp(cin, cout, upsample, up_kit) for cin, cout in zip(widths[1:], widths))
+        self.ups = nn.ModuleList(_UNetUp(cin, cout, upsample, up_kit) for cout, cin in pairwise(widths))
 
     def forward(self, x: Tensor) -> Tensor:
         feats = [self._with_x(self.start(x), x)]  # (N, w0, H, W)
@@ -410,8 +416,10 @@ def resnet(
         raise ConfigError(f"resnet needs num_blocks ≥ 0 and channels ≥ 1, got {num_blocks=} {channels=}")
     kit = _Kit(pad=pad, bias=norm == "none", norm=norm, act=act)  # a norm cancels a bias
     plain = _Kit(pad=pad, act=act)
-    blocks = [_Residual(*kit.block(channels, channels, 3), kit.conv(channels, channels, 3), _norm(norm, channels))
-              for _ in range(num_blocks)]  # fmt: skip
+    blocks = [
+        _Residual(*kit.block(channels, channels, 3), kit.conv(channels, channels, 3), _norm(norm, channels))
+        for _ in range(num_blocks)
+    ]
     body = _Residual(*blocks, kit.conv(channels, channels, 3), _norm(norm, channels))  # + the first features
     head = [plain.conv(channels, out_channels, 3)] + ([nn.Sigmoid()] if sigmoid else [])
     return nn.Sequential(plain.conv(in_channels, channels, 3), _act(act), body, *head)
@@ -453,13 +461,15 @@ def texture_nets(
     _choice("pad", pad, _PADS)
     _choice("upsample", upsample, _UPSAMPLES)
     ratios = list(ratios)
-    if not ratios or ratios[-1] != 1 or any(a <= b or a % b for a, b in zip(ratios, ratios[1:])) or conv_num < 1:
-        raise ConfigError(f"texture_nets needs decreasing ratios, each a multiple of the next, ending in 1, and "
-                          f"conv_num ≥ 1; got {ratios} ({conv_num=})")  # fmt: skip
+    if not ratios or ratios[-1] != 1 or any(a <= b or a % b for a, b in pairwise(ratios)) or conv_num < 1:
+        raise ConfigError(
+            f"texture_nets needs decreasing ratios, each a multiple of the next, ending in 1, and "
+            f"conv_num ≥ 1; got {ratios} ({conv_num=})"
+        )
     kit = _Kit(pad=pad)
     net = nn.Sequential(*_texture_branch(in_channels, conv_num, ratios[0], kit, fill_noise))
     c = conv_num  # channels of ``net``'s output
-    for coarse, fine in zip(ratios, ratios[1:]):
+    for coarse, fine in pairwise(ratios):
         coarser = nn.Sequential(*net, _upsample(upsample, coarse // fine), _bn(c))  # (N, c, H/fine, W/fine)
         branch = nn.Sequential(*_texture_branch(in_channels, conv_num, fine, kit, fill_noise), _bn(conv_num))
         c += conv_num

@@ -17,16 +17,16 @@ from torch import Tensor, nn
 from .errors import ConfigError
 
 __all__ = [
-    "noise_code",
-    "meshgrid_code",
-    "lanczos_kernel",
-    "Operator",
+    "ALEXNET_LAYERS",
+    "Features",
     "Identity",
     "LanczosDown",
     "Mask",
-    "Features",
+    "Operator",
     "alexnet",
-    "ALEXNET_LAYERS",
+    "lanczos_kernel",
+    "meshgrid_code",
+    "noise_code",
 ]
 
 
@@ -89,7 +89,9 @@ def lanczos_kernel(factor: int, *, support: int = 2, phase: float = 0.5) -> np.n
     that keeping every f-th sample of the filtered image lands on the centres of the low-resolution pixels.
     """
     if factor < 1 or support < 1 or phase not in (0, 0.5):
-        raise ConfigError(f"lanczos_kernel needs factor ≥ 1, support ≥ 1, phase 0 or 0.5; got {factor=} {support=} {phase=}")
+        raise ConfigError(
+            f"lanczos_kernel needs factor ≥ 1, support ≥ 1, phase 0 or 0.5; got {factor=} {support=} {phase=}"
+        )
     taps = 2 * support * factor if phase == 0.5 else 2 * support * factor + 1
     centre = (taps + 1) / 2  # 1-based; between the two middle taps when taps is even (phase 0.5)
     offsets = np.arange(1, taps + 1, dtype=np.float64) - centre
@@ -114,7 +116,7 @@ class LanczosDown(Operator):
         self._pad = (total // 2, total - total // 2) * 2  # (left, right, top, bottom)
 
     def A(self, x: Tensor) -> Tensor:  # (N, C, H, W) -> (N, C, H/f, W/f)
-        n, c, h, w = x.shape
+        c = x.shape[1]
         x = F.pad(x, self._pad, mode="replicate")
         weight = self.kernel.to(x.dtype).expand(c, 1, -1, -1)
         return F.conv2d(x, weight, stride=self.factor, groups=c)
@@ -144,9 +146,25 @@ class Mask(Operator):
 # Layer names in the order AlexNet computes them; the module indices follow torchvision's AlexNet, so its
 # published state dict (``features.N.*`` / ``classifier.N.*``) loads unchanged from a local file.
 ALEXNET_LAYERS = (
-    "conv1", "relu1", "pool1", "conv2", "relu2", "pool2", "conv3", "relu3",
-    "conv4", "relu4", "conv5", "relu5", "pool5", "fc6", "relu6", "fc7", "relu7", "fc8",
-)  # fmt: skip
+    "conv1",
+    "relu1",
+    "pool1",
+    "conv2",
+    "relu2",
+    "pool2",
+    "conv3",
+    "relu3",
+    "conv4",
+    "relu4",
+    "conv5",
+    "relu5",
+    "pool5",
+    "fc6",
+    "relu6",
+    "fc7",
+    "relu7",
+    "fc8",
+)
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -155,18 +173,31 @@ class _AlexNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(3, 64, 11, stride=4, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
-            nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
-            nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2),
-        )  # fmt: skip
+            nn.Conv2d(3, 64, 11, stride=4, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(3, 2),
+            nn.Conv2d(64, 192, 5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(3, 2),
+            nn.Conv2d(192, 384, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(384, 256, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(256, 256, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(3, 2),
+        )
         self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
         # Dropout layers sit at indices 0 and 3 in torchvision; identity here since DIP never samples them.
         self.classifier = nn.Sequential(
-            nn.Identity(), nn.Linear(256 * 6 * 6, 4096), nn.ReLU(),
-            nn.Identity(), nn.Linear(4096, 4096), nn.ReLU(), nn.Linear(4096, 1000),
-        )  # fmt: skip
+            nn.Identity(),
+            nn.Linear(256 * 6 * 6, 4096),
+            nn.ReLU(),
+            nn.Identity(),
+            nn.Linear(4096, 4096),
+            nn.ReLU(),
+            nn.Linear(4096, 1000),
+        )
 
     def layers(self) -> list[nn.Module]:
         """The modules in ALEXNET_LAYERS order (flatten happens before fc6)."""
@@ -186,7 +217,7 @@ def alexnet(weights: str | Path | None = None, *, generator: torch.Generator | N
         if not path.is_file():
             raise ConfigError(f"AlexNet weights file not found: {path}")
         state = torch.load(path, map_location="cpu", weights_only=True)
-        missing, unexpected = net.load_state_dict(state, strict=False)
+        missing, _unexpected = net.load_state_dict(state, strict=False)
         if missing:
             raise ConfigError(f"{path} is not an AlexNet state dict: missing {sorted(missing)[:4]}…")
     elif generator is not None:
@@ -219,7 +250,8 @@ class Features(Operator):
             x = F.interpolate(x, size=(self.input_size,) * 2, mode="bilinear", align_corners=False)
         h = (x - self.mean) / self.std
         stop = ALEXNET_LAYERS.index(self.layer)
-        for name, module in zip(ALEXNET_LAYERS[: stop + 1], self.classifier.layers()):
+        # Only up to the layer asked for: the net's layers go on past it.
+        for name, module in zip(ALEXNET_LAYERS[: stop + 1], self.classifier.layers(), strict=False):
             if name == "fc6":
                 h = torch.flatten(self.classifier.avgpool(h), 1)  # (N, 9216)
             h = module(h)

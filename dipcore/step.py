@@ -16,7 +16,7 @@ checkpointed step captures and replays correctly has been checked on the CPU's e
 from __future__ import annotations
 
 import contextlib
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn

@@ -8,21 +8,25 @@ structure but narrows the net and shortens the run so that it is usable on a CPU
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from .errors import ConfigError
 
-__all__ = ["TaskPreset", "TASKS", "VARIANTS", "get_preset", "apply_overrides"]
+__all__ = ["TASKS", "VARIANTS", "TaskPreset", "apply_overrides", "get_preset"]
 
 TASKS = ("denoise", "jpeg", "sr", "inpaint", "flash_noflash", "preimage", "reconstruct")
 VARIANTS = {"inpaint": ("random", "text", "large", "region"), "denoise": ("sigma25", "sigma50")}
 
-_SKIP_5 = dict(
-    # The paper's default hourglass: 128 channels at each of 5 scales, 4 skip channels (paper, Section 4; code).
-    {"channels_down": (128,) * 5, "channels_up": (128,) * 5, "channels_skip": (4,) * 5,
-     "upsample": "bilinear", "pad": "reflection"}
-)  # fmt: skip
+# The paper's default hourglass: 128 channels at each of 5 scales, 4 skip channels (paper, Section 4; code).
+_SKIP_5 = {
+    "channels_down": (128,) * 5,
+    "channels_up": (128,) * 5,
+    "channels_skip": (4,) * 5,
+    "upsample": "bilinear",
+    "pad": "reflection",
+}
 
 
 @dataclass(frozen=True)
@@ -70,54 +74,92 @@ _PAPER: dict[tuple[str, str | None], TaskPreset] = {
     # Denoising σ=25, the 9-image table: 1800 steps in the paper (29.22 dB; the code runs 3000), EMA 0.99 (30.43 dB),
     # jitter 1/30 and backtracking as in the code.
     ("denoise", "sigma25"): TaskPreset(
-        "denoise", "sigma25", iterations=1800, reg_noise_std=1 / 30, ema=0.99, output="average", backtrack=True,
+        "denoise",
+        "sigma25",
+        iterations=1800,
+        reg_noise_std=1 / 30,
+        ema=0.99,
+        output="average",
+        backtrack=True,
         sigma=25,
     ),
     ("denoise", "sigma50"): TaskPreset(
-        "denoise", "sigma50", iterations=1800, reg_noise_std=1 / 20, ema=0.99, output="average", backtrack=True,
+        "denoise",
+        "sigma50",
+        iterations=1800,
+        reg_noise_std=1 / 20,
+        ema=0.99,
+        output="average",
+        backtrack=True,
         sigma=50,
     ),
     # Blind JPEG restoration (snail): 3-channel input, a narrow net with skips only at the two deepest scales.
     ("jpeg", None): TaskPreset(
         "jpeg",
-        net_options=_skip(channels_down=(8, 16, 32, 64, 128), channels_up=(8, 16, 32, 64, 128),
-                          channels_skip=(0, 0, 0, 4, 4)),
-        input_depth=3, iterations=2400, reg_noise_std=1 / 30, ema=0.99, output="average",
-    ),  # fmt: skip
+        net_options=_skip(
+            channels_down=(8, 16, 32, 64, 128), channels_up=(8, 16, 32, 64, 128), channels_skip=(0, 0, 0, 4, 4)
+        ),
+        input_depth=3,
+        iterations=2400,
+        reg_noise_std=1 / 30,
+        ema=0.99,
+        output="average",
+    ),
     # Super-resolution through a Lanczos-2 downsampler: ×4 2000 steps / jitter 0.03, ×8 4000 / 0.05 (code).
     ("sr", None): TaskPreset("sr", iterations=2000, reg_noise_std=0.03, scale=4),
     # Inpainting, Table 1: 50 % of pixels dropped, default net, LR 0.001, 11000 steps.
-    ("inpaint", "random"): TaskPreset(
-        "inpaint", "random", lr=0.001, iterations=11000, reg_noise_std=0.03, drop=0.5
-    ),
+    ("inpaint", "random"): TaskPreset("inpaint", "random", lr=0.001, iterations=11000, reg_noise_std=0.03, drop=0.5),
     # Text inpainting (kate): 128 skip channels, nearest upsampling, 6001 steps.
     ("inpaint", "text"): TaskPreset(
-        "inpaint", "text", net_options=_skip(channels_skip=(128,) * 5, upsample="nearest"),
-        iterations=6001, reg_noise_std=0.03,
+        "inpaint",
+        "text",
+        net_options=_skip(channels_skip=(128,) * 5, upsample="nearest"),
+        iterations=6001,
+        reg_noise_std=0.03,
     ),
     # Large holes (vase): a meshgrid input, no skip connections, nearest upsampling, 5001 steps.
     ("inpaint", "large"): TaskPreset(
-        "inpaint", "large", net_options=_skip(channels_skip=(0,) * 5, upsample="nearest"),
-        input="meshgrid", input_depth=2, iterations=5001, reg_noise_std=0.03,
+        "inpaint",
+        "large",
+        net_options=_skip(channels_skip=(0,) * 5, upsample="nearest"),
+        input="meshgrid",
+        input_depth=2,
+        iterations=5001,
+        reg_noise_std=0.03,
     ),
     # Region inpainting (library): 6 scales, no skips, 5×5 filters down, a 1-channel code, no jitter, 3001 steps.
     ("inpaint", "region"): TaskPreset(
-        "inpaint", "region",
-        net_options=_skip(channels_down=(16, 32, 64, 128, 128, 128), channels_up=(16, 32, 64, 128, 128, 128),
-                          channels_skip=(0,) * 6, filter_size_down=5, upsample="nearest"),
-        input_depth=1, iterations=3001,
-    ),  # fmt: skip
+        "inpaint",
+        "region",
+        net_options=_skip(
+            channels_down=(16, 32, 64, 128, 128, 128),
+            channels_up=(16, 32, 64, 128, 128, 128),
+            channels_skip=(0,) * 6,
+            filter_size_down=5,
+            upsample="nearest",
+        ),
+        input_depth=1,
+        iterations=3001,
+    ),
     # Flash/no-flash: the flash image is the input code, the no-flash image the target; LR 0.1, 601 steps.
     ("flash_noflash", None): TaskPreset("flash_noflash", input="guide", input_depth=3, lr=0.1, iterations=601),
     # Natural pre-image of AlexNet fc6: 6 scales, large filters, average-pool down, nearest up, zero padding.
     ("preimage", None): TaskPreset(
         "preimage",
-        net_options=dict({
-            "channels_down": (16, 32, 64, 128, 128, 128), "channels_up": (16, 32, 64, 128, 128, 128),
-            "channels_skip": (4,) * 6, "filter_size_down": (7, 7, 5, 5, 3, 3), "filter_size_up": (7, 7, 5, 5, 3, 3),
-            "downsample": "avg", "upsample": "nearest", "pad": "zero"}),
-        lr=0.001, iterations=3100, layer="fc6",
-    ),  # fmt: skip
+        net_options={
+            "channels_down": (16, 32, 64, 128, 128, 128),
+            "channels_up": (16, 32, 64, 128, 128, 128),
+            "channels_skip": (4,) * 6,
+            "filter_size_down": (7, 7, 5, 5, 3, 3),
+            "filter_size_up": (7, 7, 5, 5, 3, 3),
+            "downsample": "avg",
+            "upsample": "nearest",
+            "pad": "zero",
+        },
+        lr=0.001,
+        iterations=3100,
+        layer="fc6",
+    ),
     # Figure 2: a plain fit of f_θ(z) to an image (natural, noisy, shuffled or noise) — no jitter, no averaging.
     ("reconstruct", None): TaskPreset("reconstruct", iterations=2400),
 }
@@ -222,7 +264,26 @@ def apply_overrides(p: TaskPreset, **overrides: Any) -> TaskPreset:
 
 _ALIASES = {"channels", "skip_channels", "net_options"}
 _NET_OPTION_NAMES = {
-    "channels_down", "channels_up", "channels_skip", "filter_size_down", "filter_size_up", "filter_size_skip",
-    "pad", "downsample", "upsample", "act", "need_1x1_up", "sigmoid", "bias", "feature_scale", "more_layers",
-    "concat_x", "norm", "num_blocks", "ratios", "conv_num", "fill_noise", "num_layers",
-}  # fmt: skip
+    "channels_down",
+    "channels_up",
+    "channels_skip",
+    "filter_size_down",
+    "filter_size_up",
+    "filter_size_skip",
+    "pad",
+    "downsample",
+    "upsample",
+    "act",
+    "need_1x1_up",
+    "sigmoid",
+    "bias",
+    "feature_scale",
+    "more_layers",
+    "concat_x",
+    "norm",
+    "num_blocks",
+    "ratios",
+    "conv_num",
+    "fill_noise",
+    "num_layers",
+}

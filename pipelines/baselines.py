@@ -44,8 +44,7 @@ def denoise(noisy: np.ndarray, sigma: float) -> tuple[str, np.ndarray]:
         return "bm3d", np.atleast_3d(bm3d.bm3d(noisy[..., 0], s))  # (H, W, 1)
     from skimage.restoration import denoise_nl_means
 
-    out = denoise_nl_means(noisy, h=0.8 * s, sigma=s, fast_mode=True, patch_size=5, patch_distance=6,
-                           channel_axis=-1)  # fmt: skip
+    out = denoise_nl_means(noisy, h=0.8 * s, sigma=s, fast_mode=True, patch_size=5, patch_distance=6, channel_axis=-1)
     return "nlm", out.reshape(noisy.shape)
 
 
@@ -73,8 +72,9 @@ def restore_classical(task: str, observation: Any, *, sigma: float | None = None
     return name, np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
-def score_classical(task: str, observation: Any, truth: np.ndarray, *, sigma: float | None,
-                    protocol: Mapping[str, Any]) -> dict[str, Any]:  # fmt: skip
+def score_classical(
+    task: str, observation: Any, truth: np.ndarray, *, sigma: float | None, protocol: Mapping[str, Any]
+) -> dict[str, Any]:
     """The report's ``classical_name`` and ``psnr_classical`` (PSNR under ``protocol``, ``dipcore.psnr``'s
     keywords); both null, with a warning, when the baseline fails."""
     import dipcore

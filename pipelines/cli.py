@@ -53,8 +53,12 @@ def _non_negative_float(text: str) -> float:
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("restoration")
-    g.add_argument("--preset", choices=("paper", "fast"), default="paper",
-                   help="published settings (default), or a narrow net and a short run for CPUs")
+    g.add_argument(
+        "--preset",
+        choices=("paper", "fast"),
+        default="paper",
+        help="published settings (default), or a narrow net and a short run for CPUs",
+    )
     g.add_argument("--iterations", type=_positive_int, help="optimisation steps (default: the preset's)")
     g.add_argument("--channels", type=_positive_int, help="channels at every scale of the net (default: preset's)")
     g.add_argument("--seed", type=int, default=0, help="seed of the net's initialisation and input (default 0)")
@@ -62,21 +66,47 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("execution")
-    g.add_argument("--ray-address", metavar="ADDR",
-                   help="join this Ray cluster (e.g. ray://head:10001 or auto); default: a private local instance")
-    g.add_argument("--gpus-per-worker", type=_non_negative_float, default=1.0, metavar="G",
-                   help="GPUs per actor; 0.5 packs two small-image actors on a GPU (default 1; ignored without GPUs)")
-    g.add_argument("--cpus-per-worker", type=_non_negative_float, metavar="C",
-                   help="CPUs per actor (default: 1 for CPU actors, 0 beside a GPU)")
+    g.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="join this Ray cluster (e.g. ray://head:10001 or auto); default: a private local instance",
+    )
+    g.add_argument(
+        "--gpus-per-worker",
+        type=_non_negative_float,
+        default=1.0,
+        metavar="G",
+        help="GPUs per actor; 0.5 packs two small-image actors on a GPU (default 1; ignored without GPUs)",
+    )
+    g.add_argument(
+        "--cpus-per-worker",
+        type=_non_negative_float,
+        metavar="C",
+        help="CPUs per actor (default: 1 for CPU actors, 0 beside a GPU)",
+    )
     g.add_argument("--workers", type=_positive_int, metavar="N", help="number of actors (default: as many as fit)")
-    g.add_argument("--max-attempts", type=_positive_int, default=3, metavar="N",
-                   help="attempts per image when its worker dies (default 3)")
-    g.add_argument("--job-timeout", type=float, metavar="S",
-                   help="seconds per attempt (per image of a packed call) before the worker is replaced")
-    g.add_argument("--pack", type=_pack, default="auto", metavar="K",
-                   help="images of one shape per batch on a worker; auto (default): one per thread on CPU workers "
-                        "(side by side), as many as the GPU's free memory holds (at most 8, stacked) on GPU "
-                        "workers; 1: off")
+    g.add_argument(
+        "--max-attempts",
+        type=_positive_int,
+        default=3,
+        metavar="N",
+        help="attempts per image when its worker dies (default 3)",
+    )
+    g.add_argument(
+        "--job-timeout",
+        type=float,
+        metavar="S",
+        help="seconds per attempt (per image of a packed call) before the worker is replaced",
+    )
+    g.add_argument(
+        "--pack",
+        type=_pack,
+        default="auto",
+        metavar="K",
+        help="images of one shape per batch on a worker; auto (default): one per thread on CPU workers "
+        "(side by side), as many as the GPU's free memory holds (at most 8, stacked) on GPU "
+        "workers; 1: off",
+    )
     g.add_argument("--no-resume", action="store_true", help="restore every image, even those done by earlier runs")
     g.add_argument("--limit", type=_positive_int, metavar="N", help="only the first N images (by key) of each dataset")
     _add_storage_option(g)
@@ -84,9 +114,14 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_storage_option(g: Any) -> None:
-    g.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="fsspec storage option, repeatable; dotted keys nest (client_kwargs.endpoint_url=…). "
-                        "Secret-looking ones (key, secret, token …) never become Prefect parameters")
+    g.add_argument(
+        "--storage-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fsspec storage option, repeatable; dotted keys nest (client_kwargs.endpoint_url=…). "
+        "Secret-looking ones (key, secret, token …) never become Prefect parameters",
+    )
 
 
 def _add_output_options(p: argparse.ArgumentParser) -> None:
@@ -96,21 +131,32 @@ def _add_output_options(p: argparse.ArgumentParser) -> None:
 
 
 def _sub(subs: Any, name: str, help_: str, epilog: str) -> argparse.ArgumentParser:
-    return subs.add_parser(name, help=help_, description=help_, epilog="examples:\n" + epilog,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    return subs.add_parser(
+        name,
+        help=help_,
+        description=help_,
+        epilog="examples:\n" + epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="dipflow", description="Dataset-scale image restoration with the Deep Image Prior.",
-        epilog=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
+        prog="dipflow",
+        description="Dataset-scale image restoration with the Deep Image Prior.",
+        epilog=__doc__.split("\n\n")[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     subs = parser.add_subparsers(title="commands", metavar="COMMAND")
 
-    p = _sub(subs, "restore", "restore every image of a dataset (any fsspec URL) on Ray workers",
-             "  dipflow restore photos/ -o restored/ --task denoise --preset fast\n"
-             "  dipflow restore s3://bucket/lr -o s3://bucket/sr --task sr --scale 4 --ray-address auto\n"
-             "  dipflow restore scans/ -o out/ --task inpaint --glob '**/*.png'   # masks: <name>_mask.png\n")
+    p = _sub(
+        subs,
+        "restore",
+        "restore every image of a dataset (any fsspec URL) on Ray workers",
+        "  dipflow restore photos/ -o restored/ --task denoise --preset fast\n"
+        "  dipflow restore s3://bucket/lr -o s3://bucket/sr --task sr --scale 4 --ray-address auto\n"
+        "  dipflow restore scans/ -o out/ --task inpaint --glob '**/*.png'   # masks: <name>_mask.png\n",
+    )
     p.add_argument("source", metavar="SRC", help="folder or URL of the images (recursive)")
     p.add_argument("-o", "--output", required=True, metavar="DST", help="where outputs and the report go")
     p.add_argument("--task", required=True, choices=TASKS, help="what to undo")
@@ -124,56 +170,96 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(p)
     p.set_defaults(func=cmd_restore)
 
-    p = _sub(subs, "evaluate", "score restoration on benchmarks with the paper's protocol",
-             "  dipflow evaluate set5 set14 --data-root ../shared/data -o eval/            # SR x4, Y-PSNR\n"
-             "  dipflow evaluate cbm3d9 heide11 --data-root s3://bench -o s3://bench/eval\n"
-             "  dipflow evaluate set5 --data-root data -o smoke/ --preset fast --iterations 50 --crop 64\n")
-    p.add_argument("benchmarks", nargs="+", metavar="BENCHMARK",
-                   help="set5, set14 (SR x4), cbm3d9 (denoise σ=25), heide11 (inpaint 50%%), or a folder URL")
-    p.add_argument("--data-root", default=os.environ.get("DIPFLOW_DATA_ROOT"), metavar="URL",
-                   help="folder holding the benchmark folders (default: $DIPFLOW_DATA_ROOT)")
+    p = _sub(
+        subs,
+        "evaluate",
+        "score restoration on benchmarks with the paper's protocol",
+        "  dipflow evaluate set5 set14 --data-root ../shared/data -o eval/            # SR x4, Y-PSNR\n"
+        "  dipflow evaluate cbm3d9 heide11 --data-root s3://bench -o s3://bench/eval\n"
+        "  dipflow evaluate set5 --data-root data -o smoke/ --preset fast --iterations 50 --crop 64\n",
+    )
+    p.add_argument(
+        "benchmarks",
+        nargs="+",
+        metavar="BENCHMARK",
+        help="set5, set14 (SR x4), cbm3d9 (denoise σ=25), heide11 (inpaint 50%%), or a folder URL",
+    )
+    p.add_argument(
+        "--data-root",
+        default=os.environ.get("DIPFLOW_DATA_ROOT"),
+        metavar="URL",
+        help="folder holding the benchmark folders (default: $DIPFLOW_DATA_ROOT)",
+    )
     p.add_argument("-o", "--output", required=True, metavar="DST", help="where outputs and the report go")
     p.add_argument("--task", choices=TASKS, help="task for every benchmark (default: each benchmark's own)")
     p.add_argument("--scale", type=_positive_int, help="SR factor (default 4)")
     p.add_argument("--sigma", type=float, help="denoising noise level in 0-255 units (default 25)")
     p.add_argument("--crop", type=_positive_int, metavar="SIZE", help="centre-crop clean images to SIZE² (smoke runs)")
     g = p.add_argument_group("protocol")
-    g.add_argument("--early-stopping", choices=("observe", "stop", "off"), default="observe",
-                   help="observe (default): run the full count and record where the no-ground-truth rule would "
-                        "stop and its PSNR; stop: act on it; off: no rule")
-    g.add_argument("--runs", type=_positive_int, metavar="N",
-                   help="independent runs averaged per image (default: 2 for cbm3d9, as in the paper; 1 elsewhere)")
-    g.add_argument("--no-classical", action="store_true",
-                   help="skip the classical baselines (CBM3D or NLM for denoising, biharmonic for inpainting)")
+    g.add_argument(
+        "--early-stopping",
+        choices=("observe", "stop", "off"),
+        default="observe",
+        help="observe (default): run the full count and record where the no-ground-truth rule would "
+        "stop and its PSNR; stop: act on it; off: no rule",
+    )
+    g.add_argument(
+        "--runs",
+        type=_positive_int,
+        metavar="N",
+        help="independent runs averaged per image (default: 2 for cbm3d9, as in the paper; 1 elsewhere)",
+    )
+    g.add_argument(
+        "--no-classical",
+        action="store_true",
+        help="skip the classical baselines (CBM3D or NLM for denoising, biharmonic for inpainting)",
+    )
     _add_model_options(p)
     _add_run_options(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = _sub(subs, "report", "summarise the Parquet reports under output folders, or write the results document",
-             "  dipflow report restored/\n  dipflow report eval/ --run-id 20250101T000000Z-abc123 --json\n"
-             "  dipflow report eval-a/ eval-b/ --markdown --notes docs/results-notes.md -o docs/results.md\n"
-             "  dipflow report s3://bucket/sr --summary-markdown > summary.md\n"
-             "  dipflow report eval/ --html eval/html/index.html\n")  # fmt: skip
+    p = _sub(
+        subs,
+        "report",
+        "summarise the Parquet reports under output folders, or write the results document",
+        "  dipflow report restored/\n  dipflow report eval/ --run-id 20250101T000000Z-abc123 --json\n"
+        "  dipflow report eval-a/ eval-b/ --markdown --notes docs/results-notes.md -o docs/results.md\n"
+        "  dipflow report s3://bucket/sr --summary-markdown > summary.md\n"
+        "  dipflow report eval/ --html eval/html/index.html\n",
+    )
     p.add_argument("roots", nargs="+", metavar="DST", help="output folders or URLs of earlier runs, read together")
     p.add_argument("--run-id", help="one run (default: the latest result of every image over all runs)")
     form = p.add_mutually_exclusive_group()
-    form.add_argument("--markdown", action="store_true",
-                      help="print the results document: each benchmark beside the paper, with protocol, settings, "
-                           "hardware, time per image and the gap (docs/results.md is made this way)")
-    form.add_argument("--summary-markdown", action="store_true",
-                      help="print only the summary table as markdown (what a flow run's artifact shows)")
+    form.add_argument(
+        "--markdown",
+        action="store_true",
+        help="print the results document: each benchmark beside the paper, with protocol, settings, "
+        "hardware, time per image and the gap (docs/results.md is made this way)",
+    )
+    form.add_argument(
+        "--summary-markdown",
+        action="store_true",
+        help="print only the summary table as markdown (what a flow run's artifact shows)",
+    )
     form.add_argument("--json", action="store_true", help="print runs, summary and failures as JSON")
     p.add_argument("-o", "--output", metavar="PATH", help="with --markdown: write the document to PATH/URL")
-    p.add_argument("--notes", metavar="FILE",
-                   help="with --markdown: hand-written markdown appended verbatim (it survives regeneration)")
+    p.add_argument(
+        "--notes",
+        metavar="FILE",
+        help="with --markdown: hand-written markdown appended verbatim (it survives regeneration)",
+    )
     p.add_argument("--html", metavar="PATH", help="also write a static HTML report (thumbnails beside it) to PATH/URL")
     _add_storage_option(p)
     p.set_defaults(func=cmd_report)
 
-    p = _sub(subs, "restore-image", "restore one image with dipcore in this process (no Ray, no Prefect)",
-             "  dipflow restore-image noisy.png -o clean.png --task denoise --preset fast\n"
-             "  dipflow restore-image lr.png -o sr.png --task sr --scale 4 --device cuda\n"
-             "  dipflow restore-image kate.png -o out.png --task inpaint --variant text --mask kate_mask.png\n")
+    p = _sub(
+        subs,
+        "restore-image",
+        "restore one image with dipcore in this process (no Ray, no Prefect)",
+        "  dipflow restore-image noisy.png -o clean.png --task denoise --preset fast\n"
+        "  dipflow restore-image lr.png -o sr.png --task sr --scale 4 --device cuda\n"
+        "  dipflow restore-image kate.png -o out.png --task inpaint --variant text --mask kate_mask.png\n",
+    )
     p.add_argument("input", metavar="IN", help="image file or URL")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="where the PNG goes")
     p.add_argument("--task", required=True, choices=TASKS, help="what to undo")
@@ -186,8 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output_options(p)
     p.set_defaults(func=cmd_restore_image)
 
-    p = _sub(subs, "demo", "denoise three sample photos through the evaluate flow (local Ray, CPU, ~2 min)",
-             "  dipflow demo\n  dipflow demo -o /tmp/demo --iterations 100\n")
+    p = _sub(
+        subs,
+        "demo",
+        "denoise three sample photos through the evaluate flow (local Ray, CPU, ~2 min)",
+        "  dipflow demo\n  dipflow demo -o /tmp/demo --iterations 100\n",
+    )
     p.add_argument("-o", "--output", default="demo-output", metavar="DIR", help="folder for it all (./demo-output)")
     p.add_argument("--iterations", type=_positive_int, default=500, help="steps per image (default 500)")
     p.add_argument("--size", type=_positive_int, default=96, help="side of the sample photos in pixels (96)")
@@ -229,7 +319,6 @@ def _message(exc: BaseException) -> str:
 # --------------------------------------------------------------------------------------------------- commands
 
 
-
 def _storage_options(pairs: list[str]) -> dict:
     from pipelines import storage
 
@@ -259,27 +348,59 @@ def _run_flow(name: str, args: argparse.Namespace, **params: Any) -> dict[str, A
 
 
 def _execution(args: argparse.Namespace) -> dict[str, Any]:
-    return {"ray_address": args.ray_address, "gpus_per_worker": args.gpus_per_worker,
-            "cpus_per_worker": args.cpus_per_worker, "num_workers": args.workers, "max_attempts": args.max_attempts,
-            "job_timeout": args.job_timeout, "pack": args.pack, "resume": not args.no_resume, "limit": args.limit, "seed": args.seed,
-            "preset": args.preset, "iterations": args.iterations,
-            "overrides": {"channels": args.channels} if args.channels else None}  # fmt: skip
+    return {
+        "ray_address": args.ray_address,
+        "gpus_per_worker": args.gpus_per_worker,
+        "cpus_per_worker": args.cpus_per_worker,
+        "num_workers": args.workers,
+        "max_attempts": args.max_attempts,
+        "job_timeout": args.job_timeout,
+        "pack": args.pack,
+        "resume": not args.no_resume,
+        "limit": args.limit,
+        "seed": args.seed,
+        "preset": args.preset,
+        "iterations": args.iterations,
+        "overrides": {"channels": args.channels} if args.channels else None,
+    }
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    summary = _run_flow("restore_dataset", args, source=args.source, output=args.output, task=args.task,
-                        scale=args.scale, variant=args.variant, glob=args.glob, mask_dir=args.mask_dir,
-                        guide_suffix=args.guide_suffix, dataset=args.dataset, **_execution(args))  # fmt: skip
+    summary = _run_flow(
+        "restore_dataset",
+        args,
+        source=args.source,
+        output=args.output,
+        task=args.task,
+        scale=args.scale,
+        variant=args.variant,
+        glob=args.glob,
+        mask_dir=args.mask_dir,
+        guide_suffix=args.guide_suffix,
+        dataset=args.dataset,
+        **_execution(args),
+    )
     return _finish(summary, args)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     if not args.data_root and any(b in ("set5", "set14", "cbm3d9", "heide11") for b in args.benchmarks):
         raise CLIError("where are the benchmarks? pass --data-root URL (or set DIPFLOW_DATA_ROOT)")
-    summary = _run_flow("evaluate", args, benchmarks=args.benchmarks, data_root=args.data_root or ".",
-                        output=args.output, task=args.task, scale=args.scale, sigma=args.sigma, crop=args.crop,
-                        early_stopping=args.early_stopping, runs=args.runs, classical=not args.no_classical,
-                        **_execution(args))  # fmt: skip
+    summary = _run_flow(
+        "evaluate",
+        args,
+        benchmarks=args.benchmarks,
+        data_root=args.data_root or ".",
+        output=args.output,
+        task=args.task,
+        scale=args.scale,
+        sigma=args.sigma,
+        crop=args.crop,
+        early_stopping=args.early_stopping,
+        runs=args.runs,
+        classical=not args.no_classical,
+        **_execution(args),
+    )
     return _finish(summary, args)
 
 
@@ -291,15 +412,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     root = Path(args.output).resolve()
     clean = root / "clean"
     samples.write_samples(str(clean), size=args.size)
-    summary = _run_flow("evaluate", args, benchmarks=[str(clean)], data_root=str(root), output=str(root / "results"),
-                        task="denoise", preset="fast", iterations=args.iterations, num_workers=args.workers,
-                        resume=not args.no_resume)  # fmt: skip
+    summary = _run_flow(
+        "evaluate",
+        args,
+        benchmarks=[str(clean)],
+        data_root=str(root),
+        output=str(root / "results"),
+        task="denoise",
+        preset="fast",
+        iterations=args.iterations,
+        num_workers=args.workers,
+        resume=not args.no_resume,
+    )
     code = _finish(summary, args)
     if not args.json:
-        print(f"\nclean samples:    {clean}\nrestored images:  {root / 'results' / 'clean'}\n"
-              f"Parquet report:   {summary['report']}\n"
-              f"HTML report:      {root / 'results' / 'html' / ('run_id=' + summary['run_id']) / 'index.html'}\n"
-              f"see it again:     dipflow report {root / 'results'}")
+        print(
+            f"\nclean samples:    {clean}\nrestored images:  {root / 'results' / 'clean'}\n"
+            f"Parquet report:   {summary['report']}\n"
+            f"HTML report:      {root / 'results' / 'html' / ('run_id=' + summary['run_id']) / 'index.html'}\n"
+            f"see it again:     dipflow report {root / 'results'}"
+        )
     return code
 
 
@@ -309,8 +441,10 @@ def _finish(summary: dict[str, Any], args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2, default=str))
     else:
         _print_table(summary["summary"], title=f"run {summary['run_id']}")
-        print(f"{summary['ok']} ok, {summary['error']} failed, {summary['skipped']} skipped (done by earlier runs)"
-              f" — report: {summary['report']}")  # fmt: skip
+        print(
+            f"{summary['ok']} ok, {summary['error']} failed, {summary['skipped']} skipped (done by earlier runs)"
+            f" — report: {summary['report']}"
+        )
         if summary["not_images"]:
             print(f"{summary['not_images']} file(s) were not images (see the log)", file=sys.stderr)
     _print_failures(summary["failures"])
@@ -329,10 +463,19 @@ def _print_table(records: list[dict[str, Any]], *, title: str) -> None:
     from rich.table import Table
 
     table = Table(title=title)
-    columns = [("dataset", "dataset", ""), ("task", "task", ""), ("scale", "scale", ""), ("images", "images", ""),
-               ("ok", "ok", ""), ("errors", "failed", ""), ("skipped", "skipped", ""), ("psnr", "PSNR dB", ".2f"),
-               ("psnr_baseline", "baseline dB", ".2f"), ("ssim", "SSIM", ".4f"),
-               ("mean_wall_seconds", "s/image", ".1f")]  # fmt: skip
+    columns = [
+        ("dataset", "dataset", ""),
+        ("task", "task", ""),
+        ("scale", "scale", ""),
+        ("images", "images", ""),
+        ("ok", "ok", ""),
+        ("errors", "failed", ""),
+        ("skipped", "skipped", ""),
+        ("psnr", "PSNR dB", ".2f"),
+        ("psnr_baseline", "baseline dB", ".2f"),
+        ("ssim", "SSIM", ".4f"),
+        ("mean_wall_seconds", "s/image", ".1f"),
+    ]
     for _, header, _fmt in columns:
         table.add_column(header, justify="left" if header in ("dataset", "task") else "right")
     for r in records:
@@ -373,9 +516,13 @@ def _results_document(args: argparse.Namespace, view: Any, so: dict) -> None:
     from pipelines import results_doc, storage
 
     notes = storage.read_bytes(args.notes, so).decode("utf-8") if args.notes else None
-    document = results_doc.render(view, command=_regeneration_command(args),
-                                  sources=[storage.redact(r) for r in args.roots], notes=notes,
-                                  notes_source=storage.redact(args.notes) if args.notes else None)  # fmt: skip
+    document = results_doc.render(
+        view,
+        command=_regeneration_command(args),
+        sources=[storage.redact(r) for r in args.roots],
+        notes=notes,
+        notes_source=storage.redact(args.notes) if args.notes else None,
+    )
     if args.output:
         storage.write_bytes_atomic(args.output, document.encode("utf-8"), so)
         print(f"results document: {storage.redact(args.output)}", file=sys.stderr)
@@ -399,8 +546,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     failed = view.filter(pc.equal(view.column("status"), "error")).select(["dataset", "image_key", "error"])
     failures = failed.to_pylist()
     if args.json:
-        print(json.dumps({"runs": runs, "summary": reports.to_records(reports.summarize(view)),
-                          "failures": failures}, indent=2))  # fmt: skip
+        print(
+            json.dumps(
+                {"runs": runs, "summary": reports.to_records(reports.summarize(view)), "failures": failures}, indent=2
+            )
+        )
     elif args.markdown:
         _results_document(args, view, so)
     elif args.summary_markdown:
@@ -413,16 +563,17 @@ def cmd_report(args: argparse.Namespace) -> int:
         from pipelines import html_report
 
         written = html_report.write_html_report(args.roots[0], args.html, run_id=args.run_id, storage_options=so)
-        print(f"HTML report: {written.uri} ({written.rows} images, {written.thumbs_made} new thumbnails)",
-              file=sys.stderr)  # stdout stays the table, markdown or JSON
+        print(
+            f"HTML report: {written.uri} ({written.rows} images, {written.thumbs_made} new thumbnails)", file=sys.stderr
+        )  # stdout stays the table, markdown or JSON
     return 0
 
 
 def cmd_restore_image(args: argparse.Namespace) -> int:
-    import dipcore
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    import dipcore
     from pipelines import storage
 
     def read(uri: str) -> Any:
@@ -431,27 +582,53 @@ def cmd_restore_image(args: argparse.Namespace) -> int:
     image = read(args.input)
     side = {"mask": read(args.mask) if args.mask else None, "guide": read(args.guide) if args.guide else None}
     overrides = {"channels": args.channels} if args.channels else {}
-    bar = Progress(TextColumn("[bold]restoring"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(), console=Console(stderr=True),
-                   disable=args.quiet)  # fmt: skip
+    bar = Progress(
+        TextColumn("[bold]restoring"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=args.quiet,
+    )
     with bar:
         step = bar.add_task("restore", total=None, loss="–")
 
         def on_step(rec: dipcore.StepRecord) -> None:
             bar.update(step, completed=rec.iteration, total=rec.iterations, loss=f"{rec.loss:.5f}")
 
-        res = dipcore.restore(image, task=args.task, scale=args.scale, variant=args.variant, preset=args.preset,
-                              iterations=args.iterations, seed=args.seed, device=args.device, callback=on_step,
-                              **side, **overrides)  # fmt: skip
+        res = dipcore.restore(
+            image,
+            task=args.task,
+            scale=args.scale,
+            variant=args.variant,
+            preset=args.preset,
+            iterations=args.iterations,
+            seed=args.seed,
+            device=args.device,
+            callback=on_step,
+            **side,
+            **overrides,
+        )
     storage.write_bytes_atomic(args.output, dipcore.encode_png(res.image))
-    result = {"output": storage.redact(args.output), "task": args.task, "height": int(res.image.shape[0]),
-              "width": int(res.image.shape[1]), "iterations_run": res.iterations_run, "iteration": res.iteration,
-              "stop_reason": res.stop_reason, "seconds": round(res.seconds, 3), "device": res.device}  # fmt: skip
+    result = {
+        "output": storage.redact(args.output),
+        "task": args.task,
+        "height": int(res.image.shape[0]),
+        "width": int(res.image.shape[1]),
+        "iterations_run": res.iterations_run,
+        "iteration": res.iteration,
+        "stop_reason": res.stop_reason,
+        "seconds": round(res.seconds, 3),
+        "device": res.device,
+    }
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"wrote {result['output']} ({result['width']}×{result['height']}): {res.iterations_run} iterations "
-              f"on {res.device} in {res.seconds:.1f} s (returned iteration {res.iteration}, {res.stop_reason})")
+        print(
+            f"wrote {result['output']} ({result['width']}×{result['height']}): {res.iterations_run} iterations "
+            f"on {res.device} in {res.seconds:.1f} s (returned iteration {res.iteration}, {res.stop_reason})"
+        )
     return 0
 
 

@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import pyarrow.compute as pc
@@ -62,8 +62,9 @@ def split_secret_options(options: Mapping[str, Any] | None) -> tuple[dict, dict]
 def _merge(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(a)
     for name, value in b.items():
-        out[name] = _merge(out[name], value) if isinstance(out.get(name), Mapping) and isinstance(value, Mapping) \
-            else value  # fmt: skip
+        out[name] = (
+            _merge(out[name], value) if isinstance(out.get(name), Mapping) and isinstance(value, Mapping) else value
+        )
     return out
 
 
@@ -96,23 +97,37 @@ def _transient(task_: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
-@task(name="list-images", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_transient,
-      cache_policy=NO_CACHE)  # fmt: skip
-def list_dataset(source: str, glob: str | None, storage_options: dict | None, mask_dir: str | None = None,
-                 guide_suffix: str | None = None) -> storage.Listing:  # fmt: skip
+@task(name="list-images", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_transient, cache_policy=NO_CACHE)
+def list_dataset(
+    source: str,
+    glob: str | None,
+    storage_options: dict | None,
+    mask_dir: str | None = None,
+    guide_suffix: str | None = None,
+) -> storage.Listing:
     """The images under `source` (and every other file, with why it is not one)."""
-    return storage.list_images(source, glob=glob, storage_options=storage_options, mask_dir=mask_dir,
-                               guide_suffix=guide_suffix)  # fmt: skip
+    return storage.list_images(
+        source, glob=glob, storage_options=storage_options, mask_dir=mask_dir, guide_suffix=guide_suffix
+    )
 
 
 @task(name="plan-jobs", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_transient, cache_policy=NO_CACHE)
-def plan_dataset(listing: storage.Listing, *, run_id: str, dataset: str, output: str, config: jobs.RunConfig,
-                 storage_options: dict | None, limit: int | None = None) -> Plan:  # fmt: skip
+def plan_dataset(
+    listing: storage.Listing,
+    *,
+    run_id: str,
+    dataset: str,
+    output: str,
+    config: jobs.RunConfig,
+    storage_options: dict | None,
+    limit: int | None = None,
+) -> Plan:
     """One job per image (the first `limit` by key): content hash, config hash, output URI."""
     if limit is not None:
         listing = storage.Listing(images=listing.images[:limit], skipped=listing.skipped)
-    return jobs.plan_jobs(listing, run_id=run_id, dataset=dataset, output=output, config=config,
-                          storage_options=storage_options)  # fmt: skip
+    return jobs.plan_jobs(
+        listing, run_id=run_id, dataset=dataset, output=output, config=config, storage_options=storage_options
+    )
 
 
 # ------------------------------------------------------------------------------------------------------ flows
@@ -167,17 +182,47 @@ def restore_dataset(
     thread on CPU actors (one-CPU actors: none) and as many as the card's free memory holds (at most 8) on GPU
     actors."""
     so = _options(storage_options)
-    config = jobs.run_config(task, scale=scale, variant=variant, preset=preset, iterations=iterations,
-                             early_stopping=early_stopping, overrides=overrides, seed=seed)  # fmt: skip
+    config = jobs.run_config(
+        task,
+        scale=scale,
+        variant=variant,
+        preset=preset,
+        iterations=iterations,
+        early_stopping=early_stopping,
+        overrides=overrides,
+        seed=seed,
+    )
     run_id = _new_run_id()
     listing = list_dataset(source, glob, so, mask_dir, guide_suffix)
-    plan = plan_dataset(listing, run_id=run_id, dataset=dataset or storage.redact(source), output=output,
-                        config=config, storage_options=so, limit=limit)  # fmt: skip
-    ex = Execution(ray_address=ray_address, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
-                   num_workers=num_workers, max_attempts=max_attempts, job_timeout=job_timeout, executor=executor,
-                   pack=pack)  # fmt: skip
-    return _run(run_id, [plan], output=output, storage_options=so, execution=ex, resume=resume,
-                title=f"restoring ({task})", artifact="restore-dataset")  # fmt: skip
+    plan = plan_dataset(
+        listing,
+        run_id=run_id,
+        dataset=dataset or storage.redact(source),
+        output=output,
+        config=config,
+        storage_options=so,
+        limit=limit,
+    )
+    ex = Execution(
+        ray_address=ray_address,
+        gpus_per_worker=gpus_per_worker,
+        cpus_per_worker=cpus_per_worker,
+        num_workers=num_workers,
+        max_attempts=max_attempts,
+        job_timeout=job_timeout,
+        executor=executor,
+        pack=pack,
+    )
+    return _run(
+        run_id,
+        [plan],
+        output=output,
+        storage_options=so,
+        execution=ex,
+        resume=resume,
+        title=f"restoring ({task})",
+        artifact="restore-dataset",
+    )
 
 
 @flow(name="evaluate", validate_parameters=True)
@@ -224,17 +269,52 @@ def evaluate(
     plans = []
     for name in benchmarks:
         source, dataset = _benchmark_source(name, data_root)
-        config = jobs.evaluation_config(name, task=task, scale=scale, sigma=sigma, crop=crop, preset=preset,
-                                        iterations=iterations, overrides=overrides, seed=seed,
-                                        early_stopping=early_stopping, runs=runs, classical=classical)  # fmt: skip
+        config = jobs.evaluation_config(
+            name,
+            task=task,
+            scale=scale,
+            sigma=sigma,
+            crop=crop,
+            preset=preset,
+            iterations=iterations,
+            overrides=overrides,
+            seed=seed,
+            early_stopping=early_stopping,
+            runs=runs,
+            classical=classical,
+        )
         listing = list_dataset(source, None, so)
-        plans.append(plan_dataset(listing, run_id=run_id, dataset=dataset, output=storage.join(output, dataset),
-                                  config=config, storage_options=so, limit=limit))  # fmt: skip
-    ex = Execution(ray_address=ray_address, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
-                   num_workers=num_workers, max_attempts=max_attempts, job_timeout=job_timeout, executor=executor,
-                   pack=pack)  # fmt: skip
-    return _run(run_id, plans, output=output, storage_options=so, execution=ex, resume=resume,
-                title="evaluating", artifact="evaluate")  # fmt: skip
+        plans.append(
+            plan_dataset(
+                listing,
+                run_id=run_id,
+                dataset=dataset,
+                output=storage.join(output, dataset),
+                config=config,
+                storage_options=so,
+                limit=limit,
+            )
+        )
+    ex = Execution(
+        ray_address=ray_address,
+        gpus_per_worker=gpus_per_worker,
+        cpus_per_worker=cpus_per_worker,
+        num_workers=num_workers,
+        max_attempts=max_attempts,
+        job_timeout=job_timeout,
+        executor=executor,
+        pack=pack,
+    )
+    return _run(
+        run_id,
+        plans,
+        output=output,
+        storage_options=so,
+        execution=ex,
+        resume=resume,
+        title="evaluating",
+        artifact="evaluate",
+    )
 
 
 def _benchmark_source(name: str, data_root: str) -> tuple[str, str]:
@@ -252,7 +332,7 @@ def _benchmark_source(name: str, data_root: str) -> tuple[str, str]:
 
 
 def _new_run_id() -> str:
-    return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
 
 
 def _logger() -> Any:
@@ -268,19 +348,39 @@ def _in_flow_run() -> bool:
     return FlowRunContext.get() is not None
 
 
-def _run(run_id: str, plans: list[Plan], *, output: str, storage_options: dict | None, execution: Execution,
-         resume: bool, title: str, artifact: str) -> dict[str, Any]:  # fmt: skip
+def _run(
+    run_id: str,
+    plans: list[Plan],
+    *,
+    output: str,
+    storage_options: dict | None,
+    execution: Execution,
+    resume: bool,
+    title: str,
+    artifact: str,
+) -> dict[str, Any]:
     """Skip what is done, run the rest, append every row to the report as it arrives, publish the summary."""
     logger = _logger()
     for plan in plans:
         if plan.not_images:
             shown = ", ".join(f"{k} ({why})" for k, why in plan.not_images[:5])
-            logger.warning("%s: %d file(s) are not images: %s%s", plan.dataset, len(plan.not_images), shown,
-                           " …" if len(plan.not_images) > 5 else "")  # fmt: skip
+            logger.warning(
+                "%s: %d file(s) are not images: %s%s",
+                plan.dataset,
+                len(plan.not_images),
+                shown,
+                " …" if len(plan.not_images) > 5 else "",
+            )
     todo, done = _resume_split(plans, output, storage_options) if resume else (jobs.all_jobs(plans), [])
     total = sum(len(p.jobs) + len(p.rejected) for p in plans)
-    logger.info("run %s: %d image(s), %d to restore, %d done by earlier runs; report under %s",
-                run_id, total, len(todo), len(done), storage.redact(output))  # fmt: skip
+    logger.info(
+        "run %s: %d image(s), %d to restore, %d done by earlier runs; report under %s",
+        run_id,
+        total,
+        len(todo),
+        len(done),
+        storage.redact(output),
+    )
     tracker = _Tracker(total, artifact, enabled=_in_flow_run())
     flow_run_id = _flow_run_id()
     with reports.ReportWriter(output, run_id, storage_options) as writer:
@@ -332,28 +432,53 @@ def _execute(todo: list[Job], ex: Execution, so: dict | None, on_result: Any, lo
         return
     local_only = any(u.startswith("memory://") for j in todo for u in (j.input_uri, j.output_uri))
     if ex.executor == "ray" and local_only:
-        raise ValueError("memory:// is private to this process, so Ray workers cannot read or write it; "
-                         "use executor='inline' (or 'auto')")  # fmt: skip
+        raise ValueError(
+            "memory:// is private to this process, so Ray workers cannot read or write it; "
+            "use executor='inline' (or 'auto')"
+        )
     if ex.executor == "inline" or (ex.executor == "auto" and local_only):
-        logger.info("running %d job(s) in this process (%s)", len(todo),
-                    "memory:// is private to it" if local_only else "executor=inline")  # fmt: skip
+        logger.info(
+            "running %d job(s) in this process (%s)",
+            len(todo),
+            "memory:// is private to it" if local_only else "executor=inline",
+        )
         workers.run_inline(todo, restorer=workers.Restorer(so), on_result=on_result, pack=ex.pack)
         return
     started_ray = workers.start_ray(ex.ray_address)
     try:
-        pool = workers.WorkerPool.for_cluster(gpus_per_worker=ex.gpus_per_worker, cpus_per_worker=ex.cpus_per_worker,
-                                              num_workers=ex.num_workers, max_workers=len(todo),
-                                              storage_options=so)  # fmt: skip
-        logger.info("%d Ray worker(s), each %s", len(pool.slots),
-                    {k: v for k, v in pool.options.items() if k != "scheduling_strategy"})  # fmt: skip
+        pool = workers.WorkerPool.for_cluster(
+            gpus_per_worker=ex.gpus_per_worker,
+            cpus_per_worker=ex.cpus_per_worker,
+            num_workers=ex.num_workers,
+            max_workers=len(todo),
+            storage_options=so,
+        )
+        logger.info(
+            "%d Ray worker(s), each %s",
+            len(pool.slots),
+            {k: v for k, v in pool.options.items() if k != "scheduling_strategy"},
+        )
         try:
-            stats = workers.run_jobs(todo, workers=pool, on_result=on_result, max_attempts=ex.max_attempts,
-                                     timeout=ex.job_timeout, pack=ex.pack, log=logger.warning)  # fmt: skip
+            stats = workers.run_jobs(
+                todo,
+                workers=pool,
+                on_result=on_result,
+                max_attempts=ex.max_attempts,
+                timeout=ex.job_timeout,
+                pack=ex.pack,
+                log=logger.warning,
+            )
         finally:
             pool.shutdown()
-        logger.info("workers: %d ok, %d failed, %d lost attempt(s), %d restart(s), %d job(s) in batches "
-                    "in %.1f s", stats.ok, stats.errors, stats.failed_attempts, stats.restarts, stats.packed,
-                    stats.seconds)  # fmt: skip
+        logger.info(
+            "workers: %d ok, %d failed, %d lost attempt(s), %d restart(s), %d job(s) in batches in %.1f s",
+            stats.ok,
+            stats.errors,
+            stats.failed_attempts,
+            stats.restarts,
+            stats.packed,
+            stats.seconds,
+        )
     finally:
         if started_ray:
             import ray
@@ -398,14 +523,24 @@ class _Tracker:
             self._update()
 
 
-def _publish(run_id: str, flow_run_id: str | None, output: str, so: dict | None, plans: list[Plan],
-             counts: Counter, artifact: str, logger: Any) -> dict[str, Any]:  # fmt: skip
+def _publish(
+    run_id: str,
+    flow_run_id: str | None,
+    output: str,
+    so: dict | None,
+    plans: list[Plan],
+    counts: Counter,
+    artifact: str,
+    logger: Any,
+) -> dict[str, Any]:
     """The run's summary from the report as written: Prefect table and markdown artifacts, and the return value."""
     table = reports.read_report(output, so, run_id=run_id)
     summary = reports.to_records(reports.summarize(table))
     failed = table.filter(pc.equal(table.column("status"), "error"))
-    failures = [{"dataset": r["dataset"], "image_key": r["image_key"], "error": r["error"]}
-                for r in failed.select(["dataset", "image_key", "error"]).to_pylist()]  # fmt: skip
+    failures = [
+        {"dataset": r["dataset"], "image_key": r["image_key"], "error": r["error"]}
+        for r in failed.select(["dataset", "image_key", "error"]).to_pylist()
+    ]
     report_uri = storage.redact(storage.join(output, "report", f"run_id={run_id}"))
     not_images = sum(len(p.not_images) for p in plans)
     if _in_flow_run():
@@ -418,20 +553,33 @@ def _publish(run_id: str, flow_run_id: str | None, output: str, so: dict | None,
 
             from pipelines import html_report
 
-            page = html_report.write_html_report(output, storage.join(output, "html", f"run_id={run_id}",
-                                                 "index.html"), run_id=run_id, storage_options=so)  # fmt: skip
+            page = html_report.write_html_report(
+                output,
+                storage.join(output, "html", f"run_id={run_id}", "index.html"),
+                run_id=run_id,
+                storage_options=so,
+            )
             href = page.uri if "://" in page.uri else f"file://{os.path.abspath(page.uri)}"
             lines[-1:] = [f"HTML report: [{page.uri}]({href})", ""]
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - the HTML page is a view: its failure costs the page, not the run
             logger.warning("no HTML report for run %s: %s", run_id, storage.redact(str(exc)))
         lines += [f"- **{f['dataset']}/{f['image_key']}**: {f['error']}" for f in failures[:50]]
         if not_images:
             lines.append(f"\n{not_images} file(s) in the source(s) are not images (see the flow's log).")
         create_markdown_artifact("\n".join(lines), key=f"{artifact}-report", description=f"dipflow run {run_id}")
-    logger.info("run %s finished: %d ok, %d failed, %d skipped", run_id, counts["ok"], counts["error"],
-                counts["skipped"])  # fmt: skip
+    logger.info(
+        "run %s finished: %d ok, %d failed, %d skipped", run_id, counts["ok"], counts["error"], counts["skipped"]
+    )
     return {
-        "run_id": run_id, "flow_run_id": flow_run_id, "output": storage.redact(output), "report": report_uri,
-        "images": sum(counts.values()), "ok": counts["ok"], "error": counts["error"], "skipped": counts["skipped"],
-        "not_images": not_images, "failures": failures, "summary": summary,
-    }  # fmt: skip
+        "run_id": run_id,
+        "flow_run_id": flow_run_id,
+        "output": storage.redact(output),
+        "report": report_uri,
+        "images": sum(counts.values()),
+        "ok": counts["ok"],
+        "error": counts["error"],
+        "skipped": counts["skipped"],
+        "not_images": not_images,
+        "failures": failures,
+        "summary": summary,
+    }

@@ -77,7 +77,6 @@ def _png(image: Any, *, thumb: bool) -> bytes:
 def _views(row: Mapping[str, Any], so: dict | None) -> dict[str, Any]:
     """kind → float image of one row: ``input`` (plain runs) or ``degraded`` + ``truth`` (evaluation), ``output``."""
     import dipcore
-
     from pipelines import jobs
 
     def read(uri: str) -> Any:
@@ -90,11 +89,19 @@ def _views(row: Mapping[str, Any], so: dict | None) -> dict[str, Any]:
         if synthesis is None:
             views["input"] = image
         else:  # the worker's own protocol, rebuilt from the row: same crop, same degradation, same seed
-            job = jobs.Job(run_id=row["run_id"], dataset=row["dataset"], key=row["image_key"],
-                           input_uri=row["input_uri"], task=row["task"], restore_kwargs={"scale": row.get("scale")},
-                           config_hash=row.get("config_hash") or "", config_json=row.get("config_json") or "",
-                           seed=int(row.get("seed") or 0), output_uri=row.get("output_uri") or "",
-                           synthesis=jobs.Synthesis(**synthesis))  # fmt: skip
+            job = jobs.Job(
+                run_id=row["run_id"],
+                dataset=row["dataset"],
+                key=row["image_key"],
+                input_uri=row["input_uri"],
+                task=row["task"],
+                restore_kwargs={"scale": row.get("scale")},
+                config_hash=row.get("config_hash") or "",
+                config_json=row.get("config_json") or "",
+                seed=int(row.get("seed") or 0),
+                output_uri=row.get("output_uri") or "",
+                synthesis=jobs.Synthesis(**synthesis),
+            )
             obs, truth, _ = jobs.observe(job, image, read)
             views["degraded"], views["truth"] = getattr(obs, "image", obs), truth
     if row.get("status") == "ok" and row.get("output_uri"):
@@ -123,8 +130,9 @@ def _make_thumbs(row: Mapping[str, Any], thumbs_dir: str, present: set[str], so:
     for kind in wanted:
         image = views.get(kind.removesuffix("-full"))
         if image is not None:
-            storage.write_bytes_atomic(storage.join(thumbs_dir, f"{rid}-{kind}.png"),
-                                       _png(image, thumb=not kind.endswith("-full")), so)  # fmt: skip
+            storage.write_bytes_atomic(
+                storage.join(thumbs_dir, f"{rid}-{kind}.png"), _png(image, thumb=not kind.endswith("-full")), so
+            )
             made += 1
     return made, ""
 
@@ -160,7 +168,9 @@ def _curve_svg(points: list[dict[str, Any]], returned: int | None, *, w: int = 1
     if not points:
         return "–"
     last = max(p["iteration"] for p in points)
-    x = lambda it: 2 + (w - 4) * ((it - 1) / max(1, last - 1))  # noqa: E731
+
+    def x(it: int) -> float:
+        return 2 + (w - 4) * ((it - 1) / max(1, last - 1))
 
     def line(name: str, transform: Any, cls: str) -> str:
         pts = [(p["iteration"], transform(p[name])) for p in points if p.get(name) is not None]
@@ -168,17 +178,24 @@ def _curve_svg(points: list[dict[str, Any]], returned: int | None, *, w: int = 1
         if not pts:
             return ""
         lo, hi = min(v for _, v in pts), max(v for _, v in pts)
-        y = lambda v: h - 2 - (h - 4) * ((v - lo) / (hi - lo) if hi > lo else 0.5)  # noqa: E731
+
+        def y(v: float) -> float:  # a flat curve is drawn at mid-height
+            return h - 2 - (h - 4) * ((v - lo) / (hi - lo) if hi > lo else 0.5)
+
         coords = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in pts)
         return f'<polyline class="{cls}" points="{coords}"/>'
 
-    log = lambda v: math.log10(v) if v > 0 else None  # noqa: E731
+    def log(v: float) -> float | None:
+        return math.log10(v) if v > 0 else None
+
     mark = ""
     if returned:
         mark = f'<line class="ret" x1="{x(returned):.1f}" x2="{x(returned):.1f}" y1="0" y2="{h}"/>'
-    return (f'<svg class="curve" width="{w}" height="{h}" viewBox="0 0 {w} {h}"><title>PSNR (blue), log loss '
-            f'(grey); returned iteration {returned} of {last}</title>{line("loss", log, "loss")}'
-            f'{line("psnr", float, "psnr")}{mark}</svg>')  # fmt: skip
+    return (
+        f'<svg class="curve" width="{w}" height="{h}" viewBox="0 0 {w} {h}"><title>PSNR (blue), log loss '
+        f"(grey); returned iteration {returned} of {last}</title>{line('loss', log, 'loss')}"
+        f"{line('psnr', float, 'psnr')}{mark}</svg>"
+    )
 
 
 # ------------------------------------------------------------------------------------------------------ page
@@ -195,9 +212,11 @@ def _summary_html(view: pa.Table) -> str:
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         groups[(r["dataset"], r["task"], r["scale"])].append(r)
-    out = ["<table class='summary'><tr><th>dataset</th><th>task</th><th>images</th><th>ok</th><th>errors</th>"
-           "<th>PSNR</th><th>baseline PSNR</th><th>paper PSNR</th><th>paper baseline</th><th>SSIM</th>"
-           "<th>settings</th><th>hardware</th><th>wall s</th></tr>"]  # fmt: skip
+    out = [
+        "<table class='summary'><tr><th>dataset</th><th>task</th><th>images</th><th>ok</th><th>errors</th>"
+        "<th>PSNR</th><th>baseline PSNR</th><th>paper PSNR</th><th>paper baseline</th><th>SSIM</th>"
+        "<th>settings</th><th>hardware</th><th>wall s</th></tr>"
+    ]
     for s in reports.summarize(view).to_pylist():
         group = groups[(s["dataset"], s["task"], s["scale"])]
         paper = paper_figures.benchmark_for(s["dataset"], s["task"], s["scale"])
@@ -207,7 +226,8 @@ def _summary_html(view: pa.Table) -> str:
         settings = "".join(
             f"<details><summary>{html.escape(_settings_line(c))} ({n} images)</summary><pre>"
             f"{html.escape(json.dumps(json.loads(c), indent=1))}</pre></details>"
-            for c, n in configs.most_common())
+            for c, n in configs.most_common()
+        )
         devices = Counter(r["device"] for r in group if r["device"])
         nodes = len({r["ray_node"] for r in group if r["ray_node"]})
         hardware = ", ".join(f"{html.escape(d)} ×{n}" for d, n in devices.most_common()) or "–"
@@ -218,7 +238,8 @@ def _summary_html(view: pa.Table) -> str:
             f"<td title='{html.escape(paper.note) if paper else ''}'>{_fmt(paper.psnr if paper else None)}</td>"
             f"<td>{_fmt(paper_baseline.psnr if paper_baseline else None)}</td><td>{_fmt(s['ssim'], 4)}</td>"
             f"<td>{settings or '–'}</td><td>{hardware}{f' on {nodes} node(s)' if nodes else ''}</td>"
-            f"<td>{_fmt(s['total_wall_seconds'], 1)}</td></tr>")  # fmt: skip
+            f"<td>{_fmt(s['total_wall_seconds'], 1)}</td></tr>"
+        )
     return "\n".join(out) + "</table>"
 
 
@@ -260,15 +281,21 @@ def _image_rows(view: pa.Table, curves: dict, present: set[str], html_dir: str, 
         it = f"{_fmt(r['iteration_returned'])} / {_fmt(r['iterations_run'])}"
         curve = _curve_svg(curves.get((r["run_id"], r["dataset"], r["image_key"]), []), r["iteration_returned"])
         cells = [
-            f"<td data-v='{n}'>{n + 1}</td>", f"<td>{html.escape(r['dataset'])}</td>",
-            f"<td>{html.escape(r['image_key'])}</td>", f"<td>{html.escape(r['status'])}</td>", first,
-            _thumb_cell(rid, "output", out_href, present, "restoration"), truth,
+            f"<td data-v='{n}'>{n + 1}</td>",
+            f"<td>{html.escape(r['dataset'])}</td>",
+            f"<td>{html.escape(r['image_key'])}</td>",
+            f"<td>{html.escape(r['status'])}</td>",
+            first,
+            _thumb_cell(rid, "output", out_href, present, "restoration"),
+            truth,
             f"<td data-v='{_num(r['psnr'])}'>{_fmt(r['psnr'])}</td>",
             f"<td data-v='{_num(r['psnr_baseline'])}'>{_fmt(r['psnr_baseline'])}</td>",
             f"<td data-v='{_num(r['ssim'])}'>{_fmt(r['ssim'], 4)}</td>",
-            f"<td data-v='{_num(r['iteration_returned'])}'>{it}</td>", f"<td>{why}</td>", f"<td>{curve}</td>",
+            f"<td data-v='{_num(r['iteration_returned'])}'>{it}</td>",
+            f"<td>{why}</td>",
+            f"<td>{curve}</td>",
             f"<td data-v='{_num(r['wall_seconds'])}'>{_fmt(r['wall_seconds'], 1)}</td>",
-        ]  # fmt: skip
+        ]
         out.append(f"<tr class='{html.escape(r['status'])}'>{''.join(cells)}</tr>")
     return "\n".join(out)
 
@@ -289,7 +316,7 @@ polyline.loss{stroke:#999}line.ret{stroke:#d00;stroke-dasharray:2 2}pre{font-siz
 # thumbnail of the page shown loaded, how many rows there are and how many curves were drawn.
 _JS = """
 (function(){
-const tb=document.querySelector('#images tbody');let rows=[...tb.rows],page=0,dir={};const per=%d;
+const tb=document.querySelector('#images tbody');let rows=[...tb.rows],page=0,dir={};const per=PAGE_ROWS;
 const pages=()=>Math.max(1,Math.ceil(rows.length/per));
 function show(){rows.forEach((r,i)=>{r.style.display=Math.floor(i/per)===page?'':'none'});
  document.getElementById('pageinfo').textContent='page '+(page+1)+' of '+pages()+' ('+rows.length+' images)';}
@@ -311,11 +338,12 @@ imgs.forEach(i=>i.loading='eager');const t0=Date.now();
  b.rows=rows.length;b.curves=[...document.querySelectorAll('svg.curve polyline')].filter(p=>p.points.length>1).length;
  b.checked='1';})();
 })();
-""" % PAGE_ROWS
+""".replace("PAGE_ROWS", str(PAGE_ROWS))
 
 
-def render_html(view: pa.Table, curves: pa.Table, html_dir: str, present: set[str], *, title: str,
-                thumb_errors: dict | None = None) -> str:  # fmt: skip
+def render_html(
+    view: pa.Table, curves: pa.Table, html_dir: str, present: set[str], *, title: str, thumb_errors: dict | None = None
+) -> str:
     """The page for the report rows `view` (one row per image), with `curves` and the thumbnail names `present`."""
     by_image: dict[tuple, list[dict]] = defaultdict(list)
     for c in curves.to_pylist():
@@ -323,10 +351,27 @@ def render_html(view: pa.Table, curves: pa.Table, html_dir: str, present: set[st
     for pts in by_image.values():
         pts.sort(key=lambda p: p["iteration"])
     failed = [r for r in view.to_pylist() if r["status"] == "error"]
-    failures = "".join(f"<li><b>{html.escape(r['dataset'])}/{html.escape(r['image_key'])}</b>: "
-                       f"<span class='err'>{html.escape(r['error'] or '')}</span></li>" for r in failed)  # fmt: skip
-    header = ["#", "dataset", "image", "status", "degraded / input", "restoration", "ground truth", "PSNR",
-              "baseline", "SSIM", "iteration returned", "why", "curve", "wall s"]  # fmt: skip
+    failures = "".join(
+        f"<li><b>{html.escape(r['dataset'])}/{html.escape(r['image_key'])}</b>: "
+        f"<span class='err'>{html.escape(r['error'] or '')}</span></li>"
+        for r in failed
+    )
+    header = [
+        "#",
+        "dataset",
+        "image",
+        "status",
+        "degraded / input",
+        "restoration",
+        "ground truth",
+        "PSNR",
+        "baseline",
+        "SSIM",
+        "iteration returned",
+        "why",
+        "curve",
+        "wall s",
+    ]
     runs = ", ".join(sorted(set(view.column("run_id").to_pylist())))
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{_CSS}</style></head>
@@ -335,20 +380,15 @@ def render_html(view: pa.Table, curves: pa.Table, html_dir: str, present: set[st
 <h2>Images</h2><p><button id="prev">◀</button> <span id="pageinfo"></span> <button id="next">▶</button>
  — click a column to sort, a thumbnail for the full-size image;
  curves: PSNR blue, log loss grey, returned iteration red.</p>
-<table id="images"><thead><tr>{''.join(f'<th>{h}</th>' for h in header)}</tr></thead>
+<table id="images"><thead><tr>{"".join(f"<th>{h}</th>" for h in header)}</tr></thead>
 <tbody>{_image_rows(view, by_image, present, html_dir, thumb_errors or {})}</tbody></table>
-<h2>Failed images ({len(failed)})</h2><ul id="failures">{failures or '<li>none</li>'}</ul>
+<h2>Failed images ({len(failed)})</h2><ul id="failures">{failures or "<li>none</li>"}</ul>
 <script>{_JS}</script></body></html>
 """
 
 
 def write_html_report(
-    output_root: str,
-    html_uri: str,
-    *,
-    run_id: str | None = None,
-    storage_options: dict | None = None,
-    threads: int = 8,
+    output_root: str, html_uri: str, *, run_id: str | None = None, storage_options: dict | None = None, threads: int = 8
 ) -> HtmlReport:
     """Write the page for the runs under `output_root` (one run, or the latest row of every image) to `html_uri`
     (any fsspec URL) with its thumbnails beside it; thumbnails already there are reused, not made again."""

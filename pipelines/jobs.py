@@ -17,7 +17,7 @@ import json
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from pipelines import baselines, reports, storage
@@ -74,8 +74,9 @@ class Synthesis:
     crop_size: int | None = None  # smoke runs: centre-crop the clean image to crop_size² first
 
 
-def benchmark_synthesis(name: str, *, task: str | None = None, scale: int | None = None, sigma: float | None = None,
-                        crop: int | None = None) -> Synthesis:  # fmt: skip
+def benchmark_synthesis(
+    name: str, *, task: str | None = None, scale: int | None = None, sigma: float | None = None, crop: int | None = None
+) -> Synthesis:
     """The paper's protocol for benchmark `name` (a folder of clean images that is not one of BENCHMARKS is SR ×4),
     with a caller's task, scale, σ or smoke-run crop in place of the defaults."""
     default = BENCHMARKS.get(name, {"task": "sr", "scale": 4})
@@ -147,7 +148,7 @@ class Plan:
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def image_seed(seed: int, key: str) -> int:
@@ -176,10 +177,24 @@ def run_config(
     from dipcore.batched import batch_refusal
 
     sigma = synthesis.sigma if synthesis is not None and task == "denoise" else None
-    p = preset_for(task, variant=variant, scale=scale, preset=preset, sigma=sigma, iterations=iterations,
-                   early_stopping=early_stopping, **(overrides or {}))  # fmt: skip
-    kwargs: dict[str, Any] = {"scale": p.scale if task == "sr" else None, "variant": p.variant, "preset": preset,
-                              "iterations": iterations, "early_stopping": early_stopping, **(overrides or {})}
+    p = preset_for(
+        task,
+        variant=variant,
+        scale=scale,
+        preset=preset,
+        sigma=sigma,
+        iterations=iterations,
+        early_stopping=early_stopping,
+        **(overrides or {}),
+    )
+    kwargs: dict[str, Any] = {
+        "scale": p.scale if task == "sr" else None,
+        "variant": p.variant,
+        "preset": preset,
+        "iterations": iterations,
+        "early_stopping": early_stopping,
+        **(overrides or {}),
+    }
     config: dict[str, Any] = {**p.to_dict(), "seed": seed}
     if synthesis is not None:
         config["synthesis"] = dataclasses.asdict(synthesis)
@@ -187,8 +202,16 @@ def run_config(
     if classical:
         config["classical_baseline"] = True
     config = json.loads(reports.canonical_json(config))  # plain JSON types, as stored in the report
-    return RunConfig(task, kwargs, seed, config, reports.config_hash(config), synthesis,
-                     packable=batch_refusal(p) is None, classical=classical)  # fmt: skip
+    return RunConfig(
+        task,
+        kwargs,
+        seed,
+        config,
+        reports.config_hash(config),
+        synthesis,
+        packable=batch_refusal(p) is None,
+        classical=classical,
+    )
 
 
 def evaluation_config(
@@ -225,9 +248,18 @@ def evaluation_config(
     elif overrides.get("restarts", runs) != runs:
         raise ConfigError(f"runs={runs} and the override restarts={overrides['restarts']} disagree: give one")
     overrides["restarts"] = runs
-    return run_config(spec.task, scale=spec.scale if spec.task == "sr" else None, variant=spec.variant,
-                      preset=preset, iterations=iterations, early_stopping=EARLY_STOPPING[early_stopping],
-                      overrides=overrides, seed=seed, synthesis=spec, classical=classical)  # fmt: skip
+    return run_config(
+        spec.task,
+        scale=spec.scale if spec.task == "sr" else None,
+        variant=spec.variant,
+        preset=preset,
+        iterations=iterations,
+        early_stopping=EARLY_STOPPING[early_stopping],
+        overrides=overrides,
+        seed=seed,
+        synthesis=spec,
+        classical=classical,
+    )
 
 
 def _inspect(entry: storage.ImageEntry, storage_options: dict | None) -> tuple[str | None, tuple | None]:
@@ -273,12 +305,26 @@ def plan_jobs(
         inspected = list(pool.map(lambda e: _inspect(e[0], storage_options), entries))
     for (entry, out), (sha, size) in zip(entries, inspected, strict=True):
         plan.jobs.append(
-            Job(run_id=run_id, dataset=dataset, key=entry.key, input_uri=entry.uri, task=config.task,
-                restore_kwargs=config.restore_kwargs, config_hash=config.config_hash,
-                config_json=config.config_json, seed=config.seed, output_uri=out, sha256=sha,
-                mask_uri=entry.mask_uri, guide_uri=entry.guide_uri, synthesis=config.synthesis, size=size,
-                packable=config.packable, classical=config.classical)
-        )  # fmt: skip
+            Job(
+                run_id=run_id,
+                dataset=dataset,
+                key=entry.key,
+                input_uri=entry.uri,
+                task=config.task,
+                restore_kwargs=config.restore_kwargs,
+                config_hash=config.config_hash,
+                config_json=config.config_json,
+                seed=config.seed,
+                output_uri=out,
+                sha256=sha,
+                mask_uri=entry.mask_uri,
+                guide_uri=entry.guide_uri,
+                synthesis=config.synthesis,
+                size=size,
+                packable=config.packable,
+                classical=config.classical,
+            )
+        )
     return plan
 
 
@@ -335,24 +381,47 @@ def base_row(job: Job) -> dict[str, Any]:
 def error_row(job: Job, message: str, *, attempts: int, started_at: datetime | None = None) -> dict[str, Any]:
     """An ``error`` row: the run goes on, and the message (redacted) says what went wrong."""
     now = utcnow()
-    return {**base_row(job), "status": "error", "error": storage.redact(message), "attempts": attempts,
-            "started_at": started_at or now, "finished_at": now,
-            "wall_seconds": (now - started_at).total_seconds() if started_at else 0.0}  # fmt: skip
+    return {
+        **base_row(job),
+        "status": "error",
+        "error": storage.redact(message),
+        "attempts": attempts,
+        "started_at": started_at or now,
+        "finished_at": now,
+        "wall_seconds": (now - started_at).total_seconds() if started_at else 0.0,
+    }
 
 
 def skipped_row(job: Job) -> dict[str, Any]:
     """A ``skipped`` row: the image was restored with the same input and settings by an earlier run."""
     now = utcnow()
-    return {**base_row(job), "status": "skipped", "attempts": 0, "started_at": now, "finished_at": now,
-            "wall_seconds": 0.0}  # fmt: skip
+    return {
+        **base_row(job),
+        "status": "skipped",
+        "attempts": 0,
+        "started_at": now,
+        "finished_at": now,
+        "wall_seconds": 0.0,
+    }
 
 
 def rejected_job(entry: storage.ImageEntry, plan: Plan, run_id: str) -> Job:
     """A stand-in job for an image that could not be planned, so that it still gets its error row."""
     c = plan.config
-    return Job(run_id=run_id, dataset=plan.dataset, key=entry.key, input_uri=entry.uri, task=c.task,
-               restore_kwargs=c.restore_kwargs, config_hash=c.config_hash, config_json=c.config_json, seed=c.seed,
-               output_uri="", synthesis=c.synthesis, classical=c.classical)  # fmt: skip
+    return Job(
+        run_id=run_id,
+        dataset=plan.dataset,
+        key=entry.key,
+        input_uri=entry.uri,
+        task=c.task,
+        restore_kwargs=c.restore_kwargs,
+        config_hash=c.config_hash,
+        config_json=c.config_json,
+        seed=c.seed,
+        output_uri="",
+        synthesis=c.synthesis,
+        classical=c.classical,
+    )
 
 
 def all_jobs(plans: Iterable[Plan]) -> list[Job]:
@@ -409,7 +478,8 @@ def _crop_label(s: Synthesis | None) -> str | None:
     if s is None:
         return None
     parts = ([f"{s.crop_size}x{s.crop_size}"] if s.crop_size else []) + (
-        [f"center{s.crop_multiple}"] if s.crop_multiple else [])  # fmt: skip
+        [f"center{s.crop_multiple}"] if s.crop_multiple else []
+    )
     return "+".join(parts) or None
 
 
@@ -455,10 +525,19 @@ def score(job: Job, res: Any, obs: Any, truth: Any) -> dict[str, Any]:
     auto = first.stopping
     two = psnr((res.runs[0].image + res.runs[1].image) / 2) if len(res.runs) >= 2 else None
     return {
-        "psnr": psnr(res.image), "psnr_average": psnr(first.average), "psnr_final": psnr(first.final),
-        "psnr_best": res.best_psnr, "iteration_best": res.best_iteration,
-        "psnr_channel": channel, "psnr_shave": protocol["shave"], "psnr_crop": _crop_label(job.synthesis),
-        "ssim": ssim, "baseline_name": baseline_name, "psnr_baseline": psnr(baseline),
-        "psnr_auto": psnr(auto.image) if auto else None, "iteration_auto": auto.iteration if auto else None,
-        "es_stop_iteration": auto.fired_at if auto else None, "psnr_two_runs": two,
-    }  # fmt: skip
+        "psnr": psnr(res.image),
+        "psnr_average": psnr(first.average),
+        "psnr_final": psnr(first.final),
+        "psnr_best": res.best_psnr,
+        "iteration_best": res.best_iteration,
+        "psnr_channel": channel,
+        "psnr_shave": protocol["shave"],
+        "psnr_crop": _crop_label(job.synthesis),
+        "ssim": ssim,
+        "baseline_name": baseline_name,
+        "psnr_baseline": psnr(baseline),
+        "psnr_auto": psnr(auto.image) if auto else None,
+        "iteration_auto": auto.iteration if auto else None,
+        "es_stop_iteration": auto.fired_at if auto else None,
+        "psnr_two_runs": two,
+    }

@@ -101,8 +101,9 @@ class PackQueue:
         return None
 
 
-def pack_for_memory(p: TaskPreset, height: int, width: int, *, channels: int, free_bytes: int,
-                    cap: int = AUTO_PACK_CAP) -> int:  # fmt: skip
+def pack_for_memory(
+    p: TaskPreset, height: int, width: int, *, channels: int, free_bytes: int, cap: int = AUTO_PACK_CAP
+) -> int:
     """The largest K ≤ `cap` whose K stacked fits of preset `p` on a `height` × `width` output (estimated by
     ``dipcore.estimate_peak_bytes``) take at most `MEMORY_SHARE` of `free_bytes`; at least 1 (whether a single
     fit fits is for the fit to find out)."""

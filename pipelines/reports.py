@@ -235,12 +235,7 @@ def to_records(table: pa.Table) -> list[dict[str, Any]]:
 
 
 def curve_rows(
-    history: Mapping[str, Sequence[float | None]],
-    *,
-    run_id: str,
-    dataset: str,
-    image_key: str,
-    max_points: int = 200,
+    history: Mapping[str, Sequence[float | None]], *, run_id: str, dataset: str, image_key: str, max_points: int = 200
 ) -> list[dict[str, Any]]:
     """CURVES_SCHEMA rows from a `Restoration.history` (lists ``loss`` and optionally ``psnr``/``psnr_average``,
     one value per iteration), sampled to at most `max_points` evenly spaced iterations, always the first and last."""
@@ -258,8 +253,15 @@ def curve_rows(
         return None if value is None else float(value)
 
     return [
-        {"run_id": run_id, "dataset": dataset, "image_key": image_key, "iteration": i + 1,
-         "loss": at("loss", i), "psnr": at("psnr", i), "psnr_average": at("psnr_average", i)}
+        {
+            "run_id": run_id,
+            "dataset": dataset,
+            "image_key": image_key,
+            "iteration": i + 1,
+            "loss": at("loss", i),
+            "psnr": at("psnr", i),
+            "psnr_average": at("psnr_average", i),
+        }
         for i in picks
     ]
 
@@ -406,9 +408,7 @@ class ReportWriter:
 # -------------------------------------------------------------------------------------------------- reading
 
 
-def _read(
-    output_root: str, kind: str, schema: pa.Schema, storage_options: dict | None, run_id: str | None
-) -> pa.Table:
+def _read(output_root: str, kind: str, schema: pa.Schema, storage_options: dict | None, run_id: str | None) -> pa.Table:
     directory = _run_dir(output_root, kind, run_id) if run_id is not None else storage.join(output_root, kind)
     uris = _parts(directory, storage_options)
     if not uris:
@@ -457,9 +457,7 @@ def latest_rows(table: pa.Table) -> pa.Table:
     return table.take(pa.array(sorted(last.values()), pa.int64()))
 
 
-def completed_keys(
-    source: str | pa.Table, storage_options: dict | None = None
-) -> set[tuple[str, str]]:
+def completed_keys(source: str | pa.Table, storage_options: dict | None = None) -> set[tuple[str, str]]:
     """(input_sha256, config_hash) of every image whose latest row (see `latest_rows`) is ``ok`` — what a resumed
     run may skip. `source` is an output root (all runs under it are read) or a report table."""
     table = read_report(source, storage_options) if isinstance(source, str) else source
@@ -467,8 +465,9 @@ def completed_keys(
     done = latest.filter(pc.equal(latest.column("status"), "ok"))
     return {
         (sha, cfg)
-        for sha, cfg in zip(done.column("input_sha256").to_pylist(), done.column("config_hash").to_pylist(),
-                            strict=True)
+        for sha, cfg in zip(
+            done.column("input_sha256").to_pylist(), done.column("config_hash").to_pylist(), strict=True
+        )
         if sha is not None and cfg is not None
     }
 
@@ -526,8 +525,20 @@ def summary_markdown(table: pa.Table) -> str:
     """A markdown table of `summarize(table)` (or of a summary table as given), for Prefect artifacts and
     ``dipflow report``."""
     summary = table if table.schema.names == SUMMARY_SCHEMA.names else summarize(table)
-    header = ["dataset", "task", "scale", "images", "ok", "errors", "skipped",
-              "PSNR (dB)", "baseline PSNR (dB)", "SSIM", "mean s", "total s"]
+    header = [
+        "dataset",
+        "task",
+        "scale",
+        "images",
+        "ok",
+        "errors",
+        "skipped",
+        "PSNR (dB)",
+        "baseline PSNR (dB)",
+        "SSIM",
+        "mean s",
+        "total s",
+    ]
     digits = {"psnr": 2, "psnr_baseline": 2, "ssim": 4, "mean_wall_seconds": 1, "total_wall_seconds": 1}
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for row in summary.to_pylist():

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from pipelines import jobs as jobs_mod
 from pipelines import baselines, reports, storage
+from pipelines import jobs as jobs_mod
 from pipelines.jobs import Job, observe, pack_key, psnr_protocol, score
 from pipelines.packing import AUTO_PACK_CAP, Pack, pack_for_memory
 
@@ -74,8 +74,15 @@ class _Work:
 class Restorer:
     """Restores jobs on one torch device; the body of `RestoreWorker`, usable in-process too."""
 
-    def __init__(self, storage_options: dict | None = None, *, device: str | None = None, threads: int | None = None,
-                 node: str | None = None, engine: Any = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        storage_options: dict | None = None,
+        *,
+        device: str | None = None,
+        threads: int | None = None,
+        node: str | None = None,
+        engine: Any = None,
+    ) -> None:
         """``engine`` is a ``dipcore.EngineOptions`` (how fits run on the device; dipcore's defaults otherwise)."""
         import torch
 
@@ -92,8 +99,10 @@ class Restorer:
         self.engine = engine
         # What software and engine produced a row's numbers (also on error rows: they say where it failed).
         resolved = (engine or dipcore.EngineOptions()).resolved(dev)
-        self.software = {"torch_version": torch.__version__,
-                         "engine_json": reports.canonical_json(dataclasses.asdict(resolved))}  # fmt: skip
+        self.software = {
+            "torch_version": torch.__version__,
+            "engine_json": reports.canonical_json(dataclasses.asdict(resolved)),
+        }
         self._baselines = ThreadPoolExecutor(max_workers=1, thread_name_prefix="classical-baseline")
 
     @property
@@ -109,8 +118,13 @@ class Restorer:
         """Where this worker runs and how many jobs "auto" gives it at once (also the driver's readiness probe)."""
         import torch
 
-        return {"device": self.device_name, "node": self.node, "pid": os.getpid(), "threads": torch.get_num_threads(),
-                "pack_limit": self.pack_limit}  # fmt: skip
+        return {
+            "device": self.device_name,
+            "node": self.node,
+            "pid": os.getpid(),
+            "threads": torch.get_num_threads(),
+            "pack_limit": self.pack_limit,
+        }
 
     def run(self, job: Job) -> JobOutcome:
         """Restore `job`; never raises for a problem of the image itself (that becomes an ``error`` row)."""
@@ -143,8 +157,16 @@ class Restorer:
         import dipcore
 
         t0 = time.perf_counter()
-        w = _Work(job, {**jobs_mod.base_row(job), "device": self.device_name, "ray_node": self.node, "attempts": 1,
-                        **self.software})  # fmt: skip
+        w = _Work(
+            job,
+            {
+                **jobs_mod.base_row(job),
+                "device": self.device_name,
+                "ray_node": self.node,
+                "attempts": 1,
+                **self.software,
+            },
+        )
         try:
             data = storage.read_bytes(job.input_uri, self.storage_options)
             w.row["input_sha256"] = storage.sha256_hex(data)  # what was restored, should the file have changed
@@ -194,10 +216,15 @@ class Restorer:
         first = group[0].job
         try:
             results = dipcore.restore_batch(
-                [_observation(w) for w in group], task=first.task, references=[w.truth for w in group],
-                seeds=[w.job.seed for w in group], device=self.device, engine=self.engine,
-                psnr_protocol=_protocol(group[0]), **first.restore_kwargs,
-            )  # fmt: skip
+                [_observation(w) for w in group],
+                task=first.task,
+                references=[w.truth for w in group],
+                seeds=[w.job.seed for w in group],
+                device=self.device,
+                engine=self.engine,
+                psnr_protocol=_protocol(group[0]),
+                **first.restore_kwargs,
+            )
         except Exception as exc:  # noqa: BLE001 - each job gets its own chance below
             _log.warning("a batch of %d jobs failed (%s); running them one by one", len(group), _describe(exc))
             self._free_cuda()
@@ -211,10 +238,18 @@ class Restorer:
         import dipcore
 
         try:
-            res = dipcore.restore(w.obs, task=w.job.task, seed=w.job.seed, reference=w.truth, device=self.device,
-                                  engine=self.engine, psnr_protocol=_protocol(w), **w.side,
-                                  **w.job.restore_kwargs)  # fmt: skip
-        except Exception as exc:  # noqa: BLE001
+            res = dipcore.restore(
+                w.obs,
+                task=w.job.task,
+                seed=w.job.seed,
+                reference=w.truth,
+                device=self.device,
+                engine=self.engine,
+                psnr_protocol=_protocol(w),
+                **w.side,
+                **w.job.restore_kwargs,
+            )
+        except Exception as exc:  # noqa: BLE001 - the job's error row carries the message; the worker stays up
             w.fail(exc)
             self._free_cuda()
             return
@@ -230,13 +265,20 @@ class Restorer:
             w.row.update(score(job, res, w.obs, w.truth))
             if w.classical is not None:
                 w.row.update(w.classical.result())
-            w.row.update(status="ok", iterations_run=res.iterations_run, iteration_returned=res.iteration,
-                         stop_reason=res.stop_reason, height=int(res.image.shape[0]), width=int(res.image.shape[1]),
-                         device=res.device, pack_size=pack_size)  # fmt: skip
+            w.row.update(
+                status="ok",
+                iterations_run=res.iterations_run,
+                iteration_returned=res.iteration,
+                stop_reason=res.stop_reason,
+                height=int(res.image.shape[0]),
+                width=int(res.image.shape[1]),
+                device=res.device,
+                pack_size=pack_size,
+            )
             if res.engine:  # what the fit ran with, checkpointing decided for this job included
                 w.row["engine_json"] = reports.canonical_json(res.engine)
             w.curves = reports.curve_rows(res.history, run_id=job.run_id, dataset=job.dataset, image_key=job.key)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - scoring or writing one job fails that job's row only
             w.fail(exc)
 
     def _start_classical(self, job: Job, obs: Any, truth: Any) -> Future | None:
@@ -244,8 +286,9 @@ class Restorer:
         if not job.classical or truth is None or job.synthesis is None:
             return None
         sigma = job.synthesis.sigma if job.task == "denoise" else None
-        return self._baselines.submit(baselines.score_classical, job.task, obs, truth, sigma=sigma,
-                                      protocol=psnr_protocol(job))  # fmt: skip
+        return self._baselines.submit(
+            baselines.score_classical, job.task, obs, truth, sigma=sigma, protocol=psnr_protocol(job)
+        )
 
     def _free_cuda(self) -> None:
         if self.device_name != "cpu":
@@ -272,9 +315,13 @@ def _observation(w: _Work) -> Any:
     from dipcore.degrade import binary_mask
 
     mask, guide = w.side.get("mask"), w.side.get("guide")
-    return dipcore.Observation(dipcore.to_float_image(w.obs), w.job.task, scale=w.job.scale or 1,
-                               mask=None if mask is None else binary_mask(mask),
-                               guide=None if guide is None else dipcore.to_float_image(guide))  # fmt: skip
+    return dipcore.Observation(
+        dipcore.to_float_image(w.obs),
+        w.job.task,
+        scale=w.job.scale or 1,
+        mask=None if mask is None else binary_mask(mask),
+        guide=None if guide is None else dipcore.to_float_image(guide),
+    )
 
 
 def _describe(exc: BaseException) -> str:

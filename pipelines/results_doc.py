@@ -56,8 +56,11 @@ class Section:
 
     @property
     def title(self) -> str:
-        base = self.paper.title if self.paper else f"{_task_words(self.task, self.scale, self.synthesis)} on " + \
-            f"`{self.dataset}`"
+        base = (
+            self.paper.title
+            if self.paper
+            else f"{_task_words(self.task, self.scale, self.synthesis)} on " + f"`{self.dataset}`"
+        )
         return f"{base} ({self.label})" if self.label else base
 
 
@@ -106,8 +109,16 @@ def sections(table: pa.Table) -> list[Section]:
         rows.sort(key=lambda r: r["image_key"])
         config = _config(rows[0].get("config_json"))
         out.append(Section(dataset, task, scale, config, rows, benchmark_for(dataset, task, scale)))
-    out.sort(key=lambda s: (s.paper is None, order.index(s.paper.dataset) if s.paper else 0, s.dataset, s.task,
-                            s.scale or 0, _first_finish(s)))  # fmt: skip
+    out.sort(
+        key=lambda s: (
+            s.paper is None,
+            order.index(s.paper.dataset) if s.paper else 0,
+            s.dataset,
+            s.task,
+            s.scale or 0,
+            _first_finish(s),
+        )
+    )
     _label_siblings(out)
     return out
 
@@ -196,8 +207,11 @@ def _cell(text: Any) -> str:
 
 def _table(header: Sequence[str], rows: Iterable[Sequence[Any]], right_from: int = 1) -> list[str]:
     align = ["---" if i < right_from else "---:" for i in range(len(header))]
-    return ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|",
-            *("| " + " | ".join(_cell(c) for c in row) + " |" for row in rows)]  # fmt: skip
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(align) + "|",
+        *("| " + " | ".join(_cell(c) for c in row) + " |" for row in rows),
+    ]
 
 
 def _one_or_counted(values: Iterable[Any], fmt: Callable[[Any], str] = str) -> str:
@@ -211,8 +225,11 @@ def _one_or_counted(values: Iterable[Any], fmt: Callable[[Any], str] = str) -> s
 # ------------------------------------------------------------------------------------------------ figures
 
 # Denoising: the paper's three DIP figures, in its order, and the report column that measures each.
-_DENOISE_FIGURES = (("DIP, raw output (last iterate)", "psnr_final"), ("DIP, EMA of outputs", "psnr_average"),
-                    ("DIP, averaged over 2 runs", "psnr_two_runs"))  # fmt: skip
+_DENOISE_FIGURES = (
+    ("DIP, raw output (last iterate)", "psnr_final"),
+    ("DIP, EMA of outputs", "psnr_average"),
+    ("DIP, averaged over 2 runs", "psnr_two_runs"),
+)
 
 
 def _mean_figure(label: str, rows: list[dict], column: str, paper: float | None, *, dip: bool) -> Comparison:
@@ -241,25 +258,27 @@ def comparisons(s: Section) -> list[Comparison]:
     paper's other baselines (not measured), then DIP's margin over bicubic."""
     p, ok = s.paper, s.ok
     dip = [f.psnr for f in p.dip] if p else []
-    at = lambda i: dip[i] if i < len(dip) else None
+    dip += [None] * (len(_DENOISE_FIGURES) - len(dip))  # the paper's figure for each of ours, or None
     if s.task == "denoise":
-        out = [_mean_figure(label, ok, col, at(i), dip=True) for i, (label, col) in enumerate(_DENOISE_FIGURES)]
+        out = [_mean_figure(label, ok, col, dip[i], dip=True) for i, (label, col) in enumerate(_DENOISE_FIGURES)]
     else:
-        out = [_mean_figure("DIP, returned output", ok, "psnr", at(0), dip=True)]
+        out = [_mean_figure("DIP, returned output", ok, "psnr", dip[0], dip=True)]
     out += _same_images(s)
     used: set[str] = set()
     for name in _names(ok, "baseline_name"):
         fig = p.baseline(name) if p else None
         used |= {fig.label} if fig else set()
         rows = [r for r in ok if r.get("baseline_name") == name]
-        out.append(_mean_figure(_baseline_words(name, s), rows, "psnr_baseline", fig.psnr if fig else None,
-                                dip=False))  # fmt: skip
+        out.append(_mean_figure(_baseline_words(name, s), rows, "psnr_baseline", fig.psnr if fig else None, dip=False))
     for name in _names(ok, "classical_name"):
         fig = _classical(p, name)
         used |= {fig.label} if fig else set()
         rows = [r for r in ok if r.get("classical_name") == name]
-        out.append(_mean_figure(f"{name} (classical, measured here)", rows, "psnr_classical",
-                                fig.psnr if fig else None, dip=False))  # fmt: skip
+        out.append(
+            _mean_figure(
+                f"{name} (classical, measured here)", rows, "psnr_classical", fig.psnr if fig else None, dip=False
+            )
+        )
     out += [Comparison(f.label, None, 0, f.psnr, dip=False) for f in (p.baselines if p else ()) if f.label not in used]
     return out + _margin(s)
 
@@ -269,23 +288,44 @@ def _same_images(s: Section) -> list[Comparison]:
     p = s.paper
     if p is None or not p.per_image or len(s.ok) >= p.images:
         return []
-    pairs = [(r["psnr"], p.per_image[name]) for r in s.ok
-             if (name := match_image(p, r["image_key"])) in p.per_image and r.get("psnr") is not None]  # fmt: skip
+    pairs = [
+        (r["psnr"], p.per_image[name])
+        for r in s.ok
+        if (name := match_image(p, r["image_key"])) in p.per_image and r.get("psnr") is not None
+    ]
     if not pairs:
         return []
-    return [Comparison(f"DIP, mean over the {len(pairs)} image(s) run", _mean([a for a, _ in pairs]), len(pairs),
-                   _mean([b for _, b in pairs]), dip=True)]  # fmt: skip
+    return [
+        Comparison(
+            f"DIP, mean over the {len(pairs)} image(s) run",
+            _mean([a for a, _ in pairs]),
+            len(pairs),
+            _mean([b for _, b in pairs]),
+            dip=True,
+        )
+    ]
 
 
 def _margin(s: Section) -> list[Comparison]:
     """DIP − bicubic, per image then averaged, beside the paper's difference of means."""
     bicubic = s.paper.baseline("bicubic") if s.paper else None
-    diffs = [r["psnr"] - r["psnr_baseline"] for r in s.ok if r.get("baseline_name") == "bicubic"
-             and r.get("psnr") is not None and r.get("psnr_baseline") is not None]  # fmt: skip
+    diffs = [
+        r["psnr"] - r["psnr_baseline"]
+        for r in s.ok
+        if r.get("baseline_name") == "bicubic" and r.get("psnr") is not None and r.get("psnr_baseline") is not None
+    ]
     if bicubic is None or not diffs:
         return []
-    return [Comparison("DIP's margin over bicubic", _mean(diffs), len(diffs), s.paper.psnr - bicubic.psnr, dip=True,
-                   difference=True)]  # fmt: skip
+    return [
+        Comparison(
+            "DIP's margin over bicubic",
+            _mean(diffs),
+            len(diffs),
+            s.paper.psnr - bicubic.psnr,
+            dip=True,
+            difference=True,
+        )
+    ]
 
 
 def _baseline_words(name: str, s: Section) -> str:
@@ -305,8 +345,11 @@ def _figure_table(s: Section, figs: list[Comparison]) -> list[str]:
     n = len(s.ok)
     rows = []
     for f in figs:
-        ours = NOT_MEASURED if f.ours is None else f.show(f.ours) + (f" ({f.covered} of {n} images)"
-                                                                     if f.covered < n else "")  # fmt: skip
+        ours = (
+            NOT_MEASURED
+            if f.ours is None
+            else f.show(f.ours) + (f" ({f.covered} of {n} images)" if f.covered < n else "")
+        )
         gap = "– (cropped images)" if _is_smoke(s) and f.gap is not None else _signed(f.gap)
         rows.append([f.label, ours, "–" if f.paper is None else f.show(f.paper), gap])
     return _table(["figure (PSNR, dB)", "dipflow", "paper", "gap (dipflow − paper)"], rows)
@@ -367,13 +410,18 @@ def _net_words(c: Mapping[str, Any]) -> str:
     o = c.get("net_options") or {}
     down, up, skip = o.get("channels_down"), o.get("channels_up"), o.get("channels_skip")
     if c.get("net") != "skip" or not down:
-        return f"{c.get('net')} net" + (f" ({', '.join(f'{k} {_plain(v)}' for k, v in sorted(o.items()))})"
-                                       if o else "")  # fmt: skip
-    width = f"{down[0]} channels at {len(down)} scales" if len(set(down)) == 1 and down == up else \
-        f"channels {_plain(down)} down and {_plain(up)} up"  # fmt: skip
+        return f"{c.get('net')} net" + (
+            f" ({', '.join(f'{k} {_plain(v)}' for k, v in sorted(o.items()))})" if o else ""
+        )
+    width = (
+        f"{down[0]} channels at {len(down)} scales"
+        if len(set(down)) == 1 and down == up
+        else f"channels {_plain(down)} down and {_plain(up)} up"
+    )
     skips = f"{skip[0]} skip channels" if skip and len(set(skip)) == 1 else f"skip channels {_plain(skip)}"
     rest = ([f"{o['upsample']} upsampling"] if o.get("upsample") else []) + (
-        [f"{o['pad']} padding"] if o.get("pad") else [])  # fmt: skip
+        [f"{o['pad']} padding"] if o.get("pad") else []
+    )
     return ", ".join([f"skip net with {width}", skips, *rest])
 
 
@@ -394,8 +442,9 @@ def _settings_words(c: Mapping[str, Any]) -> str:
     if c.get("backtrack"):
         parts.append("backtracking when the loss jumps")
     if c.get("early_stopping"):
-        parts.append(f"early stopping by the running-variance rule (W = {c.get('es_window')}, "
-                     f"P = {c.get('es_patience')})")  # fmt: skip
+        parts.append(
+            f"early stopping by the running-variance rule (W = {c.get('es_window')}, P = {c.get('es_patience')})"
+        )
     if c.get("crop") == "center":
         parts.append("centre-cropped to the net's multiple")
     return "; ".join(parts)
@@ -422,7 +471,8 @@ def _coverage(s: Section) -> str:
     failed = [r for r in s.rows if r["status"] == "error"]
     if failed:
         text += f"; {len(failed)} failed: " + ", ".join(
-            f"{r['image_key']} ({(r.get('error') or 'no message')[:80]})" for r in failed)  # fmt: skip
+            f"{r['image_key']} ({(r.get('error') or 'no message')[:80]})" for r in failed
+        )
     skipped = [r["image_key"] for r in s.rows if r["status"] == "skipped"]
     if skipped:
         text += f"; {len(skipped)} restored by a run that is not in these reports: " + ", ".join(skipped)
@@ -441,8 +491,11 @@ def _against_paper(s: Section) -> str:
     iterations = s.config.get("iterations")
     if iterations is not None and iterations != p.iterations:
         reasons.append(f"{iterations} iterations (the paper: {p.iterations})")
-    head = "not directly: " + "; ".join(reasons) if reasons else \
-        f"the whole set with the paper's iteration count ({p.iterations})"  # fmt: skip
+    head = (
+        "not directly: " + "; ".join(reasons)
+        if reasons
+        else f"the whole set with the paper's iteration count ({p.iterations})"
+    )
     return f"- **Against the paper's setting:** {head}. The paper's protocol: {p.protocol}."
 
 
@@ -454,10 +507,14 @@ def _facts(s: Section) -> list[str]:
     nodes = len({r["ray_node"] for r in ok if r.get("ray_node")})
     torch = _one_or_counted(r.get("torch_version") for r in ok) or "not recorded in these reports"
     engine = _one_or_counted(_engine_words(r.get("engine_json")) for r in ok) or "not recorded in these reports"
-    protocol = (f"- **Protocol:** {_one_or_counted(protocols, _psnr_words) or 'not recorded'}. Observation: "
-                f"{_observation_words(s)}. Seed {seeds} (the net's initialisation and input).")  # fmt: skip
-    hardware = (f"- **Hardware and software:** {devices}{f' on {nodes} Ray node(s)' if nodes else ''}; "
-                f"torch {torch}; engine {engine}.")  # fmt: skip
+    protocol = (
+        f"- **Protocol:** {_one_or_counted(protocols, _psnr_words) or 'not recorded'}. Observation: "
+        f"{_observation_words(s)}. Seed {seeds} (the net's initialisation and input)."
+    )
+    hardware = (
+        f"- **Hardware and software:** {devices}{f' on {nodes} Ray node(s)' if nodes else ''}; "
+        f"torch {torch}; engine {engine}."
+    )
     settings = f"- **Settings:** {_settings_words(s.config)}."
     return [_coverage(s), protocol, settings, hardware, _iterations(ok), _time(ok), _against_paper(s)]
 
@@ -466,8 +523,11 @@ def _iterations(ok: list[dict]) -> str:
     run = _one_or_counted(r.get("iterations_run") for r in ok) or "not recorded"
     returned = _one_or_counted(r.get("iteration_returned") for r in ok) or "not recorded"
     why = _one_or_counted(r.get("stop_reason") for r in ok)
-    return f"- **Iterations:** {run} run per image; output returned from iteration {returned}" + \
-        (f" (stopped by: {why})" if why and why != "iterations" else "") + "."  # fmt: skip
+    return (
+        f"- **Iterations:** {run} run per image; output returned from iteration {returned}"
+        + (f" (stopped by: {why})" if why and why != "iterations" else "")
+        + "."
+    )
 
 
 def _time(ok: list[dict]) -> str:
@@ -477,9 +537,11 @@ def _time(ok: list[dict]) -> str:
     when = " to ".join(dict.fromkeys([days[0], days[-1]])) if days else "not recorded"
     if not secs:
         return f"- **Time per image:** not recorded. **Dates:** {when}. **Runs:** {runs or '–'}."
-    return (f"- **Time per image:** {_mean(secs):.1f} s on average ({min(secs):.1f} to {max(secs):.1f} s; "
-            f"{sum(secs):.1f} s for {len(secs)} images), the wall-clock time of each image's final attempt. "
-            f"**Dates:** {when} (UTC). **Runs:** {runs}.")  # fmt: skip
+    return (
+        f"- **Time per image:** {_mean(secs):.1f} s on average ({min(secs):.1f} to {max(secs):.1f} s; "
+        f"{sum(secs):.1f} s for {len(secs)} images), the wall-clock time of each image's final attempt. "
+        f"**Dates:** {when} (UTC). **Runs:** {runs}."
+    )
 
 
 # ------------------------------------------------------------------------------------------------ per image
@@ -497,23 +559,35 @@ def _diff(a: Any, b: Any) -> float | None:
 
 def _image_columns(s: Section) -> list[_Column]:
     p = s.paper
-    base = _one_or_counted(r.get("baseline_name") for r in s.ok) if len(_names(s.ok, "baseline_name")) == 1 \
-        else "baseline"  # fmt: skip
+    base = (
+        _one_or_counted(r.get("baseline_name") for r in s.ok) if len(_names(s.ok, "baseline_name")) == 1 else "baseline"
+    )
     cols: list[_Column] = [("PSNR (returned)" if s.task == "denoise" else "PSNR", _get("psnr"), _db)]
     if s.task == "denoise":
-        cols += [("raw", _get("psnr_final"), _db), ("EMA", _get("psnr_average"), _db),
-                 ("2 runs", _get("psnr_two_runs"), _db)]  # fmt: skip
-    cols += [(base, _get("psnr_baseline"), _db),
-             (f"PSNR − {base}", lambda r: _diff(r.get("psnr"), r.get("psnr_baseline")), _signed)]  # fmt: skip
+        cols += [
+            ("raw", _get("psnr_final"), _db),
+            ("EMA", _get("psnr_average"), _db),
+            ("2 runs", _get("psnr_two_runs"), _db),
+        ]
+    cols += [
+        (base, _get("psnr_baseline"), _db),
+        (f"PSNR − {base}", lambda r: _diff(r.get("psnr"), r.get("psnr_baseline")), _signed),
+    ]
     classical = _names(s.ok, "classical_name")
     cols.append((classical[0] if len(classical) == 1 else "classical", _get("psnr_classical"), _db))
     if p and p.per_image:
-        paper = lambda r: p.per_image.get(match_image(p, r["image_key"]))
+
+        def paper(r: dict[str, Any]) -> float | None:
+            return p.per_image.get(match_image(p, r["image_key"]))
+
         cols += [("paper: DIP", paper, _db), ("gap", lambda r: _diff(r.get("psnr"), paper(r)), _signed)]
         for method, values in p.baseline_per_image.items():
             cols.append((f"paper: {method}", lambda r, v=values: v.get(match_image(p, r["image_key"])), _db))
-    cols += [("SSIM", _get("ssim"), lambda v: f"{v:.4f}"), ("iterations", _get("iterations_run"), str),
-             ("seconds", _get("wall_seconds"), lambda v: f"{v:.1f}")]  # fmt: skip
+    cols += [
+        ("SSIM", _get("ssim"), lambda v: f"{v:.4f}"),
+        ("iterations", _get("iterations_run"), str),
+        ("seconds", _get("wall_seconds"), lambda v: f"{v:.1f}"),
+    ]
     return [c for c in cols if any(c[1](r) is not None for r in s.ok)]
 
 
@@ -525,8 +599,11 @@ def _image_rows(s: Section) -> list[dict[str, Any]]:
     order = list(p.per_image)
     seen = {match_image(p, r["image_key"]) for r in s.rows}
     missing = [{"image_key": name, "status": "not run"} for name in order if name not in seen]
-    rank = lambda r: (order.index(n) if (n := match_image(p, r["image_key"])) in order else len(order),
-                      r["image_key"])
+
+    def rank(r: dict[str, Any]) -> tuple[int, str]:  # the paper's order, then the images it does not list
+        name = match_image(p, r["image_key"])
+        return (order.index(name) if name in order else len(order), r["image_key"])
+
     return sorted(s.rows + missing, key=rank)
 
 
@@ -547,9 +624,11 @@ def _per_image(s: Section) -> list[str]:
 # ------------------------------------------------------------------------------------------ early stopping
 
 
-_ES_INTRO = ("PSNR (dB) of the output after the fixed iteration count; of the output that the running-variance rule "
-             "selects without ground truth (auto); and the best along the run (oracle: it needs the ground truth). "
-             "Iterations saved: those after the rule's stop.")  # fmt: skip
+_ES_INTRO = (
+    "PSNR (dB) of the output after the fixed iteration count; of the output that the running-variance rule "
+    "selects without ground truth (auto); and the best along the run (oracle: it needs the ground truth). "
+    "Iterations saved: those after the rule's stop."
+)
 
 
 def _early_stopping(s: Section) -> list[str]:
@@ -566,27 +645,65 @@ def _early_stopping(s: Section) -> list[str]:
             gaps.append((gap, r["image_key"]))
         if spared is not None:
             saved.append((spared, run))
-        table.append([r["image_key"], run, fixed, r["psnr_auto"], r.get("iteration_auto"), r.get("psnr_best"),
-                      r.get("iteration_best"), gap, _diff(r["psnr_auto"], fixed),
-                      "did not stop" if stop is None else stop, spared])  # fmt: skip
+        table.append(
+            [
+                r["image_key"],
+                run,
+                fixed,
+                r["psnr_auto"],
+                r.get("iteration_auto"),
+                r.get("psnr_best"),
+                r.get("iteration_best"),
+                gap,
+                _diff(r["psnr_auto"], fixed),
+                "did not stop" if stop is None else stop,
+                spared,
+            ]
+        )
     fmts = [str, str, _db, _db, str, _db, str, _signed, _signed, str, str]
     means = [_mean([v for v in col if isinstance(v, (int, float))]) for col in zip(*table, strict=True)]
-    mean_fmts = [str, lambda v: f"{v:.0f}", _db, _db, lambda v: f"{v:.0f}", _db, lambda v: f"{v:.0f}", _signed,
-                 _signed, lambda v: f"{v:.0f}", lambda v: f"{v:.0f}"]  # fmt: skip
+    mean_fmts = [
+        str,
+        lambda v: f"{v:.0f}",
+        _db,
+        _db,
+        lambda v: f"{v:.0f}",
+        _db,
+        lambda v: f"{v:.0f}",
+        _signed,
+        _signed,
+        lambda v: f"{v:.0f}",
+        lambda v: f"{v:.0f}",
+    ]
     body = [["–" if v is None else f(v) for v, f in zip(row, fmts, strict=True)] for row in table]
     body.append(["**mean**", *("–" if m is None else f(m) for m, f in zip(means[1:], mean_fmts[1:], strict=True))])
-    header = ["image", "iterations run", "fixed count", "auto rule", "at iteration", "oracle best", "at iteration",
-              "auto − oracle", "auto − fixed", "rule stops at", "iterations saved"]  # fmt: skip
+    header = [
+        "image",
+        "iterations run",
+        "fixed count",
+        "auto rule",
+        "at iteration",
+        "oracle best",
+        "at iteration",
+        "auto − oracle",
+        "auto − fixed",
+        "rule stops at",
+        "iterations saved",
+    ]
     lines = ["### Early stopping without ground truth", "", _ES_INTRO, "", *_table(header, body), ""]
     if gaps:
         within = sum(g >= -ES_TARGET_DB for g, _ in gaps)
         worst, key = min(gaps)
-        lines.append(f"- The rule's choice is within {ES_TARGET_DB} dB of the oracle on {within} of {len(gaps)} "
-                     f"images (the goal: all); the worst is {_signed(worst)} dB ({key}).")  # fmt: skip
+        lines.append(
+            f"- The rule's choice is within {ES_TARGET_DB} dB of the oracle on {within} of {len(gaps)} "
+            f"images (the goal: all); the worst is {_signed(worst)} dB ({key})."
+        )
     if saved and sum(run for _, run in saved):
         spared, total = sum(x for x, _ in saved), sum(run for _, run in saved)
-        lines.append(f"- Stopping by the rule saves {spared / len(saved):.0f} iterations per image on average, "
-                     f"{100 * spared / total:.0f} % of those run.")  # fmt: skip
+        lines.append(
+            f"- Stopping by the rule saves {spared / len(saved):.0f} iterations per image on average, "
+            f"{100 * spared / total:.0f} % of those run."
+        )
     return lines
 
 
@@ -598,8 +715,11 @@ def _section(s: Section) -> list[str]:
     lines = [f"## {s.title}", "", *_facts(s), ""]
     lines += [*_figure_table(s, figs), ""]
     if _is_smoke(s):
-        lines += ["- **No gap to the paper is given:** the images were cropped before the run, so these PSNRs do "
-                  "not measure what the paper's do; the section shows the ordering of outputs and baselines.", ""]
+        lines += [
+            "- **No gap to the paper is given:** the images were cropped before the run, so these PSNRs do "
+            "not measure what the paper's do; the section shows the ordering of outputs and baselines.",
+            "",
+        ]
     elif shortfalls := _shortfalls(figs):
         lines += [shortfalls, ""]
     lines += [*_per_image(s), ""]
@@ -616,9 +736,17 @@ def _overview(secs: list[Section]) -> list[str]:
         secs_mean = _mean(_values(s.ok, "wall_seconds"))
         devices = ", ".join(sorted({r["device"] for r in s.ok if r.get("device")})) or "–"
         gap = "– (cropped images)" if _is_smoke(s) else _signed(head.gap)
-        rows.append([s.title, devices, f"{len(s.ok)} of {total}", NOT_MEASURED if head.ours is None
-                     else _db(head.ours), _db(head.paper), gap,
-                     "–" if secs_mean is None else f"{secs_mean:.1f}"])  # fmt: skip
+        rows.append(
+            [
+                s.title,
+                devices,
+                f"{len(s.ok)} of {total}",
+                NOT_MEASURED if head.ours is None else _db(head.ours),
+                _db(head.paper),
+                gap,
+                "–" if secs_mean is None else f"{secs_mean:.1f}",
+            ]
+        )
     header = ["benchmark", "device", "images", "dipflow (dB)", "paper (dB)", "gap (dB)", "s / image"]
     return ["## Overview", "", *_table(header, rows, right_from=2), ""]
 
@@ -628,17 +756,23 @@ def _not_measured(secs: list[Section]) -> list[str]:
     missing = [b for name, b in BENCHMARKS.items() if name not in present]
     if not missing:
         return []
-    lines = ["## Not measured in these reports", "",
-             "The paper's figures for its benchmarks that no report here covers on whole images:", ""]  # fmt: skip
+    lines = [
+        "## Not measured in these reports",
+        "",
+        "The paper's figures for its benchmarks that no report here covers on whole images:",
+        "",
+    ]
     for b in missing:
         figs = "; ".join(f"{f.label} {f.psnr:.2f}" for f in (*b.dip, *b.baselines))
         lines.append(f"- **{b.title}** ({b.images} images, {b.iterations} iterations in the paper): {figs}.")
     return [*lines, ""]
 
 
-_INTRO = ("Each section says what its numbers cover: the images, the protocol, the settings and the hardware. The "
-          "paper's figures are those of its text and Table 1 (`pipelines/paper.py`); a gap is dipflow − paper in dB, "
-          "so a negative gap is a shortfall.")  # fmt: skip
+_INTRO = (
+    "Each section says what its numbers cover: the images, the protocol, the settings and the hardware. The "
+    "paper's figures are those of its text and Table 1 (`pipelines/paper.py`); a gap is dipflow − paper in dB, "
+    "so a negative gap is a shortfall."
+)
 
 
 def render(
@@ -660,12 +794,15 @@ def render(
         raise ValueError("no report rows to write a results document from")
     lines = []
     if command:
-        lines.append(f"<!-- Generated by `{command}`. Do not edit by hand: edit "
-                     f"{notes_source or 'the notes'} and run the command again. -->")  # fmt: skip
+        lines.append(
+            f"<!-- Generated by `{command}`. Do not edit by hand: edit "
+            f"{notes_source or 'the notes'} and run the command again. -->"
+        )
     lines += ["# dipflow beside the paper", ""]
     where = ", ".join(f"`{x}`" for x in sources) or "the rows given"
-    lines.append(f"Generated from the Parquet reports in {where} (the latest row of each image)"
-                 + (" by:" if command else "."))  # fmt: skip
+    lines.append(
+        f"Generated from the Parquet reports in {where} (the latest row of each image)" + (" by:" if command else ".")
+    )
     if command:
         lines += ["", "```bash", command, "```"]
     lines += ["", _INTRO, ""]

@@ -8,6 +8,7 @@ an error message; URLs are passed through `redact` before they are.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tempfile
@@ -117,10 +118,8 @@ def _protocols(fs: AbstractFileSystem) -> set[str]:
 def _fresh(fs: AbstractFileSystem, path: str) -> None:
     # s3fs/gcsfs cache listings per instance (and instances per storage_options); another process (a Ray worker)
     # may have written since, so every listing and existence check starts from the store itself.
-    try:
+    with contextlib.suppress(Exception):  # a cache that cannot be cleared is not worth failing a listing for
         fs.invalidate_cache(path)
-    except Exception:  # noqa: BLE001 - a cache that cannot be cleared is not worth failing a listing for
-        pass
 
 
 def exists(uri: str, storage_options: dict | None = None) -> bool:
@@ -182,10 +181,8 @@ def _write_local_atomic(path: str, data: bytes) -> None:
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are ordinary files
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
 
 
@@ -300,8 +297,22 @@ def output_uri(output_root: str, key: str, *, suffix: str = ".png") -> str:
 _USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^/@\s?#]+)@")
 _QUERY_PARAM = re.compile(r"(?P<lead>[?&;])(?P<name>[^=&#\s?;]+)=(?P<value>[^&#\s\"'<>;]*)")
 _SECRET_EXACT = frozenset({"sig", "key", "pwd", "pass", "auth", "code", "se", "sv", "sp", "st", "skoid", "sktid"})
-_SECRET_PARTS = ("token", "secret", "signature", "password", "passwd", "credential", "apikey", "api_key",
-                 "accesskey", "access_key", "awsaccesskeyid", "sessionkey", "session_key", "authorization")
+_SECRET_PARTS = (
+    "token",
+    "secret",
+    "signature",
+    "password",
+    "passwd",
+    "credential",
+    "apikey",
+    "api_key",
+    "accesskey",
+    "access_key",
+    "awsaccesskeyid",
+    "sessionkey",
+    "session_key",
+    "authorization",
+)
 _AWS_KEY_ID = re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b")
 
 

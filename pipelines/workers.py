@@ -14,6 +14,7 @@ feeds them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -30,8 +31,17 @@ from pipelines.jobs import Job
 from pipelines.packing import Pack, PackQueue
 from pipelines.restorer import JobOutcome, Restorer
 
-__all__ = ["JobOutcome", "Restorer", "RestoreWorker", "RunStats", "WorkerPool", "WorkerStartError", "run_inline",
-           "run_jobs", "start_ray"]  # fmt: skip
+__all__ = [
+    "JobOutcome",
+    "RestoreWorker",
+    "Restorer",
+    "RunStats",
+    "WorkerPool",
+    "WorkerStartError",
+    "run_inline",
+    "run_jobs",
+    "start_ray",
+]
 
 # A worker process that vanished: the actor (and what it ran) is gone, the job itself may be fine elsewhere.
 _WORKER_LOST = (RayActorError, WorkerCrashedError, NodeDiedError)  # RayActorError covers ActorDiedError
@@ -62,8 +72,13 @@ class RestoreWorker(Restorer):
 # ---------------------------------------------------------------------------------------------------- Ray setup
 
 
-def start_ray(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None,
-              object_store_memory: int | None = None) -> bool:  # fmt: skip
+def start_ray(
+    address: str | None = None,
+    *,
+    num_cpus: int | None = None,
+    num_gpus: int | None = None,
+    object_store_memory: int | None = None,
+) -> bool:
     """Join the cluster at `address` (``auto``, ``ray://head:10001``, ``host:6379``), or start a private local
     instance when it is None/"local": no dashboard, no usage reports, `num_cpus`/`num_gpus` as given (Ray 2.60
     guards its ports with token authentication). Returns True when this call connected (so the caller shuts Ray
@@ -74,8 +89,14 @@ def start_ray(address: str | None = None, *, num_cpus: int | None = None, num_gp
     common = {"logging_level": logging.ERROR, "log_to_driver": False}  # Ray's warnings would tear the progress bar
     if address in (None, "local"):
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a private instance reports nothing anywhere
-        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, object_store_memory=object_store_memory,
-                 include_dashboard=False, **common)  # fmt: skip
+        ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            num_gpus=num_gpus,
+            object_store_memory=object_store_memory,
+            include_dashboard=False,
+            **common,
+        )
     else:
         ray.init(address=address, **common)
     return True
@@ -100,8 +121,9 @@ class _Slot:
 class WorkerPool:
     """A fixed number of `RestoreWorker` actors, each in a slot that a dead actor's replacement takes over."""
 
-    def __init__(self, size: int, *, num_gpus: float = 0.0, num_cpus: float = 1.0,
-                 storage_options: dict | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, size: int, *, num_gpus: float = 0.0, num_cpus: float = 1.0, storage_options: dict | None = None
+    ) -> None:
         if size < 1:
             raise ValueError(f"a worker pool needs at least one worker, got {size}")
         self.options = {"num_gpus": num_gpus, "num_cpus": num_cpus, "scheduling_strategy": "SPREAD"}
@@ -110,9 +132,15 @@ class WorkerPool:
         self.restarts = 0
 
     @classmethod
-    def for_cluster(cls, *, gpus_per_worker: float = 1.0, cpus_per_worker: float | None = None,
-                    num_workers: int | None = None, max_workers: int | None = None,
-                    storage_options: dict | None = None) -> WorkerPool:  # fmt: skip
+    def for_cluster(
+        cls,
+        *,
+        gpus_per_worker: float = 1.0,
+        cpus_per_worker: float | None = None,
+        num_workers: int | None = None,
+        max_workers: int | None = None,
+        storage_options: dict | None = None,
+    ) -> WorkerPool:
         """Size a pool from the live nodes: GPU actors when the cluster has GPUs (and `gpus_per_worker` > 0),
         else CPU actors; `num_workers` defaults to as many as fit, `max_workers` caps it (e.g. the job count)."""
         gpus = float(ray.cluster_resources().get("GPU", 0.0))
@@ -133,20 +161,16 @@ class WorkerPool:
 
     def replace(self, slot: _Slot) -> None:
         """Kill the slot's actor (if it still runs) and start a fresh one in its place."""
-        try:
+        with contextlib.suppress(Exception):  # already gone
             ray.kill(slot.actor, no_restart=True)
-        except Exception:  # noqa: BLE001 - already gone
-            pass
         slot.actor, slot.generation, slot.ready, slot.info = self._spawn(), slot.generation + 1, False, None
         slot.in_flight, slot.busy_since = 0, None
         self.restarts += 1
 
     def shutdown(self) -> None:
         for slot in self.slots:
-            try:
+            with contextlib.suppress(Exception):  # already gone
                 ray.kill(slot.actor, no_restart=True)
-            except Exception:  # noqa: BLE001
-                pass
 
 
 def _capacity(num_gpus: float, num_cpus: float) -> int:
@@ -193,9 +217,20 @@ class _Call:
 class _Driver:
     """The state of one `run_jobs` call; each method is one step of the loop."""
 
-    def __init__(self, jobs: Iterable[Job], pool: WorkerPool, on_result: Callable[[JobOutcome], None], *,
-                 max_in_flight: int | None, max_attempts: int, timeout: float | None, poll: float,
-                 startup_timeout: float, pack: Pack, log: Callable[[str], None]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        jobs: Iterable[Job],
+        pool: WorkerPool,
+        on_result: Callable[[JobOutcome], None],
+        *,
+        max_in_flight: int | None,
+        max_attempts: int,
+        timeout: float | None,
+        poll: float,
+        startup_timeout: float,
+        pack: Pack,
+        log: Callable[[str], None],
+    ) -> None:
         _check_pack(pack)
         self.queue = PackQueue(jobs)
         self.pool, self.on_result, self.log, self.pack = pool, on_result, log, pack
@@ -332,8 +367,9 @@ class _Driver:
         """
         if kill:
             ray.kill(slot.actor, no_restart=True)
-        mine = sorted((c for c in self.calls.values() if c.slot is slot and c.generation == generation),
-                      key=lambda c: c.seq)  # fmt: skip
+        mine = sorted(
+            (c for c in self.calls.values() if c.slot is slot and c.generation == generation), key=lambda c: c.seq
+        )
         for c in mine:
             del self.calls[c.ref]
         if mine:
@@ -365,8 +401,11 @@ class _Driver:
         for slot in self.pool.slots:
             if not slot.in_flight or slot.busy_since is None:
                 continue
-            running = min((c for c in self.calls.values() if c.slot is slot and c.generation == slot.generation),
-                          key=lambda c: c.seq, default=None)  # fmt: skip
+            running = min(
+                (c for c in self.calls.values() if c.slot is slot and c.generation == slot.generation),
+                key=lambda c: c.seq,
+                default=None,
+            )
             limit = self.timeout * (len(running.items) if running else 1)  # the timeout is per job of the call
             if now - slot.busy_since > limit:
                 self._lose_slot(slot, slot.generation, f"timed out after {limit:g} s", kill=True)
@@ -418,14 +457,24 @@ def run_jobs(
     goes on. Every ``ray.wait`` returns within `poll` seconds. Raises `WorkerStartError` when no actor is ready within
     `startup_timeout` seconds.
     """
-    driver = _Driver(jobs, workers, on_result, max_in_flight=max_in_flight, max_attempts=max_attempts,
-                     timeout=timeout, poll=poll, startup_timeout=startup_timeout, pack=pack,
-                     log=log or logging.getLogger("dipflow.workers").warning)  # fmt: skip
+    driver = _Driver(
+        jobs,
+        workers,
+        on_result,
+        max_in_flight=max_in_flight,
+        max_attempts=max_attempts,
+        timeout=timeout,
+        poll=poll,
+        startup_timeout=startup_timeout,
+        pack=pack,
+        log=log or logging.getLogger("dipflow.workers").warning,
+    )
     return driver.run()
 
 
-def run_inline(jobs: Iterable[Job], *, restorer: Restorer, on_result: Callable[[JobOutcome], None],
-               pack: Pack = "auto") -> RunStats:  # fmt: skip
+def run_inline(
+    jobs: Iterable[Job], *, restorer: Restorer, on_result: Callable[[JobOutcome], None], pack: Pack = "auto"
+) -> RunStats:
     """Run `jobs` in this process, up to `pack` compatible ones at a time as one batch ("auto": the
     restorer's own bound, its thread count on a CPU), for process-local storage such as ``memory://``, and debugging."""
     _check_pack(pack)

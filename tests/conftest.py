@@ -1,6 +1,7 @@
 # --- S3 through a real moto server on 127.0.0.1 (tests of pipelines.storage / reports / flows) -------------------
 import os as _os
 import socket as _socket
+import tempfile as _tempfile
 import uuid as _uuid
 from dataclasses import dataclass as _dataclass
 
@@ -75,7 +76,6 @@ def s3_root(s3_server):
 
 
 # --- Ray and Prefect for the pipelines tests: one local Ray instance and one Prefect harness per session ----------
-import tempfile as _tempfile
 
 # Before Ray or Prefect is imported anywhere: no usage reports, Prefect's home and database in a temp dir.
 _os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")

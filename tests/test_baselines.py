@@ -21,7 +21,7 @@ def photo():
 def _gain(task, obs, truth, **kw):
     name, estimate = baselines.restore_classical(task, obs, **kw)
     assert estimate.shape == truth.shape and estimate.dtype == np.float32
-    assert 0.0 <= estimate.min() and estimate.max() <= 1.0
+    assert estimate.min() >= 0.0 and estimate.max() <= 1.0
     return name, dipcore.psnr(estimate, truth) - dipcore.psnr(obs.image, truth)
 
 

@@ -20,15 +20,19 @@ def crops():
     return [img[0:64, 0:64], img[100:164, 180:244], img[300:364, 300:364]]
 
 
-@pytest.mark.parametrize("options", [{}, {"downsample": "lanczos2", "upsample": "nearest"}, {"channels_skip": (0, 0, 0, 4, 4)}])
+@pytest.mark.parametrize(
+    "options", [{}, {"downsample": "lanczos2", "upsample": "nearest"}, {"channels_skip": (0, 0, 0, 4, 4)}]
+)
 def test_a_stacked_net_computes_each_net_on_its_block(options):
     gen = torch.Generator().manual_seed(0)
-    singles = [nets.reinitialise(nets.skip(in_channels=4, channels_down=(8,) * 5, channels_up=(8,) * 5, **options), gen)
-               for _ in range(3)]  # fmt: skip
+    singles = [
+        nets.reinitialise(nets.skip(in_channels=4, channels_down=(8,) * 5, channels_up=(8,) * 5, **options), gen)
+        for _ in range(3)
+    ]
     stacked = stack_modules(singles)
     zs = [torch.rand(1, 4, 64, 64, generator=gen) for _ in range(3)]
     out = stacked(torch.cat(zs, dim=1))  # (1, 9, 64, 64)
-    for i, (net, z) in enumerate(zip(singles, zs)):
+    for i, (net, z) in enumerate(zip(singles, zs, strict=True)):
         torch.testing.assert_close(out[:, 3 * i : 3 * i + 3], net(z), atol=1e-5, rtol=1e-4)
 
 
@@ -50,7 +54,7 @@ def test_k_fits_batched_equal_k_fits_one_by_one(crops, task, mode):
     engine = dipcore.EngineOptions(batch_mode=mode)
     batched = dipcore.restore_batch(obs, references=crops, seeds=[3, 4, 5], engine=engine, **kwargs)
     assert all(b.engine["batch_mode"] == mode for b in batched)
-    for o, c, s, b in zip(obs, crops, [3, 4, 5], batched):
+    for o, c, s, b in zip(obs, crops, [3, 4, 5], batched, strict=True):
         single = dipcore.restore(o, reference=c, seed=s, **kwargs)
         np.testing.assert_allclose(b.image, single.image, atol=3e-3)
         np.testing.assert_allclose(b.history["loss"], single.history["loss"], rtol=1e-3)
@@ -64,10 +68,13 @@ def test_stacked_fits_reach_the_same_quality_over_a_longer_run(crops):
     obs = [dipcore.degrade(c, task="denoise", seed=i) for i, c in enumerate(crops)]
     kwargs = dict(task="denoise", iterations=150, **SMALL)
     batched = dipcore.restore_batch(obs, seeds=[3, 4, 5], engine=dipcore.EngineOptions(batch_mode="stack"), **kwargs)
-    singles = [dipcore.restore(o, seed=s, **kwargs) for o, s in zip(obs, [3, 4, 5])]
+    singles = [dipcore.restore(o, seed=s, **kwargs) for o, s in zip(obs, [3, 4, 5], strict=True)]
     # One image's PSNR after 150 iterations moves by up to ~0.5 dB with float rounding alone (fused or looped Adam,
     # grouped or plain convolutions: measured); the mean over the three is steadier. A mix-up costs several dB.
-    mean_psnr = lambda results: np.mean([dipcore.psnr(r.image, c) for r, c in zip(results, crops)])  # noqa: E731
+
+    def mean_psnr(results):
+        return np.mean([dipcore.psnr(r.image, c) for r, c in zip(results, crops, strict=True)])
+
     assert mean_psnr(batched) == pytest.approx(mean_psnr(singles), abs=0.3)
 
 
@@ -91,9 +98,18 @@ def test_batched_early_stopping_picks_each_fits_own_iteration(crops, mode):
     still = dipcore.Observation(crops[0], "inpaint", mask=np.zeros(crops[0].shape[:2], np.float32))
     live = dipcore.degrade(crops[1], task="inpaint", seed=0)
     frozen, moving = dipcore.restore_batch(
-        [still, live], task="inpaint", iterations=120, early_stopping=True, es_window=10, es_patience=40,
-        reg_noise_std=0.0, ema=None, output="final", engine=dipcore.EngineOptions(batch_mode=mode), **SMALL,
-    )  # fmt: skip
+        [still, live],
+        task="inpaint",
+        iterations=120,
+        early_stopping=True,
+        es_window=10,
+        es_patience=40,
+        reg_noise_std=0.0,
+        ema=None,
+        output="final",
+        engine=dipcore.EngineOptions(batch_mode=mode),
+        **SMALL,
+    )
     np.testing.assert_array_equal(frozen.image, frozen.final)  # the premise: that output never moved
     assert frozen.stop_reason == "early_stopping" and frozen.iteration == frozen.stopping.iteration == 10
     # Side by side, each fit stops where its rule says; stacked, the batch runs until every rule agrees (or the end).

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_nets import SMALL  # narrow configurations of every net: milliseconds per pass at 64×64
 from torch import nn
 
 from dipcore import nets
 from dipcore.batched import stack_modules
 from dipcore.checkpointing import CheckpointedUnit, checkpointed
 from dipcore.memory import _saved_bytes
-from test_nets import SMALL  # narrow configurations of every net: milliseconds per pass at 64×64
 
 # Tensors here are small: intra-op threads only add overhead, badly so on a loaded CI machine.
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -35,12 +35,12 @@ def _assert_same_function(net: nn.Module, z: torch.Tensor) -> None:
     lean = checkpointed(net)
     assert any(isinstance(m, CheckpointedUnit) for m in lean.modules())
     assert not any(isinstance(m, CheckpointedUnit) for m in net.modules())  # the original is left as it was
-    assert all(a is b for a, b in zip(lean.parameters(), net.parameters()))  # shared, so Adam updates both
+    assert all(a is b for a, b in zip(lean.parameters(), net.parameters(), strict=True))  # shared, so Adam updates both
     assert len(list(lean.parameters())) == len(list(net.parameters()))
     out, grads = _output_and_grads(net, z)
     lean_out, lean_grads = _output_and_grads(lean, z)
     torch.testing.assert_close(lean_out, out, rtol=0, atol=1e-6)
-    for g, lean_g in zip(grads, lean_grads):
+    for g, lean_g in zip(grads, lean_grads, strict=True):
         torch.testing.assert_close(lean_g, g, rtol=1e-5, atol=1e-7)
     # The forward pass keeps less: a third for skip, resnet and texture_nets; 0.69 for unet, whose up blocks have no
     # normalisation (a unit is conv → ReLU, two tensors of which it keeps one).
@@ -70,7 +70,7 @@ def test_units_that_draw_noise_stay_plain_so_no_rng_state_is_replayed():
     out, grads = _output_and_grads(net, z, rng_seed=3)
     lean_out, lean_grads = _output_and_grads(lean, z, rng_seed=3)
     torch.testing.assert_close(lean_out, out, rtol=0, atol=1e-6)
-    for g, lean_g in zip(grads, lean_grads):
+    for g, lean_g in zip(grads, lean_grads, strict=True):
         torch.testing.assert_close(lean_g, g, rtol=1e-5, atol=1e-7)
 
 

@@ -15,10 +15,12 @@ FAST = ["--preset", "fast", "--iterations", "2", "--channels", "8", "--quiet"]
 
 
 def test_help_is_instant_and_imports_no_engine():
-    code = ("import sys; from pipelines import cli\n"
-            "try: cli.main(['--help'])\nexcept SystemExit: pass\n"
-            "heavy = {'torch', 'ray', 'prefect', 'pyarrow'} & set(sys.modules)\n"
-            "assert not heavy, heavy")  # fmt: skip
+    code = (
+        "import sys; from pipelines import cli\n"
+        "try: cli.main(['--help'])\nexcept SystemExit: pass\n"
+        "heavy = {'torch', 'ray', 'prefect', 'pyarrow'} & set(sys.modules)\n"
+        "assert not heavy, heavy"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert all(name in done.stdout for name in COMMANDS)
@@ -81,8 +83,10 @@ def test_restore_then_report(ray_local, prefect_harness, tmp_path, write_images,
     ("extra", "expected"),
     [
         ([], {"early_stopping": "observe", "runs": None, "classical": True}),
-        (["--early-stopping", "off", "--runs", "3", "--no-classical"],
-         {"early_stopping": "off", "runs": 3, "classical": False}),
+        (
+            ["--early-stopping", "off", "--runs", "3", "--no-classical"],
+            {"early_stopping": "off", "runs": 3, "classical": False},
+        ),
     ],
 )
 def test_evaluate_protocol_options_reach_the_flow(extra, expected, monkeypatch):
@@ -90,8 +94,16 @@ def test_evaluate_protocol_options_reach_the_flow(extra, expected, monkeypatch):
 
     def fake_flow(name, args, **params):
         seen.update(params, flow=name)
-        return {"run_id": "r", "summary": [], "ok": 0, "error": 0, "skipped": 0, "report": "-", "not_images": 0,
-                "failures": []}  # fmt: skip
+        return {
+            "run_id": "r",
+            "summary": [],
+            "ok": 0,
+            "error": 0,
+            "skipped": 0,
+            "report": "-",
+            "not_images": 0,
+            "failures": [],
+        }
 
     monkeypatch.setattr(cli, "_run_flow", fake_flow)
     assert cli.main(["evaluate", "cbm3d9", "--data-root", "data", "-o", "out", "--json", *extra]) == 0
@@ -130,8 +142,18 @@ def test_the_console_script_reports_a_flow_failure_in_one_line(prefect_harness, 
 
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
     env.pop("DIPFLOW_DEBUG", None)
-    argv = [sys.executable, "-m", "pipelines.cli", "restore", str(tmp_path / "nope"), "-o", str(tmp_path / "out"),
-            "--task", "sr", *FAST]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "pipelines.cli",
+        "restore",
+        str(tmp_path / "nope"),
+        "-o",
+        str(tmp_path / "out"),
+        "--task",
+        "sr",
+        *FAST,
+    ]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 1, done.stderr
     assert done.stderr.strip().splitlines() == [f"dipflow: error: source does not exist: {tmp_path / 'nope'}"]

@@ -24,8 +24,10 @@ def _problems(seeds, iterations=3):
     img = data.astronaut()[100:164, 180:244].astype(np.float32) / 255
     p = preset_for("denoise", **SMALL)
     obs = dipcore.degrade(img, task="denoise", seed=0)
-    problems = [build_problem(p, Observation(obs.image, "denoise"), device=torch.device("cpu"), seed=s, reference=img)
-                for s in seeds]  # fmt: skip
+    problems = [
+        build_problem(p, Observation(obs.image, "denoise"), device=torch.device("cpu"), seed=s, reference=img)
+        for s in seeds
+    ]
     settings = FitSettings(lr=p.lr, iterations=iterations, reg_noise_std=p.reg_noise_std, ema=p.ema)
     return problems, settings
 
@@ -40,8 +42,8 @@ def test_concurrent_fits_equal_the_fits_one_by_one_on_as_many_threads(two_thread
     together = fit_concurrently(problems, settings, generators=_generators(seeds))
     torch.set_num_threads(1)  # what each of the two workers had
     problems, settings = _problems(seeds)
-    alone = [fit(p, settings, generator=g) for p, g in zip(problems, _generators(seeds))]
-    for a, b in zip(together, alone):
+    alone = [fit(p, settings, generator=g) for p, g in zip(problems, _generators(seeds), strict=True)]
+    for a, b in zip(together, alone, strict=True):
         torch.testing.assert_close(a.final, b.final, atol=1e-6, rtol=0)
         assert a.history["loss"] == pytest.approx(b.history["loss"], rel=1e-6)
     assert np.abs((together[0].final - together[1].final).numpy()).max() > 0.05  # fits did not get mixed up

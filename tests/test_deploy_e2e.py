@@ -10,6 +10,7 @@ lives in a temporary file named by RAY_AUTH_TOKEN_PATH, not in ~/.ray).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -22,7 +23,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -70,28 +71,34 @@ class Started:
                 self.proc.wait(grace)
             except (ProcessLookupError, subprocess.TimeoutExpired):
                 pass
-        try:  # whatever is left of the session this process leads (its pgid is its pid)
+        # Whatever is left of the session this process leads (its pgid is its pid).
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            pass
 
 
 def _start(name: str, argv: list[str], env: dict[str, str], logs: Path) -> Started:
     log = logs / f"{name}.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                cwd=ROOT, start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            argv,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=ROOT,
+            start_new_session=True,
+        )
     return Started(name, proc, log)
 
 
-def _run(argv: list[str], env: dict[str, str], *, cwd: Path = ROOT, timeout: float = 180,
-         check: bool = True) -> subprocess.CompletedProcess:  # fmt: skip
-    done = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)  # fmt: skip
+def _run(
+    argv: list[str], env: dict[str, str], *, cwd: Path = ROOT, timeout: float = 180, check: bool = True
+) -> subprocess.CompletedProcess:
+    done = subprocess.run(
+        argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+    )
     if check and done.returncode != 0:
         raise AssertionError(f"{' '.join(argv)} exited {done.returncode}\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}")
     return done
@@ -157,20 +164,51 @@ def stack(tmp_path_factory):
     processes: list[Started] = []
     stack = Stack(env, api, f"127.0.0.1:{ray_port}", work, logs, processes)
     try:
-        server = _start("prefect-server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
-                                           "--port", str(prefect_port), "--no-ui", "--analytics-off"], env, logs)  # fmt: skip
+        server = _start(
+            "prefect-server",
+            [
+                str(BIN / "prefect"),
+                "server",
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(prefect_port),
+                "--no-ui",
+                "--analytics-off",
+            ],
+            env,
+            logs,
+        )
         processes.append(server)
         ports = [_free_port() for _ in range(8)]
         worker_lo = 20000 + secrets.randbelow(30000)
-        head = _start("ray-head", [
-            str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={ray_port}",
-            "--num-cpus=2", "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats",
-            f"--temp-dir={ray_tmp}",
-            f"--dashboard-agent-listen-port={ports[1]}", f"--dashboard-agent-grpc-port={ports[2]}",
-            f"--runtime-env-agent-port={ports[3]}", f"--metrics-export-port={ports[4]}",
-            f"--node-manager-port={ports[5]}", f"--object-manager-port={ports[6]}",
-            f"--min-worker-port={worker_lo}", f"--max-worker-port={worker_lo + 200}",
-        ], env, logs)  # fmt: skip
+        head = _start(
+            "ray-head",
+            [
+                str(BIN / "ray"),
+                "start",
+                "--head",
+                "--block",
+                "--node-ip-address=127.0.0.1",
+                f"--port={ray_port}",
+                "--num-cpus=2",
+                "--num-gpus=0",
+                "--include-dashboard=false",
+                "--disable-usage-stats",
+                f"--temp-dir={ray_tmp}",
+                f"--dashboard-agent-listen-port={ports[1]}",
+                f"--dashboard-agent-grpc-port={ports[2]}",
+                f"--runtime-env-agent-port={ports[3]}",
+                f"--metrics-export-port={ports[4]}",
+                f"--node-manager-port={ports[5]}",
+                f"--object-manager-port={ports[6]}",
+                f"--min-worker-port={worker_lo}",
+                f"--max-worker-port={worker_lo + 200}",
+            ],
+            env,
+            logs,
+        )
         processes.append(head)
         _wait_for_server(server, api)
         _wait_for_ray(head, stack)
@@ -179,10 +217,8 @@ def stack(tmp_path_factory):
         for p in reversed(processes):
             p.stop()
         for pid in _pids_mentioning(str(ray_tmp)):  # Ray processes that outlived their session, by id
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
@@ -217,10 +253,32 @@ def _wait_for_ray(head: Started, stack: Stack, timeout: float = 120) -> None:
 def pools(stack):
     """dipflow's work pools, created from the templates in deploy/prefect (the server validates them)."""
     templates = ROOT / "deploy" / "prefect"
-    _run(["prefect", "work-pool", "create", POOL, "--type", "process",
-          "--base-job-template", str(templates / "process-base-job-template.json")], stack.env)  # fmt: skip
-    _run(["prefect", "work-pool", "create", "dipflow-k8s", "--type", "kubernetes",
-          "--base-job-template", str(templates / "kubernetes-base-job-template.json")], stack.env)  # fmt: skip
+    _run(
+        [
+            "prefect",
+            "work-pool",
+            "create",
+            POOL,
+            "--type",
+            "process",
+            "--base-job-template",
+            str(templates / "process-base-job-template.json"),
+        ],
+        stack.env,
+    )
+    _run(
+        [
+            "prefect",
+            "work-pool",
+            "create",
+            "dipflow-k8s",
+            "--type",
+            "kubernetes",
+            "--base-job-template",
+            str(templates / "kubernetes-base-job-template.json"),
+        ],
+        stack.env,
+    )
     _run(["prefect", "work-queue", "create", QUEUE, "--pool", POOL], stack.env)
     return POOL
 
@@ -256,8 +314,11 @@ def test_a_bad_cron_is_rejected(stack, pools):
     with stack.client() as c:
         flow = c.post("/flows/", json={"name": "dipflow-cron-probe"})
         flow.raise_for_status()
-        bad = {"name": "bad-cron", "flow_id": flow.json()["id"],
-               "schedules": [{"schedule": {"cron": "61 25 * * *", "timezone": "UTC"}, "active": True}]}  # fmt: skip
+        bad = {
+            "name": "bad-cron",
+            "flow_id": flow.json()["id"],
+            "schedules": [{"schedule": {"cron": "61 25 * * *", "timezone": "UTC"}, "active": True}],
+        }
         assert c.post("/deployments/", json=bad).status_code == 422
         good = {**bad, "name": "good-cron", "schedules": [{"schedule": {"cron": "0 2 * * *", "timezone": "UTC"}}]}
         created = c.post("/deployments/", json=good)
@@ -269,9 +330,18 @@ def test_a_bad_cron_is_rejected(stack, pools):
     project = stack.work / "bad-cron-project"
     project.mkdir()
     (project / "probe.py").write_text("from prefect import flow\n\n@flow\ndef probe() -> None:\n    pass\n")
-    spec = {"name": "probe", "pull": [{"prefect.deployments.steps.set_working_directory": {"directory": str(project)}}],
-            "deployments": [{"name": "bad-cron", "entrypoint": "probe.py:probe", "work_pool": {"name": POOL},
-                             "schedules": [{"cron": "61 25 * * *", "timezone": "UTC"}]}]}  # fmt: skip
+    spec = {
+        "name": "probe",
+        "pull": [{"prefect.deployments.steps.set_working_directory": {"directory": str(project)}}],
+        "deployments": [
+            {
+                "name": "bad-cron",
+                "entrypoint": "probe.py:probe",
+                "work_pool": {"name": POOL},
+                "schedules": [{"cron": "61 25 * * *", "timezone": "UTC"}],
+            }
+        ],
+    }
     (project / "prefect.yaml").write_text(yaml.safe_dump(spec))
     done = _run(["prefect", "deploy", "--all", "--no-prompt"], stack.env, cwd=project, check=False)
     assert done.returncode != 0, f"a bad cron was deployed:\n{done.stdout[-2000:]}"
@@ -293,9 +363,14 @@ def test_the_ray_head_refuses_a_wrong_token(stack):
 
 def _scheduled_runs(stack: Stack, deployment_id: str) -> list[dict[str, Any]]:
     with stack.client() as c:
-        r = c.post("/flow_runs/filter", json={
-            "flow_runs": {"deployment_id": {"any_": [deployment_id]}, "state": {"type": {"any_": ["SCHEDULED"]}}},
-            "sort": "EXPECTED_START_TIME_ASC", "limit": 10})  # fmt: skip
+        r = c.post(
+            "/flow_runs/filter",
+            json={
+                "flow_runs": {"deployment_id": {"any_": [deployment_id]}, "state": {"type": {"any_": ["SCHEDULED"]}}},
+                "sort": "EXPECTED_START_TIME_ASC",
+                "limit": 10,
+            },
+        )
         r.raise_for_status()
         return r.json()
 
@@ -326,9 +401,9 @@ def test_deploy_all_registers_the_schedules_and_the_server_plans_runs(stack, dep
             break
         time.sleep(2)
     assert all(runs.values()), f"no upcoming runs listed: { {k: len(v) for k, v in runs.items()} }"
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     for name, listed in runs.items():
-        starts = [datetime.fromisoformat(r["expected_start_time"]).astimezone(timezone.utc) for r in listed]
+        starts = [datetime.fromisoformat(r["expected_start_time"]).astimezone(UTC) for r in listed]
         assert all(s > now for s in starts)
         minute, hour, _, _, dow = DEPLOYMENTS[name]["schedules"][0]["cron"].split()
         for s in starts:
@@ -354,21 +429,48 @@ def test_a_triggered_restoration_runs_on_a_process_worker_and_reports_every_imag
     for i, name in enumerate(("a.png", "b.png")):
         _png(source / name, i)
     parameters = {
-        "source": str(source), "output": str(output), "task": "denoise", "preset": "fast", "iterations": 3,
-        "overrides": {"channels": 8}, "ray_address": stack.ray_address,
+        "source": str(source),
+        "output": str(output),
+        "task": "denoise",
+        "preset": "fast",
+        "iterations": 3,
+        "overrides": {"channels": 8},
+        "ray_address": stack.ray_address,
         "gpus_per_worker": 0.0,  # no GPU here: CPU actors on the 2-CPU head
-    }  # fmt: skip
+    }
     with stack.client() as c:
-        r = c.post(f"/deployments/{deployed['nightly-restoration']['id']}/create_flow_run",
-                   json={"parameters": parameters, "work_queue_name": QUEUE})  # fmt: skip
+        r = c.post(
+            f"/deployments/{deployed['nightly-restoration']['id']}/create_flow_run",
+            json={"parameters": parameters, "work_queue_name": QUEUE},
+        )
         assert r.status_code in (200, 201), r.text
         run_id = r.json()["id"]
 
     # The worker starts flow runs where dipflow lives: DIPFLOW_HOME is the pull step's working directory.
     worker_env = {**stack.env, "DIPFLOW_HOME": str(ROOT)}
-    worker = _start("prefect-worker", ["prefect", "worker", "start", "--pool", POOL, "--work-queue", QUEUE,
-                                       "--type", "process", "--run-once", "--limit", "1",
-                                       "--install-policy", "never", "--name", "e2e-worker"], worker_env, stack.logs)  # fmt: skip
+    worker = _start(
+        "prefect-worker",
+        [
+            "prefect",
+            "worker",
+            "start",
+            "--pool",
+            POOL,
+            "--work-queue",
+            QUEUE,
+            "--type",
+            "process",
+            "--run-once",
+            "--limit",
+            "1",
+            "--install-policy",
+            "never",
+            "--name",
+            "e2e-worker",
+        ],
+        worker_env,
+        stack.logs,
+    )
     stack.processes.append(worker)
     try:
         worker.proc.wait(600)

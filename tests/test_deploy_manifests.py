@@ -16,9 +16,10 @@ import shlex
 import subprocess
 import sys
 import tomllib
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import yaml
@@ -39,7 +40,9 @@ def _versions() -> dict[str, str]:
     for n, line in enumerate((DEPLOY / "versions.env").read_text().splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
-        assert re.fullmatch(r"[A-Z][A-Z0-9_]*=[^\s'\"]+", line), f"versions.env:{n}: not a plain KEY=value line: {line!r}"
+        assert re.fullmatch(r"[A-Z][A-Z0-9_]*=[^\s'\"]+", line), (
+            f"versions.env:{n}: not a plain KEY=value line: {line!r}"
+        )
         key, value = line.split("=", 1)
         out[key] = value
     return out
@@ -114,8 +117,17 @@ def _installed(name: str) -> Version | None:
 
 
 def test_versions_env_has_every_pin():
-    for key in ("DIPFLOW_VERSION", "PYTHON_VERSION", "RAY_VERSION", "PREFECT_VERSION", "TORCH_VERSION",
-                "CUDA_BASE_IMAGE", "UV_IMAGE", "KUBERAY_VERSION", "DIPFLOW_IMAGE"):
+    for key in (
+        "DIPFLOW_VERSION",
+        "PYTHON_VERSION",
+        "RAY_VERSION",
+        "PREFECT_VERSION",
+        "TORCH_VERSION",
+        "CUDA_BASE_IMAGE",
+        "UV_IMAGE",
+        "KUBERAY_VERSION",
+        "DIPFLOW_IMAGE",
+    ):
         assert VERSIONS.get(key), f"deploy/versions.env lacks {key}"
     assert VERSIONS["DIPFLOW_VERSION"] == PYPROJECT["project"]["version"]
 
@@ -208,8 +220,13 @@ def test_dockerfile_base_images_are_the_pinned_ones():
 def test_dockerfile_installs_the_engines_from_versions_env():
     runs = " ".join(a for op, a in DOCKERFILE if op == "RUN")
     assert ". /opt/dipflow/deploy/versions.env" in runs
-    for spec in ('"torch==${TORCH_VERSION}"', '"ray[default]==${RAY_VERSION}"', '"prefect==${PREFECT_VERSION}"',
-                 '"${PYTHON_VERSION}"', "constraints.txt"):
+    for spec in (
+        '"torch==${TORCH_VERSION}"',
+        '"ray[default]==${RAY_VERSION}"',
+        '"prefect==${PREFECT_VERSION}"',
+        '"${PYTHON_VERSION}"',
+        "constraints.txt",
+    ):
         assert spec in runs, f"the Dockerfile does not install {spec}"
     for version in (VERSIONS["RAY_VERSION"], VERSIONS["PREFECT_VERSION"], VERSIONS["TORCH_VERSION"]):
         assert version not in runs, f"{version} is written into the Dockerfile; read it from versions.env"
@@ -274,12 +291,19 @@ def test_dockerfile_copies_exist_and_pass_its_dockerignore():
                 continue
             assert matches, f"COPY {source}: no such file in the build context"
             for m in matches:
-                files = [m] if m.is_file() else [f for f in m.rglob("*.py")]
+                files = [m] if m.is_file() else list(m.rglob("*.py"))
                 for f in files:
                     rel = f.relative_to(ROOT).as_posix()
                     assert _dockerignore_included(rel, patterns), f"{rel} is copied but excluded by {ignore.name}"
-    for secretish in (".venv/bin/python", ".git/config", ".env", "tests/conftest.py", "benchmarks/results/x.parquet",
-                      "deploy/ray/aws-gpu.yaml", "home/.ray/auth_token"):
+    for secretish in (
+        ".venv/bin/python",
+        ".git/config",
+        ".env",
+        "tests/conftest.py",
+        "benchmarks/results/x.parquet",
+        "deploy/ray/aws-gpu.yaml",
+        "home/.ray/auth_token",
+    ):
         assert not _dockerignore_included(secretish, patterns), f"{secretish} would enter the build context"
 
 
@@ -332,7 +356,7 @@ def test_cluster_spec(label, spec):
         assert all(isinstance(v, str) for v in g["rayStartParams"].values())
         lo, hi, n = g["minReplicas"], g["maxReplicas"], g.get("replicas", g["minReplicas"])
         assert 0 <= lo <= n <= hi and hi > lo, f"{label}/{g['groupName']}: not an autoscaling range"
-        (worker,) = [c for c in g["template"]["spec"]["containers"]]
+        (worker,) = g["template"]["spec"]["containers"]
         res = worker["resources"]
         gpus = int(res["limits"]["nvidia.com/gpu"])
         assert gpus >= 1, f"{label}/{g['groupName']}: no GPU limit"
@@ -414,7 +438,9 @@ def test_work_pool_template_placeholders_have_variables(name):
     jsonschema.Draft7Validator.check_schema(template["variables"])
     text = json.dumps(template["job_configuration"])
     placeholders = set(re.findall(r"\{\{\s*([\w.]+)\s*\}\}", text))
-    assert placeholders <= set(template["variables"]["properties"]), placeholders - set(template["variables"]["properties"])
+    assert placeholders <= set(template["variables"]["properties"]), placeholders - set(
+        template["variables"]["properties"]
+    )
 
 
 def test_process_template_keeps_prefects_shape_and_token_mode():
@@ -508,7 +534,7 @@ def test_deployment_schedules_are_valid_crons(deployment):
     (schedule,) = deployment["schedules"]
     cron = CronSchedule(cron=schedule["cron"], timezone=schedule["timezone"])  # raises on a bad cron or zone
     assert cron.timezone == "UTC"
-    minute, hour, dom, month, dow = schedule["cron"].split()
+    _minute, _hour, dom, month, dow = schedule["cron"].split()
     if deployment["name"] == "nightly-restoration":
         assert (dom, month, dow) == ("*", "*", "*"), "nightly = every day"
     else:
@@ -542,7 +568,8 @@ _SECRET_PATTERNS = {
     "long hex token": re.compile(r"\b[0-9a-f]{32,}\b"),
     "assigned secret": re.compile(
         # a key that *ends* in a secret word (auth_token: …, PASSWORD=…), not secretName/secretKeyRef
-        r"(?i)\b[\w-]*(secret|token|password|api[_-]?key|access[_-]?key)['\"]?\s*[:=]\s*['\"]?[A-Za-z0-9/+_\-]{16,}"),
+        r"(?i)\b[\w-]*(secret|token|password|api[_-]?key|access[_-]?key)['\"]?\s*[:=]\s*['\"]?[A-Za-z0-9/+_\-]{16,}"
+    ),
 }
 
 
@@ -567,6 +594,6 @@ def test_secret_env_vars_come_from_secrets(path):
     docs = [json.loads(path.read_text())] if path.suffix == ".json" else _yaml_docs(path)
     for doc in docs:
         for node in _walk(doc):
-            if isinstance(node, dict) and "name" in node and ("value" in node or "valueFrom" in node):
-                if re.search(r"(?i)token|secret|password|key", str(node["name"])):
-                    assert "value" not in node, f"{path.name}: env {node['name']} has a literal value"
+            env = isinstance(node, dict) and "name" in node and ("value" in node or "valueFrom" in node)
+            if env and re.search(r"(?i)token|secret|password|key", str(node["name"])):
+                assert "value" not in node, f"{path.name}: env {node['name']} has a literal value"

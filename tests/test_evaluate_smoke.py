@@ -21,9 +21,16 @@ def test_dip_beats_the_degraded_input_on_denoising_and_inpainting_benchmarks(ray
 
     # A shorter patience than the paper's rule (1000) so that it fires within 400 iterations.
     summary = flows.evaluate(
-        ["cbm3d9", "heide11"], str(DATA), str(tmp_path / "eval"), crop=64, limit=2, executor="inline",
-        preset="fast", iterations=400, overrides={"channels": 16, "es_patience": 100},
-    )  # fmt: skip
+        ["cbm3d9", "heide11"],
+        str(DATA),
+        str(tmp_path / "eval"),
+        crop=64,
+        limit=2,
+        executor="inline",
+        preset="fast",
+        iterations=400,
+        overrides={"channels": 16, "es_patience": 100},
+    )
     assert (summary["ok"], summary["error"]) == (4, 0), summary["failures"]
     rows = reports.read_report(str(tmp_path / "eval")).to_pylist()
     for row in rows:

@@ -56,8 +56,10 @@ def test_restore_dataset_on_a_local_folder_with_artifacts_and_resume(ray_local, 
     second = flows.restore_dataset(str(src), str(out), "denoise", **FAST)
     assert (second["ok"], second["error"], second["skipped"]) == (0, 2, 3)  # only the failed ones run again
     assert (out / "a.png").stat().st_mtime_ns == stamp
-    assert {r["status"] for r in by_key(reports.read_report(str(out), run_id=second["run_id"])).values()} == \
-        {"skipped", "error"}  # fmt: skip
+    assert {r["status"] for r in by_key(reports.read_report(str(out), run_id=second["run_id"])).values()} == {
+        "skipped",
+        "error",
+    }
 
 
 def test_an_interrupted_run_resumes_with_only_the_unfinished_images(ray_local, tmp_path, write_images, monkeypatch):
@@ -124,8 +126,12 @@ def test_restore_dataset_packs_images_of_one_shape(tmp_path, write_images, monke
     assert (summary["ok"], summary["error"]) == (4, 0), summary["failures"]
     assert sorted(stacked) == [2]  # [a b] stacked; c and the 48² image alone
     rows = by_key(reports.read_report(f"{root}/out"))
-    assert {k: (r["height"], r["attempts"]) for k, r in rows.items()} == \
-        {"a.png": (32, 1), "b.png": (32, 1), "c.png": (32, 1), "large.png": (48, 1)}  # fmt: skip
+    assert {k: (r["height"], r["attempts"]) for k, r in rows.items()} == {
+        "a.png": (32, 1),
+        "b.png": (32, 1),
+        "c.png": (32, 1),
+        "large.png": (48, 1),
+    }
     with pytest.raises(Exception, match="pack"):
         flows.restore_dataset(f"{root}/src", f"{root}/out", "denoise", pack=0, **FAST)
 
@@ -139,8 +145,7 @@ def test_restore_dataset_on_s3_keeps_credentials_out_of_prefect(ray_local, s3_se
     assert set(secret) == {"key", "secret"} and "client_kwargs" in plain
     write_images(f"{s3_root}/in", ["a.png", "sub/b.png"], storage_options=s3_server.storage_options)
     with flows.storage_credentials(secret):
-        summary = flows.restore_dataset(f"{s3_root}/in", f"{s3_root}/out", "sr", scale=2, storage_options=plain,
-                                        **FAST)  # fmt: skip
+        summary = flows.restore_dataset(f"{s3_root}/in", f"{s3_root}/out", "sr", scale=2, storage_options=plain, **FAST)
     assert (summary["ok"], summary["error"]) == (2, 0), summary["failures"]
     so = s3_server.storage_options
     assert storage.exists(f"{s3_root}/out/sub/b.png", so)
@@ -156,14 +161,28 @@ def test_evaluate_scores_benchmarks_with_the_paper_protocols(ray_local, tmp_path
     from pipelines import flows
 
     # The study columns are off here (the smoke protocol covers the defaults): what is checked is the switches.
-    summary = flows.evaluate(["set5", "cbm3d9", "heide11"], str(DATA), str(tmp_path / "eval"), crop=48, limit=1,
-                             executor="inline", early_stopping="off", runs=1, classical=False,
-                             **FAST)  # fmt: skip (the protocol is the worker's, not Ray's)
+    summary = flows.evaluate(
+        ["set5", "cbm3d9", "heide11"],
+        str(DATA),
+        str(tmp_path / "eval"),
+        crop=48,
+        limit=1,
+        executor="inline",
+        early_stopping="off",
+        runs=1,
+        classical=False,
+        **FAST,
+    )  # the protocol is the worker's, not Ray's
     assert (summary["ok"], summary["error"]) == (3, 0), summary["failures"]
     rows = {r["dataset"]: r for r in reports.read_report(str(tmp_path / "eval")).to_pylist()}
     sr, dn, inp = rows["set5"], rows["cbm3d9"], rows["heide11"]
-    assert (sr["task"], sr["scale"], sr["psnr_channel"], sr["psnr_shave"], sr["psnr_crop"]) == \
-        ("sr", 4, "y", 4, "48x48+center32")  # fmt: skip
+    assert (sr["task"], sr["scale"], sr["psnr_channel"], sr["psnr_shave"], sr["psnr_crop"]) == (
+        "sr",
+        4,
+        "y",
+        4,
+        "48x48+center32",
+    )
     assert sr["baseline_name"] == "bicubic" and (sr["height"], sr["width"]) == (32, 32)
     assert (dn["task"], dn["psnr_channel"], dn["psnr_shave"], dn["baseline_name"]) == ("denoise", "rgb", 0, "input")
     assert 18 < dn["psnr_baseline"] < 24  # σ = 25 noise on [0, 255]: about 20.2 dB before clipping

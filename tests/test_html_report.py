@@ -21,10 +21,10 @@ CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/
 def run(tmp_path_factory) -> Path:
     """An output root with two runs: SR ×4 evaluation of one 32-px clean image (synthesised observation), and
     denoising of one 32-px image plus one broken file (an ``error`` row). Restored in-process, no Ray/Prefect."""
-    from pipelines.restorer import Restorer
+    import numpy as np
 
     import dipcore
-    import numpy as np
+    from pipelines.restorer import Restorer
 
     root = tmp_path_factory.mktemp("html")
     yy, xx = np.mgrid[0:32, 0:32] / 32  # conftest's write_images is per test; this fixture is per module
@@ -37,8 +37,13 @@ def run(tmp_path_factory) -> Path:
     settings = [("clean", "sr", jobs.Synthesis("sr", scale=4, crop_multiple=32)), ("noisy", "denoise", None)]
     for name, task, synthesis in settings:
         config = jobs.run_config(task, scale=4 if synthesis else None, synthesis=synthesis, **FAST)
-        plan = jobs.plan_jobs(storage.list_images(str(root / name)), run_id=f"run-{name}", dataset=name,
-                              output=storage.join(out, name), config=config)  # fmt: skip
+        plan = jobs.plan_jobs(
+            storage.list_images(str(root / name)),
+            run_id=f"run-{name}",
+            dataset=name,
+            output=storage.join(out, name),
+            config=config,
+        )
         with reports.ReportWriter(out, f"run-{name}") as writer:
             for job in plan.jobs:
                 outcome = restorer.run(job)
@@ -82,9 +87,19 @@ def test_cli_report_html_keeps_the_table_output(run, capsys):
 
 def _chromium(args: list[str], user_data: Path, timeout: float = 45) -> subprocess.CompletedProcess:
     """Run headless Chromium once; killed (with its children) on timeout."""
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic",
-           f"--user-data-dir={user_data}", *args]
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-quic",
+        f"--user-data-dir={user_data}",
+        *args,
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout)
@@ -111,8 +126,9 @@ def test_page_in_headless_chromium(run, tmp_path):
     assert int(seen["curves"]) >= 2, seen  # polylines with points, drawn
 
     shot = tmp_path / "report.png"
-    res = _chromium(["--hide-scrollbars", "--window-size=1280,2000", f"--screenshot={shot}", url],
-                    tmp_path / "profile-shot")  # fmt: skip
+    res = _chromium(
+        ["--hide-scrollbars", "--window-size=1280,2000", f"--screenshot={shot}", url], tmp_path / "profile-shot"
+    )
     assert res.returncode == 0 and shot.is_file() and shot.stat().st_size > 10_000, res.stderr[-2000:]
     print(f"screenshot: {shot}")
 
@@ -129,7 +145,15 @@ def test_flow_markdown_artifact_links_to_the_html_report(run, monkeypatch):
     monkeypatch.setattr(flows, "_in_flow_run", lambda: True)
     monkeypatch.setattr(prefect.artifacts, "create_table_artifact", lambda *a, **k: None)
     monkeypatch.setattr(prefect.artifacts, "create_markdown_artifact", lambda md, **k: made.setdefault("md", md))
-    flows._publish("run-noisy", None, str(run / "out"), None, [], Counter(ok=1, error=1), "restore-dataset",
-                   logging.getLogger("test"))  # fmt: skip
+    flows._publish(
+        "run-noisy",
+        None,
+        str(run / "out"),
+        None,
+        [],
+        Counter(ok=1, error=1),
+        "restore-dataset",
+        logging.getLogger("test"),
+    )
     page = run / "out" / "html" / "run_id=run-noisy" / "index.html"
     assert page.is_file() and f"HTML report: [{page}](file://{page})" in made["md"]

@@ -11,14 +11,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from dipcore.errors import ConfigError, ImageDecodeError, ImageTooLargeError
-from dipcore.imageio import (
-    DEFAULT_MAX_PIXELS,
-    decode_image,
-    encode_image,
-    encode_png,
-    load_image,
-    to_float_image,
-)
+from dipcore.imageio import DEFAULT_MAX_PIXELS, decode_image, encode_image, encode_png, load_image, to_float_image
 
 
 @pytest.fixture
@@ -339,7 +332,7 @@ def test_load_image(tmp_path, rng):
     assert load_image(path, mode="L").shape == (5, 6, 1)
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"")
-    with pytest.raises(ImageDecodeError, match="bad.png: empty file"):
+    with pytest.raises(ImageDecodeError, match=r"bad\.png: empty file"):
         load_image(bad)
     with pytest.raises(FileNotFoundError):
         load_image(tmp_path / "missing.png")
@@ -365,8 +358,16 @@ def test_to_float_image_dtypes_and_shapes():
 
 @pytest.mark.parametrize(
     "bad",
-    [np.full((2, 2), 1.01), np.full((2, 2), -0.1), np.full((2, 2), np.nan), np.zeros((2, 2), np.int32),
-     np.zeros((2, 2, 5)), np.zeros((2, 2, 3, 1)), [[0.5]], "x.png"],
+    [
+        np.full((2, 2), 1.01),
+        np.full((2, 2), -0.1),
+        np.full((2, 2), np.nan),
+        np.zeros((2, 2), np.int32),
+        np.zeros((2, 2, 5)),
+        np.zeros((2, 2, 3, 1)),
+        [[0.5]],
+        "x.png",
+    ],
 )
 def test_to_float_image_rejects(bad):
     with pytest.raises(ConfigError):

@@ -24,7 +24,9 @@ MiB = 2**20
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.mark.parametrize("task, overrides", [("sr", {}), ("inpaint", {"variant": "large"}), ("denoise", {"net": "deep_decoder"})])
+@pytest.mark.parametrize(
+    "task, overrides", [("sr", {}), ("inpaint", {"variant": "large"}), ("denoise", {"net": "deep_decoder"})]
+)
 def test_the_estimate_matches_what_autograd_saves_at_the_real_size(task, overrides):
     variant = overrides.pop("variant", None)
     p = preset_for(task, variant=variant, channels=16, **overrides)
@@ -110,8 +112,17 @@ def test_the_estimate_stays_above_what_a_step_allocates_on_the_cpu(checkpoint):
 
 # Every net configuration of the presets (the others share the default net): the probe must run on each, region
 # inpainting's 5×5 filters at a 2×2 deepest scale included.
-@pytest.mark.parametrize("task, variant", [("sr", None), ("jpeg", None), ("inpaint", "text"), ("inpaint", "large"),
-                                           ("inpaint", "region"), ("preimage", None)])  # fmt: skip
+@pytest.mark.parametrize(
+    "task, variant",
+    [
+        ("sr", None),
+        ("jpeg", None),
+        ("inpaint", "text"),
+        ("inpaint", "large"),
+        ("inpaint", "region"),
+        ("preimage", None),
+    ],
+)
 def test_every_net_of_the_presets_can_be_estimated_both_ways(task, variant):
     p = preset_for(task, variant=variant, channels=8)
     plain, lean = estimate_peak_bytes(p, 96, 80), estimate_peak_bytes(p, 96, 80, checkpoint=True)
@@ -124,10 +135,11 @@ def test_every_net_of_the_presets_can_be_estimated_both_ways(task, variant):
 def _job(**engine):
     p = preset_for("denoise", preset="fast", channels=16)
     plain, lean = estimate_peak_bytes(p, 64, 64), estimate_peak_bytes(p, 64, 64, checkpoint=True)
-    decide = lambda budget, mode="auto": decide_checkpoint(  # noqa: E731
-        dipcore.EngineOptions(checkpoint=mode, memory_budget=budget).resolved(torch.device("cpu")), p, 64, 64,
-        out_channels=3, fits=1, device=torch.device("cpu"),
-    )  # fmt: skip
+
+    def decide(budget: int, mode="auto"):
+        engine = dipcore.EngineOptions(checkpoint=mode, memory_budget=budget).resolved(torch.device("cpu"))
+        return decide_checkpoint(engine, p, 64, 64, out_channels=3, fits=1, device=torch.device("cpu"))
+
     return plain, lean, decide
 
 
@@ -138,8 +150,14 @@ def test_auto_checkpoints_only_what_does_not_fit_plain_and_refuses_what_never_fi
     with pytest.raises(dipcore.OutOfMemoryError) as err:
         decide(lean - 1)
     message = str(err.value)
-    for text in (f"{plain / MiB:.0f} MiB", f"{lean / MiB:.0f} MiB", f"{(lean - 1) / MiB:.0f} MiB of RAM",
-                 "smaller image", "fewer fits", "more memory"):  # fmt: skip
+    for text in (
+        f"{plain / MiB:.0f} MiB",
+        f"{lean / MiB:.0f} MiB",
+        f"{(lean - 1) / MiB:.0f} MiB of RAM",
+        "smaller image",
+        "fewer fits",
+        "more memory",
+    ):
         assert text in message, message
 
 

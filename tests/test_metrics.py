@@ -12,15 +12,7 @@ from skimage import color, data
 from skimage.metrics import structural_similarity
 
 from dipcore.errors import ConfigError
-from dipcore.metrics import (
-    PsnrProtocol,
-    center_crop_to_multiple,
-    check_protocol,
-    psnr,
-    psnr_stacked,
-    rgb_to_y,
-    ssim,
-)
+from dipcore.metrics import PsnrProtocol, center_crop_to_multiple, check_protocol, psnr, psnr_stacked, rgb_to_y, ssim
 
 
 @pytest.fixture
@@ -137,16 +129,24 @@ def test_shape_errors():
 
 @pytest.mark.parametrize(
     "protocol",
-    [{}, {"y_channel": True, "shave": 4}, {"y_channel": True, "crop": "center32", "shave": 4}, {"crop": 16, "shave": 1}],
+    [
+        {},
+        {"y_channel": True, "shave": 4},
+        {"y_channel": True, "crop": "center32", "shave": 4},
+        {"crop": 16, "shave": 1},
+    ],
 )
 @pytest.mark.parametrize("channels", [3, 1])
 def test_psnr_stacked_is_psnr_of_each_stacked_image(rng, protocol, channels):
     """The curves' float32 PSNR on (1, K·C, H, W) blocks agrees with the float64 one on each H×W×C image."""
     refs = [rng.random((70, 45, channels)) for _ in range(3)]
-    outs = [_noisy(rng, r, s) for r, s in zip(refs, (0.02, 0.05, 0.1))]
-    stack = lambda xs: torch.from_numpy(np.concatenate([x.transpose(2, 0, 1) for x in xs]))[None].float()  # noqa: E731
+    outs = [_noisy(rng, r, s) for r, s in zip(refs, (0.02, 0.05, 0.1), strict=True)]
+
+    def stack(images):  # H×W×C images -> (1, K·C, H, W)
+        return torch.from_numpy(np.concatenate([x.transpose(2, 0, 1) for x in images]))[None].float()
+
     got = psnr_stacked(stack(outs), stack(refs), 3, PsnrProtocol.of(protocol)).tolist()
-    want = [psnr(o.astype(np.float32), r.astype(np.float32), **protocol) for o, r in zip(outs, refs)]
+    want = [psnr(o.astype(np.float32), r.astype(np.float32), **protocol) for o, r in zip(outs, refs, strict=True)]
     assert got == pytest.approx(want, abs=2e-4)
     assert want[0] > want[1] > want[2]  # each block is its own image, not a mix
 
@@ -173,7 +173,12 @@ def test_psnr_protocol_is_psnrs_keywords_and_checked():
 
 def _skimage_ssim(a: np.ndarray, b: np.ndarray, data_range: float = 1.0) -> float:
     return structural_similarity(
-        a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=data_range,
+        a,
+        b,
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,
+        data_range=data_range,
         channel_axis=2 if a.ndim == 3 else None,
     )
 

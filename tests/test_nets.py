@@ -27,8 +27,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _code(name: str, options: dict, size: int = 64, batch: int = 1, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    h, w = nets.deep_decoder_input_shape(size, size, options.get("num_layers", 5)) if name == "deep_decoder" else (
-        size, size)  # fmt: skip
+    h, w = (
+        nets.deep_decoder_input_shape(size, size, options.get("num_layers", 5))
+        if name == "deep_decoder"
+        else (size, size)
+    )
     return torch.rand(batch, options["in_channels"], h, w, generator=g)  # (N, C, h, w)
 
 
@@ -72,18 +75,44 @@ def test_skip_default_has_the_papers_parameter_count():
     "options, expected",
     [
         # blind JPEG (snail): skips only at the two deepest scales
-        (dict(in_channels=3, channels_down=(8, 16, 32, 64, 128), channels_up=(8, 16, 32, 64, 128),
-              channels_skip=(0, 0, 0, 4, 4)),
-         _expected_skip_params(3, 3, (8, 16, 32, 64, 128), (8, 16, 32, 64, 128), (0, 0, 0, 4, 4), (3,) * 5, (3,) * 5,
-                               (1,) * 5)),
+        (
+            dict(
+                in_channels=3,
+                channels_down=(8, 16, 32, 64, 128),
+                channels_up=(8, 16, 32, 64, 128),
+                channels_skip=(0, 0, 0, 4, 4),
+            ),
+            _expected_skip_params(
+                3, 3, (8, 16, 32, 64, 128), (8, 16, 32, 64, 128), (0, 0, 0, 4, 4), (3,) * 5, (3,) * 5, (1,) * 5
+            ),
+        ),
         # per-scale filter sizes, 6 scales, no 1×1 up convs
-        (dict(in_channels=4, out_channels=1, channels_down=(4, 6, 8, 8, 8, 8), channels_up=(5, 6, 7, 8, 8, 8),
-              channels_skip=(1, 2, 0, 0, 3, 3), filter_size_down=(7, 7, 5, 5, 3, 3), filter_size_up=5,
-              filter_size_skip=3, need_1x1_up=False),
-         _expected_skip_params(4, 1, (4, 6, 8, 8, 8, 8), (5, 6, 7, 8, 8, 8), (1, 2, 0, 0, 3, 3), (7, 7, 5, 5, 3, 3),
-                               (5,) * 6, (3,) * 6, need_1x1_up=False)),
+        (
+            dict(
+                in_channels=4,
+                out_channels=1,
+                channels_down=(4, 6, 8, 8, 8, 8),
+                channels_up=(5, 6, 7, 8, 8, 8),
+                channels_skip=(1, 2, 0, 0, 3, 3),
+                filter_size_down=(7, 7, 5, 5, 3, 3),
+                filter_size_up=5,
+                filter_size_skip=3,
+                need_1x1_up=False,
+            ),
+            _expected_skip_params(
+                4,
+                1,
+                (4, 6, 8, 8, 8, 8),
+                (5, 6, 7, 8, 8, 8),
+                (1, 2, 0, 0, 3, 3),
+                (7, 7, 5, 5, 3, 3),
+                (5,) * 6,
+                (3,) * 6,
+                need_1x1_up=False,
+            ),
+        ),
     ],
-)  # fmt: skip
+)
 def test_skip_parameter_count_follows_per_scale_options(options, expected):
     assert _count(nets.skip(**options)) == expected
 
@@ -110,7 +139,7 @@ def test_every_net_maps_a_code_to_an_image_in_0_1(name):
     net = _build(name, **SMALL[name])
     y = net(_code(name, SMALL[name]))
     assert y.shape == (1, 3, 64, 64)
-    assert 0 < y.min() and y.max() < 1
+    assert y.min() > 0 and y.max() < 1
 
 
 @pytest.mark.parametrize("name", list(SMALL))
@@ -177,8 +206,13 @@ def test_swish_is_x_times_sigmoid():
 
 
 def test_six_scale_skip():
-    options = dict(in_channels=1, channels_down=(4, 4, 8, 8, 8, 8), channels_up=(4, 4, 8, 8, 8, 8), channels_skip=0,
-                   filter_size_down=(7, 7, 5, 5, 3, 3))  # fmt: skip
+    options = dict(
+        in_channels=1,
+        channels_down=(4, 4, 8, 8, 8, 8),
+        channels_up=(4, 4, 8, 8, 8, 8),
+        channels_skip=0,
+        filter_size_down=(7, 7, 5, 5, 3, 3),
+    )
     net = _build("skip", **options)
     assert nets.required_multiple("skip", **options) == 64
     # 128², not 64²: at 64² the sixth scale is 1×1, where per-image BatchNorm has a single value per channel.
@@ -196,8 +230,9 @@ def test_unet_variants(upsample, concat_x, more_layers):
 
 
 def test_texture_nets_runs_with_every_option_and_has_a_branch_per_ratio():
-    options = dict(in_channels=4, ratios=(8, 4, 2, 1), fill_noise=True, pad="reflection", upsample="bilinear",
-                   conv_num=4)  # fmt: skip
+    options = dict(
+        in_channels=4, ratios=(8, 4, 2, 1), fill_noise=True, pad="reflection", upsample="bilinear", conv_num=4
+    )
     net = nets.texture_nets(**options)
     assert net(_code("texture_nets", options)).shape == (1, 3, 64, 64)
     assert sorted(m.kernel_size for m in net.modules() if isinstance(m, nn.AvgPool2d)) == [1, 2, 4, 8]
@@ -259,8 +294,8 @@ def test_batchnorm_keeps_no_running_statistics(name):
 @pytest.mark.parametrize("name", ["skip", "texture_nets", "deep_decoder"])
 def test_batchnorm_uses_the_statistics_of_the_batch(name):
     # In float64: a batch of two runs other kernels than a batch of one (oneDNN picks them per CPU and shape), so in
-    # float32 the two differ by rounding amplified through its BatchNorms (9e-6 seen on an AVX-512 EPYC). In float64 each of
-    # the ~15 layers adds a relative error of about n·2⁻⁵³ ≈ 1e-13 (n ≤ 10³ terms per sum), far below 1e-9.
+    # float32 the two differ by rounding amplified through the BatchNorms (9e-6 seen on an AVX-512 EPYC). In float64
+    # each of the ~15 layers adds a relative error of about n·2⁻⁵³ ≈ 1e-13 (n ≤ 10³ terms per sum), far below 1e-9.
     net = _build(name, **SMALL[name]).double()
     x = _code(name, SMALL[name]).double()
     single = net(x)
@@ -287,8 +322,8 @@ def test_reinitialise_is_reproducible_whatever_the_global_rng(name):
     torch.manual_seed(2)
     b = _params(_build(name, seed=7, **SMALL[name]))
     c = _params(_build(name, seed=8, **SMALL[name]))
-    assert all(torch.equal(p, q) for p, q in zip(a, b))
-    assert any(not torch.equal(p, q) for p, q in zip(a, c))
+    assert all(torch.equal(p, q) for p, q in zip(a, b, strict=True))
+    assert any(not torch.equal(p, q) for p, q in zip(a, c, strict=True))
 
 
 def test_reinitialise_follows_torchs_default_bounds_and_resets_norms():

@@ -139,15 +139,36 @@ def test_batch_refusal_names_what_restore_batch_cannot_stack():
 
 
 def _job(key: str, shape: tuple[int, int, int] | None, config: str = "c") -> jobs.Job:
-    return jobs.Job(run_id="r", dataset="d", key=key, input_uri=f"/in/{key}", task="denoise", restore_kwargs={},
-                    config_hash=config, config_json="{}", seed=0, output_uri=f"/out/{key}", size=shape,
-                    packable=True)  # fmt: skip
+    return jobs.Job(
+        run_id="r",
+        dataset="d",
+        key=key,
+        input_uri=f"/in/{key}",
+        task="denoise",
+        restore_kwargs={},
+        config_hash=config,
+        config_json="{}",
+        seed=0,
+        output_uri=f"/out/{key}",
+        size=shape,
+        packable=True,
+    )
 
 
 def test_the_queue_groups_only_equal_keys_in_order_and_up_to_k():
     small, large = (32, 32, 3), (48, 48, 3)
-    q = PackQueue([_job("a", small), _job("b", large), _job("c", small), _job("d", small, config="other"),
-                   _job("e", small), _job("f", None), _job("g", large), _job("h", small)])  # fmt: skip
+    q = PackQueue(
+        [
+            _job("a", small),
+            _job("b", large),
+            _job("c", small),
+            _job("d", small, config="other"),
+            _job("e", small),
+            _job("f", None),
+            _job("g", large),
+            _job("h", small),
+        ]
+    )
     groups = []
     while q:
         groups.append([j.key for j, _ in q.take(2)])
@@ -172,7 +193,10 @@ def test_auto_packs_one_job_per_thread_on_a_cpu_and_fills_a_gpus_free_memory(kee
     assert Restorer(device="cpu", threads=2).pack_limit == 2
     p = preset_for("sr", scale=4, channels=16)
     one = dipcore.estimate_peak_bytes(p, 256, 256)
-    free_for = lambda k: int(dipcore.estimate_peak_bytes(p, 256, 256, fits=k) / packing.MEMORY_SHARE) + 1
+
+    def free_for(k: int) -> int:  # the free memory in which k fits just fit
+        return int(dipcore.estimate_peak_bytes(p, 256, 256, fits=k) / packing.MEMORY_SHARE) + 1
+
     assert packing.pack_for_memory(p, 256, 256, channels=3, free_bytes=free_for(3)) == 3
     assert packing.pack_for_memory(p, 256, 256, channels=3, free_bytes=free_for(3) - one) == 2
     assert packing.pack_for_memory(p, 256, 256, channels=3, free_bytes=100 * free_for(8)) == packing.AUTO_PACK_CAP

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
@@ -14,7 +14,7 @@ import pytest
 from pipelines import reports, storage
 from pipelines.reports import CURVES_SCHEMA, REPORT_SCHEMA, ReportWriter, SchemaMismatchError
 
-T0 = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
 
 def row(key: str = "a.png", **kw) -> dict:
@@ -47,9 +47,27 @@ def test_schemas_are_pinned_with_version_metadata():
     assert {n for n in REPORT_SCHEMA.names if not f(n).nullable} == {"run_id", "dataset", "image_key", "task", "status"}
     assert f("seed").type == pa.int64() and f("iterations_run").type == pa.int32() and f("scale").type == pa.int32()
     assert f("psnr").type == pa.float64() and f("started_at").type == pa.timestamp("us", tz="UTC")
-    for name in ("flow_run_id", "input_uri", "config_json", "psnr_average", "psnr_final", "psnr_best", "psnr_channel",
-                 "psnr_shave", "psnr_crop", "baseline_name", "height", "width", "device", "ray_node", "error",
-                 "output_uri", "variant", "stop_reason", "iteration_returned"):
+    for name in (
+        "flow_run_id",
+        "input_uri",
+        "config_json",
+        "psnr_average",
+        "psnr_final",
+        "psnr_best",
+        "psnr_channel",
+        "psnr_shave",
+        "psnr_crop",
+        "baseline_name",
+        "height",
+        "width",
+        "device",
+        "ray_node",
+        "error",
+        "output_uri",
+        "variant",
+        "stop_reason",
+        "iteration_returned",
+    ):
         assert name in REPORT_SCHEMA.names
     assert CURVES_SCHEMA.field("iteration").type == pa.int32() and CURVES_SCHEMA.field("psnr").nullable
 
@@ -124,10 +142,9 @@ def test_writer_buffers_flush_every_and_close_flushes(tmp_path):
 
 def test_writer_flushes_on_exception_and_rejects_bad_rows_at_append(tmp_path):
     out = str(tmp_path)
-    with pytest.raises(SchemaMismatchError):
-        with ReportWriter(out, "r", flush_every=10) as writer:
-            writer.append(row("good.png"))
-            writer.append(row("bad.png", psnr="high"))
+    with pytest.raises(SchemaMismatchError), ReportWriter(out, "r", flush_every=10) as writer:
+        writer.append(row("good.png"))
+        writer.append(row("bad.png", psnr="high"))
     assert reports.read_report(out).column("image_key").to_pylist() == ["good.png"]
     with pytest.raises(SchemaMismatchError, match="run_id"):
         ReportWriter(out, "r").append(row(run_id="other"))
@@ -148,8 +165,11 @@ def test_two_runs_read_together_and_by_run(tmp_path):
     with ReportWriter(out, "run-b") as w:
         w.append(row("a.png", status="error", error="boom", psnr=None))
     both = reports.read_report(out)
-    assert sorted(zip(both.column("run_id").to_pylist(), both.column("image_key").to_pylist())) == [
-        ("run-a", "a.png"), ("run-a", "b.png"), ("run-b", "a.png")]
+    assert sorted(zip(both.column("run_id").to_pylist(), both.column("image_key").to_pylist(), strict=True)) == [
+        ("run-a", "a.png"),
+        ("run-a", "b.png"),
+        ("run-b", "a.png"),
+    ]
     only_b = reports.read_report(out, run_id="run-b")
     assert only_b.column("run_id").to_pylist() == ["run-b"] and only_b.column("error").to_pylist() == ["boom"]
     assert reports.read_report(out, run_id="run-c").num_rows == 0
@@ -157,8 +177,16 @@ def test_two_runs_read_together_and_by_run(tmp_path):
 
 def test_old_parts_with_fewer_columns_read_with_the_pinned_schema(tmp_path):
     # A part written by an older version lacking some nullable columns (and with int64 where we pin int32).
-    old = pa.table({"run_id": ["old"], "dataset": ["set5"], "image_key": ["z.png"], "task": ["sr"],
-                    "status": ["ok"], "height": pa.array([64], pa.int64())})
+    old = pa.table(
+        {
+            "run_id": ["old"],
+            "dataset": ["set5"],
+            "image_key": ["z.png"],
+            "task": ["sr"],
+            "status": ["ok"],
+            "height": pa.array([64], pa.int64()),
+        }
+    )
     path = tmp_path / "report" / "run_id=old" / "part-00000.parquet"
     path.parent.mkdir(parents=True)
     pq.write_table(old, path)
@@ -172,10 +200,17 @@ def test_old_parts_with_fewer_columns_read_with_the_pinned_schema(tmp_path):
 
 V1_REPORT = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "2026-11-26-h200" / "set5-x4-graph"
 V2_COLUMNS = {
-    "iteration_best": pa.int32(), "psnr_auto": pa.float64(), "iteration_auto": pa.int32(),
-    "es_stop_iteration": pa.int32(), "psnr_two_runs": pa.float64(), "classical_name": pa.string(),
-    "psnr_classical": pa.float64(), "torch_version": pa.string(), "engine_json": pa.string(), "pack_size": pa.int32(),
-}  # fmt: skip
+    "iteration_best": pa.int32(),
+    "psnr_auto": pa.float64(),
+    "iteration_auto": pa.int32(),
+    "es_stop_iteration": pa.int32(),
+    "psnr_two_runs": pa.float64(),
+    "classical_name": pa.string(),
+    "psnr_classical": pa.float64(),
+    "torch_version": pa.string(),
+    "engine_json": pa.string(),
+    "pack_size": pa.int32(),
+}
 
 
 def test_version_2_appends_its_columns_after_those_of_a_real_version_1_part():
@@ -192,8 +227,18 @@ def test_version_1_parts_read_together_with_version_2_ones(tmp_path):
 
     shutil.copytree(V1_REPORT / "report", tmp_path / "report")
     with ReportWriter(str(tmp_path), "v2-run") as writer:
-        writer.append(row("baby.png", psnr_best=31.5, iteration_best=1800, psnr_auto=31.2, iteration_auto=1500,
-                          es_stop_iteration=None, torch_version="2.13.0+cpu", engine_json='{"sync_every":1}'))
+        writer.append(
+            row(
+                "baby.png",
+                psnr_best=31.5,
+                iteration_best=1800,
+                psnr_auto=31.2,
+                iteration_auto=1500,
+                es_stop_iteration=None,
+                torch_version="2.13.0+cpu",
+                engine_json='{"sync_every":1}',
+            )
+        )
     table = reports.read_report(str(tmp_path))
     assert table.schema == REPORT_SCHEMA and table.num_rows == 6
     old = table.filter(pc.not_equal(table.column("run_id"), "v2-run")).to_pylist()
@@ -220,19 +265,25 @@ def test_bad_run_id_is_refused(tmp_path):
 
 
 def test_latest_rows_and_completed_keys():
-    t = reports.to_table([
-        row("a.png", run_id="r1", status="error", finished_at=T0),
-        row("a.png", run_id="r2", status="ok", finished_at=T0 + timedelta(hours=1)),
-        row("a.png", run_id="r3", status="skipped", finished_at=T0 + timedelta(hours=2)),
-        row("b.png", run_id="r1", status="ok", finished_at=T0),
-        row("b.png", run_id="r2", status="error", finished_at=T0 + timedelta(hours=1)),
-        row("c.png", run_id="r1", status="ok", config_hash="cfg2"),
-        row("c.png", run_id="r2", status="ok", config_hash="cfg1", finished_at=None),
-        row("d.png", run_id="r1", status="skipped"),
-    ])
+    t = reports.to_table(
+        [
+            row("a.png", run_id="r1", status="error", finished_at=T0),
+            row("a.png", run_id="r2", status="ok", finished_at=T0 + timedelta(hours=1)),
+            row("a.png", run_id="r3", status="skipped", finished_at=T0 + timedelta(hours=2)),
+            row("b.png", run_id="r1", status="ok", finished_at=T0),
+            row("b.png", run_id="r2", status="error", finished_at=T0 + timedelta(hours=1)),
+            row("c.png", run_id="r1", status="ok", config_hash="cfg2"),
+            row("c.png", run_id="r2", status="ok", config_hash="cfg1", finished_at=None),
+            row("d.png", run_id="r1", status="skipped"),
+        ]
+    )
     latest = reports.latest_rows(t)
-    got = {(k, c): (r, s) for k, c, r, s in zip(*(latest.column(n).to_pylist()
-                                                    for n in ("image_key", "config_hash", "run_id", "status")))}
+    got = {
+        (k, c): (r, s)
+        for k, c, r, s in zip(
+            *(latest.column(n).to_pylist() for n in ("image_key", "config_hash", "run_id", "status")), strict=True
+        )
+    }
     assert got == {
         ("a.png", "cfg1"): ("r2", "ok"),  # a later "skipped" does not hide the ok
         ("b.png", "cfg1"): ("r2", "error"),  # a later error does
@@ -252,14 +303,25 @@ def test_completed_keys_from_storage(tmp_path):
 
 
 def test_summarize_numbers():
-    t = reports.to_table([
-        row("a.png", run_id="r", psnr=30.0, psnr_baseline=28.0, ssim=0.8, wall_seconds=2.0),
-        row("b.png", run_id="r", psnr=32.0, psnr_baseline=29.0, ssim=0.9, wall_seconds=4.0),
-        row("c.png", run_id="r", status="error", psnr=None, psnr_baseline=None, ssim=None, wall_seconds=1.0),
-        row("d.png", run_id="r", status="skipped", psnr=None, wall_seconds=None),
-        row("e.png", run_id="r", dataset="cbm3d9", task="denoise", scale=None, psnr=25.0, psnr_baseline=20.0,
-            ssim=None, wall_seconds=3.0),
-    ])
+    t = reports.to_table(
+        [
+            row("a.png", run_id="r", psnr=30.0, psnr_baseline=28.0, ssim=0.8, wall_seconds=2.0),
+            row("b.png", run_id="r", psnr=32.0, psnr_baseline=29.0, ssim=0.9, wall_seconds=4.0),
+            row("c.png", run_id="r", status="error", psnr=None, psnr_baseline=None, ssim=None, wall_seconds=1.0),
+            row("d.png", run_id="r", status="skipped", psnr=None, wall_seconds=None),
+            row(
+                "e.png",
+                run_id="r",
+                dataset="cbm3d9",
+                task="denoise",
+                scale=None,
+                psnr=25.0,
+                psnr_baseline=20.0,
+                ssim=None,
+                wall_seconds=3.0,
+            ),
+        ]
+    )
     s = reports.summarize(t)
     assert s.schema == reports.SUMMARY_SCHEMA
     rows = {(r["dataset"], r["task"], r["scale"]): r for r in s.to_pylist()}

@@ -82,9 +82,19 @@ def _stopping_case(case: str, photo: np.ndarray) -> tuple[dipcore.Observation, d
 def test_early_stopping_returns_the_output_of_the_iteration_it_names(photo, case):
     obs, kwargs = _stopping_case(case, photo)
     res = dipcore.restore(
-        obs, preset="fast", iterations=300, channels=8, ema=None, output="final", early_stopping=True,
-        es_window=10, es_patience=30, reference=photo[:32, :32], seed=0, **kwargs,
-    )  # fmt: skip
+        obs,
+        preset="fast",
+        iterations=300,
+        channels=8,
+        ema=None,
+        output="final",
+        early_stopping=True,
+        es_window=10,
+        es_patience=30,
+        reference=photo[:32, :32],
+        seed=0,
+        **kwargs,
+    )
     if case == "still":
         assert (res.stop_reason, res.iteration, res.iterations_run) == ("early_stopping", 10, 40)
     if res.stop_reason == "early_stopping":
@@ -99,7 +109,10 @@ def test_early_stopping_returns_the_output_of_the_iteration_it_names(photo, case
 
 def test_same_seed_same_output_and_another_seed_another(photo):
     obs = dipcore.degrade(photo, task="denoise", sigma=25, seed=0)
-    run = lambda seed: dipcore.restore(obs, task="denoise", preset="fast", iterations=8, channels=8, seed=seed)  # noqa: E731
+
+    def run(seed: int) -> dipcore.Restoration:
+        return dipcore.restore(obs, task="denoise", preset="fast", iterations=8, channels=8, seed=seed)
+
     a, b, c = run(1), run(1), run(2)
     np.testing.assert_array_equal(a.image, b.image)
     assert a.history["loss"] == b.history["loss"]
@@ -145,7 +158,7 @@ def test_restarts_average_independent_fits_and_keep_each_run(photo):
     one, two = dipcore.restore(obs, seed=10, **kwargs), dipcore.restore(obs, seed=11, **kwargs)
     np.testing.assert_allclose(both.image, (one.image + two.image) / 2, atol=1e-6)
     assert [r["seed"] for r in both.restarts] == [10, 11] and [r.seed for r in both.runs] == [10, 11]
-    for run, alone in zip(both.runs, (one, two)):  # each run's own outputs, as a single run gives them
+    for run, alone in zip(both.runs, (one, two), strict=True):  # each run's own outputs, as a single run gives them
         for name in ("image", "final", "average"):
             np.testing.assert_array_equal(getattr(run, name), getattr(alone, name))
         assert run.history == alone.history and run.stopping is None
@@ -156,16 +169,25 @@ def test_restarts_average_independent_fits_and_keep_each_run(photo):
 def test_psnr_curves_follow_the_callers_protocol(photo):
     obs = dipcore.degrade(photo, task="sr", scale=4, seed=0)
     sr4 = {"y_channel": True, "shave": 4}
-    res = dipcore.restore(obs, task="sr", scale=4, preset="fast", iterations=5, channels=8, reference=photo,
-                          psnr_protocol=sr4)  # fmt: skip
+    res = dipcore.restore(
+        obs, task="sr", scale=4, preset="fast", iterations=5, channels=8, reference=photo, psnr_protocol=sr4
+    )
     # Both score the same float32 output; the curve in float32, dipcore.psnr in float64 (no 8-bit quantisation).
     assert res.history["psnr"][-1] == pytest.approx(dipcore.psnr(res.final, photo, **sr4), abs=1e-3)
     assert abs(res.history["psnr"][-1] - dipcore.psnr(res.final, photo)) > 0.1  # not the all-channel PSNR
     assert res.psnr_protocol == dipcore.PsnrProtocol(y_channel=True, shave=4)
     assert res.best_iteration == int(np.argmax(res.history["psnr"])) + 1
     with pytest.raises(dipcore.ConfigError, match="leaves nothing"):
-        dipcore.restore(obs, task="sr", scale=4, preset="fast", iterations=5, channels=8, reference=photo,
-                        psnr_protocol={"shave": 32})  # fmt: skip
+        dipcore.restore(
+            obs,
+            task="sr",
+            scale=4,
+            preset="fast",
+            iterations=5,
+            channels=8,
+            reference=photo,
+            psnr_protocol={"shave": 32},
+        )
 
 
 @pytest.mark.parametrize("case", ["live", "still"])
@@ -175,8 +197,16 @@ def test_observed_early_stopping_records_what_a_stopping_run_returns(photo, case
     is asked only there, and it goes on updating in between."""
     sync_every = 7
     obs, task_kwargs = _stopping_case(case, photo)
-    kwargs = dict(preset="fast", iterations=80, channels=8, es_window=10, es_patience=15, seed=3,
-                  engine=dipcore.EngineOptions(sync_every=sync_every), **task_kwargs)  # fmt: skip
+    kwargs = dict(
+        preset="fast",
+        iterations=80,
+        channels=8,
+        es_window=10,
+        es_patience=15,
+        seed=3,
+        engine=dipcore.EngineOptions(sync_every=sync_every),
+        **task_kwargs,
+    )
     observed = dipcore.restore(obs, early_stopping="observe", **kwargs)
     stopped = dipcore.restore(obs, early_stopping=True, **kwargs)
     plain = dipcore.restore(obs, early_stopping=False, **kwargs)

@@ -17,37 +17,104 @@ from pipelines import cli, paper, reports, results_doc
 REPO = Path(__file__).resolve().parents[1]
 HEIDE11 = Path(__file__).resolve().parents[2] / "shared" / "data" / "heide11"
 
-_NET = {"channels_down": [128] * 5, "channels_up": [128] * 5, "channels_skip": [4] * 5, "pad": "reflection",
-        "upsample": "bilinear"}  # fmt: skip
+_NET = {
+    "channels_down": [128] * 5,
+    "channels_up": [128] * 5,
+    "channels_skip": [4] * 5,
+    "pad": "reflection",
+    "upsample": "bilinear",
+}
 CONFIGS = {
-    "sr": {"net": "skip", "net_options": _NET, "input": "noise", "input_depth": 32, "lr": 0.01, "iterations": 2000,
-           "reg_noise_std": 0.03, "output": "final", "restarts": 1, "seed": 0,
-           "synthesis": {"task": "sr", "scale": 4, "crop_multiple": 32, "crop_size": None}},
-    "denoise": {"net": "skip", "net_options": _NET, "input": "noise", "input_depth": 32, "lr": 0.01,
-                "iterations": 1800, "ema": 0.99, "output": "average", "backtrack": True, "seed": 0,
-                "synthesis": {"task": "denoise", "sigma": 25.0, "crop_size": None}},
-    "inpaint": {"net": "skip", "net_options": _NET, "input": "noise", "input_depth": 32, "lr": 0.001,
-                "iterations": 11000, "output": "final", "seed": 0,
-                "synthesis": {"task": "inpaint", "drop": 0.5, "variant": "random", "crop_size": None}},
-}  # fmt: skip
-V2_COLUMNS = {"iteration_best": pa.int32(), "psnr_auto": pa.float64(), "iteration_auto": pa.int32(),
-              "es_stop_iteration": pa.int32(), "psnr_two_runs": pa.float64(), "classical_name": pa.string(),
-              "psnr_classical": pa.float64(), "torch_version": pa.string(), "engine_json": pa.string()}  # fmt: skip
+    "sr": {
+        "net": "skip",
+        "net_options": _NET,
+        "input": "noise",
+        "input_depth": 32,
+        "lr": 0.01,
+        "iterations": 2000,
+        "reg_noise_std": 0.03,
+        "output": "final",
+        "restarts": 1,
+        "seed": 0,
+        "synthesis": {"task": "sr", "scale": 4, "crop_multiple": 32, "crop_size": None},
+    },
+    "denoise": {
+        "net": "skip",
+        "net_options": _NET,
+        "input": "noise",
+        "input_depth": 32,
+        "lr": 0.01,
+        "iterations": 1800,
+        "ema": 0.99,
+        "output": "average",
+        "backtrack": True,
+        "seed": 0,
+        "synthesis": {"task": "denoise", "sigma": 25.0, "crop_size": None},
+    },
+    "inpaint": {
+        "net": "skip",
+        "net_options": _NET,
+        "input": "noise",
+        "input_depth": 32,
+        "lr": 0.001,
+        "iterations": 11000,
+        "output": "final",
+        "seed": 0,
+        "synthesis": {"task": "inpaint", "drop": 0.5, "variant": "random", "crop_size": None},
+    },
+}
+V2_COLUMNS = {
+    "iteration_best": pa.int32(),
+    "psnr_auto": pa.float64(),
+    "iteration_auto": pa.int32(),
+    "es_stop_iteration": pa.int32(),
+    "psnr_two_runs": pa.float64(),
+    "classical_name": pa.string(),
+    "psnr_classical": pa.float64(),
+    "torch_version": pa.string(),
+    "engine_json": pa.string(),
+}
 
 
-def row(dataset: str, key: str, psnr: float | None, *, task: str = "sr", baseline: float | None = 28.0,
-        config: dict | None = None, **extra) -> dict:  # fmt: skip
+def row(
+    dataset: str,
+    key: str,
+    psnr: float | None,
+    *,
+    task: str = "sr",
+    baseline: float | None = 28.0,
+    config: dict | None = None,
+    **extra,
+) -> dict:
     """One report row of an evaluation image, as the evaluate flow writes it."""
     config = config or CONFIGS[task]
     sr = task == "sr"
-    return {"run_id": "run-1", "dataset": dataset, "image_key": key, "input_sha256": key, "task": task,
-            "scale": 4 if sr else None, "config_hash": reports.config_hash(config),
-            "config_json": reports.canonical_json(config), "seed": 0, "iterations_run": config["iterations"],
-            "iteration_returned": config["iterations"], "stop_reason": "iterations", "psnr": psnr, "psnr_final": psnr,
-            "psnr_channel": "y" if sr else "rgb", "psnr_shave": 4 if sr else 0, "psnr_crop": "center32" if sr else None,
-            "baseline_name": "bicubic" if sr else "input", "psnr_baseline": baseline, "wall_seconds": 10.0,
-            "device": "NVIDIA H100", "status": "ok" if psnr is not None else "error",
-            "finished_at": datetime(2026, 11, 27, 12, tzinfo=UTC), **extra}  # fmt: skip
+    return {
+        "run_id": "run-1",
+        "dataset": dataset,
+        "image_key": key,
+        "input_sha256": key,
+        "task": task,
+        "scale": 4 if sr else None,
+        "config_hash": reports.config_hash(config),
+        "config_json": reports.canonical_json(config),
+        "seed": 0,
+        "iterations_run": config["iterations"],
+        "iteration_returned": config["iterations"],
+        "stop_reason": "iterations",
+        "psnr": psnr,
+        "psnr_final": psnr,
+        "psnr_channel": "y" if sr else "rgb",
+        "psnr_shave": 4 if sr else 0,
+        "psnr_crop": "center32" if sr else None,
+        "baseline_name": "bicubic" if sr else "input",
+        "psnr_baseline": baseline,
+        "wall_seconds": 10.0,
+        "device": "NVIDIA H100",
+        "status": "ok" if psnr is not None else "error",
+        "finished_at": datetime(2026, 11, 27, 12, tzinfo=UTC),
+        **extra,
+    }
 
 
 def v1(rows: list[dict]) -> pa.Table:
@@ -73,13 +140,17 @@ SET5 = ["baby.png", "bird.png", "butterfly.png", "head.png", "woman.png"]
 
 
 def test_v1_full_set_states_protocol_hardware_time_and_a_positive_gap():
-    rows = [row("set5", k, p, baseline=b) for k, p, b in zip(SET5, [30, 31, 29, 30.5, 29.5], [28, 29, 27, 28.5, 27.5],
-                                                             strict=True)]  # fmt: skip
+    rows = [
+        row("set5", k, p, baseline=b)
+        for k, p, b in zip(SET5, [30, 31, 29, 30.5, 29.5], [28, 29, 27, 28.5, 27.5], strict=True)
+    ]
     doc = results_doc.render(v1(rows))
     sr = section_text(doc, "SR ×4 on Set5")
     assert "- **Coverage:** 5 of 5 images." in sr
-    assert "PSNR on Y (BT.601, 16–235), 4 pixels shaved from each border, after a centre crop of the clean image " \
-           "to a multiple of 32" in sr  # fmt: skip
+    assert (
+        "PSNR on Y (BT.601, 16–235), 4 pixels shaved from each border, after a centre crop of the clean image "
+        "to a multiple of 32" in sr
+    )
     assert "skip net with 128 channels at 5 scales, 4 skip channels" in sr and "2000 iterations" in sr
     assert "NVIDIA H100; torch not recorded in these reports; engine not recorded in these reports" in sr
     assert "10.0 s on average" in sr and "2026-11-27 (UTC)" in sr and "`run-1`" in sr
@@ -103,8 +174,11 @@ def test_a_shortfall_is_negative_and_said_in_words():
 
 
 def test_partial_coverage_and_failures_are_stated():
-    rows = [row("set14", "baboon.png", 24.0), row("set14", "barbara.png", 26.0), row("set14", "zebra.png", None,
-                                                                                  error="CUDA out of memory")]
+    rows = [
+        row("set14", "baboon.png", 24.0),
+        row("set14", "barbara.png", 26.0),
+        row("set14", "zebra.png", None, error="CUDA out of memory"),
+    ]
     doc = results_doc.render(v1(rows))
     s14 = section_text(doc, "SR ×4 on Set14")
     assert "2 of 14 images (partial): baboon.png, barbara.png; 1 failed: zebra.png (CUDA out of memory)" in s14
@@ -117,10 +191,10 @@ def test_a_smoke_run_is_not_compared_as_if_it_were_the_paper_setting():
     config = {**CONFIGS["sr"], "iterations": 50, "synthesis": {**CONFIGS["sr"]["synthesis"], "crop_size": 64}}
     rows = [row("set5", k, 22.0, config=config, psnr_crop="64x64+center32") for k in SET5]
     sr = section_text(results_doc.render(v1(rows)), "SR ×4 on Set5")
-    assert "after a 64×64 centre crop of the clean image, then a centre crop of the clean image to a multiple of 32" \
-        in sr  # fmt: skip
-    assert "not directly: each image centre-cropped to 64×64 first (a smoke run); 50 iterations (the paper: 2000)" \
-        in sr  # fmt: skip
+    assert (
+        "after a 64×64 centre crop of the clean image, then a centre crop of the clean image to a multiple of 32" in sr
+    )
+    assert "not directly: each image centre-cropped to 64×64 first (a smoke run); 50 iterations (the paper: 2000)" in sr
     # no gap and no shortfall against the paper's full-image figure, and the benchmark still counts as not measured
     assert "| DIP, returned output | 22.00 | 29.90 | – (cropped images) |" in sr and "Short of the paper" not in sr
     doc = results_doc.render(v1(rows))
@@ -145,8 +219,7 @@ def test_a_dataset_the_paper_does_not_have_gets_its_own_section():
 
 
 def test_v1_denoising_says_what_was_not_measured():
-    doc = results_doc.render(v1([row("cbm3d9", "House.png", 29.0, task="denoise", baseline=20.2,
-                                     psnr_average=30.0)]))  # fmt: skip
+    doc = results_doc.render(v1([row("cbm3d9", "House.png", 29.0, task="denoise", baseline=20.2, psnr_average=30.0)]))
     d = section_text(doc, "Denoising σ = 25 on the 9 colour images")
     assert "| DIP, raw output (last iterate) | 29.00 | 29.22 | −0.22 |" in d
     assert "| DIP, EMA of outputs | 30.00 | 30.43 | −0.43 |" in d
@@ -160,9 +233,22 @@ def test_v1_denoising_says_what_was_not_measured():
 
 def test_v2_denoising_beside_the_papers_three_figures_and_the_classical_baseline():
     engine = '{"cuda_graphs":false,"tf32":true}'
-    rows = [row("cbm3d9", k, p, task="denoise", baseline=20.0, psnr_average=p + 1, psnr_two_runs=p + 1.5,
-                classical_name="bm3d", psnr_classical=31.0, torch_version="2.13.0+cu130", engine_json=engine)
-            for k, p in [("House.png", 29.0), ("F16.png", 30.0)]]  # fmt: skip
+    rows = [
+        row(
+            "cbm3d9",
+            k,
+            p,
+            task="denoise",
+            baseline=20.0,
+            psnr_average=p + 1,
+            psnr_two_runs=p + 1.5,
+            classical_name="bm3d",
+            psnr_classical=31.0,
+            torch_version="2.13.0+cu130",
+            engine_json=engine,
+        )
+        for k, p in [("House.png", 29.0), ("F16.png", 30.0)]
+    ]
     d = section_text(results_doc.render(v2(rows)), "Denoising σ = 25 on the 9 colour images")
     assert "| DIP, raw output (last iterate) | 29.50 | 29.22 | +0.28 |" in d
     assert "| DIP, EMA of outputs | 30.50 | 30.43 | +0.07 |" in d
@@ -175,10 +261,28 @@ def test_v2_denoising_beside_the_papers_three_figures_and_the_classical_baseline
 
 
 def test_v2_early_stopping_study_compares_fixed_auto_and_oracle():
-    rows = [row("set5", "baby.png", 31.0, psnr_auto=30.8, iteration_auto=1500, psnr_best=31.1, iteration_best=1700,
-                es_stop_iteration=1600),
-            row("set5", "bird.png", 30.0, psnr_auto=29.0, iteration_auto=900, psnr_best=30.2, iteration_best=1900,
-                es_stop_iteration=None)]  # fmt: skip
+    rows = [
+        row(
+            "set5",
+            "baby.png",
+            31.0,
+            psnr_auto=30.8,
+            iteration_auto=1500,
+            psnr_best=31.1,
+            iteration_best=1700,
+            es_stop_iteration=1600,
+        ),
+        row(
+            "set5",
+            "bird.png",
+            30.0,
+            psnr_auto=29.0,
+            iteration_auto=900,
+            psnr_best=30.2,
+            iteration_best=1900,
+            es_stop_iteration=None,
+        ),
+    ]
     sr = section_text(results_doc.render(v2(rows)), "SR ×4 on Set5")
     study = sr.split("### Early stopping without ground truth")[1]
     assert "| baby.png | 2000 | 31.00 | 30.80 | 1500 | 31.10 | 1700 | −0.30 | −0.20 | 1600 | 400 |" in study
@@ -198,8 +302,10 @@ def test_v2_columns_that_are_all_null_read_like_v1():
 
 
 def test_inpainting_per_image_beside_table_1_with_the_images_not_run():
-    rows = [row("heide11", "barbara_GT.png", 31.22, task="inpaint", baseline=8.0),
-            row("heide11", "Cameraman256_GT.png", 30.8, task="inpaint", baseline=8.0)]  # fmt: skip
+    rows = [
+        row("heide11", "barbara_GT.png", 31.22, task="inpaint", baseline=8.0),
+        row("heide11", "Cameraman256_GT.png", 30.8, task="inpaint", baseline=8.0),
+    ]
     d = section_text(results_doc.render(v1(rows)), "Inpainting, 50 % of pixels dropped, on the 11 grey images")
     assert "2 of 11 images (partial)" in d
     assert "| Barbara (barbara_GT.png) | 31.22 | 8.00 | +23.22 | 32.22 | −1.00 | 28.14 |" in d
@@ -222,9 +328,17 @@ def test_every_heide11_file_names_one_image_of_table_1():
     assert names["fingerprint_GT.png"] == "Finger" and names["Lena512_GT.png"] == "Lena"
 
 
-@pytest.mark.parametrize(("key", "name"), [("sub/dir/peppers256_GT.png", "Peppers"), ("C.man.png", "C.man"),
-                                           ("HILL.tif", "Hill"), ("manhattan.png", None), ("boats.png", None),
-                                           ("lena_color.png", None)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("key", "name"),
+    [
+        ("sub/dir/peppers256_GT.png", "Peppers"),
+        ("C.man.png", "C.man"),
+        ("HILL.tif", "Hill"),
+        ("manhattan.png", None),
+        ("boats.png", None),
+        ("lena_color.png", None),
+    ],
+)
 def test_image_names_match_whole_words_only(key, name):
     assert paper.match_image(paper.BENCHMARKS["heide11"], key) == name
 
@@ -241,8 +355,13 @@ def test_paper_means_and_lookup():
 
 def test_header_names_the_command_and_notes_come_verbatim():
     notes = "## Notes\n\nWhy the gap: *chaos*.\n"
-    doc = results_doc.render(v1([row("set5", "baby.png", 30.0)]), command="dipflow report eval --markdown",
-                             sources=["eval"], notes=notes, notes_source="notes.md")  # fmt: skip
+    doc = results_doc.render(
+        v1([row("set5", "baby.png", 30.0)]),
+        command="dipflow report eval --markdown",
+        sources=["eval"],
+        notes=notes,
+        notes_source="notes.md",
+    )
     first = doc.splitlines()[0]
     assert first.startswith("<!-- Generated by `dipflow report eval --markdown`") and "notes.md" in first
     assert doc.endswith(notes) and "in `eval`" in doc
@@ -266,8 +385,7 @@ def test_cli_writes_the_document_from_several_roots(tmp_path, capsys, monkeypatc
     monkeypatch.chdir(tmp_path)
     assert cli.main(["report", "a", "b", "--markdown", "--notes", "notes.md", "-o", "out/results.md"]) == 0
     doc = (tmp_path / "out" / "results.md").read_text()
-    assert doc.startswith("<!-- Generated by `dipflow report a b --markdown --notes notes.md --output "
-                          "out/results.md`")  # fmt: skip
+    assert doc.startswith("<!-- Generated by `dipflow report a b --markdown --notes notes.md --output out/results.md`")
     assert "## SR ×4 on Set5\n" in doc and "## SR ×4 on Set14\n" in doc and doc.endswith("hand-written\n")
     assert capsys.readouterr().out == ""  # with --output, stdout stays empty
 
@@ -281,10 +399,12 @@ def test_cli_writes_the_document_from_several_roots(tmp_path, capsys, monkeypatc
 
 @pytest.mark.parametrize(
     ("argv", "message"),
-    [(["report", "a", "--notes", "n.md"], "go with --markdown"),
-     (["report", "a", "a", "--html", "x.html"], "--html writes the report of one output folder"),
-     (["report", "a", "missing", "--markdown"], "no report rows under missing/report")],
-)  # fmt: skip
+    [
+        (["report", "a", "--notes", "n.md"], "go with --markdown"),
+        (["report", "a", "a", "--html", "x.html"], "--html writes the report of one output folder"),
+        (["report", "a", "missing", "--markdown"], "no report rows under missing/report"),
+    ],
+)
 def test_cli_refuses_options_that_do_not_fit(argv, message, tmp_path, capsys, monkeypatch):
     _write_root(tmp_path / "a", [row("set5", "baby.png", 30.0)])
     monkeypatch.chdir(tmp_path)

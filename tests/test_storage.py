@@ -70,7 +70,10 @@ def test_glob_selects_images_and_reports_the_rest(dataset):
     assert dict(listing.skipped)["sub/b.JPG"].startswith("does not match glob")
     assert [e.key for e in storage.list_images(str(dataset), glob="*.png").images] == ["a.png"]
     assert [e.key for e in storage.list_images(str(dataset), glob="sub/*").images] == [
-        "sub/b.JPG", "sub/x.png", "sub/x_flash.jpg"]
+        "sub/b.JPG",
+        "sub/x.png",
+        "sub/x_flash.jpg",
+    ]
 
 
 def test_mask_dir_outside_and_inside_the_source(tmp_path, dataset):
@@ -235,9 +238,16 @@ def test_join():
         ),
         ("https://acct.blob.core.windows.net/c/a.png?sv=2020&se=2030&sig=SASSIG%3D", ["SASSIG"], ["a.png"]),
         ("http://h/a?AWSAccessKeyId=AKID1&Signature=SIG1&Expires=9", ["AKID1", "SIG1"], ["Expires=9"]),
-        ("https://h/a?token=T0K&key=K3Y&secret=S3C&api_key=AP1&access_token=AT", ["T0K", "K3Y", "S3C", "AP1", "=AT"], []),
-        ("error reading s3://u:p@b/k: access key AKIAIOSFODNN7EXAMPLE denied", ["u:p@", "AKIAIOSFODNN7EXAMPLE"],
-         ["error reading", "denied"]),
+        (
+            "https://h/a?token=T0K&key=K3Y&secret=S3C&api_key=AP1&access_token=AT",
+            ["T0K", "K3Y", "S3C", "AP1", "=AT"],
+            [],
+        ),
+        (
+            "error reading s3://u:p@b/k: access key AKIAIOSFODNN7EXAMPLE denied",
+            ["u:p@", "AKIAIOSFODNN7EXAMPLE"],
+            ["error reading", "denied"],
+        ),
     ],
 )
 def test_redact(text, secrets, kept):
@@ -255,8 +265,15 @@ def test_redact_leaves_plain_urls_alone():
 
 def test_parse_storage_options():
     opts = storage.parse_storage_options(
-        ["anon=true", "use_ssl=False", "max_concurrency=8", "client_kwargs.endpoint_url=http://127.0.0.1:9000/?a=b",
-         "client_kwargs.region_name=eu-west-1", "config_kwargs.retries.max_attempts=5", "token=abc=def"]
+        [
+            "anon=true",
+            "use_ssl=False",
+            "max_concurrency=8",
+            "client_kwargs.endpoint_url=http://127.0.0.1:9000/?a=b",
+            "client_kwargs.region_name=eu-west-1",
+            "config_kwargs.retries.max_attempts=5",
+            "token=abc=def",
+        ]
     )
     assert opts == {
         "anon": True,
@@ -312,7 +329,10 @@ def test_s3_list_read_write(s3_server, s3_root):
     # listings are fresh: a write after a listing shows up in the next one
     storage.write_bytes_atomic(f"{s3_root}/in/c.png", b"C", so)
     assert [e.key for e in storage.list_images(f"{s3_root}/in", storage_options=so).images] == [
-        "a.png", "c.png", "sub/b.jpg"]
+        "a.png",
+        "c.png",
+        "sub/b.jpg",
+    ]
     assert storage.list_files(f"{s3_root}/out", so) == [out]
     with pytest.raises(StorageNotFoundError):
         storage.read_bytes(f"{s3_root}/nope.png", so)

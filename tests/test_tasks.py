@@ -61,10 +61,14 @@ def test_overrides_change_width_and_fields_and_reject_typos():
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"task": "deblur"}, "unknown task"), ({"task": "inpaint", "variant": "holes"}, "no variant"),
-     ({"task": "denoise", "scale": 4}, "only applies"), ({"task": "sr", "scale": 1}, "scale ≥ 2"),
-     ({"task": "sr", "preset": "slow"}, "unknown preset")],
-)  # fmt: skip
+    [
+        ({"task": "deblur"}, "unknown task"),
+        ({"task": "inpaint", "variant": "holes"}, "no variant"),
+        ({"task": "denoise", "scale": 4}, "only applies"),
+        ({"task": "sr", "scale": 1}, "scale ≥ 2"),
+        ({"task": "sr", "preset": "slow"}, "unknown preset"),
+    ],
+)
 def test_bad_presets_raise_config_errors(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         get_preset(**kwargs)

@@ -42,7 +42,7 @@ def test_every_task_runs_on_a_synthesised_observation(photo, task, kwargs, shape
     restore_kwargs = {k: v for k, v in kwargs.items() if k != "sigma"}
     res = dipcore.restore(obs, task=task, **restore_kwargs, **FAST)
     assert res.image.shape == shape
-    assert np.isfinite(res.image).all() and 0 <= res.image.min() and res.image.max() <= 1
+    assert np.isfinite(res.image).all() and res.image.min() >= 0 and res.image.max() <= 1
     assert res.iterations_run == 3 and len(res.history["loss"]) == 3
 
 

@@ -30,8 +30,13 @@ def plan(root: str, output: str, task: str = "denoise", synthesis: Synthesis | N
 
 def test_restorer_runs_one_evaluation_job_with_the_sr_protocol(tmp_path, write_images):
     write_images(str(tmp_path / "src"), ["sub/a.png"], size=72)
-    p = plan(str(tmp_path / "src"), str(tmp_path / "out"), task="sr", scale=4,
-             synthesis=Synthesis("sr", scale=4, crop_multiple=32))
+    p = plan(
+        str(tmp_path / "src"),
+        str(tmp_path / "out"),
+        task="sr",
+        scale=4,
+        synthesis=Synthesis("sr", scale=4, crop_multiple=32),
+    )
     from pipelines.workers import Restorer
 
     outcome = Restorer().run(p.jobs[0])
@@ -116,8 +121,10 @@ def test_evaluation_configs_follow_the_paper_and_hash_what_shapes_a_row():
     sr = jobs.evaluation_config("set5", **fast)
     assert sr.config["restarts"] == 1 and not sr.classical and "classical_baseline" not in sr.config  # bicubic
     assert jobs.evaluation_config("cbm3d9", task="sr", **fast).config["restarts"] == 1  # runs follow the task
-    changed = [jobs.evaluation_config("cbm3d9", **fast, **kw).config_hash
-               for kw in ({"runs": 1}, {"early_stopping": "off"}, {"early_stopping": "stop"}, {"classical": False})]
+    changed = [
+        jobs.evaluation_config("cbm3d9", **fast, **kw).config_hash
+        for kw in ({"runs": 1}, {"early_stopping": "off"}, {"early_stopping": "stop"}, {"classical": False})
+    ]
     assert len({dn.config_hash, *changed}) == 5
     assert jobs.evaluation_config("cbm3d9", preset="fast", overrides={"restarts": 3}).config["restarts"] == 3
     with pytest.raises(dipcore.ConfigError, match="disagree"):
@@ -153,6 +160,10 @@ class _CrashingJob(Job):
         return super().scale
 
 
+def _crashing(job: Job) -> _CrashingJob:
+    return _CrashingJob(**{f.name: getattr(job, f.name) for f in dataclasses.fields(Job)})
+
+
 _DRIVER_PID = os.getpid()
 _MARKERS = ""
 
@@ -163,8 +174,7 @@ def test_jobs_of_dead_actors_are_retried_then_given_up(ray_local, tmp_path, writ
     ray_local.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this module
     write_images(str(tmp_path / "src"), ["always.png", "once.png", "ok1.png", "ok2.png"])
     p = plan(str(tmp_path / "src"), str(tmp_path / "out"))
-    as_crashing = lambda j: _CrashingJob(**{f.name: getattr(j, f.name) for f in dataclasses.fields(Job)})  # noqa
-    job_list = [as_crashing(j) if j.key in ("always.png", "once.png") else j for j in p.jobs]
+    job_list = [_crashing(j) if j.key in ("always.png", "once.png") else j for j in p.jobs]
     from pipelines.workers import WorkerPool
 
     pool = WorkerPool(2, num_cpus=1)
@@ -194,9 +204,8 @@ def test_a_packed_batch_through_ray_requeues_its_jobs_when_its_actor_dies(ray_lo
     write_images(str(src), ["a-crashes-once.png", "b.png", "d.png", "e.png"])
     write_images(str(src), ["c.png"], size=48)
     p = plan(str(src), str(tmp_path / "out"))
-    as_crashing = lambda j: _CrashingJob(**{f.name: getattr(j, f.name) for f in dataclasses.fields(Job)})
     by_key = {j.key: j for j in p.jobs}
-    crashing = as_crashing(by_key["a-crashes-once.png"])
+    crashing = _crashing(by_key["a-crashes-once.png"])
     job_list = [crashing, *(by_key[k] for k in ("b.png", "c.png", "d.png", "e.png"))]
     from pipelines.workers import WorkerPool
 
@@ -208,8 +217,13 @@ def test_a_packed_batch_through_ray_requeues_its_jobs_when_its_actor_dies(ray_lo
     rows = {o.row["image_key"]: o.row for o in outcomes}
     assert len(outcomes) == len(rows) == 5 and all(r["status"] == "ok" for r in rows.values())
     # The batch that died lost one attempt for each of its jobs; the call queued behind it lost none.
-    assert {k: r["attempts"] for k, r in rows.items()} == \
-        {"a-crashes-once.png": 2, "b.png": 2, "c.png": 1, "d.png": 1, "e.png": 1}  # fmt: skip
+    assert {k: r["attempts"] for k, r in rows.items()} == {
+        "a-crashes-once.png": 2,
+        "b.png": 2,
+        "c.png": 1,
+        "d.png": 1,
+        "e.png": 1,
+    }
     assert stats.packed == 2  # d and e in one stacked fit; the retries ran alone
     assert (stats.failed_attempts, stats.restarts) == (2, 1)
     assert (rows["c.png"]["height"], rows["d.png"]["height"]) == (48, 32)
