@@ -27,9 +27,10 @@ from dataclasses import asdict, replace
 import numpy as np
 import torch
 
+from dipcore import EngineOptions
 from dipcore.api import _run, build_problem, preset_for
 from dipcore.degrade import Observation
-from dipcore.fit import EngineOptions, FitSettings
+from dipcore.fit import FitSettings
 from dipcore.memory import estimate_peak_bytes
 
 PLAIN = EngineOptions(

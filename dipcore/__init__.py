@@ -7,8 +7,9 @@
 
 from .api import Restoration, RunOutput, StoppingChoice, restore, restore_batch
 from .degrade import Observation, degrade
+from .engine import EngineOptions
 from .errors import ConfigError, DipcoreError, ImageDecodeError, ImageTooLargeError, OutOfMemoryError
-from .fit import EngineOptions, StepRecord
+from .fit import StepRecord
 from .imageio import decode_image, encode_png, load_image, to_float_image
 from .memory import estimate_peak_bytes
 from .metrics import PsnrProtocol, psnr, ssim

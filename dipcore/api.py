@@ -19,8 +19,9 @@ from . import nets
 from .batched import stack_problems
 from .concurrent import concurrent_workers, fit_concurrently
 from .degrade import Observation, binary_mask
+from .engine import EngineOptions, default_device
 from .errors import ConfigError
-from .fit import EngineOptions, FitProblem, FitResult, FitSettings, StepRecord, default_device, fit, fit_stacked
+from .fit import FitProblem, FitResult, FitSettings, StepRecord, fit, fit_stacked
 from .imageio import to_float_image
 from .memory import decide_checkpoint
 from .metrics import PsnrProtocol, center_crop_to_multiple, check_protocol

@@ -21,34 +21,16 @@ from torch import Tensor, nn
 
 from .batched import unstack_block
 from .checkpointing import checkpointed
-from .errors import ConfigError
+from .engine import EngineOptions, backend_flags
 from .metrics import PsnrProtocol, psnr_stacked
 from .operators import Operator
 from .step import TrainingStep
 from .stopping import VarianceStopping
 
-__all__ = [
-    "EngineOptions",
-    "FitProblem",
-    "FitResult",
-    "FitSettings",
-    "StepRecord",
-    "default_device",
-    "fit",
-    "fit_stacked",
-]
+__all__ = ["FitProblem", "FitResult", "FitSettings", "StepRecord", "fit", "fit_stacked"]
 
 # A PSNR drop of more than 5 dB from the last accepted iteration undoes the step (published denoising code).
 _BACKTRACK_DB = 5.0
-
-
-def _given_or(value, default):
-    return default if value is None else value
-
-
-def default_device() -> torch.device:
-    """CUDA when present, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @dataclass
@@ -61,54 +43,6 @@ class FitProblem:
     target: Tensor  # the observation in A's space
     crop: tuple[int, int, int, int]  # (top, left, H, W): the image inside the net's canvas
     reference: Tensor | None = None  # (1, C, H, W) ground truth, for PSNR curves only
-
-
-@dataclass(frozen=True)
-class EngineOptions:
-    """How the loop runs on its device; none of these change the maths beyond float rounding (bf16 aside)."""
-
-    sync_every: int | None = None  # host reads every k iterations; default 1 on the CPU, 25 on CUDA
-    channels_last: bool | None = None  # default: on for CUDA
-    tf32: bool | None = None  # TF32 convolutions and matmuls; default: on for CUDA, off gives strict fp32
-    autocast: Literal["bf16"] | None = None  # bf16 autocast of the forward pass (opt-in; costs some PSNR)
-    cudnn_benchmark: bool | None = None  # default: on for CUDA (shapes are static during a fit)
-    batch_restarts: bool | None = None  # restarts of one image as one batch (see batch_mode); default: on
-    # How a batch of fits runs: "stack" = one stacked net (dipcore.batched; the default on CUDA); "threads" = side by
-    # side on CPU threads (dipcore.concurrent; the CPU's default, where grouped convolutions are slow).
-    batch_mode: Literal["stack", "threads"] | None = None
-    fused_adam: bool | None = (
-        None  # one fused Adam kernel; default: on for CUDA and the CPU (there 3× faster than a loop)
-    )
-    # Replay the whole step from a CUDA graph (not with backtracking); default on for CUDA: 2.7× at 256² on an H200
-    # with the same Set5 PSNR (benchmarks/RESULTS.md).
-    cuda_graph: bool | None = None
-    # Activation checkpointing (dipcore.checkpointing): True, False, or "auto" (the default): restore() and
-    # restore_batch() turn it on when the job's estimated peak exceeds the device's free memory, and raise
-    # OutOfMemoryError when even the checkpointed estimate does; fit() itself runs "auto" as off.
-    checkpoint: bool | Literal["auto"] | None = None
-    memory_budget: int | None = None  # bytes a fit may use; default: measured when it starts (dipcore.memory)
-
-    def resolved(self, device: torch.device) -> EngineOptions:
-        cuda = device.type == "cuda"
-        if self.checkpoint not in (None, True, False, "auto"):
-            raise ConfigError(f"checkpoint={self.checkpoint!r} is not one of True, False, 'auto'")
-        if self.batch_mode not in (None, "stack", "threads"):
-            raise ConfigError(f"batch_mode={self.batch_mode!r} is not one of 'stack', 'threads'")
-        if self.batch_mode == "threads" and device.type != "cpu":
-            raise ConfigError(f"batch_mode='threads' is for CPUs: on {device.type}, batches run stacked")
-        return EngineOptions(
-            sync_every=_given_or(self.sync_every, 25 if cuda else 1),
-            channels_last=_given_or(self.channels_last, cuda),
-            tf32=_given_or(self.tf32, cuda),
-            autocast=self.autocast,
-            cudnn_benchmark=_given_or(self.cudnn_benchmark, cuda),
-            batch_restarts=_given_or(self.batch_restarts, True),
-            batch_mode=_given_or(self.batch_mode, "threads" if device.type == "cpu" else "stack"),
-            fused_adam=_given_or(self.fused_adam, device.type in ("cuda", "cpu")),
-            cuda_graph=_given_or(self.cuda_graph, cuda),
-            checkpoint=_given_or(self.checkpoint, "auto"),
-            memory_budget=self.memory_budget,
-        )
 
 
 @dataclass(frozen=True)
@@ -152,21 +86,6 @@ class FitResult:
     es_output: Tensor | None = None
     es_iteration: int | None = None  # the iteration `es_output` comes from
     es_fired_at: int | None = None  # the sync point at which the rule said stop
-
-
-@contextlib.contextmanager
-def _backend_flags(engine: EngineOptions, device: torch.device):
-    """Apply TF32/cuDNN flags for the fit and restore the caller's values after it."""
-    if device.type != "cuda":
-        yield
-        return
-    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(engine.tf32)
-    torch.backends.cudnn.benchmark = bool(engine.cudnn_benchmark)
-    try:
-        yield
-    finally:
-        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark) = saved
 
 
 def fit(
@@ -245,7 +164,7 @@ def fit_stacked(
         before_step=backtrack,
         cuda_graph=graphed,
     )
-    with _backend_flags(engine, device):
+    with backend_flags(engine, device):
         for it in range(1, n + 1):
             jitter = None
             if settings.reg_noise_std > 0:

@@ -24,8 +24,8 @@ from torch import nn
 
 from . import nets
 from .checkpointing import CheckpointedUnit, checkpointed
+from .engine import EngineOptions
 from .errors import OutOfMemoryError
-from .fit import EngineOptions
 from .operators import noise_code
 from .tasks import TaskPreset
 
