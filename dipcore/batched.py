@@ -17,12 +17,13 @@ from torch import Tensor, nn
 
 from . import nets
 from .errors import ConfigError
+from .fit import FitProblem
+from .operators import Features, Mask
 
 if TYPE_CHECKING:
-    from .fit import FitProblem
     from .tasks import TaskPreset
 
-__all__ = ["batch_refusal", "stack_blocks", "stack_modules", "stack_problems", "unstack_block"]
+__all__ = ["batch_refusal", "stack_blocks", "stack_modules", "stack_problems"]
 
 # Modules without parameters that act on each channel separately: shared as they are.
 _CHANNELWISE = (
@@ -123,17 +124,8 @@ def stack_blocks(tensors: list[Tensor]) -> Tensor:
     return torch.cat(tensors, dim=1)
 
 
-def unstack_block(x: Tensor, k: int, i: int) -> Tensor:
-    """Block ``i`` of ``k`` along channels: (1, K·C, H, W) -> (1, C, H, W)."""
-    c = x.shape[1] // k
-    return x[:, c * i : c * (i + 1)]
-
-
 def stack_problems(problems: list[FitProblem]) -> FitProblem:
     """One FitProblem for K problems of the same task and shape (built with their own seeds)."""
-    from .fit import FitProblem
-    from .operators import Features, Mask
-
     first = problems[0]
     if any(
         p.crop != first.crop or p.z.shape != first.z.shape or p.target.shape != first.target.shape for p in problems
