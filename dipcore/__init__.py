@@ -6,14 +6,15 @@
 """
 
 from .api import Restoration, RunOutput, StoppingChoice, restore, restore_batch
+from .batched import batch_refusal
 from .degrade import Observation, degrade
 from .engine import EngineOptions
 from .errors import ConfigError, DipcoreError, ImageDecodeError, ImageTooLargeError, OutOfMemoryError
 from .fit import StepRecord
-from .imageio import decode_image, encode_png, load_image, to_float_image
+from .imageio import decode_image, encode_png, image_shape, load_image, to_float_image
 from .memory import estimate_peak_bytes
 from .metrics import PsnrProtocol, psnr, ssim
-from .tasks import TASKS, get_preset
+from .tasks import TASKS, get_preset, preset_for
 
 __all__ = [
     "TASKS",
@@ -29,12 +30,15 @@ __all__ = [
     "RunOutput",
     "StepRecord",
     "StoppingChoice",
+    "batch_refusal",
     "decode_image",
     "degrade",
     "encode_png",
     "estimate_peak_bytes",
     "get_preset",
+    "image_shape",
     "load_image",
+    "preset_for",
     "psnr",
     "restore",
     "restore_batch",

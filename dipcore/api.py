@@ -27,9 +27,9 @@ from .memory import decide_checkpoint
 from .metrics import PsnrProtocol, center_crop_to_multiple, check_protocol
 from .operators import Features, Identity, LanczosDown, Mask, Operator, alexnet, meshgrid_code, noise_code
 from .stopping import VarianceStopping
-from .tasks import TaskPreset, apply_overrides, get_preset
+from .tasks import TaskPreset, preset_for
 
-__all__ = ["Restoration", "RunOutput", "StoppingChoice", "build_problem", "preset_for", "restore", "restore_batch"]
+__all__ = ["Restoration", "RunOutput", "StoppingChoice", "build_problem", "restore", "restore_batch", "run_fits"]
 
 
 @dataclass(frozen=True)
@@ -90,19 +90,6 @@ class Restoration:
     def best_iteration(self) -> int | None:
         curve = self.history.get("psnr")
         return int(np.argmax(curve)) + 1 if curve else None
-
-
-def preset_for(
-    task: str,
-    *,
-    variant: str | None = None,
-    scale: int | None = None,
-    preset: str = "paper",
-    sigma: float | None = None,
-    **overrides: Any,
-) -> TaskPreset:
-    """The preset of a task with a user's overrides applied (what ``restore`` runs)."""
-    return apply_overrides(get_preset(task, variant=variant, scale=scale, preset=preset, sigma=sigma), **overrides)
 
 
 def _as_tensor(image: np.ndarray, device: torch.device) -> Tensor:
@@ -259,7 +246,9 @@ def restore(
     problems = [
         build_problem(p, obs, device=dev, seed=s, reference=ref, features_weights=features_weights) for s in seeds
     ]
-    runs = _run(problems, seeds, _settings(p, engine, protocol), dev, callback, batched=engine.batch_restarts)
+    runs = run_fits(
+        problems, _settings(p, engine, protocol), seeds=seeds, callback=callback, batched=engine.batch_restarts
+    )
     return _collect(runs, p, seed, dev, started, protocol=protocol, engine=engine)
 
 
@@ -313,7 +302,7 @@ def restore_batch(
     if len(shapes) > 1:  # what stacking needs, and what the memory plan assumes in either batch mode
         raise ConfigError(f"a batch needs observations of one shape, got {sorted(shapes)}")
     engine = _plan_memory(engine, p, obs, dev, fits=_at_once(engine, k))
-    runs = _run(problems, seeds, _settings(p, engine, protocol), dev, callback, batched=True)
+    runs = run_fits(problems, _settings(p, engine, protocol), seeds=seeds, callback=callback)
     return [
         _collect([run], p, s, dev, started, protocol=protocol, engine=engine)
         for run, s in zip(runs, seeds, strict=True)
@@ -376,12 +365,25 @@ def _settings(p: TaskPreset, engine: EngineOptions, protocol: PsnrProtocol | Non
     )
 
 
-def _run(problems, seeds, settings, dev, callback, *, batched: bool) -> list[FitResult]:
-    """Fit the problems one by one, or as one batch when ``batched`` and there is more than one: stacked into one
-    net, or side by side on CPU threads, as the engine's ``batch_mode`` says."""
-    generators = [torch.Generator(device=dev).manual_seed(s) for s in seeds]
+def run_fits(
+    problems: list[FitProblem],
+    settings: FitSettings,
+    *,
+    seeds: list[int],
+    callback: Callable[[StepRecord], bool | None] | None = None,
+    batched: bool = True,
+) -> list[FitResult]:
+    """Fit ``problems`` one by one or, when ``batched`` and there is more than one, as one batch: stacked into one
+    net (``dipcore.batched``) or side by side on CPU threads (``dipcore.concurrent``), as ``settings.engine``'s
+    ``batch_mode`` says. Fit i draws its jitter from seed ``seeds[i]`` on the problems' device.
+
+    The engine is read as given: pass one resolved for the device (``EngineOptions.resolved``), as ``restore`` and
+    ``restore_batch`` do — an unresolved ``batch_mode=None`` stacks.
+    """
+    device = problems[0].z.device
+    generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
     if batched and len(problems) > 1:
-        if settings.engine.batch_mode == "threads":  # restore() and restore_batch() pass a resolved engine
+        if settings.engine.batch_mode == "threads":
             return fit_concurrently(problems, settings, generators=generators, callback=callback)
         return fit_stacked(stack_problems(problems), settings, generators=generators, callback=callback)
     return [fit(prob, settings, generator=g, callback=callback) for prob, g in zip(problems, generators, strict=True)]

@@ -6,7 +6,8 @@ import torch
 from skimage import data
 
 import dipcore
-from dipcore.api import build_problem, preset_for
+from dipcore import preset_for
+from dipcore.api import build_problem
 from dipcore.concurrent import concurrent_workers, fit_concurrently
 from dipcore.degrade import Observation
 from dipcore.engine import EngineOptions
