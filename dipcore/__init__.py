@@ -7,6 +7,7 @@
 
 from .api import Restoration, RunOutput, StoppingChoice, restore, restore_batch
 from .batched import batch_refusal
+from .crop import center_crop, center_crop_to_multiple
 from .degrade import Observation, degrade
 from .engine import EngineOptions
 from .errors import ConfigError, DipcoreError, ImageDecodeError, ImageTooLargeError, OutOfMemoryError
@@ -31,6 +32,8 @@ __all__ = [
     "StepRecord",
     "StoppingChoice",
     "batch_refusal",
+    "center_crop",
+    "center_crop_to_multiple",
     "decode_image",
     "degrade",
     "encode_png",

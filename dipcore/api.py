@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -18,13 +17,14 @@ from torch import Tensor
 from . import nets
 from .batched import stack_problems
 from .concurrent import concurrent_workers, fit_concurrently
+from .crop import center_box, center_crop_to_multiple
 from .degrade import Observation, binary_mask
 from .engine import EngineOptions, default_device
 from .errors import ConfigError
 from .fit import FitProblem, FitResult, FitSettings, StepRecord, fit, fit_stacked
 from .imageio import to_float_image
 from .memory import decide_checkpoint
-from .metrics import PsnrProtocol, center_crop_to_multiple, check_protocol
+from .metrics import PsnrProtocol, check_protocol
 from .operators import Features, Identity, LanczosDown, Mask, Operator, alexnet, meshgrid_code, noise_code
 from .stopping import VarianceStopping
 from .tasks import TaskPreset, preset_for
@@ -102,8 +102,8 @@ def _center_crop(arr: np.ndarray | None, multiple: int) -> np.ndarray | None:
 
 def _pad_to(x: Tensor, height: int, width: int) -> Tensor:
     """Reflection-pad (1, C, h, w) to (1, C, height, width), centred; replicate where reflection cannot reach."""
-    dh, dw = height - x.shape[-2], width - x.shape[-1]
-    pad = (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2)
+    top, left, h, w = center_box(height, width, x.shape[-2], x.shape[-1])
+    pad = (left, width - w - left, top, height - h - top)  # (left, right, top, bottom)
     mode = "reflect" if max(pad) < min(x.shape[-2:]) else "replicate"
     return F.pad(x, pad, mode=mode)
 
@@ -122,10 +122,8 @@ def build_problem(
     h, w, c = obs.image.shape
     if p.task == "sr":
         h, w = h * p.scale, w * p.scale
-    multiple = nets.required_multiple(p.net, **p.net_options)
-    side = nets.min_canvas(p.net, **p.net_options)
-    hc, wc = (max(side, math.ceil(n / multiple) * multiple) for n in (h, w))
-    crop = ((hc - h) // 2, (wc - w) // 2, h, w)
+    hc, wc = nets.canvas_size(p.net, h, w, **p.net_options)
+    crop = center_box(hc, wc, h, w)  # the image centred in the canvas
 
     out_channels = 3 if p.task == "preimage" else c
     net = nets.get_net(p.net, in_channels=p.input_depth, out_channels=out_channels, **p.net_options)

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from . import nets
+from .crop import center_crop
 from .errors import ConfigError
 from .fit import FitProblem
 from .operators import Features, Mask
@@ -53,7 +54,7 @@ class _StackedConcat(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         outs = [branch(x) for branch in self.branches]
         height, width = min(o.shape[2] for o in outs), min(o.shape[3] for o in outs)
-        outs = [nets._center_crop(o, height, width) for o in outs]
+        outs = [center_crop(o, height, width) for o in outs]
         n = x.shape[0]
         blocks = [o.reshape(n, self.k, o.shape[1] // self.k, height, width) for o in outs]  # (N, K, C_i, h, w)
         return torch.cat(blocks, dim=2).reshape(n, -1, height, width)  # (N, K·ΣC_i, h, w)

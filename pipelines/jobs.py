@@ -430,10 +430,9 @@ def all_jobs(plans: Iterable[Plan]) -> list[Job]:
 
 
 def _crop_square(image: Any, size: int) -> Any:
-    h, w = image.shape[:2]
-    nh, nw = min(h, size), min(w, size)
-    top, left = (h - nh) // 2, (w - nw) // 2
-    return image[top : top + nh, left : left + nw]
+    from dipcore import center_crop
+
+    return center_crop(image, min(image.shape[0], size), min(image.shape[1], size))
 
 
 def observe(job: Job, image: Any, read_image: Callable[[str], Any]) -> tuple[Any, Any, dict[str, Any]]:
@@ -445,7 +444,7 @@ def observe(job: Job, image: Any, read_image: Callable[[str], Any]) -> tuple[Any
     σ-Gaussian noise; inpainting drops pixels with a Bernoulli mask.
     """
     import dipcore
-    from dipcore.metrics import center_crop_to_multiple
+    from dipcore import center_crop_to_multiple
 
     s = job.synthesis
     if s is None:
