@@ -1,4 +1,5 @@
-"""The public entry point: ``restore`` one observation with the Deep Image Prior."""
+"""The public entry points: ``restore`` one observation with the Deep Image Prior, ``restore_batch`` several of one
+shape as one batch; below them, for benchmarks, the parts of a fit: ``build_problem`` and ``run_fits``."""
 
 from __future__ import annotations
 
@@ -267,8 +268,14 @@ def restore_batch(
     psnr_protocol: PsnrProtocol | Mapping[str, Any] | None = None,
     **overrides: Any,
 ) -> list[Restoration]:
-    """Restore K images of one shape and task as one batched fit (see ``dipcore.batched``): the same results as K
-    ``restore`` calls with seeds ``seeds`` (up to float rounding), in much less GPU time for small images."""
+    """Restore K images of one shape and task as one batch: the same results as K ``restore`` calls with seeds
+    ``seeds`` (up to float rounding), in less time.
+
+    How the batch runs is ``engine.batch_mode``: on a CPU (``"threads"``, the default there) the fits run side by
+    side on threads, each on its share of torch's threads (``dipcore.concurrent``); elsewhere (``"stack"``) they
+    are stacked along channels into one net with grouped convolutions (``dipcore.batched``), which fills a GPU
+    that one small fit leaves mostly idle. Stacking needs a net that stacks (``batch_refusal``).
+    """
     started = time.perf_counter()
     k = len(observations)
     seeds = list(seeds) if seeds is not None else list(range(k))

@@ -96,7 +96,9 @@ def stack_modules(modules: list[nn.Module]) -> nn.Module:
     """One module computing all of ``modules`` (same architecture, own weights) on channel-stacked inputs.
 
     Input (N, K·C_in, H, W) with block k for module k gives (N, K·C_out, H', W') with block k = module k's output.
-    Supports what the skip and deep-decoder nets are made of; anything else raises ConfigError.
+    Supports what the ``skip``, ``texture_nets`` and ``deep_decoder`` nets are made of; anything else raises
+    ConfigError: the ``unet`` and ``resnet`` nets (their U-Net and residual blocks) and ``texture_nets`` with
+    ``fill_noise`` (fresh noise drawn inside the net).
     """
     first, k = modules[0], len(modules)
     kind = type(first)
@@ -117,7 +119,9 @@ def stack_modules(modules: list[nn.Module]) -> nn.Module:
         return down
     if isinstance(first, _CHANNELWISE):
         return copy.deepcopy(first)
-    raise ConfigError(f"batched fits do not support {kind.__name__} layers (use the skip or deep_decoder nets)")
+    raise ConfigError(
+        f"batched fits do not support {kind.__name__} layers (the skip, texture_nets and deep_decoder nets stack)"
+    )
 
 
 def stack_blocks(tensors: list[Tensor]) -> Tensor:
