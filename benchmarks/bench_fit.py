@@ -27,9 +27,10 @@ from dataclasses import asdict, replace
 import numpy as np
 import torch
 
-from dipcore.api import _run, build_problem, preset_for
+from dipcore import EngineOptions, preset_for
+from dipcore.api import build_problem, run_fits
 from dipcore.degrade import Observation
-from dipcore.fit import EngineOptions, FitSettings
+from dipcore.fit import FitSettings
 from dipcore.memory import estimate_peak_bytes
 
 PLAIN = EngineOptions(
@@ -96,7 +97,7 @@ def _timed_fit(p, obs, device, engine, k: int, iterations: int) -> tuple[float, 
     )
     _sync(device)
     t0 = time.perf_counter()
-    _run(problems, list(range(k)), settings, device, None, batched=True)
+    run_fits(problems, settings, seeds=list(range(k)))
     _sync(device)
     return time.perf_counter() - t0, problems[0]
 

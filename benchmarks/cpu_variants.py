@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dipcore.api import build_problem, preset_for
+from dipcore import preset_for
+from dipcore.api import build_problem
 from dipcore.degrade import Observation
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -36,7 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_fit
 
-from dipcore.fit import EngineOptions
+from dipcore import EngineOptions
 from pipelines import jobs, reports, storage
 from pipelines.packing import PackQueue
 from pipelines.restorer import Restorer

@@ -6,13 +6,16 @@
 """
 
 from .api import Restoration, RunOutput, StoppingChoice, restore, restore_batch
+from .batched import batch_refusal
+from .crop import center_crop, center_crop_to_multiple
 from .degrade import Observation, degrade
+from .engine import EngineOptions
 from .errors import ConfigError, DipcoreError, ImageDecodeError, ImageTooLargeError, OutOfMemoryError
-from .fit import EngineOptions, StepRecord
-from .imageio import decode_image, encode_png, load_image, to_float_image
+from .fit import StepRecord
+from .imageio import decode_image, encode_png, image_shape, load_image, to_float_image
 from .memory import estimate_peak_bytes
 from .metrics import PsnrProtocol, psnr, ssim
-from .tasks import TASKS, get_preset
+from .tasks import TASKS, get_preset, preset_for
 
 __all__ = [
     "TASKS",
@@ -28,12 +31,17 @@ __all__ = [
     "RunOutput",
     "StepRecord",
     "StoppingChoice",
+    "batch_refusal",
+    "center_crop",
+    "center_crop_to_multiple",
     "decode_image",
     "degrade",
     "encode_png",
     "estimate_peak_bytes",
     "get_preset",
+    "image_shape",
     "load_image",
+    "preset_for",
     "psnr",
     "restore",
     "restore_batch",

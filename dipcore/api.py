@@ -1,9 +1,9 @@
-"""The public entry point: ``restore`` one observation with the Deep Image Prior."""
+"""The public entry points: ``restore`` one observation with the Deep Image Prior, ``restore_batch`` several of one
+shape as one batch; below them, for benchmarks, the parts of a fit: ``build_problem`` and ``run_fits``."""
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -18,17 +18,19 @@ from torch import Tensor
 from . import nets
 from .batched import stack_problems
 from .concurrent import concurrent_workers, fit_concurrently
+from .crop import center_box, center_crop_to_multiple
 from .degrade import Observation, binary_mask
+from .engine import EngineOptions, default_device
 from .errors import ConfigError
-from .fit import EngineOptions, FitProblem, FitResult, FitSettings, StepRecord, default_device, fit, fit_stacked
+from .fit import FitProblem, FitResult, FitSettings, StepRecord, fit, fit_stacked
 from .imageio import to_float_image
 from .memory import decide_checkpoint
-from .metrics import PsnrProtocol, center_crop_to_multiple, check_protocol
+from .metrics import PsnrProtocol, check_protocol
 from .operators import Features, Identity, LanczosDown, Mask, Operator, alexnet, meshgrid_code, noise_code
 from .stopping import VarianceStopping
-from .tasks import TaskPreset, apply_overrides, get_preset
+from .tasks import TaskPreset, preset_for
 
-__all__ = ["Restoration", "RunOutput", "StoppingChoice", "build_problem", "preset_for", "restore", "restore_batch"]
+__all__ = ["Restoration", "RunOutput", "StoppingChoice", "build_problem", "restore", "restore_batch", "run_fits"]
 
 
 @dataclass(frozen=True)
@@ -91,19 +93,6 @@ class Restoration:
         return int(np.argmax(curve)) + 1 if curve else None
 
 
-def preset_for(
-    task: str,
-    *,
-    variant: str | None = None,
-    scale: int | None = None,
-    preset: str = "paper",
-    sigma: float | None = None,
-    **overrides: Any,
-) -> TaskPreset:
-    """The preset of a task with a user's overrides applied (what ``restore`` runs)."""
-    return apply_overrides(get_preset(task, variant=variant, scale=scale, preset=preset, sigma=sigma), **overrides)
-
-
 def _as_tensor(image: np.ndarray, device: torch.device) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None].to(device)  # (1, C, H, W)
 
@@ -114,8 +103,8 @@ def _center_crop(arr: np.ndarray | None, multiple: int) -> np.ndarray | None:
 
 def _pad_to(x: Tensor, height: int, width: int) -> Tensor:
     """Reflection-pad (1, C, h, w) to (1, C, height, width), centred; replicate where reflection cannot reach."""
-    dh, dw = height - x.shape[-2], width - x.shape[-1]
-    pad = (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2)
+    top, left, h, w = center_box(height, width, x.shape[-2], x.shape[-1])
+    pad = (left, width - w - left, top, height - h - top)  # (left, right, top, bottom)
     mode = "reflect" if max(pad) < min(x.shape[-2:]) else "replicate"
     return F.pad(x, pad, mode=mode)
 
@@ -134,10 +123,8 @@ def build_problem(
     h, w, c = obs.image.shape
     if p.task == "sr":
         h, w = h * p.scale, w * p.scale
-    multiple = nets.required_multiple(p.net, **p.net_options)
-    side = nets.min_canvas(p.net, **p.net_options)
-    hc, wc = (max(side, math.ceil(n / multiple) * multiple) for n in (h, w))
-    crop = ((hc - h) // 2, (wc - w) // 2, h, w)
+    hc, wc = nets.canvas_size(p.net, h, w, **p.net_options)
+    crop = center_box(hc, wc, h, w)  # the image centred in the canvas
 
     out_channels = 3 if p.task == "preimage" else c
     net = nets.get_net(p.net, in_channels=p.input_depth, out_channels=out_channels, **p.net_options)
@@ -258,7 +245,9 @@ def restore(
     problems = [
         build_problem(p, obs, device=dev, seed=s, reference=ref, features_weights=features_weights) for s in seeds
     ]
-    runs = _run(problems, seeds, _settings(p, engine, protocol), dev, callback, batched=engine.batch_restarts)
+    runs = run_fits(
+        problems, _settings(p, engine, protocol), seeds=seeds, callback=callback, batched=engine.batch_restarts
+    )
     return _collect(runs, p, seed, dev, started, protocol=protocol, engine=engine)
 
 
@@ -279,8 +268,14 @@ def restore_batch(
     psnr_protocol: PsnrProtocol | Mapping[str, Any] | None = None,
     **overrides: Any,
 ) -> list[Restoration]:
-    """Restore K images of one shape and task as one batched fit (see ``dipcore.batched``): the same results as K
-    ``restore`` calls with seeds ``seeds`` (up to float rounding), in much less GPU time for small images."""
+    """Restore K images of one shape and task as one batch: the same results as K ``restore`` calls with seeds
+    ``seeds`` (up to float rounding), in less time.
+
+    How the batch runs is ``engine.batch_mode``: on a CPU (``"threads"``, the default there) the fits run side by
+    side on threads, each on its share of torch's threads (``dipcore.concurrent``); elsewhere (``"stack"``) they
+    are stacked along channels into one net with grouped convolutions (``dipcore.batched``), which fills a GPU
+    that one small fit leaves mostly idle. Stacking needs a net that stacks (``batch_refusal``).
+    """
     started = time.perf_counter()
     k = len(observations)
     seeds = list(seeds) if seeds is not None else list(range(k))
@@ -312,7 +307,7 @@ def restore_batch(
     if len(shapes) > 1:  # what stacking needs, and what the memory plan assumes in either batch mode
         raise ConfigError(f"a batch needs observations of one shape, got {sorted(shapes)}")
     engine = _plan_memory(engine, p, obs, dev, fits=_at_once(engine, k))
-    runs = _run(problems, seeds, _settings(p, engine, protocol), dev, callback, batched=True)
+    runs = run_fits(problems, _settings(p, engine, protocol), seeds=seeds, callback=callback)
     return [
         _collect([run], p, s, dev, started, protocol=protocol, engine=engine)
         for run, s in zip(runs, seeds, strict=True)
@@ -375,12 +370,25 @@ def _settings(p: TaskPreset, engine: EngineOptions, protocol: PsnrProtocol | Non
     )
 
 
-def _run(problems, seeds, settings, dev, callback, *, batched: bool) -> list[FitResult]:
-    """Fit the problems one by one, or as one batch when ``batched`` and there is more than one: stacked into one
-    net, or side by side on CPU threads, as the engine's ``batch_mode`` says."""
-    generators = [torch.Generator(device=dev).manual_seed(s) for s in seeds]
+def run_fits(
+    problems: list[FitProblem],
+    settings: FitSettings,
+    *,
+    seeds: list[int],
+    callback: Callable[[StepRecord], bool | None] | None = None,
+    batched: bool = True,
+) -> list[FitResult]:
+    """Fit ``problems`` one by one or, when ``batched`` and there is more than one, as one batch: stacked into one
+    net (``dipcore.batched``) or side by side on CPU threads (``dipcore.concurrent``), as ``settings.engine``'s
+    ``batch_mode`` says. Fit i draws its jitter from seed ``seeds[i]`` on the problems' device.
+
+    The engine is read as given: pass one resolved for the device (``EngineOptions.resolved``), as ``restore`` and
+    ``restore_batch`` do — an unresolved ``batch_mode=None`` stacks.
+    """
+    device = problems[0].z.device
+    generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
     if batched and len(problems) > 1:
-        if settings.engine.batch_mode == "threads":  # restore() and restore_batch() pass a resolved engine
+        if settings.engine.batch_mode == "threads":
             return fit_concurrently(problems, settings, generators=generators, callback=callback)
         return fit_stacked(stack_problems(problems), settings, generators=generators, callback=callback)
     return [fit(prob, settings, generator=g, callback=callback) for prob, g in zip(problems, generators, strict=True)]

@@ -16,13 +16,15 @@ import torch
 from torch import Tensor, nn
 
 from . import nets
+from .crop import center_crop
 from .errors import ConfigError
+from .fit import FitProblem
+from .operators import Features, Mask
 
 if TYPE_CHECKING:
-    from .fit import FitProblem
     from .tasks import TaskPreset
 
-__all__ = ["batch_refusal", "stack_blocks", "stack_modules", "stack_problems", "unstack_block"]
+__all__ = ["batch_refusal", "stack_blocks", "stack_modules", "stack_problems"]
 
 # Modules without parameters that act on each channel separately: shared as they are.
 _CHANNELWISE = (
@@ -52,7 +54,7 @@ class _StackedConcat(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         outs = [branch(x) for branch in self.branches]
         height, width = min(o.shape[2] for o in outs), min(o.shape[3] for o in outs)
-        outs = [nets._center_crop(o, height, width) for o in outs]
+        outs = [center_crop(o, height, width) for o in outs]
         n = x.shape[0]
         blocks = [o.reshape(n, self.k, o.shape[1] // self.k, height, width) for o in outs]  # (N, K, C_i, h, w)
         return torch.cat(blocks, dim=2).reshape(n, -1, height, width)  # (N, K·ΣC_i, h, w)
@@ -94,7 +96,9 @@ def stack_modules(modules: list[nn.Module]) -> nn.Module:
     """One module computing all of ``modules`` (same architecture, own weights) on channel-stacked inputs.
 
     Input (N, K·C_in, H, W) with block k for module k gives (N, K·C_out, H', W') with block k = module k's output.
-    Supports what the skip and deep-decoder nets are made of; anything else raises ConfigError.
+    Supports what the ``skip``, ``texture_nets`` and ``deep_decoder`` nets are made of; anything else raises
+    ConfigError: the ``unet`` and ``resnet`` nets (their U-Net and residual blocks) and ``texture_nets`` with
+    ``fill_noise`` (fresh noise drawn inside the net).
     """
     first, k = modules[0], len(modules)
     kind = type(first)
@@ -115,7 +119,9 @@ def stack_modules(modules: list[nn.Module]) -> nn.Module:
         return down
     if isinstance(first, _CHANNELWISE):
         return copy.deepcopy(first)
-    raise ConfigError(f"batched fits do not support {kind.__name__} layers (use the skip or deep_decoder nets)")
+    raise ConfigError(
+        f"batched fits do not support {kind.__name__} layers (the skip, texture_nets and deep_decoder nets stack)"
+    )
 
 
 def stack_blocks(tensors: list[Tensor]) -> Tensor:
@@ -123,17 +129,8 @@ def stack_blocks(tensors: list[Tensor]) -> Tensor:
     return torch.cat(tensors, dim=1)
 
 
-def unstack_block(x: Tensor, k: int, i: int) -> Tensor:
-    """Block ``i`` of ``k`` along channels: (1, K·C, H, W) -> (1, C, H, W)."""
-    c = x.shape[1] // k
-    return x[:, c * i : c * (i + 1)]
-
-
 def stack_problems(problems: list[FitProblem]) -> FitProblem:
     """One FitProblem for K problems of the same task and shape (built with their own seeds)."""
-    from .fit import FitProblem
-    from .operators import Features, Mask
-
     first = problems[0]
     if any(
         p.crop != first.crop or p.z.shape != first.z.shape or p.target.shape != first.target.shape for p in problems

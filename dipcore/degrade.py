@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from .crop import center_crop_to_multiple
 from .errors import ConfigError
 from .imageio import to_float_image
-from .metrics import center_crop_to_multiple
 from .tasks import TASKS
 
 __all__ = [

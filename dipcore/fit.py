@@ -4,6 +4,7 @@ moving average of outputs, backtracking on loss jumps, early stopping (acted on,
 The loop keeps everything on the fit's device — losses, PSNRs, the average, the backtracking snapshot, the
 early-stopping state — and reads them on the host only every ``sync_every`` iterations, so a GPU is never stalled
 by a per-iteration ``.item()`` (the published code also copied all weights to the CPU almost every iteration).
+The device-side state lives in a `_Recorder`, the early-stopping decision in a `_StoppingPolicy`.
 """
 
 from __future__ import annotations
@@ -19,36 +20,19 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from .batched import unstack_block
 from .checkpointing import checkpointed
-from .errors import ConfigError
+from .engine import EngineOptions, backend_flags
 from .metrics import PsnrProtocol, psnr_stacked
 from .operators import Operator
 from .step import TrainingStep
 from .stopping import VarianceStopping
 
-__all__ = [
-    "EngineOptions",
-    "FitProblem",
-    "FitResult",
-    "FitSettings",
-    "StepRecord",
-    "default_device",
-    "fit",
-    "fit_stacked",
-]
+__all__ = ["FitProblem", "FitResult", "FitSettings", "StepRecord", "StopReason", "fit", "fit_stacked"]
 
 # A PSNR drop of more than 5 dB from the last accepted iteration undoes the step (published denoising code).
 _BACKTRACK_DB = 5.0
 
-
-def _given_or(value, default):
-    return default if value is None else value
-
-
-def default_device() -> torch.device:
-    """CUDA when present, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+StopReason = Literal["iterations", "early_stopping", "callback"]  # why a fit ended
 
 
 @dataclass
@@ -61,54 +45,6 @@ class FitProblem:
     target: Tensor  # the observation in A's space
     crop: tuple[int, int, int, int]  # (top, left, H, W): the image inside the net's canvas
     reference: Tensor | None = None  # (1, C, H, W) ground truth, for PSNR curves only
-
-
-@dataclass(frozen=True)
-class EngineOptions:
-    """How the loop runs on its device; none of these change the maths beyond float rounding (bf16 aside)."""
-
-    sync_every: int | None = None  # host reads every k iterations; default 1 on the CPU, 25 on CUDA
-    channels_last: bool | None = None  # default: on for CUDA
-    tf32: bool | None = None  # TF32 convolutions and matmuls; default: on for CUDA, off gives strict fp32
-    autocast: Literal["bf16"] | None = None  # bf16 autocast of the forward pass (opt-in; costs some PSNR)
-    cudnn_benchmark: bool | None = None  # default: on for CUDA (shapes are static during a fit)
-    batch_restarts: bool | None = None  # restarts of one image as one batch (see batch_mode); default: on
-    # How a batch of fits runs: "stack" = one stacked net (dipcore.batched; the default on CUDA); "threads" = side by
-    # side on CPU threads (dipcore.concurrent; the CPU's default, where grouped convolutions are slow).
-    batch_mode: Literal["stack", "threads"] | None = None
-    fused_adam: bool | None = (
-        None  # one fused Adam kernel; default: on for CUDA and the CPU (there 3× faster than a loop)
-    )
-    # Replay the whole step from a CUDA graph (not with backtracking); default on for CUDA: 2.7× at 256² on an H200
-    # with the same Set5 PSNR (benchmarks/RESULTS.md).
-    cuda_graph: bool | None = None
-    # Activation checkpointing (dipcore.checkpointing): True, False, or "auto" (the default): restore() and
-    # restore_batch() turn it on when the job's estimated peak exceeds the device's free memory, and raise
-    # OutOfMemoryError when even the checkpointed estimate does; fit() itself runs "auto" as off.
-    checkpoint: bool | Literal["auto"] | None = None
-    memory_budget: int | None = None  # bytes a fit may use; default: measured when it starts (dipcore.memory)
-
-    def resolved(self, device: torch.device) -> EngineOptions:
-        cuda = device.type == "cuda"
-        if self.checkpoint not in (None, True, False, "auto"):
-            raise ConfigError(f"checkpoint={self.checkpoint!r} is not one of True, False, 'auto'")
-        if self.batch_mode not in (None, "stack", "threads"):
-            raise ConfigError(f"batch_mode={self.batch_mode!r} is not one of 'stack', 'threads'")
-        if self.batch_mode == "threads" and device.type != "cpu":
-            raise ConfigError(f"batch_mode='threads' is for CPUs: on {device.type}, batches run stacked")
-        return EngineOptions(
-            sync_every=_given_or(self.sync_every, 25 if cuda else 1),
-            channels_last=_given_or(self.channels_last, cuda),
-            tf32=_given_or(self.tf32, cuda),
-            autocast=self.autocast,
-            cudnn_benchmark=_given_or(self.cudnn_benchmark, cuda),
-            batch_restarts=_given_or(self.batch_restarts, True),
-            batch_mode=_given_or(self.batch_mode, "threads" if device.type == "cpu" else "stack"),
-            fused_adam=_given_or(self.fused_adam, device.type in ("cuda", "cpu")),
-            cuda_graph=_given_or(self.cuda_graph, cuda),
-            checkpoint=_given_or(self.checkpoint, "auto"),
-            memory_budget=self.memory_budget,
-        )
 
 
 @dataclass(frozen=True)
@@ -143,7 +79,7 @@ class FitResult:
     stopped: Tensor | None  # the output chosen by early stopping, when it fired
     iteration: int  # the iteration `stopped` comes from, else the last one
     iterations_run: int
-    stop_reason: Literal["iterations", "early_stopping", "callback"]
+    stop_reason: StopReason
     history: dict[str, list[float]]
     backtracks: int = 0
     # The early-stopping rule's choice at the first sync point where it said stop: what a stopping run of this fit
@@ -152,21 +88,6 @@ class FitResult:
     es_output: Tensor | None = None
     es_iteration: int | None = None  # the iteration `es_output` comes from
     es_fired_at: int | None = None  # the sync point at which the rule said stop
-
-
-@contextlib.contextmanager
-def _backend_flags(engine: EngineOptions, device: torch.device):
-    """Apply TF32/cuDNN flags for the fit and restore the caller's values after it."""
-    if device.type != "cuda":
-        yield
-        return
-    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(engine.tf32)
-    torch.backends.cudnn.benchmark = bool(engine.cudnn_benchmark)
-    try:
-        yield
-    finally:
-        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark) = saved
 
 
 def fit(
@@ -194,119 +115,210 @@ def fit_stacked(
     per fit. Fit k draws its jitter from ``generators[k]``. With K = 1 this is the plain DIP loop.
     Callbacks see the mean over the K fits.
     """
-    k = len(generators)
-    device = problem.z.device
-    engine = settings.engine.resolved(device)
-    net, z, op = problem.net, problem.z, problem.operator
+    k, n = len(generators), settings.iterations
+    assert n >= 1, "a fit runs at least one iteration"
+    engine = settings.engine.resolved(problem.z.device)
+    net, z = _on_engine(problem.net, problem.z, engine)
+    params = [p for p in net.parameters() if p.requires_grad]
+    recorder = _Recorder(settings, k, params, problem.reference, z.device)
+    policy = _StoppingPolicy(settings, k)
+    step = _training_step(problem, net, z, params, settings, engine, k, before_step=recorder.before_step)
+    stop_reason: StopReason = "iterations"
+    with backend_flags(engine, z.device):
+        for it in range(1, n + 1):
+            out, per_fit = step(_jitter(generators, z, settings.reg_noise_std))  # (1, K·C, H, W), (K,)
+            recorder.record(it, out, per_fit)
+            policy.update(out, it)
+            if it % engine.sync_every and it != n:
+                continue  # nothing is read on the host between sync points: the device runs ahead of Python
+            # Sync point: the loop's only host reads — the new history rows, the callback, each rule's decision.
+            if recorder.sync(it, callback):
+                stop_reason = "callback"
+                break
+            if policy.stop(it):
+                stop_reason = "early_stopping"
+                break
+    return _results(out, recorder, policy, it, stop_reason)
+
+
+def _on_engine(net: nn.Module, z: Tensor, engine: EngineOptions) -> tuple[nn.Module, Tensor]:
+    """The net and code in the engine's memory format, the net checkpointed when the engine says so."""
     memory_format = torch.channels_last if engine.channels_last else torch.contiguous_format
     net.to(memory_format=memory_format)
     if engine.checkpoint is True:
         net = checkpointed(net)  # the same parameters; keeps less for backward, recomputes the rest
-    z = z.contiguous(memory_format=memory_format)
-    z_blocks = z.shape[1] // k
-    ref = problem.reference
-    n = settings.iterations
-    params = [p for p in net.parameters() if p.requires_grad]
+    return net, z.contiguous(memory_format=memory_format)
+
+
+def _training_step(
+    problem: FitProblem,
+    net: nn.Module,
+    z: Tensor,
+    params: list[Tensor],
+    settings: FitSettings,
+    engine: EngineOptions,
+    k: int,
+    *,
+    before_step: Callable[[Tensor], None] | None,
+) -> TrainingStep:
+    """Adam and the step of ``problem``, eager or replayed from a CUDA graph."""
     # Backtracking decides on the device too, but stays eager: its per-parameter selects gain little from a graph.
-    graphed = bool(engine.cuda_graph) and device.type == "cuda" and not settings.backtrack
+    graphed = bool(engine.cuda_graph) and z.device.type == "cuda" and not settings.backtrack
     opt = torch.optim.Adam(params, lr=settings.lr, fused=engine.fused_adam, capturable=graphed)
-    rules = [settings.stopping() for _ in range(k)] if settings.stopping else None
     autocast = (
-        torch.autocast(device.type, dtype=torch.bfloat16) if engine.autocast == "bf16" else contextlib.nullcontext()
+        torch.autocast(z.device.type, dtype=torch.bfloat16) if engine.autocast == "bf16" else contextlib.nullcontext()
     )
-
-    losses = torch.zeros(n, k, device=device)
-    psnrs = torch.zeros(n, k, device=device) if ref is not None else None
-    psnrs_avg = torch.zeros(n, k, device=device) if ref is not None and settings.ema else None
-    average: Tensor | None = None
-    snapshot = [p.detach().clone() for p in params] if settings.backtrack else None
-    accepted_loss = torch.full((k,), math.inf, device=device)
-    backtracks = torch.zeros(k, dtype=torch.int64, device=device)
-    histories = [_empty_history(ref is not None, bool(settings.ema)) for _ in range(k)]
-    observed: list[tuple[Tensor, int, int] | None] = [None] * k  # observe mode: (output, iteration, fired at)
-    out = None
-    stop_reason: Literal["iterations", "early_stopping", "callback"] = "iterations"
-    synced = 0
-    it = 0
-
-    backtrack = None
-    if snapshot is not None:
-        backtrack = functools.partial(_backtrack, params, snapshot, accepted=accepted_loss, count=backtracks)
-    step = TrainingStep(
+    return TrainingStep(
         net,
         z,
-        op,
+        problem.operator,
         problem.target,
         problem.crop,
         k,
         opt,
         reg_noise_std=settings.reg_noise_std,
         autocast=autocast,
-        before_step=backtrack,
+        before_step=before_step,
         cuda_graph=graphed,
     )
-    with _backend_flags(engine, device):
-        for it in range(1, n + 1):
-            jitter = None
-            if settings.reg_noise_std > 0:
-                jitter = torch.cat(
-                    [torch.randn((1, z_blocks, *z.shape[2:]), generator=g, device=device) for g in generators], dim=1
-                )
-            out, per_fit = step(jitter)
 
-            with torch.no_grad():
-                losses[it - 1] = per_fit
-                if settings.ema:
-                    average = out.clone() if average is None else average.lerp_(out, 1.0 - settings.ema)
-                if ref is not None:
-                    psnrs[it - 1] = psnr_stacked(out, ref, k, settings.psnr_protocol)
-                    if psnrs_avg is not None:
-                        psnrs_avg[it - 1] = psnr_stacked(average, ref, k, settings.psnr_protocol)
-                if rules is not None and not all(observed):  # an observed rule is left alone once it has fired
-                    for rule, block in zip(rules, out.chunk(k, dim=1), strict=True):
-                        rule.update(block, it)
 
-            if it % engine.sync_every and it != n:
-                continue
-            stop = _deliver(histories, callback, losses, psnrs, psnrs_avg, synced, it, n)
-            synced = it
-            if stop:
-                stop_reason = "callback"
-                break
-            if rules is not None and settings.observe_stopping:
-                _observe(rules, observed, it)
-            elif rules is not None and all(rule.should_stop(it) for rule in rules):
-                stop_reason = "early_stopping"
-                break
+def _jitter(generators: list[torch.Generator], z: Tensor, std: float) -> Tensor | None:
+    """Fresh N(0, 1) jitter of the code, fit k's block from ``generators[k]`` (None without jitter)."""
+    if std <= 0:
+        return None
+    shape = (1, z.shape[1] // len(generators), *z.shape[2:])  # (1, D, Hc, Wc)
+    return torch.cat([torch.randn(shape, generator=g, device=z.device) for g in generators], dim=1)  # (1, K·D, …)
 
+
+class _Recorder:
+    """What the loop keeps on the device for K stacked fits — per-iteration losses and PSNRs, the moving average of
+    outputs, backtracking's snapshot, accepted losses and count — and the histories they reach at sync points."""
+
+    def __init__(
+        self, settings: FitSettings, k: int, params: list[Tensor], reference: Tensor | None, device: torch.device
+    ) -> None:
+        n = settings.iterations
+        self.n, self.k, self.ema, self.reference = n, k, settings.ema, reference
+        self.protocol = settings.psnr_protocol
+        self.losses = torch.zeros(n, k, device=device)  # (n, K)
+        self.psnrs = torch.zeros(n, k, device=device) if reference is not None else None
+        self.psnrs_avg = torch.zeros(n, k, device=device) if reference is not None and settings.ema else None
+        self.average: Tensor | None = None  # (1, K·C, H, W)
+        # Backtracking: the weights of each fit's last accepted step, its loss, and how often a step was undone.
+        self.snapshot = [p.detach().clone() for p in params] if settings.backtrack else None
+        self.accepted = torch.full((k,), math.inf, device=device)  # (K,)
+        self.backtracks = torch.zeros(k, dtype=torch.int64, device=device)  # (K,)
+        self.before_step: Callable[[Tensor], None] | None = None  # what the step runs before Adam's update
+        if self.snapshot is not None:
+            self.before_step = functools.partial(
+                _backtrack, params, self.snapshot, accepted=self.accepted, count=self.backtracks
+            )
+        self.histories = [_empty_history(reference is not None, bool(settings.ema)) for _ in range(k)]
+        self.synced = 0  # iterations up to here are in the histories
+
+    @torch.no_grad()
+    def record(self, it: int, out: Tensor, per_fit: Tensor) -> None:
+        """Iteration ``it``'s loss, moving average and PSNRs, written on the device (no host read)."""
+        self.losses[it - 1] = per_fit
+        if self.ema:
+            self.average = out.clone() if self.average is None else self.average.lerp_(out, 1.0 - self.ema)
+        if self.psnrs is not None:
+            self.psnrs[it - 1] = psnr_stacked(out, self.reference, self.k, self.protocol)
+        if self.psnrs_avg is not None:
+            self.psnrs_avg[it - 1] = psnr_stacked(self.average, self.reference, self.k, self.protocol)
+
+    def sync(self, it: int, callback: Callable[[StepRecord], bool | None] | None) -> bool:
+        """At a sync point: copy iterations (synced, it] of the device buffers into the histories (host reads) and
+        hand them to the callback in order, each the mean over the K fits; True when the callback says stop."""
+        start, self.synced = self.synced, it
+        rows = {"loss": self.losses[start:it].tolist()}  # (it - start) rows of K
+        if self.psnrs is not None:
+            rows["psnr"] = self.psnrs[start:it].tolist()
+        if self.psnrs_avg is not None:
+            rows["psnr_average"] = self.psnrs_avg[start:it].tolist()
+        for i, history in enumerate(self.histories):
+            for key, chunk in rows.items():
+                history[key].extend(row[i] for row in chunk)
+        if callback is None:
+            return False
+        for j, loss_row in enumerate(rows["loss"]):
+            record = StepRecord(
+                iteration=start + j + 1,
+                iterations=self.n,
+                loss=statistics.fmean(loss_row),
+                psnr=statistics.fmean(rows["psnr"][j]) if "psnr" in rows else None,
+                psnr_average=statistics.fmean(rows["psnr_average"][j]) if "psnr_average" in rows else None,
+            )
+            if callback(record):
+                return True
+        return False
+
+
+class _StoppingPolicy:
+    """The early-stopping rules of K stacked fits (one each) and what the loop does with them: act — the fits stop
+    together at the first sync point where every rule says stop, as one net cannot drop a fit — or observe — each
+    rule's first choice is kept and the fits run their full count."""
+
+    def __init__(self, settings: FitSettings, k: int) -> None:
+        self.rules = [settings.stopping() for _ in range(k)] if settings.stopping else []
+        self.observe = settings.observe_stopping
+        self.observed: list[tuple[Tensor, int, int] | None] = [None] * k  # observe: (output, iteration, fired at)
+
+    def update(self, out: Tensor, it: int) -> None:
+        """Each rule sees its fit's block of the output, on the device; an observed rule is left alone once it
+        has fired (its choice is kept), and when all have, no rule is updated any more."""
+        if self.rules and not all(self.observed):
+            for rule, block in zip(self.rules, out.chunk(len(self.rules), dim=1), strict=True):
+                rule.update(block, it)
+
+    def stop(self, it: int) -> bool:
+        """At a sync point (one host read per rule): observing, keep each rule's choice the first time it says
+        stop — what a stopping run would return there; acting, True when every rule says stop."""
+        if self.observe:
+            for i, rule in enumerate(self.rules):
+                if self.observed[i] is None and rule.should_stop(it):
+                    # The rule would go on updating (its minimum can move on): its choice is copied, not referenced.
+                    self.observed[i] = (rule.best_output.clone(), int(rule.best_iteration), it)
+            return False
+        return bool(self.rules) and all(rule.should_stop(it) for rule in self.rules)
+
+    def choice(self, i: int, it: int, stopped: bool) -> tuple[Tensor, int, int] | None:
+        """Fit i's (output, iteration, fired at) when the loop ended at ``it`` (``stopped``: because every rule
+        said stop): the observed choice, or, acting, the rule's choice where it says stop at the end; else None."""
+        if self.observe or not self.rules:
+            return self.observed[i]
+        rule = self.rules[i]
+        if stopped or rule.should_stop(it):  # a host read: the loop has ended
+            return rule.best_output, int(rule.best_iteration), it
+        return None
+
+
+def _results(out: Tensor, recorder: _Recorder, policy: _StoppingPolicy, it: int, reason: StopReason) -> list[FitResult]:
+    """One FitResult per stacked fit, the loop having ended after iteration ``it`` for ``reason``."""
+    k = recorder.k  # the host reads below (backtrack counts, the rules' last word) come after the loop
+    finals = out.chunk(k, dim=1)  # K × (1, C, H, W)
+    averages = recorder.average.chunk(k, dim=1) if recorder.average is not None else [None] * k
     results = []
     for i in range(k):
-        rule = rules[i] if rules is not None and not settings.observe_stopping else None
-        fired = rule is not None and (stop_reason == "early_stopping" or rule.should_stop(it))
+        choice = policy.choice(i, it, stopped=reason == "early_stopping")
+        acted = choice is not None and not policy.observe  # the fit returns the rule's choice
+        es_output, es_iteration, es_fired_at = choice or (None, None, None)
         result = FitResult(
-            final=unstack_block(out, k, i),
-            average=None if average is None else unstack_block(average, k, i),
-            stopped=rule.best_output if fired else None,
-            iteration=int(rule.best_iteration) if fired else it,
+            final=finals[i],
+            average=averages[i],
+            stopped=es_output if acted else None,
+            iteration=es_iteration if acted else it,
             iterations_run=it,
-            stop_reason="early_stopping" if fired else stop_reason,
-            history=histories[i],
-            backtracks=int(backtracks[i]),
+            stop_reason="early_stopping" if acted else reason,
+            history=recorder.histories[i],
+            backtracks=int(recorder.backtracks[i]),
+            es_output=es_output,
+            es_iteration=es_iteration,
+            es_fired_at=es_fired_at,
         )
-        if fired:
-            result.es_output, result.es_iteration, result.es_fired_at = result.stopped, result.iteration, it
-        elif observed[i] is not None:
-            result.es_output, result.es_iteration, result.es_fired_at = observed[i]
         results.append(result)
     return results
-
-
-def _observe(rules: list[VarianceStopping], observed: list, it: int) -> None:
-    """At a sync point: keep each rule's choice the first time it says stop — what a stopping run would return
-    there. The rule would go on updating (its minimum can move on), so its choice is copied, not referenced."""
-    for i, rule in enumerate(rules):
-        if observed[i] is None and rule.should_stop(it):
-            observed[i] = (rule.best_output.clone(), int(rule.best_iteration), it)
 
 
 def _empty_history(with_psnr: bool, with_average: bool) -> dict[str, list[float]]:
@@ -336,28 +348,3 @@ def _backtrack(params: list[Tensor], snapshot: list[Tensor], loss: Tensor, accep
             p.grad.mul_(~mask)
     accepted.copy_(torch.where(jump, accepted, loss))
     count.add_(jump.long())
-
-
-def _deliver(histories, callback, losses, psnrs, psnrs_avg, start: int, end: int, n: int) -> bool:
-    """Copy iterations (start, end] of the device buffers (n, K) into the histories and hand them to the callback."""
-    chunks = {"loss": losses[start:end].tolist()}
-    if psnrs is not None:
-        chunks["psnr"] = psnrs[start:end].tolist()
-    if psnrs_avg is not None:
-        chunks["psnr_average"] = psnrs_avg[start:end].tolist()
-    for i, history in enumerate(histories):
-        for key, rows in chunks.items():
-            history[key].extend(row[i] for row in rows)
-    if callback is None:
-        return False
-    for j, loss_row in enumerate(chunks["loss"]):
-        record = StepRecord(
-            iteration=start + j + 1,
-            iterations=n,
-            loss=statistics.fmean(loss_row),
-            psnr=statistics.fmean(chunks["psnr"][j]) if "psnr" in chunks else None,
-            psnr_average=statistics.fmean(chunks["psnr_average"][j]) if "psnr_average" in chunks else None,
-        )
-        if callback(record):
-            return True
-    return False

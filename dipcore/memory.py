@@ -16,7 +16,6 @@ job with ``OutOfMemoryError`` when even the checkpointed estimate exceeds what t
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import replace
 
 import torch
@@ -24,8 +23,8 @@ from torch import nn
 
 from . import nets
 from .checkpointing import CheckpointedUnit, checkpointed
+from .engine import EngineOptions
 from .errors import OutOfMemoryError
-from .fit import EngineOptions
 from .operators import noise_code
 from .tasks import TaskPreset
 
@@ -136,10 +135,8 @@ def estimate_peak_bytes(
     Not counted: the framework's own workspace (cuDNN, the CUDA context) and allocator rounding.
     """
     per_pixel, params = _probe(p.net, _frozen(dict(p.net_options)), p.input_depth, out_channels, bool(checkpoint))
-    multiple = nets.required_multiple(p.net, **p.net_options)
-    side = nets.min_canvas(p.net, **p.net_options)
-    canvas = max(side, math.ceil(height / multiple) * multiple) * max(side, math.ceil(width / multiple) * multiple)
-    return int(fits * (4 * 4 * params + _BACKWARD_HEADROOM * per_pixel * canvas))  # 4 fp32 copies of the weights
+    hc, wc = nets.canvas_size(p.net, height, width, **p.net_options)
+    return int(fits * (4 * 4 * params + _BACKWARD_HEADROOM * per_pixel * hc * wc))  # 4 fp32 copies of the weights
 
 
 # ---------------------------------------------------------------------------------------------------------------------

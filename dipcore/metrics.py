@@ -20,9 +20,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .crop import center_crop_to_multiple
 from .errors import ConfigError
 
-__all__ = ["PsnrProtocol", "center_crop_to_multiple", "check_protocol", "psnr", "psnr_stacked", "rgb_to_y", "ssim"]
+__all__ = ["PsnrProtocol", "check_protocol", "psnr", "psnr_stacked", "rgb_to_y", "ssim"]
 
 _Y_WEIGHTS = np.array([65.481, 128.553, 24.966])  # ITU-R BT.601 for R, G, B in [0, 1]; they sum to 219
 _WIN, _SIGMA = 11, 1.5  # Wang et al. 2004; skimage's radius int(3.5 * 1.5 + 0.5) = 5 gives the same 11 taps
@@ -52,25 +53,6 @@ def rgb_to_y(image: Any) -> np.ndarray:
     if x.shape[2] != 3:
         raise ConfigError(f"rgb_to_y needs 1 or 3 channels, got shape {np.shape(image)}")
     return 16.0 + x @ _Y_WEIGHTS
-
-
-def center_crop_to_multiple(image: Any, m: int) -> np.ndarray:
-    """Centre-crop height and width down to multiples of ``m`` (as the paper's code does before running the net).
-
-    The offset is ``(H - H') // 2`` (and likewise for W), so an odd surplus leaves its extra row at the bottom.
-
-    >>> center_crop_to_multiple(np.zeros((70, 33, 3)), 32).shape
-    (64, 32, 3)
-    """
-    if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 1:
-        raise ConfigError(f"the crop multiple must be a positive integer, not {m!r}")
-    x = np.asarray(image)
-    h, w = x.shape[:2]
-    nh, nw = h - h % m, w - w % m
-    if nh == 0 or nw == 0:
-        raise ConfigError(f"an image of {h}×{w} pixels is smaller than the crop multiple {m}")
-    top, left = (h - nh) // 2, (w - nw) // 2
-    return x[top : top + nh, left : left + nw]
 
 
 def psnr(
@@ -178,9 +160,7 @@ def psnr_stacked(x: Tensor, ref: Tensor, k: int = 1, protocol: PsnrProtocol | No
     a, b = (t.float().reshape(k, kc // k, h, w) for t in (x, ref))  # (K, C, H, W)
     m = _crop_multiple(protocol.crop)
     if m is not None:
-        nh, nw = h - h % m, w - w % m
-        top, left = (h - nh) // 2, (w - nw) // 2
-        a, b = (t[..., top : top + nh, left : left + nw] for t in (a, b))
+        a, b = (center_crop_to_multiple(t, m) for t in (a, b))
     s = protocol.shave
     if s:
         a, b = (t[..., s:-s, s:-s] for t in (a, b))

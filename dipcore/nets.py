@@ -24,10 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dipcore.crop import center_crop
 from dipcore.errors import ConfigError
 
 __all__ = [
     "NETS",
+    "canvas_size",
     "deep_decoder",
     "deep_decoder_input_shape",
     "get_net",
@@ -78,11 +80,6 @@ class _FillNoise(nn.Module):
         return torch.randn(n, self.channels, h, w, dtype=x.dtype, device=x.device)  # (N, C, H, W)
 
 
-def _center_crop(x: Tensor, height: int, width: int) -> Tensor:
-    top, left = (x.shape[2] - height) // 2, (x.shape[3] - width) // 2
-    return x[:, :, top : top + height, left : left + width]
-
-
 class _Concat(nn.Module):
     """Runs every branch on the same input and concatenates the results along channels.
 
@@ -96,7 +93,7 @@ class _Concat(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         outs = [branch(x) for branch in self.branches]
         height, width = min(o.shape[2] for o in outs), min(o.shape[3] for o in outs)
-        return torch.cat([_center_crop(o, height, width) for o in outs], dim=1)  # (N, ΣC, h, w)
+        return torch.cat([center_crop(o, height, width) for o in outs], dim=1)  # (N, ΣC, h, w)
 
 
 class _Residual(nn.Sequential):
@@ -317,7 +314,7 @@ class _UNetUp(nn.Module):
 
     def forward(self, x: Tensor, skip: Tensor) -> Tensor:
         x = self.up(x)  # (N, cout, 2h, 2w)
-        skip = _center_crop(skip, x.shape[2], x.shape[3])  # (N, cout, 2h, 2w)
+        skip = center_crop(skip, x.shape[2], x.shape[3])  # (N, cout, 2h, 2w)
         return self.conv(torch.cat([x, skip], dim=1))
 
 
@@ -569,6 +566,19 @@ def min_canvas(net_name: str, **kwargs: object) -> int:
     sizes = _bind(net_name, kwargs).get("filter_size_down", 3)
     pad = (max(sizes) if isinstance(sizes, (tuple, list)) else sizes) // 2  # type: ignore[call-overload, operator]
     return required_multiple(net_name, **kwargs) * max(2, pad + 1)
+
+
+def canvas_size(net_name: str, height: int, width: int, **kwargs: object) -> tuple[int, int]:
+    """``(Hc, Wc)``: the canvas the net runs on for an ``height × width`` image — each side rounded up to
+    ``required_multiple`` and at least ``min_canvas``. The image sits centred in it (``dipcore.crop.center_box``).
+
+    >>> canvas_size("skip", 100, 300)
+    (128, 320)
+    """
+    multiple = required_multiple(net_name, **kwargs)
+    side = min_canvas(net_name, **kwargs)
+    hc, wc = (max(side, math.ceil(n / multiple) * multiple) for n in (height, width))
+    return hc, wc
 
 
 # ---------------------------------------------------------------------------------------------------------------------

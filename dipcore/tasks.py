@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from .errors import ConfigError
 
-__all__ = ["TASKS", "VARIANTS", "TaskPreset", "apply_overrides", "get_preset"]
+__all__ = ["TASKS", "VARIANTS", "TaskPreset", "apply_overrides", "get_preset", "preset_for"]
 
 TASKS = ("denoise", "jpeg", "sr", "inpaint", "flash_noflash", "preimage", "reconstruct")
 VARIANTS = {"inpaint": ("random", "text", "large", "region"), "denoise": ("sigma25", "sigma50")}
@@ -260,6 +260,22 @@ def apply_overrides(p: TaskPreset, **overrides: Any) -> TaskPreset:
                 f"unknown setting {name!r}; settings are {', '.join(sorted(fields | _NET_OPTION_NAMES | _ALIASES))}"
             )
     return dataclasses.replace(p, net_options=dict(opts), **changes)
+
+
+def preset_for(
+    task: str,
+    *,
+    variant: str | None = None,
+    scale: int | None = None,
+    preset: Literal["paper", "fast"] = "paper",
+    sigma: float | None = None,
+    **overrides: Any,
+) -> TaskPreset:
+    """The preset ``restore`` runs: ``get_preset(task, …)`` with a user's ``overrides`` applied (``apply_overrides``).
+
+    An unknown task, variant or override raises ConfigError here, so a planner checks a run's settings without a fit.
+    """
+    return apply_overrides(get_preset(task, variant=variant, scale=scale, preset=preset, sigma=sigma), **overrides)
 
 
 _ALIASES = {"channels", "skip_channels", "net_options"}

@@ -173,8 +173,7 @@ def run_config(
     """Resolve the dipcore preset once (an unknown task, variant or override raises `dipcore.ConfigError` here, on
     the driver, before any worker starts) and hash it. ``classical`` (evaluation runs of a task that has a
     classical baseline) adds that baseline's columns to each row, so it is part of the identity too."""
-    from dipcore.api import preset_for  # torch comes with dipcore; only the planner needs it
-    from dipcore.batched import batch_refusal
+    from dipcore import batch_refusal, preset_for  # torch comes with dipcore; only the planner needs it
 
     sigma = synthesis.sigma if synthesis is not None and task == "denoise" else None
     p = preset_for(
@@ -265,8 +264,7 @@ def evaluation_config(
 def _inspect(entry: storage.ImageEntry, storage_options: dict | None) -> tuple[str | None, tuple | None]:
     """(content hash, (H, W, C) from the header) of an input; None for what cannot be read (the worker reads it
     again and reports the error in the image's row)."""
-    from dipcore import DipcoreError  # imported by plan_jobs before its threads start
-    from dipcore.imageio import image_shape
+    from dipcore import DipcoreError, image_shape  # imported by plan_jobs before its threads start
 
     try:
         data = storage.read_bytes(entry.uri, storage_options)
@@ -432,10 +430,9 @@ def all_jobs(plans: Iterable[Plan]) -> list[Job]:
 
 
 def _crop_square(image: Any, size: int) -> Any:
-    h, w = image.shape[:2]
-    nh, nw = min(h, size), min(w, size)
-    top, left = (h - nh) // 2, (w - nw) // 2
-    return image[top : top + nh, left : left + nw]
+    from dipcore import center_crop
+
+    return center_crop(image, min(image.shape[0], size), min(image.shape[1], size))
 
 
 def observe(job: Job, image: Any, read_image: Callable[[str], Any]) -> tuple[Any, Any, dict[str, Any]]:
@@ -447,7 +444,7 @@ def observe(job: Job, image: Any, read_image: Callable[[str], Any]) -> tuple[Any
     σ-Gaussian noise; inpainting drops pixels with a Bernoulli mask.
     """
     import dipcore
-    from dipcore.metrics import center_crop_to_multiple
+    from dipcore import center_crop_to_multiple
 
     s = job.synthesis
     if s is None:

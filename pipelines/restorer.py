@@ -199,7 +199,7 @@ class Restorer:
             return self.pack_limit
         import torch
 
-        from dipcore.api import preset_for
+        from dipcore import preset_for
 
         p = preset_for(w.job.task, **w.job.restore_kwargs)
         h, w_, c = getattr(w.obs, "image", w.obs).shape

@@ -18,13 +18,13 @@ def sample_images(size: int = 96, names: tuple[str, ...] = SAMPLES) -> dict[str,
     import skimage.data
     from PIL import Image
 
+    from dipcore import center_crop
+
     out = {}
     for name in names:
         photo = getattr(skimage.data, name)()  # (H, W, 3) uint8
-        h, w = photo.shape[:2]
-        side = min(h, w)
-        top, left = (h - side) // 2, (w - side) // 2
-        square = Image.fromarray(photo[top : top + side, left : left + side])
+        side = min(photo.shape[:2])
+        square = Image.fromarray(center_crop(photo, side, side))
         out[name] = np.asarray(square.resize((size, size), Image.Resampling.LANCZOS))
     return out
 

@@ -36,9 +36,26 @@ def test_a_stacked_net_computes_each_net_on_its_block(options):
         torch.testing.assert_close(out[:, 3 * i : 3 * i + 3], net(z), atol=1e-5, rtol=1e-4)
 
 
-def test_unsupported_layers_are_refused():
+@pytest.mark.parametrize(
+    "name, options", [("texture_nets", {"ratios": (4, 2, 1), "conv_num": 4}), ("deep_decoder", {"num_layers": 3})]
+)
+def test_texture_nets_and_the_deep_decoder_stack_too(name, options):
+    gen = torch.Generator().manual_seed(0)
+    singles = [nets.reinitialise(nets.get_net(name, in_channels=4, **options), gen) for _ in range(2)]
+    side = 4 if name == "deep_decoder" else 16  # the deep decoder's code is 4× smaller than its 16² image
+    zs = [torch.rand(1, 4, side, side, generator=gen) for _ in range(2)]
+    out = stack_modules(singles)(torch.cat(zs, dim=1))  # (1, 6, 16, 16)
+    for i, (net, z) in enumerate(zip(singles, zs, strict=True)):
+        torch.testing.assert_close(out[:, 3 * i : 3 * i + 3], net(z), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [lambda: nets.unet(feature_scale=16), lambda: nets.resnet(channels=4), lambda: nets.texture_nets(fill_noise=True)],
+)
+def test_unsupported_layers_are_refused(build):
     with pytest.raises(ConfigError, match="do not support"):
-        stack_modules([nets.unet(feature_scale=16), nets.unet(feature_scale=16)])
+        stack_modules([build(), build()])
 
 
 # DIP fits are chaotic in float rounding: Adam's first steps move every weight by ±lr whatever the size of its

@@ -6,11 +6,13 @@ import torch
 from skimage import data
 
 import dipcore
-from dipcore.api import build_problem, preset_for
+from dipcore import preset_for
+from dipcore.api import build_problem
 from dipcore.concurrent import concurrent_workers, fit_concurrently
 from dipcore.degrade import Observation
+from dipcore.engine import EngineOptions
 from dipcore.errors import ConfigError
-from dipcore.fit import EngineOptions, FitSettings, fit
+from dipcore.fit import FitSettings, fit
 
 SMALL = dict(preset="fast", channels=8)
 

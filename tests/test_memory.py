@@ -12,8 +12,7 @@ from torch.utils._pytree import tree_leaves
 
 import dipcore
 from dipcore import fit as fit_mod
-from dipcore import memory, nets
-from dipcore.api import preset_for
+from dipcore import memory, nets, preset_for
 from dipcore.checkpointing import checkpointed
 from dipcore.memory import _BACKWARD_HEADROOM, _saved_bytes, decide_checkpoint, estimate_peak_bytes
 

@@ -12,7 +12,7 @@ from skimage import color, data
 from skimage.metrics import structural_similarity
 
 from dipcore.errors import ConfigError
-from dipcore.metrics import PsnrProtocol, center_crop_to_multiple, check_protocol, psnr, psnr_stacked, rgb_to_y, ssim
+from dipcore.metrics import PsnrProtocol, check_protocol, psnr, psnr_stacked, rgb_to_y, ssim
 
 
 @pytest.fixture
@@ -78,18 +78,6 @@ def test_shave_removes_borders(rng):
     c = a.copy()
     c[3:-3, 3:-3] = noisy[3:-3, 3:-3]
     assert psnr(a, c, shave=3) == pytest.approx(psnr(a[3:-3, 3:-3], noisy[3:-3, 3:-3]), abs=1e-12)
-
-
-def test_center_crop_to_multiple():
-    x = np.arange(70 * 37).reshape(70, 37)
-    y = center_crop_to_multiple(x, 32)
-    np.testing.assert_array_equal(y, x[3:67, 2:34])  # offsets (70 - 64) // 2 = 3 and (37 - 32) // 2 = 2
-    assert center_crop_to_multiple(np.zeros((64, 96, 3)), 32).shape == (64, 96, 3)
-    assert center_crop_to_multiple(np.zeros((65, 97, 1)), 2).shape == (64, 96, 1)
-    with pytest.raises(ConfigError):
-        center_crop_to_multiple(np.zeros((20, 40)), 32)
-    with pytest.raises(ConfigError):
-        center_crop_to_multiple(np.zeros((40, 40)), 0)
 
 
 def test_psnr_crop(rng):

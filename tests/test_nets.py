@@ -250,6 +250,12 @@ def test_deep_decoder_input_shape():
         nets.deep_decoder_input_shape(100, 64)
 
 
+def test_canvas_size_rounds_up_to_the_multiple_and_the_smallest_canvas():
+    assert nets.canvas_size("skip", 100, 300) == (128, 320)  # multiples of 32
+    assert nets.canvas_size("skip", 10, 64) == (64, 64)  # BatchNorm at the deepest scale needs 2×2 there
+    assert nets.canvas_size("resnet", 37, 41) == (37, 41)
+
+
 def test_concat_center_crops_to_the_smallest():
     a, b = nn.Identity(), nn.ZeroPad2d(1)
     x = torch.arange(16.0).reshape(1, 1, 4, 4)

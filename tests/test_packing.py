@@ -11,9 +11,7 @@ import pytest
 from PIL import Image
 
 import dipcore
-from dipcore.api import preset_for
-from dipcore.batched import batch_refusal
-from dipcore.imageio import image_shape
+from dipcore import batch_refusal, image_shape, preset_for
 from pipelines import jobs, packing, storage
 from pipelines.jobs import Synthesis
 from pipelines.packing import PackQueue
