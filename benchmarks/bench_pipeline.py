@@ -30,7 +30,9 @@ os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="bench-prefect-"))
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 import dipcore
-from pipelines import jobs, reports, storage, workers
+from pipelines import jobs, storage
+from pipelines.execution import workers
+from pipelines.reporting import reports
 
 SIZE, ITERATIONS, CHANNELS = 16, 1, 8
 SETTINGS = {"preset": "fast", "iterations": ITERATIONS, "overrides": {"channels": CHANNELS}}

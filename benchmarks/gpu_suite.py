@@ -1,8 +1,8 @@
 """Every GPU figure of the project in one run, most important first, within a deadline.
 
 Runs where only torch, numpy, Pillow, pyarrow and fsspec are installed (no Ray, no Prefect): evaluation jobs are
-planned with `pipelines.jobs` and run by `pipelines.restorer.Restorer`, the same code a Ray actor runs, and rows
-go to a real Parquet report through `pipelines.reports`. What it writes under --out:
+planned with `pipelines.jobs` and run by `pipelines.execution.restorer.Restorer`, the same code a Ray actor runs, and
+rows go to a real Parquet report through `pipelines.reporting.reports`. What it writes under --out:
 
 - ``bench_fit.jsonl``: per-iteration speed of plain vs optimised engines (256², 512²), batched K = 1/2/4/8, bf16,
   activation checkpointing; peak memory beside its estimate;
@@ -37,9 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_fit
 
 from dipcore.fit import EngineOptions
-from pipelines import jobs, reports, storage
-from pipelines.packing import PackQueue
-from pipelines.restorer import Restorer
+from pipelines import jobs, storage
+from pipelines.execution.packing import PackQueue
+from pipelines.execution.restorer import Restorer
+from pipelines.reporting import reports
 
 # Most important first (issue 6 wants Set5 in full first; issue 5 the plain loop's ratio and bf16's PSNR cost).
 EVALUATIONS = ("set5:best", "set14:best", "set5:plain", "set5:bf16", "cbm3d9:best", "heide11:best")

@@ -487,7 +487,8 @@ def _read_reports(args: argparse.Namespace, so: dict) -> Any:
     """The report rows of every root, read together; a root without rows is an error (a mistyped path)."""
     import pyarrow as pa
 
-    from pipelines import reports, storage
+    from pipelines import storage
+    from pipelines.reporting import reports
 
     tables = []
     for root in args.roots:
@@ -513,7 +514,8 @@ def _regeneration_command(args: argparse.Namespace) -> str:
 
 
 def _results_document(args: argparse.Namespace, view: Any, so: dict) -> None:
-    from pipelines import results_doc, storage
+    from pipelines import storage
+    from pipelines.reporting import results_doc
 
     notes = storage.read_bytes(args.notes, so).decode("utf-8") if args.notes else None
     document = results_doc.render(
@@ -533,7 +535,7 @@ def _results_document(args: argparse.Namespace, view: Any, so: dict) -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     import pyarrow.compute as pc
 
-    from pipelines import reports
+    from pipelines.reporting import reports
 
     if (args.output or args.notes) and not args.markdown:
         raise CLIError("--output and --notes go with --markdown (the results document); add --markdown")
@@ -560,7 +562,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         _print_table(reports.to_records(reports.summarize(view)), title=title)
         _print_failures(failures)
     if args.html:
-        from pipelines import html_report
+        from pipelines.reporting import html_report
 
         written = html_report.write_html_report(args.roots[0], args.html, run_id=args.run_id, storage_options=so)
         print(

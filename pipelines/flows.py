@@ -27,9 +27,10 @@ from prefect.exceptions import MissingContextError
 from prefect.logging import get_logger
 from pydantic import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
-from pipelines import jobs, progress, reports, storage
+from pipelines import jobs, progress, storage
+from pipelines.execution.packing import Pack
 from pipelines.jobs import BENCHMARKS, Job, Plan
-from pipelines.packing import Pack
+from pipelines.reporting import reports
 
 __all__ = ["Execution", "evaluate", "restore_dataset", "split_secret_options", "storage_credentials"]
 
@@ -144,7 +145,7 @@ class Execution:
     max_attempts: int = 3
     job_timeout: float | None = None  # seconds per attempt (a packed call gets it once per job)
     executor: Literal["auto", "ray", "inline"] = "auto"  # auto: inline when storage is process-local (memory://)
-    pack: Pack = "auto"  # jobs per batch (pipelines.packing): a number, or "auto" (threads on a CPU, memory on a GPU)
+    pack: Pack = "auto"  # jobs per batch (execution.packing): a number, or "auto" (threads on a CPU, memory on a GPU)
 
 
 @flow(name="restore-dataset", validate_parameters=True)
@@ -426,7 +427,7 @@ def _path(uri: str, storage_options: dict | None) -> str:
 
 
 def _execute(todo: list[Job], ex: Execution, so: dict | None, on_result: Any, logger: Any) -> None:
-    from pipelines import workers
+    from pipelines.execution import workers
 
     if not todo:
         return
@@ -551,7 +552,7 @@ def _publish(
         try:  # best effort: a page that cannot be written costs its link, never the run
             import os
 
-            from pipelines import html_report
+            from pipelines.reporting import html_report
 
             page = html_report.write_html_report(
                 output,

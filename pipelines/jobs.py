@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from pipelines import baselines, reports, storage
+from pipelines import storage
+from pipelines.evaluation import baselines
+from pipelines.reporting import reports
 
 __all__ = [
     "BENCHMARKS",
@@ -101,7 +103,7 @@ class RunConfig:
     config_hash: str
     synthesis: Synthesis | None = None
     packable: bool = False  # dipcore.restore_batch can stack fits of this config (dipcore.batched.batch_refusal)
-    classical: bool = False  # evaluation: score the classical baseline of the task beside DIP (pipelines.baselines)
+    classical: bool = False  # evaluation: score the task's classical baseline beside DIP (evaluation.baselines)
 
     @property
     def config_json(self) -> str:

@@ -422,7 +422,7 @@ def _png(path: Path, seed: int) -> None:
 
 
 def test_a_triggered_restoration_runs_on_a_process_worker_and_reports_every_image(stack, deployed):
-    from pipelines.reports import read_report
+    from pipelines.reporting.reports import read_report
 
     source, output = stack.work / "in", stack.work / "out"
     source.mkdir()

@@ -169,6 +169,23 @@ def test_constraints_pin_the_other_direct_dependencies_within_pyproject():
     assert required <= set(pins), f"unpinned direct dependencies in the image: {sorted(required - set(pins))}"
 
 
+def test_pyproject_installs_every_package():
+    """The image installs a wheel, not an editable checkout: every folder with an ``__init__.py`` under dipcore/ and
+    pipelines/ must be a package that pyproject's find configuration puts into it."""
+    from setuptools import find_namespace_packages, find_packages
+
+    find = PYPROJECT["tool"]["setuptools"]["packages"]["find"]
+    finder = find_namespace_packages if find.get("namespaces", True) else find_packages
+    packaged = set(finder(where=str(ROOT), include=find["include"], exclude=find.get("exclude", ())))
+    on_disk = {
+        init.parent.relative_to(ROOT).as_posix().replace("/", ".")
+        for top in ("dipcore", "pipelines")
+        for init in (ROOT / top).rglob("__init__.py")
+    }
+    assert {"pipelines.execution", "pipelines.evaluation", "pipelines.reporting"} <= on_disk
+    assert on_disk <= packaged, f"not installed by pyproject.toml: {sorted(on_disk - packaged)}"
+
+
 def _cuda_tag(image: str) -> str:
     major, minor = re.search(r":(\d+)\.(\d+)", image).groups()
     return f"cu{major}{minor}"

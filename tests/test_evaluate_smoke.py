@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import reports
+from pipelines.reporting import reports
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 ROUNDING = 1e-3  # dB: curves are float32 on the device, the columns float64 on the host

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import reports, storage
+from pipelines import storage
+from pipelines.reporting import reports
 
 FAST = {"preset": "fast", "iterations": 2, "overrides": {"channels": 8}}
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

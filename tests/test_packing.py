@@ -14,10 +14,11 @@ import dipcore
 from dipcore.api import preset_for
 from dipcore.batched import batch_refusal
 from dipcore.imageio import image_shape
-from pipelines import jobs, packing, storage
+from pipelines import jobs, storage
+from pipelines.execution import packing
+from pipelines.execution.packing import PackQueue
+from pipelines.execution.restorer import Restorer
 from pipelines.jobs import Synthesis
-from pipelines.packing import PackQueue
-from pipelines.restorer import Restorer
 
 FAST = {"preset": "fast", "iterations": 2, "overrides": {"channels": 16}}
 
@@ -303,7 +304,7 @@ def test_a_failing_stacked_fit_falls_back_to_one_job_at_a_time(tmp_path, spy):
 
 
 def test_run_inline_packs_up_to_pack_and_auto_packs_one_job_per_thread_on_a_cpu(tmp_path, spy, keep_torch_threads):
-    from pipelines.workers import run_inline
+    from pipelines.execution.workers import run_inline
 
     src = tmp_path / "src"
     for i in range(3):

@@ -1,4 +1,5 @@
-"""pipelines.reports: the pinned schema, incremental crash-safe writing, reading runs together, resume, summaries."""
+"""pipelines.reporting.reports: the pinned schema, incremental crash-safe writing, reading runs together, resume,
+summaries."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import reports, storage
-from pipelines.reports import CURVES_SCHEMA, REPORT_SCHEMA, ReportWriter, SchemaMismatchError
+from pipelines import storage
+from pipelines.reporting import reports
+from pipelines.reporting.reports import CURVES_SCHEMA, REPORT_SCHEMA, ReportWriter, SchemaMismatchError
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 

@@ -1,6 +1,6 @@
-"""pipelines.results_doc and pipelines.paper: the results document from synthetic report rows of schema v1 and v2,
-the paper's image names against the real heide11 files, `dipflow report --markdown`, and the committed
-docs/results.md against what its own command writes."""
+"""pipelines.reporting.results_doc and pipelines.evaluation.paper: the results document from synthetic report rows of
+schema v1 and v2, the paper's image names against the real heide11 files, `dipflow report --markdown`, and the
+committed docs/results.md against what its own command writes."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from pipelines import cli, paper, reports, results_doc
+from pipelines import cli
+from pipelines.evaluation import paper
+from pipelines.reporting import reports, results_doc
 
 REPO = Path(__file__).resolve().parents[1]
 HEIDE11 = Path(__file__).resolve().parents[2] / "shared" / "data" / "heide11"

@@ -7,7 +7,7 @@ table (with the paper's Table 1 for inpainting) and, when the rows carry it, the
 
 Report schema v1 rows lack the early-stopping, two-run, classical-baseline, torch and engine columns: the cells that
 need them say "not measured" / "not recorded" and the study is left out. Pure pyarrow + stdlib: the caller reads the
-rows (`pipelines.reports.read_report`, then `reports.latest_rows`) and passes them in.
+rows (`pipelines.reporting.reports.read_report`, then `reports.latest_rows`) and passes them in.
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pipelines.paper import BENCHMARKS, PaperBenchmark, benchmark_for, match_image
+from pipelines.evaluation.paper import BENCHMARKS, PaperBenchmark, benchmark_for, match_image
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from pipelines.paper import Figure
+    from pipelines.evaluation.paper import Figure
 
 __all__ = ["ES_TARGET_DB", "Comparison", "Section", "comparisons", "render", "sections"]
 
@@ -770,8 +770,8 @@ def _not_measured(secs: list[Section]) -> list[str]:
 
 _INTRO = (
     "Each section says what its numbers cover: the images, the protocol, the settings and the hardware. The "
-    "paper's figures are those of its text and Table 1 (`pipelines/paper.py`); a gap is dipflow − paper in dB, "
-    "so a negative gap is a shortfall."
+    "paper's figures are those of its text and Table 1 (`pipelines/evaluation/paper.py`); a gap is dipflow − paper "
+    "in dB, so a negative gap is a shortfall."
 )
 
 

@@ -1,7 +1,7 @@
 """The paper's published numbers per benchmark (Ulyanov et al., "Deep Image Prior"): what dipflow is compared with.
 
 The figures come from the paper's text and Table 1, as gathered in ``shared/REFERENCE.md``. Both the HTML report
-and the results document (`pipelines.results_doc`) read them from here, so they are written down once.
+and the results document (`pipelines.reporting.results_doc`) read them from here, so they are written down once.
 Pure Python: no pyarrow, no torch.
 """
 

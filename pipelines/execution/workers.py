@@ -1,13 +1,13 @@
 """Ray actors that run dipcore on one job — or one pack of compatible jobs — at a time, and the driver loop that
 feeds them.
 
-- `RestoreWorker` is `pipelines.restorer.Restorer` (per job: read → decode → restore → encode → write → one row;
-  jobs of one pack key handed over together as one batch: ``dipcore.restore_batch``) as a Ray actor.
+- `RestoreWorker` is `pipelines.execution.restorer.Restorer` (per job: read → decode → restore → encode → write →
+  one row; jobs of one pack key handed over together as one batch: ``dipcore.restore_batch``) as a Ray actor.
 - `WorkerPool` places one actor per GPU by default (fractions pack small images), or CPU actors on a cluster with no
   GPUs, and replaces dead actors.
 - `run_jobs` is a plain ``ray.wait`` loop (not ``ray.util.ActorPool``, which mishandles dead actors): bounded calls
   in flight, results in completion order, every wait with a timeout, jobs of a dead actor requeued to a live one.
-  Each call takes up to `pack` compatible jobs from a `pipelines.packing.PackQueue`; with ``pack="auto"`` the
+  Each call takes up to `pack` compatible jobs from a `pipelines.execution.packing.PackQueue`; with ``pack="auto"`` the
   bound is the actor's own (its readiness probe says: its thread count on a CPU, 8 on a GPU), and a GPU actor sizes
   each stacked fit to its free memory.
 """
@@ -27,9 +27,9 @@ import ray
 from ray.exceptions import GetTimeoutError, NodeDiedError, RayActorError, RayError, WorkerCrashedError
 
 from pipelines import jobs as jobs_mod
+from pipelines.execution.packing import Pack, PackQueue
+from pipelines.execution.restorer import JobOutcome, Restorer
 from pipelines.jobs import Job
-from pipelines.packing import Pack, PackQueue
-from pipelines.restorer import JobOutcome, Restorer
 
 __all__ = [
     "JobOutcome",

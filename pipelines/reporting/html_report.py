@@ -26,8 +26,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipelines import paper as paper_figures
-from pipelines import reports, storage
+from pipelines import storage
+from pipelines.evaluation import paper as paper_figures
+from pipelines.reporting import reports
 
 __all__ = ["HtmlReport", "render_html", "write_html_report"]
 

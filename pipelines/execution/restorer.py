@@ -4,9 +4,9 @@
 Jobs of one pack key (`pipelines.jobs.pack_key`) handed over together run as one batch (``dipcore.restore_batch``:
 stacked in one net on a GPU, side by side on CPU threads). Every failure becomes an ``error`` row of its own job: a
 bad image never takes a worker down, nor the other jobs of its batch. Ray-free, so the same code runs in a Ray actor
-(`pipelines.workers.RestoreWorker`), in-process, and on a GPU box that has no Ray (benchmarks). An evaluation
-job's classical baseline (`pipelines.baselines`, CPU) runs in a thread beside the fit, so on a GPU worker it costs
-little wall time.
+(`pipelines.execution.workers.RestoreWorker`), in-process, and on a GPU box that has no Ray (benchmarks). An
+evaluation job's classical baseline (`pipelines.evaluation.baselines`, CPU) runs in a thread beside the fit, so on a
+GPU worker it costs little wall time.
 """
 
 from __future__ import annotations
@@ -20,10 +20,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from pipelines import baselines, reports, storage
 from pipelines import jobs as jobs_mod
+from pipelines import storage
+from pipelines.evaluation import baselines
+from pipelines.execution.packing import AUTO_PACK_CAP, Pack, pack_for_memory
 from pipelines.jobs import Job, observe, pack_key, psnr_protocol, score
-from pipelines.packing import AUTO_PACK_CAP, Pack, pack_for_memory
+from pipelines.reporting import reports
 
 __all__ = ["JobOutcome", "Restorer"]
 
