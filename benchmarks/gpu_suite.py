@@ -8,7 +8,7 @@ rows go to a real Parquet report through `pipelines.reporting.reports`. What it 
   activation checkpointing; peak memory beside its estimate;
 - ``reports/<engine>/…``: Parquet reports of the evaluations (``--evaluate``, default `EVALUATIONS`: Set5 ×4 and
   Set14 ×4 with the fastest engine, Set5 with the plain loop and with bf16, then cbm3d9 σ=25 and heide11), each
-  with the evaluate flow's protocol (`jobs.evaluation_config`: the early-stopping study, the benchmark's runs, the
+  with the evaluate flow's protocol (`protocols.evaluation_config`: the early-stopping study, the benchmark's runs, the
   classical baseline), as long as time is left; with ``--pack K`` (or ``auto``) the fastest engine's runs stack
   images of one shape into one fit (``Restorer.run_batch``, as a packing Ray actor does) and go to
   ``reports/<engine>-pack<K>/``; other engines run one image at a time;
@@ -38,6 +38,7 @@ import bench_fit
 
 from dipcore.fit import EngineOptions
 from pipelines import jobs, storage
+from pipelines.evaluation import protocols
 from pipelines.execution.packing import PackQueue
 from pipelines.execution.restorer import Restorer
 from pipelines.reporting import reports
@@ -99,7 +100,7 @@ class Suite:
         iterations = 30 if self.smoke else None
         overrides = {"channels": 16} if self.smoke else None
         # The evaluate flow's protocol: early-stopping study, the benchmark's runs, classical baseline.
-        config = jobs.evaluation_config(benchmark, iterations=iterations, overrides=overrides)
+        config = protocols.evaluation_config(benchmark, iterations=iterations, overrides=overrides)
         listing = storage.list_images(f"{data_root}/{benchmark}")
         label = engine.replace("+", "-") + ("" if pack == 1 else f"-pack{pack}")
         run_id = f"{benchmark}-{label}"

@@ -28,8 +28,9 @@ from prefect.logging import get_logger
 from pydantic import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 from pipelines import jobs, progress, storage
+from pipelines.evaluation.protocols import BENCHMARKS, evaluation_config
 from pipelines.execution.packing import Pack
-from pipelines.jobs import BENCHMARKS, Job, Plan
+from pipelines.jobs import Job, Plan
 from pipelines.reporting import reports
 
 __all__ = ["Execution", "evaluate", "restore_dataset", "split_secret_options", "storage_credentials"]
@@ -270,7 +271,7 @@ def evaluate(
     plans = []
     for name in benchmarks:
         source, dataset = _benchmark_source(name, data_root)
-        config = jobs.evaluation_config(
+        config = evaluation_config(
             name,
             task=task,
             scale=scale,

@@ -15,6 +15,7 @@ from dipcore.api import preset_for
 from dipcore.batched import batch_refusal
 from dipcore.imageio import image_shape
 from pipelines import jobs, storage
+from pipelines.evaluation import protocols
 from pipelines.execution import packing
 from pipelines.execution.packing import PackQueue
 from pipelines.execution.restorer import Restorer
@@ -110,7 +111,7 @@ def test_evaluation_jobs_know_the_shape_of_their_synthesised_observation(tmp_pat
     assert jobs.observation_shape(job) == expected
     if expected is not None:
         clean = dipcore.load_image(src / "a.png")
-        obs, _truth, _side = jobs.observe(job, clean, dipcore.load_image)
+        obs, _truth, _side = protocols.observe(job, clean, dipcore.load_image)
         assert obs.image.shape == expected  # what the worker will make
 
 

@@ -15,6 +15,7 @@ import torch
 
 import dipcore
 from pipelines import jobs, storage
+from pipelines.evaluation import protocols
 from pipelines.jobs import Job, Synthesis
 
 FAST = {"preset": "fast", "iterations": 2, "overrides": {"channels": 8}}
@@ -114,23 +115,23 @@ def test_config_hash_changes_with_settings_not_with_execution():
 
 def test_evaluation_configs_follow_the_paper_and_hash_what_shapes_a_row():
     fast = {"preset": "fast", "iterations": 2, "overrides": {"channels": 8}}
-    dn = jobs.evaluation_config("cbm3d9", **fast)
+    dn = protocols.evaluation_config("cbm3d9", **fast)
     assert dn.config["restarts"] == 2 and dn.config["early_stopping"] == "observe" and dn.classical
     assert dn.restore_kwargs["restarts"] == 2 and dn.config["classical_baseline"] is True
-    assert jobs.evaluation_config("cbm3d9").config["iterations"] == 1800  # the paper's table (the code: 3000)
-    sr = jobs.evaluation_config("set5", **fast)
+    assert protocols.evaluation_config("cbm3d9").config["iterations"] == 1800  # the paper's table (the code: 3000)
+    sr = protocols.evaluation_config("set5", **fast)
     assert sr.config["restarts"] == 1 and not sr.classical and "classical_baseline" not in sr.config  # bicubic
-    assert jobs.evaluation_config("cbm3d9", task="sr", **fast).config["restarts"] == 1  # runs follow the task
+    assert protocols.evaluation_config("cbm3d9", task="sr", **fast).config["restarts"] == 1  # runs follow the task
     changed = [
-        jobs.evaluation_config("cbm3d9", **fast, **kw).config_hash
+        protocols.evaluation_config("cbm3d9", **fast, **kw).config_hash
         for kw in ({"runs": 1}, {"early_stopping": "off"}, {"early_stopping": "stop"}, {"classical": False})
     ]
     assert len({dn.config_hash, *changed}) == 5
-    assert jobs.evaluation_config("cbm3d9", preset="fast", overrides={"restarts": 3}).config["restarts"] == 3
+    assert protocols.evaluation_config("cbm3d9", preset="fast", overrides={"restarts": 3}).config["restarts"] == 3
     with pytest.raises(dipcore.ConfigError, match="disagree"):
-        jobs.evaluation_config("cbm3d9", runs=2, overrides={"restarts": 3})
+        protocols.evaluation_config("cbm3d9", runs=2, overrides={"restarts": 3})
     with pytest.raises(dipcore.ConfigError, match="observe, stop, off"):
-        jobs.evaluation_config("set5", early_stopping="maybe")
+        protocols.evaluation_config("set5", early_stopping="maybe")
 
 
 # ------------------------------------------------------------------------------------------------- on Ray

@@ -23,8 +23,9 @@ from typing import Any
 from pipelines import jobs as jobs_mod
 from pipelines import storage
 from pipelines.evaluation import baselines
+from pipelines.evaluation.protocols import observe, psnr_protocol, score
 from pipelines.execution.packing import AUTO_PACK_CAP, Pack, pack_for_memory
-from pipelines.jobs import Job, observe, pack_key, psnr_protocol, score
+from pipelines.jobs import Job, pack_key
 from pipelines.reporting import reports
 
 __all__ = ["JobOutcome", "Restorer"]
