@@ -28,7 +28,8 @@ from prefect.logging import get_logger
 from pydantic import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 from pipelines import jobs, progress, storage
-from pipelines.evaluation.protocols import BENCHMARKS, evaluation_config
+from pipelines.evaluation.benchmarks import BENCHMARKS, describe
+from pipelines.evaluation.protocols import evaluation_config
 from pipelines.execution.packing import Pack
 from pipelines.jobs import Job, Plan
 from pipelines.reporting import reports
@@ -265,7 +266,7 @@ def evaluate(
     best PSNR along the run); ``runs`` runs are averaged per image (default 2 for cbm3d9 as in the paper, else 1);
     ``classical`` scores CBM3D/NLM (denoising) or biharmonic inpainting beside DIP."""
     if not benchmarks:
-        raise ValueError("name at least one benchmark (set5, set14, cbm3d9, heide11) or a folder of clean images")
+        raise ValueError(f"name at least one benchmark ({describe()}) or a folder of clean images")
     so = _options(storage_options)
     run_id = _new_run_id()
     plans = []

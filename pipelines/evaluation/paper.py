@@ -1,8 +1,9 @@
-"""The paper's published numbers per benchmark (Ulyanov et al., "Deep Image Prior"): what dipflow is compared with.
+"""The paper's published numbers per benchmark (Ulyanov, Vedaldi, Lempitsky, "Deep Image Prior", CVPR 2018): what
+dipflow is compared with.
 
-The figures come from the paper's text and Table 1, as gathered in ``shared/REFERENCE.md``. Both the HTML report
-and the results document (`pipelines.reporting.results_doc`) read them from here, so they are written down once.
-Pure Python: no pyarrow, no torch.
+The figures come from the paper's text and its Table 1. Each belongs to one benchmark of the registry
+(`pipelines.evaluation.benchmarks`), where the HTML report and the results document (`pipelines.reporting`) find
+them, so they are written down once. Pure Python: no pyarrow, no torch (the CLI reads the registry for its help).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["BENCHMARKS", "Figure", "PaperBenchmark", "benchmark_for", "match_image"]
+__all__ = ["CBM3D9", "HEIDE11", "SET5", "SET14", "Figure", "PaperBenchmark", "match_image"]
 
 
 @dataclass(frozen=True)
@@ -24,12 +25,9 @@ class Figure:
 
 @dataclass(frozen=True)
 class PaperBenchmark:
-    """One of the paper's benchmarks: the set, its protocol, DIP's figures and the baselines the paper reports."""
+    """What the paper reports for one benchmark: the set, its protocol in words, DIP's figures and the baselines'."""
 
-    dataset: str  # the benchmark's name in `dipflow evaluate` (jobs.BENCHMARKS)
     title: str
-    task: str
-    scale: int | None
     images: int  # images in the set
     iterations: int  # the paper's iteration count behind its headline DIP figure
     protocol: str  # how the paper measured, in words
@@ -93,87 +91,63 @@ _SR_PROTOCOL = (
     "(the authors' evaluation script); LR by Pillow LANCZOS ×4"
 )
 
-BENCHMARKS: dict[str, PaperBenchmark] = {
-    b.dataset: b
-    for b in (
-        PaperBenchmark(
-            "set5",
-            "SR ×4 on Set5",
-            "sr",
-            4,
-            images=5,
-            iterations=2000,
-            protocol=_SR_PROTOCOL,
-            dip=(Figure("DIP", 29.90),),
-            baselines=(Figure("bicubic", 28.43), Figure("SRResNet (trained)", 32.10)),
-        ),
-        PaperBenchmark(
-            "set14",
-            "SR ×4 on Set14",
-            "sr",
-            4,
-            images=14,
-            iterations=2000,
-            protocol=_SR_PROTOCOL,
-            dip=(Figure("DIP", 27.00),),
-            baselines=(Figure("bicubic", 26.05), Figure("SRResNet (trained)", 28.53)),
-        ),
-        PaperBenchmark(
-            "cbm3d9",
-            "Denoising σ = 25 on the 9 colour images",
-            "denoise",
-            None,
-            images=9,
-            iterations=1800,
-            protocol="PSNR over RGB; Gaussian noise σ = 25",
-            dip=(
-                Figure("DIP, raw output after 1800 steps", 29.22),
-                Figure("DIP, exponential average of outputs", 30.43),
-                Figure("DIP, averaged over 2 runs", 31.00),
-            ),
-            baselines=(Figure("CBM3D", 31.42), Figure("NLM", 30.26)),
-        ),
-        PaperBenchmark(
-            "heide11",
-            "Inpainting, 50 % of pixels dropped, on the 11 grey images",
-            "inpaint",
-            None,
-            images=11,
-            iterations=11000,
-            protocol="PSNR on the grey image; a Bernoulli mask drops 50 % of the pixels",
-            dip=(Figure("DIP, mean of Table 1", _mean(_TABLE1_DIP)),),
-            baselines=(Figure("Papyan et al. (CSC), mean of Table 1", _mean(_TABLE1_PAPYAN)),),
-            per_image=_TABLE1_DIP,
-            baseline_per_image={"Papyan et al.": _TABLE1_PAPYAN},
-            aliases={
-                "barbara": "Barbara",
-                "boat": "Boat",
-                "house": "House",
-                "lena": "Lena",
-                "peppers": "Peppers",
-                "pepper": "Peppers",
-                "cameraman": "C.man",
-                "cman": "C.man",
-                "couple": "Couple",
-                "fingerprint": "Finger",
-                "finger": "Finger",
-                "hill": "Hill",
-                "man": "Man",
-                "montage": "Montage",
-            },
-        ),
-    )
-}
-"""The paper's benchmarks by dataset name."""
+SET5 = PaperBenchmark(
+    "SR ×4 on Set5",
+    images=5,
+    iterations=2000,
+    protocol=_SR_PROTOCOL,
+    dip=(Figure("DIP", 29.90),),
+    baselines=(Figure("bicubic", 28.43), Figure("SRResNet (trained)", 32.10)),
+)
 
+SET14 = PaperBenchmark(
+    "SR ×4 on Set14",
+    images=14,
+    iterations=2000,
+    protocol=_SR_PROTOCOL,
+    dip=(Figure("DIP", 27.00),),
+    baselines=(Figure("bicubic", 26.05), Figure("SRResNet (trained)", 28.53)),
+)
 
-def benchmark_for(dataset: str | None, task: str | None, scale: int | None) -> PaperBenchmark | None:
-    """The paper's benchmark that report rows of (dataset, task, scale) can be compared with, or None: the dataset
-    name must be a benchmark's (any case) and the task and SR factor must be the paper's."""
-    b = BENCHMARKS.get(str(dataset or "").lower())
-    if b is None or b.task != task or (b.scale is not None and b.scale != scale):
-        return None
-    return b
+CBM3D9 = PaperBenchmark(
+    "Denoising σ = 25 on the 9 colour images",
+    images=9,
+    iterations=1800,
+    protocol="PSNR over RGB; Gaussian noise σ = 25",
+    dip=(
+        Figure("DIP, raw output after 1800 steps", 29.22),
+        Figure("DIP, exponential average of outputs", 30.43),
+        Figure("DIP, averaged over 2 runs", 31.00),
+    ),
+    baselines=(Figure("CBM3D", 31.42), Figure("NLM", 30.26)),
+)
+
+HEIDE11 = PaperBenchmark(
+    "Inpainting, 50 % of pixels dropped, on the 11 grey images",
+    images=11,
+    iterations=11000,
+    protocol="PSNR on the grey image; a Bernoulli mask drops 50 % of the pixels",
+    dip=(Figure("DIP, mean of Table 1", _mean(_TABLE1_DIP)),),
+    baselines=(Figure("Papyan et al. (CSC), mean of Table 1", _mean(_TABLE1_PAPYAN)),),
+    per_image=_TABLE1_DIP,
+    baseline_per_image={"Papyan et al.": _TABLE1_PAPYAN},
+    aliases={
+        "barbara": "Barbara",
+        "boat": "Boat",
+        "house": "House",
+        "lena": "Lena",
+        "peppers": "Peppers",
+        "pepper": "Peppers",
+        "cameraman": "C.man",
+        "cman": "C.man",
+        "couple": "Couple",
+        "fingerprint": "Finger",
+        "finger": "Finger",
+        "hill": "Hill",
+        "man": "Man",
+        "montage": "Montage",
+    },
+)
 
 
 # Tokens in file names that say what kind of file it is, not which image: "barbara_GT.png", "lena_gray.png".

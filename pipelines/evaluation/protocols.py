@@ -15,10 +15,10 @@ from collections.abc import Callable
 from typing import Any
 
 from pipelines import storage
+from pipelines.evaluation.benchmarks import BENCHMARKS
 from pipelines.jobs import Job, RunConfig, Synthesis, run_config
 
 __all__ = [
-    "BENCHMARKS",
     "EARLY_STOPPING",
     "SR_CROP_MULTIPLE",
     "benchmark_synthesis",
@@ -29,15 +29,6 @@ __all__ = [
     "score",
 ]
 
-BENCHMARKS: dict[str, dict[str, Any]] = {
-    # The paper's benchmarks and the degradation each is evaluated on (shared/REFERENCE.md).
-    "set5": {"task": "sr", "scale": 4},
-    "set14": {"task": "sr", "scale": 4},
-    # σ = 25 as in the paper's table: the denoise preset's 1800 iterations (the paper's count; its published code
-    # runs 3000), the EMA of outputs, and `runs` independent runs averaged (seeds s, s + 1): 29.22 / 30.43 / 31.00.
-    "cbm3d9": {"task": "denoise", "sigma": 25.0, "runs": 2},
-    "heide11": {"task": "inpaint", "variant": "random", "drop": 0.5},
-}
 SR_CROP_MULTIPLE = 32  # the authors' evaluation centre-crops the clean image to a multiple of 32 first
 # evaluate's early_stopping option -> the dipcore preset's: record the rule's choice, act on it, or leave it out.
 EARLY_STOPPING: dict[str, bool | str] = {"observe": "observe", "stop": True, "off": False}
@@ -48,14 +39,14 @@ def benchmark_synthesis(
 ) -> Synthesis:
     """The paper's protocol for benchmark `name` (a folder of clean images that is not one of BENCHMARKS is SR ×4),
     with a caller's task, scale, σ or smoke-run crop in place of the defaults."""
-    default = BENCHMARKS.get(name, {"task": "sr", "scale": 4})
-    t = task or default["task"]
+    b = BENCHMARKS.get(name)
+    t = task or (b.task if b else "sr")
     if t == "sr":
-        return Synthesis("sr", scale=scale or default.get("scale", 4), crop_multiple=SR_CROP_MULTIPLE, crop_size=crop)
+        return Synthesis("sr", scale=scale or (b and b.scale) or 4, crop_multiple=SR_CROP_MULTIPLE, crop_size=crop)
     if t == "denoise":
-        return Synthesis("denoise", sigma=sigma or default.get("sigma", 25.0), crop_size=crop)
-    if t == "inpaint":
-        return Synthesis("inpaint", drop=default.get("drop", 0.5), variant="random", crop_size=crop)
+        return Synthesis("denoise", sigma=sigma or (b and b.sigma) or 25.0, crop_size=crop)
+    if t == "inpaint":  # the paper's inpainting benchmark drops pixels at random (Table 1), whatever the set
+        return Synthesis("inpaint", drop=(b and b.drop) or 0.5, variant="random", crop_size=crop)
     return Synthesis(t, crop_size=crop)
 
 
@@ -86,10 +77,10 @@ def evaluation_config(
     if early_stopping not in EARLY_STOPPING:
         raise ConfigError(f"early_stopping must be one of {', '.join(EARLY_STOPPING)}, not {early_stopping!r}")
     spec = benchmark_synthesis(name, task=task, scale=scale, sigma=sigma, crop=crop)
-    default = BENCHMARKS.get(name, {})
+    b = BENCHMARKS.get(name)
     overrides = dict(overrides or {})
     if runs is None:
-        runs = overrides.get("restarts") or (default.get("runs", 1) if default.get("task") == spec.task else 1)
+        runs = overrides.get("restarts") or (b.runs if b and b.task == spec.task else 1)
     elif overrides.get("restarts", runs) != runs:
         raise ConfigError(f"runs={runs} and the override restarts={overrides['restarts']} disagree: give one")
     overrides["restarts"] = runs

@@ -27,7 +27,7 @@ from typing import Any
 import pyarrow as pa
 
 from pipelines import storage
-from pipelines.evaluation import paper as paper_figures
+from pipelines.evaluation.benchmarks import benchmark_for
 from pipelines.reporting import reports
 
 __all__ = ["HtmlReport", "render_html", "write_html_report"]
@@ -221,7 +221,8 @@ def _summary_html(view: pa.Table) -> str:
     ]
     for s in reports.summarize(view).to_pylist():
         group = groups[(s["dataset"], s["task"], s["scale"])]
-        paper = paper_figures.benchmark_for(s["dataset"], s["task"], s["scale"])
+        benchmark = benchmark_for(s["dataset"], s["task"], s["scale"])
+        paper = benchmark.paper if benchmark else None
         baselines = {r["baseline_name"] for r in group if r["baseline_name"]}
         paper_baseline = paper.baseline(baselines.pop()) if paper and len(baselines) == 1 else None
         configs = Counter(r["config_json"] for r in group if r["config_json"])

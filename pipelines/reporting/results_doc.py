@@ -20,7 +20,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pipelines.evaluation.paper import BENCHMARKS, PaperBenchmark, benchmark_for, match_image
+from pipelines.evaluation.benchmarks import BENCHMARKS, Benchmark, benchmark_for
+from pipelines.evaluation.paper import PaperBenchmark, match_image
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -43,8 +44,13 @@ class Section:
     scale: int | None
     config: dict[str, Any]  # parsed config_json ({} when not recorded)
     rows: list[dict[str, Any]]  # every status, sorted by image key
-    paper: PaperBenchmark | None
+    benchmark: Benchmark | None  # the paper's benchmark these rows can be set beside
     label: str = ""  # what sets these settings apart from another section of the same benchmark
+
+    @property
+    def paper(self) -> PaperBenchmark | None:
+        """The paper's figures for it (None: not one of the paper's benchmarks)."""
+        return self.benchmark.paper if self.benchmark else None
 
     @property
     def ok(self) -> list[dict[str, Any]]:
@@ -111,8 +117,8 @@ def sections(table: pa.Table) -> list[Section]:
         out.append(Section(dataset, task, scale, config, rows, benchmark_for(dataset, task, scale)))
     out.sort(
         key=lambda s: (
-            s.paper is None,
-            order.index(s.paper.dataset) if s.paper else 0,
+            s.benchmark is None,
+            order.index(s.benchmark.name) if s.benchmark else 0,
             s.dataset,
             s.task,
             s.scale or 0,
@@ -752,8 +758,8 @@ def _overview(secs: list[Section]) -> list[str]:
 
 
 def _not_measured(secs: list[Section]) -> list[str]:
-    present = {s.paper.dataset for s in secs if s.paper and not _is_smoke(s)}
-    missing = [b for name, b in BENCHMARKS.items() if name not in present]
+    present = {s.benchmark.name for s in secs if s.benchmark and not _is_smoke(s)}
+    missing = [b.paper for name, b in BENCHMARKS.items() if name not in present]
     if not missing:
         return []
     lines = [
