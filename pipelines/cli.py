@@ -14,15 +14,13 @@ import sys
 import traceback
 from typing import Any
 
+from pipelines.errors import CLIError, PipelineError
+
 __all__ = ["CLIError", "build_parser", "main"]
 
 # dipcore.TASKS, spelled out so that building the parser does not import torch (a test keeps them equal).
 TASKS = ("denoise", "jpeg", "sr", "inpaint", "flash_noflash", "preimage", "reconstruct")
 EXIT_FAILED_IMAGES, EXIT_INTERRUPTED = 3, 130
-
-
-class CLIError(Exception):
-    """A problem the user can fix; the message says how."""
 
 
 # ------------------------------------------------------------------------------------------- shared options
@@ -311,13 +309,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _message(exc: BaseException) -> str:
+    """Errors that say what to do are shown as they are; anything else with its type and where to see more."""
     from pipelines import storage
 
-    known = (CLIError, ValueError, OSError, storage.StorageError)
+    known = (PipelineError, ValueError, OSError, *_prefect_parameter_errors())
     text = str(exc).strip() or type(exc).__name__
-    if type(exc).__name__ in ("WorkerStartError", "ParameterTypeError") or isinstance(exc, known):
+    if isinstance(exc, known):
         return storage.redact(text)
     return storage.redact(f"{type(exc).__name__}: {text} (DIPFLOW_DEBUG=1 shows the traceback)")
+
+
+def _prefect_parameter_errors() -> tuple[type[BaseException], ...]:
+    """Prefect's rejection of a flow's parameters (it names each bad one), when Prefect is loaded: unloaded, it cannot
+    have raised it, and importing it only to check would cost a second."""
+    errors = sys.modules.get("prefect.exceptions")
+    return (errors.ParameterTypeError,) if errors is not None else ()
 
 
 # --------------------------------------------------------------------------------------------------- commands

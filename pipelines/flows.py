@@ -28,6 +28,7 @@ from prefect.logging import get_logger
 from pydantic import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 from pipelines import jobs, progress, storage
+from pipelines.errors import PipelineError
 from pipelines.evaluation.benchmarks import BENCHMARKS, describe
 from pipelines.evaluation.protocols import evaluation_config
 from pipelines.execution.packing import Pack
@@ -93,7 +94,7 @@ def _transient(task_: Any, task_run: Any, state: Any) -> bool:
     """Retry network hiccups, not a missing source, a bad key or a bad setting."""
     try:
         state.result()
-    except (storage.StorageError, ValueError, PermissionError):  # missing source, bad URL or key, bad setting
+    except (PipelineError, ValueError, PermissionError):  # missing source, bad URL or key, bad setting
         return False
     except Exception:  # noqa: BLE001 - anything else may be a flaky store
         return True

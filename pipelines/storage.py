@@ -22,6 +22,8 @@ from urllib.parse import unquote
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from pipelines.errors import StorageError, StorageNotFoundError, StorageOptionError, UnsafeKeyError
+
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
 
@@ -58,22 +60,6 @@ MASK_SUFFIX = "_mask"
 # Protocols whose single PUT is atomic: the object becomes visible only when the upload completes
 # (S3/GCS/Azure multipart and resumable uploads included), and memory:// swaps one dict entry.
 _ATOMIC_PUT_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "memory", "oss"})
-
-
-class StorageError(Exception):
-    """A storage problem worth one clear message (the URL in it is redacted)."""
-
-
-class StorageNotFoundError(StorageError, FileNotFoundError):
-    """A source, file or folder that does not exist."""
-
-
-class UnsafeKeyError(StorageError, ValueError):
-    """A relative key that could escape the output root (``..``, absolute, encoded separators, …)."""
-
-
-class StorageOptionError(StorageError, ValueError):
-    """A malformed ``--storage-option key=value``."""
 
 
 @dataclass(frozen=True)

@@ -193,3 +193,20 @@ def test_pack_reaches_the_flows_and_bad_values_are_usage_errors(monkeypatch, cap
             cli.main(["restore", "src", "-o", "out", "--task", "denoise", "--pack", bad])
         assert exit_.value.code == 2
         assert "--pack" in capsys.readouterr().err
+
+
+def test_error_messages_dispatch_on_types_under_one_root():
+    from prefect.exceptions import ParameterTypeError
+
+    from pipelines import errors, storage
+    from pipelines.execution import workers
+    from pipelines.reporting import reports
+
+    for raised_by, name in ((storage, "StorageError"), (reports, "SchemaMismatchError"), (workers, "WorkerStartError")):
+        assert getattr(raised_by, name) is getattr(errors, name)
+        assert issubclass(getattr(errors, name), errors.PipelineError)
+    assert cli.CLIError is errors.CLIError and issubclass(cli.CLIError, errors.PipelineError)
+    assert cli._message(errors.WorkerStartError("no worker started in time")) == "no worker started in time"
+    assert cli._message(ParameterTypeError("execution.pack: bad")) == "execution.pack: bad"
+    impostor = type("WorkerStartError", (Exception,), {})  # the name alone is not ours
+    assert cli._message(impostor("x")) == "WorkerStartError: x (DIPFLOW_DEBUG=1 shows the traceback)"

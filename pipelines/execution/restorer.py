@@ -22,6 +22,7 @@ from typing import Any
 
 from pipelines import jobs as jobs_mod
 from pipelines import storage
+from pipelines.errors import PipelineError
 from pipelines.evaluation import baselines
 from pipelines.evaluation.protocols import observe, psnr_protocol, score
 from pipelines.execution.packing import AUTO_PACK_CAP, Pack, pack_for_memory
@@ -331,6 +332,6 @@ def _describe(exc: BaseException) -> str:
     """One line for the report: our own typed errors speak for themselves; anything else names its type."""
     import dipcore
 
-    if isinstance(exc, (dipcore.DipcoreError, storage.StorageError)):
+    if isinstance(exc, (dipcore.DipcoreError, PipelineError)):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"

@@ -27,6 +27,7 @@ import ray
 from ray.exceptions import GetTimeoutError, NodeDiedError, RayActorError, RayError, WorkerCrashedError
 
 from pipelines import jobs as jobs_mod
+from pipelines.errors import WorkerStartError
 from pipelines.execution.packing import Pack, PackQueue
 from pipelines.execution.restorer import JobOutcome, Restorer
 from pipelines.jobs import Job
@@ -46,10 +47,6 @@ __all__ = [
 # A worker process that vanished: the actor (and what it ran) is gone, the job itself may be fine elsewhere.
 _WORKER_LOST = (RayActorError, WorkerCrashedError, NodeDiedError)  # RayActorError covers ActorDiedError
 _SETTLE_SECONDS = 10.0  # how long the calls of a dead actor may take to resolve before we judge them
-
-
-class WorkerStartError(RuntimeError):
-    """No worker could start (no resources of the requested kind, or the actor fails in its constructor)."""
 
 
 @ray.remote(max_restarts=0)  # the driver replaces a dead actor itself and requeues its jobs (run_jobs)

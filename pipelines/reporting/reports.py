@@ -28,6 +28,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from pipelines import storage
+from pipelines.errors import SchemaMismatchError
 
 __all__ = [
     "CURVES_SCHEMA",
@@ -149,10 +150,6 @@ SUMMARY_SCHEMA = pa.schema(
     metadata={"dipflow.report_version": REPORT_VERSION, "dipflow.schema": "summary"},
 )
 """`summarize`'s output: one row per (dataset, task, scale)."""
-
-
-class SchemaMismatchError(ValueError):
-    """Rows whose columns or values do not fit the pinned schema."""
 
 
 # ------------------------------------------------------------------------------------------------- hashing
