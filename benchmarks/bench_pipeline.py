@@ -94,7 +94,7 @@ def flow_run(folder: Path, output: Path) -> float:
     from pipelines import flows
 
     started = time.perf_counter()
-    summary = flows.restore_dataset(str(folder), str(output), "denoise", num_workers=1, **SETTINGS)
+    summary = flows.restore_dataset(str(folder), str(output), "denoise", execution={"num_workers": 1}, **SETTINGS)
     assert summary["ok"] == summary["images"], summary["failures"][:3]
     return time.perf_counter() - started
 

@@ -12,9 +12,13 @@ import json
 import os
 import sys
 import traceback
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from pipelines.errors import CLIError, PipelineError
+
+if TYPE_CHECKING:
+    from pipelines.execution.options import Execution
 
 __all__ = ["CLIError", "build_parser", "main"]
 
@@ -33,22 +37,6 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _pack(text: str) -> int | str:
-    if text == "auto":
-        return text
-    try:
-        return _positive_int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be 'auto' or a positive integer, got {text}") from None
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be a number ≥ 0, got {text}")
-    return value
-
-
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("restoration")
     g.add_argument(
@@ -62,49 +50,36 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0, help="seed of the net's initialisation and input (default 0)")
 
 
+def _add_execution_options(g: Any, only: tuple[str, ...] | None = None) -> None:
+    """One option per field of `pipelines.execution.options.Execution` (`only` those named): its type and bounds
+    parse the text, its description is the help. Left out, a field keeps the model's default."""
+    from pipelines.execution import options
+
+    for name, flag, help_ in options.flags():
+        if only is None or name in only:
+            g.add_argument(flag.name(name), dest=name, type=_field_parser(name), metavar=flag.metavar, help=help_)
+
+
+def _field_parser(name: str) -> Callable[[str], Any]:
+    """argparse's `type` for field `name`: the model's own validation, its reasons as the usage error."""
+
+    def parse(text: str) -> Any:
+        from pydantic import ValidationError
+
+        from pipelines.execution import options
+
+        try:
+            return options.parse_field(name, text)
+        except ValidationError as exc:
+            reasons = "; ".join(dict.fromkeys(e["msg"] for e in exc.errors()))
+            raise argparse.ArgumentTypeError(f"invalid value {text!r}: {reasons}") from None
+
+    return parse
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("execution")
-    g.add_argument(
-        "--ray-address",
-        metavar="ADDR",
-        help="join this Ray cluster (e.g. ray://head:10001 or auto); default: a private local instance",
-    )
-    g.add_argument(
-        "--gpus-per-worker",
-        type=_non_negative_float,
-        default=1.0,
-        metavar="G",
-        help="GPUs per actor; 0.5 packs two small-image actors on a GPU (default 1; ignored without GPUs)",
-    )
-    g.add_argument(
-        "--cpus-per-worker",
-        type=_non_negative_float,
-        metavar="C",
-        help="CPUs per actor (default: 1 for CPU actors, 0 beside a GPU)",
-    )
-    g.add_argument("--workers", type=_positive_int, metavar="N", help="number of actors (default: as many as fit)")
-    g.add_argument(
-        "--max-attempts",
-        type=_positive_int,
-        default=3,
-        metavar="N",
-        help="attempts per image when its worker dies (default 3)",
-    )
-    g.add_argument(
-        "--job-timeout",
-        type=float,
-        metavar="S",
-        help="seconds per attempt (per image of a packed call) before the worker is replaced",
-    )
-    g.add_argument(
-        "--pack",
-        type=_pack,
-        default="auto",
-        metavar="K",
-        help="images of one shape per batch on a worker; auto (default): one per thread on CPU workers "
-        "(side by side), as many as the GPU's free memory holds (at most 8, stacked) on GPU "
-        "workers; 1: off",
-    )
+    _add_execution_options(g)
     g.add_argument("--no-resume", action="store_true", help="restore every image, even those done by earlier runs")
     g.add_argument("--limit", type=_positive_int, metavar="N", help="only the first N images (by key) of each dataset")
     _add_storage_option(g)
@@ -283,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="demo-output", metavar="DIR", help="folder for it all (./demo-output)")
     p.add_argument("--iterations", type=_positive_int, default=500, help="steps per image (default 500)")
     p.add_argument("--size", type=_positive_int, default=96, help="side of the sample photos in pixels (96)")
-    p.add_argument("--workers", type=_positive_int, help="number of actors (default: one per CPU)")
+    _add_execution_options(p, only=("num_workers",))
     p.add_argument("--no-resume", action="store_true", help="redo images a previous demo finished")
     _add_output_options(p)
     p.set_defaults(func=cmd_demo)
@@ -357,21 +332,24 @@ def _run_flow(name: str, args: argparse.Namespace, **params: Any) -> dict[str, A
         return getattr(flows, name)(storage_options=plain or None, **params)
 
 
-def _execution(args: argparse.Namespace) -> dict[str, Any]:
+def _execution(args: argparse.Namespace) -> Execution:
+    """The flows' `execution` parameter from the options given (`_add_execution_options`); the rest default."""
+    from pipelines.execution.options import Execution
+
+    given = {name: getattr(args, name) for name in Execution.model_fields if getattr(args, name, None) is not None}
+    return Execution(**given)
+
+
+def _run_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The parameters `restore` and `evaluate` share: restoration settings, resume, limit and execution."""
     return {
-        "ray_address": args.ray_address,
-        "gpus_per_worker": args.gpus_per_worker,
-        "cpus_per_worker": args.cpus_per_worker,
-        "num_workers": args.workers,
-        "max_attempts": args.max_attempts,
-        "job_timeout": args.job_timeout,
-        "pack": args.pack,
         "resume": not args.no_resume,
         "limit": args.limit,
         "seed": args.seed,
         "preset": args.preset,
         "iterations": args.iterations,
         "overrides": {"channels": args.channels} if args.channels else None,
+        "execution": _execution(args),
     }
 
 
@@ -388,7 +366,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         mask_dir=args.mask_dir,
         guide_suffix=args.guide_suffix,
         dataset=args.dataset,
-        **_execution(args),
+        **_run_options(args),
     )
     return _finish(summary, args)
 
@@ -411,7 +389,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         early_stopping=args.early_stopping,
         runs=args.runs,
         classical=not args.no_classical,
-        **_execution(args),
+        **_run_options(args),
     )
     return _finish(summary, args)
 
@@ -433,8 +411,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         task="denoise",
         preset="fast",
         iterations=args.iterations,
-        num_workers=args.workers,
         resume=not args.no_resume,
+        execution=_execution(args),
     )
     code = _finish(summary, args)
     if not args.json:

@@ -1,6 +1,8 @@
 """Prefect flows: restore a dataset, evaluate on the paper's benchmarks. Each reads like a table of contents —
-list → plan → skip what earlier runs finished → run on Ray → report → artifacts — and every Prefect call stays here
-on the driver (Ray workers never talk to Prefect: in ephemeral mode there is no server they could reach).
+list → plan → skip what earlier runs finished → restore on Ray → report → artifacts — and every Prefect call stays
+here on the driver (Ray workers never talk to Prefect: in ephemeral mode there is no server they could reach). The
+long part, the Ray driver loop, is the task run ``restore-images``; where and how it runs is one parameter,
+``execution`` (`pipelines.execution.options.Execution`), shown by Prefect's UI as one form.
 
 Credentials: a flow's parameters are stored by Prefect (and shown in its UI), so secret storage options (keys,
 secrets, tokens, passwords …) must not be parameters. Pass them with ``with storage_credentials({...}):`` around the
@@ -14,26 +16,29 @@ import contextlib
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pyarrow.compute as pc
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
 from prefect.logging import get_logger
-from pydantic import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+from prefect.utilities.annotations import quote
+from pydantic import NonNegativeInt, PositiveFloat, PositiveInt
 
 from pipelines import jobs, progress, storage
 from pipelines.errors import PipelineError
 from pipelines.evaluation.benchmarks import BENCHMARKS, describe
 from pipelines.evaluation.protocols import evaluation_config
-from pipelines.execution.packing import Pack
+from pipelines.execution.options import Execution
 from pipelines.jobs import Job, Plan
 from pipelines.reporting import reports
+
+if TYPE_CHECKING:
+    from pipelines.execution.workers import JobOutcome, RunStats  # Ray is imported by the task, not by the flows
 
 __all__ = ["Execution", "evaluate", "restore_dataset", "split_secret_options", "storage_credentials"]
 
@@ -134,21 +139,30 @@ def plan_dataset(
     )
 
 
+@task(name="restore-images", cache_policy=NO_CACHE)
+def restore_images(
+    todo: list[Job], execution: Execution, storage_options: dict | None, on_result: Callable[[JobOutcome], None]
+) -> RunStats:
+    """Restore `todo` on Ray actors, or in this process (``executor="inline"``, or memory:// storage with "auto"),
+    calling `on_result` on the driver for each finished image; returns the workers' `RunStats`. Not retried as a
+    task: the driver loop retries each job whose worker died."""
+    from pipelines.execution import workers
+
+    local_only = any(u.startswith("memory://") for j in todo for u in (j.input_uri, j.output_uri))
+    if execution.executor == "ray" and local_only:
+        raise ValueError(
+            "memory:// is private to this process, so Ray workers cannot read or write it; "
+            "use execution.executor='inline' (or 'auto')"
+        )
+    if execution.executor == "inline" or (execution.executor == "auto" and local_only):
+        why = "memory:// is private to it" if local_only else "executor=inline"
+        _logger().info("running %d job(s) in this process (%s)", len(todo), why)
+        restorer = workers.Restorer(storage_options)
+        return workers.run_inline(todo, restorer=restorer, on_result=on_result, pack=execution.pack)
+    return _on_ray(todo, execution, storage_options, on_result)
+
+
 # ------------------------------------------------------------------------------------------------------ flows
-
-
-@dataclass(frozen=True)
-class Execution:
-    """Where and how jobs run (none of it changes the results, so none of it is in the config hash)."""
-
-    ray_address: str | None = None  # None: a private local Ray instance
-    gpus_per_worker: float = 1.0
-    cpus_per_worker: float | None = None  # default: 1 for CPU actors, 0 beside a GPU
-    num_workers: int | None = None  # default: as many as the cluster fits
-    max_attempts: int = 3
-    job_timeout: float | None = None  # seconds per attempt (a packed call gets it once per job)
-    executor: Literal["auto", "ray", "inline"] = "auto"  # auto: inline when storage is process-local (memory://)
-    pack: Pack = "auto"  # jobs per batch (execution.packing): a number, or "auto" (threads on a CPU, memory on a GPU)
 
 
 @flow(name="restore-dataset", validate_parameters=True)
@@ -162,29 +176,23 @@ def restore_dataset(
     overrides: dict[str, Any] | None = None,
     glob: str | None = None,
     storage_options: dict[str, Any] | None = None,
-    ray_address: str | None = None,
-    gpus_per_worker: NonNegativeFloat = 1.0,
-    num_workers: PositiveInt | None = None,
     seed: NonNegativeInt = 0,
     dataset: str | None = None,
     resume: bool = True,
-    max_attempts: PositiveInt = 3,
     variant: str | None = None,
     early_stopping: bool | None = None,
     mask_dir: str | None = None,
     guide_suffix: str | None = None,
     limit: PositiveInt | None = None,
-    cpus_per_worker: NonNegativeFloat | None = None,
-    job_timeout: PositiveFloat | None = None,
-    executor: Literal["auto", "ray", "inline"] = "auto",
-    pack: Literal["auto"] | PositiveInt = "auto",
+    execution: Execution = Execution(),
 ) -> dict[str, Any]:
     """Restore every image under `source` (any fsspec URL) into `output` with ``dipcore.restore``, on Ray actors,
     and write the Parquet report beside the outputs. Returns a small summary (run id, report URI, counts).
 
-    `pack` images of one shape run as one batch on an actor (``dipcore.restore_batch``); ``"auto"`` packs one per
-    thread on CPU actors (one-CPU actors: none) and as many as the card's free memory holds (at most 8) on GPU
-    actors."""
+    `execution` says where and how (the Ray cluster, actors, retries, packing; a plain dict is validated into it).
+    With ``execution.pack``, images of one shape run as one batch on an actor (``dipcore.restore_batch``);
+    ``"auto"`` packs one per thread on CPU actors (one-CPU actors: none) and as many as the card's free memory holds
+    (at most 8) on GPU actors."""
     so = _options(storage_options)
     config = jobs.run_config(
         task,
@@ -207,22 +215,12 @@ def restore_dataset(
         storage_options=so,
         limit=limit,
     )
-    ex = Execution(
-        ray_address=ray_address,
-        gpus_per_worker=gpus_per_worker,
-        cpus_per_worker=cpus_per_worker,
-        num_workers=num_workers,
-        max_attempts=max_attempts,
-        job_timeout=job_timeout,
-        executor=executor,
-        pack=pack,
-    )
     return _run(
         run_id,
         [plan],
         output=output,
         storage_options=so,
-        execution=ex,
+        execution=execution,
         resume=resume,
         title=f"restoring ({task})",
         artifact="restore-dataset",
@@ -243,25 +241,18 @@ def evaluate(
     crop: PositiveInt | None = None,
     limit: PositiveInt | None = None,
     storage_options: dict[str, Any] | None = None,
-    ray_address: str | None = None,
-    gpus_per_worker: NonNegativeFloat = 1.0,
-    num_workers: PositiveInt | None = None,
     seed: NonNegativeInt = 0,
     resume: bool = True,
-    max_attempts: PositiveInt = 3,
-    cpus_per_worker: NonNegativeFloat | None = None,
-    job_timeout: PositiveFloat | None = None,
-    executor: Literal["auto", "ray", "inline"] = "auto",
-    pack: Literal["auto"] | PositiveInt = "auto",
     early_stopping: Literal["observe", "stop", "off"] = "observe",
     runs: PositiveInt | None = None,
     classical: bool = True,
+    execution: Execution = Execution(),
 ) -> dict[str, Any]:
     """Score dipcore on benchmarks with the paper's protocol: each of `benchmarks` is a name under `data_root`
     (set5, set14 → SR ×4; cbm3d9 → denoising σ=25; heide11 → inpainting, 50 % of pixels dropped) or a folder URL
     of clean images (SR ×4 unless `task` says otherwise). The observation is synthesised from the clean image in
     the worker; outputs go to ``<output>/<benchmark>/`` and every row carries PSNR, SSIM and the baseline's PSNR.
-    `pack` is as for `restore_dataset`: images whose observations have one shape can run as one batch.
+    `execution` is as for `restore_dataset`: images whose observations have one shape can run as one batch.
 
     ``early_stopping="observe"`` (default) adds the early-stopping study to every row (the rule's choice beside the
     best PSNR along the run); ``runs`` runs are averaged per image (default 2 for cbm3d9 as in the paper, else 1);
@@ -299,22 +290,12 @@ def evaluate(
                 limit=limit,
             )
         )
-    ex = Execution(
-        ray_address=ray_address,
-        gpus_per_worker=gpus_per_worker,
-        cpus_per_worker=cpus_per_worker,
-        num_workers=num_workers,
-        max_attempts=max_attempts,
-        job_timeout=job_timeout,
-        executor=executor,
-        pack=pack,
-    )
     return _run(
         run_id,
         plans,
         output=output,
         storage_options=so,
-        execution=ex,
+        execution=execution,
         resume=resume,
         title="evaluating",
         artifact="evaluate",
@@ -404,7 +385,8 @@ def _run(
                     record(jobs.error_row(jobs.rejected_job(entry, plan, run_id), why, attempts=0))
             for job in done:
                 record(jobs.skipped_row(job))
-            _execute(todo, execution, storage_options, lambda o: record(o.row, o.curves), logger)
+            if todo:  # the job list is quoted: Prefect need not walk thousands of jobs for futures
+                restore_images(quote(todo), execution, storage_options, lambda o: record(o.row, o.curves))
         finally:
             progress.finished()
             tracker.close()
@@ -429,25 +411,11 @@ def _path(uri: str, storage_options: dict | None) -> str:
     return storage.filesystem(uri, storage_options)[1]
 
 
-def _execute(todo: list[Job], ex: Execution, so: dict | None, on_result: Any, logger: Any) -> None:
+def _on_ray(todo: list[Job], ex: Execution, so: dict | None, on_result: Callable[[JobOutcome], None]) -> RunStats:
+    """`todo` on a pool of Ray actors sized for the cluster (a private local Ray when no address is given)."""
     from pipelines.execution import workers
 
-    if not todo:
-        return
-    local_only = any(u.startswith("memory://") for j in todo for u in (j.input_uri, j.output_uri))
-    if ex.executor == "ray" and local_only:
-        raise ValueError(
-            "memory:// is private to this process, so Ray workers cannot read or write it; "
-            "use executor='inline' (or 'auto')"
-        )
-    if ex.executor == "inline" or (ex.executor == "auto" and local_only):
-        logger.info(
-            "running %d job(s) in this process (%s)",
-            len(todo),
-            "memory:// is private to it" if local_only else "executor=inline",
-        )
-        workers.run_inline(todo, restorer=workers.Restorer(so), on_result=on_result, pack=ex.pack)
-        return
+    logger = _logger()
     started_ray = workers.start_ray(ex.ray_address)
     try:
         pool = workers.WorkerPool.for_cluster(
@@ -483,6 +451,7 @@ def _execute(todo: list[Job], ex: Execution, so: dict | None, on_result: Any, lo
             stats.packed,
             stats.seconds,
         )
+        return stats
     finally:
         if started_ray:
             import ray

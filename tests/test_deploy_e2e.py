@@ -435,8 +435,8 @@ def test_a_triggered_restoration_runs_on_a_process_worker_and_reports_every_imag
         "preset": "fast",
         "iterations": 3,
         "overrides": {"channels": 8},
-        "ray_address": stack.ray_address,
-        "gpus_per_worker": 0.0,  # no GPU here: CPU actors on the 2-CPU head
+        # replaces the deployment's `execution` whole: its ray_address is repeated, as the docs say to
+        "execution": {"ray_address": stack.ray_address, "gpus_per_worker": 0.0},  # no GPU: CPU actors on the head
     }
     with stack.client() as c:
         r = c.post(

@@ -16,16 +16,14 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from pipelines.jobs import Job, pack_key
 
 if TYPE_CHECKING:
     from dipcore.tasks import TaskPreset
 
-__all__ = ["AUTO_PACK_CAP", "MEMORY_SHARE", "Pack", "PackQueue", "pack_for_memory"]
-
-Pack = int | Literal["auto"]  # jobs per stacked fit: a number (1 = off), or "auto" (decided by the actor's device)
+__all__ = ["AUTO_PACK_CAP", "MEMORY_SHARE", "PackQueue", "pack_for_memory"]
 
 AUTO_PACK_CAP = 8  # the largest K measured (benchmarks/RESULTS.md): per-fit time had nearly flattened out by then
 # What estimate_peak_bytes leaves out — cuDNN workspaces, a CUDA graph's private pool, allocator rounding, and

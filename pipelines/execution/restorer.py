@@ -25,7 +25,8 @@ from pipelines import storage
 from pipelines.errors import PipelineError
 from pipelines.evaluation import baselines
 from pipelines.evaluation.protocols import observe, psnr_protocol, score
-from pipelines.execution.packing import AUTO_PACK_CAP, Pack, pack_for_memory
+from pipelines.execution.options import Pack
+from pipelines.execution.packing import AUTO_PACK_CAP, pack_for_memory
 from pipelines.jobs import Job, pack_key
 from pipelines.reporting import reports
 

@@ -28,7 +28,8 @@ from ray.exceptions import GetTimeoutError, NodeDiedError, RayActorError, RayErr
 
 from pipelines import jobs as jobs_mod
 from pipelines.errors import WorkerStartError
-from pipelines.execution.packing import Pack, PackQueue
+from pipelines.execution.options import Pack
+from pipelines.execution.packing import PackQueue
 from pipelines.execution.restorer import JobOutcome, Restorer
 from pipelines.jobs import Job
 
