@@ -324,9 +324,9 @@ def _engine_env(args: argparse.Namespace) -> None:
 def _run_flow(name: str, args: argparse.Namespace, **params: Any) -> dict[str, Any]:
     """Run a flow of pipelines.flows with a progress bar, keeping secret storage options out of its parameters."""
     _engine_env(args)
-    from pipelines import flows, progress
+    from pipelines import flows, progress, storage
 
-    plain, secret = flows.split_secret_options(_storage_options(getattr(args, "storage_option", [])))
+    plain, secret = storage.split_secret_options(_storage_options(getattr(args, "storage_option", [])))
     sink = progress.RichProgress(enabled=not args.quiet)
     with flows.storage_credentials(secret), progress.reporting(sink):
         return getattr(flows, name)(storage_options=plain or None, **params)
@@ -430,11 +430,11 @@ def _finish(summary: dict[str, Any], args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
     else:
+        from pipelines.progress import StatusCounts
+
         _print_table(summary["summary"], title=f"run {summary['run_id']}")
-        print(
-            f"{summary['ok']} ok, {summary['error']} failed, {summary['skipped']} skipped (done by earlier runs)"
-            f" — report: {summary['report']}"
-        )
+        counts = StatusCounts({status: summary[status] for status in ("ok", "error", "skipped")})
+        print(f"{counts} (done by earlier runs) — report: {summary['report']}")
         if summary["not_images"]:
             print(f"{summary['not_images']} file(s) were not images (see the log)", file=sys.stderr)
     _print_failures(summary["failures"])

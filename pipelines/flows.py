@@ -6,8 +6,9 @@ long part, the Ray driver loop, is the task run ``restore-images``; where and ho
 
 Credentials: a flow's parameters are stored by Prefect (and shown in its UI), so secret storage options (keys,
 secrets, tokens, passwords …) must not be parameters. Pass them with ``with storage_credentials({...}):`` around the
-call (the CLI does this with every ``--storage-option`` whose name looks secret) or through the environment's usual
-mechanisms (AWS_* variables, instance roles …); they reach the workers directly, never Prefect.
+call (the CLI does this with every ``--storage-option`` whose name looks secret, `storage.split_secret_options`) or
+through the environment's usual mechanisms (AWS_* variables, instance roles …); they reach the workers directly,
+never Prefect.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -40,32 +40,12 @@ from pipelines.reporting import reports
 if TYPE_CHECKING:
     from pipelines.execution.workers import JobOutcome, RunStats  # Ray is imported by the task, not by the flows
 
-__all__ = ["Execution", "evaluate", "restore_dataset", "split_secret_options", "storage_credentials"]
+__all__ = ["Execution", "evaluate", "restore_dataset", "storage_credentials"]
 
 _SECRETS: ContextVar[dict | None] = ContextVar("dipflow_storage_credentials", default=None)
-_SECRET_WORDS = ("key", "secret", "token", "password", "passwd", "credential", "sas", "signature", "auth")
 
 
 # ----------------------------------------------------------------------------------------------- credentials
-
-
-def split_secret_options(options: Mapping[str, Any] | None) -> tuple[dict, dict]:
-    """(plain, secret) halves of storage options, nested dicts included: a name containing key/secret/token/
-    password/credential/sas/signature/auth is secret (when in doubt, secret: it then only stays out of Prefect)."""
-    plain: dict[str, Any] = {}
-    secret: dict[str, Any] = {}
-    for name, value in (options or {}).items():
-        if isinstance(value, Mapping):
-            p, s = split_secret_options(value)
-            if p:
-                plain[name] = p
-            if s:
-                secret[name] = s
-        elif any(word in name.lower() for word in _SECRET_WORDS):
-            secret[name] = value
-        else:
-            plain[name] = value
-    return plain, secret
 
 
 def _merge(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
@@ -471,7 +451,7 @@ class _Tracker:
     """Counts by status, and Prefect's progress artifact, updated at most once a second."""
 
     def __init__(self, total: int, key: str, *, enabled: bool) -> None:
-        self.total, self.done, self.counts = total, 0, Counter()
+        self.total, self.done, self.counts = total, 0, progress.StatusCounts()
         self.artifact_id, self.last = None, 0.0
         if enabled and total:
             from prefect.artifacts import create_progress_artifact
@@ -480,7 +460,7 @@ class _Tracker:
 
     def advance(self, row: Mapping[str, Any]) -> None:
         self.done += 1
-        self.counts[row["status"]] += 1
+        self.counts.add(row)
         progress.advanced(row)
         if self.artifact_id is not None and time.monotonic() - self.last >= 1.0:
             self._update()
@@ -502,7 +482,7 @@ def _publish(
     output: str,
     so: dict | None,
     plans: list[Plan],
-    counts: Counter,
+    counts: progress.StatusCounts,
     artifact: str,
     logger: Any,
 ) -> dict[str, Any]:
@@ -540,9 +520,7 @@ def _publish(
         if not_images:
             lines.append(f"\n{not_images} file(s) in the source(s) are not images (see the flow's log).")
         create_markdown_artifact("\n".join(lines), key=f"{artifact}-report", description=f"dipflow run {run_id}")
-    logger.info(
-        "run %s finished: %d ok, %d failed, %d skipped", run_id, counts["ok"], counts["error"], counts["skipped"]
-    )
+    logger.info("run %s finished: %s", run_id, counts)
     return {
         "run_id": run_id,
         "flow_run_id": flow_run_id,

@@ -152,7 +152,7 @@ def test_restore_dataset_on_s3_keeps_credentials_out_of_prefect(ray_local, s3_se
 
     from pipelines import flows
 
-    plain, secret = flows.split_secret_options(s3_server.storage_options)
+    plain, secret = storage.split_secret_options(s3_server.storage_options)
     assert set(secret) == {"key", "secret"} and "client_kwargs" in plain
     write_images(f"{s3_root}/in", ["a.png", "sub/b.png"], storage_options=s3_server.storage_options)
     with flows.storage_credentials(secret):

@@ -12,6 +12,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from pipelines.stats import mean
+
 __all__ = ["CBM3D9", "HEIDE11", "SET5", "SET14", "Figure", "PaperBenchmark", "match_image"]
 
 
@@ -52,10 +54,6 @@ class PaperBenchmark:
     def note(self) -> str:
         """The paper's other figures in one line (e.g. for a tooltip)."""
         return "; ".join(f"{f.label} {f.psnr:.2f}" for f in (*self.dip[1:], *self.baselines))
-
-
-def _mean(values: Mapping[str, float]) -> float:
-    return sum(values.values()) / len(values)
 
 
 # Table 1 of the paper: inpainting with 50 % of the pixels dropped, per image (DIP, and Papyan et al.'s
@@ -127,8 +125,8 @@ HEIDE11 = PaperBenchmark(
     images=11,
     iterations=11000,
     protocol="PSNR on the grey image; a Bernoulli mask drops 50 % of the pixels",
-    dip=(Figure("DIP, mean of Table 1", _mean(_TABLE1_DIP)),),
-    baselines=(Figure("Papyan et al. (CSC), mean of Table 1", _mean(_TABLE1_PAPYAN)),),
+    dip=(Figure("DIP, mean of Table 1", mean(_TABLE1_DIP.values())),),
+    baselines=(Figure("Papyan et al. (CSC), mean of Table 1", mean(_TABLE1_PAPYAN.values())),),
     per_image=_TABLE1_DIP,
     baseline_per_image={"Papyan et al.": _TABLE1_PAPYAN},
     aliases={

@@ -202,6 +202,14 @@ class RunStats:
     packed: int = 0  # jobs delivered from calls of more than one job (batched fits)
     seconds: float = 0.0
 
+    def count(self, outcome: JobOutcome, *, batch: int = 1) -> None:
+        """One job delivered, from a call of `batch` jobs (both runners count here)."""
+        if outcome.row.get("status") == "ok":
+            self.ok += 1
+        else:
+            self.errors += 1
+        self.packed += batch > 1
+
 
 @dataclass
 class _Call:
@@ -326,11 +334,7 @@ class _Driver:
     def _deliver(self, call: _Call, outcomes: list[JobOutcome]) -> None:
         for (_job, attempt), outcome in zip(call.items, outcomes, strict=True):
             outcome.row["attempts"] = attempt
-            if outcome.row.get("status") == "ok":
-                self.stats.ok += 1
-            else:
-                self.stats.errors += 1
-            self.stats.packed += len(call.items) > 1
+            self.stats.count(outcome, batch=len(call.items))
             self.on_result(outcome)
 
     def _slot_done(self, call: _Call) -> None:
@@ -350,8 +354,9 @@ class _Driver:
                 retry.append((job, attempt + 1))
                 continue
             message = f"failed after {attempt} attempt(s); last: {reason}"
-            self.stats.errors += 1
-            self.on_result(JobOutcome(job, jobs_mod.error_row(job, message, attempts=attempt)))
+            outcome = JobOutcome(job, jobs_mod.error_row(job, message, attempts=attempt))
+            self.stats.count(outcome)
+            self.on_result(outcome)
         return retry
 
     def _lose_slot(self, slot: _Slot, generation: int, reason: str, *, kill: bool = False) -> None:
@@ -483,11 +488,7 @@ def run_inline(
         batch = [job for job, _ in queue.take(limit)]
         for outcome in restorer.run_batch(batch, pack):
             outcome.row["attempts"] = 1
-            if outcome.row.get("status") == "ok":
-                stats.ok += 1
-            else:
-                stats.errors += 1
-            stats.packed += len(batch) > 1
+            stats.count(outcome, batch=len(batch))
             on_result(outcome)
     stats.seconds = time.monotonic() - started
     return stats

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipelines.evaluation.benchmarks import BENCHMARKS, Benchmark, benchmark_for
 from pipelines.evaluation.paper import PaperBenchmark, match_image
+from pipelines.stats import mean
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -175,10 +176,6 @@ def _values(rows: Iterable[Mapping[str, Any]], column: str) -> list[float]:
     return out
 
 
-def _mean(values: Sequence[float]) -> float | None:
-    return sum(values) / len(values) if values else None
-
-
 def _db(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}"
 
@@ -240,7 +237,7 @@ _DENOISE_FIGURES = (
 
 def _mean_figure(label: str, rows: list[dict], column: str, paper: float | None, *, dip: bool) -> Comparison:
     values = _values(rows, column)
-    return Comparison(label, _mean(values), len(values), paper, dip)
+    return Comparison(label, mean(values), len(values), paper, dip)
 
 
 def _squash(text: str) -> str:
@@ -304,9 +301,9 @@ def _same_images(s: Section) -> list[Comparison]:
     return [
         Comparison(
             f"DIP, mean over the {len(pairs)} image(s) run",
-            _mean([a for a, _ in pairs]),
+            mean([a for a, _ in pairs]),
             len(pairs),
-            _mean([b for _, b in pairs]),
+            mean([b for _, b in pairs]),
             dip=True,
         )
     ]
@@ -324,12 +321,7 @@ def _margin(s: Section) -> list[Comparison]:
         return []
     return [
         Comparison(
-            "DIP's margin over bicubic",
-            _mean(diffs),
-            len(diffs),
-            s.paper.psnr - bicubic.psnr,
-            dip=True,
-            difference=True,
+            "DIP's margin over bicubic", mean(diffs), len(diffs), s.paper.psnr - bicubic.psnr, dip=True, difference=True
         )
     ]
 
@@ -544,7 +536,7 @@ def _time(ok: list[dict]) -> str:
     if not secs:
         return f"- **Time per image:** not recorded. **Dates:** {when}. **Runs:** {runs or '–'}."
     return (
-        f"- **Time per image:** {_mean(secs):.1f} s on average ({min(secs):.1f} to {max(secs):.1f} s; "
+        f"- **Time per image:** {mean(secs):.1f} s on average ({min(secs):.1f} to {max(secs):.1f} s; "
         f"{sum(secs):.1f} s for {len(secs)} images), the wall-clock time of each image's final attempt. "
         f"**Dates:** {when} (UTC). **Runs:** {runs}."
     )
@@ -667,7 +659,7 @@ def _early_stopping(s: Section) -> list[str]:
             ]
         )
     fmts = [str, str, _db, _db, str, _db, str, _signed, _signed, str, str]
-    means = [_mean([v for v in col if isinstance(v, (int, float))]) for col in zip(*table, strict=True)]
+    means = [mean([v for v in col if isinstance(v, (int, float))]) for col in zip(*table, strict=True)]
     mean_fmts = [
         str,
         lambda v: f"{v:.0f}",
@@ -739,7 +731,7 @@ def _overview(secs: list[Section]) -> list[str]:
     for s in secs:
         head = comparisons(s)[0]
         total = s.paper.images if s.paper else len(s.rows)
-        secs_mean = _mean(_values(s.ok, "wall_seconds"))
+        secs_mean = mean(_values(s.ok, "wall_seconds"))
         devices = ", ".join(sorted({r["device"] for r in s.ok if r.get("device")})) or "–"
         gap = "– (cropped images)" if _is_smoke(s) else _signed(head.gap)
         rows.append(
