@@ -7,7 +7,7 @@ observation is synthesised and whether a classical baseline is scored). A resume
 already has an ``ok`` row in the report. Pure Python: no Ray, no Prefect. How an evaluation job's observation is made
 and scored is the paper's protocol (`pipelines.evaluation.protocols`).
 
-Jobs that may run as one stacked fit (`pack_key`) share the config, the task, the observation's shape — known on
+Jobs that may run as one batch (`pack_key`) share the config, the task, the observation's shape — known on
 the driver from the input's header, without decoding pixels (`observation_shape`) — and the kind of side inputs.
 """
 
@@ -66,7 +66,7 @@ class RunConfig:
     config: dict[str, Any]  # resolved preset + seed (+ synthesis): what config_hash identifies
     config_hash: str
     synthesis: Synthesis | None = None
-    packable: bool = False  # dipcore.restore_batch can stack fits of this config (dipcore.batched.batch_refusal)
+    packable: bool = False  # dipcore.restore_batch can batch fits of this config (dipcore.batched.batch_refusal)
     classical: bool = False  # evaluation: score the task's classical baseline beside DIP (evaluation.baselines)
 
     @property
@@ -260,7 +260,7 @@ def observation_shape(job: Job) -> tuple[int, int, int] | None:
 
 
 def pack_key(job: Job) -> tuple | None:
-    """Jobs with equal keys can run as one stacked fit (``dipcore.restore_batch``): same config (hence task and
+    """Jobs with equal keys can run as one batch (``dipcore.restore_batch``): same config (hence task and
     settings), same observation shape, same kind of side inputs. None: the job runs alone."""
     shape = observation_shape(job)
     if not job.packable or shape is None:

@@ -136,7 +136,7 @@ class Restorer:
         return self.run_batch([job], pack=1)[0]
 
     def run_batch(self, jobs: list[Job], pack: Pack = "auto") -> list[JobOutcome]:
-        """Restore `jobs` (one outcome each, in order), stacking those of one pack key into fits of at most `pack`
+        """Restore `jobs` (one outcome each, in order), batching those of one pack key in groups of at most `pack`
         jobs ("auto": as many as the device's free memory allows, on a CPU one per torch thread).
 
         A job that cannot be read, decoded or observed gets its own error row and leaves the others. A batch

@@ -5,11 +5,19 @@ feeds them.
   one row; jobs of one pack key handed over together as one batch: ``dipcore.restore_batch``) as a Ray actor.
 - `WorkerPool` places one actor per GPU by default (fractions pack small images), or CPU actors on a cluster with no
   GPUs, and replaces dead actors.
-- `run_jobs` is a plain ``ray.wait`` loop (not ``ray.util.ActorPool``, which mishandles dead actors): bounded calls
-  in flight, results in completion order, every wait with a timeout, jobs of a dead actor requeued to a live one.
-  Each call takes up to `pack` compatible jobs from a `pipelines.execution.packing.PackQueue`; with ``pack="auto"`` the
-  bound is the actor's own (its readiness probe says: its thread count on a CPU, 8 on a GPU), and a GPU actor sizes
-  each stacked fit to its free memory.
+- `run_jobs` is a plain ``ray.wait`` loop: bounded calls in flight, results in completion order, every wait with a
+  timeout, jobs of a dead actor requeued to a live one. Each call takes up to `pack` compatible jobs from a
+  `pipelines.execution.packing.PackQueue`; with ``pack="auto"`` the bound is the actor's own (its readiness probe
+  says: its thread count on a CPU, 8 on a GPU), and a GPU actor sizes each stacked fit to its free memory.
+
+Why not ``ray.util.ActorPool``: Ray 2.60's pool no longer hands new calls to a dead actor, but (from its source,
+``python/ray/util/actor_pool.py``) an actor there runs one call at a time and the next waits on the driver, so it
+idles for a round trip (two are queued here); ``submit`` fixes a call's jobs before the pool picks the actor, while a
+pack's size depends on the actor that takes it and retries must go first; a failed call's error does not say which
+jobs it carried, and a dead actor is dropped, never replaced (only ``ActorDiedError`` counts as death: after an
+``ActorUnavailableError`` the actor goes back to the idle set); and a timed-out call is abandoned while its actor,
+still running it, goes back to the idle set (a TODO of Ray's there). Requeueing, replacement and timeouts need the
+per-call bookkeeping below either way.
 """
 
 from __future__ import annotations
