@@ -396,8 +396,7 @@ def _on_ray(todo: list[Job], ex: Execution, so: dict | None, on_result: Callable
     from pipelines.execution import workers
 
     logger = _logger()
-    started_ray = workers.start_ray(ex.ray_address)
-    try:
+    with workers.ray_session(ex.ray_address):
         pool = workers.WorkerPool.for_cluster(
             gpus_per_worker=ex.gpus_per_worker,
             cpus_per_worker=ex.cpus_per_worker,
@@ -432,11 +431,6 @@ def _on_ray(todo: list[Job], ex: Execution, so: dict | None, on_result: Callable
             stats.seconds,
         )
         return stats
-    finally:
-        if started_ray:
-            import ray
-
-            ray.shutdown()
 
 
 def _flow_run_id() -> str | None:

@@ -27,7 +27,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +48,7 @@ __all__ = [
     "RunStats",
     "WorkerPool",
     "WorkerStartError",
+    "ray_session",
     "run_inline",
     "run_jobs",
     "start_ray",
@@ -106,6 +107,18 @@ def start_ray(
     else:
         ray.init(address=address, **common)
     return True
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None = None) -> Iterator[None]:
+    """Ray for the length of the block, joined or started by `start_ray`; shut down at its end only when this block
+    connected (a Ray that was already up in this process belongs to whoever started it)."""
+    started = start_ray(address)
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
 
 
 # ------------------------------------------------------------------------------------------------------ the pool
