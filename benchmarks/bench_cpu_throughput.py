@@ -5,10 +5,10 @@ reading, writing and report rows included. The same N images are restored in thr
 
 - ``plain``: ``dipcore.restore`` on one image after another, on all cores, with the published loop's engine
   (``bench_fit.PLAIN``: looped Adam, a host read every iteration);
-- ``inline``: ``pipelines.workers.run_inline`` on one `Restorer` with all cores and ``pack="auto"``, so the jobs
-  run side by side on its threads (``dipcore.concurrent``);
-- ``pipeline``: ``pipelines.workers.run_jobs`` on the default CPU pool, one one-CPU Ray actor per core. The pool is
-  started and warmed up before any timing.
+- ``inline``: ``pipelines.execution.workers.run_inline`` on one `Restorer` with all cores and ``pack="auto"``, so
+  the jobs run side by side on its threads (``dipcore.concurrent``);
+- ``pipeline``: ``pipelines.execution.workers.run_jobs`` on the default CPU pool, one one-CPU Ray actor per core. The
+  pool is started and warmed up before any timing.
 
 Every way runs ``--rounds`` times, interleaved, because this machine's timings drift by tens of percent from one
 minute to the next. One JSON line per run, then the medians.
@@ -34,8 +34,9 @@ import numpy as np
 import torch
 
 import dipcore
-from pipelines import jobs, storage, workers
-from pipelines.restorer import Restorer
+from pipelines import jobs, storage
+from pipelines.execution import workers
+from pipelines.execution.restorer import Restorer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_fit import PLAIN, emit

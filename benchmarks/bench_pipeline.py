@@ -30,7 +30,9 @@ os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="bench-prefect-"))
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 import dipcore
-from pipelines import jobs, reports, storage, workers
+from pipelines import jobs, storage
+from pipelines.execution import workers
+from pipelines.reporting import reports
 
 SIZE, ITERATIONS, CHANNELS = 16, 1, 8
 SETTINGS = {"preset": "fast", "iterations": ITERATIONS, "overrides": {"channels": CHANNELS}}
@@ -92,7 +94,7 @@ def flow_run(folder: Path, output: Path) -> float:
     from pipelines import flows
 
     started = time.perf_counter()
-    summary = flows.restore_dataset(str(folder), str(output), "denoise", num_workers=1, **SETTINGS)
+    summary = flows.restore_dataset(str(folder), str(output), "denoise", execution={"num_workers": 1}, **SETTINGS)
     assert summary["ok"] == summary["images"], summary["failures"][:3]
     return time.perf_counter() - started
 

@@ -1,14 +1,14 @@
 """Every GPU figure of the project in one run, most important first, within a deadline.
 
 Runs where only torch, numpy, Pillow, pyarrow and fsspec are installed (no Ray, no Prefect): evaluation jobs are
-planned with `pipelines.jobs` and run by `pipelines.restorer.Restorer`, the same code a Ray actor runs, and rows
-go to a real Parquet report through `pipelines.reports`. What it writes under --out:
+planned with `pipelines.jobs` and run by `pipelines.execution.restorer.Restorer`, the same code a Ray actor runs, and
+rows go to a real Parquet report through `pipelines.reporting.reports`. What it writes under --out:
 
 - ``bench_fit.jsonl``: per-iteration speed of plain vs optimised engines (256², 512²), batched K = 1/2/4/8, bf16,
   activation checkpointing; peak memory beside its estimate;
 - ``reports/<engine>/…``: Parquet reports of the evaluations (``--evaluate``, default `EVALUATIONS`: Set5 ×4 and
   Set14 ×4 with the fastest engine, Set5 with the plain loop and with bf16, then cbm3d9 σ=25 and heide11), each
-  with the evaluate flow's protocol (`jobs.evaluation_config`: the early-stopping study, the benchmark's runs, the
+  with the evaluate flow's protocol (`protocols.evaluation_config`: the early-stopping study, the benchmark's runs, the
   classical baseline), as long as time is left; with ``--pack K`` (or ``auto``) the fastest engine's runs stack
   images of one shape into one fit (``Restorer.run_batch``, as a packing Ray actor does) and go to
   ``reports/<engine>-pack<K>/``; other engines run one image at a time;
@@ -37,9 +37,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_fit
 
 from dipcore import EngineOptions
-from pipelines import jobs, reports, storage
-from pipelines.packing import PackQueue
-from pipelines.restorer import Restorer
+from pipelines import jobs, storage
+from pipelines.evaluation import protocols
+from pipelines.execution.packing import PackQueue
+from pipelines.execution.restorer import Restorer
+from pipelines.reporting import reports
 
 # Most important first (issue 6 wants Set5 in full first; issue 5 the plain loop's ratio and bf16's PSNR cost).
 EVALUATIONS = ("set5:best", "set14:best", "set5:plain", "set5:bf16", "cbm3d9:best", "heide11:best")
@@ -98,7 +100,7 @@ class Suite:
         iterations = 30 if self.smoke else None
         overrides = {"channels": 16} if self.smoke else None
         # The evaluate flow's protocol: early-stopping study, the benchmark's runs, classical baseline.
-        config = jobs.evaluation_config(benchmark, iterations=iterations, overrides=overrides)
+        config = protocols.evaluation_config(benchmark, iterations=iterations, overrides=overrides)
         listing = storage.list_images(f"{data_root}/{benchmark}")
         label = engine.replace("+", "-") + ("" if pack == 1 else f"-pack{pack}")
         run_id = f"{benchmark}-{label}"

@@ -12,17 +12,19 @@ import json
 import os
 import sys
 import traceback
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from pipelines.errors import CLIError, PipelineError
+
+if TYPE_CHECKING:
+    from pipelines.execution.options import Execution
 
 __all__ = ["CLIError", "build_parser", "main"]
 
 # dipcore.TASKS, spelled out so that building the parser does not import torch (a test keeps them equal).
 TASKS = ("denoise", "jpeg", "sr", "inpaint", "flash_noflash", "preimage", "reconstruct")
 EXIT_FAILED_IMAGES, EXIT_INTERRUPTED = 3, 130
-
-
-class CLIError(Exception):
-    """A problem the user can fix; the message says how."""
 
 
 # ------------------------------------------------------------------------------------------- shared options
@@ -32,22 +34,6 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _pack(text: str) -> int | str:
-    if text == "auto":
-        return text
-    try:
-        return _positive_int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be 'auto' or a positive integer, got {text}") from None
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be a number ≥ 0, got {text}")
     return value
 
 
@@ -64,49 +50,36 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0, help="seed of the net's initialisation and input (default 0)")
 
 
+def _add_execution_options(g: Any, only: tuple[str, ...] | None = None) -> None:
+    """One option per field of `pipelines.execution.options.Execution` (`only` those named): its type and bounds
+    parse the text, its description is the help. Left out, a field keeps the model's default."""
+    from pipelines.execution import options
+
+    for name, flag, help_ in options.flags():
+        if only is None or name in only:
+            g.add_argument(flag.name(name), dest=name, type=_field_parser(name), metavar=flag.metavar, help=help_)
+
+
+def _field_parser(name: str) -> Callable[[str], Any]:
+    """argparse's `type` for field `name`: the model's own validation, its reasons as the usage error."""
+
+    def parse(text: str) -> Any:
+        from pydantic import ValidationError
+
+        from pipelines.execution import options
+
+        try:
+            return options.parse_field(name, text)
+        except ValidationError as exc:
+            reasons = "; ".join(dict.fromkeys(e["msg"] for e in exc.errors()))
+            raise argparse.ArgumentTypeError(f"invalid value {text!r}: {reasons}") from None
+
+    return parse
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("execution")
-    g.add_argument(
-        "--ray-address",
-        metavar="ADDR",
-        help="join this Ray cluster (e.g. ray://head:10001 or auto); default: a private local instance",
-    )
-    g.add_argument(
-        "--gpus-per-worker",
-        type=_non_negative_float,
-        default=1.0,
-        metavar="G",
-        help="GPUs per actor; 0.5 packs two small-image actors on a GPU (default 1; ignored without GPUs)",
-    )
-    g.add_argument(
-        "--cpus-per-worker",
-        type=_non_negative_float,
-        metavar="C",
-        help="CPUs per actor (default: 1 for CPU actors, 0 beside a GPU)",
-    )
-    g.add_argument("--workers", type=_positive_int, metavar="N", help="number of actors (default: as many as fit)")
-    g.add_argument(
-        "--max-attempts",
-        type=_positive_int,
-        default=3,
-        metavar="N",
-        help="attempts per image when its worker dies (default 3)",
-    )
-    g.add_argument(
-        "--job-timeout",
-        type=float,
-        metavar="S",
-        help="seconds per attempt (per image of a packed call) before the worker is replaced",
-    )
-    g.add_argument(
-        "--pack",
-        type=_pack,
-        default="auto",
-        metavar="K",
-        help="images of one shape per batch on a worker; auto (default): one per thread on CPU workers "
-        "(side by side), as many as the GPU's free memory holds (at most 8, stacked) on GPU "
-        "workers; 1: off",
-    )
+    _add_execution_options(g)
     g.add_argument("--no-resume", action="store_true", help="restore every image, even those done by earlier runs")
     g.add_argument("--limit", type=_positive_int, metavar="N", help="only the first N images (by key) of each dataset")
     _add_storage_option(g)
@@ -141,6 +114,8 @@ def _sub(subs: Any, name: str, help_: str, epilog: str) -> argparse.ArgumentPars
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pipelines.evaluation import benchmarks  # the standard library only: --help stays instant
+
     parser = argparse.ArgumentParser(
         prog="dipflow",
         description="Dataset-scale image restoration with the Deep Image Prior.",
@@ -182,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
         "benchmarks",
         nargs="+",
         metavar="BENCHMARK",
-        help="set5, set14 (SR x4), cbm3d9 (denoise σ=25), heide11 (inpaint 50%%), or a folder URL",
+        help=f"{benchmarks.describe()}, or a folder URL".replace("%", "%%"),  # argparse formats help with %
     )
     p.add_argument(
         "--data-root",
@@ -207,7 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--runs",
         type=_positive_int,
         metavar="N",
-        help="independent runs averaged per image (default: 2 for cbm3d9, as in the paper; 1 elsewhere)",
+        help="independent runs averaged per image (default: "
+        + "; ".join(f"{b.runs} for {b.name}" for b in benchmarks.BENCHMARKS.values() if b.runs > 1)
+        + ", as in the paper; 1 elsewhere)",
     )
     g.add_argument(
         "--no-classical",
@@ -281,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="demo-output", metavar="DIR", help="folder for it all (./demo-output)")
     p.add_argument("--iterations", type=_positive_int, default=500, help="steps per image (default 500)")
     p.add_argument("--size", type=_positive_int, default=96, help="side of the sample photos in pixels (96)")
-    p.add_argument("--workers", type=_positive_int, help="number of actors (default: one per CPU)")
+    _add_execution_options(p, only=("num_workers",))
     p.add_argument("--no-resume", action="store_true", help="redo images a previous demo finished")
     _add_output_options(p)
     p.set_defaults(func=cmd_demo)
@@ -307,13 +284,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _message(exc: BaseException) -> str:
+    """Errors that say what to do are shown as they are; anything else with its type and where to see more."""
     from pipelines import storage
 
-    known = (CLIError, ValueError, OSError, storage.StorageError)
+    known = (PipelineError, ValueError, OSError, *_prefect_parameter_errors())
     text = str(exc).strip() or type(exc).__name__
-    if type(exc).__name__ in ("WorkerStartError", "ParameterTypeError") or isinstance(exc, known):
+    if isinstance(exc, known):
         return storage.redact(text)
     return storage.redact(f"{type(exc).__name__}: {text} (DIPFLOW_DEBUG=1 shows the traceback)")
+
+
+def _prefect_parameter_errors() -> tuple[type[BaseException], ...]:
+    """Prefect's rejection of a flow's parameters (it names each bad one), when Prefect is loaded: unloaded, it cannot
+    have raised it, and importing it only to check would cost a second."""
+    errors = sys.modules.get("prefect.exceptions")
+    return (errors.ParameterTypeError,) if errors is not None else ()
 
 
 # --------------------------------------------------------------------------------------------------- commands
@@ -339,29 +324,32 @@ def _engine_env(args: argparse.Namespace) -> None:
 def _run_flow(name: str, args: argparse.Namespace, **params: Any) -> dict[str, Any]:
     """Run a flow of pipelines.flows with a progress bar, keeping secret storage options out of its parameters."""
     _engine_env(args)
-    from pipelines import flows, progress
+    from pipelines import flows, progress, storage
 
-    plain, secret = flows.split_secret_options(_storage_options(getattr(args, "storage_option", [])))
+    plain, secret = storage.split_secret_options(_storage_options(getattr(args, "storage_option", [])))
     sink = progress.RichProgress(enabled=not args.quiet)
     with flows.storage_credentials(secret), progress.reporting(sink):
         return getattr(flows, name)(storage_options=plain or None, **params)
 
 
-def _execution(args: argparse.Namespace) -> dict[str, Any]:
+def _execution(args: argparse.Namespace) -> Execution:
+    """The flows' `execution` parameter from the options given (`_add_execution_options`); the rest default."""
+    from pipelines.execution.options import Execution
+
+    given = {name: getattr(args, name) for name in Execution.model_fields if getattr(args, name, None) is not None}
+    return Execution(**given)
+
+
+def _run_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The parameters `restore` and `evaluate` share: restoration settings, resume, limit and execution."""
     return {
-        "ray_address": args.ray_address,
-        "gpus_per_worker": args.gpus_per_worker,
-        "cpus_per_worker": args.cpus_per_worker,
-        "num_workers": args.workers,
-        "max_attempts": args.max_attempts,
-        "job_timeout": args.job_timeout,
-        "pack": args.pack,
         "resume": not args.no_resume,
         "limit": args.limit,
         "seed": args.seed,
         "preset": args.preset,
         "iterations": args.iterations,
         "overrides": {"channels": args.channels} if args.channels else None,
+        "execution": _execution(args),
     }
 
 
@@ -378,13 +366,15 @@ def cmd_restore(args: argparse.Namespace) -> int:
         mask_dir=args.mask_dir,
         guide_suffix=args.guide_suffix,
         dataset=args.dataset,
-        **_execution(args),
+        **_run_options(args),
     )
     return _finish(summary, args)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    if not args.data_root and any(b in ("set5", "set14", "cbm3d9", "heide11") for b in args.benchmarks):
+    from pipelines.evaluation.benchmarks import BENCHMARKS
+
+    if not args.data_root and any(b in BENCHMARKS for b in args.benchmarks):
         raise CLIError("where are the benchmarks? pass --data-root URL (or set DIPFLOW_DATA_ROOT)")
     summary = _run_flow(
         "evaluate",
@@ -399,7 +389,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         early_stopping=args.early_stopping,
         runs=args.runs,
         classical=not args.no_classical,
-        **_execution(args),
+        **_run_options(args),
     )
     return _finish(summary, args)
 
@@ -421,8 +411,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         task="denoise",
         preset="fast",
         iterations=args.iterations,
-        num_workers=args.workers,
         resume=not args.no_resume,
+        execution=_execution(args),
     )
     code = _finish(summary, args)
     if not args.json:
@@ -440,11 +430,11 @@ def _finish(summary: dict[str, Any], args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
     else:
+        from pipelines.progress import StatusCounts
+
         _print_table(summary["summary"], title=f"run {summary['run_id']}")
-        print(
-            f"{summary['ok']} ok, {summary['error']} failed, {summary['skipped']} skipped (done by earlier runs)"
-            f" — report: {summary['report']}"
-        )
+        counts = StatusCounts({status: summary[status] for status in ("ok", "error", "skipped")})
+        print(f"{counts} (done by earlier runs) — report: {summary['report']}")
         if summary["not_images"]:
             print(f"{summary['not_images']} file(s) were not images (see the log)", file=sys.stderr)
     _print_failures(summary["failures"])
@@ -487,7 +477,8 @@ def _read_reports(args: argparse.Namespace, so: dict) -> Any:
     """The report rows of every root, read together; a root without rows is an error (a mistyped path)."""
     import pyarrow as pa
 
-    from pipelines import reports, storage
+    from pipelines import storage
+    from pipelines.reporting import reports
 
     tables = []
     for root in args.roots:
@@ -513,7 +504,8 @@ def _regeneration_command(args: argparse.Namespace) -> str:
 
 
 def _results_document(args: argparse.Namespace, view: Any, so: dict) -> None:
-    from pipelines import results_doc, storage
+    from pipelines import storage
+    from pipelines.reporting import results_doc
 
     notes = storage.read_bytes(args.notes, so).decode("utf-8") if args.notes else None
     document = results_doc.render(
@@ -533,7 +525,7 @@ def _results_document(args: argparse.Namespace, view: Any, so: dict) -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     import pyarrow.compute as pc
 
-    from pipelines import reports
+    from pipelines.reporting import reports
 
     if (args.output or args.notes) and not args.markdown:
         raise CLIError("--output and --notes go with --markdown (the results document); add --markdown")
@@ -560,7 +552,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         _print_table(reports.to_records(reports.summarize(view)), title=title)
         _print_failures(failures)
     if args.html:
-        from pipelines import html_report
+        from pipelines.reporting import html_report
 
         written = html_report.write_html_report(args.roots[0], args.html, run_id=args.run_id, storage_options=so)
         print(

@@ -1,11 +1,14 @@
 """Prefect flows: restore a dataset, evaluate on the paper's benchmarks. Each reads like a table of contents —
-list → plan → skip what earlier runs finished → run on Ray → report → artifacts — and every Prefect call stays here
-on the driver (Ray workers never talk to Prefect: in ephemeral mode there is no server they could reach).
+list → plan → skip what earlier runs finished → restore on Ray → report → artifacts — and every Prefect call stays
+here on the driver (Ray workers never talk to Prefect: in ephemeral mode there is no server they could reach). The
+long part, the Ray driver loop, is the task run ``restore-images``; where and how it runs is one parameter,
+``execution`` (`pipelines.execution.options.Execution`), shown by Prefect's UI as one form.
 
 Credentials: a flow's parameters are stored by Prefect (and shown in its UI), so secret storage options (keys,
 secrets, tokens, passwords …) must not be parameters. Pass them with ``with storage_credentials({...}):`` around the
-call (the CLI does this with every ``--storage-option`` whose name looks secret) or through the environment's usual
-mechanisms (AWS_* variables, instance roles …); they reach the workers directly, never Prefect.
+call (the CLI does this with every ``--storage-option`` whose name looks secret, `storage.split_secret_options`) or
+through the environment's usual mechanisms (AWS_* variables, instance roles …); they reach the workers directly,
+never Prefect.
 """
 
 from __future__ import annotations
@@ -13,50 +16,36 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pyarrow.compute as pc
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
 from prefect.logging import get_logger
-from pydantic import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+from prefect.utilities.annotations import quote
+from pydantic import NonNegativeInt, PositiveFloat, PositiveInt
 
-from pipelines import jobs, progress, reports, storage
-from pipelines.jobs import BENCHMARKS, Job, Plan
-from pipelines.packing import Pack
+from pipelines import jobs, progress, storage
+from pipelines.errors import PipelineError
+from pipelines.evaluation.benchmarks import BENCHMARKS, describe
+from pipelines.evaluation.protocols import evaluation_config
+from pipelines.execution.options import Execution
+from pipelines.jobs import Job, Plan
+from pipelines.reporting import reports
 
-__all__ = ["Execution", "evaluate", "restore_dataset", "split_secret_options", "storage_credentials"]
+if TYPE_CHECKING:
+    from pipelines.execution.workers import JobOutcome, RunStats  # Ray is imported by the task, not by the flows
+
+__all__ = ["Execution", "evaluate", "restore_dataset", "storage_credentials"]
 
 _SECRETS: ContextVar[dict | None] = ContextVar("dipflow_storage_credentials", default=None)
-_SECRET_WORDS = ("key", "secret", "token", "password", "passwd", "credential", "sas", "signature", "auth")
 
 
 # ----------------------------------------------------------------------------------------------- credentials
-
-
-def split_secret_options(options: Mapping[str, Any] | None) -> tuple[dict, dict]:
-    """(plain, secret) halves of storage options, nested dicts included: a name containing key/secret/token/
-    password/credential/sas/signature/auth is secret (when in doubt, secret: it then only stays out of Prefect)."""
-    plain: dict[str, Any] = {}
-    secret: dict[str, Any] = {}
-    for name, value in (options or {}).items():
-        if isinstance(value, Mapping):
-            p, s = split_secret_options(value)
-            if p:
-                plain[name] = p
-            if s:
-                secret[name] = s
-        elif any(word in name.lower() for word in _SECRET_WORDS):
-            secret[name] = value
-        else:
-            plain[name] = value
-    return plain, secret
 
 
 def _merge(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
@@ -90,7 +79,7 @@ def _transient(task_: Any, task_run: Any, state: Any) -> bool:
     """Retry network hiccups, not a missing source, a bad key or a bad setting."""
     try:
         state.result()
-    except (storage.StorageError, ValueError, PermissionError):  # missing source, bad URL or key, bad setting
+    except (PipelineError, ValueError, PermissionError):  # missing source, bad URL or key, bad setting
         return False
     except Exception:  # noqa: BLE001 - anything else may be a flaky store
         return True
@@ -130,21 +119,30 @@ def plan_dataset(
     )
 
 
+@task(name="restore-images", cache_policy=NO_CACHE)
+def restore_images(
+    todo: list[Job], execution: Execution, storage_options: dict | None, on_result: Callable[[JobOutcome], None]
+) -> RunStats:
+    """Restore `todo` on Ray actors, or in this process (``executor="inline"``, or memory:// storage with "auto"),
+    calling `on_result` on the driver for each finished image; returns the workers' `RunStats`. Not retried as a
+    task: the driver loop retries each job whose worker died."""
+    from pipelines.execution import workers
+
+    local_only = any(u.startswith("memory://") for j in todo for u in (j.input_uri, j.output_uri))
+    if execution.executor == "ray" and local_only:
+        raise ValueError(
+            "memory:// is private to this process, so Ray workers cannot read or write it; "
+            "use execution.executor='inline' (or 'auto')"
+        )
+    if execution.executor == "inline" or (execution.executor == "auto" and local_only):
+        why = "memory:// is private to it" if local_only else "executor=inline"
+        _logger().info("running %d job(s) in this process (%s)", len(todo), why)
+        restorer = workers.Restorer(storage_options)
+        return workers.run_inline(todo, restorer=restorer, on_result=on_result, pack=execution.pack)
+    return _on_ray(todo, execution, storage_options, on_result)
+
+
 # ------------------------------------------------------------------------------------------------------ flows
-
-
-@dataclass(frozen=True)
-class Execution:
-    """Where and how jobs run (none of it changes the results, so none of it is in the config hash)."""
-
-    ray_address: str | None = None  # None: a private local Ray instance
-    gpus_per_worker: float = 1.0
-    cpus_per_worker: float | None = None  # default: 1 for CPU actors, 0 beside a GPU
-    num_workers: int | None = None  # default: as many as the cluster fits
-    max_attempts: int = 3
-    job_timeout: float | None = None  # seconds per attempt (a packed call gets it once per job)
-    executor: Literal["auto", "ray", "inline"] = "auto"  # auto: inline when storage is process-local (memory://)
-    pack: Pack = "auto"  # jobs per batch (pipelines.packing): a number, or "auto" (threads on a CPU, memory on a GPU)
 
 
 @flow(name="restore-dataset", validate_parameters=True)
@@ -158,29 +156,23 @@ def restore_dataset(
     overrides: dict[str, Any] | None = None,
     glob: str | None = None,
     storage_options: dict[str, Any] | None = None,
-    ray_address: str | None = None,
-    gpus_per_worker: NonNegativeFloat = 1.0,
-    num_workers: PositiveInt | None = None,
     seed: NonNegativeInt = 0,
     dataset: str | None = None,
     resume: bool = True,
-    max_attempts: PositiveInt = 3,
     variant: str | None = None,
     early_stopping: bool | None = None,
     mask_dir: str | None = None,
     guide_suffix: str | None = None,
     limit: PositiveInt | None = None,
-    cpus_per_worker: NonNegativeFloat | None = None,
-    job_timeout: PositiveFloat | None = None,
-    executor: Literal["auto", "ray", "inline"] = "auto",
-    pack: Literal["auto"] | PositiveInt = "auto",
+    execution: Execution = Execution(),
 ) -> dict[str, Any]:
     """Restore every image under `source` (any fsspec URL) into `output` with ``dipcore.restore``, on Ray actors,
     and write the Parquet report beside the outputs. Returns a small summary (run id, report URI, counts).
 
-    `pack` images of one shape run as one batch on an actor (``dipcore.restore_batch``); ``"auto"`` packs one per
-    thread on CPU actors (one-CPU actors: none) and as many as the card's free memory holds (at most 8) on GPU
-    actors."""
+    `execution` says where and how (the Ray cluster, actors, retries, packing; a plain dict is validated into it).
+    With ``execution.pack``, images of one shape run as one batch on an actor (``dipcore.restore_batch``);
+    ``"auto"`` packs one per thread on CPU actors (one-CPU actors: none) and as many as the card's free memory holds
+    (at most 8) on GPU actors."""
     so = _options(storage_options)
     config = jobs.run_config(
         task,
@@ -203,22 +195,12 @@ def restore_dataset(
         storage_options=so,
         limit=limit,
     )
-    ex = Execution(
-        ray_address=ray_address,
-        gpus_per_worker=gpus_per_worker,
-        cpus_per_worker=cpus_per_worker,
-        num_workers=num_workers,
-        max_attempts=max_attempts,
-        job_timeout=job_timeout,
-        executor=executor,
-        pack=pack,
-    )
     return _run(
         run_id,
         [plan],
         output=output,
         storage_options=so,
-        execution=ex,
+        execution=execution,
         resume=resume,
         title=f"restoring ({task})",
         artifact="restore-dataset",
@@ -239,37 +221,30 @@ def evaluate(
     crop: PositiveInt | None = None,
     limit: PositiveInt | None = None,
     storage_options: dict[str, Any] | None = None,
-    ray_address: str | None = None,
-    gpus_per_worker: NonNegativeFloat = 1.0,
-    num_workers: PositiveInt | None = None,
     seed: NonNegativeInt = 0,
     resume: bool = True,
-    max_attempts: PositiveInt = 3,
-    cpus_per_worker: NonNegativeFloat | None = None,
-    job_timeout: PositiveFloat | None = None,
-    executor: Literal["auto", "ray", "inline"] = "auto",
-    pack: Literal["auto"] | PositiveInt = "auto",
     early_stopping: Literal["observe", "stop", "off"] = "observe",
     runs: PositiveInt | None = None,
     classical: bool = True,
+    execution: Execution = Execution(),
 ) -> dict[str, Any]:
     """Score dipcore on benchmarks with the paper's protocol: each of `benchmarks` is a name under `data_root`
     (set5, set14 → SR ×4; cbm3d9 → denoising σ=25; heide11 → inpainting, 50 % of pixels dropped) or a folder URL
     of clean images (SR ×4 unless `task` says otherwise). The observation is synthesised from the clean image in
     the worker; outputs go to ``<output>/<benchmark>/`` and every row carries PSNR, SSIM and the baseline's PSNR.
-    `pack` is as for `restore_dataset`: images whose observations have one shape can run as one batch.
+    `execution` is as for `restore_dataset`: images whose observations have one shape can run as one batch.
 
     ``early_stopping="observe"`` (default) adds the early-stopping study to every row (the rule's choice beside the
     best PSNR along the run); ``runs`` runs are averaged per image (default 2 for cbm3d9 as in the paper, else 1);
     ``classical`` scores CBM3D/NLM (denoising) or biharmonic inpainting beside DIP."""
     if not benchmarks:
-        raise ValueError("name at least one benchmark (set5, set14, cbm3d9, heide11) or a folder of clean images")
+        raise ValueError(f"name at least one benchmark ({describe()}) or a folder of clean images")
     so = _options(storage_options)
     run_id = _new_run_id()
     plans = []
     for name in benchmarks:
         source, dataset = _benchmark_source(name, data_root)
-        config = jobs.evaluation_config(
+        config = evaluation_config(
             name,
             task=task,
             scale=scale,
@@ -295,22 +270,12 @@ def evaluate(
                 limit=limit,
             )
         )
-    ex = Execution(
-        ray_address=ray_address,
-        gpus_per_worker=gpus_per_worker,
-        cpus_per_worker=cpus_per_worker,
-        num_workers=num_workers,
-        max_attempts=max_attempts,
-        job_timeout=job_timeout,
-        executor=executor,
-        pack=pack,
-    )
     return _run(
         run_id,
         plans,
         output=output,
         storage_options=so,
-        execution=ex,
+        execution=execution,
         resume=resume,
         title="evaluating",
         artifact="evaluate",
@@ -400,7 +365,8 @@ def _run(
                     record(jobs.error_row(jobs.rejected_job(entry, plan, run_id), why, attempts=0))
             for job in done:
                 record(jobs.skipped_row(job))
-            _execute(todo, execution, storage_options, lambda o: record(o.row, o.curves), logger)
+            if todo:  # the job list is quoted: Prefect need not walk thousands of jobs for futures
+                restore_images(quote(todo), execution, storage_options, lambda o: record(o.row, o.curves))
         finally:
             progress.finished()
             tracker.close()
@@ -425,27 +391,12 @@ def _path(uri: str, storage_options: dict | None) -> str:
     return storage.filesystem(uri, storage_options)[1]
 
 
-def _execute(todo: list[Job], ex: Execution, so: dict | None, on_result: Any, logger: Any) -> None:
-    from pipelines import workers
+def _on_ray(todo: list[Job], ex: Execution, so: dict | None, on_result: Callable[[JobOutcome], None]) -> RunStats:
+    """`todo` on a pool of Ray actors sized for the cluster (a private local Ray when no address is given)."""
+    from pipelines.execution import workers
 
-    if not todo:
-        return
-    local_only = any(u.startswith("memory://") for j in todo for u in (j.input_uri, j.output_uri))
-    if ex.executor == "ray" and local_only:
-        raise ValueError(
-            "memory:// is private to this process, so Ray workers cannot read or write it; "
-            "use executor='inline' (or 'auto')"
-        )
-    if ex.executor == "inline" or (ex.executor == "auto" and local_only):
-        logger.info(
-            "running %d job(s) in this process (%s)",
-            len(todo),
-            "memory:// is private to it" if local_only else "executor=inline",
-        )
-        workers.run_inline(todo, restorer=workers.Restorer(so), on_result=on_result, pack=ex.pack)
-        return
-    started_ray = workers.start_ray(ex.ray_address)
-    try:
+    logger = _logger()
+    with workers.ray_session(ex.ray_address):
         pool = workers.WorkerPool.for_cluster(
             gpus_per_worker=ex.gpus_per_worker,
             cpus_per_worker=ex.cpus_per_worker,
@@ -479,11 +430,7 @@ def _execute(todo: list[Job], ex: Execution, so: dict | None, on_result: Any, lo
             stats.packed,
             stats.seconds,
         )
-    finally:
-        if started_ray:
-            import ray
-
-            ray.shutdown()
+        return stats
 
 
 def _flow_run_id() -> str | None:
@@ -498,7 +445,7 @@ class _Tracker:
     """Counts by status, and Prefect's progress artifact, updated at most once a second."""
 
     def __init__(self, total: int, key: str, *, enabled: bool) -> None:
-        self.total, self.done, self.counts = total, 0, Counter()
+        self.total, self.done, self.counts = total, 0, progress.StatusCounts()
         self.artifact_id, self.last = None, 0.0
         if enabled and total:
             from prefect.artifacts import create_progress_artifact
@@ -507,7 +454,7 @@ class _Tracker:
 
     def advance(self, row: Mapping[str, Any]) -> None:
         self.done += 1
-        self.counts[row["status"]] += 1
+        self.counts.add(row)
         progress.advanced(row)
         if self.artifact_id is not None and time.monotonic() - self.last >= 1.0:
             self._update()
@@ -529,7 +476,7 @@ def _publish(
     output: str,
     so: dict | None,
     plans: list[Plan],
-    counts: Counter,
+    counts: progress.StatusCounts,
     artifact: str,
     logger: Any,
 ) -> dict[str, Any]:
@@ -551,7 +498,7 @@ def _publish(
         try:  # best effort: a page that cannot be written costs its link, never the run
             import os
 
-            from pipelines import html_report
+            from pipelines.reporting import html_report
 
             page = html_report.write_html_report(
                 output,
@@ -567,9 +514,7 @@ def _publish(
         if not_images:
             lines.append(f"\n{not_images} file(s) in the source(s) are not images (see the flow's log).")
         create_markdown_artifact("\n".join(lines), key=f"{artifact}-report", description=f"dipflow run {run_id}")
-    logger.info(
-        "run %s finished: %d ok, %d failed, %d skipped", run_id, counts["ok"], counts["error"], counts["skipped"]
-    )
+    logger.info("run %s finished: %s", run_id, counts)
     return {
         "run_id": run_id,
         "flow_run_id": flow_run_id,

@@ -8,11 +8,12 @@ nothing when none is installed. Prefect's own progress artifact is updated by th
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from typing import Any, Protocol
 
-__all__ = ["ProgressSink", "RichProgress", "advanced", "finished", "reporting", "started"]
+__all__ = ["ProgressSink", "RichProgress", "StatusCounts", "advanced", "finished", "reporting", "started"]
 
 
 class ProgressSink(Protocol):
@@ -24,6 +25,17 @@ class ProgressSink(Protocol):
 
 
 _SINK: ContextVar[ProgressSink | None] = ContextVar("dipflow_progress", default=None)
+
+
+class StatusCounts(Counter):
+    """A run's report rows by status, as they arrive: the one tally behind the progress bar, the flow's summary and
+    its last log line. Missing statuses count 0."""
+
+    def add(self, row: Mapping[str, Any]) -> None:
+        self[str(row.get("status"))] += 1
+
+    def __str__(self) -> str:
+        return f"{self['ok']} ok, {self['error']} failed, {self['skipped']} skipped"
 
 
 @contextlib.contextmanager
@@ -60,7 +72,7 @@ class RichProgress:
 
         self.console = Console(stderr=True)
         self.enabled = enabled
-        self.counts = {"ok": 0, "error": 0, "skipped": 0}
+        self.counts = StatusCounts()
         self._progress: Any = None
         self._task: Any = None
 
@@ -81,8 +93,7 @@ class RichProgress:
         self._task = self._progress.add_task(title, total=total, counts=self._label())
 
     def advanced(self, row: Mapping[str, Any]) -> None:
-        status = str(row.get("status"))
-        self.counts[status] = self.counts.get(status, 0) + 1
+        self.counts.add(row)
         if self._progress is not None:
             self._progress.update(self._task, advance=1, counts=self._label())
 

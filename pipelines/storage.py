@@ -13,6 +13,7 @@ import os
 import re
 import tempfile
 import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from hashlib import sha256
 from pathlib import PurePosixPath
@@ -21,6 +22,8 @@ from urllib.parse import unquote
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
+
+from pipelines.errors import StorageError, StorageNotFoundError, StorageOptionError, UnsafeKeyError
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
@@ -46,6 +49,7 @@ __all__ = [
     "redact",
     "safe_key",
     "sha256_hex",
+    "split_secret_options",
     "write_bytes_atomic",
 ]
 
@@ -58,22 +62,6 @@ MASK_SUFFIX = "_mask"
 # Protocols whose single PUT is atomic: the object becomes visible only when the upload completes
 # (S3/GCS/Azure multipart and resumable uploads included), and memory:// swaps one dict entry.
 _ATOMIC_PUT_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "memory", "oss"})
-
-
-class StorageError(Exception):
-    """A storage problem worth one clear message (the URL in it is redacted)."""
-
-
-class StorageNotFoundError(StorageError, FileNotFoundError):
-    """A source, file or folder that does not exist."""
-
-
-class UnsafeKeyError(StorageError, ValueError):
-    """A relative key that could escape the output root (``..``, absolute, encoded separators, …)."""
-
-
-class StorageOptionError(StorageError, ValueError):
-    """A malformed ``--storage-option key=value``."""
 
 
 @dataclass(frozen=True)
@@ -296,29 +284,18 @@ def output_uri(output_root: str, key: str, *, suffix: str = ".png") -> str:
 
 _USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^/@\s?#]+)@")
 _QUERY_PARAM = re.compile(r"(?P<lead>[?&;])(?P<name>[^=&#\s?;]+)=(?P<value>[^&#\s\"'<>;]*)")
-_SECRET_EXACT = frozenset({"sig", "key", "pwd", "pass", "auth", "code", "se", "sv", "sp", "st", "skoid", "sktid"})
-_SECRET_PARTS = (
-    "token",
-    "secret",
-    "signature",
-    "password",
-    "passwd",
-    "credential",
-    "apikey",
-    "api_key",
-    "accesskey",
-    "access_key",
-    "awsaccesskeyid",
-    "sessionkey",
-    "session_key",
-    "authorization",
-)
 _AWS_KEY_ID = re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b")
+# The one vocabulary of credentials, for URL query parameters (`redact`) and storage options
+# (`split_secret_options`): a name that contains one of the words (access_key_id, X-Amz-Security-Token, sas_token,
+# Authorization …), or that is one of the short names, which as substrings would match ordinary words (Azure SAS
+# fields such as sig, se, sv). When in doubt, secret: a secret option only stays out of Prefect's parameters.
+_SECRET_WORDS = ("key", "secret", "token", "password", "passwd", "credential", "signature", "auth", "sas")
+_SECRET_NAMES = frozenset({"sig", "pwd", "pass", "code", "se", "sv", "sp", "st", "skoid", "sktid"})
 
 
-def _is_secret_param(name: str) -> bool:
+def _is_secret_name(name: str) -> bool:
     lowered = unquote(name).lower()
-    return lowered in _SECRET_EXACT or any(part in lowered for part in _SECRET_PARTS)
+    return lowered in _SECRET_NAMES or any(word in lowered for word in _SECRET_WORDS)
 
 
 def redact(url_or_text: str) -> str:
@@ -328,7 +305,7 @@ def redact(url_or_text: str) -> str:
     text = _USERINFO.sub(lambda m: f"{m['scheme']}***@", str(url_or_text))
 
     def param(m: re.Match[str]) -> str:
-        if _is_secret_param(m["name"]):
+        if _is_secret_name(m["name"]):
             return f"{m['lead']}{m['name']}=***"
         return m.group(0)
 
@@ -374,6 +351,26 @@ def parse_storage_options(pairs: list[str] | tuple[str, ...] | None) -> dict:
             raise StorageOptionError(f"storage option {name!r} is already a group of options")
         node[leaf] = _convert(value)
     return options
+
+
+def split_secret_options(options: Mapping[str, Any] | None) -> tuple[dict, dict]:
+    """(plain, secret) halves of storage options, nested dicts included, by the names `redact` treats as secret
+    (key, secret, token, password, credential, signature, auth, sas …): the flows keep the secret half out of their
+    parameters, which Prefect stores and shows."""
+    plain: dict[str, Any] = {}
+    secret: dict[str, Any] = {}
+    for name, value in (options or {}).items():
+        if isinstance(value, Mapping):
+            p, s = split_secret_options(value)
+            if p:
+                plain[name] = p
+            if s:
+                secret[name] = s
+        elif _is_secret_name(name):
+            secret[name] = value
+        else:
+            plain[name] = value
+    return plain, secret
 
 
 # --------------------------------------------------------------------------------------------------- listing

@@ -90,7 +90,7 @@ _RAY_TEST_OPTIONS = {"num_cpus": 2, "object_store_memory": 128 * 1024 * 1024}
 def ray_session():
     """A private local Ray instance (2 CPUs, no GPU, loopback) shared by the whole session; shut down at its end."""
     ray = _pytest.importorskip("ray")
-    from pipelines import workers
+    from pipelines.execution import workers
 
     workers.start_ray(**_RAY_TEST_OPTIONS)
     yield ray
@@ -102,7 +102,7 @@ def ray_session():
 def ray_local(ray_session):
     """The session's local Ray instance, started again if a test (the multi-node cluster one) replaced it."""
     if not ray_session.is_initialized():
-        from pipelines import workers
+        from pipelines.execution import workers
 
         workers.start_ray(**_RAY_TEST_OPTIONS)
     return ray_session

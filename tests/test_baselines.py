@@ -1,5 +1,5 @@
-"""pipelines.baselines: the classical denoisers and the inpainting fill beat the degraded input on photo crops; a
-failing baseline costs its columns, never the image."""
+"""pipelines.evaluation.baselines: the classical denoisers and the inpainting fill beat the degraded input on photo
+crops; a failing baseline costs its columns, never the image."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from skimage import data
 
 import dipcore
-from pipelines import baselines
+from pipelines.evaluation import baselines
 
 
 @pytest.fixture(scope="module")

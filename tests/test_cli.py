@@ -184,12 +184,49 @@ def test_pack_reaches_the_flows_and_bad_values_are_usage_errors(monkeypatch, cap
     monkeypatch.setattr(flows, "restore_dataset", flow)
     monkeypatch.setattr(flows, "evaluate", flow)
     assert cli.main(["restore", "src", "-o", "out", "--task", "denoise", "--pack", "2", "--json", "--quiet"]) == 0
-    assert seen["pack"] == 2
+    assert seen["execution"].pack == 2
     assert cli.main(["evaluate", "set5", "--data-root", "data", "-o", "out", "--json", "--quiet"]) == 0
-    assert seen["pack"] == "auto"  # the default: the actors decide (none on a CPU)
+    assert seen["execution"].pack == "auto"  # the default: the actors decide (none on a CPU)
     capsys.readouterr()
     for bad in ("0", "many", "1.5"):
         with pytest.raises(SystemExit) as exit_:
             cli.main(["restore", "src", "-o", "out", "--task", "denoise", "--pack", bad])
         assert exit_.value.code == 2
         assert "--pack" in capsys.readouterr().err
+
+
+def test_error_messages_dispatch_on_types_under_one_root():
+    from prefect.exceptions import ParameterTypeError
+
+    from pipelines import errors, storage
+    from pipelines.execution import workers
+    from pipelines.reporting import reports
+
+    for raised_by, name in ((storage, "StorageError"), (reports, "SchemaMismatchError"), (workers, "WorkerStartError")):
+        assert getattr(raised_by, name) is getattr(errors, name)
+        assert issubclass(getattr(errors, name), errors.PipelineError)
+    assert cli.CLIError is errors.CLIError and issubclass(cli.CLIError, errors.PipelineError)
+    assert cli._message(errors.WorkerStartError("no worker started in time")) == "no worker started in time"
+    assert cli._message(ParameterTypeError("execution.pack: bad")) == "execution.pack: bad"
+    impostor = type("WorkerStartError", (Exception,), {})  # the name alone is not ours
+    assert cli._message(impostor("x")) == "WorkerStartError: x (DIPFLOW_DEBUG=1 shows the traceback)"
+
+
+def test_execution_options_are_one_model_for_the_cli_and_both_flows():
+    import inspect
+
+    from pipelines import flows
+    from pipelines.execution.options import Execution, flags
+
+    offered = {name for name, _flag, _help in flags()}
+    assert offered == set(Execution.model_fields) - {"executor"}  # executor: the CLI always lets "auto" choose
+    args = cli.build_parser().parse_args(
+        ["restore", "s", "-o", "o", "--task", "sr", "--workers", "3", "--gpus-per-worker", "0.5", "--job-timeout", "9"]
+    )
+    assert cli._execution(args) == Execution(num_workers=3, gpus_per_worker=0.5, job_timeout=9.0)
+    for flow in (flows.restore_dataset, flows.evaluate):
+        parameter = inspect.signature(flow.fn).parameters["execution"]
+        assert parameter.annotation in (Execution, "Execution") and parameter.default == Execution()
+        schema = flow.parameters.model_dump()
+        assert not offered & set(schema["properties"])  # no execution field is a flow parameter of its own
+        assert set(schema["definitions"]["Execution"]["properties"]) == set(Execution.model_fields)

@@ -422,7 +422,7 @@ def _png(path: Path, seed: int) -> None:
 
 
 def test_a_triggered_restoration_runs_on_a_process_worker_and_reports_every_image(stack, deployed):
-    from pipelines.reports import read_report
+    from pipelines.reporting.reports import read_report
 
     source, output = stack.work / "in", stack.work / "out"
     source.mkdir()
@@ -435,8 +435,8 @@ def test_a_triggered_restoration_runs_on_a_process_worker_and_reports_every_imag
         "preset": "fast",
         "iterations": 3,
         "overrides": {"channels": 8},
-        "ray_address": stack.ray_address,
-        "gpus_per_worker": 0.0,  # no GPU here: CPU actors on the 2-CPU head
+        # replaces the deployment's `execution` whole: its ray_address is repeated, as the docs say to
+        "execution": {"ray_address": stack.ray_address, "gpus_per_worker": 0.0},  # no GPU: CPU actors on the head
     }
     with stack.client() as c:
         r = c.post(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import reports
+from pipelines.reporting import reports
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 ROUNDING = 1e-3  # dB: curves are float32 on the device, the columns float64 on the host
@@ -26,7 +26,7 @@ def test_dip_beats_the_degraded_input_on_denoising_and_inpainting_benchmarks(ray
         str(tmp_path / "eval"),
         crop=64,
         limit=2,
-        executor="inline",
+        execution={"executor": "inline"},
         preset="fast",
         iterations=400,
         overrides={"channels": 16, "es_patience": 100},

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import reports, storage
+from pipelines import storage
+from pipelines.reporting import reports
 
 FAST = {"preset": "fast", "iterations": 2, "overrides": {"channels": 8}}
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -25,6 +26,8 @@ def by_key(table) -> dict[str, dict]:
 
 def test_restore_dataset_on_a_local_folder_with_artifacts_and_resume(ray_local, tmp_path, write_images):
     from prefect.artifacts import Artifact
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     from pipelines import flows
 
@@ -51,6 +54,12 @@ def test_restore_dataset_on_a_local_folder_with_artifacts_and_resume(ray_local, 
     assert [(r["dataset"], r["images"], r["ok"], r["errors"]) for r in table] == [(str(src), 5, 3, 2)]
     assert first["run_id"] in Artifact.get("restore-dataset-report").data
     assert Artifact.get("restore-dataset-progress").data == 100.0
+    with get_client(sync_client=True) as client:  # the Ray part is a task run of its own, beside listing and planning
+        task_runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[first["flow_run_id"]]))
+        )
+    states = {run.name.rsplit("-", 1)[0]: run.state.type.value for run in task_runs}
+    assert states == {"list-images": "COMPLETED", "plan-jobs": "COMPLETED", "restore-images": "COMPLETED"}
 
     stamp = (out / "a.png").stat().st_mtime_ns
     second = flows.restore_dataset(str(src), str(out), "denoise", **FAST)
@@ -79,7 +88,7 @@ def test_an_interrupted_run_resumes_with_only_the_unfinished_images(ray_local, t
 
     monkeypatch.setattr(reports.ReportWriter, "append", crash_after_two)
     with pytest.raises(RuntimeError, match="simulated crash"):  # the driver dies; in-process jobs save a pool start
-        flows.restore_dataset(str(src), str(out), "denoise", **FAST, executor="inline")
+        flows.restore_dataset(str(src), str(out), "denoise", **FAST, execution={"executor": "inline"})
     monkeypatch.undo()
     assert len(calls) == 2
 
@@ -113,6 +122,8 @@ def test_restore_dataset_on_memory_keeps_escaping_keys_inside(tmp_path, write_im
 
 
 def test_restore_dataset_packs_images_of_one_shape(tmp_path, write_images, monkeypatch):
+    from prefect.exceptions import ParameterTypeError
+
     import dipcore
     from pipelines import flows
 
@@ -122,7 +133,7 @@ def test_restore_dataset_packs_images_of_one_shape(tmp_path, write_images, monke
     root = "memory://flow-pack"
     write_images(f"{root}/src", ["a.png", "b.png", "c.png"])
     write_images(f"{root}/src", ["large.png"], size=48)
-    summary = flows.restore_dataset(f"{root}/src", f"{root}/out", "denoise", pack=2, **FAST)
+    summary = flows.restore_dataset(f"{root}/src", f"{root}/out", "denoise", execution={"pack": 2}, **FAST)
     assert (summary["ok"], summary["error"]) == (4, 0), summary["failures"]
     assert sorted(stacked) == [2]  # [a b] stacked; c and the 48² image alone
     rows = by_key(reports.read_report(f"{root}/out"))
@@ -132,8 +143,8 @@ def test_restore_dataset_packs_images_of_one_shape(tmp_path, write_images, monke
         "c.png": (32, 1),
         "large.png": (48, 1),
     }
-    with pytest.raises(Exception, match="pack"):
-        flows.restore_dataset(f"{root}/src", f"{root}/out", "denoise", pack=0, **FAST)
+    with pytest.raises(ParameterTypeError, match=r"execution\.pack"):
+        flows.restore_dataset(f"{root}/src", f"{root}/out", "denoise", execution={"pack": 0}, **FAST)
 
 
 def test_restore_dataset_on_s3_keeps_credentials_out_of_prefect(ray_local, s3_server, s3_root, write_images):
@@ -141,7 +152,7 @@ def test_restore_dataset_on_s3_keeps_credentials_out_of_prefect(ray_local, s3_se
 
     from pipelines import flows
 
-    plain, secret = flows.split_secret_options(s3_server.storage_options)
+    plain, secret = storage.split_secret_options(s3_server.storage_options)
     assert set(secret) == {"key", "secret"} and "client_kwargs" in plain
     write_images(f"{s3_root}/in", ["a.png", "sub/b.png"], storage_options=s3_server.storage_options)
     with flows.storage_credentials(secret):
@@ -167,7 +178,7 @@ def test_evaluate_scores_benchmarks_with_the_paper_protocols(ray_local, tmp_path
         str(tmp_path / "eval"),
         crop=48,
         limit=1,
-        executor="inline",
+        execution=flows.Execution(executor="inline"),
         early_stopping="off",
         runs=1,
         classical=False,

@@ -1,5 +1,5 @@
-"""pipelines.html_report on a tiny real run (one evaluation image, one restored image, one broken file): the page's
-structure, thumbnails made once, ``dipflow report --html``, and the page in headless Chromium over file://."""
+"""pipelines.reporting.html_report on a tiny real run (one evaluation image, one restored image, one broken file): the
+page's structure, thumbnails made once, ``dipflow report --html``, and the page in headless Chromium over file://."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import html_report, jobs, reports, storage
+from pipelines import jobs, storage
+from pipelines.reporting import html_report, reports
 
 FAST = {"preset": "fast", "iterations": 2, "overrides": {"channels": 8}}
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
@@ -24,7 +25,7 @@ def run(tmp_path_factory) -> Path:
     import numpy as np
 
     import dipcore
-    from pipelines.restorer import Restorer
+    from pipelines.execution.restorer import Restorer
 
     root = tmp_path_factory.mktemp("html")
     yy, xx = np.mgrid[0:32, 0:32] / 32  # conftest's write_images is per test; this fixture is per module

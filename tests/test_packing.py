@@ -12,10 +12,12 @@ from PIL import Image
 
 import dipcore
 from dipcore import batch_refusal, image_shape, preset_for
-from pipelines import jobs, packing, storage
+from pipelines import jobs, storage
+from pipelines.evaluation import protocols
+from pipelines.execution import packing
+from pipelines.execution.packing import PackQueue
+from pipelines.execution.restorer import Restorer
 from pipelines.jobs import Synthesis
-from pipelines.packing import PackQueue
-from pipelines.restorer import Restorer
 
 FAST = {"preset": "fast", "iterations": 2, "overrides": {"channels": 16}}
 
@@ -107,7 +109,7 @@ def test_evaluation_jobs_know_the_shape_of_their_synthesised_observation(tmp_pat
     assert jobs.observation_shape(job) == expected
     if expected is not None:
         clean = dipcore.load_image(src / "a.png")
-        obs, _truth, _side = jobs.observe(job, clean, dipcore.load_image)
+        obs, _truth, _side = protocols.observe(job, clean, dipcore.load_image)
         assert obs.image.shape == expected  # what the worker will make
 
 
@@ -301,7 +303,7 @@ def test_a_failing_stacked_fit_falls_back_to_one_job_at_a_time(tmp_path, spy):
 
 
 def test_run_inline_packs_up_to_pack_and_auto_packs_one_job_per_thread_on_a_cpu(tmp_path, spy, keep_torch_threads):
-    from pipelines.workers import run_inline
+    from pipelines.execution.workers import run_inline
 
     src = tmp_path / "src"
     for i in range(3):

@@ -1,4 +1,5 @@
-"""pipelines.reports: the pinned schema, incremental crash-safe writing, reading runs together, resume, summaries."""
+"""pipelines.reporting.reports: the pinned schema, incremental crash-safe writing, reading runs together, resume,
+summaries."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import reports, storage
-from pipelines.reports import CURVES_SCHEMA, REPORT_SCHEMA, ReportWriter, SchemaMismatchError
+from pipelines import storage
+from pipelines.reporting import reports
+from pipelines.reporting.reports import CURVES_SCHEMA, REPORT_SCHEMA, ReportWriter, SchemaMismatchError
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -399,3 +401,13 @@ def test_reports_on_s3(s3_server, s3_root):
         f"{out}/report/run_id=s3run/part-00001.parquet",
         f"{out}/report/run_id=s3run/part-00002.parquet",
     ]
+
+
+def test_one_mean_and_one_tally_of_statuses():
+    from pipelines import progress, stats
+
+    assert stats.mean([1.0, None, float("nan"), 3.0]) == 2.0 and stats.mean([None]) is None and stats.mean([]) is None
+    counts = progress.StatusCounts()
+    for status in ("ok", "error", "ok"):
+        counts.add({"status": status})
+    assert str(counts) == "2 ok, 1 failed, 0 skipped" and sum(counts.values()) == 3

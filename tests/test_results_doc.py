@@ -1,6 +1,6 @@
-"""pipelines.results_doc and pipelines.paper: the results document from synthetic report rows of schema v1 and v2,
-the paper's image names against the real heide11 files, `dipflow report --markdown`, and the committed
-docs/results.md against what its own command writes."""
+"""pipelines.reporting.results_doc and pipelines.evaluation.paper: the results document from synthetic report rows of
+schema v1 and v2, the paper's image names against the real heide11 files, `dipflow report --markdown`, and the
+committed docs/results.md against what its own command writes."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from pipelines import cli, paper, reports, results_doc
+from pipelines import cli, jobs
+from pipelines.evaluation import benchmarks, paper, protocols
+from pipelines.reporting import reports, results_doc
 
 REPO = Path(__file__).resolve().parents[1]
 HEIDE11 = Path(__file__).resolve().parents[2] / "shared" / "data" / "heide11"
@@ -313,7 +315,7 @@ def test_inpainting_per_image_beside_table_1_with_the_images_not_run():
     assert "| Boat | not run | – | – | 33.06 | – | 31.44 |" in d  # the paper's images not run are listed
     table = d.split("### Per image")[1]
     names = [line.split(" | ")[0].lstrip("| ").split(" (")[0] for line in table.splitlines() if line.startswith("| ")]
-    assert names[1:] == list(paper.BENCHMARKS["heide11"].per_image)  # the paper's order, after the header
+    assert names[1:] == list(paper.HEIDE11.per_image)  # the paper's order, after the header
     # the paper's mean over the same two images, beside the full-set mean
     assert "| DIP, mean over the 2 image(s) run | 31.01 | 31.01 | 0.00 |" in d
     assert "| DIP, returned output | 31.01 | 33.48 | −2.47 |" in d
@@ -321,7 +323,7 @@ def test_inpainting_per_image_beside_table_1_with_the_images_not_run():
 
 @pytest.mark.skipif(not HEIDE11.is_dir(), reason="../shared/data is not here")
 def test_every_heide11_file_names_one_image_of_table_1():
-    b = paper.BENCHMARKS["heide11"]
+    b = paper.HEIDE11
     names = {p.name: paper.match_image(b, p.name) for p in HEIDE11.glob("*.png")}
     assert len(names) == 11 and sorted(names.values()) == sorted(b.per_image)  # each of the 11 exactly once
     assert names["Cameraman256_GT.png"] == "C.man" and names["man_GT.png"] == "Man"
@@ -340,14 +342,25 @@ def test_every_heide11_file_names_one_image_of_table_1():
     ],
 )
 def test_image_names_match_whole_words_only(key, name):
-    assert paper.match_image(paper.BENCHMARKS["heide11"], key) == name
+    assert paper.match_image(paper.HEIDE11, key) == name
 
 
 def test_paper_means_and_lookup():
-    b = paper.BENCHMARKS["heide11"]
-    assert round(b.psnr, 2) == 33.48 and round(b.baselines[0].psnr, 2) == 31.19  # REFERENCE.md's means
-    assert paper.benchmark_for("Set5", "sr", 4).psnr == 29.90
-    assert paper.benchmark_for("set5", "sr", 8) is None and paper.benchmark_for("set5", "denoise", None) is None
+    b = paper.HEIDE11
+    assert round(b.psnr, 2) == 33.48 and round(b.baselines[0].psnr, 2) == 31.19  # the paper's means of Table 1
+    assert benchmarks.benchmark_for("Set5", "sr", 4).paper.psnr == 29.90
+    assert benchmarks.benchmark_for("set5", "sr", 8) is None
+    assert benchmarks.benchmark_for("set5", "denoise", None) is None
+
+
+def test_one_registry_names_each_benchmark_with_its_protocol_and_figures():
+    assert list(benchmarks.BENCHMARKS) == ["set5", "set14", "cbm3d9", "heide11"]  # the paper's order
+    figures = [b.paper for b in benchmarks.BENCHMARKS.values()]
+    assert all(a is b for a, b in zip(figures, [paper.SET5, paper.SET14, paper.CBM3D9, paper.HEIDE11], strict=True))
+    assert benchmarks.describe() == "set5, set14 (SR x4), cbm3d9 (denoise σ=25), heide11 (inpaint 50%)"
+    assert protocols.benchmark_synthesis("cbm3d9").sigma == 25.0 and protocols.benchmark_synthesis("set14").scale == 4
+    assert protocols.benchmark_synthesis("heide11") == jobs.Synthesis("inpaint", drop=0.5, variant="random")
+    assert protocols.benchmark_synthesis("my-folder").task == "sr"  # a folder that is not a benchmark: SR ×4
 
 
 # ------------------------------------------------------------------------------------------------ document

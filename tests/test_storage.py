@@ -258,6 +258,16 @@ def test_redact(text, secrets, kept):
         assert part in out
 
 
+@pytest.mark.parametrize(
+    "name", ["key", "secret", "account_key", "sas_token", "aws_access_key_id", "Password", "X-Amz-Credential", "sig"]
+)
+def test_one_vocabulary_of_secret_names_for_options_and_urls(name):
+    plain, secret = storage.split_secret_options({name: "S3CR3T", "client_kwargs": {name: "S3CR3T", "region": "x"}})
+    assert secret == {name: "S3CR3T", "client_kwargs": {name: "S3CR3T"}}
+    assert plain == {"client_kwargs": {"region": "x"}}
+    assert "S3CR3T" not in storage.redact(f"https://h/a.png?{name}=S3CR3T&region=x")
+
+
 def test_redact_leaves_plain_urls_alone():
     for url in ["s3://bucket/a/b.png", "/data/x.png", "memory://k?v=1", "https://h/p/a@b.png"]:
         assert storage.redact(url) == url

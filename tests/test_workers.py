@@ -1,5 +1,5 @@
-"""pipelines.workers and pipelines.jobs: one job in-process, the Ray driver loop with dead and stuck actors, and
-actor placement on a multi-node cluster with logical GPUs. Tiny images, 8-channel nets, a few iterations."""
+"""pipelines.execution.workers and pipelines.jobs: one job in-process, the Ray driver loop with dead and stuck actors,
+and actor placement on a multi-node cluster with logical GPUs. Tiny images, 8-channel nets, a few iterations."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import torch
 
 import dipcore
 from pipelines import jobs, storage
+from pipelines.evaluation import protocols
 from pipelines.jobs import Job, Synthesis
 
 FAST = {"preset": "fast", "iterations": 2, "overrides": {"channels": 8}}
@@ -37,7 +38,7 @@ def test_restorer_runs_one_evaluation_job_with_the_sr_protocol(tmp_path, write_i
         scale=4,
         synthesis=Synthesis("sr", scale=4, crop_multiple=32),
     )
-    from pipelines.workers import Restorer
+    from pipelines.execution.workers import Restorer
 
     outcome = Restorer().run(p.jobs[0])
     row = outcome.row
@@ -66,7 +67,7 @@ def test_restorer_turns_bad_inputs_into_error_rows(tmp_path, write_images):
     (src / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     (src / "empty.png").write_bytes(b"")
     p = plan(str(src), str(tmp_path / "out"), task="inpaint")  # no masks beside them: also an error
-    from pipelines.workers import Restorer
+    from pipelines.execution.workers import Restorer
 
     restorer = Restorer()
     rows = {j.key: restorer.run(j).row for j in p.jobs}
@@ -83,7 +84,7 @@ def test_restorer_turns_bad_inputs_into_error_rows(tmp_path, write_images):
 def test_restorer_reports_a_job_too_large_for_its_device_as_an_error_row(tmp_path, write_images):
     write_images(str(tmp_path / "src"), ["big.png"], size=64)
     p = plan(str(tmp_path / "src"), str(tmp_path / "out"))
-    from pipelines.workers import Restorer
+    from pipelines.execution.workers import Restorer
 
     row = Restorer(engine=dipcore.EngineOptions(memory_budget=2**20)).run(p.jobs[0]).row  # a 1 MiB "device"
     assert row["status"] == "error"
@@ -114,30 +115,30 @@ def test_config_hash_changes_with_settings_not_with_execution():
 
 def test_evaluation_configs_follow_the_paper_and_hash_what_shapes_a_row():
     fast = {"preset": "fast", "iterations": 2, "overrides": {"channels": 8}}
-    dn = jobs.evaluation_config("cbm3d9", **fast)
+    dn = protocols.evaluation_config("cbm3d9", **fast)
     assert dn.config["restarts"] == 2 and dn.config["early_stopping"] == "observe" and dn.classical
     assert dn.restore_kwargs["restarts"] == 2 and dn.config["classical_baseline"] is True
-    assert jobs.evaluation_config("cbm3d9").config["iterations"] == 1800  # the paper's table (the code: 3000)
-    sr = jobs.evaluation_config("set5", **fast)
+    assert protocols.evaluation_config("cbm3d9").config["iterations"] == 1800  # the paper's table (the code: 3000)
+    sr = protocols.evaluation_config("set5", **fast)
     assert sr.config["restarts"] == 1 and not sr.classical and "classical_baseline" not in sr.config  # bicubic
-    assert jobs.evaluation_config("cbm3d9", task="sr", **fast).config["restarts"] == 1  # runs follow the task
+    assert protocols.evaluation_config("cbm3d9", task="sr", **fast).config["restarts"] == 1  # runs follow the task
     changed = [
-        jobs.evaluation_config("cbm3d9", **fast, **kw).config_hash
+        protocols.evaluation_config("cbm3d9", **fast, **kw).config_hash
         for kw in ({"runs": 1}, {"early_stopping": "off"}, {"early_stopping": "stop"}, {"classical": False})
     ]
     assert len({dn.config_hash, *changed}) == 5
-    assert jobs.evaluation_config("cbm3d9", preset="fast", overrides={"restarts": 3}).config["restarts"] == 3
+    assert protocols.evaluation_config("cbm3d9", preset="fast", overrides={"restarts": 3}).config["restarts"] == 3
     with pytest.raises(dipcore.ConfigError, match="disagree"):
-        jobs.evaluation_config("cbm3d9", runs=2, overrides={"restarts": 3})
+        protocols.evaluation_config("cbm3d9", runs=2, overrides={"restarts": 3})
     with pytest.raises(dipcore.ConfigError, match="observe, stop, off"):
-        jobs.evaluation_config("set5", early_stopping="maybe")
+        protocols.evaluation_config("set5", early_stopping="maybe")
 
 
 # ------------------------------------------------------------------------------------------------- on Ray
 
 
 def _run(job_list, pool, **kw):
-    from pipelines.workers import run_jobs
+    from pipelines.execution.workers import run_jobs
 
     outcomes = []
     stats = run_jobs(job_list, workers=pool, on_result=outcomes.append, poll=0.5, startup_timeout=300, **kw)
@@ -175,7 +176,7 @@ def test_jobs_of_dead_actors_are_retried_then_given_up(ray_local, tmp_path, writ
     write_images(str(tmp_path / "src"), ["always.png", "once.png", "ok1.png", "ok2.png"])
     p = plan(str(tmp_path / "src"), str(tmp_path / "out"))
     job_list = [_crashing(j) if j.key in ("always.png", "once.png") else j for j in p.jobs]
-    from pipelines.workers import WorkerPool
+    from pipelines.execution.workers import WorkerPool
 
     pool = WorkerPool(2, num_cpus=1)
     try:
@@ -207,7 +208,7 @@ def test_a_packed_batch_through_ray_requeues_its_jobs_when_its_actor_dies(ray_lo
     by_key = {j.key: j for j in p.jobs}
     crashing = _crashing(by_key["a-crashes-once.png"])
     job_list = [crashing, *(by_key[k] for k in ("b.png", "c.png", "d.png", "e.png"))]
-    from pipelines.workers import WorkerPool
+    from pipelines.execution.workers import WorkerPool
 
     pool = WorkerPool(1, num_cpus=1)
     try:
@@ -234,7 +235,7 @@ def test_a_stuck_attempt_times_out(ray_local, tmp_path, write_images):
     p = plan(str(tmp_path / "src"), str(tmp_path / "out"))
     os.mkfifo(tmp_path / "src" / "stuck.png")  # reading it blocks forever: no writer ever opens it
     stuck = dataclasses.replace(p.jobs[0], key="stuck.png", input_uri=str(tmp_path / "src" / "stuck.png"))
-    from pipelines.workers import WorkerPool
+    from pipelines.execution.workers import WorkerPool
 
     pool = WorkerPool(1, num_cpus=1)
     try:
@@ -255,7 +256,7 @@ def test_actors_land_on_gpu_nodes_of_a_multi_node_cluster(ray_session, tmp_path,
     """Head without GPUs, two nodes with one logical GPU each (no CUDA needed: Ray only schedules by count)."""
     from ray.cluster_utils import Cluster
 
-    from pipelines import workers
+    from pipelines.execution import workers
 
     ray = ray_session
     ray.shutdown()  # the shared local instance; `ray_local` restarts it for any later test

@@ -7,7 +7,7 @@ table (with the paper's Table 1 for inpainting) and, when the rows carry it, the
 
 Report schema v1 rows lack the early-stopping, two-run, classical-baseline, torch and engine columns: the cells that
 need them say "not measured" / "not recorded" and the study is left out. Pure pyarrow + stdlib: the caller reads the
-rows (`pipelines.reports.read_report`, then `reports.latest_rows`) and passes them in.
+rows (`pipelines.reporting.reports.read_report`, then `reports.latest_rows`) and passes them in.
 """
 
 from __future__ import annotations
@@ -20,12 +20,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pipelines.paper import BENCHMARKS, PaperBenchmark, benchmark_for, match_image
+from pipelines.evaluation.benchmarks import BENCHMARKS, Benchmark, benchmark_for
+from pipelines.evaluation.paper import PaperBenchmark, match_image
+from pipelines.stats import mean
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from pipelines.paper import Figure
+    from pipelines.evaluation.paper import Figure
 
 __all__ = ["ES_TARGET_DB", "Comparison", "Section", "comparisons", "render", "sections"]
 
@@ -43,8 +45,13 @@ class Section:
     scale: int | None
     config: dict[str, Any]  # parsed config_json ({} when not recorded)
     rows: list[dict[str, Any]]  # every status, sorted by image key
-    paper: PaperBenchmark | None
+    benchmark: Benchmark | None  # the paper's benchmark these rows can be set beside
     label: str = ""  # what sets these settings apart from another section of the same benchmark
+
+    @property
+    def paper(self) -> PaperBenchmark | None:
+        """The paper's figures for it (None: not one of the paper's benchmarks)."""
+        return self.benchmark.paper if self.benchmark else None
 
     @property
     def ok(self) -> list[dict[str, Any]]:
@@ -111,8 +118,8 @@ def sections(table: pa.Table) -> list[Section]:
         out.append(Section(dataset, task, scale, config, rows, benchmark_for(dataset, task, scale)))
     out.sort(
         key=lambda s: (
-            s.paper is None,
-            order.index(s.paper.dataset) if s.paper else 0,
+            s.benchmark is None,
+            order.index(s.benchmark.name) if s.benchmark else 0,
             s.dataset,
             s.task,
             s.scale or 0,
@@ -167,10 +174,6 @@ def _values(rows: Iterable[Mapping[str, Any]], column: str) -> list[float]:
         if isinstance(v, (int, float)) and math.isfinite(v):
             out.append(float(v))
     return out
-
-
-def _mean(values: Sequence[float]) -> float | None:
-    return sum(values) / len(values) if values else None
 
 
 def _db(value: float | None) -> str:
@@ -234,7 +237,7 @@ _DENOISE_FIGURES = (
 
 def _mean_figure(label: str, rows: list[dict], column: str, paper: float | None, *, dip: bool) -> Comparison:
     values = _values(rows, column)
-    return Comparison(label, _mean(values), len(values), paper, dip)
+    return Comparison(label, mean(values), len(values), paper, dip)
 
 
 def _squash(text: str) -> str:
@@ -298,9 +301,9 @@ def _same_images(s: Section) -> list[Comparison]:
     return [
         Comparison(
             f"DIP, mean over the {len(pairs)} image(s) run",
-            _mean([a for a, _ in pairs]),
+            mean([a for a, _ in pairs]),
             len(pairs),
-            _mean([b for _, b in pairs]),
+            mean([b for _, b in pairs]),
             dip=True,
         )
     ]
@@ -318,12 +321,7 @@ def _margin(s: Section) -> list[Comparison]:
         return []
     return [
         Comparison(
-            "DIP's margin over bicubic",
-            _mean(diffs),
-            len(diffs),
-            s.paper.psnr - bicubic.psnr,
-            dip=True,
-            difference=True,
+            "DIP's margin over bicubic", mean(diffs), len(diffs), s.paper.psnr - bicubic.psnr, dip=True, difference=True
         )
     ]
 
@@ -538,7 +536,7 @@ def _time(ok: list[dict]) -> str:
     if not secs:
         return f"- **Time per image:** not recorded. **Dates:** {when}. **Runs:** {runs or '–'}."
     return (
-        f"- **Time per image:** {_mean(secs):.1f} s on average ({min(secs):.1f} to {max(secs):.1f} s; "
+        f"- **Time per image:** {mean(secs):.1f} s on average ({min(secs):.1f} to {max(secs):.1f} s; "
         f"{sum(secs):.1f} s for {len(secs)} images), the wall-clock time of each image's final attempt. "
         f"**Dates:** {when} (UTC). **Runs:** {runs}."
     )
@@ -661,7 +659,7 @@ def _early_stopping(s: Section) -> list[str]:
             ]
         )
     fmts = [str, str, _db, _db, str, _db, str, _signed, _signed, str, str]
-    means = [_mean([v for v in col if isinstance(v, (int, float))]) for col in zip(*table, strict=True)]
+    means = [mean([v for v in col if isinstance(v, (int, float))]) for col in zip(*table, strict=True)]
     mean_fmts = [
         str,
         lambda v: f"{v:.0f}",
@@ -733,7 +731,7 @@ def _overview(secs: list[Section]) -> list[str]:
     for s in secs:
         head = comparisons(s)[0]
         total = s.paper.images if s.paper else len(s.rows)
-        secs_mean = _mean(_values(s.ok, "wall_seconds"))
+        secs_mean = mean(_values(s.ok, "wall_seconds"))
         devices = ", ".join(sorted({r["device"] for r in s.ok if r.get("device")})) or "–"
         gap = "– (cropped images)" if _is_smoke(s) else _signed(head.gap)
         rows.append(
@@ -752,8 +750,8 @@ def _overview(secs: list[Section]) -> list[str]:
 
 
 def _not_measured(secs: list[Section]) -> list[str]:
-    present = {s.paper.dataset for s in secs if s.paper and not _is_smoke(s)}
-    missing = [b for name, b in BENCHMARKS.items() if name not in present]
+    present = {s.benchmark.name for s in secs if s.benchmark and not _is_smoke(s)}
+    missing = [b.paper for name, b in BENCHMARKS.items() if name not in present]
     if not missing:
         return []
     lines = [
@@ -770,8 +768,8 @@ def _not_measured(secs: list[Section]) -> list[str]:
 
 _INTRO = (
     "Each section says what its numbers cover: the images, the protocol, the settings and the hardware. The "
-    "paper's figures are those of its text and Table 1 (`pipelines/paper.py`); a gap is dipflow − paper in dB, "
-    "so a negative gap is a shortfall."
+    "paper's figures are those of its text and Table 1 (`pipelines/evaluation/paper.py`); a gap is dipflow − paper "
+    "in dB, so a negative gap is a shortfall."
 )
 
 

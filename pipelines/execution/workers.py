@@ -1,15 +1,23 @@
 """Ray actors that run dipcore on one job — or one pack of compatible jobs — at a time, and the driver loop that
 feeds them.
 
-- `RestoreWorker` is `pipelines.restorer.Restorer` (per job: read → decode → restore → encode → write → one row;
-  jobs of one pack key handed over together as one batch: ``dipcore.restore_batch``) as a Ray actor.
+- `RestoreWorker` is `pipelines.execution.restorer.Restorer` (per job: read → decode → restore → encode → write →
+  one row; jobs of one pack key handed over together as one batch: ``dipcore.restore_batch``) as a Ray actor.
 - `WorkerPool` places one actor per GPU by default (fractions pack small images), or CPU actors on a cluster with no
   GPUs, and replaces dead actors.
-- `run_jobs` is a plain ``ray.wait`` loop (not ``ray.util.ActorPool``, which mishandles dead actors): bounded calls
-  in flight, results in completion order, every wait with a timeout, jobs of a dead actor requeued to a live one.
-  Each call takes up to `pack` compatible jobs from a `pipelines.packing.PackQueue`; with ``pack="auto"`` the
-  bound is the actor's own (its readiness probe says: its thread count on a CPU, 8 on a GPU), and a GPU actor sizes
-  each stacked fit to its free memory.
+- `run_jobs` is a plain ``ray.wait`` loop: bounded calls in flight, results in completion order, every wait with a
+  timeout, jobs of a dead actor requeued to a live one. Each call takes up to `pack` compatible jobs from a
+  `pipelines.execution.packing.PackQueue`; with ``pack="auto"`` the bound is the actor's own (its readiness probe
+  says: its thread count on a CPU, 8 on a GPU), and a GPU actor sizes each stacked fit to its free memory.
+
+Why not ``ray.util.ActorPool``: Ray 2.60's pool no longer hands new calls to a dead actor, but (from its source,
+``python/ray/util/actor_pool.py``) an actor there runs one call at a time and the next waits on the driver, so it
+idles for a round trip (two are queued here); ``submit`` fixes a call's jobs before the pool picks the actor, while a
+pack's size depends on the actor that takes it and retries must go first; a failed call's error does not say which
+jobs it carried, and a dead actor is dropped, never replaced (only ``ActorDiedError`` counts as death: after an
+``ActorUnavailableError`` the actor goes back to the idle set); and a timed-out call is abandoned while its actor,
+still running it, goes back to the idle set (a TODO of Ray's there). Requeueing, replacement and timeouts need the
+per-call bookkeeping below either way.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,9 +35,11 @@ import ray
 from ray.exceptions import GetTimeoutError, NodeDiedError, RayActorError, RayError, WorkerCrashedError
 
 from pipelines import jobs as jobs_mod
+from pipelines.errors import WorkerStartError
+from pipelines.execution.options import Pack
+from pipelines.execution.packing import PackQueue
+from pipelines.execution.restorer import JobOutcome, Restorer
 from pipelines.jobs import Job
-from pipelines.packing import Pack, PackQueue
-from pipelines.restorer import JobOutcome, Restorer
 
 __all__ = [
     "JobOutcome",
@@ -38,6 +48,7 @@ __all__ = [
     "RunStats",
     "WorkerPool",
     "WorkerStartError",
+    "ray_session",
     "run_inline",
     "run_jobs",
     "start_ray",
@@ -46,10 +57,6 @@ __all__ = [
 # A worker process that vanished: the actor (and what it ran) is gone, the job itself may be fine elsewhere.
 _WORKER_LOST = (RayActorError, WorkerCrashedError, NodeDiedError)  # RayActorError covers ActorDiedError
 _SETTLE_SECONDS = 10.0  # how long the calls of a dead actor may take to resolve before we judge them
-
-
-class WorkerStartError(RuntimeError):
-    """No worker could start (no resources of the requested kind, or the actor fails in its constructor)."""
 
 
 @ray.remote(max_restarts=0)  # the driver replaces a dead actor itself and requeues its jobs (run_jobs)
@@ -100,6 +107,18 @@ def start_ray(
     else:
         ray.init(address=address, **common)
     return True
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None = None) -> Iterator[None]:
+    """Ray for the length of the block, joined or started by `start_ray`; shut down at its end only when this block
+    connected (a Ray that was already up in this process belongs to whoever started it)."""
+    started = start_ray(address)
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
 
 
 # ------------------------------------------------------------------------------------------------------ the pool
@@ -203,6 +222,14 @@ class RunStats:
     restarts: int = 0  # actors replaced
     packed: int = 0  # jobs delivered from calls of more than one job (batched fits)
     seconds: float = 0.0
+
+    def count(self, outcome: JobOutcome, *, batch: int = 1) -> None:
+        """One job delivered, from a call of `batch` jobs (both runners count here)."""
+        if outcome.row.get("status") == "ok":
+            self.ok += 1
+        else:
+            self.errors += 1
+        self.packed += batch > 1
 
 
 @dataclass
@@ -328,11 +355,7 @@ class _Driver:
     def _deliver(self, call: _Call, outcomes: list[JobOutcome]) -> None:
         for (_job, attempt), outcome in zip(call.items, outcomes, strict=True):
             outcome.row["attempts"] = attempt
-            if outcome.row.get("status") == "ok":
-                self.stats.ok += 1
-            else:
-                self.stats.errors += 1
-            self.stats.packed += len(call.items) > 1
+            self.stats.count(outcome, batch=len(call.items))
             self.on_result(outcome)
 
     def _slot_done(self, call: _Call) -> None:
@@ -352,8 +375,9 @@ class _Driver:
                 retry.append((job, attempt + 1))
                 continue
             message = f"failed after {attempt} attempt(s); last: {reason}"
-            self.stats.errors += 1
-            self.on_result(JobOutcome(job, jobs_mod.error_row(job, message, attempts=attempt)))
+            outcome = JobOutcome(job, jobs_mod.error_row(job, message, attempts=attempt))
+            self.stats.count(outcome)
+            self.on_result(outcome)
         return retry
 
     def _lose_slot(self, slot: _Slot, generation: int, reason: str, *, kill: bool = False) -> None:
@@ -485,11 +509,7 @@ def run_inline(
         batch = [job for job, _ in queue.take(limit)]
         for outcome in restorer.run_batch(batch, pack):
             outcome.row["attempts"] = 1
-            if outcome.row.get("status") == "ok":
-                stats.ok += 1
-            else:
-                stats.errors += 1
-            stats.packed += len(batch) > 1
+            stats.count(outcome, batch=len(batch))
             on_result(outcome)
     stats.seconds = time.monotonic() - started
     return stats

@@ -28,6 +28,8 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from pipelines import storage
+from pipelines.errors import SchemaMismatchError
+from pipelines.stats import mean
 
 __all__ = [
     "CURVES_SCHEMA",
@@ -149,10 +151,6 @@ SUMMARY_SCHEMA = pa.schema(
     metadata={"dipflow.report_version": REPORT_VERSION, "dipflow.schema": "summary"},
 )
 """`summarize`'s output: one row per (dataset, task, scale)."""
-
-
-class SchemaMismatchError(ValueError):
-    """Rows whose columns or values do not fit the pinned schema."""
 
 
 # ------------------------------------------------------------------------------------------------- hashing
@@ -475,11 +473,6 @@ def completed_keys(source: str | pa.Table, storage_options: dict | None = None) 
 # ------------------------------------------------------------------------------------------------ summaries
 
 
-def _mean(values: list[float | None]) -> float | None:
-    kept = [v for v in values if v is not None and not math.isnan(v)]
-    return sum(kept) / len(kept) if kept else None
-
-
 def summarize(table: pa.Table) -> pa.Table:
     """One SUMMARY_SCHEMA row per (dataset, task, scale) of a report table (pass one run, or `latest_rows`).
 
@@ -503,10 +496,10 @@ def summarize(table: pa.Table) -> pa.Table:
                 "ok": len(ok),
                 "errors": sum(r["status"] == "error" for r in rows),
                 "skipped": sum(r["status"] == "skipped" for r in rows),
-                "psnr": _mean([r["psnr"] for r in ok]),
-                "psnr_baseline": _mean([r["psnr_baseline"] for r in ok]),
-                "ssim": _mean([r["ssim"] for r in ok]),
-                "mean_wall_seconds": _mean([r["wall_seconds"] for r in ok]),
+                "psnr": mean(r["psnr"] for r in ok),
+                "psnr_baseline": mean(r["psnr_baseline"] for r in ok),
+                "ssim": mean(r["ssim"] for r in ok),
+                "mean_wall_seconds": mean(r["wall_seconds"] for r in ok),
                 "total_wall_seconds": float(sum(r["wall_seconds"] or 0.0 for r in rows)),
             }
         )

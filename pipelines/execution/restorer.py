@@ -4,9 +4,9 @@
 Jobs of one pack key (`pipelines.jobs.pack_key`) handed over together run as one batch (``dipcore.restore_batch``:
 stacked in one net on a GPU, side by side on CPU threads). Every failure becomes an ``error`` row of its own job: a
 bad image never takes a worker down, nor the other jobs of its batch. Ray-free, so the same code runs in a Ray actor
-(`pipelines.workers.RestoreWorker`), in-process, and on a GPU box that has no Ray (benchmarks). An evaluation
-job's classical baseline (`pipelines.baselines`, CPU) runs in a thread beside the fit, so on a GPU worker it costs
-little wall time.
+(`pipelines.execution.workers.RestoreWorker`), in-process, and on a GPU box that has no Ray (benchmarks). An
+evaluation job's classical baseline (`pipelines.evaluation.baselines`, CPU) runs in a thread beside the fit, so on a
+GPU worker it costs little wall time.
 """
 
 from __future__ import annotations
@@ -20,10 +20,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from pipelines import baselines, reports, storage
 from pipelines import jobs as jobs_mod
-from pipelines.jobs import Job, observe, pack_key, psnr_protocol, score
-from pipelines.packing import AUTO_PACK_CAP, Pack, pack_for_memory
+from pipelines import storage
+from pipelines.errors import PipelineError
+from pipelines.evaluation import baselines
+from pipelines.evaluation.protocols import observe, psnr_protocol, score
+from pipelines.execution.options import Pack
+from pipelines.execution.packing import AUTO_PACK_CAP, pack_for_memory
+from pipelines.jobs import Job, pack_key
+from pipelines.reporting import reports
 
 __all__ = ["JobOutcome", "Restorer"]
 
@@ -131,7 +136,7 @@ class Restorer:
         return self.run_batch([job], pack=1)[0]
 
     def run_batch(self, jobs: list[Job], pack: Pack = "auto") -> list[JobOutcome]:
-        """Restore `jobs` (one outcome each, in order), stacking those of one pack key into fits of at most `pack`
+        """Restore `jobs` (one outcome each, in order), batching those of one pack key in groups of at most `pack`
         jobs ("auto": as many as the device's free memory allows, on a CPU one per torch thread).
 
         A job that cannot be read, decoded or observed gets its own error row and leaves the others. A batch
@@ -328,6 +333,6 @@ def _describe(exc: BaseException) -> str:
     """One line for the report: our own typed errors speak for themselves; anything else names its type."""
     import dipcore
 
-    if isinstance(exc, (dipcore.DipcoreError, storage.StorageError)):
+    if isinstance(exc, (dipcore.DipcoreError, PipelineError)):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"

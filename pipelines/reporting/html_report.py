@@ -6,9 +6,9 @@ Layout beside the page (any fsspec URL; written through `pipelines.storage`)::
     <dir>/thumbs/<id>-<kind>.png         thumbnails (made once, reused while present)
     <dir>/thumbs/<id>-degraded-full.png  evaluation runs: the synthesised observation at full size
 
-Evaluation runs store only the clean input, so the degraded view is made again with `pipelines.jobs.observe`
-(same synthesis, same per-image seed as the worker used); the clean input is shown as the ground truth.
-No server, no CDN: open the file in a browser.
+Evaluation runs store only the clean input, so the degraded view is made again with
+`pipelines.evaluation.protocols.observe` (same synthesis, same per-image seed as the worker used); the clean input is
+shown as the ground truth. No server, no CDN: open the file in a browser.
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipelines import paper as paper_figures
-from pipelines import reports, storage
+from pipelines import storage
+from pipelines.evaluation.benchmarks import benchmark_for
+from pipelines.reporting import reports
 
 __all__ = ["HtmlReport", "render_html", "write_html_report"]
 
@@ -78,6 +79,7 @@ def _views(row: Mapping[str, Any], so: dict | None) -> dict[str, Any]:
     """kind → float image of one row: ``input`` (plain runs) or ``degraded`` + ``truth`` (evaluation), ``output``."""
     import dipcore
     from pipelines import jobs
+    from pipelines.evaluation import protocols
 
     def read(uri: str) -> Any:
         return dipcore.decode_image(storage.read_bytes(uri, so), name=uri.rpartition("/")[2])
@@ -102,7 +104,7 @@ def _views(row: Mapping[str, Any], so: dict | None) -> dict[str, Any]:
                 output_uri=row.get("output_uri") or "",
                 synthesis=jobs.Synthesis(**synthesis),
             )
-            obs, truth, _ = jobs.observe(job, image, read)
+            obs, truth, _ = protocols.observe(job, image, read)
             views["degraded"], views["truth"] = getattr(obs, "image", obs), truth
     if row.get("status") == "ok" and row.get("output_uri"):
         views["output"] = read(row["output_uri"])
@@ -219,7 +221,8 @@ def _summary_html(view: pa.Table) -> str:
     ]
     for s in reports.summarize(view).to_pylist():
         group = groups[(s["dataset"], s["task"], s["scale"])]
-        paper = paper_figures.benchmark_for(s["dataset"], s["task"], s["scale"])
+        benchmark = benchmark_for(s["dataset"], s["task"], s["scale"])
+        paper = benchmark.paper if benchmark else None
         baselines = {r["baseline_name"] for r in group if r["baseline_name"]}
         paper_baseline = paper.baseline(baselines.pop()) if paper and len(baselines) == 1 else None
         configs = Counter(r["config_json"] for r in group if r["config_json"])

@@ -1,14 +1,17 @@
-"""Packing: which waiting jobs run together as one stacked fit (``dipcore.restore_batch``), and how many fit a GPU.
+"""Packing: which waiting jobs run together as one batch (``dipcore.restore_batch``), and how many fit a GPU.
 
 - `PackQueue` hands out the oldest waiting job with up to K − 1 more of its pack key (`jobs.pack_key`: same config,
   task, observation shape and kind of side inputs), so jobs of different shapes are never grouped.
 - `pack_for_memory` is the "auto" size of a group on a GPU: as many fits as ``dipcore.estimate_peak_bytes`` puts
   within a share of the card's free memory, at most `AUTO_PACK_CAP`.
 
-Stacking pays on a GPU, where one small fit leaves the card idle (at 256² on an H200, K = 8 fits took 3.49 ms per
-iteration each against 4.53 for one fit with CUDA graphs, 3.65 against 12.45 eager: benchmarks/RESULTS.md). On a
-CPU grouped convolutions are slower than plain ones, so "auto" packs nothing there. Pure Python and dipcore: the Ray
-driver, the in-process runner and the GPU benchmarks share it.
+A batch runs the way the device runs it best. On a GPU its fits are stacked in one grouped net, which pays where one
+small fit leaves the card idle (at 256² on an H200, K = 8 fits took 3.49 ms per iteration each against 4.53 for one
+fit with CUDA graphs, 3.65 against 12.45 eager). On a CPU grouped convolutions are slower than plain ones, so the
+fits run side by side instead, one torch thread each (``dipcore.concurrent``): with ``pack="auto"`` a CPU worker
+packs one job per thread (1.19× over one fit at a time at 256² on 2 threads, 1.03× at 128²), and a one-CPU worker
+packs none. Figures: benchmarks/RESULTS.md. Pure Python and dipcore: the Ray driver, the in-process runner and the
+GPU benchmarks share it.
 """
 
 from __future__ import annotations
@@ -16,16 +19,14 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from pipelines.jobs import Job, pack_key
 
 if TYPE_CHECKING:
     from dipcore.tasks import TaskPreset
 
-__all__ = ["AUTO_PACK_CAP", "MEMORY_SHARE", "Pack", "PackQueue", "pack_for_memory"]
-
-Pack = int | Literal["auto"]  # jobs per stacked fit: a number (1 = off), or "auto" (decided by the actor's device)
+__all__ = ["AUTO_PACK_CAP", "MEMORY_SHARE", "PackQueue", "pack_for_memory"]
 
 AUTO_PACK_CAP = 8  # the largest K measured (benchmarks/RESULTS.md): per-fit time had nearly flattened out by then
 # What estimate_peak_bytes leaves out — cuDNN workspaces, a CUDA graph's private pool, allocator rounding, and

@@ -1,0 +1,53 @@
+"""Typed errors of pipelines, under one root: callers catch `PipelineError` (or one of its kinds) by type and show its
+message, which says what went wrong and what to do — as Ray's ``RayError`` and dipcore's ``DipcoreError`` do.
+
+Errors that also mean what a built-in exception means derive from it too (a missing file is a ``FileNotFoundError``, a
+bad value a ``ValueError``), so code that catches the built-in keeps working. Each is re-exported by the module that
+raises it (``storage.StorageError``, ``reports.SchemaMismatchError``, ``workers.WorkerStartError``,
+``cli.CLIError``). Imports nothing: the CLI loads it before any command runs.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CLIError",
+    "PipelineError",
+    "SchemaMismatchError",
+    "StorageError",
+    "StorageNotFoundError",
+    "StorageOptionError",
+    "UnsafeKeyError",
+    "WorkerStartError",
+]
+
+
+class PipelineError(Exception):
+    """Base class of every error pipelines raises on purpose."""
+
+
+class CLIError(PipelineError):
+    """A command line the user can fix; the message says how."""
+
+
+class StorageError(PipelineError):
+    """A storage problem worth one clear message (the URL in it is redacted)."""
+
+
+class StorageNotFoundError(StorageError, FileNotFoundError):
+    """A source, file or folder that does not exist."""
+
+
+class UnsafeKeyError(StorageError, ValueError):
+    """A relative key that could escape the output root (``..``, absolute, encoded separators, …)."""
+
+
+class StorageOptionError(StorageError, ValueError):
+    """A malformed ``--storage-option key=value``."""
+
+
+class SchemaMismatchError(PipelineError, ValueError):
+    """Report rows whose columns or values do not fit the pinned schema."""
+
+
+class WorkerStartError(PipelineError, RuntimeError):
+    """No worker could start (no resources of the requested kind, or the actor fails in its constructor)."""

@@ -1,0 +1,218 @@
+"""The paper's evaluation protocols: which degradation each benchmark is scored on, how an evaluation job's
+observation is synthesised from the clean image, and how a restoration is scored against it.
+
+The protocols are those of the paper (Ulyanov, Vedaldi, Lempitsky, "Deep Image Prior", CVPR 2018) and of the
+evaluation code its authors published (DmitryUlyanov/deep-image-prior): SR ×4 by Pillow LANCZOS with PSNR on Y
+(BT.601) and 4 border pixels shaved after a centre crop to a multiple of 32; Gaussian noise of σ = 25; inpainting
+with a Bernoulli mask dropping half the pixels. The driver plans with `evaluation_config`; the worker calls
+`observe` and `score` (`pipelines.execution.restorer`), and the HTML report calls `observe` again to show the
+degraded input. dipcore (torch) is imported inside the functions that need it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from pipelines import storage
+from pipelines.evaluation.benchmarks import BENCHMARKS
+from pipelines.jobs import Job, RunConfig, Synthesis, run_config
+
+__all__ = [
+    "EARLY_STOPPING",
+    "SR_CROP_MULTIPLE",
+    "benchmark_synthesis",
+    "evaluation_config",
+    "image_seed",
+    "observe",
+    "psnr_protocol",
+    "score",
+]
+
+SR_CROP_MULTIPLE = 32  # the authors' evaluation centre-crops the clean image to a multiple of 32 first
+# evaluate's early_stopping option -> the dipcore preset's: record the rule's choice, act on it, or leave it out.
+EARLY_STOPPING: dict[str, bool | str] = {"observe": "observe", "stop": True, "off": False}
+
+
+def benchmark_synthesis(
+    name: str, *, task: str | None = None, scale: int | None = None, sigma: float | None = None, crop: int | None = None
+) -> Synthesis:
+    """The paper's protocol for benchmark `name` (a folder of clean images that is not one of BENCHMARKS is SR ×4),
+    with a caller's task, scale, σ or smoke-run crop in place of the defaults."""
+    b = BENCHMARKS.get(name)
+    t = task or (b.task if b else "sr")
+    if t == "sr":
+        return Synthesis("sr", scale=scale or (b and b.scale) or 4, crop_multiple=SR_CROP_MULTIPLE, crop_size=crop)
+    if t == "denoise":
+        return Synthesis("denoise", sigma=sigma or (b and b.sigma) or 25.0, crop_size=crop)
+    if t == "inpaint":  # the paper's inpainting benchmark drops pixels at random (Table 1), whatever the set
+        return Synthesis("inpaint", drop=(b and b.drop) or 0.5, variant="random", crop_size=crop)
+    return Synthesis(t, crop_size=crop)
+
+
+def evaluation_config(
+    name: str,
+    *,
+    task: str | None = None,
+    scale: int | None = None,
+    sigma: float | None = None,
+    crop: int | None = None,
+    preset: str = "paper",
+    iterations: int | None = None,
+    overrides: dict[str, Any] | None = None,
+    seed: int = 0,
+    early_stopping: str = "observe",
+    runs: int | None = None,
+    classical: bool = True,
+) -> RunConfig:
+    """The RunConfig of evaluating benchmark `name` with the paper's protocol (`benchmark_synthesis`, BENCHMARKS).
+
+    ``early_stopping`` is one of EARLY_STOPPING: ``"observe"`` (default) runs the fixed iteration count and
+    records what the no-ground-truth rule would have returned; ``"stop"`` acts on it; ``"off"`` leaves it out.
+    ``runs`` independent runs (seeds s, s + 1, …) are averaged into the returned output; default: the benchmark's
+    (2 for cbm3d9, as in the paper), else 1. ``classical`` scores the task's classical baseline beside DIP.
+    """
+    from dipcore import ConfigError
+
+    if early_stopping not in EARLY_STOPPING:
+        raise ConfigError(f"early_stopping must be one of {', '.join(EARLY_STOPPING)}, not {early_stopping!r}")
+    spec = benchmark_synthesis(name, task=task, scale=scale, sigma=sigma, crop=crop)
+    b = BENCHMARKS.get(name)
+    overrides = dict(overrides or {})
+    if runs is None:
+        runs = overrides.get("restarts") or (b.runs if b and b.task == spec.task else 1)
+    elif overrides.get("restarts", runs) != runs:
+        raise ConfigError(f"runs={runs} and the override restarts={overrides['restarts']} disagree: give one")
+    overrides["restarts"] = runs
+    return run_config(
+        spec.task,
+        scale=spec.scale if spec.task == "sr" else None,
+        variant=spec.variant,
+        preset=preset,
+        iterations=iterations,
+        early_stopping=EARLY_STOPPING[early_stopping],
+        overrides=overrides,
+        seed=seed,
+        synthesis=spec,
+        classical=classical,
+    )
+
+
+# ------------------------------------------------------------------------------------------- observe and score
+
+
+def image_seed(seed: int, key: str) -> int:
+    """A fixed per-image seed for synthesised noise and masks: the same image gets the same degradation in every
+    run, and different images get independent ones."""
+    return int(storage.sha256_hex(f"{seed}:{key}".encode())[:8], 16)
+
+
+def _crop_square(image: Any, size: int) -> Any:
+    from dipcore import center_crop
+
+    return center_crop(image, min(image.shape[0], size), min(image.shape[1], size))
+
+
+def observe(job: Job, image: Any, read_image: Callable[[str], Any]) -> tuple[Any, Any, dict[str, Any]]:
+    """(what to restore, the ground truth or None, side inputs for ``dipcore.restore``) of a decoded input.
+
+    A plain job restores the image itself, with its mask/guide read by `read_image`. An evaluation job treats the
+    image as clean and synthesises the paper's observation from it with a fixed per-image seed: SR first
+    centre-crops to a multiple of 32 (the ground truth is that crop) and downscales with LANCZOS; denoising adds
+    σ-Gaussian noise; inpainting drops pixels with a Bernoulli mask.
+    """
+    import dipcore
+    from dipcore import center_crop_to_multiple
+
+    s = job.synthesis
+    if s is None:
+        side = {}
+        if job.mask_uri:
+            side["mask"] = read_image(job.mask_uri)
+        if job.guide_uri:
+            side["guide"] = read_image(job.guide_uri)
+        if job.task == "inpaint" and "mask" not in side:
+            raise dipcore.ConfigError(f"no mask for {job.key}: put <name>_mask.png beside it or pass a mask folder")
+        truth = read_image(job.reference_uri) if job.reference_uri else None
+        return image, truth, side
+    clean = _crop_square(image, s.crop_size) if s.crop_size else image
+    seed = image_seed(job.seed, job.key)
+    if s.task == "sr":
+        clean = center_crop_to_multiple(clean, s.crop_multiple or s.scale)
+        obs = dipcore.degrade(clean, task="sr", scale=s.scale, seed=seed)
+    elif s.task == "denoise":
+        obs = dipcore.degrade(clean, task="denoise", sigma=s.sigma, seed=seed)
+    elif s.task == "inpaint":
+        obs = dipcore.degrade(clean, task="inpaint", drop=s.drop, variant=s.variant, seed=seed)
+    else:
+        obs = dipcore.degrade(clean, task=s.task, seed=seed)
+    return obs, clean, {}
+
+
+def _crop_label(s: Synthesis | None) -> str | None:
+    if s is None:
+        return None
+    parts = ([f"{s.crop_size}x{s.crop_size}"] if s.crop_size else []) + (
+        [f"center{s.crop_multiple}"] if s.crop_multiple else []
+    )
+    return "+".join(parts) or None
+
+
+def psnr_protocol(job: Job) -> dict[str, Any]:
+    """How the job's PSNRs are measured (``dipcore.psnr``'s keywords): for SR, BT.601 Y with `scale` border pixels
+    shaved (an evaluation's clean image is already centre-cropped to a multiple of 32); else all channels."""
+    if job.task == "sr":
+        return {"y_channel": True, "shave": int(job.scale or 1)}
+    return {"y_channel": False, "shave": 0}
+
+
+def score(job: Job, res: Any, obs: Any, truth: Any) -> dict[str, Any]:
+    """PSNR/SSIM columns of a restoration against the ground truth (none without one), with the baseline beside it.
+
+    Every PSNR uses `psnr_protocol(job)` — the restorer gives dipcore the same one for the curves. ``psnr`` and
+    ``ssim`` score what the preset returns (the written output: with several runs, their average); ``psnr_final``
+    and ``psnr_average`` are the first run's last iterate and moving average; ``psnr_best``/``iteration_best`` the
+    best of its PSNR curve (an oracle); ``psnr_auto``/``iteration_auto``/``es_stop_iteration`` what the
+    early-stopping rule chose (or would have, in observe mode) and where it fired; ``psnr_two_runs`` the average
+    of the first two runs' returned outputs. Baseline: bicubic for SR, else the degraded input itself.
+    """
+    if truth is None:
+        return {}
+    import dipcore
+    from dipcore.degrade import upscale_bicubic
+
+    observed = getattr(obs, "image", obs)
+    protocol = psnr_protocol(job)
+    if job.task == "sr":
+        baseline_name, baseline, channel = "bicubic", upscale_bicubic(observed, int(job.scale or 1)), "y"
+    else:
+        baseline_name, baseline = "input", observed
+        channel = "rgb" if truth.shape[-1] == 3 else "gray"
+
+    def psnr(x: Any) -> float | None:
+        return dipcore.psnr(x, truth, **protocol) if x is not None and x.shape == truth.shape else None
+
+    try:
+        ssim = dipcore.ssim(res.image, truth, **protocol) if res.image.shape == truth.shape else None
+    except dipcore.ConfigError:  # smaller than SSIM's 11×11 window after the shave
+        ssim = None
+    first = res.runs[0] if res.runs else res
+    auto = first.stopping
+    two = psnr((res.runs[0].image + res.runs[1].image) / 2) if len(res.runs) >= 2 else None
+    return {
+        "psnr": psnr(res.image),
+        "psnr_average": psnr(first.average),
+        "psnr_final": psnr(first.final),
+        "psnr_best": res.best_psnr,
+        "iteration_best": res.best_iteration,
+        "psnr_channel": channel,
+        "psnr_shave": protocol["shave"],
+        "psnr_crop": _crop_label(job.synthesis),
+        "ssim": ssim,
+        "baseline_name": baseline_name,
+        "psnr_baseline": psnr(baseline),
+        "psnr_auto": psnr(auto.image) if auto else None,
+        "iteration_auto": auto.iteration if auto else None,
+        "es_stop_iteration": auto.fired_at if auto else None,
+        "psnr_two_runs": two,
+    }

@@ -1,0 +1,86 @@
+"""Where and how a run's jobs execute, declared once: the flows' ``execution`` parameter and the CLI's "execution"
+options are both built from `Execution`.
+
+It is a pydantic model because Prefect 3 shows a ``BaseModel`` parameter as one typed, validated form in its UI and
+validates a plain dict into it (a deployment's ``execution: {ray_address: auto}``, a call's
+``execution={"pack": 2}``); unknown fields are refused, so a misspelt one fails the run instead of being ignored.
+The CLI makes one option per field that carries a `Flag`: the field's type and bounds parse the text (a bad value
+is a usage error), its description is the help. None of it changes results, so none of it is in the config hash.
+
+Imports pydantic only: the CLI reads it to build its parser, and ``dipflow --help`` must stay quick.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt
+
+__all__ = ["Execution", "Flag", "Pack", "flags", "parse_field"]
+
+Pack = int | Literal["auto"]  # jobs per batch: a number (1 = off), or "auto" (decided by the actor's device)
+
+
+@dataclass(frozen=True)
+class Flag:
+    """How the command line spells a field: its metavar, and its option when it is not ``--field-name``."""
+
+    metavar: str
+    option: str | None = None
+
+    def name(self, field: str) -> str:
+        return self.option or "--" + field.replace("_", "-")
+
+
+class Execution(BaseModel):
+    """Where and how jobs run: the Ray cluster, the actors' resources, retries, timeouts and packing."""
+
+    # Frozen: an instance is a safe default argument of the flows, and one run's options cannot change under it.
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    ray_address: Annotated[str | None, Flag("ADDR")] = Field(
+        None, description="join this Ray cluster (e.g. ray://head:10001 or auto); default: a private local instance"
+    )
+    gpus_per_worker: Annotated[NonNegativeFloat, Flag("G")] = Field(
+        1.0, description="GPUs per actor; 0.5 packs two small-image actors on a GPU (default 1; ignored without GPUs)"
+    )
+    cpus_per_worker: Annotated[NonNegativeFloat | None, Flag("C")] = Field(
+        None, description="CPUs per actor (default: 1 for CPU actors, 0 beside a GPU)"
+    )
+    num_workers: Annotated[PositiveInt | None, Flag("N", "--workers")] = Field(
+        None, description="number of actors (default: as many as fit)"
+    )
+    max_attempts: Annotated[PositiveInt, Flag("N")] = Field(
+        3, description="attempts per image when its worker dies (default 3)"
+    )
+    job_timeout: Annotated[PositiveFloat | None, Flag("S")] = Field(
+        None, description="seconds per attempt (per image of a packed call) before the worker is replaced"
+    )
+    pack: Annotated[Literal["auto"] | PositiveInt, Flag("K")] = Field(
+        "auto",
+        description="images of one shape per batch on a worker; auto (default): one per thread on CPU workers "
+        "(side by side), as many as the GPU's free memory holds (at most 8, stacked) on GPU workers; 1: off",
+    )
+    # No Flag: the CLI always lets "auto" choose (it never hands a run memory:// storage).
+    executor: Literal["auto", "ray", "inline"] = Field(
+        "auto",
+        description="ray: Ray actors; inline: in the flow's own process, without Ray (process-local storage such "
+        "as memory://, debugging); auto (default): inline when the storage is memory://, else ray",
+    )
+
+
+def flags() -> list[tuple[str, Flag, str]]:
+    """(field, its Flag, its help) of every field the CLI offers, in declaration order."""
+    out = []
+    for name, field in Execution.model_fields.items():
+        flag = next((m for m in field.metadata if isinstance(m, Flag)), None)
+        if flag is not None:
+            out.append((name, flag, field.description or ""))
+    return out
+
+
+def parse_field(name: str, text: str) -> Any:
+    """Field `name`'s value from command-line text, validated as the model validates it; ``ValueError`` (pydantic's
+    ``ValidationError``) with the reasons when it is not one."""
+    return getattr(Execution.model_validate({name: text}), name)
