@@ -26,8 +26,9 @@ from .fit import FitProblem, FitResult, FitSettings, StepRecord, fit, fit_stacke
 from .imageio import to_float_image
 from .memory import decide_checkpoint
 from .metrics import PsnrProtocol, check_protocol
-from .operators import Features, Identity, LanczosDown, Mask, Operator, alexnet, meshgrid_code, noise_code
+from .operators import meshgrid_code, noise_code
 from .stopping import VarianceStopping
+from .task_defs import get_task
 from .tasks import TaskPreset, preset_for
 
 __all__ = ["Restoration", "RunOutput", "StoppingChoice", "build_problem", "restore", "restore_batch", "run_fits"]
@@ -120,13 +121,11 @@ def build_problem(
 ) -> FitProblem:
     """Net, code, operator and target of one fit, all drawn from ``seed`` on the CPU (identical on every device)."""
     gen = torch.Generator().manual_seed(seed)
-    h, w, c = obs.image.shape
-    if p.task == "sr":
-        h, w = h * p.scale, w * p.scale
+    task = get_task(p.task)
+    h, w, out_channels = task.output_shape(obs.image.shape, p.scale)
     hc, wc = nets.canvas_size(p.net, h, w, **p.net_options)
     crop = center_box(hc, wc, h, w)  # the image centred in the canvas
 
-    out_channels = 3 if p.task == "preimage" else c
     net = nets.get_net(p.net, in_channels=p.input_depth, out_channels=out_channels, **p.net_options)
     nets.reinitialise(net, gen)
     net = net.to(device)
@@ -151,34 +150,18 @@ def build_problem(
     else:
         raise ConfigError(f"unknown input {p.input!r}")
 
-    y = _as_tensor(obs.image, device)
-    op: Operator
-    if p.task == "sr":
-        op = LanczosDown(p.scale)
-    elif p.task == "inpaint":
-        if obs.mask is None:
-            raise ConfigError("inpainting needs a mask (1 = known pixel): pass mask= or degrade(..., task='inpaint')")
-        if obs.mask.shape != obs.image.shape[:2]:
-            raise ConfigError(f"mask is {obs.mask.shape[1]}×{obs.mask.shape[0]}, the image is {w}×{h}")
-        op = Mask(torch.from_numpy(np.ascontiguousarray(obs.mask, dtype=np.float32)))
-        y = y * op.mask.to(device)
-    elif p.task == "preimage":
-        classifier = alexnet(features_weights, generator=torch.Generator().manual_seed(0))
-        op = Features(classifier, p.layer or "fc6")
-        if c == 1:
-            y = y.expand(-1, 3, -1, -1)
-        op = op.to(device)
+    y = _as_tensor(obs.image, device)  # (1, C, h, w)
+    op = task.operator(p, obs, features_weights=features_weights).to(device)
+    if task.target == "A(y)":
         with torch.no_grad():
-            y = op(y)
-    else:
-        op = Identity()
+            y = op(y)  # the masked image with its holes zeroed; the features of the image to invert
     ref = None
     if reference is not None:
         ref_arr = to_float_image(reference)
         if ref_arr.shape != (h, w, out_channels):
             raise ConfigError(f"reference is {ref_arr.shape}, the output will be {(h, w, out_channels)}")
         ref = _as_tensor(ref_arr, device)
-    return FitProblem(net=net, z=z.to(device), operator=op.to(device), target=y, crop=crop, reference=ref)
+    return FitProblem(net=net, z=z.to(device), operator=op, target=y, crop=crop, reference=ref)
 
 
 def _as_observation(obs: Any, task: str, mask: Any, guide: Any, scale: int | None) -> Observation:
@@ -226,7 +209,7 @@ def restore(
     """
     started = time.perf_counter()
     if isinstance(observation, Observation):
-        scale = scale or (observation.scale if task == "sr" else None)
+        scale = scale or (observation.scale if get_task(task).scaled else None)
     p = preset_for(
         task,
         variant=variant,
@@ -283,7 +266,7 @@ def restore_batch(
     if len(seeds) != k or len(references) != k:
         raise ConfigError(f"{k} observations need {k} seeds and references, got {len(seeds)} and {len(references)}")
     if isinstance(observations[0], Observation):
-        scale = scale or (observations[0].scale if task == "sr" else None)
+        scale = scale or (observations[0].scale if get_task(task).scaled else None)
     p = preset_for(
         task,
         variant=variant,
@@ -320,24 +303,24 @@ def _prepare(p: TaskPreset, observation: Any, *, mask: Any = None, guide: Any = 
         raise ConfigError(f"iterations must be ≥ 1, got {p.iterations}")
     if p.early_stopping not in (True, False, "observe"):
         raise ConfigError(f"early_stopping must be True, False or 'observe', not {p.early_stopping!r}")
+    task = get_task(p.task)
     obs = _as_observation(observation, p.task, mask, guide, p.scale)
     ref = to_float_image(reference) if reference is not None else None
     if p.crop == "center":
         multiple = nets.required_multiple(p.net, **p.net_options)
-        lr_multiple = max(1, multiple // p.scale) if p.task == "sr" else multiple
+        lr_multiple = max(1, multiple // p.scale) if task.scaled else multiple
         obs.image, obs.mask, obs.guide = (_center_crop(a, lr_multiple) for a in (obs.image, obs.mask, obs.guide))
         ref = _center_crop(ref, multiple)
-    if ref is not None and ref.shape[2] != obs.image.shape[2] and p.task != "preimage":
-        ref = np.repeat(ref, obs.image.shape[2], axis=2) if ref.shape[2] == 1 else ref.mean(2, keepdims=True)
+    channels = task.output_shape(obs.image.shape)[2]
+    if ref is not None and ref.shape[2] != channels:  # grey against colour: the reference takes the output's channels
+        ref = np.repeat(ref, channels, axis=2) if ref.shape[2] == 1 else ref.mean(2, keepdims=True)
     return obs, ref
 
 
 def _plan_memory(engine: EngineOptions, p: TaskPreset, obs: Observation, dev: torch.device, *, fits: int):
     """``engine`` with activation checkpointing decided for this job; OutOfMemoryError when it cannot fit."""
-    h, w, c = obs.image.shape
-    scale = p.scale if p.task == "sr" else 1
-    out_channels = 3 if p.task == "preimage" else c
-    return decide_checkpoint(engine, p, h * scale, w * scale, out_channels=out_channels, fits=fits, device=dev)
+    h, w, c = get_task(p.task).output_shape(obs.image.shape, p.scale)
+    return decide_checkpoint(engine, p, h, w, out_channels=c, fits=fits, device=dev)
 
 
 def _at_once(engine: EngineOptions, fits: int) -> int:

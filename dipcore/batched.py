@@ -20,6 +20,7 @@ from .crop import center_crop
 from .errors import ConfigError
 from .fit import FitProblem
 from .operators import Features, Mask
+from .task_defs import get_task
 
 if TYPE_CHECKING:
     from .tasks import TaskPreset
@@ -155,11 +156,12 @@ def stack_problems(problems: list[FitProblem]) -> FitProblem:
 
 def batch_refusal(p: TaskPreset) -> str | None:
     """Why ``restore_batch`` would refuse fits of preset ``p`` (None: they can be stacked), decided without a fit:
-    restarts and the pre-image's classifier are refused by name, and the net by stacking one of its own."""
+    restarts, a task whose definition refuses (the pre-image's classifier), and a net that fails to stack one of
+    its own."""
     if p.restarts != 1:
         return f"restarts={p.restarts}: restore_batch runs one fit per image"
-    if p.task == "preimage":
-        return "the pre-image task cannot be batched (its classifier is not per-fit)"
+    if (refusal := get_task(p.task).batch_refusal) is not None:
+        return refusal
     net = nets.get_net(p.net, in_channels=p.input_depth, out_channels=3, **p.net_options)
     try:
         stack_modules([net, net])
