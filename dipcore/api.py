@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from . import nets
 from .batched import stack_problems
@@ -118,8 +118,13 @@ def build_problem(
     seed: int,
     reference: np.ndarray | None = None,
     features_weights: str | Path | None = None,
+    operator: nn.Module | None = None,
 ) -> FitProblem:
-    """Net, code, operator and target of one fit, all drawn from ``seed`` on the CPU (identical on every device)."""
+    """Net, code, operator and target of one fit, all drawn from ``seed`` on the CPU (identical on every device).
+
+    The operator is the task's (``get_task(p.task).operator``), or ``operator``, the caller's, checked against the
+    observation's shape; the task still sets the output's size and channels.
+    """
     gen = torch.Generator().manual_seed(seed)
     task = get_task(p.task)
     h, w, out_channels = task.output_shape(obs.image.shape, p.scale)
@@ -151,10 +156,13 @@ def build_problem(
         raise ConfigError(f"unknown input {p.input!r}")
 
     y = _as_tensor(obs.image, device)  # (1, C, h, w)
-    op = task.operator(p, obs, features_weights=features_weights).to(device)
-    if task.target == "A(y)":
-        with torch.no_grad():
-            y = op(y)  # the masked image with its holes zeroed; the features of the image to invert
+    if operator is not None:
+        op = _callers_operator(operator, (out_channels, h, w), y)
+    else:
+        op = task.operator(p, obs, features_weights=features_weights).to(device)
+        if task.target == "A(y)":
+            with torch.no_grad():
+                y = op(y)  # the masked image with its holes zeroed; the features of the image to invert
     ref = None
     if reference is not None:
         ref_arr = to_float_image(reference)
@@ -162,6 +170,25 @@ def build_problem(
             raise ConfigError(f"reference is {ref_arr.shape}, the output will be {(h, w, out_channels)}")
         ref = _as_tensor(ref_arr, device)
     return FitProblem(net=net, z=z.to(device), operator=op, target=y, crop=crop, reference=ref)
+
+
+def _callers_operator(operator: nn.Module, output: tuple[int, int, int], y: Tensor) -> nn.Module:
+    """The caller's operator on y's device, once it maps an output of shape ``output`` (C, H, W) onto y's shape."""
+    if not isinstance(operator, nn.Module):
+        raise ConfigError(f"operator= takes a torch.nn.Module computing A(x), not {type(operator).__name__}")
+    op = operator.to(y.device)
+    c, h, w = output
+    try:
+        with torch.no_grad():
+            shape = tuple(op(torch.zeros(1, c, h, w, device=y.device)).shape)
+    except RuntimeError as exc:
+        raise ConfigError(f"the operator fails on an output of shape {(1, c, h, w)}: {exc}") from exc
+    if shape != tuple(y.shape):
+        raise ConfigError(
+            f"the operator maps an output of shape {(1, c, h, w)} to {shape}, but the observation is "
+            f"{tuple(y.shape)}: A(x) must have the observation's shape"
+        )
+    return op
 
 
 def _as_observation(obs: Any, task: str, mask: Any, guide: Any, scale: int | None) -> Observation:
@@ -194,6 +221,7 @@ def restore(
     engine: EngineOptions | None = None,
     features_weights: str | Path | None = None,
     psnr_protocol: PsnrProtocol | Mapping[str, Any] | None = None,
+    operator: nn.Module | None = None,
     **overrides: Any,
 ) -> Restoration:
     """Restore one image with the Deep Image Prior.
@@ -206,6 +234,13 @@ def restore(
     default: all channels, no shave). ``early_stopping=True`` stops by the running-variance rule; ``"observe"``
     runs every iteration, returns the usual output and records the rule's choice in ``Restoration.stopping``.
     Same seed and same device give the same result.
+
+    ``operator`` replaces the task's observation model with the caller's, as deepinv's physics objects do: any
+    ``torch.nn.Module`` whose forward computes ``A(x)`` on ``(1, C, H, W)`` images (a ``dipcore.operators.Operator``
+    subclass names it ``A``), e.g. a blur for deblurring. The fit is then ``min_θ ‖A(f_θ(z)) − y‖²`` with ``y`` the
+    observation as given; the task still chooses the preset and the output's size (the observation's, or ``scale``
+    times it for SR), and A of an output of that size must have the observation's shape, else ConfigError. The
+    task's own operator (and its ``mask``) is then unused; the operator is moved to ``device`` in place.
     """
     started = time.perf_counter()
     if isinstance(observation, Observation):
@@ -226,7 +261,8 @@ def restore(
     engine = _plan_memory(engine, p, obs, dev, fits=_at_once(engine, p.restarts) if engine.batch_restarts else 1)
     seeds = [seed + r for r in range(p.restarts)]
     problems = [
-        build_problem(p, obs, device=dev, seed=s, reference=ref, features_weights=features_weights) for s in seeds
+        build_problem(p, obs, device=dev, seed=s, reference=ref, features_weights=features_weights, operator=operator)
+        for s in seeds
     ]
     runs = run_fits(
         problems, _settings(p, engine, protocol), seeds=seeds, callback=callback, batched=engine.batch_restarts
