@@ -240,7 +240,8 @@ def restore(
     subclass names it ``A``), e.g. a blur for deblurring. The fit is then ``min_θ ‖A(f_θ(z)) − y‖²`` with ``y`` the
     observation as given; the task still chooses the preset and the output's size (the observation's, or ``scale``
     times it for SR), and A of an output of that size must have the observation's shape, else ConfigError. The
-    task's own operator (and its ``mask``) is then unused; the operator is moved to ``device`` in place.
+    task's own operator (and its ``mask``) is then unused; the operator is moved to ``device`` in place. Restarts
+    stacked along channels (``restarts`` > 1, ``batch_mode="stack"``) need an A that acts on each channel alike.
     """
     started = time.perf_counter()
     if isinstance(observation, Observation):

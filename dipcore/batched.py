@@ -19,7 +19,7 @@ from . import nets
 from .crop import center_crop
 from .errors import ConfigError
 from .fit import FitProblem
-from .operators import Features, Mask
+from .operators import Features, Identity, LanczosDown, Mask
 from .task_defs import get_task
 
 if TYPE_CHECKING:
@@ -144,7 +144,7 @@ def stack_problems(problems: list[FitProblem]) -> FitProblem:
         c = first.target.shape[1]
         op = Mask(torch.cat([p.operator.mask.expand(-1, c, -1, -1) for p in problems], dim=1)).to(first.z.device)
     refs = [p.reference for p in problems]
-    return FitProblem(
+    stacked = FitProblem(
         net=stack_modules([p.net for p in problems]),
         z=stack_blocks([p.z for p in problems]),
         operator=op,
@@ -152,6 +152,27 @@ def stack_problems(problems: list[FitProblem]) -> FitProblem:
         crop=first.crop,
         reference=stack_blocks(refs) if all(r is not None for r in refs) else None,
     )
+    if not isinstance(op, (Identity, LanczosDown, Mask)):
+        _check_channelwise(stacked)
+    return stacked
+
+
+def _check_channelwise(p: FitProblem) -> None:
+    """A caller's operator (``restore(operator=…)``) on stacked fits sees K·C channels: unless it acts on each
+    channel alike, it fails or mixes the fits (a channel mean would even broadcast against the K targets)."""
+    top, left, h, w = p.crop
+    expected = tuple(p.target.shape)
+    try:
+        with torch.no_grad():  # one forward of the stacked net: no parameter or statistic changes
+            got: object = tuple(p.operator(p.net(p.z)[..., top : top + h, left : left + w]).shape)
+    except RuntimeError as exc:
+        got = f"an error ({exc})"
+    if got != expected:
+        raise ConfigError(
+            f"stacked fits need an operator that acts on each channel alike; on the stacked outputs it gives {got}, "
+            f"not the stacked observations' {expected}: run the fits one by one (EngineOptions(batch_restarts=False))"
+            " or side by side (batch_mode='threads', on a CPU)"
+        )
 
 
 def batch_refusal(p: TaskPreset) -> str | None:

@@ -86,3 +86,20 @@ def test_an_operator_that_does_not_map_the_output_onto_the_observation_is_refuse
     observed = CLEAN if task != "sr" else CLEAN[:8, :8]
     with pytest.raises(dipcore.ConfigError, match=message):
         dipcore.restore(observed, task=task, operator=operator, **FAST)
+
+
+class _RotateColours(nn.Module):
+    """y = x with its colour channels rotated: an operator that mixes channels."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, 3, H, W) -> (N, 3, H, W)
+        return x[:, [1, 2, 0]]
+
+
+def test_a_channel_mixing_operator_fits_alone_or_side_by_side_and_is_refused_stacked():
+    kw = {**FAST, "operator": _RotateColours(), "task": "reconstruct"}
+    observed = CLEAN[..., [1, 2, 0]]
+    assert dipcore.restore(observed, **kw).image.shape == CLEAN.shape
+    side_by_side = dipcore.EngineOptions(batch_mode="threads")
+    assert len(dipcore.restore(observed, restarts=2, engine=side_by_side, **kw).runs) == 2
+    with pytest.raises(dipcore.ConfigError, match="acts on each channel alike"):
+        dipcore.restore(observed, restarts=2, engine=dipcore.EngineOptions(batch_mode="stack"), **kw)

@@ -192,7 +192,7 @@ def score(job: Job, res: Any, obs: Any, truth: Any) -> dict[str, Any]:
     observed = getattr(obs, "image", obs)
     protocol = psnr_protocol(job)
     baseline_name, baseline = dipcore.get_task(job.task).naive(observed, int(job.scale or 1))
-    channel = "y" if protocol["y_channel"] else "rgb" if truth.shape[-1] == 3 else "gray"
+    channel = "y" if protocol["y_channel"] else ("rgb" if truth.shape[-1] == 3 else "gray")
 
     def psnr(x: Any) -> float | None:
         return dipcore.psnr(x, truth, **protocol) if x is not None and x.shape == truth.shape else None
