@@ -27,7 +27,7 @@ from dataclasses import asdict, replace
 import numpy as np
 import torch
 
-from dipcore import EngineOptions, preset_for
+from dipcore import EngineOptions, get_task, preset_for
 from dipcore.api import build_problem, run_fits
 from dipcore.degrade import Observation
 from dipcore.fit import FitSettings
@@ -63,9 +63,9 @@ ENGINES = {
 def _observation(task: str, size: int, scale: int) -> Observation:
     """A smooth random image: content does not change the speed of a fit."""
     gen = np.random.default_rng(0)
-    side = size // scale if task == "sr" else size
-    img = gen.random((side, side, 3), dtype=np.float32)
-    return Observation(img, task, scale=scale if task == "sr" else 1)
+    factor = scale if get_task(task).scaled else 1  # SR observes the size²-pixel output at 1/scale
+    img = gen.random((size // factor, size // factor, 3), dtype=np.float32)
+    return Observation(img, task, scale=factor)
 
 
 def _sync(device: torch.device) -> None:
@@ -114,7 +114,7 @@ def run_case(
     channels: int | None = None,
     scale: int = 4,
 ) -> dict:
-    p = preset_for(task, scale=scale if task == "sr" else None, channels=channels)
+    p = preset_for(task, scale=scale if get_task(task).scaled else None, channels=channels)
     obs = _observation(task, size, scale)
     # A fit runs checkpoint="auto" as off (restore() decides it): record what runs.
     engine = replace(ENGINES[engine_name], checkpoint=ENGINES[engine_name].checkpoint is True)

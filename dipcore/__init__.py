@@ -15,6 +15,7 @@ from .fit import StepRecord
 from .imageio import decode_image, encode_png, image_shape, load_image, to_float_image
 from .memory import estimate_peak_bytes
 from .metrics import PsnrProtocol, psnr, ssim
+from .task_defs import Task, get_task
 from .tasks import TASKS, get_preset, preset_for
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "RunOutput",
     "StepRecord",
     "StoppingChoice",
+    "Task",
     "batch_refusal",
     "center_crop",
     "center_crop_to_multiple",
@@ -39,6 +41,7 @@ __all__ = [
     "encode_png",
     "estimate_peak_bytes",
     "get_preset",
+    "get_task",
     "image_shape",
     "load_image",
     "preset_for",

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from . import nets
 from .batched import stack_problems
@@ -26,8 +26,9 @@ from .fit import FitProblem, FitResult, FitSettings, StepRecord, fit, fit_stacke
 from .imageio import to_float_image
 from .memory import decide_checkpoint
 from .metrics import PsnrProtocol, check_protocol
-from .operators import Features, Identity, LanczosDown, Mask, Operator, alexnet, meshgrid_code, noise_code
+from .operators import meshgrid_code, noise_code
 from .stopping import VarianceStopping
+from .task_defs import get_task
 from .tasks import TaskPreset, preset_for
 
 __all__ = ["Restoration", "RunOutput", "StoppingChoice", "build_problem", "restore", "restore_batch", "run_fits"]
@@ -117,16 +118,19 @@ def build_problem(
     seed: int,
     reference: np.ndarray | None = None,
     features_weights: str | Path | None = None,
+    operator: nn.Module | None = None,
 ) -> FitProblem:
-    """Net, code, operator and target of one fit, all drawn from ``seed`` on the CPU (identical on every device)."""
+    """Net, code, operator and target of one fit, all drawn from ``seed`` on the CPU (identical on every device).
+
+    The operator is the task's (``get_task(p.task).operator``), or ``operator``, the caller's, checked against the
+    observation's shape; the task still sets the output's size and channels.
+    """
     gen = torch.Generator().manual_seed(seed)
-    h, w, c = obs.image.shape
-    if p.task == "sr":
-        h, w = h * p.scale, w * p.scale
+    task = get_task(p.task)
+    h, w, out_channels = task.output_shape(obs.image.shape, p.scale)
     hc, wc = nets.canvas_size(p.net, h, w, **p.net_options)
     crop = center_box(hc, wc, h, w)  # the image centred in the canvas
 
-    out_channels = 3 if p.task == "preimage" else c
     net = nets.get_net(p.net, in_channels=p.input_depth, out_channels=out_channels, **p.net_options)
     nets.reinitialise(net, gen)
     net = net.to(device)
@@ -151,34 +155,40 @@ def build_problem(
     else:
         raise ConfigError(f"unknown input {p.input!r}")
 
-    y = _as_tensor(obs.image, device)
-    op: Operator
-    if p.task == "sr":
-        op = LanczosDown(p.scale)
-    elif p.task == "inpaint":
-        if obs.mask is None:
-            raise ConfigError("inpainting needs a mask (1 = known pixel): pass mask= or degrade(..., task='inpaint')")
-        if obs.mask.shape != obs.image.shape[:2]:
-            raise ConfigError(f"mask is {obs.mask.shape[1]}×{obs.mask.shape[0]}, the image is {w}×{h}")
-        op = Mask(torch.from_numpy(np.ascontiguousarray(obs.mask, dtype=np.float32)))
-        y = y * op.mask.to(device)
-    elif p.task == "preimage":
-        classifier = alexnet(features_weights, generator=torch.Generator().manual_seed(0))
-        op = Features(classifier, p.layer or "fc6")
-        if c == 1:
-            y = y.expand(-1, 3, -1, -1)
-        op = op.to(device)
-        with torch.no_grad():
-            y = op(y)
+    y = _as_tensor(obs.image, device)  # (1, C, h, w)
+    if operator is not None:
+        op = _callers_operator(operator, (out_channels, h, w), y)
     else:
-        op = Identity()
+        op = task.operator(p, obs, features_weights=features_weights).to(device)
+        if task.target == "A(y)":
+            with torch.no_grad():
+                y = op(y)  # the masked image with its holes zeroed; the features of the image to invert
     ref = None
     if reference is not None:
         ref_arr = to_float_image(reference)
         if ref_arr.shape != (h, w, out_channels):
             raise ConfigError(f"reference is {ref_arr.shape}, the output will be {(h, w, out_channels)}")
         ref = _as_tensor(ref_arr, device)
-    return FitProblem(net=net, z=z.to(device), operator=op.to(device), target=y, crop=crop, reference=ref)
+    return FitProblem(net=net, z=z.to(device), operator=op, target=y, crop=crop, reference=ref)
+
+
+def _callers_operator(operator: nn.Module, output: tuple[int, int, int], y: Tensor) -> nn.Module:
+    """The caller's operator on y's device, once it maps an output of shape ``output`` (C, H, W) onto y's shape."""
+    if not isinstance(operator, nn.Module):
+        raise ConfigError(f"operator= takes a torch.nn.Module computing A(x), not {type(operator).__name__}")
+    op = operator.to(y.device)
+    c, h, w = output
+    try:
+        with torch.no_grad():
+            shape = tuple(op(torch.zeros(1, c, h, w, device=y.device)).shape)
+    except RuntimeError as exc:
+        raise ConfigError(f"the operator fails on an output of shape {(1, c, h, w)}: {exc}") from exc
+    if shape != tuple(y.shape):
+        raise ConfigError(
+            f"the operator maps an output of shape {(1, c, h, w)} to {shape}, but the observation is "
+            f"{tuple(y.shape)}: A(x) must have the observation's shape"
+        )
+    return op
 
 
 def _as_observation(obs: Any, task: str, mask: Any, guide: Any, scale: int | None) -> Observation:
@@ -211,6 +221,7 @@ def restore(
     engine: EngineOptions | None = None,
     features_weights: str | Path | None = None,
     psnr_protocol: PsnrProtocol | Mapping[str, Any] | None = None,
+    operator: nn.Module | None = None,
     **overrides: Any,
 ) -> Restoration:
     """Restore one image with the Deep Image Prior.
@@ -223,10 +234,18 @@ def restore(
     default: all channels, no shave). ``early_stopping=True`` stops by the running-variance rule; ``"observe"``
     runs every iteration, returns the usual output and records the rule's choice in ``Restoration.stopping``.
     Same seed and same device give the same result.
+
+    ``operator`` replaces the task's observation model with the caller's, as deepinv's physics objects do: any
+    ``torch.nn.Module`` whose forward computes ``A(x)`` on ``(1, C, H, W)`` images (a ``dipcore.operators.Operator``
+    subclass names it ``A``), e.g. a blur for deblurring. The fit is then ``min_θ ‖A(f_θ(z)) − y‖²`` with ``y`` the
+    observation as given; the task still chooses the preset and the output's size (the observation's, or ``scale``
+    times it for SR), and A of an output of that size must have the observation's shape, else ConfigError. The
+    task's own operator (and its ``mask``) is then unused; the operator is moved to ``device`` in place. Restarts
+    stacked along channels (``restarts`` > 1, ``batch_mode="stack"``) need an A that acts on each channel alike.
     """
     started = time.perf_counter()
     if isinstance(observation, Observation):
-        scale = scale or (observation.scale if task == "sr" else None)
+        scale = scale or (observation.scale if get_task(task).scaled else None)
     p = preset_for(
         task,
         variant=variant,
@@ -243,7 +262,8 @@ def restore(
     engine = _plan_memory(engine, p, obs, dev, fits=_at_once(engine, p.restarts) if engine.batch_restarts else 1)
     seeds = [seed + r for r in range(p.restarts)]
     problems = [
-        build_problem(p, obs, device=dev, seed=s, reference=ref, features_weights=features_weights) for s in seeds
+        build_problem(p, obs, device=dev, seed=s, reference=ref, features_weights=features_weights, operator=operator)
+        for s in seeds
     ]
     runs = run_fits(
         problems, _settings(p, engine, protocol), seeds=seeds, callback=callback, batched=engine.batch_restarts
@@ -283,7 +303,7 @@ def restore_batch(
     if len(seeds) != k or len(references) != k:
         raise ConfigError(f"{k} observations need {k} seeds and references, got {len(seeds)} and {len(references)}")
     if isinstance(observations[0], Observation):
-        scale = scale or (observations[0].scale if task == "sr" else None)
+        scale = scale or (observations[0].scale if get_task(task).scaled else None)
     p = preset_for(
         task,
         variant=variant,
@@ -320,24 +340,24 @@ def _prepare(p: TaskPreset, observation: Any, *, mask: Any = None, guide: Any = 
         raise ConfigError(f"iterations must be ≥ 1, got {p.iterations}")
     if p.early_stopping not in (True, False, "observe"):
         raise ConfigError(f"early_stopping must be True, False or 'observe', not {p.early_stopping!r}")
+    task = get_task(p.task)
     obs = _as_observation(observation, p.task, mask, guide, p.scale)
     ref = to_float_image(reference) if reference is not None else None
     if p.crop == "center":
         multiple = nets.required_multiple(p.net, **p.net_options)
-        lr_multiple = max(1, multiple // p.scale) if p.task == "sr" else multiple
+        lr_multiple = max(1, multiple // p.scale) if task.scaled else multiple
         obs.image, obs.mask, obs.guide = (_center_crop(a, lr_multiple) for a in (obs.image, obs.mask, obs.guide))
         ref = _center_crop(ref, multiple)
-    if ref is not None and ref.shape[2] != obs.image.shape[2] and p.task != "preimage":
-        ref = np.repeat(ref, obs.image.shape[2], axis=2) if ref.shape[2] == 1 else ref.mean(2, keepdims=True)
+    channels = task.output_shape(obs.image.shape)[2]
+    if ref is not None and ref.shape[2] != channels:  # grey against colour: the reference takes the output's channels
+        ref = np.repeat(ref, channels, axis=2) if ref.shape[2] == 1 else ref.mean(2, keepdims=True)
     return obs, ref
 
 
 def _plan_memory(engine: EngineOptions, p: TaskPreset, obs: Observation, dev: torch.device, *, fits: int):
     """``engine`` with activation checkpointing decided for this job; OutOfMemoryError when it cannot fit."""
-    h, w, c = obs.image.shape
-    scale = p.scale if p.task == "sr" else 1
-    out_channels = 3 if p.task == "preimage" else c
-    return decide_checkpoint(engine, p, h * scale, w * scale, out_channels=out_channels, fits=fits, device=dev)
+    h, w, c = get_task(p.task).output_shape(obs.image.shape, p.scale)
+    return decide_checkpoint(engine, p, h, w, out_channels=c, fits=fits, device=dev)
 
 
 def _at_once(engine: EngineOptions, fits: int) -> int:

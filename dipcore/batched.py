@@ -19,7 +19,8 @@ from . import nets
 from .crop import center_crop
 from .errors import ConfigError
 from .fit import FitProblem
-from .operators import Features, Mask
+from .operators import Features, Identity, LanczosDown, Mask
+from .task_defs import get_task
 
 if TYPE_CHECKING:
     from .tasks import TaskPreset
@@ -143,7 +144,7 @@ def stack_problems(problems: list[FitProblem]) -> FitProblem:
         c = first.target.shape[1]
         op = Mask(torch.cat([p.operator.mask.expand(-1, c, -1, -1) for p in problems], dim=1)).to(first.z.device)
     refs = [p.reference for p in problems]
-    return FitProblem(
+    stacked = FitProblem(
         net=stack_modules([p.net for p in problems]),
         z=stack_blocks([p.z for p in problems]),
         operator=op,
@@ -151,15 +152,37 @@ def stack_problems(problems: list[FitProblem]) -> FitProblem:
         crop=first.crop,
         reference=stack_blocks(refs) if all(r is not None for r in refs) else None,
     )
+    if not isinstance(op, (Identity, LanczosDown, Mask)):
+        _check_channelwise(stacked)
+    return stacked
+
+
+def _check_channelwise(p: FitProblem) -> None:
+    """A caller's operator (``restore(operator=…)``) on stacked fits sees K·C channels: unless it acts on each
+    channel alike, it fails or mixes the fits (a channel mean would even broadcast against the K targets)."""
+    top, left, h, w = p.crop
+    expected = tuple(p.target.shape)
+    try:
+        with torch.no_grad():  # one forward of the stacked net: no parameter or statistic changes
+            got: object = tuple(p.operator(p.net(p.z)[..., top : top + h, left : left + w]).shape)
+    except RuntimeError as exc:
+        got = f"an error ({exc})"
+    if got != expected:
+        raise ConfigError(
+            f"stacked fits need an operator that acts on each channel alike; on the stacked outputs it gives {got}, "
+            f"not the stacked observations' {expected}: run the fits one by one (EngineOptions(batch_restarts=False))"
+            " or side by side (batch_mode='threads', on a CPU)"
+        )
 
 
 def batch_refusal(p: TaskPreset) -> str | None:
     """Why ``restore_batch`` would refuse fits of preset ``p`` (None: they can be stacked), decided without a fit:
-    restarts and the pre-image's classifier are refused by name, and the net by stacking one of its own."""
+    restarts, a task whose definition refuses (the pre-image's classifier), and a net that fails to stack one of
+    its own."""
     if p.restarts != 1:
         return f"restarts={p.restarts}: restore_batch runs one fit per image"
-    if p.task == "preimage":
-        return "the pre-image task cannot be batched (its classifier is not per-fit)"
+    if (refusal := get_task(p.task).batch_refusal) is not None:
+        return refusal
     net = nets.get_net(p.net, in_channels=p.input_depth, out_channels=3, **p.net_options)
     try:
         stack_modules([net, net])

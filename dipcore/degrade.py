@@ -1,7 +1,11 @@
-"""Synthetic observations for evaluation: the degradations of the paper's benchmarks, made from clean images."""
+"""Synthetic observations for evaluation: the degradations of the paper's benchmarks, made from clean images.
+
+This module holds the observation record and the primitives (LANCZOS resizing, masks, JPEG); which of them a task
+uses, and with which keywords, is that task's definition (``Task.synthesise`` in ``task_defs.py``)."""
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,12 +15,12 @@ from PIL import Image
 from .crop import center_crop_to_multiple
 from .errors import ConfigError
 from .imageio import to_float_image
-from .tasks import TASKS
 
 __all__ = [
     "Observation",
     "bernoulli_mask",
     "binary_mask",
+    "compress_jpeg",
     "degrade",
     "downscale",
     "region_mask",
@@ -61,6 +65,13 @@ def upscale_bicubic(image: np.ndarray, factor: int) -> np.ndarray:
     """The bicubic baseline: Pillow BICUBIC upsampling by ``factor``."""
     h, w = image.shape[:2]
     return _from_pil(_to_pil(image).resize((w * factor, h * factor), Image.Resampling.BICUBIC))
+
+
+def compress_jpeg(image: np.ndarray, *, quality: int) -> np.ndarray:
+    """The image after a round trip through 8-bit JPEG at ``quality`` (Pillow), as blind JPEG restoration sees it."""
+    buf = io.BytesIO()
+    _to_pil(image).save(buf, format="JPEG", quality=quality)
+    return _from_pil(Image.open(buf))
 
 
 def binary_mask(mask: Any) -> np.ndarray:
@@ -125,45 +136,16 @@ def degrade(
       the image (``"text"``), a central hole (``"large"``/``"region"``), or the given ``mask``;
     - ``jpeg``: JPEG at ``quality``; ``reconstruct``, ``preimage``: the image itself.
     ``crop_multiple`` centre-crops the clean image first (the authors' evaluation crops to a multiple of 32).
-    The noise and masks come from ``seed``, so an evaluation is reproducible.
+    The noise and masks come from ``seed``, so an evaluation is reproducible. A task reads only its own keywords
+    (``get_task(task).degrade_args``); flash/no-flash has no synthetic observation (ConfigError).
     """
+    from .task_defs import get_task  # imported here: the task definitions build on this module's primitives
+
+    t = get_task(task)
     x = to_float_image(clean)
     if crop_multiple:
         x = center_crop_to_multiple(x, crop_multiple)
     h, w = x.shape[:2]
     meta: dict[str, Any] = {"seed": seed, "clean_shape": [h, w, x.shape[2]]}
-    if task == "denoise":
-        rng = np.random.default_rng(seed)
-        noisy = np.clip(x + rng.normal(0.0, sigma / 255.0, x.shape).astype(np.float32), 0.0, 1.0)
-        return Observation(noisy, task, meta={**meta, "sigma": sigma})
-    if task == "sr":
-        if h % scale or w % scale:
-            x = x[: h - h % scale, : w - w % scale]
-            meta["clean_shape"] = [*x.shape]
-        return Observation(downscale(x, scale), task, scale=scale, meta={**meta, "scale": scale})
-    if task == "inpaint":
-        variant = variant or "random"
-        if mask is not None:
-            m = binary_mask(mask)
-        elif variant == "random":
-            m = bernoulli_mask(h, w, drop=drop, seed=seed)
-        elif variant == "text":
-            m = text_mask(h, w, seed=seed)
-        elif variant in ("large", "region"):
-            m = region_mask(h, w, (h // 4, w // 4, h // 2, w // 2))
-        else:
-            raise ConfigError(f"unknown inpainting variant {variant!r}")
-        if m.shape != (h, w):
-            raise ConfigError(f"mask is {m.shape[1]}×{m.shape[0]} but the image is {w}×{h}")
-        return Observation(x * m[..., None], task, mask=m, meta={**meta, "variant": variant, "drop": drop})
-    if task == "jpeg":
-        import io
-
-        buf = io.BytesIO()
-        _to_pil(x).save(buf, format="JPEG", quality=quality)
-        return Observation(_from_pil(Image.open(buf)), task, meta={**meta, "quality": quality})
-    if task in ("reconstruct", "preimage"):
-        return Observation(x, task, meta=meta)
-    if task == "flash_noflash":
-        raise ConfigError("flash/no-flash has no synthetic degradation: give the flash image as guide= to restore")
-    raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    knobs = {"scale": scale, "sigma": sigma, "drop": drop, "mask": mask, "variant": variant, "quality": quality}
+    return t.synthesise(t.name, x, meta, seed=seed, **{k: knobs[k] for k in t.degrade_args})

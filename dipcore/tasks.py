@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .errors import ConfigError
+from .task_defs import TASK_DEFS, get_task
 
 __all__ = ["TASKS", "VARIANTS", "TaskPreset", "apply_overrides", "get_preset", "preset_for"]
 
-TASKS = ("denoise", "jpeg", "sr", "inpaint", "flash_noflash", "preimage", "reconstruct")
+TASKS = tuple(TASK_DEFS)  # the task strings, in the paper's order; what each one is: task_defs.py
 VARIANTS = {"inpaint": ("random", "text", "large", "region"), "denoise": ("sigma25", "sigma50")}
 
 # The paper's default hourglass: 128 channels at each of 5 scales, 4 skip channels (paper, Section 4; code).
@@ -164,6 +165,7 @@ _PAPER: dict[tuple[str, str | None], TaskPreset] = {
     ("reconstruct", None): TaskPreset("reconstruct", iterations=2400),
 }
 
+_SCALED = [name for name, t in TASK_DEFS.items() if t.scaled]  # the tasks with a `scale`: SR
 _SR_BY_SCALE = {2: (2000, 0.03), 4: (2000, 0.03), 8: (4000, 0.05)}  # (iterations, jitter) per factor
 
 # "fast": the same structure, 32 channels a scale and a short run (~20 ms/iteration at 64² on 2 CPU cores).
@@ -173,11 +175,13 @@ _FAST_DEFAULT_ITERATIONS = 600
 
 
 def _default_variant(task: str, variant: str | None, sigma: float | None) -> str | None:
-    if task == "denoise" and variant is None:
-        return "sigma50" if sigma is not None and sigma >= 50 else "sigma25"
-    if variant is None and task in VARIANTS:
-        return VARIANTS[task][0]
-    return variant
+    """The variant a call without one runs: the task's first or, where its presets are per noise level (denoising),
+    the one with the highest σ not above ``sigma``."""
+    if variant is not None or task not in VARIANTS:
+        return variant
+    levels = [(p.sigma, v) for (t, v), p in _PAPER.items() if t == task and p.sigma is not None]
+    below = [(level, v) for level, v in levels if sigma is not None and level <= sigma]
+    return max(below)[1] if below else VARIANTS[task][0]
 
 
 def get_preset(
@@ -189,22 +193,21 @@ def get_preset(
     sigma: float | None = None,
 ) -> TaskPreset:
     """The published settings of ``task`` (and ``variant``: the inpainting kind, the denoising σ), or the fast ones."""
-    if task not in TASKS:
-        raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    scaled = get_task(task).scaled  # ConfigError for an unknown task
     variant = _default_variant(task, variant, sigma)
     key = (task, variant)
     if key not in _PAPER:
         valid = ", ".join(v for t, v in _PAPER if t == task and v) or "none"
         raise ConfigError(f"task {task!r} has no variant {variant!r}; variants: {valid}")
     p = _PAPER[key]
-    if task == "sr":
+    if scaled:
         scale = 4 if scale is None else scale
         if scale < 2:
             raise ConfigError(f"super-resolution needs scale ≥ 2, got {scale}")
         iterations, jitter = _SR_BY_SCALE.get(scale, (2000 * scale // 4, 0.03 if scale < 8 else 0.05))
         p = dataclasses.replace(p, scale=scale, iterations=iterations, reg_noise_std=jitter)
     elif scale not in (None, 1):
-        raise ConfigError(f"scale={scale} only applies to task 'sr'")
+        raise ConfigError(f"scale={scale} only applies to task {' or '.join(repr(n) for n in _SCALED)}")
     if sigma is not None:
         p = dataclasses.replace(p, sigma=sigma)
     if preset == "fast":

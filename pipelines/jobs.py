@@ -55,6 +55,13 @@ class Synthesis:
     crop_multiple: int | None = None  # sr: centre crop of the clean image to a multiple of this
     crop_size: int | None = None  # smoke runs: centre-crop the clean image to crop_size² first
 
+    def clean_multiple(self) -> int | None:
+        """What the clean image is centre-cropped to a multiple of before the degradation (None: not cropped):
+        ``crop_multiple``, else for a scaled task (SR) the scale, so that the LR pixels tile the ground truth."""
+        from dipcore import get_task
+
+        return self.crop_multiple or (self.scale if get_task(self.task).scaled else None)
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -99,7 +106,10 @@ class Job:
 
     @property
     def scale(self) -> int | None:
-        return self.restore_kwargs.get("scale") if self.task == "sr" else None
+        """The SR factor (None for a task without one)."""
+        from dipcore import get_task
+
+        return self.restore_kwargs.get("scale") if get_task(self.task).scaled else None
 
 
 @dataclass
@@ -133,9 +143,12 @@ def run_config(
     """Resolve the dipcore preset once (an unknown task, variant or override raises `dipcore.ConfigError` here, on
     the driver, before any worker starts) and hash it. ``classical`` (evaluation runs of a task that has a
     classical baseline) adds that baseline's columns to each row, so it is part of the identity too."""
-    from dipcore import batch_refusal, preset_for  # torch comes with dipcore; only the planner needs it
+    from dipcore import batch_refusal, get_task, preset_for  # torch comes with dipcore; only the planner needs it
 
-    sigma = synthesis.sigma if synthesis is not None and task == "denoise" else None
+    t = get_task(task)
+    # The preset records the noise level of the degradation (and picks the denoising variant by it) where the task's
+    # synthesis has one: a Synthesis carries a default σ for every task.
+    sigma = synthesis.sigma if synthesis is not None and "sigma" in t.degrade_args else None
     p = preset_for(
         task,
         variant=variant,
@@ -147,7 +160,7 @@ def run_config(
         **(overrides or {}),
     )
     kwargs: dict[str, Any] = {
-        "scale": p.scale if task == "sr" else None,
+        "scale": p.scale if t.scaled else None,
         "variant": p.variant,
         "preset": preset,
         "iterations": iterations,
@@ -249,11 +262,13 @@ def observation_shape(job: Job) -> tuple[int, int, int] | None:
     s = job.synthesis
     if s is None:
         return h, w, c
+    from dipcore import get_task
+
     if s.crop_size:
         h, w = min(h, s.crop_size), min(w, s.crop_size)
-    if s.task == "sr":
-        multiple = s.crop_multiple or s.scale
-        h, w = (h - h % multiple) // s.scale, (w - w % multiple) // s.scale  # LANCZOS keeps ⌊n / scale⌋
+    if multiple := s.clean_multiple():
+        h, w = h - h % multiple, w - w % multiple
+    h, w = get_task(s.task).observed_size(h, w, s.scale)
     return (h, w, c) if h > 0 and w > 0 else None
 
 

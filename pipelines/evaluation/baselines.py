@@ -14,14 +14,12 @@ A baseline that fails costs its two columns, never the image: `score_classical` 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
 __all__ = ["CLASSICAL_TASKS", "denoise", "inpaint", "restore_classical", "score_classical"]
-
-CLASSICAL_TASKS = ("denoise", "inpaint")  # tasks with a classical baseline here
 
 _log = logging.getLogger("dipflow.baselines")
 
@@ -56,19 +54,33 @@ def inpaint(observed: np.ndarray, mask: np.ndarray) -> tuple[str, np.ndarray]:
     return "biharmonic", inpaint_biharmonic(observed, missing, channel_axis=-1)
 
 
+def _denoise_observation(image: np.ndarray, observation: Any, sigma: float | None) -> tuple[str, np.ndarray]:
+    if sigma is None:
+        raise ValueError("the denoising baseline needs the noise level sigma")
+    return denoise(image, sigma)
+
+
+def _inpaint_observation(image: np.ndarray, observation: Any, sigma: float | None) -> tuple[str, np.ndarray]:
+    if observation.mask is None:
+        raise ValueError("the inpainting baseline needs the observation's mask")
+    return inpaint(image, observation.mask)
+
+
+# The classical method of each task that has one here (the methods need scikit-image or bm3d, so this table is the
+# pipelines' own, beside dipcore's task definitions).
+_CLASSICAL: dict[str, Callable[[np.ndarray, Any, float | None], tuple[str, np.ndarray]]] = {
+    "denoise": _denoise_observation,
+    "inpaint": _inpaint_observation,
+}
+CLASSICAL_TASKS = tuple(_CLASSICAL)  # tasks with a classical baseline here
+
+
 def restore_classical(task: str, observation: Any, *, sigma: float | None = None) -> tuple[str, np.ndarray] | None:
     """(name, float32 H×W×C estimate in [0, 1]) of a ``dipcore.Observation``; None for a task without a baseline."""
-    image = np.asarray(observation.image, dtype=np.float64)
-    if task == "denoise":
-        if sigma is None:
-            raise ValueError("the denoising baseline needs the noise level sigma")
-        name, out = denoise(image, sigma)
-    elif task == "inpaint":
-        if observation.mask is None:
-            raise ValueError("the inpainting baseline needs the observation's mask")
-        name, out = inpaint(image, observation.mask)
-    else:
+    method = _CLASSICAL.get(task)
+    if method is None:
         return None
+    name, out = method(np.asarray(observation.image, dtype=np.float64), observation, sigma)
     return name, np.clip(out, 0.0, 1.0).astype(np.float32)
 
 

@@ -39,15 +39,20 @@ def benchmark_synthesis(
 ) -> Synthesis:
     """The paper's protocol for benchmark `name` (a folder of clean images that is not one of BENCHMARKS is SR ×4),
     with a caller's task, scale, σ or smoke-run crop in place of the defaults."""
+    from dipcore import get_task
+
     b = BENCHMARKS.get(name)
-    t = task or (b.task if b else "sr")
-    if t == "sr":
-        return Synthesis("sr", scale=scale or (b and b.scale) or 4, crop_multiple=SR_CROP_MULTIPLE, crop_size=crop)
-    if t == "denoise":
-        return Synthesis("denoise", sigma=sigma or (b and b.sigma) or 25.0, crop_size=crop)
-    if t == "inpaint":  # the paper's inpainting benchmark drops pixels at random (Table 1), whatever the set
-        return Synthesis("inpaint", drop=(b and b.drop) or 0.5, variant="random", crop_size=crop)
-    return Synthesis(t, crop_size=crop)
+    t = get_task(task or (b.task if b else "sr"))
+    # The paper's value of each knob of degrade(), kept where the task's synthesis reads it. Inpainting drops pixels
+    # at random (Table 1), whatever the set; SR first centre-crops the clean image to a multiple of 32.
+    paper = {
+        "scale": scale or (b and b.scale) or 4,
+        "sigma": sigma or (b and b.sigma) or 25.0,
+        "drop": (b and b.drop) or 0.5,
+        "variant": "random",
+    }
+    knobs = {k: v for k, v in paper.items() if k in t.degrade_args}
+    return Synthesis(t.name, **knobs, crop_multiple=SR_CROP_MULTIPLE if t.scaled else None, crop_size=crop)
 
 
 def evaluation_config(
@@ -72,7 +77,7 @@ def evaluation_config(
     ``runs`` independent runs (seeds s, s + 1, …) are averaged into the returned output; default: the benchmark's
     (2 for cbm3d9, as in the paper), else 1. ``classical`` scores the task's classical baseline beside DIP.
     """
-    from dipcore import ConfigError
+    from dipcore import ConfigError, get_task
 
     if early_stopping not in EARLY_STOPPING:
         raise ConfigError(f"early_stopping must be one of {', '.join(EARLY_STOPPING)}, not {early_stopping!r}")
@@ -86,7 +91,7 @@ def evaluation_config(
     overrides["restarts"] = runs
     return run_config(
         spec.task,
-        scale=spec.scale if spec.task == "sr" else None,
+        scale=spec.scale if get_task(spec.task).scaled else None,
         variant=spec.variant,
         preset=preset,
         iterations=iterations,
@@ -117,9 +122,9 @@ def observe(job: Job, image: Any, read_image: Callable[[str], Any]) -> tuple[Any
     """(what to restore, the ground truth or None, side inputs for ``dipcore.restore``) of a decoded input.
 
     A plain job restores the image itself, with its mask/guide read by `read_image`. An evaluation job treats the
-    image as clean and synthesises the paper's observation from it with a fixed per-image seed: SR first
-    centre-crops to a multiple of 32 (the ground truth is that crop) and downscales with LANCZOS; denoising adds
-    σ-Gaussian noise; inpainting drops pixels with a Bernoulli mask.
+    image as clean and synthesises the paper's observation from it with a fixed per-image seed (``dipcore.degrade``,
+    each task reading its own knobs): SR first centre-crops to a multiple of 32 (the ground truth is that crop) and
+    downscales with LANCZOS; denoising adds σ-Gaussian noise; inpainting drops pixels with a Bernoulli mask.
     """
     import dipcore
     from dipcore import center_crop_to_multiple
@@ -131,22 +136,24 @@ def observe(job: Job, image: Any, read_image: Callable[[str], Any]) -> tuple[Any
             side["mask"] = read_image(job.mask_uri)
         if job.guide_uri:
             side["guide"] = read_image(job.guide_uri)
-        if job.task == "inpaint" and "mask" not in side:
-            raise dipcore.ConfigError(f"no mask for {job.key}: put <name>_mask.png beside it or pass a mask folder")
+        for name in dipcore.get_task(job.task).side_inputs:
+            if name not in side:
+                raise dipcore.ConfigError(f"no {name} for {job.key}: {_SIDE_INPUT_HINTS[name]}")
         truth = read_image(job.reference_uri) if job.reference_uri else None
         return image, truth, side
     clean = _crop_square(image, s.crop_size) if s.crop_size else image
-    seed = image_seed(job.seed, job.key)
-    if s.task == "sr":
-        clean = center_crop_to_multiple(clean, s.crop_multiple or s.scale)
-        obs = dipcore.degrade(clean, task="sr", scale=s.scale, seed=seed)
-    elif s.task == "denoise":
-        obs = dipcore.degrade(clean, task="denoise", sigma=s.sigma, seed=seed)
-    elif s.task == "inpaint":
-        obs = dipcore.degrade(clean, task="inpaint", drop=s.drop, variant=s.variant, seed=seed)
-    else:
-        obs = dipcore.degrade(clean, task=s.task, seed=seed)
+    if multiple := s.clean_multiple():
+        clean = center_crop_to_multiple(clean, multiple)
+    knobs = {"scale": s.scale, "sigma": s.sigma, "drop": s.drop, "variant": s.variant}
+    obs = dipcore.degrade(clean, task=s.task, seed=image_seed(job.seed, job.key), **knobs)
     return obs, clean, {}
+
+
+# How a plain run finds each side input a task needs (pipelines.storage.list_images).
+_SIDE_INPUT_HINTS = {
+    "mask": "put <name>_mask.png beside it or pass a mask folder",
+    "guide": "put <name><SUFFIX>.png beside it and pass --guide-suffix SUFFIX",
+}
 
 
 def _crop_label(s: Synthesis | None) -> str | None:
@@ -159,11 +166,13 @@ def _crop_label(s: Synthesis | None) -> str | None:
 
 
 def psnr_protocol(job: Job) -> dict[str, Any]:
-    """How the job's PSNRs are measured (``dipcore.psnr``'s keywords): for SR, BT.601 Y with `scale` border pixels
-    shaved (an evaluation's clean image is already centre-cropped to a multiple of 32); else all channels."""
-    if job.task == "sr":
-        return {"y_channel": True, "shave": int(job.scale or 1)}
-    return {"y_channel": False, "shave": 0}
+    """How the job's PSNRs are measured (``dipcore.psnr``'s keywords): the task's protocol (``Task.psnr_protocol``):
+    for SR, BT.601 Y with `scale` border pixels shaved (an evaluation's clean image is already centre-cropped to a
+    multiple of 32); else all channels."""
+    from dipcore import get_task
+
+    protocol = get_task(job.task).psnr_protocol(int(job.scale or 1))
+    return {"y_channel": protocol.y_channel, "shave": protocol.shave}
 
 
 def score(job: Job, res: Any, obs: Any, truth: Any) -> dict[str, Any]:
@@ -179,15 +188,11 @@ def score(job: Job, res: Any, obs: Any, truth: Any) -> dict[str, Any]:
     if truth is None:
         return {}
     import dipcore
-    from dipcore.degrade import upscale_bicubic
 
     observed = getattr(obs, "image", obs)
     protocol = psnr_protocol(job)
-    if job.task == "sr":
-        baseline_name, baseline, channel = "bicubic", upscale_bicubic(observed, int(job.scale or 1)), "y"
-    else:
-        baseline_name, baseline = "input", observed
-        channel = "rgb" if truth.shape[-1] == 3 else "gray"
+    baseline_name, baseline = dipcore.get_task(job.task).naive(observed, int(job.scale or 1))
+    channel = "y" if protocol["y_channel"] else ("rgb" if truth.shape[-1] == 3 else "gray")
 
     def psnr(x: Any) -> float | None:
         return dipcore.psnr(x, truth, **protocol) if x is not None and x.shape == truth.shape else None

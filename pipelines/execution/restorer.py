@@ -204,13 +204,13 @@ class Restorer:
             return self.pack_limit
         import torch
 
-        from dipcore import preset_for
+        from dipcore import get_task, preset_for
 
         p = preset_for(w.job.task, **w.job.restore_kwargs)
-        h, w_, c = getattr(w.obs, "image", w.obs).shape
-        factor = p.scale if p.task == "sr" else 1  # the fit's canvas is the output
+        observed = getattr(w.obs, "image", w.obs).shape
+        h, w_, _ = get_task(p.task).output_shape(observed, p.scale)  # the fit's canvas is the output
         free, _total = torch.cuda.mem_get_info(torch.device(self.device))
-        return pack_for_memory(p, h * factor, w_ * factor, channels=c, free_bytes=free, cap=self.pack_limit)
+        return pack_for_memory(p, h, w_, channels=observed[2], free_bytes=free, cap=self.pack_limit)
 
     def _restore_group(self, group: list[_Work]) -> None:
         import dipcore
@@ -290,7 +290,7 @@ class Restorer:
         """The classical baseline's columns, computed in a thread while the fit runs (None: not asked for)."""
         if not job.classical or truth is None or job.synthesis is None:
             return None
-        sigma = job.synthesis.sigma if job.task == "denoise" else None
+        sigma = obs.meta.get("sigma")  # the noise level the observation was synthesised with (denoising)
         return self._baselines.submit(
             baselines.score_classical, job.task, obs, truth, sigma=sigma, protocol=psnr_protocol(job)
         )
