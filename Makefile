@@ -8,7 +8,7 @@ include deploy/versions.env
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.dipflow-installed
 
-.PHONY: demo test lint results install clean
+.PHONY: demo test test-fast lint results install clean
 
 install: $(STAMP)
 
@@ -26,6 +26,10 @@ demo: $(STAMP)
 # The lint and format gate first (seconds), then the suite.
 test: lint
 	$(PY) -m pytest
+
+# While working: the suite without the tests marked slow (long fits, the deployment end to end, multi-node Ray).
+test-fast: lint
+	$(PY) -m pytest -m "not slow"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -13,6 +13,7 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 ROUNDING = 1e-3  # dB: curves are float32 on the device, the columns float64 on the host
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data is not here")
 def test_dip_beats_the_degraded_input_on_denoising_and_inpainting_benchmarks(ray_local, tmp_path):
     import torch

@@ -255,6 +255,7 @@ def test_a_packed_batch_gives_what_one_job_at_a_time_gives(tmp_path, spy, case):
     assert abs(first[0] - first[1]) > 0.05 * first[0]  # the two images differ far beyond the tolerance: no mix-up
 
 
+@pytest.mark.slow
 def test_packed_fits_reach_the_quality_of_single_ones(tmp_path):
     src = tmp_path / "src"
     for i, key in enumerate(["a.png", "b.png"]):

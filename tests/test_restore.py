@@ -33,6 +33,7 @@ def _normalised_convolution(observed, mask, sigma=1.5):
     return np.where(mask[..., None] > 0, observed, filled)
 
 
+@pytest.mark.slow
 def test_denoising_gains_several_db_over_the_noisy_input(photo):
     obs = dipcore.degrade(photo, task="denoise", sigma=25, seed=0)
     res = dipcore.restore(obs, task="denoise", preset="fast", iterations=400, channels=16, seed=0)
@@ -42,6 +43,7 @@ def test_denoising_gains_several_db_over_the_noisy_input(photo):
     assert res.average is not None and res.stop_reason == "iterations" and res.iteration == 400
 
 
+@pytest.mark.slow
 def test_inpainting_half_the_pixels_beats_the_masked_input_and_interpolation(photo):
     obs = dipcore.degrade(photo, task="inpaint", drop=0.5, seed=0)
     assert obs.mask.mean() == pytest.approx(0.5, abs=0.03)
@@ -55,6 +57,7 @@ def test_inpainting_half_the_pixels_beats_the_masked_input_and_interpolation(pho
     assert restored > interpolated + 0.5
 
 
+@pytest.mark.slow
 def test_super_resolution_has_the_output_size_and_explains_the_lr_image(photo):
     obs = dipcore.degrade(photo[:60, :44], task="sr", scale=4, seed=0)  # not a multiple of 32: padded, cropped back
     assert obs.image.shape == (15, 11, 3)

@@ -169,6 +169,7 @@ _DRIVER_PID = os.getpid()
 _MARKERS = ""
 
 
+@pytest.mark.slow
 def test_jobs_of_dead_actors_are_retried_then_given_up(ray_local, tmp_path, write_images):
     global _MARKERS
     _MARKERS = str(tmp_path)
@@ -252,6 +253,7 @@ def test_a_stuck_attempt_times_out(ray_local, tmp_path, write_images):
 # ----------------------------------------------------------------------------------- multi-node, logical GPUs
 
 
+@pytest.mark.slow
 def test_actors_land_on_gpu_nodes_of_a_multi_node_cluster(ray_session, tmp_path, write_images):
     """Head without GPUs, two nodes with one logical GPU each (no CUDA needed: Ray only schedules by count)."""
     from ray.cluster_utils import Cluster
