@@ -20,7 +20,7 @@ from .batched import stack_problems
 from .concurrent import concurrent_workers, fit_concurrently
 from .crop import center_box, center_crop_to_multiple
 from .degrade import Observation, binary_mask
-from .engine import EngineOptions, default_device
+from .engine import EngineOptions, default_device, fit_work
 from .errors import ConfigError
 from .fit import FitProblem, FitResult, FitSettings, StepRecord, fit, fit_stacked
 from .imageio import to_float_image
@@ -258,13 +258,13 @@ def restore(
     obs, ref = _prepare(p, observation, mask=mask, guide=guide, reference=reference)
     protocol = _protocol(psnr_protocol, ref)
     dev = torch.device(device) if device is not None else default_device()
-    engine = (engine or EngineOptions()).resolved(dev)
-    engine = _plan_memory(engine, p, obs, dev, fits=_at_once(engine, p.restarts) if engine.batch_restarts else 1)
     seeds = [seed + r for r in range(p.restarts)]
     problems = [
         build_problem(p, obs, device=dev, seed=s, reference=ref, features_weights=features_weights, operator=operator)
         for s in seeds
     ]
+    engine = (engine or EngineOptions()).resolved(dev, work=_work(problems[0]))
+    engine = _plan_memory(engine, p, obs, dev, fits=_at_once(engine, p.restarts) if engine.batch_restarts else 1)
     runs = run_fits(
         problems, _settings(p, engine, protocol), seeds=seeds, callback=callback, batched=engine.batch_restarts
     )
@@ -316,7 +316,6 @@ def restore_batch(
     if p.restarts != 1:
         raise ConfigError("restore_batch runs one fit per image: use restarts=1")
     dev = torch.device(device) if device is not None else default_device()
-    engine = (engine or EngineOptions()).resolved(dev)
     problems, protocol = [], None
     shapes = set()
     for observation, reference, s in zip(observations, references, seeds, strict=True):
@@ -326,6 +325,7 @@ def restore_batch(
         problems.append(build_problem(p, obs, device=dev, seed=s, reference=ref))
     if len(shapes) > 1:  # what stacking needs, and what the memory plan assumes in either batch mode
         raise ConfigError(f"a batch needs observations of one shape, got {sorted(shapes)}")
+    engine = (engine or EngineOptions()).resolved(dev, work=_work(problems[0]))
     engine = _plan_memory(engine, p, obs, dev, fits=_at_once(engine, k))
     runs = run_fits(problems, _settings(p, engine, protocol), seeds=seeds, callback=callback)
     return [
@@ -352,6 +352,11 @@ def _prepare(p: TaskPreset, observation: Any, *, mask: Any = None, guide: Any = 
     if ref is not None and ref.shape[2] != channels:  # grey against colour: the reference takes the output's channels
         ref = np.repeat(ref, channels, axis=2) if ref.shape[2] == 1 else ref.mean(2, keepdims=True)
     return obs, ref
+
+
+def _work(problem: FitProblem) -> int:
+    """How large one fit is, for the engine's precision choice (`dipcore.engine.fit_work`)."""
+    return fit_work(problem.net, *problem.crop[2:])
 
 
 def _plan_memory(engine: EngineOptions, p: TaskPreset, obs: Observation, dev: torch.device, *, fits: int):

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from .checkpointing import checkpointed
-from .engine import EngineOptions, backend_flags
+from .engine import EngineOptions, backend_flags, fit_work
 from .metrics import PsnrProtocol, psnr_stacked
 from .operators import Operator
 from .step import TrainingStep
@@ -117,7 +117,7 @@ def fit_stacked(
     """
     k, n = len(generators), settings.iterations
     assert n >= 1, "a fit runs at least one iteration"
-    engine = settings.engine.resolved(problem.z.device)
+    engine = settings.engine.resolved(problem.z.device, work=fit_work(problem.net, *problem.crop[2:], fits=k))
     net, z = _on_engine(problem.net, problem.z, engine)
     params = [p for p in net.parameters() if p.requires_grad]
     recorder = _Recorder(settings, k, params, problem.reference, z.device)

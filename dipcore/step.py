@@ -57,9 +57,10 @@ class TrainingStep:
     def _compute(self) -> tuple[Tensor, Tensor]:
         top, left, h, w = self.crop
         z_in = self.z + self.reg_noise_std * self.jitter if self.reg_noise_std > 0 else self.z
-        with self.autocast:
-            out = self.net(z_in)[..., top : top + h, left : left + w].float()  # (1, K·C, H, W)
-            per_fit = (self.op(out) - self.target).pow(2).reshape(self.k, -1).mean(1)  # (K,) each fit's MSE
+        with self.autocast:  # only the net: the operator and the loss stay fp32 under a bf16 autocast
+            out = self.net(z_in)[..., top : top + h, left : left + w]
+        out = out.float()  # (1, K·C, H, W)
+        per_fit = (self.op(out) - self.target).pow(2).reshape(self.k, -1).mean(1)  # (K,) each fit's MSE
         per_fit.sum().backward()
         if self.before_step is not None:
             self.before_step(per_fit.detach())

@@ -62,14 +62,15 @@ def test_unsupported_layers_are_refused(build):
 # gradient, so gradients at rounding level (~1e-9) flip signs when the summation order changes (grouped vs plain
 # convolutions, or even channels_last vs contiguous). Pixel differences grow from 1e-6 at the first output to
 # ~1e-3 after one step and ~0.1 after 15, while the PSNR stays the same (measured). So: tight agreement of the
-# first outputs and losses, and equal quality over a longer run.
+# first outputs and losses, and equal quality over a longer run. In fp32: a bf16 net (the default on CPUs with bf16
+# units) rounds every convolution to 2⁻⁸ relative, so grouped and plain convolutions differ by that already.
 @pytest.mark.parametrize("mode", ["stack", "threads"])
 @pytest.mark.parametrize("task", ["denoise", "sr", "inpaint"])
 def test_k_fits_batched_equal_k_fits_one_by_one(crops, task, mode):
     obs = [dipcore.degrade(c, task=task, seed=i) for i, c in enumerate(crops)]
-    kwargs = dict(task=task, iterations=2, **SMALL)
-    engine = dipcore.EngineOptions(batch_mode=mode)
-    batched = dipcore.restore_batch(obs, references=crops, seeds=[3, 4, 5], engine=engine, **kwargs)
+    kwargs = dict(task=task, iterations=2, engine=dipcore.EngineOptions(autocast="off"), **SMALL)
+    engine = dipcore.EngineOptions(batch_mode=mode, autocast="off")
+    batched = dipcore.restore_batch(obs, references=crops, seeds=[3, 4, 5], **{**kwargs, "engine": engine})
     assert all(b.engine["batch_mode"] == mode for b in batched)
     for o, c, s, b in zip(obs, crops, [3, 4, 5], batched, strict=True):
         single = dipcore.restore(o, reference=c, seed=s, **kwargs)
@@ -81,6 +82,7 @@ def test_k_fits_batched_equal_k_fits_one_by_one(crops, task, mode):
         assert b.config["seed"] == s
 
 
+@pytest.mark.slow
 def test_stacked_fits_reach_the_same_quality_over_a_longer_run(crops):
     obs = [dipcore.degrade(c, task="denoise", seed=i) for i, c in enumerate(crops)]
     kwargs = dict(task="denoise", iterations=150, **SMALL)

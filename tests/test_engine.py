@@ -1,0 +1,83 @@
+"""The engine's precision: bf16 autocast of the net where the CPU has native bf16 units, fp32 elsewhere, always
+overridable and recorded; under bf16 only the net's forward pass is lowered."""
+
+import numpy as np
+import pytest
+import torch
+from skimage import data
+
+import dipcore
+from dipcore import engine as engine_mod
+from dipcore.api import build_problem
+from dipcore.degrade import Observation
+from dipcore.fit import FitSettings, fit
+from dipcore.tasks import preset_for
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_the_default_precision_follows_the_cpus_bf16_units(monkeypatch, native):
+    monkeypatch.setattr(engine_mod, "cpu_has_native_bf16", lambda: native)
+    assert dipcore.EngineOptions().resolved(CPU).autocast == ("bf16" if native else "off")
+    # A caller's choice wins either way; CUDA stays fp32 unless asked (bf16 there costs PSNR: benchmarks/RESULTS.md).
+    assert dipcore.EngineOptions(autocast="off").resolved(CPU).autocast == "off"
+    assert dipcore.EngineOptions(autocast="bf16").resolved(CPU).autocast == "bf16"
+    assert dipcore.EngineOptions().resolved(torch.device("cuda")).autocast == "off"
+
+
+def test_small_fits_stay_fp32_where_bf16_would_cost_time(monkeypatch):
+    monkeypatch.setattr(engine_mod, "cpu_has_native_bf16", lambda: True)
+    img = data.astronaut().astype(np.float32) / 255
+
+    def precision(size: int, channels: int) -> str:
+        res = dipcore.restore(img[:size, :size], task="denoise", preset="fast", channels=channels, iterations=1)
+        return res.engine["autocast"]
+
+    assert precision(64, 32) == "off"  # work 64²·32² = 4.2 M: bf16 measured 0.81× there
+    assert precision(128, 32) == "bf16"  # 16.8 M = BF16_MIN_WORK
+    assert engine_mod.fit_work(torch.nn.Conv2d(3, 48, 3), 10, 10) == 48**2 * 100
+
+
+def test_the_probe_answers_without_raising():
+    assert isinstance(engine_mod.cpu_has_native_bf16(), bool)
+
+
+def test_an_unknown_precision_is_refused():
+    with pytest.raises(dipcore.ConfigError, match="autocast"):
+        dipcore.EngineOptions(autocast="fp16").resolved(CPU)
+
+
+def test_the_precision_a_fit_ran_with_is_recorded():
+    img = data.astronaut()[:32, :32].astype(np.float32) / 255
+    for choice in ("bf16", "off"):
+        res = dipcore.restore(
+            img, task="denoise", preset="fast", channels=8, iterations=2, engine=dipcore.EngineOptions(autocast=choice)
+        )
+        assert res.engine["autocast"] == choice
+
+
+class _RecordingOperator(torch.nn.Module):
+    """The identity, noting the dtype of what reaches it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dtypes: set[torch.dtype] = set()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.dtypes.add(x.dtype)
+        return x
+
+
+def test_under_bf16_only_the_net_is_lowered():
+    img = data.astronaut()[:32, :32].astype(np.float32) / 255
+    p = preset_for("denoise", preset="fast", channels=8)
+    problem = build_problem(p, Observation(img, "denoise"), device=CPU, seed=0, reference=img)
+    operator = _RecordingOperator()
+    problem.operator = operator
+    settings = FitSettings(lr=p.lr, iterations=3, ema=0.9, engine=dipcore.EngineOptions(autocast="bf16").resolved(CPU))
+    res = fit(problem, settings, generator=torch.Generator().manual_seed(0))
+    assert operator.dtypes == {torch.float32}  # the operator, hence the loss, sees fp32
+    assert res.final.dtype == res.average.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in problem.net.parameters())  # Adam updates fp32 weights
+    assert np.isfinite(res.history["loss"]).all() and np.isfinite(res.history["psnr"]).all()
