@@ -33,7 +33,7 @@ from pipelines import jobs, progress, storage
 from pipelines.errors import PipelineError
 from pipelines.evaluation.benchmarks import BENCHMARKS, describe
 from pipelines.evaluation.protocols import evaluation_config
-from pipelines.execution.options import Execution
+from pipelines.execution.options import Execution, autocast
 from pipelines.jobs import Job, Plan
 from pipelines.reporting import reports
 
@@ -137,7 +137,7 @@ def restore_images(
     if execution.executor == "inline" or (execution.executor == "auto" and local_only):
         why = "memory:// is private to it" if local_only else "executor=inline"
         _logger().info("running %d job(s) in this process (%s)", len(todo), why)
-        restorer = workers.Restorer(storage_options)
+        restorer = workers.Restorer(storage_options, engine=_engine(execution))
         return workers.run_inline(todo, restorer=restorer, on_result=on_result, pack=execution.pack)
     return _on_ray(todo, execution, storage_options, on_result)
 
@@ -391,6 +391,13 @@ def _path(uri: str, storage_options: dict | None) -> str:
     return storage.filesystem(uri, storage_options)[1]
 
 
+def _engine(ex: Execution) -> Any:
+    """The dipcore engine every worker runs with: dipcore's defaults, but for the precision the run asks for."""
+    import dipcore
+
+    return dipcore.EngineOptions(autocast=autocast(ex.precision))
+
+
 def _on_ray(todo: list[Job], ex: Execution, so: dict | None, on_result: Callable[[JobOutcome], None]) -> RunStats:
     """`todo` on a pool of Ray actors sized for the cluster (a private local Ray when no address is given)."""
     from pipelines.execution import workers
@@ -403,6 +410,7 @@ def _on_ray(todo: list[Job], ex: Execution, so: dict | None, on_result: Callable
             num_workers=ex.num_workers,
             max_workers=len(todo),
             storage_options=so,
+            engine=_engine(ex),
         )
         logger.info(
             "%d Ray worker(s), each %s",

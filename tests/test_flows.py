@@ -37,7 +37,8 @@ def test_restore_dataset_on_a_local_folder_with_artifacts_and_resume(ray_local, 
     (src / "empty.png").write_bytes(b"")
     (src / "notes.txt").write_text("not an image")
 
-    first = flows.restore_dataset(str(src), str(out), "denoise", **FAST)
+    # A precision asked of the run reaches every actor (dipcore's default would keep these tiny fits in fp32).
+    first = flows.restore_dataset(str(src), str(out), "denoise", **FAST, execution={"precision": "bf16"})
     assert (first["images"], first["ok"], first["error"], first["skipped"], first["not_images"]) == (5, 3, 2, 0, 1)
     assert sorted(f["image_key"] for f in first["failures"]) == ["corrupt.png", "empty.png"]
     for key in ["a.png", "sub/b.png", "sub/deeper/c.png"]:  # outputs mirror the input's relative paths
@@ -45,6 +46,7 @@ def test_restore_dataset_on_a_local_folder_with_artifacts_and_resume(ray_local, 
     rows = by_key(reports.read_report(str(out), run_id=first["run_id"]))
     assert rows["a.png"]["status"] == "ok" and rows["a.png"]["flow_run_id"] == first["flow_run_id"]
     assert rows["a.png"]["attempts"] == 1 and rows["a.png"]["ray_node"] and rows["a.png"]["psnr"] is None
+    assert {json.loads(rows[k]["engine_json"])["autocast"] for k in ("a.png", "sub/b.png")} == {"bf16"}
     assert "empty file" in rows["empty.png"]["error"]
     assert "not a recognised image format" in rows["corrupt.png"]["error"]
     curves = reports.read_curves(str(out), run_id=first["run_id"])
@@ -88,9 +90,13 @@ def test_an_interrupted_run_resumes_with_only_the_unfinished_images(ray_local, t
 
     monkeypatch.setattr(reports.ReportWriter, "append", crash_after_two)
     with pytest.raises(RuntimeError, match="simulated crash"):  # the driver dies; in-process jobs save a pool start
-        flows.restore_dataset(str(src), str(out), "denoise", **FAST, execution={"executor": "inline"})
+        flows.restore_dataset(
+            str(src), str(out), "denoise", **FAST, execution={"executor": "inline", "precision": "fp32"}
+        )
     monkeypatch.undo()
     assert len(calls) == 2
+    written = by_key(reports.read_report(str(out)))
+    assert {json.loads(r["engine_json"])["autocast"] for r in written.values()} == {"off"}  # reached the restorer
 
     resumed = flows.restore_dataset(str(src), str(out), "denoise", **FAST)
     rows = by_key(reports.read_report(str(out), run_id=resumed["run_id"]))

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt
 
-__all__ = ["Execution", "Flag", "Pack", "flags", "parse_field"]
+__all__ = ["Execution", "Flag", "Pack", "autocast", "flags", "parse_field"]
 
 Pack = int | Literal["auto"]  # jobs per batch: a number (1 = off), or "auto" (decided by the actor's device)
 
@@ -62,12 +62,22 @@ class Execution(BaseModel):
         description="images of one shape per batch on a worker; auto (default): one per thread on CPU workers "
         "(side by side), as many as the GPU's free memory holds (at most 8, stacked) on GPU workers; 1: off",
     )
+    precision: Annotated[Literal["auto", "fp32", "bf16"], Flag("P")] = Field(
+        "auto",
+        description="the net's arithmetic: auto (default): bf16 on CPUs with native bf16 units (AVX512-BF16, AMX) "
+        "for images large enough to gain, else fp32; fp32 or bf16 force one (the row's engine_json says which ran)",
+    )
     # No Flag: the CLI always lets "auto" choose (it never hands a run memory:// storage).
     executor: Literal["auto", "ray", "inline"] = Field(
         "auto",
         description="ray: Ray actors; inline: in the flow's own process, without Ray (process-local storage such "
         "as memory://, debugging); auto (default): inline when the storage is memory://, else ray",
     )
+
+
+def autocast(precision: str) -> str | None:
+    """``dipcore.EngineOptions``'s ``autocast`` for a `precision` (None: dipcore decides)."""
+    return {"auto": None, "fp32": "off", "bf16": "bf16"}[precision]
 
 
 def flags() -> list[tuple[str, Flag, str]]:

@@ -64,14 +64,16 @@ class RestoreWorker(Restorer):
     """`Restorer` as a Ray actor: resources come from ``.options(num_gpus=…, num_cpus=…)``; the device from the
     GPU Ray assigned (CUDA when torch sees it) and torch's threads from the CPUs it assigned."""
 
-    def __init__(self, storage_options: dict | None = None) -> None:
+    def __init__(self, storage_options: dict | None = None, engine: Any = None) -> None:
         import torch
 
         ctx = ray.get_runtime_context()
         cpus = ctx.get_assigned_resources().get("CPU", 0.0)
         # Ray sets CUDA_VISIBLE_DEVICES to the assigned GPU(s), so the first visible one is ours.
         device = "cuda:0" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
-        super().__init__(storage_options, device=device, threads=max(1, int(cpus)), node=ctx.get_node_id())
+        super().__init__(
+            storage_options, device=device, threads=max(1, int(cpus)), node=ctx.get_node_id(), engine=engine
+        )
         # The first Adam step imports torch._dynamo (seconds): pay it while starting, not inside a job's timeout.
         torch.optim.Adam([torch.zeros(1, requires_grad=True)])
 
@@ -141,12 +143,19 @@ class WorkerPool:
     """A fixed number of `RestoreWorker` actors, each in a slot that a dead actor's replacement takes over."""
 
     def __init__(
-        self, size: int, *, num_gpus: float = 0.0, num_cpus: float = 1.0, storage_options: dict | None = None
+        self,
+        size: int,
+        *,
+        num_gpus: float = 0.0,
+        num_cpus: float = 1.0,
+        storage_options: dict | None = None,
+        engine: Any = None,
     ) -> None:
         if size < 1:
             raise ValueError(f"a worker pool needs at least one worker, got {size}")
         self.options = {"num_gpus": num_gpus, "num_cpus": num_cpus, "scheduling_strategy": "SPREAD"}
         self.storage_options = storage_options
+        self.engine = engine  # a dipcore.EngineOptions for every actor (None: dipcore's defaults on its device)
         self.slots = [_Slot(i, self._spawn()) for i in range(size)]
         self.restarts = 0
 
@@ -159,6 +168,7 @@ class WorkerPool:
         num_workers: int | None = None,
         max_workers: int | None = None,
         storage_options: dict | None = None,
+        engine: Any = None,
     ) -> WorkerPool:
         """Size a pool from the live nodes: GPU actors when the cluster has GPUs (and `gpus_per_worker` > 0),
         else CPU actors; `num_workers` defaults to as many as fit, `max_workers` caps it (e.g. the job count)."""
@@ -169,10 +179,10 @@ class WorkerPool:
         size = num_workers or max(1, _capacity(num_gpus, num_cpus))
         if max_workers is not None:
             size = max(1, min(size, max_workers))
-        return cls(size, num_gpus=num_gpus, num_cpus=num_cpus, storage_options=storage_options)
+        return cls(size, num_gpus=num_gpus, num_cpus=num_cpus, storage_options=storage_options, engine=engine)
 
     def _spawn(self) -> Any:
-        return RestoreWorker.options(**self.options).remote(self.storage_options)
+        return RestoreWorker.options(**self.options).remote(self.storage_options, self.engine)
 
     @property
     def actors(self) -> list[Any]:
