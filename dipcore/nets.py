@@ -156,6 +156,16 @@ def _upsample(mode: str, factor: int = 2) -> nn.Upsample:
     return nn.Upsample(scale_factor=factor, mode=mode, align_corners=False if mode == "bilinear" else None)
 
 
+class _ReflectionPad(nn.ReflectionPad2d):
+    """Reflection padding in its input's dtype. CPU autocast runs ``reflection_pad2d`` in fp32, so a bf16
+    activation would be cast up here and back down by the next convolution; padding only copies values, so bf16 in,
+    bf16 out gives the same numbers without the two casts (measured: benchmarks/RESULTS.md)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return super().forward(x)
+
+
 @dataclass(frozen=True)
 class _Kit:
     """How the convolutions of one net are made: padding, bias, normalisation, activation."""
@@ -170,7 +180,7 @@ class _Kit:
         layers: list[nn.Module] = []
         padding = (k - 1) // 2
         if self.pad == "reflection" and padding:
-            layers.append(nn.ReflectionPad2d(padding))
+            layers.append(_ReflectionPad(padding))
             padding = 0
         stride = 2 if downsample == "stride" else 1
         layers.append(nn.Conv2d(cin, cout, k, stride=stride, padding=padding, bias=self.bias))

@@ -81,3 +81,28 @@ def test_under_bf16_only_the_net_is_lowered():
     assert res.final.dtype == res.average.dtype == torch.float32
     assert all(p.dtype == torch.float32 for p in problem.net.parameters())  # Adam updates fp32 weights
     assert np.isfinite(res.history["loss"]).all() and np.isfinite(res.history["psnr"]).all()
+
+
+def test_reflection_padding_keeps_bf16_and_the_same_numbers():
+    """CPU autocast runs reflection padding in fp32; the nets pad in their input's dtype instead (no cast up and
+    back), which gives the very same numbers since padding only copies values."""
+    from dipcore import nets
+
+    net = nets.reinitialise(
+        nets.skip(in_channels=4, channels_down=(8,) * 3, channels_up=(8,) * 3, channels_skip=(2,) * 3),
+        torch.Generator().manual_seed(0),
+    )
+    pads = [m for m in net.modules() if isinstance(m, torch.nn.ReflectionPad2d)]
+    seen = []
+    for pad in pads:
+        pad.register_forward_hook(lambda module, args, out: seen.append((args[0].dtype, out.dtype)))
+    z = torch.rand(1, 4, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = net(z)
+    assert any(inp == torch.bfloat16 for inp, _ in seen)
+    assert all(out == inp for inp, out in seen)  # a bf16 activation stays bf16
+    for pad in pads:  # torch's own module in its place: autocast's fp32 padding, as before
+        pad.__class__ = torch.nn.ReflectionPad2d
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torchs = net(z)
+    assert torch.equal(ours, torchs)
