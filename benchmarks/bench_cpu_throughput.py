@@ -39,7 +39,7 @@ from pipelines.execution import workers
 from pipelines.execution.restorer import Restorer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_fit import PLAIN, emit
+from bench_fit import PLAIN, cpu_facts, emit
 
 WAYS = ("plain", "inline", "pipeline")
 
@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "task": "denoise",
         "net": "default",
+        **cpu_facts(),  # inline and pipeline run dipcore's default precision: bf16 where native_bf16 says so
     }
     seconds: dict[str, list[float]] = {way: [] for way in args.ways}
     try:

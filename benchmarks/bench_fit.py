@@ -145,7 +145,8 @@ def run_case(
         "gflop_per_iteration": flops / 1e9,
         "params": k * sum(q.numel() for q in problem.net.parameters()),
         "channels": channels or 128,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_facts()["cpu"],
+        **(cpu_facts() if device.type == "cpu" else {}),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "warmup": warmup,
@@ -197,6 +198,25 @@ def main(argv: list[str] | None = None) -> int:
                     )
                     emit({**row, "round": round_}, args.out)
     return 0
+
+
+def cpu_facts() -> dict:
+    """The CPU a figure was measured on: its model, the vector and matrix extensions that decide oneDNN's kernels
+    (AVX-512 and its bf16 instructions, AMX), and whether dipcore runs large fits in bf16 there."""
+    from dipcore.engine import cpu_has_native_bf16
+
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and model in ("", "x86_64"):
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags |= set(line.split(":", 1)[1].split())
+    except OSError:  # not Linux: the model from platform only
+        pass
+    wanted = sorted(f for f in flags if f.startswith(("avx512", "amx")) or f in ("avx2", "fma"))
+    return {"cpu": model, "cpu_flags": wanted, "native_bf16": cpu_has_native_bf16()}
 
 
 def emit(row: dict, out: str | None) -> None:
