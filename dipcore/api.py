@@ -263,7 +263,7 @@ def restore(
         build_problem(p, obs, device=dev, seed=s, reference=ref, features_weights=features_weights, operator=operator)
         for s in seeds
     ]
-    engine = (engine or EngineOptions()).resolved(dev, work=_work(problems[0]))
+    engine = (engine or EngineOptions()).resolved(dev, work=_work(problems[0]), bf16_ok=get_task(p.task).bf16_default)
     engine = _plan_memory(engine, p, obs, dev, fits=_at_once(engine, p.restarts) if engine.batch_restarts else 1)
     runs = run_fits(
         problems, _settings(p, engine, protocol), seeds=seeds, callback=callback, batched=engine.batch_restarts
@@ -325,7 +325,7 @@ def restore_batch(
         problems.append(build_problem(p, obs, device=dev, seed=s, reference=ref))
     if len(shapes) > 1:  # what stacking needs, and what the memory plan assumes in either batch mode
         raise ConfigError(f"a batch needs observations of one shape, got {sorted(shapes)}")
-    engine = (engine or EngineOptions()).resolved(dev, work=_work(problems[0]))
+    engine = (engine or EngineOptions()).resolved(dev, work=_work(problems[0]), bf16_ok=get_task(p.task).bf16_default)
     engine = _plan_memory(engine, p, obs, dev, fits=_at_once(engine, k))
     runs = run_fits(problems, _settings(p, engine, protocol), seeds=seeds, callback=callback)
     return [

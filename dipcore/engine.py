@@ -57,11 +57,12 @@ def fit_work(net: nn.Module, height: int, width: int, *, fits: int = 1) -> int:
     return widest**2 * height * width
 
 
-def default_autocast(device: torch.device, work: int | None = None) -> Literal["bf16", "off"]:
-    """bf16 autocast of the net where the CPU has native bf16 units and the fit is large enough to gain from it
-    (``work`` from `fit_work`; None: assume it is); fp32 elsewhere, on CUDA too (opt-in there)."""
+def default_autocast(device: torch.device, work: int | None = None, *, bf16_ok: bool = True) -> Literal["bf16", "off"]:
+    """bf16 autocast of the net where the CPU has native bf16 units, the fit is large enough to gain from it
+    (``work`` from `fit_work`; None: assume it is) and its task's measured PSNR price allows it (``bf16_ok``:
+    `dipcore.task_defs.Task.bf16_default`; a bare fit knows no task); fp32 elsewhere, on CUDA too (opt-in there)."""
     large = work is None or work >= BF16_MIN_WORK
-    return "bf16" if device.type == "cpu" and large and cpu_has_native_bf16() else "off"
+    return "bf16" if device.type == "cpu" and large and bf16_ok and cpu_has_native_bf16() else "off"
 
 
 def _given_or(value, default):
@@ -77,7 +78,7 @@ class EngineOptions:
     tf32: bool | None = None  # TF32 convolutions and matmuls; default: on for CUDA, off gives strict fp32
     # bf16 autocast of the net's forward pass ("bf16"), or strict fp32 ("off"); the loss, the average, the PSNRs,
     # early stopping and Adam stay fp32 either way. Default: bf16 on CPUs with native bf16 units for fits large
-    # enough to gain (`default_autocast`), else off.
+    # enough to gain, of tasks whose measured PSNR price allows it (`default_autocast`), else off.
     autocast: Literal["bf16", "off"] | None = None
     cudnn_benchmark: bool | None = None  # default: on for CUDA (shapes are static during a fit)
     batch_restarts: bool | None = None  # restarts of one image as one batch (see batch_mode); default: on
@@ -96,9 +97,9 @@ class EngineOptions:
     checkpoint: bool | Literal["auto"] | None = None
     memory_budget: int | None = None  # bytes a fit may use; default: measured when it starts (dipcore.memory)
 
-    def resolved(self, device: torch.device, *, work: int | None = None) -> EngineOptions:
-        """Every ``None`` replaced by ``device``'s default (the precision's also by the fit's ``work``, see
-        `fit_work`); ConfigError on a value that is not allowed there."""
+    def resolved(self, device: torch.device, *, work: int | None = None, bf16_ok: bool = True) -> EngineOptions:
+        """Every ``None`` replaced by ``device``'s default (the precision's also by the fit's ``work`` and whether
+        its task allows bf16: `default_autocast`); ConfigError on a value that is not allowed there."""
         cuda = device.type == "cuda"
         if self.checkpoint not in (None, True, False, "auto"):
             raise ConfigError(f"checkpoint={self.checkpoint!r} is not one of True, False, 'auto'")
@@ -112,7 +113,7 @@ class EngineOptions:
             sync_every=_given_or(self.sync_every, 25 if cuda else 1),
             channels_last=_given_or(self.channels_last, cuda),
             tf32=_given_or(self.tf32, cuda),
-            autocast=_given_or(self.autocast, default_autocast(device, work)),
+            autocast=_given_or(self.autocast, default_autocast(device, work, bf16_ok=bf16_ok)),
             cudnn_benchmark=_given_or(self.cudnn_benchmark, cuda),
             batch_restarts=_given_or(self.batch_restarts, True),
             batch_mode=_given_or(self.batch_mode, "threads" if device.type == "cpu" else "stack"),

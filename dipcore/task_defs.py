@@ -66,6 +66,10 @@ class Task:
     psnr_on_y: bool = False  # SR's protocol (the literature's): PSNR on Y (BT.601), `scale` border pixels shaved
     baseline: Literal["input", "bicubic"] = "input"  # the naive estimate scored beside DIP
     batch_refusal: str | None = None  # why restore_batch cannot stack its fits (None: they stack)
+    # Whether bf16 may be this task's default where the CPU has native bf16 units: only where its measured mean cost
+    # in PSNR is ≤ 0.1 dB on whole study sets (benchmarks/RESULTS.md: denoising +0.08/+0.01, SR +0.02/+0.06 dB;
+    # inpainting −0.08/−0.13 dB stays fp32; the other tasks are unmeasured, so fp32).
+    bf16_default: bool = False
 
     def output_shape(self, observed: tuple[int, ...], scale: int = 1) -> tuple[int, int, int]:
         """(H, W, C) of the restored image for an observation of shape ``observed`` (H×W×C)."""
@@ -185,9 +189,18 @@ def _none(reason: str) -> Synthesiser:
 TASK_DEFS: Mapping[str, Task] = {
     t.name: t
     for t in (
-        Task("denoise", _identity, _add_noise, degrade_args=("sigma",)),
+        Task("denoise", _identity, _add_noise, degrade_args=("sigma",), bf16_default=True),
         Task("jpeg", _identity, _compress, degrade_args=("quality",)),  # blind: the quality is not given to the fit
-        Task("sr", _lanczos, _downscale, degrade_args=("scale",), scaled=True, psnr_on_y=True, baseline="bicubic"),
+        Task(
+            "sr",
+            _lanczos,
+            _downscale,
+            degrade_args=("scale",),
+            scaled=True,
+            psnr_on_y=True,
+            baseline="bicubic",
+            bf16_default=True,
+        ),
         Task(
             "inpaint",
             _mask,

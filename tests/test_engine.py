@@ -11,6 +11,7 @@ from dipcore import engine as engine_mod
 from dipcore.api import build_problem
 from dipcore.degrade import Observation
 from dipcore.fit import FitSettings, fit
+from dipcore.task_defs import TASK_DEFS
 from dipcore.tasks import preset_for
 
 CPU = torch.device("cpu")
@@ -37,6 +38,25 @@ def test_small_fits_stay_fp32_where_bf16_would_cost_time(monkeypatch):
     assert precision(64, 32) == "off"  # work 64²·32² = 4.2 M: bf16 measured 0.81× there
     assert precision(128, 32) == "bf16"  # 16.8 M = BF16_MIN_WORK
     assert engine_mod.fit_work(torch.nn.Conv2d(3, 48, 3), 10, 10) == 48**2 * 100
+
+
+def test_bf16_is_the_default_only_for_tasks_whose_price_was_measured_small(monkeypatch):
+    monkeypatch.setattr(engine_mod, "cpu_has_native_bf16", lambda: True)
+    assert [name for name, task in TASK_DEFS.items() if task.bf16_default] == ["denoise", "sr"]
+    img = data.astronaut()[:128, :128].astype(np.float32) / 255
+    mask = np.ones(img.shape[:2], np.float32)
+    res = dipcore.restore(img, task="inpaint", mask=mask, preset="fast", channels=32, iterations=1)
+    assert res.engine["autocast"] == "off"  # large enough, but inpainting lost 0.08-0.13 dB in bf16
+    forced = dipcore.restore(
+        img,
+        task="inpaint",
+        mask=mask,
+        preset="fast",
+        channels=32,
+        iterations=1,
+        engine=dipcore.EngineOptions(autocast="bf16"),
+    )
+    assert forced.engine["autocast"] == "bf16"
 
 
 def test_the_probe_answers_without_raising():

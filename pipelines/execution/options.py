@@ -64,8 +64,9 @@ class Execution(BaseModel):
     )
     precision: Annotated[Literal["auto", "fp32", "bf16"], Flag("P")] = Field(
         "auto",
-        description="the net's arithmetic: auto (default): bf16 on CPUs with native bf16 units (AVX512-BF16, AMX) "
-        "for images large enough to gain, else fp32; fp32 or bf16 force one (the row's engine_json says which ran)",
+        description="the net's arithmetic: auto (default): bf16 for denoising and SR on CPUs with native bf16 "
+        "units (AVX512-BF16, AMX) and images large enough to gain, else fp32; fp32 or bf16 force one (the row's "
+        "engine_json says which ran)",
     )
     # No Flag: the CLI always lets "auto" choose (it never hands a run memory:// storage).
     executor: Literal["auto", "ray", "inline"] = Field(
