@@ -321,14 +321,26 @@ def _engine_env(args: argparse.Namespace) -> None:
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
 
 
+_URL_PARAMETERS = ("source", "output", "mask_dir", "data_root", "benchmarks", "dataset")
+
+
 def _run_flow(name: str, args: argparse.Namespace, **params: Any) -> dict[str, Any]:
-    """Run a flow of pipelines.flows with a progress bar, keeping secret storage options out of its parameters."""
+    """Run a flow of pipelines.flows with a progress bar, keeping secrets out of its parameters (Prefect stores
+    them): secret storage options, and credentials inside URLs, which the parameters hold redacted — the real URLs
+    and options reach the flow through `flows.storage_credentials`, which Prefect never sees."""
     _engine_env(args)
     from pipelines import flows, progress, storage
 
     plain, secret = storage.split_secret_options(_storage_options(getattr(args, "storage_option", [])))
+    given = [params.get(k) for k in _URL_PARAMETERS]
+    urls = storage.url_secrets([u for v in given for u in (v if isinstance(v, list) else [v]) if isinstance(u, str)])
+    for k in _URL_PARAMETERS:
+        if isinstance(params.get(k), str):
+            params[k] = storage.redact(params[k])
+        elif isinstance(params.get(k), list):
+            params[k] = [storage.redact(v) for v in params[k]]
     sink = progress.RichProgress(enabled=not args.quiet)
-    with flows.storage_credentials(secret), progress.reporting(sink):
+    with flows.storage_credentials(secret, urls), progress.reporting(sink):
         return getattr(flows, name)(storage_options=plain or None, **params)
 
 

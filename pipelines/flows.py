@@ -5,10 +5,12 @@ long part, the Ray driver loop, is the task run ``restore-images``; where and ho
 ``execution`` (`pipelines.execution.options.Execution`), shown by Prefect's UI as one form.
 
 Credentials: a flow's parameters are stored by Prefect (and shown in its UI), so secret storage options (keys,
-secrets, tokens, passwords …) must not be parameters. Pass them with ``with storage_credentials({...}):`` around the
-call (the CLI does this with every ``--storage-option`` whose name looks secret, `storage.split_secret_options`) or
-through the environment's usual mechanisms (AWS_* variables, instance roles …); they reach the workers directly,
-never Prefect.
+secrets, tokens, passwords, an endpoint URL with ``user:password@`` …) must not be parameters, and neither may a URL
+that holds a credential (``https://user:password@host/…``, a signed ``?X-Amz-Signature=…`` query). Pass the options
+with ``with storage_credentials({...}):`` around the call, and such URLs as their redacted form
+(`storage.redact`, ``https://***@host/…``) with the real one in ``storage_credentials(urls=storage.url_secrets([…]))``;
+the flow swaps them back on entry. The CLI does both (`storage.split_secret_options`), as can the environment's usual
+mechanisms (AWS_* variables, instance roles …); they reach the workers directly, never Prefect.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
 __all__ = ["Execution", "evaluate", "restore_dataset", "storage_credentials"]
 
 _SECRETS: ContextVar[dict | None] = ContextVar("dipflow_storage_credentials", default=None)
+_URLS: ContextVar[dict[str, str] | None] = ContextVar("dipflow_storage_urls", default=None)
 
 
 # ----------------------------------------------------------------------------------------------- credentials
@@ -58,13 +61,28 @@ def _merge(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def storage_credentials(options: Mapping[str, Any] | None) -> Iterator[None]:
-    """Storage options merged into those of flows run inside this block, without becoming flow parameters."""
-    token = _SECRETS.set(dict(options or {}))
+def storage_credentials(options: Mapping[str, Any] | None, urls: Mapping[str, str] | None = None) -> Iterator[None]:
+    """Storage options merged into those of flows run inside this block, without becoming flow parameters; and
+    `urls`, ``{redacted URL: real URL}`` (`storage.url_secrets`): a flow given a redacted URL as a parameter uses
+    the real one."""
+    token, url_token = _SECRETS.set(dict(options or {})), _URLS.set(dict(urls or {}))
     try:
         yield
     finally:
         _SECRETS.reset(token)
+        _URLS.reset(url_token)
+
+
+def _real(url: str | None) -> str | None:
+    """The URL a redacted parameter stands for (`storage_credentials`); a URL still redacted is refused."""
+    if url is None:
+        return None
+    real = (_URLS.get() or {}).get(url, url)
+    if real == url and "***" in url and storage.redact(url) == url:
+        raise storage.StorageOptionError(
+            f"{url} is a redacted URL: pass the real one with flows.storage_credentials(urls=storage.url_secrets([…]))"
+        )
+    return real
 
 
 def _options(parameters: Mapping[str, Any] | None) -> dict | None:
@@ -174,6 +192,7 @@ def restore_dataset(
     ``"auto"`` packs one per thread on CPU actors (one-CPU actors: none) and as many as the card's free memory holds
     (at most 8) on GPU actors."""
     so = _options(storage_options)
+    source, output, mask_dir = _real(source), _real(output), _real(mask_dir)
     config = jobs.run_config(
         task,
         scale=scale,
@@ -240,10 +259,12 @@ def evaluate(
     if not benchmarks:
         raise ValueError(f"name at least one benchmark ({describe()}) or a folder of clean images")
     so = _options(storage_options)
+    data_root, output = _real(data_root), _real(output)
     run_id = _new_run_id()
     plans = []
     for name in benchmarks:
-        source, dataset = _benchmark_source(name, data_root)
+        source, dataset = _benchmark_source(name, data_root)  # the name as given: a dataset name holds no secret
+        source = _real(source)
         config = evaluation_config(
             name,
             task=task,
@@ -425,7 +446,7 @@ def _on_ray(todo: list[Job], ex: Execution, so: dict | None, on_result: Callable
                 max_attempts=ex.max_attempts,
                 timeout=ex.job_timeout,
                 pack=ex.pack,
-                log=logger.warning,
+                log=lambda message: logger.warning(storage.redact(message)),  # its reasons may quote a URL
             )
         finally:
             pool.shutdown()
@@ -514,7 +535,7 @@ def _publish(
                 run_id=run_id,
                 storage_options=so,
             )
-            href = page.uri if "://" in page.uri else f"file://{os.path.abspath(page.uri)}"
+            href = page.uri if "://" in page.uri else f"file://{os.path.abspath(page.uri)}"  # redacted already
             lines[-1:] = [f"HTML report: [{page.uri}]({href})", ""]
         except Exception as exc:  # noqa: BLE001 - the HTML page is a view: its failure costs the page, not the run
             logger.warning("no HTML report for run %s: %s", run_id, storage.redact(str(exc)))

@@ -13,7 +13,7 @@ import os
 import re
 import tempfile
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from hashlib import sha256
 from pathlib import PurePosixPath
@@ -50,6 +50,7 @@ __all__ = [
     "safe_key",
     "sha256_hex",
     "split_secret_options",
+    "url_secrets",
     "write_bytes_atomic",
 ]
 
@@ -355,8 +356,9 @@ def parse_storage_options(pairs: list[str] | tuple[str, ...] | None) -> dict:
 
 def split_secret_options(options: Mapping[str, Any] | None) -> tuple[dict, dict]:
     """(plain, secret) halves of storage options, nested dicts included, by the names `redact` treats as secret
-    (key, secret, token, password, credential, signature, auth, sas …): the flows keep the secret half out of their
-    parameters, which Prefect stores and shows."""
+    (key, secret, token, password, credential, signature, auth, sas …) and by the values it would change (a URL
+    with ``user:password@`` or a signed query): the flows keep the secret half out of their parameters, which
+    Prefect stores and shows."""
     plain: dict[str, Any] = {}
     secret: dict[str, Any] = {}
     for name, value in (options or {}).items():
@@ -366,11 +368,26 @@ def split_secret_options(options: Mapping[str, Any] | None) -> tuple[dict, dict]
                 plain[name] = p
             if s:
                 secret[name] = s
-        elif _is_secret_name(name):
-            secret[name] = value
+        elif _is_secret_name(name) or (isinstance(value, str) and redact(value) != value):
+            secret[name] = value  # a secret name, or a value holding one (an endpoint_url with user:password@)
         else:
             plain[name] = value
     return plain, secret
+
+
+def url_secrets(urls: Iterable[str | None]) -> dict[str, str]:
+    """``{redact(url): url}`` for each of `urls` that holds a credential (``user:password@``, a signed or token
+    query, an access key id): the flows take the redacted URLs as parameters, which Prefect stores, and the real
+    ones through `flows.storage_credentials`, which it does not. Two URLs that redact alike but differ raise
+    `StorageOptionError` (the redacted form could not say which is meant)."""
+    out: dict[str, str] = {}
+    for url in urls:
+        if not url or redact(url) == url:
+            continue
+        public = redact(url)
+        if out.setdefault(public, url) != url:
+            raise StorageOptionError(f"two URLs with different credentials redact to the same {public}; use one")
+    return out
 
 
 # --------------------------------------------------------------------------------------------------- listing
@@ -428,6 +445,8 @@ def _find(fs: AbstractFileSystem, path: str, url: str) -> tuple[dict[str, int], 
         raise StorageNotFoundError(f"source does not exist: {redact(url)}")
     if fs.isfile(path):
         folder, _, name = path.rstrip("/").rpartition("/")
+        if _protocols(fs) & {"http", "https"}:  # the key is the file's name, not its query (a signature, a token)
+            name = name.partition("#")[0].partition("?")[0] or "image"
         return {name: int(fs.info(path).get("size") or 0)}, folder
     root = path.rstrip("/")
     found = fs.find(path, detail=True)
