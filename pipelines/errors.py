@@ -17,6 +17,7 @@ __all__ = [
     "StorageNotFoundError",
     "StorageOptionError",
     "UnsafeKeyError",
+    "UsageError",
     "WorkerStartError",
 ]
 
@@ -27,6 +28,11 @@ class PipelineError(Exception):
 
 class CLIError(PipelineError):
     """A command line the user can fix; the message says how."""
+
+
+class UsageError(CLIError, ValueError):
+    """A command line that is wrong before anything is read or run (a bad option value, options that do not go
+    together): the command exits 2, as argparse does, before any engine starts."""
 
 
 class StorageError(PipelineError):

@@ -36,6 +36,8 @@ __all__ = [
     "StorageNotFoundError",
     "StorageOptionError",
     "UnsafeKeyError",
+    "check_glob",
+    "check_url",
     "exists",
     "filesystem",
     "is_image_key",
@@ -93,6 +95,28 @@ def filesystem(uri: str, storage_options: dict | None = None) -> tuple[AbstractF
         return fsspec.core.url_to_fs(uri, **(storage_options or {}))
     except (ImportError, ValueError) as exc:  # unknown protocol, missing s3fs/gcsfs/adlfs, malformed URL
         raise StorageError(f"cannot open {redact(uri)}: {redact(str(exc))}") from exc
+
+
+def check_url(url: str) -> None:
+    """`StorageError` unless `url` can name a file or folder: not empty, no control character, and every protocol
+    of it (``simplecache::s3://…`` chains included) known to fsspec with its package installed. Reads nothing."""
+    if not isinstance(url, str) or not url.strip():
+        raise StorageError("an empty URL or path")
+    if _CONTROL.search(url):
+        raise StorageError(f"{redact(url)!r} contains a control character")
+    bits = url.split("::")
+    for i, bit in enumerate(bits):
+        protocol, _ = fsspec.core.split_protocol(bit)
+        if protocol is None and i < len(bits) - 1:
+            protocol = bit  # "simplecache::s3://…": a chained protocol named alone
+        if protocol is None:
+            continue
+        try:
+            fsspec.get_filesystem_class(protocol)
+        except ValueError:
+            raise StorageError(f"{redact(url)}: unknown protocol {protocol!r}") from None
+        except ImportError as exc:
+            raise StorageError(f"{redact(url)}: {redact(str(exc))}") from None
 
 
 def _is_local(fs: AbstractFileSystem) -> bool:
@@ -404,8 +428,18 @@ def _split(key: str) -> tuple[str, str]:
     return (f"{folder}/" if folder else ""), PurePosixPath(name).stem
 
 
+def check_glob(pattern: str) -> None:
+    """`ValueError` unless `pattern` is a glob `list_images` can use (relative to the source, well formed)."""
+    _glob_regex(pattern)
+
+
 def _glob_regex(pattern: str) -> re.Pattern[str]:
-    """A glob relative to the root: ``*`` and ``?`` stay within a segment, ``**`` crosses segments."""
+    """A glob relative to the root: ``*`` and ``?`` stay within a segment, ``**`` crosses segments. A pattern that
+    is empty, absolute or malformed (``[z-a]``) raises `ValueError`."""
+    if not pattern:
+        raise ValueError("an empty glob matches nothing; leave --glob out to take every image")
+    if pattern.startswith("/"):
+        raise ValueError(f"glob {pattern!r} is absolute; globs are relative to the source (e.g. '**/*.png')")
     out, i = [], 0
     while i < len(pattern):
         c = pattern[i]
@@ -434,7 +468,10 @@ def _glob_regex(pattern: str) -> re.Pattern[str]:
         else:
             out.append(re.escape(c))
             i += 1
-    return re.compile("".join(out) + r"\Z", re.DOTALL)
+    try:
+        return re.compile("".join(out) + r"\Z", re.DOTALL)
+    except re.error as exc:
+        raise ValueError(f"bad glob {pattern!r}: {exc}") from None
 
 
 def _find(fs: AbstractFileSystem, path: str, url: str) -> tuple[dict[str, int], str]:
@@ -511,7 +548,7 @@ def list_images(
         keys = sorted(keys, key=lambda k: (PurePosixPath(k).suffix.lower() != ".png", k))
         return keys[0] if keys else None
 
-    matcher = _glob_regex(glob) if glob else None
+    matcher = _glob_regex(glob) if glob is not None else None
     listing = Listing()
     claimed: dict[str, str] = {}  # side-input key → reason
     candidates: list[str] = []
