@@ -600,16 +600,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _finish(summary: dict[str, Any], args: argparse.Namespace) -> int:
     """Print the run's summary (table or JSON) and its failures; exit 3 when any image failed."""
+    not_restored = summary.get("not_restored", [])
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
     else:
-        from pipelines.progress import StatusCounts
-
         _print_table(summary["summary"], title=f"run {summary['run_id']}")
-        counts = StatusCounts({status: summary[status] for status in ("ok", "error", "skipped")})
-        print(f"{counts} (done by earlier runs) — report: {summary['report']}")
-        if summary["not_images"]:
-            print(f"{summary['not_images']} file(s) were not images (see the log)", file=sys.stderr)
+        earlier = summary["skipped"] - len(not_restored)
+        print(
+            f"{summary['ok']} ok, {summary['error']} failed, {earlier} done by earlier runs, "
+            f"{len(not_restored)} not restored — report: {summary['report']}"
+        )
+    if summary["not_images"]:  # every file of the source is accounted for, on stderr: stdout stays the result
+        shown = summary.get("not_images_shown", [])
+        print(f"{summary['not_images']} file(s) were not images:", file=sys.stderr)
+        for f in shown:
+            print(f"  {f['dataset']}/{f['key']}: {f['reason']}", file=sys.stderr)
+        if summary["not_images"] > len(shown):
+            print(f"  … and {summary['not_images'] - len(shown)} more (see the flow's log)", file=sys.stderr)
+    if not_restored:
+        print(f"{len(not_restored)} image(s) not restored (skipped rows in the report):", file=sys.stderr)
+        for f in not_restored:
+            print(f"  {f['dataset']}/{f['image_key']}: {f['reason']}", file=sys.stderr)
     _print_failures(summary["failures"])
     return EXIT_FAILED_IMAGES if summary["error"] else 0
 

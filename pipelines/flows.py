@@ -131,7 +131,7 @@ def plan_dataset(
 ) -> Plan:
     """One job per image (the first `limit` by key): content hash, config hash, output URI."""
     if limit is not None:
-        listing = storage.Listing(images=listing.images[:limit], skipped=listing.skipped)
+        listing = storage.Listing(images=listing.images[:limit], skipped=listing.skipped, excluded=listing.excluded)
     return jobs.plan_jobs(
         listing, run_id=run_id, dataset=dataset, output=output, config=config, storage_options=storage_options
     )
@@ -357,8 +357,11 @@ def _run(
                 shown,
                 " …" if len(plan.not_images) > 5 else "",
             )
+    for plan in plans:
+        if not (plan.jobs or plan.rejected or plan.excluded):
+            raise storage.StorageNotFoundError(_nothing_to_restore(plan))
     todo, done = _resume_split(plans, output, storage_options) if resume else (jobs.all_jobs(plans), [])
-    total = sum(len(p.jobs) + len(p.rejected) for p in plans)
+    total = sum(len(p.jobs) + len(p.rejected) + len(p.excluded) for p in plans)
     logger.info(
         "run %s: %d image(s), %d to restore, %d done by earlier runs; report under %s",
         run_id,
@@ -384,6 +387,10 @@ def _run(
             for plan in plans:
                 for entry, why in plan.rejected:
                     record(jobs.error_row(jobs.rejected_job(entry, plan, run_id), why, attempts=0))
+                for key, why in plan.excluded:
+                    entry = storage.ImageEntry(uri="", key=key, size=0)
+                    record(jobs.skipped_row(jobs.rejected_job(entry, plan, run_id), reason=why))
+                    logger.warning("not restored: %s: %s", key, why)
             for job in done:
                 record(jobs.skipped_row(job))
             if todo:  # the job list is quoted: Prefect need not walk thousands of jobs for futures
@@ -392,6 +399,17 @@ def _run(
             progress.finished()
             tracker.close()
     return _publish(run_id, flow_run_id, output, storage_options, plans, tracker.counts, artifact, logger)
+
+
+def _nothing_to_restore(plan: Plan) -> str:
+    """Why a dataset has no image to restore: an empty source, or what its files are instead."""
+    if not plan.not_images:
+        return f"no images in dataset {plan.dataset}: the source holds no files"
+    reasons: dict[str, int] = {}
+    for _key, why in plan.not_images:
+        reasons[why] = reasons.get(why, 0) + 1
+    shown = "; ".join(f"{n} {why}" for why, n in sorted(reasons.items(), key=lambda kv: -kv[1])[:4])
+    return f"no images in dataset {plan.dataset}: {len(plan.not_images)} file(s), none to restore ({shown})"
 
 
 def _resume_split(plans: list[Plan], output: str, storage_options: dict | None) -> tuple[list[Job], list[Job]]:
@@ -517,6 +535,11 @@ def _publish(
         {"dataset": r["dataset"], "image_key": r["image_key"], "error": r["error"]}
         for r in failed.select(["dataset", "image_key", "error"]).to_pylist()
     ]
+    passed = table.filter(pc.and_(pc.equal(table.column("status"), "skipped"), pc.is_valid(table.column("error"))))
+    not_restored = [
+        {"dataset": r["dataset"], "image_key": r["image_key"], "reason": r["error"]}
+        for r in passed.select(["dataset", "image_key", "error"]).to_pylist()
+    ]
     report_uri = storage.redact(storage.join(output, "report", f"run_id={run_id}"))
     not_images = sum(len(p.not_images) for p in plans)
     if _in_flow_run():
@@ -540,6 +563,7 @@ def _publish(
         except Exception as exc:  # noqa: BLE001 - the HTML page is a view: its failure costs the page, not the run
             logger.warning("no HTML report for run %s: %s", run_id, storage.redact(str(exc)))
         lines += [f"- **{f['dataset']}/{f['image_key']}**: {f['error']}" for f in failures[:50]]
+        lines += [f"- not restored: **{f['dataset']}/{f['image_key']}**: {f['reason']}" for f in not_restored[:50]]
         if not_images:
             lines.append(f"\n{not_images} file(s) in the source(s) are not images (see the flow's log).")
         create_markdown_artifact("\n".join(lines), key=f"{artifact}-report", description=f"dipflow run {run_id}")
@@ -554,6 +578,10 @@ def _publish(
         "error": counts["error"],
         "skipped": counts["skipped"],
         "not_images": not_images,
+        "not_images_shown": [
+            {"dataset": p.dataset, "key": key, "reason": why} for p in plans for key, why in p.not_images[:20]
+        ],
+        "not_restored": not_restored,
         "failures": failures,
         "summary": summary,
     }

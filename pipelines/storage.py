@@ -56,8 +56,12 @@ __all__ = [
     "write_bytes_atomic",
 ]
 
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"})
-"""Lower-case extensions of the files taken as images (matched case-insensitively)."""
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif", ".ppm", ".pgm", ".pbm", ".pnm"}
+)
+"""Lower-case extensions of the files taken as images (matched case-insensitively): every format
+``dipcore.decode_image`` reads (`dipcore.imageio.FORMATS`), so that `restore` and `restore-image` take the same
+files. An animated or multi-frame file is listed, and its decode fails with the reason in its row."""
 
 MASK_SUFFIX = "_mask"
 """``<stem>_mask.<ext>`` beside an image is its inpainting mask; such files are never images of their own."""
@@ -83,7 +87,8 @@ class Listing:
     """What `list_images` found: the images, and every other file with the reason it is not one."""
 
     images: list[ImageEntry] = field(default_factory=list)
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (key, reason)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (key, reason): not images
+    excluded: list[tuple[str, str]] = field(default_factory=list)  # (key, reason): image-like, not restored (links)
 
 
 # --------------------------------------------------------------------------------------------------- filesystems
@@ -474,9 +479,27 @@ def _glob_regex(pattern: str) -> re.Pattern[str]:
         raise ValueError(f"bad glob {pattern!r}: {exc}") from None
 
 
-def _find(fs: AbstractFileSystem, path: str, url: str) -> tuple[dict[str, int], str]:
-    """(key → size for every file under `path`, the folder the keys are relative to); a missing `path` raises
-    `StorageNotFoundError`. A single file as the source is a dataset of one, keyed by its name."""
+_LINK_TO_FOLDER = "symbolic link to a folder: not followed (its files would be listed twice, or without end)"
+
+
+def _link(path: str, real_root: str) -> tuple[str | None, int]:
+    """(why the symbolic link at `path` is not followed, or None; the size of its target). Followed: a link to a
+    file inside the source root. Not: a broken link, a link out of the root (the source would name files it does
+    not hold), a link to a folder (a loop, or the same files twice)."""
+    target = os.path.realpath(path)
+    if not os.path.exists(target):
+        return "broken symbolic link", 0
+    if os.path.isdir(target):
+        return _LINK_TO_FOLDER, 0
+    if not target.startswith(real_root.rstrip(os.sep) + os.sep):
+        return "symbolic link to outside the source: not followed", 0
+    return None, os.path.getsize(target)
+
+
+def _find(fs: AbstractFileSystem, path: str, url: str) -> tuple[dict[str, int], str, dict[str, str]]:
+    """(key → size for every file under `path`, the folder the keys are relative to, key → why for each symbolic
+    link not followed); a missing `path` raises `StorageNotFoundError`. A single file as the source is a dataset
+    of one, keyed by its name. Local symbolic links: see `_link`."""
     _fresh(fs, path)
     if not fs.exists(path):
         raise StorageNotFoundError(f"source does not exist: {redact(url)}")
@@ -484,16 +507,25 @@ def _find(fs: AbstractFileSystem, path: str, url: str) -> tuple[dict[str, int], 
         folder, _, name = path.rstrip("/").rpartition("/")
         if _protocols(fs) & {"http", "https"}:  # the key is the file's name, not its query (a signature, a token)
             name = name.partition("#")[0].partition("?")[0] or "image"
-        return {name: int(fs.info(path).get("size") or 0)}, folder
+        return {name: int(fs.info(path).get("size") or 0)}, folder, {}
     root = path.rstrip("/")
     found = fs.find(path, detail=True)
     out: dict[str, int] = {}
+    links: dict[str, str] = {}
+    real_root = os.path.realpath(root or "/") if _is_local(fs) else ""
     for p, info in found.items():
-        if info.get("type", "file") != "file":
+        if not (p.startswith(root + "/") or not root):  # never a sibling that merely shares the prefix
             continue
-        if p.startswith(root + "/") or not root:  # never a sibling that merely shares the prefix
-            out[p[len(root) :].lstrip("/")] = int(info.get("size") or 0)
-    return out, root
+        rel = p[len(root) :].lstrip("/")
+        if info.get("islink") and _is_local(fs):
+            why, size = _link(p, real_root)
+            if why is None:
+                out[rel] = size
+            else:
+                links[rel] = why
+        elif info.get("type", "file") == "file":
+            out[rel] = int(info.get("size") or 0)
+    return out, root, links
 
 
 def list_images(
@@ -514,11 +546,13 @@ def list_images(
     - Guides: with `guide_suffix` (e.g. ``"_flash"``), ``<stem><guide_suffix>.<ext>`` beside ``<stem>.<ext>`` is that
       image's guide, not an image of its own.
 
-    Every file that is not an image is in `Listing.skipped` with the reason. A missing source raises
-    `StorageNotFoundError`.
+    Every file that is not an image is in `Listing.skipped` with the reason. Symbolic links (local sources) to
+    files inside the source are followed; the others — broken, out of the source, to a folder — are in
+    `Listing.excluded` with the reason when they look like images (an image extension, or a folder), so that the
+    run reports them, else in `Listing.skipped`. A missing source raises `StorageNotFoundError`.
     """
     fs, root = filesystem(source, storage_options)
-    files, root_clean = _find(fs, root, source)
+    files, root_clean, links = _find(fs, root, source)
 
     def uri(rel: str) -> str:
         return fs.unstrip_protocol(f"{root_clean}/{rel}")
@@ -528,7 +562,7 @@ def list_images(
     mask_dir_prefix: str | None = None  # the mask folder's key prefix when it lies inside the source
     if mask_dir is not None:
         mfs, mroot = filesystem(mask_dir, storage_options)
-        mfiles, mroot_clean = _find(mfs, mroot, mask_dir)
+        mfiles, mroot_clean, _ = _find(mfs, mroot, mask_dir)
         if type(mfs) is type(fs) and mroot_clean.startswith(root_clean + "/"):
             mask_dir_prefix = mroot_clean[len(root_clean) + 1 :] + "/"
         for rel in sorted(mfiles):
@@ -587,6 +621,15 @@ def list_images(
                 guide = uri(guide_key)
         listing.images.append(ImageEntry(uri=uri(rel), key=rel, size=files[rel], mask_uri=mask, guide_uri=guide))
 
+    for rel, why in sorted(links.items()):
+        if mask_dir_prefix is not None and rel.startswith(mask_dir_prefix):
+            listing.skipped.append((rel, why))
+        elif matcher is not None and not matcher.match(rel):
+            listing.skipped.append((rel, f"does not match glob {glob!r}"))
+        elif is_image_key(rel) or why == _LINK_TO_FOLDER:
+            listing.excluded.append((rel, why))
+        else:
+            listing.skipped.append((rel, why))
     listing.skipped.extend(claimed.items())
     listing.skipped.sort()
     return listing
