@@ -13,6 +13,7 @@ __all__ = [
     "CLIError",
     "PipelineError",
     "SchemaMismatchError",
+    "StorageAccessError",
     "StorageError",
     "StorageNotFoundError",
     "StorageOptionError",
@@ -41,6 +42,11 @@ class StorageError(PipelineError):
 
 class StorageNotFoundError(StorageError, FileNotFoundError):
     """A source, file or folder that does not exist."""
+
+
+class StorageAccessError(StorageError, PermissionError):
+    """The store refused an operation (wrong or missing credentials, a policy, file permissions); the message
+    names the operation, the URL (redacted) and what to check."""
 
 
 class UnsafeKeyError(StorageError, ValueError):

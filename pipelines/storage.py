@@ -23,7 +23,7 @@ from urllib.parse import unquote
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from pipelines.errors import StorageError, StorageNotFoundError, StorageOptionError, UnsafeKeyError
+from pipelines.errors import StorageAccessError, StorageError, StorageNotFoundError, StorageOptionError, UnsafeKeyError
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
@@ -32,6 +32,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "ImageEntry",
     "Listing",
+    "StorageAccessError",
     "StorageError",
     "StorageNotFoundError",
     "StorageOptionError",
@@ -133,6 +134,32 @@ def _protocols(fs: AbstractFileSystem) -> set[str]:
     return {proto} if isinstance(proto, str) else set(proto)
 
 
+def _check_hint(fs: AbstractFileSystem) -> str:
+    """What to check when a store refuses an operation."""
+    if _is_local(fs):
+        return "check the permissions of the file or folder and of the folders above it"
+    if _protocols(fs) & {"s3", "s3a"}:
+        return (
+            "check the credentials (--storage-option key=… secret=…, AWS_* variables or the profile), "
+            "the endpoint (client_kwargs.endpoint_url) and the bucket's policy"
+        )
+    return "check the credentials, the endpoint and the access policy of the bucket, container or server"
+
+
+@contextlib.contextmanager
+def _doing(operation: str, uri: str, fs: AbstractFileSystem) -> Any:
+    """Turn the store's refusal of `operation` ("listing", "reading", "writing" …) on `uri` into a
+    `StorageAccessError` that says which URL (redacted), which operation and what to check. The store's own
+    exception is not chained: its text may quote the URL with its credentials (it is shown redacted)."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except PermissionError as exc:
+        said = redact(str(exc).strip()) or "permission denied"
+        raise StorageAccessError(f"permission denied {operation} {redact(uri)} ({said}); {_check_hint(fs)}") from None
+
+
 def _fresh(fs: AbstractFileSystem, path: str) -> None:
     # s3fs/gcsfs cache listings per instance (and instances per storage_options); another process (a Ray worker)
     # may have written since, so every listing and existence check starts from the store itself.
@@ -144,14 +171,16 @@ def exists(uri: str, storage_options: dict | None = None) -> bool:
     """Whether a file or folder exists at `uri` (fresh, not from a listing cache)."""
     fs, path = filesystem(uri, storage_options)
     _fresh(fs, path)
-    return bool(fs.exists(path))
+    with _doing("checking", uri, fs):
+        return bool(fs.exists(path))
 
 
 def read_bytes(uri: str, storage_options: dict | None = None) -> bytes:
     """The whole content of the file at `uri`."""
     fs, path = filesystem(uri, storage_options)
     try:
-        return fs.cat_file(path)
+        with _doing("reading", uri, fs):
+            return fs.cat_file(path)
     except FileNotFoundError as exc:
         raise StorageNotFoundError(f"no such file: {redact(uri)}") from exc
     except IsADirectoryError as exc:
@@ -173,17 +202,18 @@ def write_bytes_atomic(uri: str, data: bytes, storage_options: dict | None = Non
     sibling and `fs.mv`, the best they offer. Parent folders are created.
     """
     fs, path = filesystem(uri, storage_options)
-    if _is_local(fs):
-        _write_local_atomic(path, data)
-        return
-    if _protocols(fs) & _ATOMIC_PUT_PROTOCOLS:
-        fs.pipe_file(path, data)
-    else:
-        parent, _, name = path.rpartition("/")
-        fs.makedirs(parent, exist_ok=True)
-        tmp = f"{parent}/.{name}.{os.urandom(6).hex()}.tmp"
-        fs.pipe_file(tmp, data)
-        fs.mv(tmp, path)
+    with _doing("writing", uri, fs):
+        if _is_local(fs):
+            _write_local_atomic(path, data)
+            return
+        if _protocols(fs) & _ATOMIC_PUT_PROTOCOLS:
+            fs.pipe_file(path, data)
+        else:
+            parent, _, name = path.rpartition("/")
+            fs.makedirs(parent, exist_ok=True)
+            tmp = f"{parent}/.{name}.{os.urandom(6).hex()}.tmp"
+            fs.pipe_file(tmp, data)
+            fs.mv(tmp, path)
     _fresh(fs, path.rpartition("/")[0] or path)
 
 
@@ -213,7 +243,8 @@ def open_output(uri: str, mode: str = "rb", storage_options: dict | None = None)
         if parent and _is_local(fs):
             fs.makedirs(parent, exist_ok=True)
     try:
-        return fs.open(path, mode)
+        with _doing("writing" if "w" in mode or "a" in mode else "reading", uri, fs):
+            return fs.open(path, mode)
     except FileNotFoundError as exc:
         raise StorageNotFoundError(f"no such file: {redact(uri)}") from exc
 
@@ -223,9 +254,10 @@ def list_files(root: str, storage_options: dict | None = None, *, suffix: str | 
     A missing root gives an empty list."""
     fs, path = filesystem(root, storage_options)
     _fresh(fs, path)
-    if not fs.exists(path):
-        return []
-    found = sorted(fs.find(path))
+    with _doing("listing", root, fs):
+        if not fs.exists(path):
+            return []
+        found = sorted(fs.find(path))
     if suffix is not None:
         found = [p for p in found if p.endswith(suffix)]
     return [fs.unstrip_protocol(p) for p in found]
@@ -501,7 +533,16 @@ def _find(fs: AbstractFileSystem, path: str, url: str) -> tuple[dict[str, int], 
     link not followed); a missing `path` raises `StorageNotFoundError`. A single file as the source is a dataset
     of one, keyed by its name. Local symbolic links: see `_link`."""
     _fresh(fs, path)
+    with _doing("listing", url, fs):
+        return _find_in(fs, path, url)
+
+
+def _find_in(fs: AbstractFileSystem, path: str, url: str) -> tuple[dict[str, int], str, dict[str, str]]:
     if not fs.exists(path):
+        if _protocols(fs) & {"http", "https"}:  # a server that refuses (401, 403) looks like one without the file
+            raise StorageNotFoundError(
+                f"source does not exist, or is not readable with these credentials: {redact(url)}"
+            )
         raise StorageNotFoundError(f"source does not exist: {redact(url)}")
     if fs.isfile(path):
         folder, _, name = path.rstrip("/").rpartition("/")
