@@ -610,7 +610,7 @@ def _finish(summary: dict[str, Any], args: argparse.Namespace) -> int:
             f"{summary['ok']} ok, {summary['error']} failed, {earlier} done by earlier runs, "
             f"{len(not_restored)} not restored — report: {summary['report']}"
         )
-    if summary["not_images"]:  # every file of the source is accounted for, on stderr: stdout stays the result
+    if summary.get("not_images"):  # every file of the source is accounted for, on stderr: stdout stays the result
         shown = summary.get("not_images_shown", [])
         print(f"{summary['not_images']} file(s) were not images:", file=sys.stderr)
         for f in shown:
