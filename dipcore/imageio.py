@@ -33,6 +33,8 @@ __all__ = [
 
 DEFAULT_MAX_PIXELS = 64 * 1024 * 1024  # 64 megapixels: a 8k×8k photo, ~800 MB as float32 RGB
 FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "WEBP", "GIF", "PPM")  # no EPS etc.: they run external programs
+# Named in messages: what each format means here (PPM is Pillow's name for PBM/PGM/PPM/PNM); one frame only.
+_SUPPORTED = "PNG, JPEG, TIFF, BMP, WebP, GIF or PBM/PGM/PPM, single-frame"
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _ONE_CHANNEL_MODES = {"1", "L", "LA", "La", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
@@ -54,7 +56,10 @@ def decode_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     name: str | None = None,
 ) -> np.ndarray:
-    """Decode PNG/JPEG/TIFF/BMP/WebP (also GIF, PPM) bytes to a float32 ``H×W×C`` array in ``[0, 1]``.
+    """Decode PNG/JPEG/TIFF/BMP/WebP (also GIF, PBM/PGM/PPM) bytes to a float32 ``H×W×C`` array in ``[0, 1]``.
+
+    An animated or multi-frame file (an animated GIF, WebP or PNG, a multi-page TIFF) is refused
+    (`ImageDecodeError`): restoring its first frame alone would pass off one frame as the whole file.
 
     8- and 16-bit samples are divided by ``2**bits - 1`` of the file (16-bit RGB/RGBA PNGs keep all 16 bits);
     alpha is dropped; the EXIF orientation is applied. Pillow's ``MAX_IMAGE_PIXELS`` still applies on top of
@@ -90,6 +95,12 @@ def decode_image(
                 raise ImageTooLargeError(
                     f"{where}image is {width}×{height} = {width * height:,} pixels, more than max_pixels={max_pixels:,}"
                 )
+            frames = getattr(im, "n_frames", 1)
+            if frames > 1:
+                raise ImageDecodeError(
+                    f"{where}animated or multi-frame images are not supported ({im.format}, {frames} frames); "
+                    "save the frame to restore as its own file (e.g. PNG)"
+                )
             if im.format == "PNG":
                 _check_png_chunks(data, where)
             if _is_png16_colour(data, im):
@@ -103,7 +114,7 @@ def decode_image(
     except Image.DecompressionBombError as e:
         raise ImageTooLargeError(f"{where}{e}") from e
     except Image.UnidentifiedImageError as e:
-        raise ImageDecodeError(f"{where}not a recognised image format (expected one of {', '.join(FORMATS)})") from e
+        raise ImageDecodeError(f"{where}not a recognised image format (expected {_SUPPORTED})") from e
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, EOFError, struct.error, ...
         raise ImageDecodeError(f"{where}truncated or corrupt image data: {e}") from e
     if orientation in _ORIENT:

@@ -1,7 +1,8 @@
 """The ``dipflow`` command: restore a dataset, evaluate on benchmarks, read a report, restore one image, run a demo.
 
-Exit codes: 0 done; 1 an error (one message on stderr; ``DIPFLOW_DEBUG=1`` shows the traceback); 2 a usage error;
-3 the run finished but some images failed (they are listed); 130 interrupted (run the same command to resume).
+Exit codes: 0 done; 1 an error (one message on stderr; ``DIPFLOW_DEBUG=1`` shows the traceback); 2 a usage error
+(one line, before anything is read or any engine starts); 3 the run finished but some images failed (they are
+listed); 130 interrupted (run the same command to resume).
 torch, Ray and Prefect are imported inside the commands, so ``--help`` is instant.
 """
 
@@ -15,12 +16,12 @@ import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from pipelines.errors import CLIError, PipelineError
+from pipelines.errors import CLIError, PipelineError, UsageError
 
 if TYPE_CHECKING:
     from pipelines.execution.options import Execution
 
-__all__ = ["CLIError", "build_parser", "main"]
+__all__ = ["CLIError", "UsageError", "build_parser", "main"]
 
 # dipcore.TASKS, spelled out so that building the parser does not import torch (a test keeps them equal).
 TASKS = ("denoise", "jpeg", "sr", "inpaint", "flash_noflash", "preimage", "reconstruct")
@@ -30,11 +31,94 @@ EXIT_FAILED_IMAGES, EXIT_INTERRUPTED = 3, 130
 # ------------------------------------------------------------------------------------------- shared options
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser with its usage errors on one line, ``dipflow: error: …`` and where to read more; exit 2."""
+
+    def error(self, message: str) -> Any:
+        self.exit(2, f"{_usage_line(message, self.prog)}\n")
+
+
+def _usage_line(message: str, prog: str = "dipflow") -> str:
+    from pipelines import storage
+
+    return f"dipflow: error: {storage.redact(message)} (see '{prog} --help')"
+
+
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number ≥ 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number ≥ 0, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
+    return value
+
+
+def _url(text: str) -> str:
+    """A path or fsspec URL whose protocol is known and installed (nothing is read)."""
+    from pipelines import storage
+
+    try:
+        storage.check_url(text)
+    except storage.StorageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _glob(text: str) -> str:
+    from pipelines import storage
+
+    try:
+        storage.check_glob(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _suffix(text: str) -> str:
+    if not text or "/" in text or "\\" in text:
+        raise argparse.ArgumentTypeError(f"must be a non-empty file-name suffix such as _flash, got {text!r}")
+    return text
+
+
+def _run_id(text: str) -> str:
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", text):
+        raise argparse.ArgumentTypeError(f"not a run id (e.g. 20250101T000000Z-abc123): {text!r}")
+    return text
+
+
+def _storage_option(text: str) -> str:
+    from pipelines import storage
+
+    try:
+        storage.parse_storage_options([text])
+    except storage.StorageOptionError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
@@ -47,7 +131,9 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--iterations", type=_positive_int, help="optimisation steps (default: the preset's)")
     g.add_argument("--channels", type=_positive_int, help="channels at every scale of the net (default: preset's)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the net's initialisation and input (default 0)")
+    g.add_argument(
+        "--seed", type=_non_negative_int, default=0, help="seed of the net's initialisation and input (default 0)"
+    )
 
 
 def _add_execution_options(g: Any, only: tuple[str, ...] | None = None) -> None:
@@ -91,6 +177,7 @@ def _add_storage_option(g: Any) -> None:
         "--storage-option",
         action="append",
         default=[],
+        type=_storage_option,
         metavar="KEY=VALUE",
         help="fsspec storage option, repeatable; dotted keys nest (client_kwargs.endpoint_url=…). "
         "Secret-looking ones (key, secret, token …) never become Prefect parameters",
@@ -104,19 +191,21 @@ def _add_output_options(p: argparse.ArgumentParser) -> None:
 
 
 def _sub(subs: Any, name: str, help_: str, epilog: str) -> argparse.ArgumentParser:
-    return subs.add_parser(
+    p = subs.add_parser(  # the parser class is the top parser's: _Parser
         name,
         help=help_,
         description=help_,
         epilog="examples:\n" + epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.set_defaults(command_prog=p.prog)  # where a UsageError found later points for help
+    return p
 
 
 def build_parser() -> argparse.ArgumentParser:
     from pipelines.evaluation import benchmarks  # the standard library only: --help stays instant
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="dipflow",
         description="Dataset-scale image restoration with the Deep Image Prior.",
         epilog=__doc__.split("\n\n")[1],
@@ -132,14 +221,16 @@ def build_parser() -> argparse.ArgumentParser:
         "  dipflow restore s3://bucket/lr -o s3://bucket/sr --task sr --scale 4 --ray-address auto\n"
         "  dipflow restore scans/ -o out/ --task inpaint --glob '**/*.png'   # masks: <name>_mask.png\n",
     )
-    p.add_argument("source", metavar="SRC", help="folder or URL of the images (recursive)")
-    p.add_argument("-o", "--output", required=True, metavar="DST", help="where outputs and the report go")
+    p.add_argument("source", metavar="SRC", type=_url, help="folder or URL of the images (recursive)")
+    p.add_argument("-o", "--output", required=True, type=_url, metavar="DST", help="where outputs and the report go")
     p.add_argument("--task", required=True, choices=TASKS, help="what to undo")
     p.add_argument("--scale", type=_positive_int, help="super-resolution factor (sr; default 4)")
     p.add_argument("--variant", help="task variant (inpaint: random|text|large|region; denoise: sigma25|sigma50)")
-    p.add_argument("--glob", help="only keys matching this pattern, relative to SRC (e.g. '**/*.jpg')")
-    p.add_argument("--mask-dir", metavar="URL", help="folder of inpainting masks named like the images")
-    p.add_argument("--guide-suffix", metavar="SUFFIX", help="flash/no-flash: <name><SUFFIX>.png is the guide")
+    p.add_argument("--glob", type=_glob, help="only keys matching this pattern, relative to SRC (e.g. '**/*.jpg')")
+    p.add_argument("--mask-dir", type=_url, metavar="URL", help="folder of inpainting masks named like the images")
+    p.add_argument(
+        "--guide-suffix", type=_suffix, metavar="SUFFIX", help="flash/no-flash: <name><SUFFIX>.png is the guide"
+    )
     p.add_argument("--dataset", help="name of the dataset in the report (default: SRC)")
     _add_model_options(p)
     _add_run_options(p)
@@ -162,13 +253,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--data-root",
         default=os.environ.get("DIPFLOW_DATA_ROOT"),
+        type=_url,
         metavar="URL",
         help="folder holding the benchmark folders (default: $DIPFLOW_DATA_ROOT)",
     )
-    p.add_argument("-o", "--output", required=True, metavar="DST", help="where outputs and the report go")
+    p.add_argument("-o", "--output", required=True, type=_url, metavar="DST", help="where outputs and the report go")
     p.add_argument("--task", choices=TASKS, help="task for every benchmark (default: each benchmark's own)")
     p.add_argument("--scale", type=_positive_int, help="SR factor (default 4)")
-    p.add_argument("--sigma", type=float, help="denoising noise level in 0-255 units (default 25)")
+    p.add_argument("--sigma", type=_positive_float, help="denoising noise level in 0-255 units (default 25)")
     p.add_argument("--crop", type=_positive_int, metavar="SIZE", help="centre-crop clean images to SIZE² (smoke runs)")
     g = p.add_argument_group("protocol")
     g.add_argument(
@@ -204,8 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
         "  dipflow report s3://bucket/sr --summary-markdown > summary.md\n"
         "  dipflow report eval/ --html eval/html/index.html\n",
     )
-    p.add_argument("roots", nargs="+", metavar="DST", help="output folders or URLs of earlier runs, read together")
-    p.add_argument("--run-id", help="one run (default: the latest result of every image over all runs)")
+    p.add_argument(
+        "roots", nargs="+", type=_url, metavar="DST", help="output folders or URLs of earlier runs, read together"
+    )
+    p.add_argument("--run-id", type=_run_id, help="one run (default: the latest result of every image over all runs)")
     form = p.add_mutually_exclusive_group()
     form.add_argument(
         "--markdown",
@@ -219,13 +313,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="print only the summary table as markdown (what a flow run's artifact shows)",
     )
     form.add_argument("--json", action="store_true", help="print runs, summary and failures as JSON")
-    p.add_argument("-o", "--output", metavar="PATH", help="with --markdown: write the document to PATH/URL")
+    p.add_argument("-o", "--output", type=_url, metavar="PATH", help="with --markdown: write the document to PATH/URL")
     p.add_argument(
         "--notes",
+        type=_url,
         metavar="FILE",
         help="with --markdown: hand-written markdown appended verbatim (it survives regeneration)",
     )
-    p.add_argument("--html", metavar="PATH", help="also write a static HTML report (thumbnails beside it) to PATH/URL")
+    p.add_argument(
+        "--html", type=_url, metavar="PATH", help="also write a static HTML report (thumbnails beside it) to PATH/URL"
+    )
     _add_storage_option(p)
     p.set_defaults(func=cmd_report)
 
@@ -237,13 +334,13 @@ def build_parser() -> argparse.ArgumentParser:
         "  dipflow restore-image lr.png -o sr.png --task sr --scale 4 --device cuda\n"
         "  dipflow restore-image kate.png -o out.png --task inpaint --variant text --mask kate_mask.png\n",
     )
-    p.add_argument("input", metavar="IN", help="image file or URL")
-    p.add_argument("-o", "--output", required=True, metavar="OUT", help="where the PNG goes")
+    p.add_argument("input", metavar="IN", type=_url, help="image file or URL")
+    p.add_argument("-o", "--output", required=True, type=_url, metavar="OUT", help="where the PNG goes")
     p.add_argument("--task", required=True, choices=TASKS, help="what to undo")
     p.add_argument("--scale", type=_positive_int, help="super-resolution factor (sr; default 4)")
     p.add_argument("--variant", help="task variant (see `dipflow restore --help`)")
-    p.add_argument("--mask", metavar="M", help="inpainting mask (white = known pixel)")
-    p.add_argument("--guide", metavar="G", help="guide image (the flash image for flash_noflash)")
+    p.add_argument("--mask", type=_url, metavar="M", help="inpainting mask (white = known pixel)")
+    p.add_argument("--guide", type=_url, metavar="G", help="guide image (the flash image for flash_noflash)")
     p.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: CUDA when present)")
     _add_model_options(p)
     _add_output_options(p)
@@ -255,7 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
         "denoise three sample photos through the evaluate flow (local Ray, CPU, ~2 min)",
         "  dipflow demo\n  dipflow demo -o /tmp/demo --iterations 100\n",
     )
-    p.add_argument("-o", "--output", default="demo-output", metavar="DIR", help="folder for it all (./demo-output)")
+    p.add_argument(
+        "-o", "--output", default="demo-output", type=_url, metavar="DIR", help="folder for it all (./demo-output)"
+    )
     p.add_argument("--iterations", type=_positive_int, default=500, help="steps per image (default 500)")
     p.add_argument("--size", type=_positive_int, default=96, help="side of the sample photos in pixels (96)")
     _add_execution_options(p, only=("num_workers",))
@@ -276,6 +375,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dipflow: interrupted; run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except UsageError as exc:  # found by a command's checks before it reads or runs anything: as argparse's own
+        print(_usage_line(str(exc), args.command_prog), file=sys.stderr)
+        return 2
     except Exception as exc:  # noqa: BLE001 - one clear message; tracebacks only on request
         if os.environ.get("DIPFLOW_DEBUG"):
             traceback.print_exc()
@@ -288,10 +390,13 @@ def _message(exc: BaseException) -> str:
     from pipelines import storage
 
     known = (PipelineError, ValueError, OSError, *_prefect_parameter_errors())
-    text = str(exc).strip() or type(exc).__name__
+    name = type(exc).__name__
+    if name.islower():  # re.error, socket.timeout …: "error: error: …" says nothing
+        name = f"{type(exc).__module__}.{name}"
+    text = str(exc).strip() or name
     if isinstance(exc, known):
         return storage.redact(text)
-    return storage.redact(f"{type(exc).__name__}: {text} (DIPFLOW_DEBUG=1 shows the traceback)")
+    return storage.redact(f"{name}: {text} (DIPFLOW_DEBUG=1 shows the traceback)")
 
 
 def _prefect_parameter_errors() -> tuple[type[BaseException], ...]:
@@ -307,7 +412,21 @@ def _prefect_parameter_errors() -> tuple[type[BaseException], ...]:
 def _storage_options(pairs: list[str]) -> dict:
     from pipelines import storage
 
-    return storage.parse_storage_options(pairs)
+    try:
+        return storage.parse_storage_options(pairs)
+    except storage.StorageOptionError as exc:  # options that do not nest together (a.b=1 and a=2)
+        raise UsageError(str(exc)) from None
+
+
+def _check_settings(make_config: Callable[[], Any]) -> None:
+    """The run's settings resolved as the flow will resolve them (task, scale, variant, preset, overrides …), here,
+    before Ray or Prefect starts: a bad combination is a usage error. Imports torch (dipcore), not the engines."""
+    from dipcore import ConfigError
+
+    try:
+        make_config()
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _engine_env(args: argparse.Namespace) -> None:
@@ -321,14 +440,32 @@ def _engine_env(args: argparse.Namespace) -> None:
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
 
 
+_URL_PARAMETERS = ("source", "output", "mask_dir", "data_root", "benchmarks", "dataset")
+
+
 def _run_flow(name: str, args: argparse.Namespace, **params: Any) -> dict[str, Any]:
-    """Run a flow of pipelines.flows with a progress bar, keeping secret storage options out of its parameters."""
-    _engine_env(args)
-    from pipelines import flows, progress, storage
+    """Run a flow of pipelines.flows with a progress bar, keeping secrets out of its parameters (Prefect stores
+    them): secret storage options, and credentials inside URLs, which the parameters hold redacted — the real URLs
+    and options reach the flow through `flows.storage_credentials`, which Prefect never sees."""
+    from pipelines import storage
 
     plain, secret = storage.split_secret_options(_storage_options(getattr(args, "storage_option", [])))
+    given = [params.get(k) for k in _URL_PARAMETERS]
+    given = [u for v in given for u in (v if isinstance(v, list) else [v]) if isinstance(u, str)]
+    try:
+        urls = storage.url_secrets(given)
+    except storage.StorageOptionError as exc:
+        raise UsageError(str(exc)) from None
+    _engine_env(args)
+    from pipelines import flows, progress  # Prefect: only once the command line is known to be good
+
+    for k in _URL_PARAMETERS:
+        if isinstance(params.get(k), str):
+            params[k] = storage.redact(params[k])
+        elif isinstance(params.get(k), list):
+            params[k] = [storage.redact(v) for v in params[k]]
     sink = progress.RichProgress(enabled=not args.quiet)
-    with flows.storage_credentials(secret), progress.reporting(sink):
+    with flows.storage_credentials(secret, urls), progress.reporting(sink):
         return getattr(flows, name)(storage_options=plain or None, **params)
 
 
@@ -354,6 +491,19 @@ def _run_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
+    from pipelines import jobs
+
+    _check_settings(
+        lambda: jobs.run_config(
+            args.task,
+            scale=args.scale,
+            variant=args.variant,
+            preset=args.preset,
+            iterations=args.iterations,
+            overrides={"channels": args.channels} if args.channels else None,
+            seed=args.seed,
+        )
+    )
     summary = _run_flow(
         "restore_dataset",
         args,
@@ -373,9 +523,32 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from pipelines.evaluation.benchmarks import BENCHMARKS
+    from pipelines.evaluation.protocols import evaluation_config
 
     if not args.data_root and any(b in BENCHMARKS for b in args.benchmarks):
-        raise CLIError("where are the benchmarks? pass --data-root URL (or set DIPFLOW_DATA_ROOT)")
+        raise UsageError("where are the benchmarks? pass --data-root URL (or set DIPFLOW_DATA_ROOT)")
+    for name in args.benchmarks:
+        if name not in BENCHMARKS:
+            try:
+                _url(name)
+            except argparse.ArgumentTypeError as exc:
+                raise UsageError(f"argument BENCHMARK: {exc}") from None
+        _check_settings(
+            lambda name=name: evaluation_config(
+                name,
+                task=args.task,
+                scale=args.scale,
+                sigma=args.sigma,
+                crop=args.crop,
+                preset=args.preset,
+                iterations=args.iterations,
+                overrides={"channels": args.channels} if args.channels else None,
+                seed=args.seed,
+                early_stopping=args.early_stopping,
+                runs=args.runs,
+                classical=not args.no_classical,
+            )
+        )
     summary = _run_flow(
         "evaluate",
         args,
@@ -427,16 +600,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _finish(summary: dict[str, Any], args: argparse.Namespace) -> int:
     """Print the run's summary (table or JSON) and its failures; exit 3 when any image failed."""
+    not_restored = summary.get("not_restored", [])
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
     else:
-        from pipelines.progress import StatusCounts
-
         _print_table(summary["summary"], title=f"run {summary['run_id']}")
-        counts = StatusCounts({status: summary[status] for status in ("ok", "error", "skipped")})
-        print(f"{counts} (done by earlier runs) — report: {summary['report']}")
-        if summary["not_images"]:
-            print(f"{summary['not_images']} file(s) were not images (see the log)", file=sys.stderr)
+        earlier = summary["skipped"] - len(not_restored)
+        print(
+            f"{summary['ok']} ok, {summary['error']} failed, {earlier} done by earlier runs, "
+            f"{len(not_restored)} not restored — report: {summary['report']}"
+        )
+    if summary.get("not_images"):  # every file of the source is accounted for, on stderr: stdout stays the result
+        shown = summary.get("not_images_shown", [])
+        print(f"{summary['not_images']} file(s) were not images:", file=sys.stderr)
+        for f in shown:
+            print(f"  {f['dataset']}/{f['key']}: {f['reason']}", file=sys.stderr)
+        if summary["not_images"] > len(shown):
+            print(f"  … and {summary['not_images'] - len(shown)} more (see the flow's log)", file=sys.stderr)
+    if not_restored:
+        print(f"{len(not_restored)} image(s) not restored (skipped rows in the report):", file=sys.stderr)
+        for f in not_restored:
+            print(f"  {f['dataset']}/{f['image_key']}: {f['reason']}", file=sys.stderr)
     _print_failures(summary["failures"])
     return EXIT_FAILED_IMAGES if summary["error"] else 0
 
@@ -528,9 +712,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     from pipelines.reporting import reports
 
     if (args.output or args.notes) and not args.markdown:
-        raise CLIError("--output and --notes go with --markdown (the results document); add --markdown")
+        raise UsageError("--output and --notes go with --markdown (the results document); add --markdown")
     if args.html and len(args.roots) > 1:
-        raise CLIError("--html writes the report of one output folder; pass one DST")
+        raise UsageError("--html writes the report of one output folder; pass one DST")
     so = _storage_options(args.storage_option)
     table = _read_reports(args, so)
     runs = sorted(set(table.column("run_id").to_pylist()))
@@ -566,7 +750,26 @@ def cmd_restore_image(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     import dipcore
-    from pipelines import storage
+    from pipelines import jobs, storage
+
+    _check_settings(
+        lambda: jobs.run_config(
+            args.task,
+            scale=args.scale,
+            variant=args.variant,
+            preset=args.preset,
+            iterations=args.iterations,
+            overrides={"channels": args.channels} if args.channels else None,
+            seed=args.seed,
+        )
+    )
+    if args.device is not None:
+        import torch
+
+        try:
+            torch.device(args.device)
+        except RuntimeError as exc:
+            raise UsageError(f"argument --device: {exc}") from None
 
     def read(uri: str) -> Any:
         return dipcore.decode_image(storage.read_bytes(uri), name=uri)

@@ -13,10 +13,12 @@ __all__ = [
     "CLIError",
     "PipelineError",
     "SchemaMismatchError",
+    "StorageAccessError",
     "StorageError",
     "StorageNotFoundError",
     "StorageOptionError",
     "UnsafeKeyError",
+    "UsageError",
     "WorkerStartError",
 ]
 
@@ -29,12 +31,22 @@ class CLIError(PipelineError):
     """A command line the user can fix; the message says how."""
 
 
+class UsageError(CLIError, ValueError):
+    """A command line that is wrong before anything is read or run (a bad option value, options that do not go
+    together): the command exits 2, as argparse does, before any engine starts."""
+
+
 class StorageError(PipelineError):
     """A storage problem worth one clear message (the URL in it is redacted)."""
 
 
 class StorageNotFoundError(StorageError, FileNotFoundError):
     """A source, file or folder that does not exist."""
+
+
+class StorageAccessError(StorageError, PermissionError):
+    """The store refused an operation (wrong or missing credentials, a policy, file permissions); the message
+    names the operation, the URL (redacted) and what to check."""
 
 
 class UnsafeKeyError(StorageError, ValueError):

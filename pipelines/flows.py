@@ -5,10 +5,12 @@ long part, the Ray driver loop, is the task run ``restore-images``; where and ho
 ``execution`` (`pipelines.execution.options.Execution`), shown by Prefect's UI as one form.
 
 Credentials: a flow's parameters are stored by Prefect (and shown in its UI), so secret storage options (keys,
-secrets, tokens, passwords …) must not be parameters. Pass them with ``with storage_credentials({...}):`` around the
-call (the CLI does this with every ``--storage-option`` whose name looks secret, `storage.split_secret_options`) or
-through the environment's usual mechanisms (AWS_* variables, instance roles …); they reach the workers directly,
-never Prefect.
+secrets, tokens, passwords, an endpoint URL with ``user:password@`` …) must not be parameters, and neither may a URL
+that holds a credential (``https://user:password@host/…``, a signed ``?X-Amz-Signature=…`` query). Pass the options
+with ``with storage_credentials({...}):`` around the call, and such URLs as their redacted form
+(`storage.redact`, ``https://***@host/…``) with the real one in ``storage_credentials(urls=storage.url_secrets([…]))``;
+the flow swaps them back on entry. The CLI does both (`storage.split_secret_options`), as can the environment's usual
+mechanisms (AWS_* variables, instance roles …); they reach the workers directly, never Prefect.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
 __all__ = ["Execution", "evaluate", "restore_dataset", "storage_credentials"]
 
 _SECRETS: ContextVar[dict | None] = ContextVar("dipflow_storage_credentials", default=None)
+_URLS: ContextVar[dict[str, str] | None] = ContextVar("dipflow_storage_urls", default=None)
 
 
 # ----------------------------------------------------------------------------------------------- credentials
@@ -58,13 +61,28 @@ def _merge(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def storage_credentials(options: Mapping[str, Any] | None) -> Iterator[None]:
-    """Storage options merged into those of flows run inside this block, without becoming flow parameters."""
-    token = _SECRETS.set(dict(options or {}))
+def storage_credentials(options: Mapping[str, Any] | None, urls: Mapping[str, str] | None = None) -> Iterator[None]:
+    """Storage options merged into those of flows run inside this block, without becoming flow parameters; and
+    `urls`, ``{redacted URL: real URL}`` (`storage.url_secrets`): a flow given a redacted URL as a parameter uses
+    the real one."""
+    token, url_token = _SECRETS.set(dict(options or {})), _URLS.set(dict(urls or {}))
     try:
         yield
     finally:
         _SECRETS.reset(token)
+        _URLS.reset(url_token)
+
+
+def _real(url: str | None) -> str | None:
+    """The URL a redacted parameter stands for (`storage_credentials`); a URL still redacted is refused."""
+    if url is None:
+        return None
+    real = (_URLS.get() or {}).get(url, url)
+    if real == url and "***" in url and storage.redact(url) == url:
+        raise storage.StorageOptionError(
+            f"{url} is a redacted URL: pass the real one with flows.storage_credentials(urls=storage.url_secrets([…]))"
+        )
+    return real
 
 
 def _options(parameters: Mapping[str, Any] | None) -> dict | None:
@@ -113,7 +131,7 @@ def plan_dataset(
 ) -> Plan:
     """One job per image (the first `limit` by key): content hash, config hash, output URI."""
     if limit is not None:
-        listing = storage.Listing(images=listing.images[:limit], skipped=listing.skipped)
+        listing = storage.Listing(images=listing.images[:limit], skipped=listing.skipped, excluded=listing.excluded)
     return jobs.plan_jobs(
         listing, run_id=run_id, dataset=dataset, output=output, config=config, storage_options=storage_options
     )
@@ -174,6 +192,7 @@ def restore_dataset(
     ``"auto"`` packs one per thread on CPU actors (one-CPU actors: none) and as many as the card's free memory holds
     (at most 8) on GPU actors."""
     so = _options(storage_options)
+    source, output, mask_dir = _real(source), _real(output), _real(mask_dir)
     config = jobs.run_config(
         task,
         scale=scale,
@@ -240,10 +259,12 @@ def evaluate(
     if not benchmarks:
         raise ValueError(f"name at least one benchmark ({describe()}) or a folder of clean images")
     so = _options(storage_options)
+    data_root, output = _real(data_root), _real(output)
     run_id = _new_run_id()
     plans = []
     for name in benchmarks:
-        source, dataset = _benchmark_source(name, data_root)
+        source, dataset = _benchmark_source(name, data_root)  # the name as given: a dataset name holds no secret
+        source = _real(source)
         config = evaluation_config(
             name,
             task=task,
@@ -336,8 +357,11 @@ def _run(
                 shown,
                 " …" if len(plan.not_images) > 5 else "",
             )
+    for plan in plans:
+        if not (plan.jobs or plan.rejected or plan.excluded):
+            raise storage.StorageNotFoundError(_nothing_to_restore(plan))
     todo, done = _resume_split(plans, output, storage_options) if resume else (jobs.all_jobs(plans), [])
-    total = sum(len(p.jobs) + len(p.rejected) for p in plans)
+    total = sum(len(p.jobs) + len(p.rejected) + len(p.excluded) for p in plans)
     logger.info(
         "run %s: %d image(s), %d to restore, %d done by earlier runs; report under %s",
         run_id,
@@ -363,6 +387,10 @@ def _run(
             for plan in plans:
                 for entry, why in plan.rejected:
                     record(jobs.error_row(jobs.rejected_job(entry, plan, run_id), why, attempts=0))
+                for key, why in plan.excluded:
+                    entry = storage.ImageEntry(uri="", key=key, size=0)
+                    record(jobs.skipped_row(jobs.rejected_job(entry, plan, run_id), reason=why))
+                    logger.warning("not restored: %s: %s", key, why)
             for job in done:
                 record(jobs.skipped_row(job))
             if todo:  # the job list is quoted: Prefect need not walk thousands of jobs for futures
@@ -371,6 +399,17 @@ def _run(
             progress.finished()
             tracker.close()
     return _publish(run_id, flow_run_id, output, storage_options, plans, tracker.counts, artifact, logger)
+
+
+def _nothing_to_restore(plan: Plan) -> str:
+    """Why a dataset has no image to restore: an empty source, or what its files are instead."""
+    if not plan.not_images:
+        return f"no images in dataset {plan.dataset}: the source holds no files"
+    reasons: dict[str, int] = {}
+    for _key, why in plan.not_images:
+        reasons[why] = reasons.get(why, 0) + 1
+    shown = "; ".join(f"{n} {why}" for why, n in sorted(reasons.items(), key=lambda kv: -kv[1])[:4])
+    return f"no images in dataset {plan.dataset}: {len(plan.not_images)} file(s), none to restore ({shown})"
 
 
 def _resume_split(plans: list[Plan], output: str, storage_options: dict | None) -> tuple[list[Job], list[Job]]:
@@ -425,7 +464,7 @@ def _on_ray(todo: list[Job], ex: Execution, so: dict | None, on_result: Callable
                 max_attempts=ex.max_attempts,
                 timeout=ex.job_timeout,
                 pack=ex.pack,
-                log=logger.warning,
+                log=lambda message: logger.warning(storage.redact(message)),  # its reasons may quote a URL
             )
         finally:
             pool.shutdown()
@@ -496,6 +535,11 @@ def _publish(
         {"dataset": r["dataset"], "image_key": r["image_key"], "error": r["error"]}
         for r in failed.select(["dataset", "image_key", "error"]).to_pylist()
     ]
+    passed = table.filter(pc.and_(pc.equal(table.column("status"), "skipped"), pc.is_valid(table.column("error"))))
+    not_restored = [
+        {"dataset": r["dataset"], "image_key": r["image_key"], "reason": r["error"]}
+        for r in passed.select(["dataset", "image_key", "error"]).to_pylist()
+    ]
     report_uri = storage.redact(storage.join(output, "report", f"run_id={run_id}"))
     not_images = sum(len(p.not_images) for p in plans)
     if _in_flow_run():
@@ -514,11 +558,12 @@ def _publish(
                 run_id=run_id,
                 storage_options=so,
             )
-            href = page.uri if "://" in page.uri else f"file://{os.path.abspath(page.uri)}"
+            href = page.uri if "://" in page.uri else f"file://{os.path.abspath(page.uri)}"  # redacted already
             lines[-1:] = [f"HTML report: [{page.uri}]({href})", ""]
         except Exception as exc:  # noqa: BLE001 - the HTML page is a view: its failure costs the page, not the run
             logger.warning("no HTML report for run %s: %s", run_id, storage.redact(str(exc)))
         lines += [f"- **{f['dataset']}/{f['image_key']}**: {f['error']}" for f in failures[:50]]
+        lines += [f"- not restored: **{f['dataset']}/{f['image_key']}**: {f['reason']}" for f in not_restored[:50]]
         if not_images:
             lines.append(f"\n{not_images} file(s) in the source(s) are not images (see the flow's log).")
         create_markdown_artifact("\n".join(lines), key=f"{artifact}-report", description=f"dipflow run {run_id}")
@@ -533,6 +578,10 @@ def _publish(
         "error": counts["error"],
         "skipped": counts["skipped"],
         "not_images": not_images,
+        "not_images_shown": [
+            {"dataset": p.dataset, "key": key, "reason": why} for p in plans for key, why in p.not_images[:20]
+        ],
+        "not_restored": not_restored,
         "failures": failures,
         "summary": summary,
     }

@@ -121,6 +121,7 @@ class Plan:
     jobs: list[Job] = field(default_factory=list)
     rejected: list[tuple[storage.ImageEntry, str]] = field(default_factory=list)
     not_images: list[tuple[str, str]] = field(default_factory=list)  # (key, reason) from the listing
+    excluded: list[tuple[str, str]] = field(default_factory=list)  # (key, reason): image-like, not restored (links)
 
 
 def utcnow() -> datetime:
@@ -217,7 +218,7 @@ def plan_jobs(
     planned."""
     import dipcore.imageio  # noqa: F401 - once here, not concurrently in the reader threads
 
-    plan = Plan(dataset=dataset, config=config, not_images=list(listing.skipped))
+    plan = Plan(dataset=dataset, config=config, not_images=list(listing.skipped), excluded=list(listing.excluded))
     entries: list[tuple[storage.ImageEntry, str]] = []
     for entry in listing.images:
         try:
@@ -317,10 +318,12 @@ def error_row(job: Job, message: str, *, attempts: int, started_at: datetime | N
     }
 
 
-def skipped_row(job: Job) -> dict[str, Any]:
-    """A ``skipped`` row: the image was restored with the same input and settings by an earlier run."""
+def skipped_row(job: Job, reason: str | None = None) -> dict[str, Any]:
+    """A ``skipped`` row: the image was restored with the same input and settings by an earlier run; or, with a
+    `reason` (in the ``error`` column), the run does not restore it by policy (a symbolic link not followed) — such
+    a row names no input or output, so that nothing (the HTML page's thumbnails) reads through it."""
     now = utcnow()
-    return {
+    row = {
         **base_row(job),
         "status": "skipped",
         "attempts": 0,
@@ -328,6 +331,9 @@ def skipped_row(job: Job) -> dict[str, Any]:
         "finished_at": now,
         "wall_seconds": 0.0,
     }
+    if reason is not None:
+        row.update(error=storage.redact(reason), input_uri=None, output_uri=None)
+    return row
 
 
 def rejected_job(entry: storage.ImageEntry, plan: Plan, run_id: str) -> Job:

@@ -13,7 +13,7 @@ import os
 import re
 import tempfile
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from hashlib import sha256
 from pathlib import PurePosixPath
@@ -23,7 +23,7 @@ from urllib.parse import unquote
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from pipelines.errors import StorageError, StorageNotFoundError, StorageOptionError, UnsafeKeyError
+from pipelines.errors import StorageAccessError, StorageError, StorageNotFoundError, StorageOptionError, UnsafeKeyError
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
@@ -32,10 +32,13 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "ImageEntry",
     "Listing",
+    "StorageAccessError",
     "StorageError",
     "StorageNotFoundError",
     "StorageOptionError",
     "UnsafeKeyError",
+    "check_glob",
+    "check_url",
     "exists",
     "filesystem",
     "is_image_key",
@@ -50,11 +53,16 @@ __all__ = [
     "safe_key",
     "sha256_hex",
     "split_secret_options",
+    "url_secrets",
     "write_bytes_atomic",
 ]
 
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"})
-"""Lower-case extensions of the files taken as images (matched case-insensitively)."""
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif", ".ppm", ".pgm", ".pbm", ".pnm"}
+)
+"""Lower-case extensions of the files taken as images (matched case-insensitively): every format
+``dipcore.decode_image`` reads (`dipcore.imageio.FORMATS`), so that `restore` and `restore-image` take the same
+files. An animated or multi-frame file is listed, and its decode fails with the reason in its row."""
 
 MASK_SUFFIX = "_mask"
 """``<stem>_mask.<ext>`` beside an image is its inpainting mask; such files are never images of their own."""
@@ -80,7 +88,8 @@ class Listing:
     """What `list_images` found: the images, and every other file with the reason it is not one."""
 
     images: list[ImageEntry] = field(default_factory=list)
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (key, reason)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (key, reason): not images
+    excluded: list[tuple[str, str]] = field(default_factory=list)  # (key, reason): image-like, not restored (links)
 
 
 # --------------------------------------------------------------------------------------------------- filesystems
@@ -94,6 +103,28 @@ def filesystem(uri: str, storage_options: dict | None = None) -> tuple[AbstractF
         raise StorageError(f"cannot open {redact(uri)}: {redact(str(exc))}") from exc
 
 
+def check_url(url: str) -> None:
+    """`StorageError` unless `url` can name a file or folder: not empty, no control character, and every protocol
+    of it (``simplecache::s3://…`` chains included) known to fsspec with its package installed. Reads nothing."""
+    if not isinstance(url, str) or not url.strip():
+        raise StorageError("an empty URL or path")
+    if _CONTROL.search(url):
+        raise StorageError(f"{redact(url)!r} contains a control character")
+    bits = url.split("::")
+    for i, bit in enumerate(bits):
+        protocol, _ = fsspec.core.split_protocol(bit)
+        if protocol is None and i < len(bits) - 1:
+            protocol = bit  # "simplecache::s3://…": a chained protocol named alone
+        if protocol is None:
+            continue
+        try:
+            fsspec.get_filesystem_class(protocol)
+        except ValueError:
+            raise StorageError(f"{redact(url)}: unknown protocol {protocol!r}") from None
+        except ImportError as exc:
+            raise StorageError(f"{redact(url)}: {redact(str(exc))}") from None
+
+
 def _is_local(fs: AbstractFileSystem) -> bool:
     return isinstance(fs, LocalFileSystem)
 
@@ -101,6 +132,32 @@ def _is_local(fs: AbstractFileSystem) -> bool:
 def _protocols(fs: AbstractFileSystem) -> set[str]:
     proto = fs.protocol
     return {proto} if isinstance(proto, str) else set(proto)
+
+
+def _check_hint(fs: AbstractFileSystem) -> str:
+    """What to check when a store refuses an operation."""
+    if _is_local(fs):
+        return "check the permissions of the file or folder and of the folders above it"
+    if _protocols(fs) & {"s3", "s3a"}:
+        return (
+            "check the credentials (--storage-option key=… secret=…, AWS_* variables or the profile), "
+            "the endpoint (client_kwargs.endpoint_url) and the bucket's policy"
+        )
+    return "check the credentials, the endpoint and the access policy of the bucket, container or server"
+
+
+@contextlib.contextmanager
+def _doing(operation: str, uri: str, fs: AbstractFileSystem) -> Any:
+    """Turn the store's refusal of `operation` ("listing", "reading", "writing" …) on `uri` into a
+    `StorageAccessError` that says which URL (redacted), which operation and what to check. The store's own
+    exception is not chained: its text may quote the URL with its credentials (it is shown redacted)."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except PermissionError as exc:
+        said = redact(str(exc).strip()) or "permission denied"
+        raise StorageAccessError(f"permission denied {operation} {redact(uri)} ({said}); {_check_hint(fs)}") from None
 
 
 def _fresh(fs: AbstractFileSystem, path: str) -> None:
@@ -114,14 +171,16 @@ def exists(uri: str, storage_options: dict | None = None) -> bool:
     """Whether a file or folder exists at `uri` (fresh, not from a listing cache)."""
     fs, path = filesystem(uri, storage_options)
     _fresh(fs, path)
-    return bool(fs.exists(path))
+    with _doing("checking", uri, fs):
+        return bool(fs.exists(path))
 
 
 def read_bytes(uri: str, storage_options: dict | None = None) -> bytes:
     """The whole content of the file at `uri`."""
     fs, path = filesystem(uri, storage_options)
     try:
-        return fs.cat_file(path)
+        with _doing("reading", uri, fs):
+            return fs.cat_file(path)
     except FileNotFoundError as exc:
         raise StorageNotFoundError(f"no such file: {redact(uri)}") from exc
     except IsADirectoryError as exc:
@@ -143,17 +202,18 @@ def write_bytes_atomic(uri: str, data: bytes, storage_options: dict | None = Non
     sibling and `fs.mv`, the best they offer. Parent folders are created.
     """
     fs, path = filesystem(uri, storage_options)
-    if _is_local(fs):
-        _write_local_atomic(path, data)
-        return
-    if _protocols(fs) & _ATOMIC_PUT_PROTOCOLS:
-        fs.pipe_file(path, data)
-    else:
-        parent, _, name = path.rpartition("/")
-        fs.makedirs(parent, exist_ok=True)
-        tmp = f"{parent}/.{name}.{os.urandom(6).hex()}.tmp"
-        fs.pipe_file(tmp, data)
-        fs.mv(tmp, path)
+    with _doing("writing", uri, fs):
+        if _is_local(fs):
+            _write_local_atomic(path, data)
+            return
+        if _protocols(fs) & _ATOMIC_PUT_PROTOCOLS:
+            fs.pipe_file(path, data)
+        else:
+            parent, _, name = path.rpartition("/")
+            fs.makedirs(parent, exist_ok=True)
+            tmp = f"{parent}/.{name}.{os.urandom(6).hex()}.tmp"
+            fs.pipe_file(tmp, data)
+            fs.mv(tmp, path)
     _fresh(fs, path.rpartition("/")[0] or path)
 
 
@@ -183,7 +243,8 @@ def open_output(uri: str, mode: str = "rb", storage_options: dict | None = None)
         if parent and _is_local(fs):
             fs.makedirs(parent, exist_ok=True)
     try:
-        return fs.open(path, mode)
+        with _doing("writing" if "w" in mode or "a" in mode else "reading", uri, fs):
+            return fs.open(path, mode)
     except FileNotFoundError as exc:
         raise StorageNotFoundError(f"no such file: {redact(uri)}") from exc
 
@@ -193,9 +254,10 @@ def list_files(root: str, storage_options: dict | None = None, *, suffix: str | 
     A missing root gives an empty list."""
     fs, path = filesystem(root, storage_options)
     _fresh(fs, path)
-    if not fs.exists(path):
-        return []
-    found = sorted(fs.find(path))
+    with _doing("listing", root, fs):
+        if not fs.exists(path):
+            return []
+        found = sorted(fs.find(path))
     if suffix is not None:
         found = [p for p in found if p.endswith(suffix)]
     return [fs.unstrip_protocol(p) for p in found]
@@ -355,8 +417,9 @@ def parse_storage_options(pairs: list[str] | tuple[str, ...] | None) -> dict:
 
 def split_secret_options(options: Mapping[str, Any] | None) -> tuple[dict, dict]:
     """(plain, secret) halves of storage options, nested dicts included, by the names `redact` treats as secret
-    (key, secret, token, password, credential, signature, auth, sas …): the flows keep the secret half out of their
-    parameters, which Prefect stores and shows."""
+    (key, secret, token, password, credential, signature, auth, sas …) and by the values it would change (a URL
+    with ``user:password@`` or a signed query): the flows keep the secret half out of their parameters, which
+    Prefect stores and shows."""
     plain: dict[str, Any] = {}
     secret: dict[str, Any] = {}
     for name, value in (options or {}).items():
@@ -366,11 +429,26 @@ def split_secret_options(options: Mapping[str, Any] | None) -> tuple[dict, dict]
                 plain[name] = p
             if s:
                 secret[name] = s
-        elif _is_secret_name(name):
-            secret[name] = value
+        elif _is_secret_name(name) or (isinstance(value, str) and redact(value) != value):
+            secret[name] = value  # a secret name, or a value holding one (an endpoint_url with user:password@)
         else:
             plain[name] = value
     return plain, secret
+
+
+def url_secrets(urls: Iterable[str | None]) -> dict[str, str]:
+    """``{redact(url): url}`` for each of `urls` that holds a credential (``user:password@``, a signed or token
+    query, an access key id): the flows take the redacted URLs as parameters, which Prefect stores, and the real
+    ones through `flows.storage_credentials`, which it does not. Two URLs that redact alike but differ raise
+    `StorageOptionError` (the redacted form could not say which is meant)."""
+    out: dict[str, str] = {}
+    for url in urls:
+        if not url or redact(url) == url:
+            continue
+        public = redact(url)
+        if out.setdefault(public, url) != url:
+            raise StorageOptionError(f"two URLs with different credentials redact to the same {public}; use one")
+    return out
 
 
 # --------------------------------------------------------------------------------------------------- listing
@@ -387,8 +465,18 @@ def _split(key: str) -> tuple[str, str]:
     return (f"{folder}/" if folder else ""), PurePosixPath(name).stem
 
 
+def check_glob(pattern: str) -> None:
+    """`ValueError` unless `pattern` is a glob `list_images` can use (relative to the source, well formed)."""
+    _glob_regex(pattern)
+
+
 def _glob_regex(pattern: str) -> re.Pattern[str]:
-    """A glob relative to the root: ``*`` and ``?`` stay within a segment, ``**`` crosses segments."""
+    """A glob relative to the root: ``*`` and ``?`` stay within a segment, ``**`` crosses segments. A pattern that
+    is empty, absolute or malformed (``[z-a]``) raises `ValueError`."""
+    if not pattern:
+        raise ValueError("an empty glob matches nothing; leave --glob out to take every image")
+    if pattern.startswith("/"):
+        raise ValueError(f"glob {pattern!r} is absolute; globs are relative to the source (e.g. '**/*.png')")
     out, i = [], 0
     while i < len(pattern):
         c = pattern[i]
@@ -417,27 +505,68 @@ def _glob_regex(pattern: str) -> re.Pattern[str]:
         else:
             out.append(re.escape(c))
             i += 1
-    return re.compile("".join(out) + r"\Z", re.DOTALL)
+    try:
+        return re.compile("".join(out) + r"\Z", re.DOTALL)
+    except re.error as exc:
+        raise ValueError(f"bad glob {pattern!r}: {exc}") from None
 
 
-def _find(fs: AbstractFileSystem, path: str, url: str) -> tuple[dict[str, int], str]:
-    """(key → size for every file under `path`, the folder the keys are relative to); a missing `path` raises
-    `StorageNotFoundError`. A single file as the source is a dataset of one, keyed by its name."""
+_LINK_TO_FOLDER = "symbolic link to a folder: not followed (its files would be listed twice, or without end)"
+
+
+def _link(path: str, real_root: str) -> tuple[str | None, int]:
+    """(why the symbolic link at `path` is not followed, or None; the size of its target). Followed: a link to a
+    file inside the source root. Not: a broken link, a link out of the root (the source would name files it does
+    not hold), a link to a folder (a loop, or the same files twice)."""
+    target = os.path.realpath(path)
+    if not os.path.exists(target):
+        return "broken symbolic link", 0
+    if os.path.isdir(target):
+        return _LINK_TO_FOLDER, 0
+    if not target.startswith(real_root.rstrip(os.sep) + os.sep):
+        return "symbolic link to outside the source: not followed", 0
+    return None, os.path.getsize(target)
+
+
+def _find(fs: AbstractFileSystem, path: str, url: str) -> tuple[dict[str, int], str, dict[str, str]]:
+    """(key → size for every file under `path`, the folder the keys are relative to, key → why for each symbolic
+    link not followed); a missing `path` raises `StorageNotFoundError`. A single file as the source is a dataset
+    of one, keyed by its name. Local symbolic links: see `_link`."""
     _fresh(fs, path)
+    with _doing("listing", url, fs):
+        return _find_in(fs, path, url)
+
+
+def _find_in(fs: AbstractFileSystem, path: str, url: str) -> tuple[dict[str, int], str, dict[str, str]]:
     if not fs.exists(path):
+        if _protocols(fs) & {"http", "https"}:  # a server that refuses (401, 403) looks like one without the file
+            raise StorageNotFoundError(
+                f"source does not exist, or is not readable with these credentials: {redact(url)}"
+            )
         raise StorageNotFoundError(f"source does not exist: {redact(url)}")
     if fs.isfile(path):
         folder, _, name = path.rstrip("/").rpartition("/")
-        return {name: int(fs.info(path).get("size") or 0)}, folder
+        if _protocols(fs) & {"http", "https"}:  # the key is the file's name, not its query (a signature, a token)
+            name = name.partition("#")[0].partition("?")[0] or "image"
+        return {name: int(fs.info(path).get("size") or 0)}, folder, {}
     root = path.rstrip("/")
     found = fs.find(path, detail=True)
     out: dict[str, int] = {}
+    links: dict[str, str] = {}
+    real_root = os.path.realpath(root or "/") if _is_local(fs) else ""
     for p, info in found.items():
-        if info.get("type", "file") != "file":
+        if not (p.startswith(root + "/") or not root):  # never a sibling that merely shares the prefix
             continue
-        if p.startswith(root + "/") or not root:  # never a sibling that merely shares the prefix
-            out[p[len(root) :].lstrip("/")] = int(info.get("size") or 0)
-    return out, root
+        rel = p[len(root) :].lstrip("/")
+        if info.get("islink") and _is_local(fs):
+            why, size = _link(p, real_root)
+            if why is None:
+                out[rel] = size
+            else:
+                links[rel] = why
+        elif info.get("type", "file") == "file":
+            out[rel] = int(info.get("size") or 0)
+    return out, root, links
 
 
 def list_images(
@@ -458,11 +587,13 @@ def list_images(
     - Guides: with `guide_suffix` (e.g. ``"_flash"``), ``<stem><guide_suffix>.<ext>`` beside ``<stem>.<ext>`` is that
       image's guide, not an image of its own.
 
-    Every file that is not an image is in `Listing.skipped` with the reason. A missing source raises
-    `StorageNotFoundError`.
+    Every file that is not an image is in `Listing.skipped` with the reason. Symbolic links (local sources) to
+    files inside the source are followed; the others — broken, out of the source, to a folder — are in
+    `Listing.excluded` with the reason when they look like images (an image extension, or a folder), so that the
+    run reports them, else in `Listing.skipped`. A missing source raises `StorageNotFoundError`.
     """
     fs, root = filesystem(source, storage_options)
-    files, root_clean = _find(fs, root, source)
+    files, root_clean, links = _find(fs, root, source)
 
     def uri(rel: str) -> str:
         return fs.unstrip_protocol(f"{root_clean}/{rel}")
@@ -472,7 +603,7 @@ def list_images(
     mask_dir_prefix: str | None = None  # the mask folder's key prefix when it lies inside the source
     if mask_dir is not None:
         mfs, mroot = filesystem(mask_dir, storage_options)
-        mfiles, mroot_clean = _find(mfs, mroot, mask_dir)
+        mfiles, mroot_clean, _ = _find(mfs, mroot, mask_dir)
         if type(mfs) is type(fs) and mroot_clean.startswith(root_clean + "/"):
             mask_dir_prefix = mroot_clean[len(root_clean) + 1 :] + "/"
         for rel in sorted(mfiles):
@@ -492,7 +623,7 @@ def list_images(
         keys = sorted(keys, key=lambda k: (PurePosixPath(k).suffix.lower() != ".png", k))
         return keys[0] if keys else None
 
-    matcher = _glob_regex(glob) if glob else None
+    matcher = _glob_regex(glob) if glob is not None else None
     listing = Listing()
     claimed: dict[str, str] = {}  # side-input key → reason
     candidates: list[str] = []
@@ -531,6 +662,15 @@ def list_images(
                 guide = uri(guide_key)
         listing.images.append(ImageEntry(uri=uri(rel), key=rel, size=files[rel], mask_uri=mask, guide_uri=guide))
 
+    for rel, why in sorted(links.items()):
+        if mask_dir_prefix is not None and rel.startswith(mask_dir_prefix):
+            listing.skipped.append((rel, why))
+        elif matcher is not None and not matcher.match(rel):
+            listing.skipped.append((rel, f"does not match glob {glob!r}"))
+        elif is_image_key(rel) or why == _LINK_TO_FOLDER:
+            listing.excluded.append((rel, why))
+        else:
+            listing.skipped.append((rel, why))
     listing.skipped.extend(claimed.items())
     listing.skipped.sort()
     return listing

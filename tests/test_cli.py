@@ -118,8 +118,6 @@ def test_evaluate_protocol_options_reach_the_flow(extra, expected, monkeypatch):
         (["report", "{tmp}/nothing-here"], "no report rows under"),
         (["restore-image", "{tmp}/missing.png", "-o", "{tmp}/x.png", "--task", "denoise"], "no such file"),
         (["restore-image", "{tmp}/bad.png", "-o", "{tmp}/x.png", "--task", "denoise"], "not a recognised image"),
-        (["report", "{tmp}", "--storage-option", "novalue"], "must look like key=value"),
-        (["evaluate", "set5", "-o", "{tmp}/e"], "pass --data-root"),
     ],
 )
 def test_errors_print_one_message_and_exit_1(argv, message, tmp_path, capsys, monkeypatch):
@@ -230,3 +228,120 @@ def test_execution_options_are_one_model_for_the_cli_and_both_flows():
         schema = flow.parameters.model_dump()
         assert not offered & set(schema["properties"])  # no execution field is a flow parameter of its own
         assert set(schema["definitions"]["Execution"]["properties"]) == set(Execution.model_fields)
+
+
+# Every option of every command, given a bad value: (argv, what the one line says). "{tmp}" is a temporary folder.
+_RESTORE = ["restore", "{tmp}", "-o", "{tmp}/out", "--task", "denoise"]
+_EVALUATE = ["evaluate", "set5", "--data-root", "{tmp}", "-o", "{tmp}/e"]
+_IMAGE = ["restore-image", "{tmp}/a.png", "-o", "{tmp}/b.png", "--task", "denoise"]
+BAD_COMMAND_LINES = [
+    (["restore", "foo://x", "-o", "o", "--task", "sr"], "unknown protocol 'foo'"),
+    (["restore", "", "-o", "o", "--task", "sr"], "argument SRC: an empty URL"),
+    (["restore", "src", "-o", "s3x://b", "--task", "sr"], "argument -o/--output"),
+    (["restore", "src", "-o", "o", "--task", "sharpen"], "invalid choice"),
+    ([*_RESTORE, "--scale", "0"], "--scale"),
+    (["restore", "{tmp}", "-o", "{tmp}/o", "--task", "sr", "--scale", "1"], "scale ≥ 2"),
+    ([*_RESTORE, "--scale", "2"], "only applies to task 'sr'"),
+    ([*_RESTORE, "--variant", "bogus"], "no variant 'bogus'"),
+    ([*_RESTORE, "--glob", "[z-a]"], "bad glob"),
+    ([*_RESTORE, "--glob", ""], "empty glob"),
+    ([*_RESTORE, "--glob", "/abs/*.png"], "relative to the source"),
+    ([*_RESTORE, "--mask-dir", "nope://m"], "--mask-dir"),
+    ([*_RESTORE, "--guide-suffix", ""], "--guide-suffix"),
+    ([*_RESTORE, "--guide-suffix", "a/b"], "--guide-suffix"),
+    ([*_RESTORE, "--preset", "slow"], "invalid choice"),
+    ([*_RESTORE, "--iterations", "0"], "--iterations"),
+    ([*_RESTORE, "--iterations", "many"], "--iterations"),
+    ([*_RESTORE, "--channels", "-8"], "--channels"),
+    ([*_RESTORE, "--seed", "-1"], "--seed"),
+    ([*_RESTORE, "--seed", "1.5"], "--seed"),
+    ([*_RESTORE, "--limit", "0"], "--limit"),
+    ([*_RESTORE, "--workers", "0"], "--workers"),
+    ([*_RESTORE, "--max-attempts", "0"], "--max-attempts"),
+    ([*_RESTORE, "--job-timeout", "0"], "--job-timeout"),
+    ([*_RESTORE, "--job-timeout", "nan"], "--job-timeout"),
+    ([*_RESTORE, "--gpus-per-worker", "-1"], "--gpus-per-worker"),
+    ([*_RESTORE, "--gpus-per-worker", "inf"], "--gpus-per-worker"),
+    ([*_RESTORE, "--cpus-per-worker", "-0.5"], "--cpus-per-worker"),
+    ([*_RESTORE, "--pack", "0"], "--pack"),
+    ([*_RESTORE, "--precision", "fp16"], "--precision"),
+    ([*_RESTORE, "--storage-option", "novalue"], "must look like key=value"),
+    ([*_RESTORE, "--storage-option", "a=1", "--storage-option", "a.b=2"], "'a' is already a value"),
+    (["restore", "http://u:pw1@h/x", "-o", "http://u:pw2@h/x", "--task", "sr"], "redact to the same"),
+    (["evaluate", "set5", "-o", "{tmp}/e"], "pass --data-root"),
+    (["evaluate", "nope://x", "-o", "{tmp}/e"], "argument BENCHMARK"),
+    ([*_EVALUATE, "--data-root", "nope://d"], "--data-root"),
+    ([*_EVALUATE, "--sigma", "0"], "--sigma"),
+    ([*_EVALUATE, "--sigma", "nan"], "--sigma"),
+    ([*_EVALUATE, "--crop", "0"], "--crop"),
+    ([*_EVALUATE, "--runs", "0"], "--runs"),
+    ([*_EVALUATE, "--early-stopping", "sometimes"], "--early-stopping"),
+    ([*_EVALUATE, "--task", "sr", "--scale", "1"], "scale"),
+    (["report", "{tmp}", "--run-id", "../x"], "--run-id"),
+    (["report", "{tmp}", "--notes", "{tmp}/n.md"], "go with --markdown"),
+    (["report", "{tmp}", "{tmp}", "--html", "{tmp}/h.html"], "one DST"),
+    (["report", "{tmp}", "--markdown", "--json"], "not allowed with"),
+    (["report", "nope://r"], "argument DST"),
+    ([*_IMAGE, "--device", "gpu"], "--device"),
+    ([*_IMAGE, "--mask", "nope://m"], "--mask"),
+    ([*_IMAGE, "--variant", "bogus"], "no variant"),
+    (["demo", "--iterations", "0"], "--iterations"),
+    (["demo", "--size", "-3"], "--size"),
+    (["demo", "--workers", "0"], "--workers"),
+    (["frobnicate"], "invalid choice"),
+]
+
+_PROBE = """
+import contextlib, io, json, sys
+from pipelines import cli
+results = []
+for argv in json.loads(sys.argv[1]):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = cli.main(argv)
+        except SystemExit as exc:
+            code = exc.code
+    engines = sorted({"ray", "prefect"} & set(sys.modules))
+    results.append({"code": code, "err": err.getvalue(), "engines": engines})
+print(json.dumps(results))
+"""
+
+
+@pytest.fixture(scope="module")
+def bad_command_lines(tmp_path_factory):
+    """Every bad command line run through `cli.main` in one fresh process, recording after each the exit code,
+    stderr and which engines were imported by then (none may be: the checks come first)."""
+    import os
+    from pathlib import Path
+
+    tmp = str(tmp_path_factory.mktemp("usage"))
+    argvs = [[a.replace("{tmp}", tmp) for a in argv] for argv, _ in BAD_COMMAND_LINES]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    env.pop("DIPFLOW_DATA_ROOT", None)
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE, json.dumps(argvs)], capture_output=True, text=True, timeout=240, env=env
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return dict(zip(range(len(argvs)), json.loads(done.stdout), strict=True))
+
+
+@pytest.mark.parametrize(("index", "message"), [(i, m) for i, (_, m) in enumerate(BAD_COMMAND_LINES)])
+def test_a_bad_option_value_is_one_usage_line_and_exit_2_before_any_engine(bad_command_lines, index, message):
+    result = bad_command_lines[index]
+    lines = result["err"].strip().splitlines()
+    assert result["code"] == 2, result
+    assert len(lines) == 1 and lines[0].startswith("dipflow: error: "), result["err"]
+    assert "error: error" not in lines[0] and "Traceback" not in lines[0]
+    assert message in lines[0], lines[0]
+    assert result["engines"] == [], f"{BAD_COMMAND_LINES[index][0]} started {result['engines']}"
+
+
+def test_unknown_exception_types_with_lower_case_names_are_qualified():
+    import re
+
+    try:
+        re.compile("[z-a]")
+    except re.error as exc:
+        message = cli._message(exc)
+    assert message.startswith("re.error: bad character range") and "error: error" not in message

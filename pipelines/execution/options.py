@@ -37,7 +37,8 @@ class Execution(BaseModel):
     """Where and how jobs run: the Ray cluster, the actors' resources, retries, timeouts and packing."""
 
     # Frozen: an instance is a safe default argument of the flows, and one run's options cannot change under it.
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # No inf or NaN: "--gpus-per-worker inf" is no request Ray could place, "--job-timeout nan" no limit at all.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     ray_address: Annotated[str | None, Flag("ADDR")] = Field(
         None, description="join this Ray cluster (e.g. ray://head:10001 or auto); default: a private local instance"
