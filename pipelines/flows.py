@@ -203,6 +203,7 @@ def restore_dataset(
         overrides=overrides,
         seed=seed,
     )
+    storage.check_writable(output, so)  # before any listing or fit: an output it cannot write costs only this
     run_id = _new_run_id()
     listing = list_dataset(source, glob, so, mask_dir, guide_suffix)
     plan = plan_dataset(
@@ -260,6 +261,7 @@ def evaluate(
         raise ValueError(f"name at least one benchmark ({describe()}) or a folder of clean images")
     so = _options(storage_options)
     data_root, output = _real(data_root), _real(output)
+    storage.check_writable(output, so)
     run_id = _new_run_id()
     plans = []
     for name in benchmarks:

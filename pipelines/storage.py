@@ -9,15 +9,17 @@ an error message; URLs are passed through `redact` before they are.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import tempfile
+import time
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from hashlib import sha256
 from pathlib import PurePosixPath
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote
 
 import fsspec
@@ -39,6 +41,7 @@ __all__ = [
     "UnsafeKeyError",
     "check_glob",
     "check_url",
+    "check_writable",
     "exists",
     "filesystem",
     "is_image_key",
@@ -175,12 +178,47 @@ def exists(uri: str, storage_options: dict | None = None) -> bool:
         return bool(fs.exists(path))
 
 
+T = TypeVar("T")
+
+# Transient storage errors (a reset connection, a timeout, throttling, a 5xx) are retried this many times more, after
+# these pauses in seconds. Whole-file reads and writes are idempotent, so a retry cannot duplicate anything. Backends
+# retry inside too (botocore, gcsfs); this covers what reaches us regardless, and every backend alike.
+RETRY_PAUSES: tuple[float, ...] = (0.2, 1.0, 3.0)
+_TRANSIENT_ERRNOS = frozenset({errno.EIO, errno.EAGAIN, errno.EBUSY, errno.ETIMEDOUT, errno.ECONNRESET, errno.EPIPE})
+_TRANSIENT_WORDS = ("SlowDown", "Throttl", "TooManyRequests", "RequestTimeout", "InternalError", "ServiceUnavailable")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a storage error is worth retrying: the network or the service, not the request (a missing file, a
+    refused permission and a full disk stay as they are)."""
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+        return False
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:
+        return True
+    text = str(exc)
+    return any(word in text for word in _TRANSIENT_WORDS) or re.search(r"\bHTTP 5\d\d\b", text) is not None
+
+
+def _retrying(call: Callable[[], T]) -> T:
+    """`call()`, again after each of `RETRY_PAUSES` while it fails transiently; the last error is raised."""
+    for pause in RETRY_PAUSES:
+        try:
+            return call()
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+        time.sleep(pause)
+    return call()
+
+
 def read_bytes(uri: str, storage_options: dict | None = None) -> bytes:
-    """The whole content of the file at `uri`."""
+    """The whole content of the file at `uri` (transient errors retried)."""
     fs, path = filesystem(uri, storage_options)
     try:
         with _doing("reading", uri, fs):
-            return fs.cat_file(path)
+            return _retrying(lambda: fs.cat_file(path))
     except FileNotFoundError as exc:
         raise StorageNotFoundError(f"no such file: {redact(uri)}") from exc
     except IsADirectoryError as exc:
@@ -207,14 +245,36 @@ def write_bytes_atomic(uri: str, data: bytes, storage_options: dict | None = Non
             _write_local_atomic(path, data)
             return
         if _protocols(fs) & _ATOMIC_PUT_PROTOCOLS:
-            fs.pipe_file(path, data)
+            _retrying(lambda: fs.pipe_file(path, data))
         else:
             parent, _, name = path.rpartition("/")
             fs.makedirs(parent, exist_ok=True)
             tmp = f"{parent}/.{name}.{os.urandom(6).hex()}.tmp"
-            fs.pipe_file(tmp, data)
-            fs.mv(tmp, path)
+            try:
+                _retrying(lambda: fs.pipe_file(tmp, data))
+                _retrying(lambda: fs.mv(tmp, path))
+            except BaseException:
+                with contextlib.suppress(Exception):  # best effort: the error that matters is the write's
+                    fs.rm_file(tmp)
+                raise
     _fresh(fs, path.rpartition("/")[0] or path)
+
+
+def check_writable(root: str, storage_options: dict | None = None) -> None:
+    """Raise `StorageError` unless a file can be written (and removed) under `root`: what a run checks before it
+    restores anything, so that an output it cannot write costs nothing but the message."""
+    probe = join(root, f".dipflow-write-check-{os.urandom(6).hex()}")
+    try:
+        write_bytes_atomic(probe, b"", storage_options)
+        fs, path = filesystem(probe, storage_options)
+        fs.rm_file(path)
+    except StorageError:
+        raise
+    except Exception as exc:
+        raise StorageError(
+            f"cannot write to the output {redact(root)}: {redact(str(exc)) or type(exc).__name__} "
+            "(check that it exists or can be created, its permissions, the free space and the credentials)"
+        ) from exc
 
 
 def _write_local_atomic(path: str, data: bytes) -> None:
@@ -550,7 +610,12 @@ def _find_in(fs: AbstractFileSystem, path: str, url: str) -> tuple[dict[str, int
             name = name.partition("#")[0].partition("?")[0] or "image"
         return {name: int(fs.info(path).get("size") or 0)}, folder, {}
     root = path.rstrip("/")
-    found = fs.find(path, detail=True)
+    try:
+        found = _retrying(lambda: _find_strict(fs, path))
+    except (FileNotFoundError, PermissionError, StorageError):  # the listing's own messages (`_doing`)
+        raise
+    except Exception as exc:  # a listing that fails part-way must not pass for a shorter dataset
+        raise StorageError(f"cannot list {redact(url)}: {redact(str(exc)) or type(exc).__name__}") from exc
     out: dict[str, int] = {}
     links: dict[str, str] = {}
     real_root = os.path.realpath(root or "/") if _is_local(fs) else ""
@@ -567,6 +632,27 @@ def _find_in(fs: AbstractFileSystem, path: str, url: str) -> tuple[dict[str, int
         elif info.get("type", "file") == "file":
             out[rel] = int(info.get("size") or 0)
     return out, root, links
+
+
+def _find_strict(fs: AbstractFileSystem, path: str) -> dict[str, dict]:
+    """``fs.find(path, detail=True)``, but a folder that cannot be listed raises. fsspec's generic find (the local
+    filesystem's among others) walks with ``on_error="omit"`` and does not pass ``on_error`` down to sub-folders
+    (fsspec 2026.9), so an unreadable sub-folder would drop its images without a word; backends with a find of their
+    own (s3fs, gcsfs, adlfs) list by prefix and raise already."""
+    if type(fs).find is not fsspec.AbstractFileSystem.find:
+        return fs.find(path, detail=True)
+    found: dict[str, dict] = {}
+    folders = [path.rstrip("/") or "/"]
+    while folders:
+        folder = folders.pop()
+        for info in fs.ls(folder, detail=True):
+            name = info["name"].rstrip("/")
+            if info["type"] == "directory":
+                if name != folder:
+                    folders.append(name)
+            else:
+                found[name] = info
+    return found
 
 
 def list_images(

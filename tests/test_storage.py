@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import uuid
 
+import fsspec.implementations.memory
 import pytest
 
 from pipelines import storage
-from pipelines.storage import StorageNotFoundError, UnsafeKeyError
+from pipelines.storage import StorageError, StorageNotFoundError, UnsafeKeyError
 
 
 def _touch(root, rel: str, data: bytes = b"x") -> None:
@@ -358,3 +359,93 @@ def test_s3_write_from_another_client_is_seen(s3_server, s3_root):
     other.pipe_file(f"{s3_root[5:]}/b.png", b"B")
     assert [e.key for e in storage.list_images(s3_root, storage_options=so).images] == ["a.png", "b.png"]
     assert storage.exists(f"{s3_root}/b.png", so)
+
+
+# --- transient errors, partial writes, listings that fail part-way (tests/faults runs them end to end)
+
+
+@pytest.mark.parametrize(
+    ("error", "transient"),
+    [
+        (ConnectionResetError(104, "Connection reset by peer"), True),
+        (TimeoutError("read timed out"), True),
+        (OSError(5, "InternalError (HTTP 500)"), True),
+        (OSError("SlowDown: Please reduce your request rate"), True),
+        (FileNotFoundError(2, "No such file"), False),
+        (PermissionError(13, "Access Denied"), False),
+        (OSError(28, "No space left on device"), False),
+        (ValueError("Image size (500 pixels) is odd"), False),
+    ],
+)
+def test_only_the_network_and_the_service_count_as_transient(error, transient):
+    assert storage.is_transient(error) is transient
+
+
+def test_transient_errors_are_retried_and_the_rest_raise_at_once(monkeypatch):
+    monkeypatch.setattr(storage, "RETRY_PAUSES", (0.0, 0.0))
+    calls = []
+
+    def flaky(fails: int, error: Exception):
+        def call():
+            calls.append(1)
+            if len(calls) <= fails:
+                raise error
+            return "done"
+
+        return call
+
+    assert storage._retrying(flaky(2, ConnectionResetError(104, "reset"))) == "done" and len(calls) == 3
+    calls.clear()
+    with pytest.raises(ConnectionResetError):  # one more failure than there are pauses: the last error stands
+        storage._retrying(flaky(3, ConnectionResetError(104, "reset")))
+    assert len(calls) == 3
+    calls.clear()
+    with pytest.raises(PermissionError):
+        storage._retrying(flaky(1, PermissionError(13, "denied")))
+    assert len(calls) == 1
+
+
+class _MvFails(fsspec.implementations.memory.MemoryFileSystem):
+    """memory:// without atomic PUT (so writes go through a temporary sibling) whose rename fails."""
+
+    protocol = "mvfails"
+
+    def mv(self, path1, path2, **kwargs):
+        raise OSError(28, "No space left on device")
+
+
+def test_a_failed_write_leaves_no_temporary_file(monkeypatch):
+    fsspec.register_implementation("mvfails", _MvFails, clobber=True)
+    root = f"/{uuid.uuid4().hex}"  # memory filesystems share one store
+    with pytest.raises(OSError, match="No space"):
+        storage.write_bytes_atomic(f"mvfails://{root}/a.png", b"PNG")
+    assert storage.list_files(f"mvfails://{root}") == []
+
+
+class _SubFolderRefused(fsspec.implementations.memory.MemoryFileSystem):
+    """memory:// that walks like the local filesystem (fsspec's generic find) and cannot list folders named sub."""
+
+    protocol = "subrefused"
+    find = fsspec.AbstractFileSystem.find
+
+    def ls(self, path, detail=True, **kwargs):
+        if path.rstrip("/").endswith("/sub"):
+            raise PermissionError(13, "Permission denied")
+        return super().ls(path, detail=detail, **kwargs)
+
+
+def test_a_folder_that_cannot_be_listed_fails_the_listing_instead_of_shrinking_it():
+    fsspec.register_implementation("subrefused", _SubFolderRefused, clobber=True)
+    src = f"subrefused://{uuid.uuid4().hex}/src"  # memory filesystems share one store
+    storage.write_bytes_atomic(f"{src}/a.png", b"A")
+    storage.write_bytes_atomic(f"{src}/sub/b.png", b"B")
+    with pytest.raises(StorageError, match=r"permission denied listing subrefused://.*/src"):
+        storage.list_images(src)
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_anything_runs(tmp_path):
+    storage.check_writable(str(tmp_path / "new" / "out"))  # created on the way, and no probe stays behind
+    assert list((tmp_path / "new" / "out").iterdir()) == []
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(StorageError, match=r"cannot write to the output .*file.*check that it exists"):
+        storage.check_writable(str(tmp_path / "file"))
