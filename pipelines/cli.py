@@ -1,18 +1,21 @@
 """The ``dipflow`` command: restore a dataset, evaluate on benchmarks, read a report, restore one image, run a demo.
 
 Exit codes: 0 done; 1 an error (one message on stderr; ``DIPFLOW_DEBUG=1`` shows the traceback); 2 a usage error;
-3 the run finished but some images failed (they are listed); 130 interrupted (run the same command to resume).
+3 the run finished but some images failed (they are listed); 130 interrupted by Ctrl-C (SIGINT), 143 by SIGTERM (run
+the same command to resume).
 torch, Ray and Prefect are imported inside the commands, so ``--help`` is instant.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from pipelines.errors import CLIError, PipelineError
@@ -24,7 +27,7 @@ __all__ = ["CLIError", "build_parser", "main"]
 
 # dipcore.TASKS, spelled out so that building the parser does not import torch (a test keeps them equal).
 TASKS = ("denoise", "jpeg", "sr", "inpaint", "flash_noflash", "preimage", "reconstruct")
-EXIT_FAILED_IMAGES, EXIT_INTERRUPTED = 3, 130
+EXIT_FAILED_IMAGES, EXIT_INTERRUPTED, EXIT_TERMINATED = 3, 130, 128 + signal.SIGTERM
 
 
 # ------------------------------------------------------------------------------------------- shared options
@@ -272,15 +275,46 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
-        return args.func(args)
-    except KeyboardInterrupt:
-        print("dipflow: interrupted; run the same command again to resume", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        with _sigterm_as_interrupt():
+            return args.func(args)
+    except KeyboardInterrupt as exc:
+        how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        print(f"dipflow: {how}; run the same command again to resume", file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - one clear message; tracebacks only on request
         if os.environ.get("DIPFLOW_DEBUG"):
             traceback.print_exc()
         print(f"dipflow: error: {_message(exc)}", file=sys.stderr)
         return 1
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread: a KeyboardInterrupt, so it unwinds what Ctrl-C unwinds (the flow run is
+    marked crashed, the Ray session shut down, the rows written so far kept for the next run to resume from)."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises `Terminated` (once: one more during the unwinding is ignored). Prefect's flow engine puts its
+    own handler first while a flow runs and hands the signal back to this one; `workers.start_ray` keeps it past
+    ``ray.init``, whose native handler would abort the process with a stack dump."""
+    raised = False
+
+    def terminate(signum: int, frame: Any) -> None:
+        nonlocal raised
+        if not raised:
+            raised = True
+            raise Terminated
+
+    try:
+        previous = signal.signal(signal.SIGTERM, terminate)
+    except ValueError:  # not the main thread: signals stay as they are
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _message(exc: BaseException) -> str:

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.reporting import reports
+
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--task", "denoise", "--preset", "fast", "--iterations", "2", "--channels", "8", "--quiet", "--workers", "1"]
 
@@ -245,3 +247,41 @@ def test_a_private_ray_listens_on_loopback_only_whatever_the_environment(tmp_pat
                     os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=30)
+
+
+@pytest.mark.timeout(600)
+def test_sigterm_ends_a_run_like_ctrl_c_and_the_rerun_finishes_the_rest(tmp_path, dataset):
+    src, keys = dataset
+    out, env = tmp_path / "out", _env(tmp_path)
+    run = Run(src, out, env, tmp_path / "logs")
+    try:
+        run.watch_until(run.running_jobs, timeout=240)
+        run.proc.send_signal(signal.SIGTERM)
+        run.watch_until(lambda: run.proc.poll() is not None, timeout=120)
+        assert run.proc.returncode == 128 + signal.SIGTERM, run.stderr()
+        assert run.stderr().strip().splitlines() == [
+            "dipflow: terminated (SIGTERM); run the same command again to resume"
+        ]
+        _assert_loopback_only(run.listeners)  # a plain run, without RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
+    finally:
+        run.clean_up()
+    first = reports.read_report(str(out)).to_pylist()
+    done_first = {r["image_key"] for r in first if r["status"] == "ok"}
+    assert 0 < len(done_first) < len(keys)
+
+    rerun = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "restore", str(src), "-o", str(out), *FAST],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert rerun.returncode == 0, rerun.stderr
+    rows = reports.read_report(str(out)).to_pylist()
+    second = [r for r in rows if r["run_id"] != first[0]["run_id"]]
+    assert sorted(r["image_key"] for r in second if r["status"] == "skipped") == sorted(done_first)
+    assert sorted(r["image_key"] for r in second if r["status"] == "ok") == sorted(set(keys) - done_first)
+    ok = sorted(r["image_key"] for r in rows if r["status"] == "ok")
+    assert ok == sorted(keys)  # exactly one restoration of each image over both runs

@@ -26,6 +26,8 @@ import contextlib
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -91,28 +93,30 @@ def start_ray(
     """Join the cluster at `address` (``auto``, ``ray://head:10001``, ``host:6379``), or start a private local
     instance when it is None/"local": every process of it listening on the loopback interface only (`_loopback_node`;
     `WorkerStartError` if Ray bound another address), no dashboard, no usage reports, `num_cpus`/`num_gpus` as given
-    (Ray 2.60 guards its ports with token authentication). Returns True when this call connected (so the caller shuts
-    Ray down), False when Ray was already up in this process (its owner shuts it down)."""
+    (Ray 2.60 guards its ports with token authentication). The SIGTERM handler of the caller survives ``ray.init``
+    (`_keep_sigterm_handler`). Returns True when this call connected (so the caller shuts Ray down), False when Ray
+    was already up in this process (its owner shuts it down)."""
     if ray.is_initialized():
         return False
     common = {"logging_level": logging.ERROR, "log_to_driver": False}  # Ray's warnings would tear the progress bar
-    if address in (None, "local"):
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a private instance reports nothing anywhere
-        with _loopback_node():
-            ray.init(
-                address="local",
-                num_cpus=num_cpus,
-                num_gpus=num_gpus,
-                object_store_memory=object_store_memory,
-                include_dashboard=False,
-                **common,
-            )
-        node_ip = ray.util.get_node_ip_address()
-        if node_ip not in _LOOPBACK:
-            ray.shutdown()
-            raise WorkerStartError(f"the private Ray instance bound {node_ip}, not the loopback interface")
-    else:
-        ray.init(address=address, **common)
+    with _keep_sigterm_handler():
+        if address in (None, "local"):
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a private instance reports nothing anywhere
+            with _loopback_node():
+                ray.init(
+                    address="local",
+                    num_cpus=num_cpus,
+                    num_gpus=num_gpus,
+                    object_store_memory=object_store_memory,
+                    include_dashboard=False,
+                    **common,
+                )
+            node_ip = ray.util.get_node_ip_address()
+            if node_ip not in _LOOPBACK:
+                ray.shutdown()
+                raise WorkerStartError(f"the private Ray instance bound {node_ip}, not the loopback interface")
+        else:
+            ray.init(address=address, **common)
     return True
 
 
@@ -146,6 +150,24 @@ def _loopback_node() -> Iterator[None]:
             os.environ.pop(_RAY_CLUSTER_VAR, None)
         else:
             os.environ[_RAY_CLUSTER_VAR] = variable
+
+
+@contextlib.contextmanager
+def _keep_sigterm_handler() -> Iterator[None]:
+    """The process's SIGTERM handler before ``ray.init`` is its handler after it.
+
+    ``ray.init`` replaces it twice: in Python with ``sys.exit(15)``, and in C, when the driver's core worker starts,
+    with absl's failure-signal handler, which prints a native stack dump (twice: stderr and Ray's log) and aborts —
+    exit 134 however the driver meant to stop (Prefect's flow engine marks its run crashed on SIGTERM, the ``dipflow``
+    command ends like Ctrl-C). ``signal.signal`` installs Python's handler in C again. Signals are set from the main
+    thread only; elsewhere (or when the handler was not set from Python) nothing changes."""
+    main = threading.current_thread() is threading.main_thread()
+    handler = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if handler is not None:
+            signal.signal(signal.SIGTERM, handler)
 
 
 @contextlib.contextmanager
