@@ -357,6 +357,9 @@ def _engine_env(args: argparse.Namespace) -> None:
 
 def _run_flow(name: str, args: argparse.Namespace, **params: Any) -> dict[str, Any]:
     """Run a flow of pipelines.flows with a progress bar, keeping secret storage options out of its parameters."""
+    from pipelines import watchdog
+
+    watchdog.guard()  # before Prefect's server and Ray start: nothing they start outlives this command
     _engine_env(args)
     from pipelines import flows, progress, storage
 

@@ -24,10 +24,7 @@ from pipelines.reporting import reports
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--task", "denoise", "--preset", "fast", "--iterations", "2", "--channels", "8", "--quiet", "--workers", "1"]
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads processes and sockets from /proc (Linux)"),
-]
+pytestmark = pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads processes and sockets from /proc")
 
 
 # --------------------------------------------------------------------------------------------- /proc, read plainly
@@ -199,6 +196,7 @@ def _assert_loopback_only(listeners: dict[tuple[str, int], str]) -> None:
 # ----------------------------------------------------------------------------------------------------- the tests
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_private_ray_listens_on_loopback_only_whatever_the_environment(tmp_path):
     """RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1 asks Ray for the host's routable address; `start_ray` still binds every
@@ -249,6 +247,7 @@ def test_a_private_ray_listens_on_loopback_only_whatever_the_environment(tmp_pat
             proc.wait(timeout=30)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_sigterm_ends_a_run_like_ctrl_c_and_the_rerun_finishes_the_rest(tmp_path, dataset):
     src, keys = dataset
@@ -263,6 +262,7 @@ def test_sigterm_ends_a_run_like_ctrl_c_and_the_rerun_finishes_the_rest(tmp_path
             "dipflow: terminated (SIGTERM); run the same command again to resume"
         ]
         _assert_loopback_only(run.listeners)  # a plain run, without RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
+        assert not run.wait_for_no_survivors(30)
     finally:
         run.clean_up()
     first = reports.read_report(str(out)).to_pylist()
@@ -285,3 +285,62 @@ def test_sigterm_ends_a_run_like_ctrl_c_and_the_rerun_finishes_the_rest(tmp_path
     assert sorted(r["image_key"] for r in second if r["status"] == "ok") == sorted(set(keys) - done_first)
     ok = sorted(r["image_key"] for r in rows if r["status"] == "ok")
     assert ok == sorted(keys)  # exactly one restoration of each image over both runs
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_nothing_a_killed_run_started_outlives_it(tmp_path, dataset):
+    """SIGKILL skips every cleanup of the command itself (Prefect's atexit, ray.shutdown): the watchdog stops its
+    ephemeral Prefect server and every Ray process within the bounded wait."""
+    src, _ = dataset
+    run = Run(src, tmp_path / "out", _env(tmp_path), tmp_path / "logs")
+    try:
+        run.watch_until(run.running_jobs, timeout=240)
+        run.poll()
+        started = " ".join(run.commands.values())
+        assert "uvicorn" in started and "raylet" in started and "watchdog" in started, run.commands
+        run.proc.send_signal(signal.SIGKILL)
+        assert run.proc.wait(timeout=30) == -signal.SIGKILL
+        left = run.wait_for_no_survivors(30)
+        assert not left, f"still running 30 s after the kill: {left}"
+    finally:
+        run.clean_up()
+
+
+def test_the_watchdog_stops_what_a_killed_command_started_and_nothing_else(tmp_path):
+    """`watchdog.guard()` in a stand-in command that starts a grandchild through a shell that exits (so it is
+    re-parented away from the command) and a child with a scrubbed environment; after a SIGKILL of the command both
+    are stopped, while a process started beside it, unmarked, runs on."""
+    script = (
+        "import os, subprocess, sys, time\n"
+        "from pipelines import watchdog\n"
+        "watchdog.guard()\n"
+        "subprocess.run(['sh', '-c', 'sleep 300 & echo $!'], stdout=sys.stdout, check=True)\n"  # orphaned grandchild
+        "scrubbed = subprocess.Popen(['sleep', '300'], env={'PATH': os.environ['PATH']})\n"  # a child, unmarked
+        "print(scrubbed.pid, flush=True)\n"
+        "time.sleep(300)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIPFLOW_")}
+    env["PYTHONPATH"] = str(ROOT)
+    bystander = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    command = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    pids = []
+    try:
+        pids = [int(command.stdout.readline()), int(command.stdout.readline())]
+        starts = {pid: _stat(pid)[19] for pid in pids}
+        time.sleep(2)  # the watchdog looks for the command's descendants twice a second
+        command.kill()
+        assert command.wait(timeout=30) == -signal.SIGKILL
+        deadline = time.monotonic() + 30
+        while any(_alive(p, s) for p, s in starts.items()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [p for p, s in starts.items() if _alive(p, s)], "the watchdog left them running"
+        assert bystander.poll() is None
+    finally:
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        bystander.kill()
+        bystander.wait(timeout=30)
