@@ -133,7 +133,7 @@ class Run:
 
     def poll(self) -> None:
         found = _descendants(self.proc.pid)
-        for pid in found.keys() - self.seen.keys():
+        for pid in found:  # read again each time: a process seen between fork and exec shows its parent's
             with contextlib.suppress(OSError):
                 self.commands[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:160]
         self.seen.update(found)
