@@ -2,18 +2,20 @@
 
 Exit codes: 0 done; 1 an error (one message on stderr; ``DIPFLOW_DEBUG=1`` shows the traceback); 2 a usage error
 (one line, before anything is read or any engine starts); 3 the run finished but some images failed (they are
-listed); 130 interrupted (run the same command to resume).
+listed); 130 interrupted by Ctrl-C (SIGINT), 143 by SIGTERM (run the same command to resume).
 torch, Ray and Prefect are imported inside the commands, so ``--help`` is instant.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from pipelines.errors import CLIError, PipelineError, UsageError
@@ -25,7 +27,7 @@ __all__ = ["CLIError", "UsageError", "build_parser", "main"]
 
 # dipcore.TASKS, spelled out so that building the parser does not import torch (a test keeps them equal).
 TASKS = ("denoise", "jpeg", "sr", "inpaint", "flash_noflash", "preimage", "reconstruct")
-EXIT_FAILED_IMAGES, EXIT_INTERRUPTED = 3, 130
+EXIT_FAILED_IMAGES, EXIT_INTERRUPTED, EXIT_TERMINATED = 3, 130, 128 + signal.SIGTERM
 
 
 # ------------------------------------------------------------------------------------------- shared options
@@ -371,10 +373,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
-        return args.func(args)
-    except KeyboardInterrupt:
-        print("dipflow: interrupted; run the same command again to resume", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        with _sigterm_as_interrupt():
+            return args.func(args)
+    except KeyboardInterrupt as exc:
+        how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        print(f"dipflow: {how}; run the same command again to resume", file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
     except UsageError as exc:  # found by a command's checks before it reads or runs anything: as argparse's own
         print(_usage_line(str(exc), args.command_prog), file=sys.stderr)
         return 2
@@ -383,6 +387,35 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"dipflow: error: {_message(exc)}", file=sys.stderr)
         return 1
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread: a KeyboardInterrupt, so it unwinds what Ctrl-C unwinds (the flow run is
+    marked crashed, the Ray session shut down, the rows written so far kept for the next run to resume from)."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises `Terminated` (once: one more during the unwinding is ignored). Prefect's flow engine puts its
+    own handler first while a flow runs and hands the signal back to this one; `workers.start_ray` keeps it past
+    ``ray.init``, whose native handler would abort the process with a stack dump."""
+    raised = False
+
+    def terminate(signum: int, frame: Any) -> None:
+        nonlocal raised
+        if not raised:
+            raised = True
+            raise Terminated
+
+    try:
+        previous = signal.signal(signal.SIGTERM, terminate)
+    except ValueError:  # not the main thread: signals stay as they are
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _message(exc: BaseException) -> str:
@@ -447,7 +480,7 @@ def _run_flow(name: str, args: argparse.Namespace, **params: Any) -> dict[str, A
     """Run a flow of pipelines.flows with a progress bar, keeping secrets out of its parameters (Prefect stores
     them): secret storage options, and credentials inside URLs, which the parameters hold redacted — the real URLs
     and options reach the flow through `flows.storage_credentials`, which Prefect never sees."""
-    from pipelines import storage
+    from pipelines import storage, watchdog
 
     plain, secret = storage.split_secret_options(_storage_options(getattr(args, "storage_option", [])))
     given = [params.get(k) for k in _URL_PARAMETERS]
@@ -456,6 +489,7 @@ def _run_flow(name: str, args: argparse.Namespace, **params: Any) -> dict[str, A
         urls = storage.url_secrets(given)
     except storage.StorageOptionError as exc:
         raise UsageError(str(exc)) from None
+    watchdog.guard()  # before Prefect's server and Ray start: nothing they start outlives this command
     _engine_env(args)
     from pipelines import flows, progress  # Prefect: only once the command line is known to be good
 

@@ -26,6 +26,8 @@ import contextlib
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -89,26 +91,83 @@ def start_ray(
     object_store_memory: int | None = None,
 ) -> bool:
     """Join the cluster at `address` (``auto``, ``ray://head:10001``, ``host:6379``), or start a private local
-    instance when it is None/"local": no dashboard, no usage reports, `num_cpus`/`num_gpus` as given (Ray 2.60
-    guards its ports with token authentication). Returns True when this call connected (so the caller shuts Ray
-    down), False when Ray was already up in this process (its owner shuts it down)."""
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    instance when it is None/"local": every process of it listening on the loopback interface only (`_loopback_node`;
+    `WorkerStartError` if Ray bound another address), no dashboard, no usage reports, `num_cpus`/`num_gpus` as given
+    (Ray 2.60 guards its ports with token authentication). The SIGTERM handler of the caller survives ``ray.init``
+    (`_keep_sigterm_handler`). Returns True when this call connected (so the caller shuts Ray down), False when Ray
+    was already up in this process (its owner shuts it down)."""
     if ray.is_initialized():
         return False
     common = {"logging_level": logging.ERROR, "log_to_driver": False}  # Ray's warnings would tear the progress bar
-    if address in (None, "local"):
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a private instance reports nothing anywhere
-        ray.init(
-            address="local",
-            num_cpus=num_cpus,
-            num_gpus=num_gpus,
-            object_store_memory=object_store_memory,
-            include_dashboard=False,
-            **common,
-        )
-    else:
-        ray.init(address=address, **common)
+    with _keep_sigterm_handler():
+        if address in (None, "local"):
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a private instance reports nothing anywhere
+            with _loopback_node():
+                ray.init(
+                    address="local",
+                    num_cpus=num_cpus,
+                    num_gpus=num_gpus,
+                    object_store_memory=object_store_memory,
+                    include_dashboard=False,
+                    **common,
+                )
+            node_ip = ray.util.get_node_ip_address()
+            if node_ip not in _LOOPBACK:
+                ray.shutdown()
+                raise WorkerStartError(f"the private Ray instance bound {node_ip}, not the loopback interface")
+        else:
+            ray.init(address=address, **common)
     return True
+
+
+_LOOPBACK = ("127.0.0.1", "::1")
+_RAY_CLUSTER_VAR = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextlib.contextmanager
+def _loopback_node() -> Iterator[None]:
+    """While a private instance starts, the node's address is the loopback one, whatever the environment says.
+
+    Ray 2.60 has no public option for it. The node's address decides every listener: GCS, raylet, workers and driver
+    bind it (their gRPC servers bind every interface for any address but loopback), and so do the runtime-env agent
+    and the autoscaler monitor's metrics. ``ray.init(_node_ip_address="127.0.0.1")`` does not help:
+    ``services.resolve_ip_for_localhost`` turns a loopback address into the host's routable one unless
+    ``ray_constants.ENABLE_RAY_CLUSTER`` is false — the constant behind ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``
+    (Ray's "no multi-node cluster" mode), read once when Ray is imported, so the variable set afterwards changes
+    nothing in this process. Both are set here for the start: the constant for the driver, the variable for the
+    Python processes Ray starts (they read it at their own import); both are given back afterwards, since a driver
+    that joins a real cluster later in this process needs its routable address. `start_ray` checks the outcome."""
+    from ray._private import ray_constants  # a private module: start_ray checks the address Ray ended up with
+
+    constant, variable = getattr(ray_constants, "ENABLE_RAY_CLUSTER", True), os.environ.get(_RAY_CLUSTER_VAR)
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    os.environ[_RAY_CLUSTER_VAR] = "0"
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = constant
+        if variable is None:
+            os.environ.pop(_RAY_CLUSTER_VAR, None)
+        else:
+            os.environ[_RAY_CLUSTER_VAR] = variable
+
+
+@contextlib.contextmanager
+def _keep_sigterm_handler() -> Iterator[None]:
+    """The process's SIGTERM handler before ``ray.init`` is its handler after it.
+
+    ``ray.init`` replaces it twice: in Python with ``sys.exit(15)``, and in C, when the driver's core worker starts,
+    with absl's failure-signal handler, which prints a native stack dump (twice: stderr and Ray's log) and aborts —
+    exit 134 however the driver meant to stop (Prefect's flow engine marks its run crashed on SIGTERM, the ``dipflow``
+    command ends like Ctrl-C). ``signal.signal`` installs Python's handler in C again. Signals are set from the main
+    thread only; elsewhere (or when the handler was not set from Python) nothing changes."""
+    main = threading.current_thread() is threading.main_thread()
+    handler = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if handler is not None:
+            signal.signal(signal.SIGTERM, handler)
 
 
 @contextlib.contextmanager
