@@ -128,12 +128,14 @@ def test_a_storage_fault_costs_only_its_images_and_a_rerun_finishes(fault, tmp_p
             flows.restore_dataset(source, output, "denoise", **run)
         if not readable(str(refused.value)):
             outcome.fail("unreadable_errors", f"the run stopped with {refused.value!r}")
+        outcome.notes.append(f"refused: {refused.value}")
         first_rows = []
     else:
         first = flows.restore_dataset(source, output, "denoise", **run)
         first_rows = reports.read_report(output, run_id=first["run_id"]).to_pylist()
         expect = {k: "error" if k in fault.errors else "ok" for k in KEYS}
         check_rows(outcome, set(KEYS), first_rows, expect=expect)
+        outcome.notes += [row["error"] for row in first_rows if row["status"] == "error"]
 
     second = flows.restore_dataset(source, output, "denoise", execution={"executor": "inline"}, **FAST)
     second_rows = reports.read_report(output, run_id=second["run_id"]).to_pylist()
