@@ -8,7 +8,7 @@ include deploy/versions.env
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.dipflow-installed
 
-.PHONY: demo test test-fast lint results install clean
+.PHONY: demo test test-fast lint results reliability install clean
 
 install: $(STAMP)
 
@@ -39,5 +39,13 @@ lint: $(STAMP)
 results: $(STAMP)
 	$(VENV)/bin/dipflow report benchmarks/results/2026-11-26-h200/set5-x4-graph benchmarks/results/2026-11-26-cpu/es-cbm3d9-crop64 --markdown --notes docs/results-notes.md --output docs/results.md
 
+# docs/reliability.md: the fault suite (tests/faults) run with its ledger written, then rendered with the notes.
+reliability: $(STAMP)
+	DIPFLOW_RELIABILITY_LEDGER=docs/reliability-ledger.jsonl $(PY) -m pytest tests/faults -p no:cacheprovider \
+		--ignore tests/faults/test_reliability_page.py
+	$(PY) tests/faults/reliability_page.py docs/reliability-ledger.jsonl --notes docs/reliability-notes.md \
+		--output docs/reliability.md
+
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache
+

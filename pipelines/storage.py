@@ -152,8 +152,9 @@ def _check_hint(fs: AbstractFileSystem) -> str:
 @contextlib.contextmanager
 def _doing(operation: str, uri: str, fs: AbstractFileSystem) -> Any:
     """Turn the store's refusal of `operation` ("listing", "reading", "writing" …) on `uri` into a
-    `StorageAccessError` that says which URL (redacted), which operation and what to check. The store's own
-    exception is not chained: its text may quote the URL with its credentials (it is shown redacted)."""
+    `StorageAccessError` that says which URL (redacted), which operation and what to check, and any other failure of
+    the store into a `StorageError` that says which URL and which operation. The store's own exception is not
+    chained: its text may quote the URL with its credentials (it is shown redacted)."""
     try:
         yield
     except StorageError:
@@ -161,6 +162,11 @@ def _doing(operation: str, uri: str, fs: AbstractFileSystem) -> Any:
     except PermissionError as exc:
         said = redact(str(exc).strip()) or "permission denied"
         raise StorageAccessError(f"permission denied {operation} {redact(uri)} ({said}); {_check_hint(fs)}") from None
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise  # the callers say these in their own words (no such file, a folder)
+    except OSError as exc:  # the store failed, after the retries of transient errors: a full disk, a reset, a 5xx
+        said = redact(str(exc).strip()) or type(exc).__name__
+        raise StorageError(f"{operation} {redact(uri)} failed: {said}") from None
 
 
 def _fresh(fs: AbstractFileSystem, path: str) -> None:
@@ -268,13 +274,14 @@ def check_writable(root: str, storage_options: dict | None = None) -> None:
         write_bytes_atomic(probe, b"", storage_options)
         fs, path = filesystem(probe, storage_options)
         fs.rm_file(path)
-    except StorageError:
-        raise
-    except Exception as exc:
+    except StorageAccessError as exc:  # says already what to check
+        raise StorageAccessError(f"cannot write to the output {redact(root)}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - whatever the backend raises, the user needs the same message
+        said = str(exc) if isinstance(exc, StorageError) else redact(str(exc)) or type(exc).__name__
         raise StorageError(
-            f"cannot write to the output {redact(root)}: {redact(str(exc)) or type(exc).__name__} "
+            f"cannot write to the output {redact(root)}: {said} "
             "(check that it exists or can be created, its permissions, the free space and the credentials)"
-        ) from exc
+        ) from None
 
 
 def _write_local_atomic(path: str, data: bytes) -> None:

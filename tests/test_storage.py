@@ -151,7 +151,7 @@ def test_write_bytes_atomic_local(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", boom)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(StorageError, match=r"writing .*out\.png failed: disk full"):
         storage.write_bytes_atomic(str(target), b"third")
     assert target.read_bytes() == b"second"  # the old file, whole
     assert os.listdir(target.parent) == ["out.png"]  # the temp file was removed
@@ -417,7 +417,7 @@ class _MvFails(fsspec.implementations.memory.MemoryFileSystem):
 def test_a_failed_write_leaves_no_temporary_file(monkeypatch):
     fsspec.register_implementation("mvfails", _MvFails, clobber=True)
     root = f"/{uuid.uuid4().hex}"  # memory filesystems share one store
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(StorageError, match=r"writing mvfails://.*/a\.png failed: \[Errno 28\] No space left"):
         storage.write_bytes_atomic(f"mvfails://{root}/a.png", b"PNG")
     assert storage.list_files(f"mvfails://{root}") == []
 

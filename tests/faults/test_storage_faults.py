@@ -1,0 +1,147 @@
+"""Storage faults injected by ``faulty://`` (`faulty_fs.py`) into a run over a local folder: connection resets,
+throttling, server errors, a full disk and refused permissions, on the inputs, the outputs, the report and the listing.
+Each run is followed by a rerun without the fault; both are held to the invariants of `invariants.py`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from invariants import (
+    Outcome,
+    check_not_redone,
+    check_outputs,
+    check_rows,
+    check_unchanged,
+    local_tree,
+    readable,
+    snapshot,
+)
+
+import dipcore
+from pipelines import storage
+from pipelines.errors import PipelineError
+from pipelines.reporting import reports
+
+FAST = {"preset": "fast", "iterations": 2, "overrides": {"channels": 8}}
+KEYS = ("a.png", "b.png", "sub/c.png")
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+@dataclass(frozen=True)
+class StorageFault:
+    case: str
+    what: str
+    rules: tuple[dict, ...]
+    # What the faulty run must end as: "rows" (it finishes, one row per input; `errors` of them errors), or
+    # "refused" (it stops with a readable PipelineError before any row: nothing could be recorded).
+    ends: str = "rows"
+    errors: tuple[str, ...] = ()
+
+
+FAULTS = (
+    StorageFault(
+        "read: connection reset once",
+        "one input's read is reset once (retried)",
+        ({"op": "read", "path": "*/src/b.png", "error": "reset", "times": 1},),
+    ),
+    StorageFault(
+        "read: connection reset",
+        "every read of one input is reset",
+        ({"op": "read", "path": "*/src/b.png", "error": "reset"},),
+        errors=("b.png",),
+    ),
+    StorageFault(
+        "read: throttled",
+        "every read of one input answers 503 SlowDown",
+        ({"op": "read", "path": "*/src/b.png", "error": "throttle"},),
+        errors=("b.png",),
+    ),
+    StorageFault(
+        "read: server error",
+        "every read of one input answers 500",
+        ({"op": "read", "path": "*/src/sub/c.png", "error": "server"},),
+        errors=("sub/c.png",),
+    ),
+    StorageFault(
+        "write: disk full",
+        "one output's write fails with ENOSPC once its bytes are down",
+        ({"op": "write", "path": "*/out/b.png", "error": "full"},),
+        errors=("b.png",),
+    ),
+    StorageFault(
+        "write: output refused",
+        "every write under the output root is refused (an unwritable output)",
+        ({"op": "write", "path": "*/out/*", "error": "denied"},),
+        ends="refused",
+    ),
+    StorageFault(
+        "write: report part reset once",
+        "the first write of a report part is reset",
+        ({"op": "write", "path": "*/out/report/*", "error": "reset", "times": 1},),
+    ),
+    StorageFault(
+        "write: curves part throttled once",
+        "the first write of a curves part answers 503",
+        ({"op": "write", "path": "*/out/curves/*", "error": "throttle", "times": 1},),
+    ),
+    StorageFault(
+        "write: HTML report refused",
+        "every write of the HTML report is refused (the run's results stand)",
+        ({"op": "write", "path": "*/out/html/*", "error": "denied"},),
+    ),
+    StorageFault(
+        "list: folder refused",
+        "listing a sub-folder of the source is refused",
+        ({"op": "list", "path": "*/src/sub", "error": "denied"},),
+        ends="refused",
+    ),
+)
+
+
+def _write_sources(root: Path) -> None:
+    yy, xx = np.mgrid[0:16, 0:16] / 16
+    for i, key in enumerate(KEYS):
+        image = np.stack([xx, yy, (xx + yy) * (i + 1) / 6], axis=-1).astype(np.float32)
+        storage.write_bytes_atomic(str(root / key), dipcore.encode_png(image))
+
+
+@pytest.mark.parametrize("fault", FAULTS, ids=[f.case for f in FAULTS])
+def test_a_storage_fault_costs_only_its_images_and_a_rerun_finishes(fault, tmp_path, ledger, monkeypatch):
+    from pipelines import flows
+
+    monkeypatch.setattr(storage, "RETRY_PAUSES", (0.01, 0.01, 0.01))  # the same retries, without the waiting
+
+    _write_sources(tmp_path / "src")
+    source, output = f"faulty://{tmp_path}/src", f"faulty://{tmp_path}/out"
+    inputs = snapshot(str(tmp_path / "src"))
+    elsewhere = local_tree(tmp_path, skip=(tmp_path / "out",))
+    outcome = Outcome(fault.case, "storage fault", "local + faulty://", fault.what)
+    faulty = {"faults": [dict(rule) for rule in fault.rules]}  # a fresh filesystem instance: counts start anew
+    run = dict(storage_options=faulty, execution={"executor": "inline"}, **FAST)
+
+    if fault.ends == "refused":
+        with pytest.raises(PipelineError) as refused:
+            flows.restore_dataset(source, output, "denoise", **run)
+        if not readable(str(refused.value)):
+            outcome.fail("unreadable_errors", f"the run stopped with {refused.value!r}")
+        outcome.notes.append(f"refused: {refused.value}")
+        first_rows = []
+    else:
+        first = flows.restore_dataset(source, output, "denoise", **run)
+        first_rows = reports.read_report(output, run_id=first["run_id"]).to_pylist()
+        expect = {k: "error" if k in fault.errors else "ok" for k in KEYS}
+        check_rows(outcome, set(KEYS), first_rows, expect=expect)
+        outcome.notes += [row["error"] for row in first_rows if row["status"] == "error"]
+
+    second = flows.restore_dataset(source, output, "denoise", execution={"executor": "inline"}, **FAST)
+    second_rows = reports.read_report(output, run_id=second["run_id"]).to_pylist()
+    check_rows(outcome, set(KEYS), second_rows, expect=dict.fromkeys(KEYS, "ok" if not first_rows else "either"))
+    check_not_redone(outcome, first_rows, second_rows)
+    check_outputs(outcome, output, first_rows + second_rows)
+    check_unchanged(outcome, inputs, snapshot(str(tmp_path / "src")), "inputs")
+    check_unchanged(outcome, elsewhere, local_tree(tmp_path, skip=(tmp_path / "out",)), "outside the root")
+    ledger(outcome)
