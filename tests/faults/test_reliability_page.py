@@ -27,7 +27,7 @@ def test_the_ledger_holds_every_case_of_the_suite_and_each_passed():
     expected = {(b.case, backend) for b in BAD_FILES for backend in ("local", "s3")}
     expected |= {(f"name: {n[:40]}", backend) for n, _ in HOSTILE_NAMES for backend in ("local", "s3")}
     expected |= {(case, "local") for case, *_ in SYMLINKS}
-    expected |= {(f.case, "local + faulty://") for f in FAULTS}
+    expected |= {(f.case, f"{backend} + faulty://") for f in FAULTS for backend in ("local", "s3")}
     expected |= {(f"driver {name}", "local + Ray + Prefect") for name in SIGNALS}
     expected |= {("actor killed mid-fit", "local + Ray")}
     assert not expected - recorded, f"not in the ledger (run `make reliability`): {sorted(expected - recorded)}"

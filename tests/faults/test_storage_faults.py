@@ -1,9 +1,11 @@
-"""Storage faults injected by ``faulty://`` (`faulty_fs.py`) into a run over a local folder: connection resets,
-throttling, server errors, a full disk and refused permissions, on the inputs, the outputs, the report and the listing.
+"""Storage faults injected by ``faulty://`` (`faulty_fs.py`) into runs over a local folder and over the moto S3
+server: connection resets, throttling, server errors, a full disk and refused permissions, on the inputs, the outputs,
+the report and the listing.
 Each run is followed by a rerun without the fault; both are held to the invariants of `invariants.py`."""
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,46 +104,66 @@ FAULTS = (
 )
 
 
-def _write_sources(root: Path) -> None:
+def _write_sources(root: str, options: dict | None) -> None:
     yy, xx = np.mgrid[0:16, 0:16] / 16
     for i, key in enumerate(KEYS):
         image = np.stack([xx, yy, (xx + yy) * (i + 1) / 6], axis=-1).astype(np.float32)
-        storage.write_bytes_atomic(str(root / key), dipcore.encode_png(image))
+        storage.write_bytes_atomic(f"{root}/{key}", dipcore.encode_png(image), options)
 
 
+def _roots(backend: str, tmp_path: Path, s3_server) -> tuple[str, dict]:
+    """(the case's root without protocol, the target's storage options) on `backend`."""
+    if backend == "local":
+        return str(tmp_path), {"target_protocol": "file"}
+    target = {"client_kwargs": {"endpoint_url": s3_server.endpoint_url}, "key": "testing", "secret": "testing"}
+    return s3_server.url(uuid.uuid4().hex)[len("s3://") :], {"target_protocol": "s3", "target_options": target}
+
+
+@pytest.mark.parametrize("backend", ["local", "s3"])
 @pytest.mark.parametrize("fault", FAULTS, ids=[f.case for f in FAULTS])
-def test_a_storage_fault_costs_only_its_images_and_a_rerun_finishes(fault, tmp_path, ledger, monkeypatch):
+def test_a_storage_fault_costs_only_its_images_and_a_rerun_finishes(
+    fault, backend, tmp_path, s3_server, ledger, monkeypatch
+):
     from pipelines import flows
 
     monkeypatch.setattr(storage, "RETRY_PAUSES", (0.01, 0.01, 0.01))  # the same retries, without the waiting
-
-    _write_sources(tmp_path / "src")
-    source, output = f"faulty://{tmp_path}/src", f"faulty://{tmp_path}/out"
-    inputs = snapshot(str(tmp_path / "src"))
-    elsewhere = local_tree(tmp_path, skip=(tmp_path / "out",))
-    outcome = Outcome(fault.case, "storage fault", "local + faulty://", fault.what)
-    faulty = {"faults": [dict(rule) for rule in fault.rules]}  # a fresh filesystem instance: counts start anew
-    run = dict(storage_options=faulty, execution={"executor": "inline"}, **FAST)
+    root, target = _roots(backend, tmp_path, s3_server)
+    plain = {"file": lambda p: p, "s3": lambda p: f"s3://{p}"}[target["target_protocol"]]
+    plain_options = target.get("target_options")
+    _write_sources(plain(f"{root}/src"), plain_options)
+    source, output = f"faulty://{root}/src", f"faulty://{root}/out"
+    inputs = snapshot(plain(f"{root}/src"), plain_options)
+    around = _around(backend, tmp_path, plain(root), plain_options)
+    outcome = Outcome(fault.case, "storage fault", f"{backend} + faulty://", fault.what)
+    faulty = {**target, "faults": [dict(rule) for rule in fault.rules]}  # a fresh instance: the counts start anew
+    inline = {"executor": "inline"}  # faulty:// is registered in this process only
 
     if fault.ends == "refused":
         with pytest.raises(PipelineError) as refused:
-            flows.restore_dataset(source, output, "denoise", **run)
+            flows.restore_dataset(source, output, "denoise", storage_options=faulty, execution=inline, **FAST)
         if not readable(str(refused.value)):
             outcome.fail("unreadable_errors", f"the run stopped with {refused.value!r}")
         outcome.notes.append(f"refused: {refused.value}")
         first_rows = []
     else:
-        first = flows.restore_dataset(source, output, "denoise", **run)
-        first_rows = reports.read_report(output, run_id=first["run_id"]).to_pylist()
+        first = flows.restore_dataset(source, output, "denoise", storage_options=faulty, execution=inline, **FAST)
+        first_rows = reports.read_report(output, storage_options=target, run_id=first["run_id"]).to_pylist()
         expect = {k: "error" if k in fault.errors else "ok" for k in KEYS}
         check_rows(outcome, set(KEYS), first_rows, expect=expect)
         outcome.notes += [row["error"] for row in first_rows if row["status"] == "error"]
 
-    second = flows.restore_dataset(source, output, "denoise", execution={"executor": "inline"}, **FAST)
-    second_rows = reports.read_report(output, run_id=second["run_id"]).to_pylist()
+    second = flows.restore_dataset(source, output, "denoise", storage_options=target, execution=inline, **FAST)
+    second_rows = reports.read_report(output, storage_options=target, run_id=second["run_id"]).to_pylist()
     check_rows(outcome, set(KEYS), second_rows, expect=dict.fromkeys(KEYS, "ok" if not first_rows else "either"))
     check_not_redone(outcome, first_rows, second_rows)
-    check_outputs(outcome, output, first_rows + second_rows)
-    check_unchanged(outcome, inputs, snapshot(str(tmp_path / "src")), "inputs")
-    check_unchanged(outcome, elsewhere, local_tree(tmp_path, skip=(tmp_path / "out",)), "outside the root")
+    check_outputs(outcome, output, first_rows + second_rows, target)
+    check_unchanged(outcome, inputs, snapshot(plain(f"{root}/src"), plain_options), "inputs")
+    check_unchanged(outcome, around, _around(backend, tmp_path, plain(root), plain_options), "outside the root")
     ledger(outcome)
+
+
+def _around(backend: str, tmp_path: Path, root: str, options: dict | None) -> dict:
+    """What lies beside the source and the output root: in the test's folder, or under its S3 prefix."""
+    if backend == "local":
+        return local_tree(tmp_path, skip=(tmp_path / "out",))
+    return {u: 1 for u in storage.list_files(root, options) if "/out/" not in u and "/src/" not in u}
