@@ -170,6 +170,17 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     _add_execution_options(g)
     g.add_argument("--no-resume", action="store_true", help="restore every image, even those done by earlier runs")
     g.add_argument("--limit", type=_positive_int, metavar="N", help="only the first N images (by key) of each dataset")
+    g.add_argument(
+        "--break-lease",
+        action="store_true",
+        help="take over the output's lease from a run known to be dead (one run writes to an output at a time)",
+    )
+    g.add_argument(
+        "--lease-stale-after",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="a lease without heartbeat for this long is taken over (default 600)",
+    )
     _add_storage_option(g)
     _add_output_options(p)
 
@@ -512,8 +523,12 @@ def _execution(args: argparse.Namespace) -> Execution:
 
 
 def _run_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The parameters `restore` and `evaluate` share: restoration settings, resume, limit and execution."""
+    """The parameters `restore` and `evaluate` share: restoration settings, resume, limit, execution, lease."""
+    lease = {"break_lease": True} if args.break_lease else {}
+    if args.lease_stale_after is not None:
+        lease["lease_stale_after"] = args.lease_stale_after
     return {
+        **lease,
         "resume": not args.no_resume,
         "limit": args.limit,
         "seed": args.seed,
@@ -522,6 +537,17 @@ def _run_options(args: argparse.Namespace) -> dict[str, Any]:
         "overrides": {"channels": args.channels} if args.channels else None,
         "execution": _execution(args),
     }
+
+
+def _check_output(output: str, source: str, args: argparse.Namespace, side_inputs: tuple = ()) -> None:
+    """The flow's refusal of an output that would overwrite its inputs (`storage.check_output_root`), here, before
+    Prefect or Ray starts: a usage error."""
+    from pipelines import storage
+
+    try:
+        storage.check_output_root(output, source, _storage_options(args.storage_option), side_inputs=side_inputs)
+    except storage.OutputOverlapError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
@@ -538,6 +564,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
             seed=args.seed,
         )
     )
+    _check_output(args.output, args.source, args, side_inputs=(args.mask_dir,))
     summary = _run_flow(
         "restore_dataset",
         args,
@@ -583,6 +610,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 classical=not args.no_classical,
             )
         )
+        from pipelines import storage
+
+        _check_output(args.output, storage.join(args.data_root, name) if name in BENCHMARKS else name, args)
     summary = _run_flow(
         "evaluate",
         args,
@@ -804,6 +834,12 @@ def cmd_restore_image(args: argparse.Namespace) -> int:
             torch.device(args.device)
         except RuntimeError as exc:
             raise UsageError(f"argument --device: {exc}") from None
+    for what, uri in (("input", args.input), ("mask", args.mask), ("guide", args.guide)):
+        if uri is not None and storage.overlap(args.output, uri) == "same":
+            raise UsageError(
+                f"the output {storage.redact(args.output)} is the {what} itself: the restored image would overwrite "
+                "it; write it to another file (-o restored.png)"
+            )
 
     def read(uri: str) -> Any:
         return dipcore.decode_image(storage.read_bytes(uri), name=uri)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 __all__ = [
     "CLIError",
+    "LeaseHeldError",
+    "OutputOverlapError",
     "PipelineError",
     "SchemaMismatchError",
     "StorageAccessError",
@@ -55,6 +57,16 @@ class UnsafeKeyError(StorageError, ValueError):
 
 class StorageOptionError(StorageError, ValueError):
     """A malformed ``--storage-option key=value``."""
+
+
+class OutputOverlapError(StorageError, ValueError):
+    """An output that would overwrite what is not the run's own: an output root equal to its source, a source (or
+    mask folder) inside the output root, an output file on its own input. Refused before anything runs."""
+
+
+class LeaseHeldError(PipelineError):
+    """Another run holds the output root's lease (`pipelines.lease`): one writer per output root. The message names
+    the holder and how to override a lease left by a run that died."""
 
 
 class SchemaMismatchError(PipelineError, ValueError):

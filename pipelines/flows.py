@@ -31,7 +31,7 @@ from prefect.logging import get_logger
 from prefect.utilities.annotations import quote
 from pydantic import NonNegativeInt, PositiveFloat, PositiveInt
 
-from pipelines import jobs, progress, storage
+from pipelines import jobs, lease, progress, storage
 from pipelines.errors import PipelineError
 from pipelines.evaluation.benchmarks import BENCHMARKS, describe
 from pipelines.evaluation.protocols import evaluation_config
@@ -111,10 +111,17 @@ def list_dataset(
     storage_options: dict | None,
     mask_dir: str | None = None,
     guide_suffix: str | None = None,
+    exclude: str | None = None,
 ) -> storage.Listing:
-    """The images under `source` (and every other file, with why it is not one)."""
+    """The images under `source` (and every other file, with why it is not one); `exclude`, the output root, is
+    left out where it lies inside the source."""
     return storage.list_images(
-        source, glob=glob, storage_options=storage_options, mask_dir=mask_dir, guide_suffix=guide_suffix
+        source,
+        glob=glob,
+        storage_options=storage_options,
+        mask_dir=mask_dir,
+        guide_suffix=guide_suffix,
+        exclude=exclude,
     )
 
 
@@ -183,6 +190,8 @@ def restore_dataset(
     guide_suffix: str | None = None,
     limit: PositiveInt | None = None,
     execution: Execution = Execution(),
+    break_lease: bool = False,
+    lease_stale_after: PositiveFloat = lease.DEFAULT_STALE_AFTER,
 ) -> dict[str, Any]:
     """Restore every image under `source` (any fsspec URL) into `output` with ``dipcore.restore``, on Ray actors,
     and write the Parquet report beside the outputs. Returns a small summary (run id, report URI, counts).
@@ -190,7 +199,13 @@ def restore_dataset(
     `execution` says where and how (the Ray cluster, actors, retries, packing; a plain dict is validated into it).
     With ``execution.pack``, images of one shape run as one batch on an actor (``dipcore.restore_batch``);
     ``"auto"`` packs one per thread on CPU actors (one-CPU actors: none) and as many as the card's free memory holds
-    (at most 8) on GPU actors."""
+    (at most 8) on GPU actors.
+
+    Nothing that is not the run's own is overwritten: an output root equal to the source, holding the source or a
+    mask folder, is refused (`storage.check_output_root`); one inside the source is left out of the listing; images
+    whose outputs would be one file get error rows. One run writes to an output root at a time: the run holds its
+    lease (`pipelines.lease`); `break_lease` takes over a lease held by a run known to be dead, and a lease without
+    heartbeat for `lease_stale_after` seconds is taken over anyway."""
     so = _options(storage_options)
     source, output, mask_dir = _real(source), _real(output), _real(mask_dir)
     config = jobs.run_config(
@@ -203,28 +218,32 @@ def restore_dataset(
         overrides=overrides,
         seed=seed,
     )
+    inside = storage.check_output_root(output, source, so, side_inputs=[mask_dir])  # before anything is written
     storage.check_writable(output, so)  # before any listing or fit: an output it cannot write costs only this
     run_id = _new_run_id()
-    listing = list_dataset(source, glob, so, mask_dir, guide_suffix)
-    plan = plan_dataset(
-        listing,
-        run_id=run_id,
-        dataset=dataset or storage.redact(source),
-        output=output,
-        config=config,
-        storage_options=so,
-        limit=limit,
-    )
-    return _run(
-        run_id,
-        [plan],
-        output=output,
-        storage_options=so,
-        execution=execution,
-        resume=resume,
-        title=f"restoring ({task})",
-        artifact="restore-dataset",
-    )
+    with _lease(output, so, run_id, break_lease, lease_stale_after):
+        if inside:
+            _logger().info("the output lies inside the source: its files are never taken as inputs")
+        listing = list_dataset(source, glob, so, mask_dir, guide_suffix, exclude=output)
+        plan = plan_dataset(
+            listing,
+            run_id=run_id,
+            dataset=dataset or storage.redact(source),
+            output=output,
+            config=config,
+            storage_options=so,
+            limit=limit,
+        )
+        return _run(
+            run_id,
+            [plan],
+            output=output,
+            storage_options=so,
+            execution=execution,
+            resume=resume,
+            title=f"restoring ({task})",
+            artifact="restore-dataset",
+        )
 
 
 @flow(name="evaluate", validate_parameters=True)
@@ -247,6 +266,8 @@ def evaluate(
     runs: PositiveInt | None = None,
     classical: bool = True,
     execution: Execution = Execution(),
+    break_lease: bool = False,
+    lease_stale_after: PositiveFloat = lease.DEFAULT_STALE_AFTER,
 ) -> dict[str, Any]:
     """Score dipcore on benchmarks with the paper's protocol: each of `benchmarks` is a name under `data_root`
     (set5, set14 → SR ×4; cbm3d9 → denoising σ=25; heide11 → inpainting, 50 % of pixels dropped) or a folder URL
@@ -256,32 +277,69 @@ def evaluate(
 
     ``early_stopping="observe"`` (default) adds the early-stopping study to every row (the rule's choice beside the
     best PSNR along the run); ``runs`` runs are averaged per image (default 2 for cbm3d9 as in the paper, else 1);
-    ``classical`` scores CBM3D/NLM (denoising) or biharmonic inpainting beside DIP."""
+    ``classical`` scores CBM3D/NLM (denoising) or biharmonic inpainting beside DIP. The output root is checked
+    against every benchmark's folder and leased as for `restore_dataset`; two benchmarks with one dataset name
+    (hence one output folder) are refused."""
     if not benchmarks:
         raise ValueError(f"name at least one benchmark ({describe()}) or a folder of clean images")
     so = _options(storage_options)
     data_root, output = _real(data_root), _real(output)
+    sources = [_benchmark_source(name, data_root) for name in benchmarks]  # the name as given: a dataset name holds
+    sources = [(_real(source), dataset) for source, dataset in sources]  # no secret
+    _check_datasets(benchmarks, [dataset for _, dataset in sources], output, so)
+    for source, _ in sources:
+        storage.check_output_root(output, source, so)
     storage.check_writable(output, so)
     run_id = _new_run_id()
-    plans = []
-    for name in benchmarks:
-        source, dataset = _benchmark_source(name, data_root)  # the name as given: a dataset name holds no secret
-        source = _real(source)
-        config = evaluation_config(
-            name,
-            task=task,
-            scale=scale,
-            sigma=sigma,
-            crop=crop,
-            preset=preset,
-            iterations=iterations,
-            overrides=overrides,
-            seed=seed,
-            early_stopping=early_stopping,
-            runs=runs,
-            classical=classical,
+    with _lease(output, so, run_id, break_lease, lease_stale_after):
+        plans = _evaluation_plans(
+            benchmarks,
+            sources,
+            run_id=run_id,
+            output=output,
+            so=so,
+            limit=limit,
+            settings={
+                "task": task,
+                "scale": scale,
+                "sigma": sigma,
+                "crop": crop,
+                "preset": preset,
+                "iterations": iterations,
+                "overrides": overrides,
+                "seed": seed,
+                "early_stopping": early_stopping,
+                "runs": runs,
+                "classical": classical,
+            },
         )
-        listing = list_dataset(source, None, so)
+        return _run(
+            run_id,
+            plans,
+            output=output,
+            storage_options=so,
+            execution=execution,
+            resume=resume,
+            title="evaluating",
+            artifact="evaluate",
+        )
+
+
+def _evaluation_plans(
+    benchmarks: list[str],
+    sources: list[tuple[str, str]],
+    *,
+    run_id: str,
+    output: str,
+    so: dict | None,
+    limit: int | None,
+    settings: dict[str, Any],
+) -> list[Plan]:
+    """One plan per benchmark: its listing (the output root left out) planned with its evaluation config."""
+    plans = []
+    for name, (source, dataset) in zip(benchmarks, sources, strict=True):
+        config = evaluation_config(name, **settings)
+        listing = list_dataset(source, None, so, exclude=output)
         plans.append(
             plan_dataset(
                 listing,
@@ -293,16 +351,39 @@ def evaluate(
                 limit=limit,
             )
         )
-    return _run(
-        run_id,
-        plans,
-        output=output,
-        storage_options=so,
-        execution=execution,
-        resume=resume,
-        title="evaluating",
-        artifact="evaluate",
-    )
+    return plans
+
+
+def _check_datasets(benchmarks: list[str], datasets: list[str], output: str, so: dict | None) -> None:
+    """Refuse two benchmarks whose outputs would share ``<output>/<dataset>/`` (one named twice, or two folders
+    with one name): their outputs and rows would overwrite each other's."""
+    folds = storage.folds_case(output, so)
+    seen: dict[str, str] = {}
+    for name, dataset in zip(benchmarks, datasets, strict=True):
+        first = seen.setdefault(storage.fold(dataset) if folds else dataset, name)
+        if first != name or benchmarks.count(name) > 1:
+            raise storage.OutputOverlapError(
+                f"benchmarks {first!r} and {name!r} would both write to {storage.redact(storage.join(output, dataset))}"
+                "/: name each benchmark once, and give folders of clean images distinct names"
+            )
+
+
+@contextlib.contextmanager
+def _lease(output: str, so: dict | None, run_id: str, break_lease: bool, stale_after: float) -> Iterator[None]:
+    """The run's lease on its output root, held until the run ends however it ends (`pipelines.lease`)."""
+    logger = _logger()
+    with lease.hold(
+        output,
+        so,
+        run_id=run_id,
+        flow_run_id=_flow_run_id(),
+        stale_after=stale_after,
+        break_lease=break_lease,
+        warn=logger.warning,
+    ) as held:
+        yield
+    if held.lost:
+        logger.error("run %s lost its lease on %s to another run while it ran", run_id, storage.redact(output))
 
 
 def _benchmark_source(name: str, data_root: str) -> tuple[str, str]:

@@ -215,16 +215,19 @@ def plan_jobs(
 ) -> Plan:
     """One job per listed image. Inputs are read here once for their content hash and header size (in `readers`
     threads: the reads wait on storage, not on the CPU); a key that could escape the output root is rejected, not
-    planned."""
+    planned, and so are images whose outputs would be one file (`_collisions`)."""
     import dipcore.imageio  # noqa: F401 - once here, not concurrently in the reader threads
 
     plan = Plan(dataset=dataset, config=config, not_images=list(listing.skipped), excluded=list(listing.excluded))
-    entries: list[tuple[storage.ImageEntry, str]] = []
+    planned: list[tuple[storage.ImageEntry, str]] = []
     for entry in listing.images:
         try:
-            entries.append((entry, storage.output_uri(output, entry.key)))
+            planned.append((entry, storage.output_uri(output, entry.key)))
         except storage.UnsafeKeyError as exc:
             plan.rejected.append((entry, str(exc)))
+    clashes = _collisions(planned, output, storage_options)
+    entries = [(entry, out) for entry, out in planned if entry.key not in clashes]
+    plan.rejected.extend((entry, clashes[entry.key]) for entry, _ in planned if entry.key in clashes)
     with ThreadPoolExecutor(max_workers=max(1, readers)) as pool:
         inspected = list(pool.map(lambda e: _inspect(e[0], storage_options), entries))
     for (entry, out), (sha, size) in zip(entries, inspected, strict=True):
@@ -250,6 +253,30 @@ def plan_jobs(
             )
         )
     return plan
+
+
+def _collisions(
+    planned: list[tuple[storage.ImageEntry, str]], output: str, storage_options: dict | None
+) -> dict[str, str]:
+    """Key → why, for each image whose output file would also be another image's: ``a.png`` and ``a.jpg`` (the
+    extension is replaced by ``.png``), or keys that differ only in case on a filesystem that folds it. Every image
+    of such a group gets an error row — none of them is restored, so that no result overwrites another and no output
+    name changes under an existing dataset (resume finds outputs by name); renaming one input resolves it."""
+    folds = storage.folds_case(output, storage_options)
+    groups: dict[str, list[str]] = {}
+    for entry, out in planned:
+        groups.setdefault(storage.fold(out) if folds else out, []).append(entry.key)
+    clashes: dict[str, str] = {}
+    for out, keys in groups.items():
+        if len(keys) > 1:
+            name = storage.redact(out)
+            for key in keys:
+                others = ", ".join(k for k in keys if k != key)
+                clashes[key] = (
+                    f"{key}: its output {name} would also be the output of {others}; none of them is restored, "
+                    "so that one does not overwrite the other — rename one of them (outputs are <name>.png)"
+                )
+    return clashes
 
 
 def observation_shape(job: Job) -> tuple[int, int, int] | None:

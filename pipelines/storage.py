@@ -12,6 +12,7 @@ import contextlib
 import errno
 import os
 import re
+import sys
 import tempfile
 import time
 import unicodedata
@@ -25,7 +26,14 @@ from urllib.parse import unquote
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from pipelines.errors import StorageAccessError, StorageError, StorageNotFoundError, StorageOptionError, UnsafeKeyError
+from pipelines.errors import (
+    OutputOverlapError,
+    StorageAccessError,
+    StorageError,
+    StorageNotFoundError,
+    StorageOptionError,
+    UnsafeKeyError,
+)
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
@@ -34,25 +42,32 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "ImageEntry",
     "Listing",
+    "OutputOverlapError",
     "StorageAccessError",
     "StorageError",
     "StorageNotFoundError",
     "StorageOptionError",
     "UnsafeKeyError",
     "check_glob",
+    "check_output_root",
     "check_url",
     "check_writable",
+    "create_exclusive",
     "exists",
     "filesystem",
+    "fold",
+    "folds_case",
     "is_image_key",
     "join",
     "list_files",
     "list_images",
     "open_output",
     "output_uri",
+    "overlap",
     "parse_storage_options",
     "read_bytes",
     "redact",
+    "remove_file",
     "safe_key",
     "sha256_hex",
     "split_secret_options",
@@ -266,6 +281,54 @@ def write_bytes_atomic(uri: str, data: bytes, storage_options: dict | None = Non
     _fresh(fs, path.rpartition("/")[0] or path)
 
 
+def create_exclusive(uri: str, data: bytes, storage_options: dict | None = None) -> bool:
+    """Write `data` to `uri` only if nothing is there: True when this call created it, False when a file was there
+    already. Atomic where the store allows it — local files: a complete temporary sibling hard-linked to the name
+    (``link`` fails when the name exists; no reader sees a partial file); S3: a PUT with ``If-None-Match: *``
+    (s3fs ``mode="create"``; AWS S3 and moto honour it; an S3-compatible store that ignores the header would
+    overwrite, so callers read back); memory://: one process, a check then a write. Elsewhere a best effort: a check,
+    a write, and the caller's read-back — two writers racing within that window can both believe they won."""
+    fs, path = filesystem(uri, storage_options)
+    with _doing("writing", uri, fs):
+        if _is_local(fs):
+            parent = os.path.dirname(path) or "."
+            os.makedirs(parent, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.chmod(tmp, 0o644)
+                try:
+                    os.link(tmp, path)
+                except FileExistsError:
+                    return False
+                return True
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+        _fresh(fs, path)
+        if _protocols(fs) & {"s3", "s3a", "memory"}:
+            try:
+                fs.pipe_file(path, data, mode="create")
+            except FileExistsError:
+                return False
+            return True
+        if fs.exists(path):
+            return False
+        fs.pipe_file(path, data)
+        return True
+
+
+def remove_file(uri: str, storage_options: dict | None = None) -> None:
+    """Delete the file at `uri`; a file that is not there is no error."""
+    fs, path = filesystem(uri, storage_options)
+    with contextlib.suppress(FileNotFoundError), _doing("deleting", uri, fs):
+        fs.rm_file(path)
+    _fresh(fs, path)
+
+
 def check_writable(root: str, storage_options: dict | None = None) -> None:
     """Raise `StorageError` unless a file can be written (and removed) under `root`: what a run checks before it
     restores anything, so that an output it cannot write costs nothing but the message."""
@@ -406,6 +469,91 @@ def output_uri(output_root: str, key: str, *, suffix: str = ".png") -> str:
         raise UnsafeKeyError(f"bad output suffix {suffix!r}: expected e.g. '.png'")
     rel = PurePosixPath(safe_key(key))
     return join(output_root, str(rel.with_name(rel.stem + suffix)))
+
+
+# ------------------------------------------------------------------------------------- what is not the run's own
+
+
+def folds_case(uri: str, storage_options: dict | None = None) -> bool:
+    """Whether names under `uri` may be folded by the filesystem (``A.png`` and ``a.png`` one file): local files on
+    macOS and Windows, whose usual filesystems fold case and Unicode forms. Object stores and Linux do not."""
+    fs, _ = filesystem(uri, storage_options)
+    return _is_local(fs) and sys.platform in ("darwin", "win32")
+
+
+def fold(name: str) -> str:
+    """`name` as a case- and Unicode-folding filesystem compares it."""
+    return unicodedata.normalize("NFC", name).casefold()
+
+
+def _place(uri: str, storage_options: dict | None) -> tuple[str, str]:
+    """(which store, the path in it) of `uri`, for comparing locations: local paths resolved (symbolic links, ``..``,
+    a relative path), trailing slashes dropped, names folded where the filesystem folds them."""
+    fs, path = filesystem(uri, storage_options)
+    if _is_local(fs):
+        path = os.path.realpath(path)
+    path = path.rstrip("/") or "/"
+    if _is_local(fs) and sys.platform in ("darwin", "win32"):
+        path = fold(path)
+    return f"{type(fs).__module__}.{type(fs).__qualname__}", path
+
+
+def overlap(a: str, b: str, storage_options: dict | None = None) -> str | None:
+    """How the locations `a` and `b` relate: ``"same"``, ``"inside"`` (`a` lies inside `b`), ``"contains"`` (`b`
+    inside `a`), or None (apart, or on different stores). Reads nothing but, for local paths, symbolic links."""
+    (store_a, pa), (store_b, pb) = _place(a, storage_options), _place(b, storage_options)
+    if store_a != store_b:
+        return None
+    if pa == pb:
+        return "same"
+    if pa.startswith(pb.rstrip("/") + "/"):
+        return "inside"
+    if pb.startswith(pa.rstrip("/") + "/"):
+        return "contains"
+    return None
+
+
+DIPFLOW_FOLDERS = ("report", "curves", "html", "_dipflow")
+"""The folders a run writes at the top of its output root beside the outputs (reports, curves, the HTML page and
+its thumbnails, the lease): one of them there marks a folder as a dipflow output root."""
+
+
+def check_output_root(
+    output: str, source: str, storage_options: dict | None = None, *, side_inputs: Iterable[str | None] = ()
+) -> bool:
+    """Refuse (`OutputOverlapError`) an output root that would overwrite what the run reads: the source itself, a
+    folder that holds the source, a folder that holds or lies in a side-input folder (`side_inputs`: masks), or a
+    folder inside the source that already holds files and is not a dipflow output root (they are the user's
+    inputs). Returns whether the output lies inside the source — then `list_images(…, exclude=output)` must leave
+    it out, so that the run's outputs, reports and thumbnails are never inputs of the next run."""
+    how = overlap(output, source, storage_options)
+    out, src = redact(output), redact(source)
+    if how == "same":
+        raise OutputOverlapError(
+            f"the output {out} is the source itself: the restored images would overwrite the originals; "
+            "write them to another folder (e.g. -o restored/)"
+        )
+    if how == "contains":
+        raise OutputOverlapError(
+            f"the source {src} lies inside the output {out}: outputs, reports and thumbnails would be written "
+            "among the inputs (and could overwrite them); write them to a folder outside the source"
+        )
+    for side in side_inputs:
+        if side is not None and overlap(output, side, storage_options) is not None:
+            raise OutputOverlapError(
+                f"the output {out} overlaps the side-input folder {redact(side)}: outputs could overwrite masks, "
+                "or be taken for masks; write them to a separate folder"
+            )
+    if how != "inside":
+        return False
+    marked = any(exists(join(output, name), storage_options) for name in DIPFLOW_FOLDERS)
+    if not marked and exists(output, storage_options) and list_files(output, storage_options):
+        raise OutputOverlapError(
+            f"the output {out} lies inside the source {src} and already holds files that are not a dipflow "
+            "output (no report/ folder): they are inputs, which outputs could overwrite; write the outputs to an "
+            "empty folder or one outside the source"
+        )
+    return True
 
 
 # ---------------------------------------------------------------------------------------------------- redaction
@@ -669,6 +817,7 @@ def list_images(
     storage_options: dict | None = None,
     mask_dir: str | None = None,
     guide_suffix: str | None = None,
+    exclude: str | None = None,
 ) -> Listing:
     """The images under `source` (any fsspec URL, recursive, sorted by key) with their side inputs.
 
@@ -684,9 +833,21 @@ def list_images(
     files inside the source are followed; the others — broken, out of the source, to a folder — are in
     `Listing.excluded` with the reason when they look like images (an image extension, or a folder), so that the
     run reports them, else in `Listing.skipped`. A missing source raises `StorageNotFoundError`.
+
+    `exclude` (the run's output root) names a folder whose files are left out altogether when it lies inside the
+    source: they are the run's own outputs, reports and thumbnails, never inputs nor "not images".
     """
     fs, root = filesystem(source, storage_options)
     files, root_clean, links = _find(fs, root, source)
+    if exclude is not None and overlap(exclude, source, storage_options) == "inside":
+        prefix = _place(exclude, storage_options)[1][len(_place(source, storage_options)[1].rstrip("/")) + 1 :] + "/"
+        folds = _is_local(fs) and sys.platform in ("darwin", "win32")
+
+        def own(rel: str) -> bool:
+            return (fold(rel) if folds else rel).startswith(prefix)
+
+        files = {rel: size for rel, size in files.items() if not own(rel)}
+        links = {rel: why for rel, why in links.items() if not own(rel)}
 
     def uri(rel: str) -> str:
         return fs.unstrip_protocol(f"{root_clean}/{rel}")

@@ -115,7 +115,7 @@ BAD_FILES: tuple[BadFile, ...] = (
     BadFile("truncated-png", "truncated.png", lambda: _png()[: len(_png()) // 2], "error", "the first half of a PNG"),
     BadFile(
         "truncated-jpeg",
-        "truncated.jpg",
+        "truncated-jpeg.jpg",
         lambda: _save(_pixels(), "JPEG")[:200],
         "error",
         "the first 200 bytes of a JPEG",
@@ -146,7 +146,7 @@ BAD_FILES: tuple[BadFile, ...] = (
     BadFile("tiff-float", "float.tif", _float_tiff, "either", "a 32-bit float TIFF"),
     BadFile("tiff-multipage", "pages.tif", lambda: _frames("TIFF"), "error", "a TIFF of two pages (refused)"),
     BadFile("bmp", "plain.bmp", lambda: _save(_pixels(), "BMP"), "ok", "a BMP"),
-    BadFile("webp", "plain.webp", lambda: _save(_pixels(), "WEBP", lossless=True), "ok", "a lossless WebP"),
+    BadFile("webp", "plain-webp.webp", lambda: _save(_pixels(), "WEBP", lossless=True), "ok", "a lossless WebP"),
     BadFile("png-as-jpg", "liar.jpg", _png, "ok", "a PNG named .jpg"),
     BadFile("gif-as-png", "gif.png", lambda: _save(_pixels(), "GIF"), "ok", "a GIF named .png"),
     BadFile(

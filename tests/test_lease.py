@@ -1,0 +1,178 @@
+"""One writer per output root (issue 12, item 5), on local files and the moto S3 server: the lease is taken
+atomically, a second run is refused naming the holder while the first goes on, a stale lease is taken over, the
+lease is released however a run ends."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from pipelines import lease, storage
+from pipelines.errors import LeaseHeldError
+from pipelines.reporting import reports
+
+FAST = {"preset": "fast", "iterations": 2, "overrides": {"channels": 8}, "execution": {"executor": "inline"}}
+
+
+@pytest.fixture(params=["local", "s3"])
+def where(request, tmp_path):
+    """(root URL, storage options) of an empty folder: a local one, or a prefix on the moto S3 server."""
+    if request.param == "local":
+        return str(tmp_path / "root"), None
+    server = request.getfixturevalue("s3_server")
+    return request.getfixturevalue("s3_root"), server.storage_options
+
+
+def test_create_exclusive_creates_once(where):
+    root, so = where
+    uri = f"{root}/x/lease.json"
+    assert storage.create_exclusive(uri, b"first", so) is True
+    assert storage.create_exclusive(uri, b"second", so) is False
+    assert storage.read_bytes(uri, so) == b"first"
+    storage.remove_file(uri, so)
+    storage.remove_file(uri, so)  # not there: no error
+    assert storage.create_exclusive(uri, b"third", so) is True
+    memory = f"memory://lease-{uuid.uuid4().hex}/l.json"
+    assert storage.create_exclusive(memory, b"1") is True
+    assert storage.create_exclusive(memory, b"2") is False
+
+
+def test_a_second_holder_is_refused_and_the_first_keeps_it(where):
+    root, so = where
+    out = f"{root}/out"
+    first = lease.Lease.acquire(out, so, run_id="run-1", flow_run_id="fr-1")
+    with pytest.raises(LeaseHeldError) as refused:
+        lease.Lease.acquire(out, so, run_id="run-2")
+    message = str(refused.value)
+    assert "run run-1, flow run fr-1 on host" in message and "--break-lease" in message and "600 s" in message
+    assert first.refresh() is True and lease.read_lease(out, so)["owner"]["run_id"] == "run-1"
+    first.release()
+    assert lease.read_lease(out, so) is None
+    second = lease.Lease.acquire(out, so, run_id="run-2")  # free again
+    second.release()
+
+
+def test_the_heartbeat_refreshes_and_a_stale_lease_is_taken_over(where):
+    root, so = where
+    out = f"{root}/out"
+    with lease.hold(out, so, run_id="run-1", stale_after=60, heartbeat=0.05) as held:
+        beat = held.payload["started_at"]
+        deadline = time.monotonic() + 10
+        while lease.read_lease(out, so)["heartbeat_at"] == beat and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert lease.read_lease(out, so)["heartbeat_at"] > beat
+    assert lease.read_lease(out, so) is None
+
+    dead = lease.Lease.acquire(out, so, run_id="dead-run", stale_after=60)  # its process died: no more heartbeats
+    old = (datetime.now(UTC) - timedelta(seconds=61)).isoformat()
+    storage.write_bytes_atomic(dead.uri, json.dumps({**dead.payload, "heartbeat_at": old}).encode(), so)
+    warnings: list[str] = []
+    taker = lease.Lease.acquire(out, so, run_id="run-3", warn=warnings.append)
+    assert len(warnings) == 1 and "no heartbeat for 61 s" in warnings[0] and "dead-run" in warnings[0]
+    assert lease.read_lease(out, so)["owner"]["run_id"] == "run-3"
+    assert dead.refresh() is False and dead.lost  # the old holder, if it were alive, sees it lost the lease
+    dead.release()  # does not delete the new holder's lease
+    assert lease.read_lease(out, so)["owner"]["run_id"] == "run-3"
+    taker.release()
+
+
+def test_break_lease_and_an_unreadable_lease(where):
+    root, so = where
+    out = f"{root}/out"
+    held = lease.Lease.acquire(out, so, run_id="run-1")
+    warnings: list[str] = []
+    breaker = lease.Lease.acquire(out, so, run_id="run-2", break_lease=True, warn=warnings.append)
+    assert "break" in warnings[0] and "run-1" in warnings[0]
+    assert held.refresh() is False
+    breaker.release()
+    storage.write_bytes_atomic(lease.lease_uri(out), b"\x00garbage", so)
+    with pytest.raises(LeaseHeldError, match="an unreadable lease"):
+        lease.Lease.acquire(out, so, run_id="run-3")
+    lease.Lease.acquire(out, so, run_id="run-3", break_lease=True, warn=warnings.append).release()
+
+
+def test_hold_releases_on_error_and_interrupt(where):
+    root, so = where
+    out = f"{root}/out"
+    for exc in (RuntimeError("boom"), KeyboardInterrupt()):
+        with pytest.raises(type(exc)), lease.hold(out, so, run_id="r"):
+            assert lease.read_lease(out, so)["owner"]["run_id"] == "r"
+            raise exc
+        assert lease.read_lease(out, so) is None
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_two_runs_into_one_output_root(where, write_images, monkeypatch):
+    """The second run, started while the first restores, is refused at once and writes nothing; the first
+    finishes unaffected and releases the lease; a failed run releases it too."""
+    from pipelines import flows
+    from pipelines.execution import workers
+
+    root, so = where
+    src, out = f"{root}/src", f"{root}/out"
+    write_images(src, ["a.png", "b.png"], size=16, storage_options=so)
+    second: dict = {}
+    real = workers.run_inline
+
+    def run_inline(todo, **kw):  # the first run, mid-way: a second run into the same output
+        def other() -> None:
+            try:
+                second["summary"] = flows.restore_dataset(src, out, "denoise", storage_options=so, **FAST)
+            except Exception as exc:  # noqa: BLE001
+                second["error"] = exc
+
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join(timeout=300)
+        assert not thread.is_alive()
+        return real(todo, **kw)
+
+    monkeypatch.setattr(workers, "run_inline", run_inline)
+    first = flows.restore_dataset(src, out, "denoise", storage_options=so, **FAST)
+    assert (first["ok"], first["error"]) == (2, 0), first["failures"]
+    assert isinstance(second.get("error"), LeaseHeldError), second
+    assert f"run {first['run_id']}" in str(second["error"]) and "--break-lease" in str(second["error"])
+    assert set(reports.read_report(out, so).column("run_id").to_pylist()) == {first["run_id"]}  # one run's rows
+    assert lease.read_lease(out, so) is None  # released at the end
+
+    def fail(todo, **kw):
+        raise RuntimeError("the workers fell over")
+
+    monkeypatch.setattr(workers, "run_inline", fail)
+    with pytest.raises(RuntimeError, match="fell over"):
+        flows.restore_dataset(src, out, "denoise", storage_options=so, resume=False, **FAST)
+    assert lease.read_lease(out, so) is None  # released on error
+
+    stale = lease.Lease.acquire(out, so, run_id="killed-run", stale_after=60)  # a run that is gone (SIGKILL)
+    with pytest.raises(LeaseHeldError, match="killed-run"):
+        flows.restore_dataset(src, out, "denoise", storage_options=so, **FAST)
+    monkeypatch.setattr(workers, "run_inline", real)
+    taken = flows.restore_dataset(src, out, "denoise", storage_options=so, break_lease=True, **FAST)
+    assert taken["skipped"] == 2 and lease.read_lease(out, so) is None
+    assert stale.refresh() is False
+
+
+def test_cli_names_the_holder_and_the_override(tmp_path, write_images, capsys, monkeypatch):
+    from pipelines import cli, flows
+
+    seen: dict = {}
+    monkeypatch.setattr(flows, "restore_dataset", lambda **params: seen.update(params) or {"failures": [], "error": 0})
+    argv = ["restore", "src", "-o", "out", "--task", "denoise", "--json", "--quiet"]
+    assert cli.main([*argv, "--break-lease", "--lease-stale-after", "120"]) == 0
+    assert (seen["break_lease"], seen["lease_stale_after"]) == (True, 120.0)
+    seen.clear()
+    assert cli.main(argv) == 0 and "break_lease" not in seen  # the flow's defaults
+
+    def held(**params):
+        raise LeaseHeldError("the output out is in use: run r1 … or at once with --break-lease")
+
+    monkeypatch.setattr(flows, "restore_dataset", held)
+    capsys.readouterr()
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("dipflow: error: the output out is in use") and "--break-lease" in err
