@@ -73,6 +73,31 @@ def _age(lease: dict[str, Any]) -> float | None:
         return None
 
 
+def _process_identity(pid: int) -> str | None:
+    """What tells a process apart on this machine beyond its pid (which the kernel reuses): its pid namespace and
+    its start time, from /proc (Linux); None elsewhere."""
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        started = stat[stat.rindex(b")") + 2 :].split()[19].decode()  # field 22: start time in clock ticks
+    except (OSError, IndexError, ValueError):
+        return None
+    return f"{namespace}:{started}"
+
+
+def _holder_is_dead(lease: dict[str, Any]) -> bool:
+    """Whether the holder ran on this machine, in this pid namespace, and that process is gone (a `kill -9`, a
+    crash): its lease need not wait out `stale_after`. Unknown (another machine, no /proc): not dead."""
+    owner = lease.get("owner") or {}
+    identity = owner.get("process")
+    if not identity or owner.get("host") != socket.gethostname():
+        return False
+    if identity.split(":", 1)[0] != str(os.stat("/proc/self/ns/pid").st_ino):
+        return False
+    return _process_identity(int(owner.get("pid") or 0)) != identity
+
+
 def _describe(lease: dict[str, Any]) -> str:
     if not lease:
         return "an unreadable lease"
@@ -116,7 +141,13 @@ class Lease:
         says from whom). The heartbeat thread is not started: `start` (or `hold`) does."""
         now = _now().isoformat()
         payload = {
-            "owner": {"host": socket.gethostname(), "pid": os.getpid(), "run_id": run_id, "flow_run_id": flow_run_id},
+            "owner": {
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "process": _process_identity(os.getpid()),
+                "run_id": run_id,
+                "flow_run_id": flow_run_id,
+            },
             "token": uuid.uuid4().hex,
             "started_at": now,
             "heartbeat_at": now,
@@ -134,8 +165,15 @@ class Lease:
                 return lease
             age = _age(held)
             stale = age is not None and age > float(held.get("stale_after_s") or stale_after)
-            if attempt == 0 and (break_lease or stale):
-                why = "--break-lease / break_lease=True" if break_lease else f"no heartbeat for {age:.0f} s"
+            dead = _holder_is_dead(held)
+            if attempt == 0 and (break_lease or stale or dead):
+                why = (
+                    "--break-lease / break_lease=True"
+                    if break_lease
+                    else f"no heartbeat for {age:.0f} s"
+                    if stale
+                    else "its process on this machine is gone"
+                )
                 warn(f"taking over the lease on {storage.redact(output)} ({why}) from {_describe(held)}")
                 storage.remove_file(lease.uri, storage_options)
                 continue

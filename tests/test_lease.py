@@ -5,6 +5,7 @@ lease is released however a run ends."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import uuid
@@ -176,3 +177,24 @@ def test_cli_names_the_holder_and_the_override(tmp_path, write_images, capsys, m
     assert cli.main(argv) == 1
     err = capsys.readouterr().err
     assert err.startswith("dipflow: error: the output out is in use") and "--break-lease" in err
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/ns/pid"), reason="reads process identities from /proc (Linux)")
+def test_a_lease_whose_process_on_this_machine_is_gone_is_taken_over_at_once(tmp_path):
+    """A `kill -9` leaves the lease behind; on the machine that held it, the rerun sees its process gone (pid and
+    start time) and need not wait for the heartbeat to go stale. A live holder is still refused."""
+    import subprocess
+    import sys
+
+    out = str(tmp_path / "out")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    held = lease.Lease.acquire(out, run_id="killed-run", stale_after=600)
+    namespace = os.stat("/proc/self/ns/pid").st_ino  # this machine's, as the dead holder's was
+    payload = {**held.payload, "owner": {**held.payload["owner"], "pid": int(gone.stdout), "process": f"{namespace}:1"}}
+    storage.write_bytes_atomic(held.uri, json.dumps(payload).encode())
+    warnings: list[str] = []
+    taken = lease.Lease.acquire(out, run_id="rerun", stale_after=600, warn=warnings.append)
+    assert len(warnings) == 1 and "its process on this machine is gone" in warnings[0] and "killed-run" in warnings[0]
+    with pytest.raises(LeaseHeldError, match="rerun"):  # this process is alive: its lease holds
+        lease.Lease.acquire(out, run_id="third", stale_after=600)
+    taken.release()
