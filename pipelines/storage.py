@@ -317,6 +317,9 @@ def create_exclusive(uri: str, data: bytes, storage_options: dict | None = None)
             return True
         if fs.exists(path):
             return False
+        parent = path.rpartition("/")[0]
+        if parent:  # filesystems with real folders (sftp, a wrapped local one) need them made first
+            fs.makedirs(parent, exist_ok=True)
         fs.pipe_file(path, data)
         return True
 
