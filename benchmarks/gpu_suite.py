@@ -10,8 +10,11 @@ rows go to a real Parquet report through `pipelines.reporting.reports`. What it 
   Set14 ×4 with the fastest engine, Set5 with the plain loop and with bf16, then cbm3d9 σ=25 and heide11), each
   with the evaluate flow's protocol (`protocols.evaluation_config`: the early-stopping study, the benchmark's runs, the
   classical baseline), as long as time is left; with ``--pack K`` (or ``auto``) the fastest engine's runs stack
-  images of one shape into one fit (``Restorer.run_batch``, as a packing Ray actor does) and go to
-  ``reports/<engine>-pack<K>/``; other engines run one image at a time;
+  images of one canvas bucket into one fit, on a shared canvas (``Restorer.run_batch``, as a packing Ray actor
+  does) and go to ``reports/<engine>-pack<K>/``; ``set14:best@own`` packs by exact shape instead (each fit on its
+  own canvas, as before shared canvases: Set14's images all differ in size, so nearly every image runs alone) and
+  goes to ``reports/<engine>-pack<K>-own/``: the two Set14 runs measure what shared canvases buy; other engines
+  run one image at a time;
 - ``suite.log``: what ran, what was skipped for lack of time, and every error.
 
     PYTHONPATH=. python3 benchmarks/gpu_suite.py --data-root .devdata --out "$OUT" --deadline 430 [--pack 8]
@@ -44,7 +47,8 @@ from pipelines.execution.restorer import Restorer
 from pipelines.reporting import reports
 
 # Most important first (issue 6 wants Set5 in full first; issue 5 the plain loop's ratio and bf16's PSNR cost).
-EVALUATIONS = ("set5:best", "set14:best", "set5:plain", "set5:bf16", "cbm3d9:best", "heide11:best")
+# set14:best@own: Set14 packed by exact shape, against set14:best's shared canvases (issue 16).
+EVALUATIONS = ("set5:best", "set14:best", "set14:best@own", "set5:plain", "set5:bf16", "cbm3d9:best", "heide11:best")
 EVAL_ENGINES = {
     "plain": bench_fit.PLAIN,
     "optimised": EngineOptions(cuda_graph=False),
@@ -94,21 +98,31 @@ class Suite:
         )
         return row
 
-    def evaluate(self, benchmark: str, data_root: str, engine: str, *, ms_per_it: float, pack: int | str = 1):
-        """Evaluate one benchmark with one engine, `pack` images of one shape per fit (1: one at a time), skipping
-        what cannot finish before the deadline."""
+    def evaluate(
+        self,
+        benchmark: str,
+        data_root: str,
+        engine: str,
+        *,
+        ms_per_it: float,
+        pack: int | str = 1,
+        canvas: str = "shared",
+    ):
+        """Evaluate one benchmark with one engine, `pack` images of one canvas bucket per fit on a shared canvas
+        (``canvas="own"``: of one shape, each on its own canvas; 1: one at a time), skipping what cannot finish
+        before the deadline."""
         iterations = 30 if self.smoke else None
         overrides = {"channels": 16} if self.smoke else None
         # The evaluate flow's protocol: early-stopping study, the benchmark's runs, classical baseline.
         config = protocols.evaluation_config(benchmark, iterations=iterations, overrides=overrides)
         listing = storage.list_images(f"{data_root}/{benchmark}")
-        label = engine.replace("+", "-") + ("" if pack == 1 else f"-pack{pack}")
+        label = engine.replace("+", "-") + ("" if pack == 1 else f"-pack{pack}") + ("-own" if canvas == "own" else "")
         run_id = f"{benchmark}-{label}"
         root = str(self.out / "reports" / label)
         plan = jobs.plan_jobs(listing, run_id=run_id, dataset=benchmark, output=f"{root}/{benchmark}", config=config)
-        restorer = Restorer(device=self.device, engine=EVAL_ENGINES[engine])
+        restorer = Restorer(device=self.device, engine=EVAL_ENGINES[engine], canvas=canvas)
         n_iter = config.config["iterations"] * config.config["restarts"]
-        queue = PackQueue(sorted(plan.jobs, key=lambda j: j.key))
+        queue = PackQueue(sorted(plan.jobs, key=lambda j: j.key), canvas=canvas)
         limit = pack if isinstance(pack, int) else restorer.pack_limit
         with reports.ReportWriter(root, run_id) as writer:
             while queue:
@@ -194,10 +208,11 @@ def main(argv: list[str] | None = None) -> int:
         "--evaluate",
         nargs="*",
         default=list(EVALUATIONS),
-        metavar="BENCHMARK:ENGINE",
+        metavar="BENCHMARK:ENGINE[@own]",
         help="evaluations to run after the speed cases, in order, while time is left; ENGINE is an "
         "engine name, 'best' (the fastest that passed its check) or 'bf16' (bf16 with the best's "
-        f"graph setting). Default: {' '.join(EVALUATIONS)}",
+        "graph setting); '@own' packs by exact shape instead of on shared canvases. "
+        f"Default: {' '.join(EVALUATIONS)}",
     )
     ap.add_argument(
         "--no-speed",
@@ -209,8 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         "--pack",
         default="1",
         metavar="K",
-        help="Set5/Set14 with the fastest engine: images of one shape per stacked fit (auto: by free "
-        "memory, at most 8; default 1: one at a time)",
+        help="Set5/Set14 with the fastest engine: images of one canvas bucket per stacked fit, on a shared "
+        "canvas (auto: by free memory, at most 8; default 1: one at a time)",
     )
     args = ap.parse_args(argv)
     if args.pack != "auto" and not (args.pack.isdigit() and int(args.pack) >= 1):
@@ -252,12 +267,20 @@ def main(argv: list[str] | None = None) -> int:
     # 2. The evaluations, in the order asked (default: EVALUATIONS), each skipped image by image when it cannot
     #    finish before the deadline. The fastest engine's SR runs are packed as --pack says.
     for item in args.evaluate:
+        item, _, canvas = item.partition("@")
         benchmark, _, engine = item.partition(":")
         engine = {"best": best, "bf16": "bf16+graph" if "graph" in best else "bf16"}.get(engine or "best", engine)
         if engine not in EVAL_ENGINES:
             s.log(f"skip {item}: unknown engine {engine!r} (one of best, {', '.join(EVAL_ENGINES)})")
             continue
-        s.evaluate(benchmark, args.data_root, engine, ms_per_it=ms(engine), pack=pack if engine == best else 1)
+        if canvas not in ("", "own"):
+            s.log(f"skip {item}@{canvas}: '@own' is the one canvas choice (default: shared canvases)")
+            continue
+        packed = pack if engine == best else 1
+        if canvas == "own" and packed == 1:
+            s.log(f"skip {item}@own: packing by exact shape is measured with --pack (K > 1 or auto)")
+            continue
+        s.evaluate(benchmark, args.data_root, engine, ms_per_it=ms(engine), pack=packed, canvas=canvas or "shared")
     if (s.out / "reports").is_dir():  # one file: the device tool drops folders nested this deep
         shutil.make_archive(str(s.out / "reports"), "gztar", root_dir=s.out, base_dir="reports")
     s.log("done")

@@ -7,6 +7,7 @@
 
 from .api import Restoration, RunOutput, StoppingChoice, restore, restore_batch
 from .batched import batch_refusal
+from .canvas import canvas_bucket
 from .crop import center_crop, center_crop_to_multiple
 from .degrade import Observation, degrade
 from .engine import EngineOptions
@@ -34,6 +35,7 @@ __all__ = [
     "StoppingChoice",
     "Task",
     "batch_refusal",
+    "canvas_bucket",
     "center_crop",
     "center_crop_to_multiple",
     "decode_image",

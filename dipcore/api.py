@@ -1,5 +1,6 @@
-"""The public entry points: ``restore`` one observation with the Deep Image Prior, ``restore_batch`` several of one
-shape as one batch; below them, for benchmarks, the parts of a fit: ``build_problem`` and ``run_fits``."""
+"""The public entry points: ``restore`` one observation with the Deep Image Prior, ``restore_batch`` several as one
+batch (of one shape, or of different shapes on a shared canvas); below them, for benchmarks, the parts of a fit:
+``build_problem`` and ``run_fits``."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from torch import Tensor, nn
 
 from . import nets
 from .batched import stack_problems
+from .canvas import MAX_CANVAS_WASTE, check_canvas, own_canvas, shared_canvas
 from .concurrent import concurrent_workers, fit_concurrently
 from .crop import center_box, center_crop_to_multiple
 from .degrade import Observation, binary_mask
@@ -119,16 +121,27 @@ def build_problem(
     reference: np.ndarray | None = None,
     features_weights: str | Path | None = None,
     operator: nn.Module | None = None,
+    canvas: tuple[int, int] | None = None,
 ) -> FitProblem:
     """Net, code, operator and target of one fit, all drawn from ``seed`` on the CPU (identical on every device).
 
     The operator is the task's (``get_task(p.task).operator``), or ``operator``, the caller's, checked against the
-    observation's shape; the task still sets the output's size and channels.
+    observation's shape; the task still sets the output's size and channels. The net runs on ``canvas`` (Hc, Wc),
+    a canvas shared with other fits (``dipcore.canvas``), else on the image's own (``nets.canvas_size``); the image
+    sits centred in it and the code is drawn at its size.
     """
     gen = torch.Generator().manual_seed(seed)
     task = get_task(p.task)
     h, w, out_channels = task.output_shape(obs.image.shape, p.scale)
     hc, wc = nets.canvas_size(p.net, h, w, **p.net_options)
+    if canvas is not None:
+        multiple = nets.required_multiple(p.net, **p.net_options)
+        if canvas[0] < hc or canvas[1] < wc or canvas[0] % multiple or canvas[1] % multiple:
+            raise ConfigError(
+                f"a canvas of {canvas[1]}×{canvas[0]} cannot hold this image: it needs sides that are multiples "
+                f"of {multiple} and at least its own canvas, {wc}×{hc}"
+            )
+        hc, wc = canvas
     crop = center_box(hc, wc, h, w)  # the image centred in the canvas
 
     net = nets.get_net(p.net, in_channels=p.input_depth, out_channels=out_channels, **p.net_options)
@@ -264,7 +277,9 @@ def restore(
         for s in seeds
     ]
     engine = (engine or EngineOptions()).resolved(dev, work=_work(problems[0]), bf16_ok=get_task(p.task).bf16_default)
-    engine = _plan_memory(engine, p, obs, dev, fits=_at_once(engine, p.restarts) if engine.batch_restarts else 1)
+    h, w, c = get_task(p.task).output_shape(obs.image.shape, p.scale)
+    fits = _at_once(engine, p.restarts) if engine.batch_restarts else 1
+    engine = _plan_memory(engine, p, h, w, c, dev, fits=fits)
     runs = run_fits(
         problems, _settings(p, engine, protocol), seeds=seeds, callback=callback, batched=engine.batch_restarts
     )
@@ -286,15 +301,28 @@ def restore_batch(
     callback: Callable[[StepRecord], bool | None] | None = None,
     engine: EngineOptions | None = None,
     psnr_protocol: PsnrProtocol | Mapping[str, Any] | None = None,
+    canvas: str | tuple[int, int] = "shared",
+    max_canvas_waste: float | None = MAX_CANVAS_WASTE,
     **overrides: Any,
 ) -> list[Restoration]:
-    """Restore K images of one shape and task as one batch: the same results as K ``restore`` calls with seeds
-    ``seeds`` (up to float rounding), in less time.
+    """Restore K images of one task as one batch: with one shape, the same results as K ``restore`` calls with
+    seeds ``seeds`` (up to float rounding), in less time.
 
     How the batch runs is ``engine.batch_mode``: on a CPU (``"threads"``, the default there) the fits run side by
     side on threads, each on its share of torch's threads (``dipcore.concurrent``); elsewhere (``"stack"``) they
     are stacked along channels into one net with grouped convolutions (``dipcore.batched``), which fills a GPU
     that one small fit leaves mostly idle. Stacking needs a net that stacks (``batch_refusal``).
+
+    Images of different shapes: side by side, each fit runs on its own canvas, as ``restore`` would. Stacked, one
+    net runs on one canvas, chosen by ``canvas``: ``"shared"`` (the default) — the smallest that holds every fit's
+    own canvas; each fit's loss, curves, average and output are taken on its own box in it (``dipcore.canvas``);
+    ``"own"`` — every fit on its own canvas, so a stacked batch needs one canvas size (ConfigError otherwise; images
+    of one shape have one, and small ones may share the net's smallest canvas); or
+    ``(Hc, Wc)``, a canvas given (e.g. ``dipcore.canvas_bucket``'s), for every fit in either mode. A fit on a
+    canvas larger than its own is another fit, of the same quality but not bit-identical to ``restore``'s (its
+    code and BatchNorm statistics span the larger canvas); fits of one shape share their own canvas, so nothing
+    changes for them. A shared canvas with more than ``max_canvas_waste`` × the pixels of a fit's own canvas is
+    refused (ConfigError; None: any): batch images of closer sizes (``dipcore.canvas_bucket`` groups them).
     """
     started = time.perf_counter()
     k = len(observations)
@@ -316,22 +344,58 @@ def restore_batch(
     if p.restarts != 1:
         raise ConfigError("restore_batch runs one fit per image: use restarts=1")
     dev = torch.device(device) if device is not None else default_device()
-    problems, protocol = [], None
-    shapes = set()
-    for observation, reference, s in zip(observations, references, seeds, strict=True):
-        obs, ref = _prepare(p, observation, reference=reference)
-        shapes.add(obs.image.shape)
+    prepared = [_prepare(p, o, reference=r) for o, r in zip(observations, references, strict=True)]
+    protocol = None
+    for _, ref in prepared:
         protocol = _protocol(psnr_protocol, ref) if ref is not None else protocol
-        problems.append(build_problem(p, obs, device=dev, seed=s, reference=ref))
-    if len(shapes) > 1:  # what stacking needs, and what the memory plan assumes in either batch mode
-        raise ConfigError(f"a batch needs observations of one shape, got {sorted(shapes)}")
-    engine = (engine or EngineOptions()).resolved(dev, work=_work(problems[0]), bf16_ok=get_task(p.task).bf16_default)
-    engine = _plan_memory(engine, p, obs, dev, fits=_at_once(engine, k))
-    runs = run_fits(problems, _settings(p, engine, protocol), seeds=seeds, callback=callback)
-    return [
-        _collect([run], p, s, dev, started, protocol=protocol, engine=engine)
-        for run, s in zip(runs, seeds, strict=True)
+    stacked = (engine or EngineOptions()).resolved(dev).batch_mode == "stack"  # the mode depends on the device only
+    if stacked and len({obs.image.shape[2] for obs, _ in prepared}) > 1:
+        raise ConfigError("stacked fits need observations of one channel count (grey and colour apart)")
+    own = [own_canvas(p, obs.image.shape) for obs, _ in prepared]
+    canvases = _batch_canvases(own, canvas, stacked=stacked, max_waste=max_canvas_waste)
+    problems = [
+        build_problem(p, obs, device=dev, seed=s, reference=ref, canvas=c)
+        for (obs, ref), s, c in zip(prepared, seeds, canvases, strict=True)
     ]
+    work = max(_work(q) for q in problems)
+    engine = (engine or EngineOptions()).resolved(dev, work=work, bf16_ok=get_task(p.task).bf16_default)
+    # The memory plan of the images' size, or of the largest canvas (the shared one, when stacked) when they differ.
+    outputs = [get_task(p.task).output_shape(obs.image.shape, p.scale) for obs, _ in prepared]
+    if len({o[:2] for o in outputs}) == 1 and all(c is None for c in canvases):
+        height, width = outputs[0][:2]
+    else:
+        height, width = shared_canvas([c or o for c, o in zip(canvases, own, strict=True)])
+    channels = max(o[2] for o in outputs)
+    engine = _plan_memory(engine, p, height, width, channels, dev, fits=_at_once(engine, k))
+    runs = run_fits(problems, _settings(p, engine, protocol), seeds=seeds, callback=callback)
+    results = []
+    for run, s, c, o in zip(runs, seeds, canvases, own, strict=True):
+        res = _collect([run], p, s, dev, started, protocol=protocol, engine=engine)
+        if c is not None and c != o:
+            res.config["canvas"] = list(c)  # the fit ran on a canvas larger than its own: (Hc, Wc)
+        results.append(res)
+    return results
+
+
+def _batch_canvases(
+    own: list[tuple[int, int]], canvas: str | tuple[int, int], *, stacked: bool, max_waste: float | None
+) -> list[tuple[int, int] | None]:
+    """The canvas each fit of a batch runs on (None: its own), as ``restore_batch``'s ``canvas`` says."""
+    if canvas == "own" or (canvas == "shared" and not stacked):
+        if stacked and len(set(own)) > 1:
+            raise ConfigError(
+                f"stacked fits on their own canvases need one canvas size, as observations of one shape have (theirs "
+                f"are {sorted(set(own))}): canvas='shared' puts them on one"
+            )
+        return [None] * len(own)
+    if canvas == "shared":
+        shared = shared_canvas(own)
+    elif isinstance(canvas, (tuple, list)) and len(canvas) == 2 and all(isinstance(n, int) for n in canvas):
+        shared = (int(canvas[0]), int(canvas[1]))
+    else:
+        raise ConfigError(f"canvas must be 'shared', 'own' or (height, width), not {canvas!r}")
+    check_canvas(shared, own, max_waste)
+    return [shared] * len(own)
 
 
 def _prepare(p: TaskPreset, observation: Any, *, mask: Any = None, guide: Any = None, reference: Any = None):
@@ -359,10 +423,12 @@ def _work(problem: FitProblem) -> int:
     return fit_work(problem.net, *problem.crop[2:])
 
 
-def _plan_memory(engine: EngineOptions, p: TaskPreset, obs: Observation, dev: torch.device, *, fits: int):
-    """``engine`` with activation checkpointing decided for this job; OutOfMemoryError when it cannot fit."""
-    h, w, c = get_task(p.task).output_shape(obs.image.shape, p.scale)
-    return decide_checkpoint(engine, p, h, w, out_channels=c, fits=fits, device=dev)
+def _plan_memory(
+    engine: EngineOptions, p: TaskPreset, height: int, width: int, channels: int, dev: torch.device, *, fits: int
+):
+    """``engine`` with activation checkpointing decided for ``fits`` fits on an ``height × width`` output or canvas
+    (the net's canvas for it is the same); OutOfMemoryError when it cannot fit."""
+    return decide_checkpoint(engine, p, height, width, out_channels=channels, fits=fits, device=dev)
 
 
 def _at_once(engine: EngineOptions, fits: int) -> int:

@@ -4,7 +4,8 @@ A single small fit leaves a GPU mostly idle (the 2.2M-parameter net at 256² is 
 step). Stacking K fits along the channel axis keeps the kernel count and makes each kernel K times larger:
 every convolution becomes a grouped one (group k = fit k), BatchNorm over K·C channels keeps per-fit statistics
 (batch size 1, so each channel's statistics are its own fit's), and Adam is element-wise, so its state is
-per-fit too. Fits are restarts of one image or different images of the same shape and task.
+per-fit too. Fits are restarts of one image or different images of one task: of one shape, or of different shapes
+on one shared canvas (``dipcore.canvas``), where each fit's loss and curves are taken on its own box.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from torch import Tensor, nn
 from . import nets
 from .crop import center_crop
 from .errors import ConfigError
-from .fit import FitProblem
+from .fit import FitPart, FitProblem
 from .operators import Features, Identity, LanczosDown, Mask
 from .task_defs import get_task
 
@@ -131,15 +132,24 @@ def stack_blocks(tensors: list[Tensor]) -> Tensor:
 
 
 def stack_problems(problems: list[FitProblem]) -> FitProblem:
-    """One FitProblem for K problems of the same task and shape (built with their own seeds)."""
+    """One FitProblem for K problems of the same task (built with their own seeds) on one canvas.
+
+    Problems of one shape stack whole: one crop, the operators' masks and the targets stacked along channels.
+    Problems of different shapes on one shared canvas (``build_problem(canvas=…)``) keep their own parts: each
+    fit's box in the canvas, its own operator (its mask, its SR downsampling of its box), target and reference.
+    """
     first = problems[0]
-    if any(
-        p.crop != first.crop or p.z.shape != first.z.shape or p.target.shape != first.target.shape for p in problems
-    ):
-        raise ConfigError("stacked fits need observations of one shape")
-    op = first.operator
-    if isinstance(op, Features):
+    if any(p.z.shape != first.z.shape for p in problems):
+        shapes = sorted({tuple(p.z.shape[-2:]) for p in problems})
+        raise ConfigError(
+            f"stacked fits need observations of one shape, or one shared canvas for all (build_problem(canvas=…)); "
+            f"their canvases are {shapes}"
+        )
+    if any(isinstance(p.operator, Features) for p in problems):
         raise ConfigError("the pre-image task cannot be batched (its classifier is not per-fit)")
+    if any(p.crop != first.crop or p.target.shape != first.target.shape for p in problems):
+        return _stack_parts(problems)
+    op = first.operator
     if isinstance(op, Mask):
         c = first.target.shape[1]
         op = Mask(torch.cat([p.operator.mask.expand(-1, c, -1, -1) for p in problems], dim=1)).to(first.z.device)
@@ -155,6 +165,22 @@ def stack_problems(problems: list[FitProblem]) -> FitProblem:
     if not isinstance(op, (Identity, LanczosDown, Mask)):
         _check_channelwise(stacked)
     return stacked
+
+
+def _stack_parts(problems: list[FitProblem]) -> FitProblem:
+    """Fits of different sizes on one canvas: one net and code, each fit's box, operator, target and reference
+    its own; the step cuts out the box that holds every fit's."""
+    boxes = [p.crop for p in problems]
+    top, left = min(b[0] for b in boxes), min(b[1] for b in boxes)
+    bottom, right = max(b[0] + b[2] for b in boxes), max(b[1] + b[3] for b in boxes)
+    return FitProblem(
+        net=stack_modules([p.net for p in problems]),
+        z=stack_blocks([p.z for p in problems]),
+        operator=None,
+        target=None,
+        crop=(top, left, bottom - top, right - left),
+        parts=[FitPart(p.crop, p.operator, p.target, p.reference) for p in problems],
+    )
 
 
 def _check_channelwise(p: FitProblem) -> None:

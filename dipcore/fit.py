@@ -27,7 +27,7 @@ from .operators import Operator
 from .step import TrainingStep
 from .stopping import VarianceStopping
 
-__all__ = ["FitProblem", "FitResult", "FitSettings", "StepRecord", "StopReason", "fit", "fit_stacked"]
+__all__ = ["FitPart", "FitProblem", "FitResult", "FitSettings", "StepRecord", "StopReason", "fit", "fit_stacked"]
 
 # A PSNR drop of more than 5 dB from the last accepted iteration undoes the step (published denoising code).
 _BACKTRACK_DB = 5.0
@@ -36,15 +36,63 @@ StopReason = Literal["iterations", "early_stopping", "callback"]  # why a fit en
 
 
 @dataclass
+class FitPart:
+    """Fit k of stacked fits of different sizes on one shared canvas: its image's box in the canvas, and what its
+    loss and curves compare (its own operator, target and reference)."""
+
+    crop: tuple[int, int, int, int]  # (top, left, H, W) in the shared canvas
+    operator: Operator
+    target: Tensor
+    reference: Tensor | None = None
+
+
+@dataclass
 class FitProblem:
-    """One fit: ``min_θ ‖A(crop(f_θ(z))) − target‖²``."""
+    """One fit: ``min_θ ‖A(crop(f_θ(z))) − target‖²``; or K fits stacked along channels (``dipcore.batched``).
+
+    Stacked fits of different sizes on one shared canvas have ``parts``, one per fit (its box, operator, target and
+    reference); ``crop`` is then the box that holds every part's, and ``operator``, ``target`` and ``reference``
+    are None.
+    """
 
     net: nn.Module
     z: Tensor  # (1, D, Hc, Wc): the code; Hc, Wc are a multiple of what the net needs
-    operator: Operator
-    target: Tensor  # the observation in A's space
+    operator: Operator | None
+    target: Tensor | None  # the observation in A's space
     crop: tuple[int, int, int, int]  # (top, left, H, W): the image inside the net's canvas
     reference: Tensor | None = None  # (1, C, H, W) ground truth, for PSNR curves only
+    parts: list[FitPart] | None = None
+
+    def blocks(self, out: Tensor, k: int) -> list[Tensor]:
+        """Each of the K fits' images in ``out``, the stacked output inside ``crop`` (1, K·C, H, W): its channel
+        block, cut to its own box when the fits differ in size (views, no copy)."""
+        blocks = out.chunk(k, dim=1)
+        if self.parts is None:
+            return list(blocks)
+        top, left = self.crop[:2]
+        return [
+            b[..., t - top : t - top + h, lf - left : lf - left + w]
+            for b, (t, lf, h, w) in zip(blocks, (part.crop for part in self.parts), strict=True)
+        ]
+
+    def per_fit_loss(self, k: int) -> Callable[[Tensor], Tensor]:
+        """The loss of the stacked output inside ``crop`` (1, K·C, H, W) -> (K,): each fit's MSE in A's space."""
+        if self.parts is None:
+            op, target = self.operator, self.target
+            return lambda out: (op(out) - target).pow(2).reshape(k, -1).mean(1)
+        parts = self.parts
+
+        def loss(out: Tensor) -> Tensor:  # one small loss per fit: each has its own size and operator
+            blocks = self.blocks(out, k)
+            return torch.stack([(p.operator(b) - p.target).pow(2).mean() for p, b in zip(parts, blocks, strict=True)])
+
+        return loss
+
+    def references(self) -> list[Tensor] | None:
+        """The references of the curves, None unless every fit has one: one per part, else ``[reference]`` (the
+        stacked fits' references, stacked as their outputs are)."""
+        refs = [p.reference for p in self.parts] if self.parts is not None else [self.reference]
+        return None if any(r is None for r in refs) else refs
 
 
 @dataclass(frozen=True)
@@ -120,7 +168,7 @@ def fit_stacked(
     engine = settings.engine.resolved(problem.z.device, work=fit_work(problem.net, *problem.crop[2:], fits=k))
     net, z = _on_engine(problem.net, problem.z, engine)
     params = [p for p in net.parameters() if p.requires_grad]
-    recorder = _Recorder(settings, k, params, problem.reference, z.device)
+    recorder = _Recorder(settings, k, params, problem, z.device)
     policy = _StoppingPolicy(settings, k)
     step = _training_step(problem, net, z, params, settings, engine, k, before_step=recorder.before_step)
     stop_reason: StopReason = "iterations"
@@ -128,7 +176,7 @@ def fit_stacked(
         for it in range(1, n + 1):
             out, per_fit = step(_jitter(generators, z, settings.reg_noise_std))  # (1, K·C, H, W), (K,)
             recorder.record(it, out, per_fit)
-            policy.update(out, it)
+            policy.update(problem.blocks(out, k), it)
             if it % engine.sync_every and it != n:
                 continue  # nothing is read on the host between sync points: the device runs ahead of Python
             # Sync point: the loop's only host reads — the new history rows, the callback, each rule's decision.
@@ -138,7 +186,7 @@ def fit_stacked(
             if policy.stop(it):
                 stop_reason = "early_stopping"
                 break
-    return _results(out, recorder, policy, it, stop_reason)
+    return _results(problem, out, recorder, policy, it, stop_reason)
 
 
 def _on_engine(net: nn.Module, z: Tensor, engine: EngineOptions) -> tuple[nn.Module, Tensor]:
@@ -171,10 +219,8 @@ def _training_step(
     return TrainingStep(
         net,
         z,
-        problem.operator,
-        problem.target,
+        problem.per_fit_loss(k),
         problem.crop,
-        k,
         opt,
         reg_noise_std=settings.reg_noise_std,
         autocast=autocast,
@@ -196,10 +242,12 @@ class _Recorder:
     outputs, backtracking's snapshot, accepted losses and count — and the histories they reach at sync points."""
 
     def __init__(
-        self, settings: FitSettings, k: int, params: list[Tensor], reference: Tensor | None, device: torch.device
+        self, settings: FitSettings, k: int, params: list[Tensor], problem: FitProblem, device: torch.device
     ) -> None:
         n = settings.iterations
-        self.n, self.k, self.ema, self.reference = n, k, settings.ema, reference
+        self.n, self.k, self.ema, self.problem = n, k, settings.ema, problem
+        reference = problem.references()
+        self.reference = reference
         self.protocol = settings.psnr_protocol
         self.losses = torch.zeros(n, k, device=device)  # (n, K)
         self.psnrs = torch.zeros(n, k, device=device) if reference is not None else None
@@ -224,9 +272,16 @@ class _Recorder:
         if self.ema:
             self.average = out.clone() if self.average is None else self.average.lerp_(out, 1.0 - self.ema)
         if self.psnrs is not None:
-            self.psnrs[it - 1] = psnr_stacked(out, self.reference, self.k, self.protocol)
+            self.psnrs[it - 1] = self._psnr(out)
         if self.psnrs_avg is not None:
-            self.psnrs_avg[it - 1] = psnr_stacked(self.average, self.reference, self.k, self.protocol)
+            self.psnrs_avg[it - 1] = self._psnr(self.average)
+
+    def _psnr(self, out: Tensor) -> Tensor:
+        """(K,) each fit's PSNR against its reference: in one go when the fits share a size, else fit by fit."""
+        if self.problem.parts is None:
+            return psnr_stacked(out, self.reference[0], self.k, self.protocol)
+        blocks = self.problem.blocks(out, self.k)
+        return torch.cat([psnr_stacked(b, r, 1, self.protocol) for b, r in zip(blocks, self.reference, strict=True)])
 
     def sync(self, it: int, callback: Callable[[StepRecord], bool | None] | None) -> bool:
         """At a sync point: copy iterations (synced, it] of the device buffers into the histories (host reads) and
@@ -265,11 +320,11 @@ class _StoppingPolicy:
         self.observe = settings.observe_stopping
         self.observed: list[tuple[Tensor, int, int] | None] = [None] * k  # observe: (output, iteration, fired at)
 
-    def update(self, out: Tensor, it: int) -> None:
-        """Each rule sees its fit's block of the output, on the device; an observed rule is left alone once it
+    def update(self, blocks: list[Tensor], it: int) -> None:
+        """Each rule sees its fit's image (``blocks[k]``), on the device; an observed rule is left alone once it
         has fired (its choice is kept), and when all have, no rule is updated any more."""
         if self.rules and not all(self.observed):
-            for rule, block in zip(self.rules, out.chunk(len(self.rules), dim=1), strict=True):
+            for rule, block in zip(self.rules, blocks, strict=True):
                 rule.update(block, it)
 
     def stop(self, it: int) -> bool:
@@ -294,11 +349,13 @@ class _StoppingPolicy:
         return None
 
 
-def _results(out: Tensor, recorder: _Recorder, policy: _StoppingPolicy, it: int, reason: StopReason) -> list[FitResult]:
+def _results(
+    problem: FitProblem, out: Tensor, recorder: _Recorder, policy: _StoppingPolicy, it: int, reason: StopReason
+) -> list[FitResult]:
     """One FitResult per stacked fit, the loop having ended after iteration ``it`` for ``reason``."""
     k = recorder.k  # the host reads below (backtrack counts, the rules' last word) come after the loop
-    finals = out.chunk(k, dim=1)  # K × (1, C, H, W)
-    averages = recorder.average.chunk(k, dim=1) if recorder.average is not None else [None] * k
+    finals = problem.blocks(out, k)  # K × (1, C, H_k, W_k)
+    averages = problem.blocks(recorder.average, k) if recorder.average is not None else [None] * k
     results = []
     for i in range(k):
         choice = policy.choice(i, it, stopped=reason == "early_stopping")

@@ -33,10 +33,8 @@ class TrainingStep:
         self,
         net: nn.Module,
         z: Tensor,  # (1, K·D, Hc, Wc)
-        operator: nn.Module,
-        target: Tensor,
+        per_fit_loss: Callable[[Tensor], Tensor],  # the output inside `crop` (1, K·C, H, W) -> (K,) (FitProblem's)
         crop: tuple[int, int, int, int],
-        k: int,
         optimizer: torch.optim.Optimizer,
         *,
         reg_noise_std: float,
@@ -44,7 +42,7 @@ class TrainingStep:
         before_step: Callable[[Tensor], None] | None = None,
         cuda_graph: bool = False,
     ):
-        self.net, self.z, self.op, self.target, self.k = net, z, operator, target, k
+        self.net, self.z, self.per_fit_loss = net, z, per_fit_loss
         self.crop, self.opt, self.reg_noise_std = crop, optimizer, reg_noise_std
         self.autocast = autocast or contextlib.nullcontext()
         self.before_step = before_step
@@ -60,7 +58,7 @@ class TrainingStep:
         with self.autocast:  # only the net: the operator and the loss stay fp32 under a bf16 autocast
             out = self.net(z_in)[..., top : top + h, left : left + w]
         out = out.float()  # (1, K·C, H, W)
-        per_fit = (self.op(out) - self.target).pow(2).reshape(self.k, -1).mean(1)  # (K,) each fit's MSE
+        per_fit = self.per_fit_loss(out)  # (K,) each fit's MSE, on its own box when the fits differ in size
         per_fit.sum().backward()
         if self.before_step is not None:
             self.before_step(per_fit.detach())

@@ -7,8 +7,9 @@ observation is synthesised and whether a classical baseline is scored). A resume
 already has an ``ok`` row in the report. Pure Python: no Ray, no Prefect. How an evaluation job's observation is made
 and scored is the paper's protocol (`pipelines.evaluation.protocols`).
 
-Jobs that may run as one batch (`pack_key`) share the config, the task, the observation's shape — known on
-the driver from the input's header, without decoding pixels (`observation_shape`) — and the kind of side inputs.
+Jobs that may run as one batch (`pack_key`) share the config, the task, the observation's canvas bucket
+(``dipcore.canvas_bucket`` of its shape, known on the driver from the input's header, without decoding pixels:
+`observation_shape`) and channel count, and the kind of side inputs.
 """
 
 from __future__ import annotations
@@ -300,14 +301,26 @@ def observation_shape(job: Job) -> tuple[int, int, int] | None:
     return (h, w, c) if h > 0 and w > 0 else None
 
 
-def pack_key(job: Job) -> tuple | None:
+def pack_key(job: Job, *, shape: tuple[int, ...] | None = None, canvas: str = "shared") -> tuple | None:
     """Jobs with equal keys can run as one batch (``dipcore.restore_batch``): same config (hence task and
-    settings), same observation shape, same kind of side inputs. None: the job runs alone."""
-    shape = observation_shape(job)
+    settings), same kind of side inputs, and observations that can share a canvas — with ``canvas="shared"`` those
+    of one ``dipcore.canvas_bucket`` and channel count (the batch then runs on one canvas that holds them all),
+    with ``"own"`` those of one shape. ``shape`` is the observation's (H, W, C) once decoded; by default the
+    header's (`observation_shape`). None: the job runs alone."""
+    shape = shape or observation_shape(job)
     if not job.packable or shape is None:
         return None
     sides = (job.mask_uri is not None, job.guide_uri is not None, job.reference_uri is not None)
-    return job.config_hash, job.task, shape, sides
+    if canvas == "own":
+        return job.config_hash, job.task, tuple(shape), sides
+    from dipcore import canvas_bucket, preset_for
+
+    if (p := _PRESETS.get(job.config_hash)) is None:  # one config hash, one preset: resolved once per config
+        p = _PRESETS[job.config_hash] = preset_for(job.task, **job.restore_kwargs)
+    return job.config_hash, job.task, (canvas_bucket(p, shape), shape[2]), sides
+
+
+_PRESETS: dict[str, Any] = {}  # config hash -> dipcore preset, for pack_key's buckets
 
 
 # ------------------------------------------------------------------------------------------------------ rows

@@ -141,8 +141,10 @@ def test_batched_early_stopping_picks_each_fits_own_iteration(crops, mode):
     assert np.abs(moving.image - frozen.image).max() > 0.05  # each fit returned its own image
 
 
-def test_batches_need_one_shape(crops):
-    a = dipcore.degrade(crops[0], task="denoise")
-    b = dipcore.degrade(crops[1][:32], task="denoise")
-    with pytest.raises(ConfigError, match="one shape"):
-        dipcore.restore_batch([a, b], task="denoise", iterations=1, **SMALL)
+def test_stacked_batches_of_different_shapes_need_a_shared_canvas(crops):
+    # Different shapes stack on a shared canvas by default (tests/test_canvas.py); on their own canvases, not.
+    a = dipcore.degrade(crops[0], task="denoise")  # 64²: a canvas of 64²
+    b = dipcore.degrade(data.astronaut()[:96, :96], task="denoise")  # a canvas of 96²
+    stack = dipcore.EngineOptions(batch_mode="stack")
+    with pytest.raises(ConfigError, match="own canvases need one canvas size"):
+        dipcore.restore_batch([a, b], task="denoise", iterations=1, canvas="own", engine=stack, **SMALL)

@@ -156,7 +156,7 @@ def _job(key: str, shape: tuple[int, int, int] | None, config: str = "c") -> job
 
 
 def test_the_queue_groups_only_equal_keys_in_order_and_up_to_k():
-    small, large = (32, 32, 3), (48, 48, 3)
+    small, large = (32, 32, 3), (200, 200, 3)  # canvases 64² and 224²: two buckets
     q = PackQueue(
         [
             _job("a", small),
@@ -174,6 +174,18 @@ def test_the_queue_groups_only_equal_keys_in_order_and_up_to_k():
         groups.append([j.key for j, _ in q.take(2)])
     assert groups == [["a", "c"], ["b", "g"], ["d"], ["e", "h"], ["f"]]
     assert len(q) == 0 and q.take(2) == []
+
+
+def test_jobs_of_different_shapes_in_one_canvas_bucket_share_a_key():
+    # The paper's denoising net (multiple 32): canvases 288×352 and 320×384 share the bucket 320×384.
+    a, b, c = _job("a", (270, 340, 3)), _job("b", (300, 370, 3)), _job("c", (450, 450, 3))
+    assert jobs.pack_key(a) == jobs.pack_key(b) != jobs.pack_key(c)
+    assert jobs.pack_key(a, canvas="own") != jobs.pack_key(b, canvas="own")  # by exact shape, as before
+    assert jobs.pack_key(_job("g", (270, 340, 1))) != jobs.pack_key(a)  # grey and colour apart
+    assert jobs.pack_key(a, shape=(300, 370, 3)) == jobs.pack_key(b)  # a decoded shape replaces the header's
+    shared, own = PackQueue([a, b, c]), PackQueue([a, b, c], canvas="own")
+    assert [[j.key for j, _ in shared.take(3)] for _ in range(2)] == [["a", "b"], ["c"]]
+    assert [[j.key for j, _ in own.take(3)] for _ in range(3)] == [["a"], ["b"], ["c"]]
 
 
 def test_retried_jobs_come_back_first_and_run_alone():
@@ -272,21 +284,36 @@ def test_packed_fits_reach_the_quality_of_single_ones(tmp_path):
 def test_a_bad_image_fails_alone_and_shapes_are_checked_after_decoding(tmp_path, spy):
     src = tmp_path / "src"
     write(src, "a.png", 32, 32)
-    write(src, "b.png", 48, 48)
+    write(src, "b.png", 96, 96)  # canvas 96², another bucket than 32²'s canvas of 64²
     write(src, "c.png", 32, 32, seed=1)
     (src / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     j = plan(src)
-    lying = dataclasses.replace(j["b.png"], size=(32, 32, 3))  # the file changed since planning: now 48²
+    lying = dataclasses.replace(j["b.png"], size=(32, 32, 3))  # the file changed since planning: now 96²
     assert jobs.pack_key(lying) == jobs.pack_key(j["a.png"])
     batch = [j["a.png"], j["corrupt.png"], lying, j["c.png"]]
     outcomes = Restorer(device="cpu").run_batch(batch, pack=4)
-    assert spy == [2]  # a and c together; b (48²) alone; the corrupt image never reached a fit
+    assert spy == [2]  # a and c together; b (96²) alone; the corrupt image never reached a fit
     rows = [o.row for o in outcomes]
     assert [r["image_key"] for r in rows] == ["a.png", "corrupt.png", "b.png", "c.png"]
     assert [r["status"] for r in rows] == ["ok", "error", "ok", "ok"]
     assert "not a recognised image format" in rows[1]["error"]
-    assert (rows[2]["height"], rows[0]["height"]) == (48, 32)
+    assert (rows[2]["height"], rows[0]["height"]) == (96, 32)
     assert all(r["wall_seconds"] > 0 for r in rows) and rows[1]["wall_seconds"] < rows[0]["wall_seconds"]
+
+
+@pytest.mark.parametrize("canvas", ["shared", "own"])
+def test_images_of_different_sizes_in_one_bucket_run_as_one_batch(tmp_path, spy, canvas):
+    # 40×40 and 56×48: one canvas (64², the fast net's smallest), so one bucket. On a CPU the batch runs side by
+    # side, each fit on its own canvas; a GPU worker stacks it on the shared one (tests/test_canvas.py).
+    src = tmp_path / "src"
+    write(src, "a.png", 40, 40)
+    write(src, "b.png", 56, 48, seed=1)
+    j = plan(src, "denoise", Synthesis("denoise"), preset="fast", iterations=2, overrides={"channels": 8})
+    outcomes = Restorer(device="cpu", canvas=canvas).run_batch([j["a.png"], j["b.png"]], pack=2)
+    assert spy == ([2] if canvas == "shared" else [])  # by exact shape: each alone
+    assert [o.row["status"] for o in outcomes] == ["ok", "ok"]
+    assert [(o.row["height"], o.row["width"]) for o in outcomes] == [(40, 40), (56, 48)]
+    assert {o.row["pack_size"] for o in outcomes} == ({2} if canvas == "shared" else {1})
 
 
 def test_a_failing_stacked_fit_falls_back_to_one_job_at_a_time(tmp_path, spy):

@@ -2,11 +2,11 @@
 → ``dipcore.restore`` → encode → atomic write → one small metrics row and sampled curves per job.
 
 Jobs of one pack key (`pipelines.jobs.pack_key`) handed over together run as one batch (``dipcore.restore_batch``:
-stacked in one net on a GPU, side by side on CPU threads). Every failure becomes an ``error`` row of its own job: a
-bad image never takes a worker down, nor the other jobs of its batch. Ray-free, so the same code runs in a Ray actor
-(`pipelines.execution.workers.RestoreWorker`), in-process, and on a GPU box that has no Ray (benchmarks). An
-evaluation job's classical baseline (`pipelines.evaluation.baselines`, CPU) runs in a thread beside the fit, so on a
-GPU worker it costs little wall time.
+stacked in one net on a GPU, images of different sizes on one shared canvas; side by side on CPU threads). Every
+failure becomes an ``error`` row of its own job: a bad image never takes a worker down, nor the other jobs of its
+batch. Ray-free, so the same code runs in a Ray actor (`pipelines.execution.workers.RestoreWorker`), in-process, and
+on a GPU box that has no Ray (benchmarks). An evaluation job's classical baseline (`pipelines.evaluation.baselines`,
+CPU) runs in a thread beside the fit, so on a GPU worker it costs little wall time.
 """
 
 from __future__ import annotations
@@ -60,13 +60,13 @@ class _Work:
     def fail(self, exc: BaseException) -> None:
         self.row.update(status="error", error=storage.redact(_describe(exc)))
 
-    def group_key(self) -> tuple | None:
-        """Its pack key checked against what was decoded (the file may have changed since planning)."""
-        key = pack_key(self.job)
-        if key is None:
+    def group_key(self, canvas: str) -> tuple | None:
+        """Its pack key, of what was decoded (the file may have changed since planning); None when the planner
+        could not give it one."""
+        if pack_key(self.job, canvas=canvas) is None:
             return None
         image = getattr(self.obs, "image", self.obs)
-        return key, image.shape, tuple(sorted(self.side))
+        return pack_key(self.job, shape=image.shape, canvas=canvas), tuple(sorted(self.side))
 
     def outcome(self, started: datetime, finished: datetime) -> JobOutcome:
         self.row.update(started_at=started, finished_at=finished, wall_seconds=self.seconds)
@@ -87,8 +87,11 @@ class Restorer:
         threads: int | None = None,
         node: str | None = None,
         engine: Any = None,
+        canvas: str = "shared",
     ) -> None:
-        """``engine`` is a ``dipcore.EngineOptions`` (how fits run on the device; dipcore's defaults otherwise)."""
+        """``engine`` is a ``dipcore.EngineOptions`` (how fits run on the device; dipcore's defaults otherwise);
+        ``canvas`` how a batch's images of different sizes share a net (``dipcore.restore_batch``'s, and which jobs
+        group: `jobs.pack_key`'s): "shared" (one canvas per bucket) or "own" (one shape per batch)."""
         import torch
 
         import dipcore
@@ -102,6 +105,7 @@ class Restorer:
         self.storage_options = storage_options
         self.node = node
         self.engine = engine
+        self.canvas = canvas
         # What software and engine produced a row's numbers (also on error rows: they say where it failed).
         resolved = (engine or dipcore.EngineOptions()).resolved(dev)
         self.software = {
@@ -189,7 +193,7 @@ class Restorer:
             raise ValueError(f"pack must be a positive integer or 'auto', not {pack!r}")
         by_key: dict[Any, list[_Work]] = {}
         for i, w in enumerate(work):
-            key = w.group_key()
+            key = w.group_key(self.canvas)
             by_key.setdefault(("alone", i) if key is None else key, []).append(w)
         groups = []
         for members in by_key.values():
@@ -204,11 +208,14 @@ class Restorer:
             return self.pack_limit
         import torch
 
-        from dipcore import get_task, preset_for
+        from dipcore import canvas_bucket, get_task, preset_for
 
         p = preset_for(w.job.task, **w.job.restore_kwargs)
         observed = getattr(w.obs, "image", w.obs).shape
-        h, w_, _ = get_task(p.task).output_shape(observed, p.scale)  # the fit's canvas is the output
+        if self.canvas == "own":
+            h, w_, _ = get_task(p.task).output_shape(observed, p.scale)  # the fit's canvas is the output's
+        else:
+            h, w_ = canvas_bucket(p, observed)  # what the group's shared canvas is at most
         free, _total = torch.cuda.mem_get_info(torch.device(self.device))
         return pack_for_memory(p, h, w_, channels=observed[2], free_bytes=free, cap=self.pack_limit)
 
@@ -228,6 +235,7 @@ class Restorer:
                 device=self.device,
                 engine=self.engine,
                 psnr_protocol=_protocol(group[0]),
+                canvas=self.canvas,
                 **first.restore_kwargs,
             )
         except Exception as exc:  # noqa: BLE001 - each job gets its own chance below
