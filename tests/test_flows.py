@@ -127,7 +127,7 @@ def test_restore_dataset_on_memory_keeps_escaping_keys_inside(tmp_path, write_im
     assert storage.exists(f"{root}/out/sub/b.png")
 
 
-def test_restore_dataset_packs_images_of_one_shape(tmp_path, write_images, monkeypatch):
+def test_restore_dataset_packs_images_of_one_canvas_bucket(tmp_path, write_images, monkeypatch):
     from prefect.exceptions import ParameterTypeError
 
     import dipcore
@@ -138,16 +138,16 @@ def test_restore_dataset_packs_images_of_one_shape(tmp_path, write_images, monke
     monkeypatch.setattr(dipcore, "restore_batch", lambda obs, **kw: stacked.append(len(obs)) or real(obs, **kw))
     root = "memory://flow-pack"
     write_images(f"{root}/src", ["a.png", "b.png", "c.png"])
-    write_images(f"{root}/src", ["large.png"], size=48)
+    write_images(f"{root}/src", ["large.png"], size=96)  # 32² and 48² share the 64² canvas bucket; 96² does not
     summary = flows.restore_dataset(f"{root}/src", f"{root}/out", "denoise", execution={"pack": 2}, **FAST)
     assert (summary["ok"], summary["error"]) == (4, 0), summary["failures"]
-    assert sorted(stacked) == [2]  # [a b] stacked; c and the 48² image alone
+    assert sorted(stacked) == [2]  # [a b] stacked; c and the 96² image alone
     rows = by_key(reports.read_report(f"{root}/out"))
     assert {k: (r["height"], r["attempts"]) for k, r in rows.items()} == {
         "a.png": (32, 1),
         "b.png": (32, 1),
         "c.png": (32, 1),
-        "large.png": (48, 1),
+        "large.png": (96, 1),
     }
     with pytest.raises(ParameterTypeError, match=r"execution\.pack"):
         flows.restore_dataset(f"{root}/src", f"{root}/out", "denoise", execution={"pack": 0}, **FAST)

@@ -411,18 +411,18 @@ def test_cli_writes_the_document_from_several_roots(tmp_path, capsys, monkeypatc
 
 
 @pytest.mark.parametrize(
-    ("argv", "message"),
-    [
-        (["report", "a", "--notes", "n.md"], "go with --markdown"),
-        (["report", "a", "a", "--html", "x.html"], "--html writes the report of one output folder"),
-        (["report", "a", "missing", "--markdown"], "no report rows under missing/report"),
+    ("argv", "code", "message"),
+    [  # options that do not go together are usage errors (2), found before anything is read; no rows is an error (1)
+        (["report", "a", "--notes", "n.md"], 2, "go with --markdown"),
+        (["report", "a", "a", "--html", "x.html"], 2, "--html writes the report of one output folder"),
+        (["report", "a", "missing", "--markdown"], 1, "no report rows under missing/report"),
     ],
 )
-def test_cli_refuses_options_that_do_not_fit(argv, message, tmp_path, capsys, monkeypatch):
+def test_cli_refuses_options_that_do_not_fit(argv, code, message, tmp_path, capsys, monkeypatch):
     _write_root(tmp_path / "a", [row("set5", "baby.png", 30.0)])
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("DIPFLOW_DEBUG", raising=False)
-    assert cli.main(argv) == 1
+    assert cli.main(argv) == code
     assert message in capsys.readouterr().err
 
 
