@@ -4,12 +4,17 @@ Layout under the output root (hive-style, one folder per run; the ``run_id`` col
 a reader that ignores the folder names — or one that uses them, like DuckDB or Spark with hive partitioning — gets
 the same value)::
 
-    <output>/report/run_id=<run>/part-00000.parquet, part-00001.parquet, …   (REPORT_SCHEMA)
-    <output>/curves/run_id=<run>/part-00000.parquet, …                       (CURVES_SCHEMA)
+    <output>/report/run_id=<run>/part-00000.parquet, part-00001.parquet, …   (REPORT_SCHEMA), while a run writes
+    <output>/report/run_id=<run>/compacted-00000-00041.parquet               once it has ended
+    <output>/curves/run_id=<run>/…                                           (CURVES_SCHEMA), alike
 
-Every part file is written whole and atomically (`storage.write_bytes_atomic`), so a crash loses only the rows not
-yet flushed. Readers pass the pinned schema, so parts written by older versions read together with new ones.
-All storage goes through `pipelines.storage`; this module never imports fsspec.
+A writer buffers rows and flushes a part every `FLUSH_ROWS` rows or `FLUSH_SECONDS` seconds, whichever comes first;
+every part is written whole and atomically (`storage.write_bytes_atomic`), so a crash loses only the rows not yet
+flushed. When the run ends its parts are compacted into files of up to `COMPACT_ROWS` rows, each named by the range
+of part numbers it replaces; readers skip parts inside such a range, so a crash between the compacted file's write
+and the parts' deletion neither loses nor double counts a row. Readers go through ``pyarrow.dataset`` with hive
+partitioning (a ``run_id`` filter prunes folders) and the pinned schema, so parts written by older versions read
+together with new ones. All storage goes through `pipelines.storage`; this module never imports fsspec.
 """
 
 from __future__ import annotations
