@@ -449,7 +449,8 @@ def _compact_folder(directory: str, schema: pa.Schema, storage_options: dict | N
     A group never spans a compacted file that is already there, so no existing file's rows are ever hidden."""
     uris = _parts(directory, storage_options)
     live = _live(uris)
-    stale = [u for u in uris if u not in set(live)]  # replaced already: a crash after the write, before the deletes
+    kept = set(live)
+    stale = [u for u in uris if u not in kept]  # replaced already: a crash after the write, before the deletes
     groups: list[list[str]] = [[]]
     for uri in live:
         if _PART.fullmatch(uri.rpartition("/")[2]):
