@@ -72,8 +72,7 @@ def driver_run(folder: Path, output: Path, *, n_workers: int) -> dict[str, float
         def on_result(outcome: workers.JobOutcome) -> None:
             if not first:
                 first.append(time.perf_counter())
-            writer.append(outcome.row)
-            writer.append_curves(outcome.curves)
+            writer.append(outcome.row, outcome.curves)
 
         try:
             stats = workers.run_jobs(plan.jobs, workers=pool, on_result=on_result)

@@ -135,8 +135,7 @@ class Suite:
                     self.log(f"skip {benchmark}/{{{keys}}} ({label}): needs ~{estimate:.0f}s, {self.left():.0f}s left")
                     continue
                 for outcome in restorer.run_batch(batch, pack):
-                    writer.append(outcome.row)
-                    writer.append_curves(outcome.curves)
+                    writer.append(outcome.row, outcome.curves)
                     r = outcome.row
                     self.log(
                         f"{benchmark}/{r['image_key']} {label} (batch of {len(batch)}): {r['status']} "

@@ -458,8 +458,7 @@ def _run(
     with reports.ReportWriter(output, run_id, storage_options) as writer:
 
         def record(row: dict[str, Any], curves: list[dict[str, Any]] = ()) -> None:  # type: ignore[assignment]
-            writer.append({**row, "flow_run_id": flow_run_id})
-            writer.append_curves(curves)
+            writer.append({**row, "flow_run_id": flow_run_id}, curves)  # flushed together
             tracker.advance(row)
             if row["status"] == "error":
                 key, error = row["image_key"], str(row.get("error"))

@@ -82,11 +82,11 @@ def test_an_interrupted_run_resumes_with_only_the_unfinished_images(ray_local, t
     append = reports.ReportWriter.append
     calls = []
 
-    def crash_after_two(self, row):
+    def crash_after_two(self, row, curves=()):
         if len(calls) == 2:
             raise RuntimeError("simulated crash of the driver")
         calls.append(row["image_key"])
-        append(self, row)
+        append(self, row, curves)
 
     monkeypatch.setattr(reports.ReportWriter, "append", crash_after_two)
     with pytest.raises(RuntimeError, match="simulated crash"):  # the driver dies; in-process jobs save a pool start

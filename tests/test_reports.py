@@ -154,9 +154,18 @@ def test_writer_flushes_on_exception_and_rejects_bad_rows_at_append(tmp_path):
 
 def test_reopened_run_continues_numbering(tmp_path):
     out = str(tmp_path)
-    ReportWriter(out, "r").append(row("a.png"))
-    ReportWriter(out, "r").append(row("b.png"))
+    ReportWriter(out, "r", flush_every=1).append(row("a.png"))  # no close: left as a part
+    ReportWriter(out, "r", flush_every=1).append(row("b.png"))
     assert reports.read_report(out, run_id="r").column("image_key").to_pylist() == ["a.png", "b.png"]
+    with ReportWriter(out, "r") as w:  # compacts parts 0-1, and its own part 2 with them
+        assert w._report.next_seq == 2
+        w.append(row("c.png"))
+    assert [p.name for p in (tmp_path / "report" / "run_id=r").iterdir()] == ["compacted-00000-00002.parquet"]
+    with ReportWriter(out, "r") as w:  # numbering continues after the compacted range, never hidden by it
+        assert w._report.next_seq == 3
+        w.append(row("d.png"))
+    keys = reports.read_report(out, run_id="r").column("image_key").to_pylist()
+    assert keys == ["a.png", "b.png", "c.png", "d.png"]
 
 
 def test_two_runs_read_together_and_by_run(tmp_path):
@@ -192,7 +201,8 @@ def test_old_parts_with_fewer_columns_read_with_the_pinned_schema(tmp_path):
     path = tmp_path / "report" / "run_id=old" / "part-00000.parquet"
     path.parent.mkdir(parents=True)
     pq.write_table(old, path)
-    ReportWriter(str(tmp_path), "new").append(row("a.png", height=32))
+    with ReportWriter(str(tmp_path), "new") as w:
+        w.append(row("a.png", height=32))
     table = reports.read_report(str(tmp_path))
     assert table.schema == REPORT_SCHEMA
     assert sorted(table.column("height").to_pylist()) == [32, 64]
@@ -373,16 +383,16 @@ def test_to_records_is_json_able():
 
 def test_reports_on_memory_filesystem():
     root = f"memory://reports-{uuid.uuid4().hex}/out"
-    w = ReportWriter(root, "m1")
-    w.append(row("a.png"))
-    w.append(row("b.png"))
+    with ReportWriter(root, "m1") as w:
+        w.append(row("a.png"))
+        w.append(row("b.png"))
     assert reports.read_report(root).column("image_key").to_pylist() == ["a.png", "b.png"]
 
 
 def test_reports_on_s3(s3_server, s3_root):
     so = s3_server.storage_options
     out = f"{s3_root}/out"
-    w = ReportWriter(out, "s3run", storage_options=so)
+    w = ReportWriter(out, "s3run", storage_options=so, flush_every=1)
     for i in range(3):
         w.append(row(f"{i}.png"))
     w.append_curves(reports.curve_rows({"loss": [3.0, 2.0, 1.0]}, run_id="s3run", dataset="set5", image_key="0.png"))
@@ -395,11 +405,9 @@ def test_reports_on_s3(s3_server, s3_root):
     assert reports.read_report(out, so).num_rows == 4
     assert reports.read_curves(out, so).column("loss").to_pylist() == [3.0, 2.0, 1.0]
     assert reports.completed_keys(out, so) == {(f"sha-{i}.png", "cfg1") for i in range(3)}
-    assert storage.list_files(f"{out}/report", so, suffix=".parquet") == [
+    assert storage.list_files(f"{out}/report", so, suffix=".parquet") == [  # three parts compacted at close
         f"{out}/report/run_id=s3run-2/part-00000.parquet",
-        f"{out}/report/run_id=s3run/part-00000.parquet",
-        f"{out}/report/run_id=s3run/part-00001.parquet",
-        f"{out}/report/run_id=s3run/part-00002.parquet",
+        f"{out}/report/run_id=s3run/compacted-00000-00002.parquet",
     ]
 
 

@@ -4,21 +4,29 @@ Layout under the output root (hive-style, one folder per run; the ``run_id`` col
 a reader that ignores the folder names — or one that uses them, like DuckDB or Spark with hive partitioning — gets
 the same value)::
 
-    <output>/report/run_id=<run>/part-00000.parquet, part-00001.parquet, …   (REPORT_SCHEMA)
-    <output>/curves/run_id=<run>/part-00000.parquet, …                       (CURVES_SCHEMA)
+    <output>/report/run_id=<run>/part-00000.parquet, part-00001.parquet, …   (REPORT_SCHEMA), while a run writes
+    <output>/report/run_id=<run>/compacted-00000-00041.parquet               once it has ended
+    <output>/curves/run_id=<run>/…                                           (CURVES_SCHEMA), alike
 
-Every part file is written whole and atomically (`storage.write_bytes_atomic`), so a crash loses only the rows not
-yet flushed. Readers pass the pinned schema, so parts written by older versions read together with new ones.
-All storage goes through `pipelines.storage`; this module never imports fsspec.
+A writer buffers rows and flushes a part every `FLUSH_ROWS` rows or `FLUSH_SECONDS` seconds, whichever comes first;
+every part is written whole and atomically (`storage.write_bytes_atomic`), so a crash loses only the rows not yet
+flushed. When the run ends its parts are compacted into files of up to `COMPACT_ROWS` rows, each named by the range
+of part numbers it replaces; readers skip parts inside such a range, so a crash between the compacted file's write
+and the parts' deletion neither loses nor double counts a row. Readers go through ``pyarrow.dataset`` with hive
+partitioning (a ``run_id`` filter prunes folders) and the pinned schema, so parts written by older versions read
+together with new ones. All storage goes through `pipelines.storage`; this module never imports fsspec.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -31,15 +39,22 @@ from pipelines import storage
 from pipelines.errors import SchemaMismatchError
 from pipelines.stats import mean
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
+    "COMPACT_ROWS",
     "CURVES_SCHEMA",
+    "FLUSH_ROWS",
+    "FLUSH_SECONDS",
     "REPORT_SCHEMA",
     "REPORT_VERSION",
     "STATUSES",
     "SUMMARY_SCHEMA",
+    "Compaction",
     "ReportWriter",
     "SchemaMismatchError",
     "canonical_json",
+    "compact_run",
     "completed_keys",
     "config_hash",
     "curve_rows",
@@ -268,7 +283,21 @@ def curve_rows(
 
 
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-_PART = re.compile(r"part-(\d+)\.parquet$")
+_PART = re.compile(r"part-(\d+)\.parquet")
+_COMPACTED = re.compile(r"compacted-(\d+)-(\d+)\.parquet")
+_HIVE = ds.partitioning(pa.schema([pa.field("run_id", pa.string())]), flavor="hive")
+
+FLUSH_ROWS = 256
+"""A writer flushes after this many report rows (or image curve batches). 256 rows make a part of some tens of KB
+(zstd), so a run of 10⁶ images writes about 4,000 parts before compaction rather than 10⁶; a crash loses at most
+that many finished images, which the resumed run restores again."""
+FLUSH_SECONDS = 30.0
+"""… or once this many seconds have passed since the last flush, checked when a row arrives. With paper-preset
+fits (10–40 s per image on a GPU) rows trickle in, and this bounds the work a crash costs to the images that finished
+in one 30 s window, while keeping parts to at most two a minute."""
+COMPACT_ROWS = 1_000_000
+"""At most this many rows per compacted file: a run of up to 10⁶ images is one file per schema."""
+_ROW_GROUP = 65_536  # rows per row group of a compacted file: large enough to scan fast, small enough to hold
 
 
 def _run_dir(output_root: str, kind: str, run_id: str) -> str:
@@ -277,16 +306,48 @@ def _run_dir(output_root: str, kind: str, run_id: str) -> str:
     return storage.join(output_root, kind, f"run_id={run_id}")
 
 
+def _span(name: str) -> tuple[int, int] | None:
+    """The part numbers a file holds: ``part-00007.parquet`` → (7, 7), ``compacted-00000-00255.parquet`` → (0, 255);
+    any other name → None (read as it is, never replaced)."""
+    if m := _PART.fullmatch(name):
+        return int(m.group(1)), int(m.group(1))
+    if m := _COMPACTED.fullmatch(name):
+        return int(m.group(1)), int(m.group(2))
+    return None
+
+
 def _parts(directory: str, storage_options: dict | None) -> list[str]:
-    """The part files under `directory`, ordered by run folder then part number."""
+    """Every Parquet file under `directory`, ordered by run folder, then first part number, then name."""
     uris = storage.list_files(directory, storage_options, suffix=".parquet")
 
     def order(uri: str) -> tuple[str, int, str]:
         folder, _, name = uri.rpartition("/")
-        m = _PART.fullmatch(name)
-        return folder, int(m.group(1)) if m else -1, name
+        span = _span(name)
+        return folder, span[0] if span else -1, name
 
     return sorted(uris, key=order)
+
+
+def _live(uris: Sequence[str]) -> list[str]:
+    """The files a reader takes, in `uris`' order: every file but the parts a compacted file of the same folder
+    replaces (its name holds their number range) and the compacted files another one's range contains. Between
+    compaction's write and its deletes (a crash there) both exist; this keeps the rows from being counted twice."""
+    spans: dict[str, list[tuple[int, int]]] = {}
+    for uri in uris:
+        folder, _, name = uri.rpartition("/")
+        if m := _COMPACTED.fullmatch(name):
+            spans.setdefault(folder, []).append((int(m.group(1)), int(m.group(2))))
+    live = []
+    for uri in uris:
+        folder, _, name = uri.rpartition("/")
+        span = _span(name)
+        compacted = _COMPACTED.fullmatch(name) is not None
+        covers = spans.get(folder, ())
+        if span is None or not any(
+            a <= span[0] and span[1] <= b and (not compacted or (a, b) != span) for a, b in covers
+        ):
+            live.append(uri)
+    return live
 
 
 class _PartStream:
@@ -300,9 +361,10 @@ class _PartStream:
         self.batches = 0
         self.rows_written = 0
         self.parts_written = 0
-        # Continue after existing parts, so that reopening a run (a retried flow) never overwrites what it wrote.
-        numbers = [int(m.group(1)) for u in _parts(directory, storage_options) if (m := _PART.search(u))]
-        self.next_seq = max(numbers, default=-1) + 1
+        # Continue after existing parts and compacted ranges, so that reopening a run (a retried flow) never
+        # overwrites what it wrote, nor writes a part that a compacted file's range would hide.
+        spans = [s for u in _parts(directory, storage_options) if (s := _span(u.rpartition("/")[2]))]
+        self.next_seq = max((b for _, b in spans), default=-1) + 1
 
     def add(self, table: pa.Table) -> None:
         self.buffer.append(table)
@@ -323,34 +385,171 @@ class _PartStream:
         self.batches = 0
 
 
-class ReportWriter:
-    """Appends report rows (and curves) of one run to Parquet part files under `output_root`, as they arrive.
+@dataclass(frozen=True)
+class Compaction:
+    """What `compact_run` did in one run folder: compacted files written, rows in them, small files removed."""
 
-    Every `flush_every` appended rows (curve batches) become one part file, written atomically; a crash loses at
-    most the rows not yet flushed — with the default ``flush_every=1``, none that `append` returned from. Rows are
-    validated against the schema at `append`, so a bad row fails there, never at a later flush. `close` (or leaving
-    the ``with`` block, also on an exception) flushes the rest. One writer per run id at a time.
+    written: int = 0
+    rows: int = 0
+    removed: int = 0
+
+
+def _read_part(uri: str, schema: pa.Schema, storage_options: dict | None) -> pa.Table:
+    fs, path = storage.filesystem(uri, storage_options)
+    return ds.dataset([path], schema=schema, format="parquet", filesystem=fs).to_table()
+
+
+class _Compacted:
+    """One compacted file being built from consecutive parts: rows streamed into an in-memory Parquet file in
+    row groups of `_ROW_GROUP` rows (zstd), written whole at `finish`, then the parts it holds deleted."""
+
+    def __init__(self, directory: str, schema: pa.Schema, storage_options: dict | None) -> None:
+        self.directory = directory
+        self.storage_options = storage_options
+        self.sink = pa.BufferOutputStream()
+        self.writer = pq.ParquetWriter(self.sink, schema, compression="zstd")
+        self.pending: list[pa.Table] = []
+        self.pending_rows = 0
+        self.parts: list[str] = []
+        self.rows = 0
+
+    def add(self, uri: str, table: pa.Table) -> None:
+        self.parts.append(uri)
+        self.pending.append(table)
+        self.pending_rows += table.num_rows
+        self.rows += table.num_rows
+        if self.pending_rows >= _ROW_GROUP:
+            self._write_pending()
+
+    def _write_pending(self) -> None:
+        if self.pending:
+            self.writer.write_table(pa.concat_tables(self.pending), row_group_size=_ROW_GROUP)
+            self.pending.clear()
+            self.pending_rows = 0
+
+    def finish(self) -> int:
+        """Write the compacted file, then delete its parts; the number deleted."""
+        self._write_pending()
+        self.writer.close()
+        first = _span(self.parts[0].rpartition("/")[2])[0]
+        last = _span(self.parts[-1].rpartition("/")[2])[1]
+        uri = storage.join(self.directory, f"compacted-{first:05d}-{last:05d}.parquet")
+        storage.write_bytes_atomic(uri, self.sink.getvalue().to_pybytes(), self.storage_options)
+        for part in self.parts:  # only now: until here the parts are the only copy of their rows
+            storage.remove_file(part, self.storage_options)
+        return len(self.parts)
+
+
+def _compact_folder(directory: str, schema: pa.Schema, storage_options: dict | None, max_rows: int) -> Compaction:
+    """Rewrite the loose parts of one run folder as compacted files of at most `max_rows` rows, then delete them.
+
+    Crash-safe by order: a compacted file ``compacted-<first>-<last>.parquet`` is written whole and atomically
+    before any part it replaces is deleted, and readers (`_live`) skip the parts in its range, so a crash between
+    the steps neither loses nor double-counts a row; the next compaction of the folder deletes what is left over.
+    A group never spans a compacted file that is already there, so no existing file's rows are ever hidden."""
+    uris = _parts(directory, storage_options)
+    live = _live(uris)
+    kept = set(live)
+    stale = [u for u in uris if u not in kept]  # replaced already: a crash after the write, before the deletes
+    groups: list[list[str]] = [[]]
+    for uri in live:
+        if _PART.fullmatch(uri.rpartition("/")[2]):
+            groups[-1].append(uri)
+        elif groups[-1]:  # a compacted file (or a foreign one) between parts: a group never crosses it
+            groups.append([])
+    written = rows = removed = 0
+    for group in groups:
+        if len(group) < 2:  # one part is compact already
+            continue
+        out: _Compacted | None = None
+        for uri in group:
+            table = _read_part(uri, schema, storage_options)
+            if out is not None and out.rows + table.num_rows > max_rows:
+                removed += out.finish()
+                written, rows, out = written + 1, rows + out.rows, None
+            if out is None:
+                out = _Compacted(directory, schema, storage_options)
+            out.add(uri, table)
+        if out is not None:
+            removed += out.finish()
+            written, rows = written + 1, rows + out.rows
+    for uri in stale:
+        storage.remove_file(uri, storage_options)
+        removed += 1
+    return Compaction(written, rows, removed)
+
+
+def compact_run(
+    output_root: str, run_id: str, storage_options: dict | None = None, *, max_rows: int = COMPACT_ROWS
+) -> dict[str, Compaction]:
+    """Compact one run's report and curves parts (see `_compact_folder`); what `ReportWriter.close` does. Safe to
+    run again, on a run compacted already (nothing to do) or one whose compaction was interrupted (it finishes).
+    Not while a writer still writes the run."""
+    return {
+        kind: _compact_folder(_run_dir(output_root, kind, run_id), schema, storage_options, max_rows)
+        for kind, schema in (("report", REPORT_SCHEMA), ("curves", CURVES_SCHEMA))
+    }
+
+
+class ReportWriter:
+    """Appends report rows (and curves) of one run to Parquet part files under `output_root`, as they arrive, and
+    compacts them when the run ends.
+
+    Rows are buffered and flushed together with the curves as one part file per schema, written atomically, when
+    `flush_every` report rows (or image curve batches) are buffered, or when a row arrives `flush_seconds` or more
+    after the last flush, whichever comes first. There is no timer thread: rows arrive only when images finish, so
+    between two arrivals nothing new could be lost; the rows a crash loses are those of at most `flush_every` images
+    that finished within one `flush_seconds` window, and a resumed run restores them again (their output files
+    exist, but resume needs an ``ok`` row). ``flush_every=1`` writes every row at once.
+
+    Rows are validated against the schema at `append`, so a bad row fails there, never at a later flush. `close`
+    (or leaving the ``with`` block, also on an exception or KeyboardInterrupt) flushes the rest, then compacts the
+    run's parts (`compact_run`; ``compact=False`` leaves them). One writer per run id at a time. `clock` (seconds,
+    monotonic) is for tests.
     """
 
     def __init__(
-        self, output_root: str, run_id: str, storage_options: dict | None = None, flush_every: int = 1
+        self,
+        output_root: str,
+        run_id: str,
+        storage_options: dict | None = None,
+        flush_every: int = FLUSH_ROWS,
+        flush_seconds: float | None = FLUSH_SECONDS,
+        *,
+        compact: bool = True,
+        compact_rows: int = COMPACT_ROWS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if flush_every < 1:
             raise ValueError(f"flush_every must be at least 1, got {flush_every}")
+        if flush_seconds is not None and flush_seconds < 0:
+            raise ValueError(f"flush_seconds must be at least 0 (or None: no time limit), got {flush_seconds}")
         self.output_root = output_root
         self.run_id = run_id
+        self.storage_options = storage_options
         self.flush_every = flush_every
+        self.flush_seconds = flush_seconds
+        self.compact = compact
+        self.compact_rows = compact_rows
+        self.compaction: dict[str, Compaction] | None = None  # what close did
+        self._clock = clock
         self.report_dir = _run_dir(output_root, "report", run_id)
         self.curves_dir = _run_dir(output_root, "curves", run_id)
         self._report = _PartStream(self.report_dir, REPORT_SCHEMA, storage_options)
         self._curves = _PartStream(self.curves_dir, CURVES_SCHEMA, storage_options)
         self._lock = threading.Lock()
         self._closed = False
+        self._last_flush = clock()
 
     @property
     def rows_written(self) -> int:
         """Report rows flushed to storage so far."""
         return self._report.rows_written
+
+    @property
+    def parts_written(self) -> int:
+        """Part files (report and curves) this writer wrote."""
+        return self._report.parts_written + self._curves.parts_written
 
     def _with_run(self, row: Mapping[str, Any]) -> dict[str, Any]:
         row = dict(row)
@@ -358,18 +557,34 @@ class ReportWriter:
             raise SchemaMismatchError(f"row has run_id {row['run_id']!r}, this writer writes run {self.run_id!r}")
         return row
 
-    def append(self, row: Mapping[str, Any]) -> None:
-        """Add one REPORT_SCHEMA row (``run_id`` is filled in); flushes when `flush_every` rows are buffered."""
+    def _due(self) -> bool:
+        if max(self._report.batches, self._curves.batches) >= self.flush_every:
+            return True
+        return self.flush_seconds is not None and self._clock() - self._last_flush >= self.flush_seconds
+
+    def _flush_locked(self) -> None:
+        self._report.flush()
+        self._curves.flush()
+        self._last_flush = self._clock()
+
+    def append(self, row: Mapping[str, Any], curves: Iterable[Mapping[str, Any]] = ()) -> None:
+        """Add one REPORT_SCHEMA row (``run_id`` is filled in) and, optionally, its image's CURVES_SCHEMA rows: the
+        two are buffered together, so that a flush writes an image's row and curves in the same step. Flushes when
+        due (see the class)."""
         table = to_table([self._with_run(row)], REPORT_SCHEMA)
+        curve_rows = [self._with_run(r) for r in curves]
+        curve_table = to_table(curve_rows, CURVES_SCHEMA) if curve_rows else None
         with self._lock:
             self._check_open()
             self._report.add(table)
-            if self._report.batches >= self.flush_every:
-                self._report.flush()
+            if curve_table is not None:
+                self._curves.add(curve_table)
+            if self._due():
+                self._flush_locked()
 
     def append_curves(self, rows: Iterable[Mapping[str, Any]]) -> None:
-        """Add one image's CURVES_SCHEMA rows (e.g. from `curve_rows`); one batch counts as one toward
-        `flush_every`."""
+        """Add one image's CURVES_SCHEMA rows (e.g. from `curve_rows`) alone; one batch counts as one toward
+        `flush_every`. Prefer ``append(row, curves)``, which keeps a row and its curves in one flush."""
         rows = [self._with_run(r) for r in rows]
         if not rows:
             return
@@ -377,20 +592,26 @@ class ReportWriter:
         with self._lock:
             self._check_open()
             self._curves.add(table)
-            if self._curves.batches >= self.flush_every:
-                self._curves.flush()
+            if self._due():
+                self._flush_locked()
 
     def flush(self) -> None:
         """Write whatever is buffered."""
         with self._lock:
-            self._report.flush()
-            self._curves.flush()
+            self._flush_locked()
 
     def close(self) -> None:
-        """Flush and refuse further appends (idempotent)."""
-        if not self._closed:
+        """Flush, refuse further appends, and compact the run's parts (idempotent)."""
+        if self._closed:
+            return
+        try:
             self.flush()
+        finally:
             self._closed = True
+        if self.compact:
+            self.compaction = compact_run(
+                self.output_root, self.run_id, self.storage_options, max_rows=self.compact_rows
+            )
 
     def _check_open(self) -> None:
         if self._closed:
@@ -399,34 +620,81 @@ class ReportWriter:
     def __enter__(self) -> ReportWriter:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        if self._closed:
+            return
+        try:
+            self.flush()  # a failure here is raised, chained to the run's own error
+        finally:
+            self._closed = True
+        if self.compact:
+            try:
+                self.compaction = compact_run(
+                    self.output_root, self.run_id, self.storage_options, max_rows=self.compact_rows
+                )
+            except Exception as exc:  # noqa: BLE001 - the run's own error is the one to raise; the parts are intact
+                logger.warning("run %s: report parts left uncompacted: %s", self.run_id, exc)
 
 
 # -------------------------------------------------------------------------------------------------- reading
 
 
-def _read(output_root: str, kind: str, schema: pa.Schema, storage_options: dict | None, run_id: str | None) -> pa.Table:
-    directory = _run_dir(output_root, kind, run_id) if run_id is not None else storage.join(output_root, kind)
-    uris = _parts(directory, storage_options)
+def _read(
+    output_root: str,
+    kind: str,
+    schema: pa.Schema,
+    storage_options: dict | None,
+    run_id: str | None,
+    filter: ds.Expression | None,
+    columns: Sequence[str] | None,
+) -> pa.Table:
+    base = storage.join(output_root, kind)
+    uris = _live(_parts(_run_dir(output_root, kind, run_id) if run_id is not None else base, storage_options))
+    if run_id is not None:
+        by_run = ds.field("run_id") == run_id
+        filter = by_run if filter is None else by_run & filter
     if not uris:
-        return schema.empty_table()
-    fs, _ = storage.filesystem(directory, storage_options)
+        empty = schema.empty_table()
+        return empty.select(list(columns)) if columns is not None else empty
+    fs, base_path = storage.filesystem(base, storage_options)
     paths = [storage.filesystem(u, storage_options)[1] for u in uris]
     # The pinned schema, not one inferred from the files: older parts (fewer columns) read as nulls, and every
-    # run's parts read together with the same types.
-    dataset = ds.dataset(paths, schema=schema, format="parquet", filesystem=fs)
-    return dataset.to_table().replace_schema_metadata(schema.metadata)
+    # run's parts read together with the same types. Hive partitioning: a filter on run_id prunes whole folders.
+    dataset = ds.dataset(
+        paths, schema=schema, format="parquet", filesystem=fs, partitioning=_HIVE, partition_base_dir=base_path
+    )
+    table = dataset.to_table(columns=list(columns) if columns is not None else None, filter=filter)
+    return table.replace_schema_metadata(schema.metadata)
 
 
-def read_report(output_root: str, storage_options: dict | None = None, *, run_id: str | None = None) -> pa.Table:
-    """Every report row under `output_root` (or one run's), in REPORT_SCHEMA; none → an empty table."""
-    return _read(output_root, "report", REPORT_SCHEMA, storage_options, run_id)
+def read_report(
+    output_root: str,
+    storage_options: dict | None = None,
+    *,
+    run_id: str | None = None,
+    filter: ds.Expression | None = None,
+    columns: Sequence[str] | None = None,
+) -> pa.Table:
+    """Every report row under `output_root` (or one run's: only its folder is listed), in REPORT_SCHEMA; none → an
+    empty table. `filter` (a ``pyarrow.dataset`` expression, e.g. ``ds.field("status") == "ok"``) and `columns` go
+    to the scan: row groups whose statistics exclude the filter are not read."""
+    return _read(output_root, "report", REPORT_SCHEMA, storage_options, run_id, filter, columns)
 
 
-def read_curves(output_root: str, storage_options: dict | None = None, *, run_id: str | None = None) -> pa.Table:
-    """Every curve row under `output_root` (or one run's), in CURVES_SCHEMA; none → an empty table."""
-    return _read(output_root, "curves", CURVES_SCHEMA, storage_options, run_id)
+def read_curves(
+    output_root: str,
+    storage_options: dict | None = None,
+    *,
+    run_id: str | None = None,
+    filter: ds.Expression | None = None,
+    columns: Sequence[str] | None = None,
+) -> pa.Table:
+    """Every curve row under `output_root` (or one run's), in CURVES_SCHEMA; none → an empty table. `filter` and
+    `columns` as for `read_report`."""
+    return _read(output_root, "curves", CURVES_SCHEMA, storage_options, run_id, filter, columns)
 
 
 def latest_rows(table: pa.Table) -> pa.Table:
@@ -438,27 +706,30 @@ def latest_rows(table: pa.Table) -> pa.Table:
     n = table.num_rows
     if n == 0:
         return table
+    index = pa.array(range(n), pa.int64())
     ranks = pa.table(
         {
             "real": pc.not_equal(table.column("status"), "skipped"),
             "t": pc.fill_null(table.column("finished_at").cast(pa.int64()), -(2**63)),  # null = earliest
-            "i": pa.array(range(n), pa.int64()),
+            "i": index,
         }
     )
-    order = pc.sort_indices(
-        ranks, sort_keys=[("real", "ascending"), ("t", "ascending"), ("i", "ascending")]
-    ).to_pylist()
-    keys = list(zip(*(table.column(name).to_pylist() for name in LATEST_KEY), strict=True))
-    last: dict[tuple, int] = {}
-    for i in order:
-        last[keys[i]] = i
-    return table.take(pa.array(sorted(last.values()), pa.int64()))
+    order = pc.sort_indices(ranks, sort_keys=[("real", "ascending"), ("t", "ascending"), ("i", "ascending")])
+    # In that order, the last row of each key wins: an ordered (single-threaded) group-by keeps order, so "last" is
+    # well defined; null keys form a group of their own, as equal tuples did.
+    keyed = table.select(list(LATEST_KEY)).append_column("__row", index).take(order)
+    last = keyed.group_by(list(LATEST_KEY), use_threads=False).aggregate([("__row", "last")]).column("__row_last")
+    return table.take(last.take(pc.sort_indices(last)))
 
 
 def completed_keys(source: str | pa.Table, storage_options: dict | None = None) -> set[tuple[str, str]]:
     """(input_sha256, config_hash) of every image whose latest row (see `latest_rows`) is ``ok`` — what a resumed
     run may skip. `source` is an output root (all runs under it are read) or a report table."""
-    table = read_report(source, storage_options) if isinstance(source, str) else source
+    if isinstance(source, str):  # only what decides, and no "skipped" row (it never hides an ok or error one)
+        columns = [*LATEST_KEY, "status", "finished_at"]
+        table = read_report(source, storage_options, columns=columns, filter=ds.field("status") != "skipped")
+    else:
+        table = source
     latest = latest_rows(table)
     done = latest.filter(pc.equal(latest.column("status"), "ok"))
     return {

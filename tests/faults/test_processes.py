@@ -158,13 +158,14 @@ class Run:
             self.poll()
             time.sleep(0.2)
 
-    def rows_written(self) -> int:
-        return len(list((self.out / "report").rglob("*.parquet"))) if (self.out / "report").exists() else 0
+    def outputs_written(self) -> int:
+        return len(list(self.out.glob("*.png"))) if self.out.exists() else 0
 
     def running_jobs(self) -> bool:
-        """Images being restored (the first row is written), and the run not over."""
+        """Images being restored (the first output is written; its row may still be in the report writer's
+        buffer), and the run not over."""
         assert self.proc.poll() is None, f"the run ended early ({self.proc.returncode}): {self.stderr()}"
-        return self.rows_written() > 0
+        return self.outputs_written() > 0
 
     def stderr(self) -> str:
         return (self.logs / "stderr").read_text()
@@ -276,8 +277,9 @@ SIGNALS = {
 @pytest.mark.parametrize("name", list(SIGNALS))
 def test_a_driver_stopped_mid_run_leaves_nothing_behind_and_a_rerun_finishes_the_rest(name, tmp_path, dataset, ledger):
     """A plain user's `dipflow restore` (its own ephemeral Prefect, a private Ray, no loopback switch) stopped by
-    `name` once it writes rows: the exit and the one line expected, every listener on loopback, nothing it started
-    alive 30 s later (SIGKILL: the watchdog's work), and a rerun that restores exactly what was left."""
+    `name` once it writes outputs: the exit and the one line expected, every listener on loopback, nothing it
+    started alive 30 s later (SIGKILL: the watchdog's work), and a rerun that restores exactly what was left (after
+    SIGKILL, also the images whose rows were still in the report writer's buffer)."""
     sig, code, line = SIGNALS[name]
     src, keys = dataset
     out, env = tmp_path / "out", _env(tmp_path)
