@@ -46,24 +46,23 @@ def _usage_line(message: str, prog: str = "dipflow") -> str:
     return f"dipflow: error: {storage.redact(message)} (see '{prog} --help')"
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+def _whole_number(minimum: int, what: str) -> Callable[[str], int]:
+    """An argparse type: an integer of at least `minimum`; the message says `what` it must be."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return value
+
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number ≥ 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a whole number ≥ 0, got {text}")
-    return value
+_positive_int = _whole_number(1, "a positive integer")
+_non_negative_int = _whole_number(0, "a whole number ≥ 0")
 
 
 def _positive_float(text: str) -> float:

@@ -291,23 +291,15 @@ def create_exclusive(uri: str, data: bytes, storage_options: dict | None = None)
     fs, path = filesystem(uri, storage_options)
     with _doing("writing", uri, fs):
         if _is_local(fs):
-            parent = os.path.dirname(path) or "."
-            os.makedirs(parent, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+            tmp = _local_sibling(path, data)
             try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.chmod(tmp, 0o644)
-                try:
-                    os.link(tmp, path)
-                except FileExistsError:
-                    return False
-                return True
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
+            return True
         _fresh(fs, path)
         if _protocols(fs) & {"s3", "s3a", "memory"}:
             try:
@@ -350,7 +342,9 @@ def check_writable(root: str, storage_options: dict | None = None) -> None:
         ) from None
 
 
-def _write_local_atomic(path: str, data: bytes) -> None:
+def _local_sibling(path: str, data: bytes) -> str:
+    """A complete, synced, hidden temporary file holding `data` beside `path` (its folder made first), ready to be
+    renamed or linked to `path`; removed again if writing it fails."""
     parent = os.path.dirname(path) or "."
     os.makedirs(parent, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
@@ -360,6 +354,16 @@ def _write_local_atomic(path: str, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are ordinary files
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return tmp
+
+
+def _write_local_atomic(path: str, data: bytes) -> None:
+    tmp = _local_sibling(path, data)
+    try:
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
