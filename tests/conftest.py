@@ -75,6 +75,15 @@ def s3_root(s3_server):
     return s3_server.url(_uuid.uuid4().hex)
 
 
+@_pytest.fixture(params=["local", "s3"])
+def where(request, tmp_path):
+    """(root URL, storage options) of an empty folder, once a local one and once a prefix on the moto S3 server."""
+    if request.param == "local":
+        return str(tmp_path / "root"), None
+    server = request.getfixturevalue("s3_server")
+    return request.getfixturevalue("s3_root"), server.storage_options
+
+
 # --- Ray and Prefect for the pipelines tests: one local Ray instance and one Prefect harness per session ----------
 
 # Before Ray or Prefect is imported anywhere: no usage reports, Prefect's home and database in a temp dir.

@@ -20,15 +20,6 @@ from pipelines.reporting import reports
 FAST = {"preset": "fast", "iterations": 2, "overrides": {"channels": 8}, "execution": {"executor": "inline"}}
 
 
-@pytest.fixture(params=["local", "s3"])
-def where(request, tmp_path):
-    """(root URL, storage options) of an empty folder: a local one, or a prefix on the moto S3 server."""
-    if request.param == "local":
-        return str(tmp_path / "root"), None
-    server = request.getfixturevalue("s3_server")
-    return request.getfixturevalue("s3_root"), server.storage_options
-
-
 def test_create_exclusive_creates_once(where):
     root, so = where
     uri = f"{root}/x/lease.json"

@@ -14,15 +14,6 @@ FAST = {"preset": "fast", "iterations": 2, "overrides": {"channels": 8}, "execut
 CLI_FAST = ["--preset", "fast", "--iterations", "2", "--channels", "8", "--quiet"]
 
 
-@pytest.fixture(params=["local", "s3"])
-def where(request, tmp_path):
-    """(root URL, storage options) of an empty folder: a local one, or a prefix on the moto S3 server."""
-    if request.param == "local":
-        return str(tmp_path / "root"), None
-    server = request.getfixturevalue("s3_server")
-    return request.getfixturevalue("s3_root"), server.storage_options
-
-
 def test_overlap_relations_local(tmp_path):
     (tmp_path / "src").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "src")

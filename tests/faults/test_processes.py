@@ -329,13 +329,15 @@ def test_a_driver_stopped_mid_run_leaves_nothing_behind_and_a_rerun_finishes_the
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_an_actor_killed_mid_fit_costs_one_attempt_and_no_row(ray_local, prefect_harness, tmp_path, ledger):
+def test_an_actor_killed_mid_fit_costs_one_attempt_and_no_row(
+    ray_local, prefect_harness, tmp_path, write_images, ledger
+):
     """The kernel's OOM killer, played by SIGKILL: one busy actor's process dies inside a fit; its job is retried on
     a replacement and every image ends with one ok row."""
     from pipelines import flows
 
     keys = [f"img{i}.png" for i in range(6)]
-    _smooth_pngs(tmp_path / "src", keys, size=32)
+    write_images(str(tmp_path / "src"), keys, size=32)
     inputs = snapshot(str(tmp_path / "src"))
     outcome = Outcome("actor killed mid-fit", "process fault", "local + Ray", "SIGKILL of a busy actor's process")
     killed: list[int] = []
@@ -364,19 +366,6 @@ def test_an_actor_killed_mid_fit_costs_one_attempt_and_no_row(ray_local, prefect
     check_unchanged(outcome, inputs, snapshot(str(tmp_path / "src")), "inputs")
     check_processes(outcome, restore_workers())
     ledger(outcome)
-
-
-def _smooth_pngs(root: Path, keys: list[str], size: int) -> None:
-    """Distinct smooth PNGs under `root`."""
-    import numpy as np
-
-    import dipcore
-    from pipelines import storage
-
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    for i, key in enumerate(keys):
-        image = np.stack([xx, yy, (xx * yy + i / len(keys)) % 1.0], axis=-1).astype(np.float32)
-        storage.write_bytes_atomic(str(root / key), dipcore.encode_png(image))
 
 
 def test_the_watchdog_stops_what_a_killed_command_started_and_nothing_else(tmp_path):

@@ -9,7 +9,6 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
 from invariants import (
     Outcome,
@@ -22,7 +21,6 @@ from invariants import (
     snapshot,
 )
 
-import dipcore
 from pipelines import storage
 from pipelines.errors import PipelineError
 from pipelines.reporting import reports
@@ -104,13 +102,6 @@ FAULTS = (
 )
 
 
-def _write_sources(root: str, options: dict | None) -> None:
-    yy, xx = np.mgrid[0:16, 0:16] / 16
-    for i, key in enumerate(KEYS):
-        image = np.stack([xx, yy, (xx + yy) * (i + 1) / 6], axis=-1).astype(np.float32)
-        storage.write_bytes_atomic(f"{root}/{key}", dipcore.encode_png(image), options)
-
-
 def _roots(backend: str, tmp_path: Path, s3_server) -> tuple[str, dict]:
     """(the case's root without protocol, the target's storage options) on `backend`."""
     if backend == "local":
@@ -122,7 +113,7 @@ def _roots(backend: str, tmp_path: Path, s3_server) -> tuple[str, dict]:
 @pytest.mark.parametrize("backend", ["local", "s3"])
 @pytest.mark.parametrize("fault", FAULTS, ids=[f.case for f in FAULTS])
 def test_a_storage_fault_costs_only_its_images_and_a_rerun_finishes(
-    fault, backend, tmp_path, s3_server, ledger, monkeypatch
+    fault, backend, tmp_path, s3_server, write_images, ledger, monkeypatch
 ):
     from pipelines import flows
 
@@ -130,7 +121,7 @@ def test_a_storage_fault_costs_only_its_images_and_a_rerun_finishes(
     root, target = _roots(backend, tmp_path, s3_server)
     plain = {"file": lambda p: p, "s3": lambda p: f"s3://{p}"}[target["target_protocol"]]
     plain_options = target.get("target_options")
-    _write_sources(plain(f"{root}/src"), plain_options)
+    write_images(plain(f"{root}/src"), KEYS, size=16, storage_options=plain_options)
     source, output = f"faulty://{root}/src", f"faulty://{root}/out"
     inputs = snapshot(plain(f"{root}/src"), plain_options)
     around = _around(backend, tmp_path, plain(root), plain_options)
