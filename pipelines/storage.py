@@ -12,12 +12,14 @@ import contextlib
 import errno
 import os
 import re
+import stat
 import sys
 import tempfile
 import time
 import unicodedata
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from hashlib import sha256
 from pathlib import PurePosixPath
 from typing import IO, TYPE_CHECKING, Any, TypeVar
@@ -55,9 +57,11 @@ __all__ = [
     "create_exclusive",
     "exists",
     "filesystem",
+    "fingerprint",
     "fold",
     "folds_case",
     "is_image_key",
+    "iter_listing",
     "join",
     "list_files",
     "list_images",
@@ -66,6 +70,7 @@ __all__ = [
     "overlap",
     "parse_storage_options",
     "read_bytes",
+    "read_head",
     "redact",
     "remove_file",
     "safe_key",
@@ -92,18 +97,21 @@ _ATOMIC_PUT_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfs
 
 @dataclass(frozen=True)
 class ImageEntry:
-    """One image of a dataset: its full URL, its key relative to the source root, and its side inputs."""
+    """One image of a dataset: its full URL, its key relative to the source root, its side inputs, and what the
+    listing says of them (`fingerprint`): a run compares it with the last one's to skip what is unchanged."""
 
     uri: str  # full URL with protocol, e.g. "s3://bucket/data/sub/a.png", "file:///data/sub/a.png"
     key: str  # POSIX path relative to the source root, e.g. "sub/a.png"
     size: int  # bytes
     mask_uri: str | None = None  # inpainting mask (1 = known pixel)
     guide_uri: str | None = None  # flash image for flash/no-flash
+    fingerprint: str | None = None  # e.g. "size=…;etag=…|mask:size=…;etag=…"; None: unknown (always redone)
 
 
 @dataclass
 class Listing:
-    """What `list_images` found: the images, and every other file with the reason it is not one."""
+    """What `list_images` found (or `iter_listing` in one folder): the images, and every other file with the reason
+    it is not one."""
 
     images: list[ImageEntry] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (key, reason): not images
@@ -236,10 +244,23 @@ def _retrying(call: Callable[[], T]) -> T:
 
 def read_bytes(uri: str, storage_options: dict | None = None) -> bytes:
     """The whole content of the file at `uri` (transient errors retried)."""
+    return _read(uri, storage_options)
+
+
+def read_head(uri: str, storage_options: dict | None = None, nbytes: int = 65536) -> bytes:
+    """The first `nbytes` bytes of the file at `uri` (all of it when shorter; transient errors retried): enough for
+    an image's header, so that a driver learns its size (`dipcore.image_shape`) without downloading the pixels. One
+    ranged read on object stores and http."""
+    if nbytes < 0:
+        raise ValueError(f"nbytes must be 0 or more, not {nbytes}")
+    return _read(uri, storage_options, start=0, end=nbytes)
+
+
+def _read(uri: str, storage_options: dict | None, **byte_range: int) -> bytes:
     fs, path = filesystem(uri, storage_options)
     try:
         with _doing("reading", uri, fs):
-            return _retrying(lambda: fs.cat_file(path))
+            return _retrying(lambda: fs.cat_file(path, **byte_range))
     except FileNotFoundError as exc:
         raise StorageNotFoundError(f"no such file: {redact(uri)}") from exc
     except IsADirectoryError as exc:
@@ -736,85 +757,418 @@ def _glob_regex(pattern: str) -> re.Pattern[str]:
 _LINK_TO_FOLDER = "symbolic link to a folder: not followed (its files would be listed twice, or without end)"
 
 
-def _link(path: str, real_root: str) -> tuple[str | None, int]:
-    """(why the symbolic link at `path` is not followed, or None; the size of its target). Followed: a link to a
+# ---------------------------------------------------------------------------------------------------- fingerprints
+
+# What each backend's listing says of a file, beyond its size, that changes when the file does (see `fingerprint`).
+_BACKEND_KEYS: tuple[tuple[frozenset[str], tuple[str, ...]], ...] = (
+    (frozenset({"s3", "s3a"}), ("ETag", "VersionId")),
+    (frozenset({"gs", "gcs"}), ("generation", "md5Hash", "etag")),
+    (frozenset({"az", "abfs", "abfss"}), ("etag", "last_modified")),
+    (frozenset({"http", "https"}), ("ETag", "Content-MD5", "Last-Modified")),
+    (frozenset({"memory"}), ("created",)),
+)
+_LOCAL_KEYS = ("mtime", "ino")
+_ANY_KEYS = tuple(dict.fromkeys([*_LOCAL_KEYS, *(key for _, keys in _BACKEND_KEYS for key in keys)]))
+_LABELS = {
+    "mtime": "mtime_ns",
+    "ETag": "etag",
+    "VersionId": "version",
+    "md5Hash": "md5",
+    "Content-MD5": "md5",
+    "Last-Modified": "last_modified",
+}
+
+
+def _fingerprint_value(key: str, info: Mapping[str, Any]) -> str | None:
+    value = info.get(key)
+    if value is None or value == "":
+        return None
+    if isinstance(value, datetime):
+        value = value.timestamp()
+    if key == "mtime":  # float seconds (os.stat's st_mtime as fsspec gives it): nanoseconds to its precision
+        return str(round(float(value) * 1e9))
+    if isinstance(value, float):
+        return f"{value:.6f}"
+    return str(value).strip('"')
+
+
+def fingerprint(info: Mapping[str, Any], fs: AbstractFileSystem) -> str | None:
+    """A short canonical string of what a listing says of one file (an fsspec info dict, as ``ls``/``find``/``info``
+    give it), e.g. ``"size=1234;mtime_ns=1796236351138014000;ino=42"``: equal while the file is untouched, different
+    once it is replaced or rewritten — so that a scheduled run can skip what it did before without reading a byte of
+    it. None when the info says nothing usable (no size, no tag).
+
+    What each backend gives, and what a user loses where it gives little:
+
+    - local files: size, mtime (fsspec gives ``st_mtime`` as float seconds: nanoseconds to about a quarter of a
+      microsecond) and inode; a followed symbolic link, its target's. A rewrite in place that keeps the size and
+      puts the old mtime back (``cp -p`` or ``touch -r`` onto the existing file, ``rsync -t --inplace``) is not seen,
+      nor one that keeps the size within one tick of a coarse clock (FAT: 2 s); a file replaced by a rename (an
+      editor's save, plain ``rsync``: a new inode) is. A copied or restored tree is new throughout (new inodes).
+    - s3 (s3fs): size, ETag and, on versioned listings, VersionId. The ETag of a single-part upload is the content's
+      MD5, of a multipart one a hash of the parts: the same content uploaded in other parts looks changed (a redo,
+      never a miss).
+    - gs (gcsfs): size, generation (new at every write), md5Hash and etag (which changes with metadata too).
+    - az/abfs (adlfs): size, etag and last_modified.
+    - http(s): size, ETag, Content-MD5 and Last-Modified, each where the server sends it: a single URL's info does,
+      a folder page's scraped links carry none of them (nor a size), so they have no fingerprint — always redone.
+      A server that sends only a size: an edit that keeps the size is not seen.
+    - memory://: size and creation time (every write makes a new file).
+    - other backends: the size and whichever of the keys above the info holds; with the size alone, an edit that
+      keeps the size is not seen as a change.
+    """
+    if _is_local(fs):
+        keys = _LOCAL_KEYS
+    else:
+        protocols = _protocols(fs)
+        keys = next((keys for names, keys in _BACKEND_KEYS if protocols & names), _ANY_KEYS)
+    parts = [f"size={int(info['size'])}"] if info.get("size") is not None else []
+    labels: set[str] = set()
+    for key in keys:
+        label = _LABELS.get(key, key)
+        value = _fingerprint_value(key, info)
+        if value is not None and label not in labels:
+            labels.add(label)
+            parts.append(f"{label}={value}")
+    return ";".join(parts) or None
+
+
+def _with_side_inputs(
+    image: str | None, mask: str | None, guide: str | None, *, has_mask: bool, has_guide: bool
+) -> str | None:
+    """The image's fingerprint with its side inputs' (``"<image>|mask:<mask>|guide:<guide>"``): a new mask or guide
+    changes the output as a new image does. None when any of them is unknown."""
+    if image is None or (has_mask and mask is None) or (has_guide and guide is None):
+        return None
+    return image + (f"|mask:{mask}" if has_mask else "") + (f"|guide:{guide}" if has_guide else "")
+
+
+# --------------------------------------------------------------------------------------------------------- walk
+
+
+@dataclass(frozen=True, slots=True)
+class _Found:
+    """A file as the listing found it (a followed symbolic link: its target)."""
+
+    size: int
+    fingerprint: str | None
+
+
+_Folder = tuple[str, dict[str, _Found], dict[str, str]]
+"""One folder as the walk found it: its key prefix (``""``, ``"sub/"``), key → file for its files (followed links
+included) and key → why for its symbolic links not followed, both sorted by key."""
+
+
+def _link(path: str, real_root: str, fs: AbstractFileSystem) -> tuple[str | None, _Found | None]:
+    """(why the symbolic link at `path` is not followed, or None; its target when it is). Followed: a link to a
     file inside the source root. Not: a broken link, a link out of the root (the source would name files it does
-    not hold), a link to a folder (a loop, or the same files twice)."""
+    not hold), a link to a folder (a loop, or the same files twice). One ``os.stat`` of the target gives its size and
+    its fingerprint."""
     target = os.path.realpath(path)
-    if not os.path.exists(target):
-        return "broken symbolic link", 0
-    if os.path.isdir(target):
-        return _LINK_TO_FOLDER, 0
+    try:
+        st = os.stat(target)
+    except OSError:
+        return "broken symbolic link", None
+    if stat.S_ISDIR(st.st_mode):
+        return _LINK_TO_FOLDER, None
     if not target.startswith(real_root.rstrip(os.sep) + os.sep):
-        return "symbolic link to outside the source: not followed", 0
-    return None, os.path.getsize(target)
+        return "symbolic link to outside the source: not followed", None
+    info = {"size": st.st_size, "mtime": st.st_mtime, "ino": st.st_ino}  # as the target's own info: the same string
+    return None, _Found(st.st_size, fingerprint(info, fs))
 
 
-def _find(fs: AbstractFileSystem, path: str, url: str) -> tuple[dict[str, int], str, dict[str, str]]:
-    """(key → size for every file under `path`, the folder the keys are relative to, key → why for each symbolic
-    link not followed); a missing `path` raises `StorageNotFoundError`. A single file as the source is a dataset
-    of one, keyed by its name. Local symbolic links: see `_link`."""
+def _walk(
+    fs: AbstractFileSystem, path: str, url: str, *, prune: Callable[[str], bool] | None = None
+) -> tuple[str, Iterator[_Folder]]:
+    """(the folder the keys are relative to, the folders under `path` one by one, in sorted order, each as soon as it
+    is listed). A missing `path` raises `StorageNotFoundError` here, before any folder is listed. A single file as the
+    source is a dataset of one, keyed by its name. `prune(prefix)` leaves out a sub-folder (``"out/"``) and all it
+    holds. Local symbolic links: see `_link`."""
     _fresh(fs, path)
     with _doing("listing", url, fs):
-        return _find_in(fs, path, url)
-
-
-def _find_in(fs: AbstractFileSystem, path: str, url: str) -> tuple[dict[str, int], str, dict[str, str]]:
-    if not fs.exists(path):
-        if _protocols(fs) & {"http", "https"}:  # a server that refuses (401, 403) looks like one without the file
-            raise StorageNotFoundError(
-                f"source does not exist, or is not readable with these credentials: {redact(url)}"
-            )
-        raise StorageNotFoundError(f"source does not exist: {redact(url)}")
-    if fs.isfile(path):
-        folder, _, name = path.rstrip("/").rpartition("/")
-        if _protocols(fs) & {"http", "https"}:  # the key is the file's name, not its query (a signature, a token)
-            name = name.partition("#")[0].partition("?")[0] or "image"
-        return {name: int(fs.info(path).get("size") or 0)}, folder, {}
+        if not fs.exists(path):
+            if _protocols(fs) & {"http", "https"}:  # a server that refuses (401, 403) looks like one without the file
+                raise StorageNotFoundError(
+                    f"source does not exist, or is not readable with these credentials: {redact(url)}"
+                )
+            raise StorageNotFoundError(f"source does not exist: {redact(url)}")
+        if fs.isfile(path):
+            folder, _, name = path.rstrip("/").rpartition("/")
+            if _protocols(fs) & {"http", "https"}:  # the key is the file's name, not its query (a signature, a token)
+                name = name.partition("#")[0].partition("?")[0] or "image"
+            info = fs.info(path)
+            return folder, iter([("", {name: _Found(int(info.get("size") or 0), fingerprint(info, fs))}, {})])
     root = path.rstrip("/")
-    try:
-        found = _retrying(lambda: _find_strict(fs, path))
-    except (FileNotFoundError, PermissionError, StorageError):  # the listing's own messages (`_doing`)
-        raise
-    except Exception as exc:  # a listing that fails part-way must not pass for a shorter dataset
-        raise StorageError(f"cannot list {redact(url)}: {redact(str(exc)) or type(exc).__name__}") from exc
-    out: dict[str, int] = {}
-    links: dict[str, str] = {}
     real_root = os.path.realpath(root or "/") if _is_local(fs) else ""
-    for p, info in found.items():
-        if not (p.startswith(root + "/") or not root):  # never a sibling that merely shares the prefix
-            continue
-        rel = p[len(root) :].lstrip("/")
-        if info.get("islink") and _is_local(fs):
-            why, size = _link(p, real_root)
-            if why is None:
-                out[rel] = size
-            else:
-                links[rel] = why
-        elif info.get("type", "file") == "file":
-            out[rel] = int(info.get("size") or 0)
-    return out, root, links
-
-
-def _find_strict(fs: AbstractFileSystem, path: str) -> dict[str, dict]:
-    """``fs.find(path, detail=True)``, but a folder that cannot be listed raises. fsspec's generic find (the local
-    filesystem's among others) walks with ``on_error="omit"`` and does not pass ``on_error`` down to sub-folders
-    (fsspec 2026.9), so an unreadable sub-folder would drop its images without a word; backends with a find of their
-    own (s3fs, gcsfs, adlfs) list by prefix and raise already."""
     if type(fs).find is not fsspec.AbstractFileSystem.find:
-        return fs.find(path, detail=True)
-    found: dict[str, dict] = {}
-    folders = [path.rstrip("/") or "/"]
-    while folders:
-        folder = folders.pop()
-        for info in fs.ls(folder, detail=True):
+        folders = _found_by_folder(fs, path, root, url, prune)
+    else:
+        folders = _walk_folders(fs, root, url, prune)
+    return root, (_folder(fs, root, real_root, prefix, found) for prefix, found in folders)
+
+
+def _listing_call(call: Callable[[], T], fs: AbstractFileSystem, url: str) -> T:
+    """`call()` (an ``ls`` or a ``find``), transient errors retried, in the listing's own words."""
+    with _doing("listing", url, fs):
+        try:
+            return _retrying(call)
+        except (FileNotFoundError, PermissionError, StorageError):  # the listing's own messages (`_doing`)
+            raise
+        except Exception as exc:  # a listing that fails part-way must not pass for a shorter dataset
+            raise StorageError(f"cannot list {redact(url)}: {redact(str(exc)) or type(exc).__name__}") from exc
+
+
+def _under(name: str, root: str) -> bool:
+    return name.startswith(root + "/") or not root  # never a sibling that merely shares the prefix
+
+
+def _prefix(root: str, folder: str) -> str:
+    rel = folder[len(root) :].strip("/")
+    return f"{rel}/" if rel else ""
+
+
+def _walk_folders(
+    fs: AbstractFileSystem, root: str, url: str, prune: Callable[[str], bool] | None
+) -> Iterator[tuple[str, list[tuple[str, dict]]]]:
+    """(key prefix, [(path, info) of each file]) of each folder under `root`, one ``fs.ls`` at a time, depth-first
+    with sub-folders in sorted order, each folder yielded as soon as it is listed; only the folders still to visit
+    are held.
+
+    This replaces ``fs.find`` for backends without a find of their own (local, sftp, ftp …): fsspec's generic
+    find walks with ``on_error="omit"`` and does not pass ``on_error`` down to sub-folders (fsspec 2026.9), so an
+    unreadable sub-folder would drop its images without a word; here it raises."""
+    stack = [root or "/"]
+    while stack:
+        folder = stack.pop()
+        subfolders, files = [], []
+        for info in _listing_call(lambda folder=folder: fs.ls(folder, detail=True), fs, url):
             name = info["name"].rstrip("/")
-            if info["type"] == "directory":
-                if name != folder:
-                    folders.append(name)
+            if not _under(name, root) or name == folder:
+                continue
+            if info["type"] != "directory":
+                files.append((name, info))
+            elif prune is None or not prune(_prefix(root, name)):
+                subfolders.append(name)
+        yield _prefix(root, folder), files
+        stack.extend(sorted(subfolders, reverse=True))
+
+
+def _found_by_folder(
+    fs: AbstractFileSystem, path: str, root: str, url: str, prune: Callable[[str], bool] | None
+) -> Iterator[tuple[str, list[tuple[str, dict]]]]:
+    """(key prefix, [(path, info) of each file]) of each folder under `root`, in sorted order, from one
+    ``fs.find``: backends with a find of their own (s3fs, gcsfs, adlfs; memory:// too) list a whole prefix in the
+    fewest requests and raise on a failure. The listing arrives whole (s3fs pages through 1,000 keys a request
+    before it returns), so the first folder waits for all of it, and all of it is held until then."""
+    found = _listing_call(lambda: fs.find(path, detail=True), fs, url)
+    by_folder: dict[str, list[tuple[str, dict]]] = {}
+    for name, info in found.items():
+        name = name.rstrip("/")
+        if not _under(name, root):
+            continue
+        prefix = _prefix(root, name.rpartition("/")[0])
+        if prefix and prune is not None and prune(prefix):
+            continue
+        by_folder.setdefault(prefix, []).append((name, info))
+    del found
+    for prefix in sorted(by_folder, key=lambda p: p.split("/")):  # by segments: depth-first, as the walk
+        yield prefix, by_folder.pop(prefix)
+
+
+def _folder(fs: AbstractFileSystem, root: str, real_root: str, prefix: str, found: list[tuple[str, dict]]) -> _Folder:
+    files: dict[str, _Found] = {}
+    links: dict[str, str] = {}
+    for name, info in found:
+        rel = name[len(root) :].lstrip("/")
+        if info.get("islink") and _is_local(fs):
+            why, target = _link(name, real_root, fs)
+            if target is not None:
+                files[rel] = target
             else:
-                found[name] = info
-    return found
+                links[rel] = str(why)
+        elif info.get("type", "file") == "file":
+            files[rel] = _Found(int(info.get("size") or 0), fingerprint(info, fs))
+    return prefix, dict(sorted(files.items())), dict(sorted(links.items()))
+
+
+# ------------------------------------------------------------------------------------------------------ listing
+
+
+@dataclass
+class _Lister:
+    """What `iter_listing` knows before the first folder: the source, the glob, the side-input rules and the masks
+    of `mask_dir`; `folder` turns one folder of the walk into its `Listing`."""
+
+    fs: AbstractFileSystem
+    root: str
+    glob: str | None
+    matcher: re.Pattern[str] | None
+    guide_suffix: str | None
+    masks_in_dir: dict[str, tuple[str, str, str | None]]  # "<folder><stem>" → (URL, key in the mask folder, fp)
+    mask_dir_prefix: str | None  # the mask folder's key prefix when it lies inside the source
+
+    def uri(self, rel: str) -> str:
+        return self.fs.unstrip_protocol(f"{self.root}/{rel}")
+
+    def folder(self, files: dict[str, _Found], links: dict[str, str], claims: dict[str, str] | None) -> Listing:
+        """The folder's `Listing`. Masks and guides lie beside their image, so one folder holds all they need;
+        `claims` (mask-folder key → the greatest key of an image using it) collects the masks that a `mask_dir`
+        inside the source lends to images of other folders."""
+        by_stem: dict[str, list[str]] = {}  # "<folder><stem>" → image-extension keys, sorted
+        for rel in files:
+            if is_image_key(rel):
+                folder, stem = _split(rel)
+                by_stem.setdefault(f"{folder}{stem}", []).append(rel)
+
+        def side_input(folder: str, stem: str, tag: str) -> str | None:
+            keys = by_stem.get(f"{folder}{stem}{tag}", [])
+            keys = sorted(keys, key=lambda k: (PurePosixPath(k).suffix.lower() != ".png", k))
+            return keys[0] if keys else None
+
+        prefix, glob, guide_suffix = self.mask_dir_prefix, self.glob, self.guide_suffix
+        listing = Listing()
+        claimed: dict[str, str] = {}  # side-input key → reason
+        candidates: list[str] = []
+        for rel in files:
+            folder, stem = _split(rel)
+            if prefix is not None and rel.startswith(prefix):
+                claimed.setdefault(rel, "in the mask folder")
+            elif not is_image_key(rel):
+                listing.skipped.append((rel, "not an image extension"))
+            elif stem.endswith(MASK_SUFFIX):
+                claimed.setdefault(rel, "mask with no matching image")
+            elif guide_suffix and stem.endswith(guide_suffix):
+                claimed.setdefault(rel, "guide with no matching image")
+            elif self.matcher is not None and not self.matcher.match(rel):
+                listing.skipped.append((rel, f"does not match glob {glob!r}"))
+            else:
+                candidates.append(rel)
+
+        for rel in candidates:
+            folder, stem = _split(rel)
+            mask_key = side_input(folder, stem, MASK_SUFFIX)
+            mask, mask_fp = (self.uri(mask_key), files[mask_key].fingerprint) if mask_key else (None, None)
+            if mask_key:
+                claimed[mask_key] = f"mask of {rel}"
+            elif self.masks_in_dir:
+                found = self.masks_in_dir.get(f"{folder}{stem}") or self.masks_in_dir.get(stem)
+                if found:
+                    mask, mask_fp = found[0], found[2]
+                    if prefix is not None and claims is not None:
+                        key = prefix + found[1]
+                        claims[key] = max(claims.get(key, rel), rel)
+            guide = guide_fp = None
+            if guide_suffix:
+                guide_key = side_input(folder, stem, guide_suffix)
+                if guide_key:
+                    claimed[guide_key] = f"guide of {rel}"
+                    guide, guide_fp = self.uri(guide_key), files[guide_key].fingerprint
+            fp = _with_side_inputs(
+                files[rel].fingerprint, mask_fp, guide_fp, has_mask=mask is not None, has_guide=guide is not None
+            )
+            listing.images.append(
+                ImageEntry(
+                    uri=self.uri(rel), key=rel, size=files[rel].size, mask_uri=mask, guide_uri=guide, fingerprint=fp
+                )
+            )
+
+        for rel, why in links.items():
+            if prefix is not None and rel.startswith(prefix):
+                listing.skipped.append((rel, why))
+            elif self.matcher is not None and not self.matcher.match(rel):
+                listing.skipped.append((rel, f"does not match glob {glob!r}"))
+            elif is_image_key(rel) or why == _LINK_TO_FOLDER:
+                listing.excluded.append((rel, why))
+            else:
+                listing.skipped.append((rel, why))
+        listing.skipped.extend(claimed.items())
+        listing.skipped.sort()
+        return listing
+
+
+def iter_listing(
+    source: str,
+    *,
+    glob: str | None = None,
+    storage_options: dict | None = None,
+    mask_dir: str | None = None,
+    guide_suffix: str | None = None,
+    exclude: str | None = None,
+) -> Iterator[Listing]:
+    """`list_images`, one folder of the source at a time: a `Listing` of the images, skipped files and excluded links
+    found directly in each folder (keys sorted), folders in sorted order (depth-first: a folder, then its
+    sub-folders by name), so that a run can start on the first folder's images while later ones are still listed.
+    Folders that hold no file are not yielded. The arguments and every rule are `list_images`'s.
+
+    How soon a folder comes depends on the backend. Local files and other backends without a find of their own (sftp,
+    ftp …) are walked one ``ls`` per folder, and a folder is yielded as soon as it is listed; only the folders still
+    to visit are held, never the tree's file list. s3, gs and az list the whole prefix in one ``find`` (the fewest
+    requests; s3fs pages through 1,000 keys a request before it returns), and memory:// in one pass over its store
+    (its ``ls`` scans the whole store each time), so there the first folder waits for the whole listing.
+
+    A folder that cannot be listed raises where it is met (never a shorter dataset); a missing source, a bad glob
+    and a `mask_dir` that cannot be listed raise at the call, before any folder. `exclude`'s folder inside the
+    source is not even listed where the source is walked.
+
+    One difference from `list_images`: the files of a `mask_dir` that lies inside the source are skipped "in the
+    mask folder" in their own folder's `Listing` (the images that use one, in other folders, name it in their
+    `ImageEntry.mask_uri`); `list_images`, which sees every folder, says "mask of <key>" for those.
+    """
+    return _chunks(
+        source,
+        glob=glob,
+        storage_options=storage_options,
+        mask_dir=mask_dir,
+        guide_suffix=guide_suffix,
+        exclude=exclude,
+        claims=None,
+    )
+
+
+def _excluded(exclude: str | None, source: str, storage_options: dict | None) -> Callable[[str], bool] | None:
+    """Whether a folder of the source (its key prefix, ``"out/"``) lies in `exclude`, when that lies inside the
+    source: the run's own outputs, reports and thumbnails are never listed."""
+    if exclude is None or overlap(exclude, source, storage_options) != "inside":
+        return None
+    own = _place(exclude, storage_options)[1][len(_place(source, storage_options)[1].rstrip("/")) + 1 :] + "/"
+    folds = folds_case(source, storage_options)
+    return lambda prefix: (fold(prefix) if folds else prefix).startswith(own)
+
+
+def _chunks(
+    source: str,
+    *,
+    glob: str | None,
+    storage_options: dict | None,
+    mask_dir: str | None,
+    guide_suffix: str | None,
+    exclude: str | None,
+    claims: dict[str, str] | None,
+) -> Iterator[Listing]:
+    """`iter_listing`; `claims`, where given, collects the masks that a `mask_dir` inside the source lends (see
+    `_Lister.folder`)."""
+    fs, path = filesystem(source, storage_options)
+    root, folders = _walk(fs, path, source, prune=_excluded(exclude, source, storage_options))
+
+    # Side-input folder: listed whole, up front; inside the source, its files are excluded from the images.
+    masks_in_dir: dict[str, tuple[str, str, str | None]] = {}
+    mask_dir_prefix: str | None = None
+    if mask_dir is not None:
+        mfs, mpath = filesystem(mask_dir, storage_options)
+        mroot, mfolders = _walk(mfs, mpath, mask_dir)
+        if type(mfs) is type(fs) and mroot.startswith(root + "/"):
+            mask_dir_prefix = mroot[len(root) + 1 :] + "/"
+        for _, mfiles, _ in mfolders:  # each folder's keys sorted, and a stem is only ever met within one folder
+            for rel, found in mfiles.items():
+                if is_image_key(rel):
+                    folder, stem = _split(rel)
+                    stem = stem[: -len(MASK_SUFFIX)] if stem.endswith(MASK_SUFFIX) else stem
+                    url = mfs.unstrip_protocol(f"{mroot}/{rel}")
+                    masks_in_dir.setdefault(f"{folder}{stem}", (url, rel, found.fingerprint))
+
+    matcher = _glob_regex(glob) if glob is not None else None
+    lister = _Lister(fs, root, glob, matcher, guide_suffix, masks_in_dir, mask_dir_prefix)
+    return (lister.folder(files, links, claims) for _, files, links in folders if files or links)
 
 
 def list_images(
@@ -843,95 +1197,26 @@ def list_images(
 
     `exclude` (the run's output root) names a folder whose files are left out altogether when it lies inside the
     source: they are the run's own outputs, reports and thumbnails, never inputs nor "not images".
+
+    Each image carries its `fingerprint` (with its mask's and guide's) from the listing alone. This is the merge of
+    `iter_listing`'s folders; a run that wants to start before the whole source is listed takes those instead.
     """
-    fs, root = filesystem(source, storage_options)
-    files, root_clean, links = _find(fs, root, source)
-    if exclude is not None and overlap(exclude, source, storage_options) == "inside":
-        prefix = _place(exclude, storage_options)[1][len(_place(source, storage_options)[1].rstrip("/")) + 1 :] + "/"
-        folds = _is_local(fs) and sys.platform in ("darwin", "win32")
-
-        def own(rel: str) -> bool:
-            return (fold(rel) if folds else rel).startswith(prefix)
-
-        files = {rel: size for rel, size in files.items() if not own(rel)}
-        links = {rel: why for rel, why in links.items() if not own(rel)}
-
-    def uri(rel: str) -> str:
-        return fs.unstrip_protocol(f"{root_clean}/{rel}")
-
-    # Side-input folder: listed separately; inside the source, its files are excluded from the images.
-    masks_in_dir: dict[str, tuple[str, str]] = {}  # "<folder><stem>" → (URL, key in the mask folder)
-    mask_dir_prefix: str | None = None  # the mask folder's key prefix when it lies inside the source
-    if mask_dir is not None:
-        mfs, mroot = filesystem(mask_dir, storage_options)
-        mfiles, mroot_clean, _ = _find(mfs, mroot, mask_dir)
-        if type(mfs) is type(fs) and mroot_clean.startswith(root_clean + "/"):
-            mask_dir_prefix = mroot_clean[len(root_clean) + 1 :] + "/"
-        for rel in sorted(mfiles):
-            if is_image_key(rel):
-                folder, stem = _split(rel)
-                stem = stem[: -len(MASK_SUFFIX)] if stem.endswith(MASK_SUFFIX) else stem
-                masks_in_dir.setdefault(f"{folder}{stem}", (mfs.unstrip_protocol(f"{mroot_clean}/{rel}"), rel))
-
-    by_stem: dict[str, list[str]] = {}  # "<folder><stem>" → image-extension keys, sorted
-    for rel in sorted(files):
-        if is_image_key(rel):
-            folder, stem = _split(rel)
-            by_stem.setdefault(f"{folder}{stem}", []).append(rel)
-
-    def side_input(folder: str, stem: str, tag: str) -> str | None:
-        keys = by_stem.get(f"{folder}{stem}{tag}", [])
-        keys = sorted(keys, key=lambda k: (PurePosixPath(k).suffix.lower() != ".png", k))
-        return keys[0] if keys else None
-
-    matcher = _glob_regex(glob) if glob is not None else None
-    listing = Listing()
-    claimed: dict[str, str] = {}  # side-input key → reason
-    candidates: list[str] = []
-    for rel in sorted(files):
-        folder, stem = _split(rel)
-        if mask_dir_prefix is not None and rel.startswith(mask_dir_prefix):
-            claimed.setdefault(rel, "in the mask folder")
-        elif not is_image_key(rel):
-            listing.skipped.append((rel, "not an image extension"))
-        elif stem.endswith(MASK_SUFFIX):
-            claimed.setdefault(rel, "mask with no matching image")
-        elif guide_suffix and stem.endswith(guide_suffix):
-            claimed.setdefault(rel, "guide with no matching image")
-        elif matcher is not None and not matcher.match(rel):
-            listing.skipped.append((rel, f"does not match glob {glob!r}"))
-        else:
-            candidates.append(rel)
-
-    for rel in candidates:
-        folder, stem = _split(rel)
-        mask_key = side_input(folder, stem, MASK_SUFFIX)
-        mask = uri(mask_key) if mask_key else None
-        if mask_key:
-            claimed[mask_key] = f"mask of {rel}"
-        elif masks_in_dir:
-            found = masks_in_dir.get(f"{folder}{stem}") or masks_in_dir.get(stem)
-            if found:
-                mask = found[0]
-                if mask_dir_prefix is not None:
-                    claimed[mask_dir_prefix + found[1]] = f"mask of {rel}"
-        guide = None
-        if guide_suffix:
-            guide_key = side_input(folder, stem, guide_suffix)
-            if guide_key:
-                claimed[guide_key] = f"guide of {rel}"
-                guide = uri(guide_key)
-        listing.images.append(ImageEntry(uri=uri(rel), key=rel, size=files[rel], mask_uri=mask, guide_uri=guide))
-
-    for rel, why in sorted(links.items()):
-        if mask_dir_prefix is not None and rel.startswith(mask_dir_prefix):
-            listing.skipped.append((rel, why))
-        elif matcher is not None and not matcher.match(rel):
-            listing.skipped.append((rel, f"does not match glob {glob!r}"))
-        elif is_image_key(rel) or why == _LINK_TO_FOLDER:
-            listing.excluded.append((rel, why))
-        else:
-            listing.skipped.append((rel, why))
-    listing.skipped.extend(claimed.items())
-    listing.skipped.sort()
-    return listing
+    claims: dict[str, str] = {}
+    merged = Listing()
+    chunks = _chunks(
+        source,
+        glob=glob,
+        storage_options=storage_options,
+        mask_dir=mask_dir,
+        guide_suffix=guide_suffix,
+        exclude=exclude,
+        claims=claims,
+    )
+    for chunk in chunks:
+        merged.images.extend(chunk.images)
+        merged.skipped.extend(chunk.skipped)
+        merged.excluded.extend(chunk.excluded)
+    merged.images.sort(key=lambda entry: entry.key)
+    merged.skipped = sorted((key, f"mask of {claims[key]}" if key in claims else why) for key, why in merged.skipped)
+    merged.excluded.sort()
+    return merged
