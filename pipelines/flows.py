@@ -16,9 +16,12 @@ mechanisms (AWS_* variables, instance roles …); they reach the workers directl
 from __future__ import annotations
 
 import contextlib
+import functools
+import itertools
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -37,7 +40,7 @@ from pipelines.evaluation.benchmarks import BENCHMARKS, describe
 from pipelines.evaluation.protocols import evaluation_config
 from pipelines.execution.options import Execution, autocast
 from pipelines.jobs import Job, Plan
-from pipelines.reporting import reports
+from pipelines.reporting import reports, runs, state
 
 if TYPE_CHECKING:
     from pipelines.execution.workers import JobOutcome, RunStats  # Ray is imported by the task, not by the flows
@@ -104,56 +107,28 @@ def _transient(task_: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
-@task(name="list-images", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_transient, cache_policy=NO_CACHE)
-def list_dataset(
-    source: str,
-    glob: str | None,
-    storage_options: dict | None,
-    mask_dir: str | None = None,
-    guide_suffix: str | None = None,
-    exclude: str | None = None,
-) -> storage.Listing:
-    """The images under `source` (and every other file, with why it is not one); `exclude`, the output root, is
-    left out where it lies inside the source."""
-    return storage.list_images(
-        source,
-        glob=glob,
-        storage_options=storage_options,
-        mask_dir=mask_dir,
-        guide_suffix=guide_suffix,
-        exclude=exclude,
-    )
-
-
-@task(name="plan-jobs", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_transient, cache_policy=NO_CACHE)
-def plan_dataset(
-    listing: storage.Listing,
-    *,
-    run_id: str,
-    dataset: str,
-    output: str,
-    config: jobs.RunConfig,
-    storage_options: dict | None,
-    limit: int | None = None,
-) -> Plan:
-    """One job per image (the first `limit` by key): content hash, config hash, output URI."""
-    if limit is not None:
-        listing = storage.Listing(images=listing.images[:limit], skipped=listing.skipped, excluded=listing.excluded)
-    return jobs.plan_jobs(
-        listing, run_id=run_id, dataset=dataset, output=output, config=config, storage_options=storage_options
-    )
+@task(name="load-state", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_transient, cache_policy=NO_CACHE)
+def load_state(output: str, scopes: list[tuple[str, str]], storage_options: dict | None) -> state.DoneState:
+    """What earlier runs restored into `output` for these (dataset, config hash) scopes: read once, filtered."""
+    return state.DoneState.load(output, storage_options, scopes)
 
 
 @task(name="restore-images", cache_policy=NO_CACHE)
 def restore_images(
-    todo: list[Job], execution: Execution, storage_options: dict | None, on_result: Callable[[JobOutcome], None]
+    todo: Iterable[Job],
+    execution: Execution,
+    storage_options: dict | None,
+    on_result: Callable[[JobOutcome], None],
+    *,
+    local_only: bool = False,
+    few: int | None = None,
 ) -> RunStats:
-    """Restore `todo` on Ray actors, or in this process (``executor="inline"``, or memory:// storage with "auto"),
-    calling `on_result` on the driver for each finished image; returns the workers' `RunStats`. Not retried as a
-    task: the driver loop retries each job whose worker died."""
+    """Restore the jobs of the stream `todo` on Ray actors, or in this process (``executor="inline"``, or
+    memory:// storage — `local_only` — with "auto"), calling `on_result` on the driver for each finished image;
+    returns the workers' `RunStats`. `few`: the stream holds only this many jobs (start no more actors). Not retried
+    as a task: the driver loop retries each job whose worker died."""
     from pipelines.execution import workers
 
-    local_only = any(u.startswith("memory://") for j in todo for u in (j.input_uri, j.output_uri))
     if execution.executor == "ray" and local_only:
         raise ValueError(
             "memory:// is private to this process, so Ray workers cannot read or write it; "
@@ -161,10 +136,10 @@ def restore_images(
         )
     if execution.executor == "inline" or (execution.executor == "auto" and local_only):
         why = "memory:// is private to it" if local_only else "executor=inline"
-        _logger().info("running %d job(s) in this process (%s)", len(todo), why)
+        _logger().info("running the jobs in this process (%s)", why)
         restorer = workers.Restorer(storage_options, engine=_engine(execution))
         return workers.run_inline(todo, restorer=restorer, on_result=on_result, pack=execution.pack)
-    return _on_ray(todo, execution, storage_options, on_result)
+    return _on_ray(todo, execution, storage_options, on_result, few)
 
 
 # ------------------------------------------------------------------------------------------------------ flows
@@ -224,23 +199,24 @@ def restore_dataset(
     with _lease(output, so, run_id, break_lease, lease_stale_after):
         if inside:
             _logger().info("the output lies inside the source: its files are never taken as inputs")
-        listing = list_dataset(source, glob, so, mask_dir, guide_suffix, exclude=output)
-        plan = plan_dataset(
-            listing,
-            run_id=run_id,
-            dataset=dataset or storage.redact(source),
-            output=output,
-            config=config,
-            storage_options=so,
-            limit=limit,
+        plan = Plan(
+            dataset=dataset or storage.redact(source), config=config, output=output, source=storage.redact(source)
         )
+
+        def listing() -> Iterator[storage.Listing]:
+            return storage.iter_listing(
+                source, glob=glob, storage_options=so, mask_dir=mask_dir, guide_suffix=guide_suffix, exclude=output
+            )
+
         return _run(
             run_id,
-            [plan],
+            [(plan, listing)],
             output=output,
             storage_options=so,
             execution=execution,
             resume=resume,
+            limit=limit,
+            local_only=_memory(source, output),
             title=f"restoring ({task})",
             artifact="restore-dataset",
         )
@@ -291,67 +267,53 @@ def evaluate(
         storage.check_output_root(output, source, so)
     storage.check_writable(output, so)
     run_id = _new_run_id()
+    settings = {
+        "task": task,
+        "scale": scale,
+        "sigma": sigma,
+        "crop": crop,
+        "preset": preset,
+        "iterations": iterations,
+        "overrides": overrides,
+        "seed": seed,
+        "early_stopping": early_stopping,
+        "runs": runs,
+        "classical": classical,
+    }
     with _lease(output, so, run_id, break_lease, lease_stale_after):
-        plans = _evaluation_plans(
-            benchmarks,
-            sources,
-            run_id=run_id,
-            output=output,
-            so=so,
-            limit=limit,
-            settings={
-                "task": task,
-                "scale": scale,
-                "sigma": sigma,
-                "crop": crop,
-                "preset": preset,
-                "iterations": iterations,
-                "overrides": overrides,
-                "seed": seed,
-                "early_stopping": early_stopping,
-                "runs": runs,
-                "classical": classical,
-            },
-        )
         return _run(
             run_id,
-            plans,
+            _evaluation_sources(benchmarks, sources, output=output, so=so, settings=settings),
             output=output,
             storage_options=so,
             execution=execution,
             resume=resume,
+            limit=limit,
+            local_only=_memory(output, *(source for source, _ in sources)),
             title="evaluating",
             artifact="evaluate",
         )
 
 
-def _evaluation_plans(
-    benchmarks: list[str],
-    sources: list[tuple[str, str]],
-    *,
-    run_id: str,
-    output: str,
-    so: dict | None,
-    limit: int | None,
-    settings: dict[str, Any],
-) -> list[Plan]:
-    """One plan per benchmark: its listing (the output root left out) planned with its evaluation config."""
-    plans = []
+def _evaluation_sources(
+    benchmarks: list[str], sources: list[tuple[str, str]], *, output: str, so: dict | None, settings: dict[str, Any]
+) -> list[tuple[Plan, Callable[[], Iterable[storage.Listing]]]]:
+    """One plan per benchmark, with its evaluation config, and its listing (the output root left out)."""
+    out = []
     for name, (source, dataset) in zip(benchmarks, sources, strict=True):
-        config = evaluation_config(name, **settings)
-        listing = list_dataset(source, None, so, exclude=output)
-        plans.append(
-            plan_dataset(
-                listing,
-                run_id=run_id,
-                dataset=dataset,
-                output=storage.join(output, dataset),
-                config=config,
-                storage_options=so,
-                limit=limit,
-            )
+        plan = Plan(
+            dataset=dataset,
+            config=evaluation_config(name, **settings),
+            output=storage.join(output, dataset),
+            source=storage.redact(source),
         )
-    return plans
+        out.append((plan, functools.partial(storage.iter_listing, source, storage_options=so, exclude=output)))
+    return out
+
+
+def _memory(*urls: str | None) -> bool:
+    """memory:// is private to this process: Ray workers could neither read nor write it."""
+    return any(u is not None and u.startswith("memory://") for u in urls)
 
 
 def _check_datasets(benchmarks: list[str], datasets: list[str], output: str, so: dict | None) -> None:
@@ -419,97 +381,202 @@ def _in_flow_run() -> bool:
 
 def _run(
     run_id: str,
-    plans: list[Plan],
+    sources: list[tuple[Plan, Callable[[], Iterable[storage.Listing]]]],
     *,
     output: str,
     storage_options: dict | None,
     execution: Execution,
     resume: bool,
+    limit: int | None,
+    local_only: bool,
     title: str,
     artifact: str,
 ) -> dict[str, Any]:
-    """Skip what is done, run the rest, append every row to the report as it arrives, publish the summary."""
-    logger = _logger()
-    for plan in plans:
-        if plan.not_images:
-            shown = ", ".join(f"{k} ({why})" for k, why in plan.not_images[:5])
-            logger.warning(
-                "%s: %d file(s) are not images: %s%s",
-                plan.dataset,
-                len(plan.not_images),
-                shown,
-                " …" if len(plan.not_images) > 5 else "",
-            )
-    for plan in plans:
-        if not (plan.jobs or plan.rejected or plan.excluded):
-            raise storage.StorageNotFoundError(_nothing_to_restore(plan))
-    todo, done = _resume_split(plans, output, storage_options) if resume else (jobs.all_jobs(plans), [])
-    total = sum(len(p.jobs) + len(p.rejected) + len(p.excluded) for p in plans)
+    """List, skip what is done, run the rest — streaming: the first job is dispatched while the listing goes on —,
+    append every row to the report as it arrives, record what is done in the state, write the run's summary row and
+    publish it."""
+    logger, so = _logger(), storage_options
+    clock = _Clock()
+    plans = [plan for plan, _ in sources]
+    scopes = [(p.dataset, p.config.config_hash) for p in plans]
+    done = load_state(output, scopes, so) if resume else state.DoneState.load(output, so, [])
+    # Each dataset's listing is started here, up to its first image: an empty source fails before anything else.
+    listings = [_primed(plan, listing()) for plan, listing in sources]
     logger.info(
-        "run %s: %d image(s), %d to restore, %d done by earlier runs; report under %s",
+        "run %s: %d dataset(s); earlier runs restored %d image(s) with these settings; report under %s",
         run_id,
-        total,
-        len(todo),
+        len(plans),
         len(done),
         storage.redact(output),
     )
-    tracker = _Tracker(total, artifact, enabled=_in_flow_run())
+    tracker = _Tracker(artifact, enabled=_in_flow_run())
     flow_run_id = _flow_run_id()
-    with reports.ReportWriter(output, run_id, storage_options) as writer:
+    stats: RunStats | None = None
+    outcome, failure = "interrupted", None
+    try:
+        with reports.ReportWriter(output, run_id, so) as writer, _closing(state.StateWriter(output, run_id, so)) as sw:
 
-        def record(row: dict[str, Any], curves: list[dict[str, Any]] = ()) -> None:  # type: ignore[assignment]
-            writer.append({**row, "flow_run_id": flow_run_id}, curves)  # flushed together
-            tracker.advance(row)
-            if row["status"] == "error":
-                key, error = row["image_key"], str(row.get("error"))
-                logger.warning("failed: %s", error if error.startswith(key) else f"{key}: {error}")
+            def record(row: dict[str, Any], curves: list[dict[str, Any]] = ()) -> None:  # type: ignore[assignment]
+                written = writer.rows_written
+                writer.append({**row, "flow_run_id": flow_run_id}, curves)  # flushed together
+                if row["status"] == "ok":
+                    sw.add(row)
+                if writer.rows_written != written:  # the state never runs ahead of the report
+                    sw.flush()
+                tracker.advance(row)
+                if row["status"] == "error":
+                    key, error = row["image_key"], str(row.get("error"))
+                    logger.warning("failed: %s", error if error.startswith(key) else f"{key}: {error}")
 
-        progress.started(total, title)
-        try:
-            for plan in plans:
-                for entry, why in plan.rejected:
-                    record(jobs.error_row(jobs.rejected_job(entry, plan, run_id), why, attempts=0))
-                for key, why in plan.excluded:
-                    entry = storage.ImageEntry(uri="", key=key, size=0)
-                    record(jobs.skipped_row(jobs.rejected_job(entry, plan, run_id), reason=why))
-                    logger.warning("not restored: %s: %s", key, why)
-            for job in done:
-                record(jobs.skipped_row(job))
-            if todo:  # the job list is quoted: Prefect need not walk thousands of jobs for futures
-                restore_images(quote(todo), execution, storage_options, lambda o: record(o.row, o.curves))
-        finally:
-            progress.finished()
-            tracker.close()
-    return _publish(run_id, flow_run_id, output, storage_options, plans, tracker.counts, artifact, logger)
+            def planned() -> Iterator[Job]:
+                for plan, chunks in zip(plans, listings, strict=True):
+                    yield from jobs.plan_stream(
+                        _timed(chunks, plan, clock, lambda: tracker.listed(plans)),
+                        plan,
+                        run_id=run_id,
+                        done=done,
+                        record=record,
+                        adopt=sw.add,
+                        storage_options=so,
+                        limit=limit,
+                    )
+
+            progress.started(None, title)
+            try:
+                todo: Iterator[Job] = planned()
+                if execution.pack != 1:
+                    todo = jobs.with_headers(todo, so)
+                head = list(itertools.islice(todo, _FEW))  # a run of few jobs starts no more actors than it needs
+                if head:
+                    stats = restore_images(
+                        quote(itertools.chain(head, todo)),  # quoted: Prefect must not walk the stream for futures
+                        execution,
+                        so,
+                        lambda o: record(o.row, o.curves),
+                        local_only=local_only,
+                        few=len(head) if len(head) < _FEW else None,
+                    )
+            finally:
+                progress.finished()
+                tracker.close()
+        outcome = "finished"
+    except Exception as exc:
+        outcome, failure = "failed", storage.redact(str(exc) or type(exc).__name__)
+        raise
+    finally:
+        _write_runs(output, so, run_id, flow_run_id, plans, tracker, clock, stats, outcome, failure, logger)
+    for plan in plans:
+        if plan.not_images:
+            shown = ", ".join(f"{k} ({why})" for k, why in plan.not_images_shown[:5])
+            more = " …" if plan.not_images > 5 else ""
+            logger.warning("%s: %d file(s) are not images: %s%s", plan.dataset, plan.not_images, shown, more)
+    return _publish(run_id, flow_run_id, output, so, plans, tracker, artifact, logger)
 
 
-def _nothing_to_restore(plan: Plan) -> str:
+_FEW = 64
+
+
+class _Clock:
+    """Seconds since the run started (monotonic), and its start in UTC."""
+
+    def __init__(self) -> None:
+        self.started_at, self.t0 = jobs.utcnow(), time.monotonic()
+
+    def since(self, t: float | None = None) -> float:
+        return (time.monotonic() if t is None else t) - self.t0
+
+
+@contextlib.contextmanager
+def _closing(writer: state.StateWriter) -> Iterator[state.StateWriter]:
+    """The state writer, closed (flushed, merged) when the run ends well; only flushed when it fails."""
+    try:
+        yield writer
+    except BaseException:
+        writer.flush()
+        raise
+    writer.close()
+
+
+def _timed(
+    chunks: Iterable[storage.Listing], plan: Plan, clock: _Clock, on_chunk: Callable[[], None]
+) -> Iterator[storage.Listing]:
+    """`chunks` as they come, telling the tracker after each, and noting when the listing ended."""
+    for chunk in chunks:
+        yield chunk
+        on_chunk()
+    plan.listing_seconds = clock.since()
+    on_chunk()
+
+
+def _primed(plan: Plan, chunks: Iterable[storage.Listing]) -> Iterator[storage.Listing]:
+    """`chunks`, listed up to the first folder with an image in it; a dataset without any image raises
+    `StorageNotFoundError`, saying what the source holds instead."""
+    it = iter(chunks)
+    pulled: list[storage.Listing] = []
+    for chunk in it:
+        pulled.append(chunk)
+        if chunk.images or chunk.excluded:
+            return itertools.chain(pulled, it)
+    raise storage.StorageNotFoundError(_nothing_to_restore(plan.dataset, [s for c in pulled for s in c.skipped]))
+
+
+def _nothing_to_restore(dataset: str, not_images: list[tuple[str, str]]) -> str:
     """Why a dataset has no image to restore: an empty source, or what its files are instead."""
-    if not plan.not_images:
-        return f"no images in dataset {plan.dataset}: the source holds no files"
+    if not not_images:
+        return f"no images in dataset {dataset}: the source holds no files"
     reasons: dict[str, int] = {}
-    for _key, why in plan.not_images:
+    for _key, why in not_images:
         reasons[why] = reasons.get(why, 0) + 1
     shown = "; ".join(f"{n} {why}" for why, n in sorted(reasons.items(), key=lambda kv: -kv[1])[:4])
-    return f"no images in dataset {plan.dataset}: {len(plan.not_images)} file(s), none to restore ({shown})"
+    return f"no images in dataset {dataset}: {len(not_images)} file(s), none to restore ({shown})"
 
 
-def _resume_split(plans: list[Plan], output: str, storage_options: dict | None) -> tuple[list[Job], list[Job]]:
-    """(to run, done by an earlier run): done = an ``ok`` row for the same input content and config, and the
-    output file still there."""
-    done_keys = reports.completed_keys(output, storage_options)
-    if not done_keys:
-        return jobs.all_jobs(plans), []
-    existing = {_path(u, storage_options) for u in storage.list_files(output, storage_options)}
-    todo, done = [], []
-    for job in jobs.all_jobs(plans):
-        finished = (job.sha256, job.config_hash) in done_keys and _path(job.output_uri, storage_options) in existing
-        (done if finished else todo).append(job)
-    return todo, done
-
-
-def _path(uri: str, storage_options: dict | None) -> str:
-    return storage.filesystem(uri, storage_options)[1]
+def _write_runs(
+    output: str,
+    so: dict | None,
+    run_id: str,
+    flow_run_id: str | None,
+    plans: list[Plan],
+    tracker: _Tracker,
+    clock: _Clock,
+    stats: RunStats | None,
+    outcome: str,
+    failure: str | None,
+    logger: Any,
+) -> None:
+    """The run's rows of the runs table, one per dataset; a failure to write them is logged, never raised over the
+    run's own outcome."""
+    first = clock.since(stats.first_dispatch) if stats is not None and stats.first_dispatch else None
+    finished, seconds = jobs.utcnow(), clock.since()
+    rows = [
+        {
+            "flow_run_id": flow_run_id,
+            "dataset": p.dataset,
+            "source": p.source,
+            "task": p.config.task,
+            "config_hash": p.config.config_hash,
+            "config_json": p.config.config_json,
+            "outcome": outcome,
+            "error": failure,
+            "listed": p.listed,
+            "ok": tracker.by_dataset[p.dataset, "ok"],
+            "errors": tracker.by_dataset[p.dataset, "error"],
+            "done_earlier": p.done_earlier,
+            "not_restored": p.excluded,
+            "not_images": p.not_images,
+            "verified_by_content": p.verified_by_content,
+            "started_at": clock.started_at,
+            "finished_at": finished,
+            "seconds": seconds,
+            "seconds_to_first_dispatch": first,
+            "seconds_listing": p.listing_seconds,
+        }
+        for p in plans
+    ]
+    try:
+        runs.write_run_summary(output, run_id, rows, so)
+    except Exception as exc:  # noqa: BLE001 - the run's own outcome (and error) is what the caller must see
+        logger.warning("run %s: its summary row was not written: %s", run_id, storage.redact(str(exc)))
 
 
 def _engine(ex: Execution) -> Any:
@@ -519,7 +586,9 @@ def _engine(ex: Execution) -> Any:
     return dipcore.EngineOptions(autocast=autocast(ex.precision))
 
 
-def _on_ray(todo: list[Job], ex: Execution, so: dict | None, on_result: Callable[[JobOutcome], None]) -> RunStats:
+def _on_ray(
+    todo: Iterable[Job], ex: Execution, so: dict | None, on_result: Callable[[JobOutcome], None], few: int | None
+) -> RunStats:
     """`todo` on a pool of Ray actors sized for the cluster (a private local Ray when no address is given)."""
     from pipelines.execution import workers
 
@@ -529,7 +598,7 @@ def _on_ray(todo: list[Job], ex: Execution, so: dict | None, on_result: Callable
             gpus_per_worker=ex.gpus_per_worker,
             cpus_per_worker=ex.cpus_per_worker,
             num_workers=ex.num_workers,
-            max_workers=len(todo),
+            max_workers=few,
             storage_options=so,
             engine=_engine(ex),
         )
@@ -571,12 +640,14 @@ def _flow_run_id() -> str | None:
 
 
 class _Tracker:
-    """Counts by status, and Prefect's progress artifact, updated at most once a second."""
+    """Counts of the run's rows by status (and by dataset), images done earlier, and Prefect's progress artifact
+    (updated at most once a second) against the images listed so far — the total grows with the listing."""
 
-    def __init__(self, total: int, key: str, *, enabled: bool) -> None:
-        self.total, self.done, self.counts = total, 0, progress.StatusCounts()
+    def __init__(self, key: str, *, enabled: bool) -> None:
+        self.counts, self.by_dataset = progress.StatusCounts(), Counter()
+        self.total = self.done = self.earlier = 0
         self.artifact_id, self.last = None, 0.0
-        if enabled and total:
+        if enabled:
             from prefect.artifacts import create_progress_artifact
 
             self.artifact_id = create_progress_artifact(0.0, key=f"{key}-progress", description="images finished")
@@ -584,14 +655,27 @@ class _Tracker:
     def advance(self, row: Mapping[str, Any]) -> None:
         self.done += 1
         self.counts.add(row)
+        self.by_dataset[row["dataset"], row["status"]] += 1
         progress.advanced(row)
+        self._maybe_update()
+
+    def listed(self, plans: list[Plan]) -> None:
+        """The listing moved on: images listed so far, and those found done by earlier runs."""
+        self.total = sum(p.listed for p in plans)
+        earlier = sum(p.done_earlier for p in plans)
+        progress.listed(self.total, earlier - self.earlier)
+        self.earlier = earlier
+        self._maybe_update()
+
+    def _maybe_update(self) -> None:
         if self.artifact_id is not None and time.monotonic() - self.last >= 1.0:
             self._update()
 
     def _update(self) -> None:
         from prefect.artifacts import update_progress_artifact
 
-        update_progress_artifact(self.artifact_id, 100.0 * self.done / max(1, self.total))
+        finished = self.done + self.earlier
+        update_progress_artifact(self.artifact_id, 100.0 * finished / self.total if self.total else 100.0)
         self.last = time.monotonic()
 
     def close(self) -> None:
@@ -605,13 +689,14 @@ def _publish(
     output: str,
     so: dict | None,
     plans: list[Plan],
-    counts: progress.StatusCounts,
+    tracker: _Tracker,
     artifact: str,
     logger: Any,
 ) -> dict[str, Any]:
-    """The run's summary from the report as written: Prefect table and markdown artifacts, and the return value."""
+    """The run's summary from its report rows as written, and the images done earlier (counted, not rows): Prefect
+    table and markdown artifacts, and the return value. Reads this run's rows only."""
     table = reports.read_report(output, so, run_id=run_id)
-    summary = reports.to_records(reports.summarize(table))
+    summary = _with_done_earlier(reports.to_records(reports.summarize(table)), plans)
     failed = table.filter(pc.equal(table.column("status"), "error"))
     failures = [
         {"dataset": r["dataset"], "image_key": r["image_key"], "error": r["error"]}
@@ -623,12 +708,15 @@ def _publish(
         for r in passed.select(["dataset", "image_key", "error"]).to_pylist()
     ]
     report_uri = storage.redact(storage.join(output, "report", f"run_id={run_id}"))
-    not_images = sum(len(p.not_images) for p in plans)
+    not_images = sum(p.not_images for p in plans)
+    counts = tracker.counts
+    skipped = counts["skipped"] + tracker.earlier
     if _in_flow_run():
         from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
         create_table_artifact(summary, key=f"{artifact}-summary", description=f"dipflow run {run_id}")
-        lines = [f"# dipflow run `{run_id}`", "", reports.summary_markdown(table), f"Report: `{report_uri}`", ""]
+        markdown = reports.summary_markdown(reports.to_table(summary, reports.SUMMARY_SCHEMA))
+        lines = [f"# dipflow run `{run_id}`", "", markdown, f"Report: `{report_uri}`", ""]
         try:  # best effort: a page that cannot be written costs its link, never the run
             import os
 
@@ -649,21 +737,60 @@ def _publish(
         if not_images:
             lines.append(f"\n{not_images} file(s) in the source(s) are not images (see the flow's log).")
         create_markdown_artifact("\n".join(lines), key=f"{artifact}-report", description=f"dipflow run {run_id}")
-    logger.info("run %s finished: %s", run_id, counts)
+    logger.info(
+        "run %s finished: %d ok, %d failed, %d done by earlier runs, %d not restored",
+        run_id,
+        counts["ok"],
+        counts["error"],
+        tracker.earlier,
+        counts["skipped"],
+    )
     return {
         "run_id": run_id,
         "flow_run_id": flow_run_id,
         "output": storage.redact(output),
         "report": report_uri,
-        "images": sum(counts.values()),
+        "runs": storage.redact(runs.runs_uri(output, run_id)),
+        "images": counts["ok"] + counts["error"] + skipped,
         "ok": counts["ok"],
         "error": counts["error"],
-        "skipped": counts["skipped"],
+        "skipped": skipped,
+        "done_earlier": tracker.earlier,
         "not_images": not_images,
         "not_images_shown": [
-            {"dataset": p.dataset, "key": key, "reason": why} for p in plans for key, why in p.not_images[:20]
+            {"dataset": p.dataset, "key": key, "reason": why} for p in plans for key, why in p.not_images_shown
         ],
         "not_restored": not_restored,
         "failures": failures,
         "summary": summary,
     }
+
+
+def _with_done_earlier(summary: list[dict[str, Any]], plans: list[Plan]) -> list[dict[str, Any]]:
+    """`summary` (one record per dataset, task and scale, from the run's rows) with the images done by earlier runs
+    counted as skipped, as the report once held them as rows; a dataset with only such images gets a record."""
+    for plan in plans:
+        if not plan.done_earlier:
+            continue
+        mine = [r for r in summary if r["dataset"] == plan.dataset]
+        if not mine:
+            mine = [
+                {
+                    "dataset": plan.dataset,
+                    "task": plan.config.task,
+                    "scale": plan.config.restore_kwargs.get("scale"),
+                    "images": 0,
+                    "ok": 0,
+                    "errors": 0,
+                    "skipped": 0,
+                    "psnr": None,
+                    "psnr_baseline": None,
+                    "ssim": None,
+                    "mean_wall_seconds": None,
+                    "total_wall_seconds": 0.0,
+                }
+            ]
+            summary.append(mine[0])
+        mine[0]["images"] += plan.done_earlier
+        mine[0]["skipped"] += plan.done_earlier
+    return summary

@@ -1,22 +1,29 @@
 """Jobs: what the restoration of one image needs, planned from a dataset listing, and the report rows made from them.
 
 A job carries URIs and small settings only — never pixels — so it is cheap to ship to a Ray actor. Its identity
-across runs is ``(input_sha256, config_hash)``: the content of the input and every setting that shapes the output
-or its row (the resolved dipcore preset — runs and early stopping included —, the seed and, for evaluation, how the
-observation is synthesised and whether a classical baseline is scored). A resumed run skips the jobs whose identity
-already has an ``ok`` row in the report. Pure Python: no Ray, no Prefect. How an evaluation job's observation is made
-and scored is the paper's protocol (`pipelines.evaluation.protocols`).
+across runs is ``(dataset, key, input fingerprint, config_hash)``: where the input is, what its listing says of it
+(size, ETag, mtime … `storage.fingerprint`; the driver never reads an input to decide) and every setting that shapes
+the output or its row (the resolved dipcore preset — runs and early stopping included —, the seed and, for
+evaluation, how the observation is synthesised and whether a classical baseline is scored). A resumed run skips the
+images the output root's done-state (`pipelines.reporting.state`) holds with the same identity; the worker, which
+reads the image anyway, records its content hash in the row.
+
+Planning streams (`plan_stream`): it takes the listing folder by folder as it arrives and yields the jobs still to
+do, so the first job is dispatched while the listing goes on and the driver holds only a window of jobs. Pure Python:
+no Ray, no Prefect. How an evaluation job's observation is made and scored is the paper's protocol
+(`pipelines.evaluation.protocols`).
 
 Jobs that may run as one batch (`pack_key`) share the config, the task, the observation's canvas bucket
-(``dipcore.canvas_bucket`` of its shape, known on the driver from the input's header, without decoding pixels:
-`observation_shape`) and channel count, and the kind of side inputs.
+(``dipcore.canvas_bucket`` of its shape, known on the driver from the first bytes of a new input — its header —
+without decoding pixels: `with_headers`, `observation_shape`) and channel count, and the kind of side inputs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,16 +38,16 @@ __all__ = [
     "Plan",
     "RunConfig",
     "Synthesis",
-    "all_jobs",
     "base_row",
     "error_row",
     "observation_shape",
     "pack_key",
-    "plan_jobs",
+    "plan_stream",
     "rejected_job",
     "run_config",
     "skipped_row",
     "utcnow",
+    "with_headers",
 ]
 
 
@@ -96,12 +103,12 @@ class Job:
     config_json: str
     seed: int
     output_uri: str
-    sha256: str | None = None  # of the input bytes at planning time (None: unreadable then)
+    fingerprint: str | None = None  # the input's identity from its listing (storage.fingerprint; None: none given)
     mask_uri: str | None = None
     guide_uri: str | None = None
     reference_uri: str | None = None  # ground truth beside a real observation, for scoring
     synthesis: Synthesis | None = None  # evaluation: the input is the clean image; the observation is made from it
-    size: tuple[int, int, int] | None = None  # (H, W, C) of the input from its header at planning (None: unreadable)
+    size: tuple[int, int, int] | None = None  # (H, W, C) of the input from its header (with_headers; None: unknown)
     packable: bool = False  # its config's fits can be stacked (RunConfig.packable)
     classical: bool = False  # evaluation: also score the task's classical baseline
 
@@ -115,14 +122,29 @@ class Job:
 
 @dataclass
 class Plan:
-    """Jobs for one dataset, and the images that cannot become jobs (with the reason)."""
+    """One dataset of a run: its settings and where it goes, and what planning found as the listing streamed past —
+    counts, not lists, so that a run over 10⁶ images holds no per-image record of them."""
 
     dataset: str
     config: RunConfig
-    jobs: list[Job] = field(default_factory=list)
-    rejected: list[tuple[storage.ImageEntry, str]] = field(default_factory=list)
-    not_images: list[tuple[str, str]] = field(default_factory=list)  # (key, reason) from the listing
-    excluded: list[tuple[str, str]] = field(default_factory=list)  # (key, reason): image-like, not restored (links)
+    output: str  # the dataset's output root
+    source: str | None = None  # redacted, for the runs table
+    listed: int = 0  # images listed (jobs, done earlier, rejected and excluded alike)
+    todo: int = 0  # jobs yielded to run
+    done_earlier: int = 0  # skipped: the done-state holds them with the same identity
+    verified_by_content: int = 0  # of those, matched to an old report by reading the input (`state.DoneState`)
+    rejected: int = 0  # error rows made at planning (unsafe key, colliding outputs)
+    excluded: int = 0  # skipped rows made at planning (a symbolic link not followed)
+    not_images: int = 0
+    not_images_shown: list[tuple[str, str]] = field(default_factory=list)  # the first `SHOWN` (key, reason)
+    listing_seconds: float | None = None  # from the run's start to the end of this dataset's listing
+
+    SHOWN = 20
+
+    @property
+    def empty(self) -> bool:
+        """Nothing image-like was listed: the run refuses it (`flows`), saying what the source holds instead."""
+        return self.listed == 0
 
 
 def utcnow() -> datetime:
@@ -188,72 +210,128 @@ def run_config(
     )
 
 
-def _inspect(entry: storage.ImageEntry, storage_options: dict | None) -> tuple[str | None, tuple | None]:
-    """(content hash, (H, W, C) from the header) of an input; None for what cannot be read (the worker reads it
-    again and reports the error in the image's row)."""
-    from dipcore import DipcoreError, image_shape  # imported by plan_jobs before its threads start
-
-    try:
-        data = storage.read_bytes(entry.uri, storage_options)
-    except (storage.StorageError, OSError):
-        return None, None
-    try:
-        size = image_shape(data)
-    except DipcoreError:
-        size = None  # not packable; the worker's decode says what is wrong
-    return storage.sha256_hex(data), size
-
-
-def plan_jobs(
-    listing: storage.Listing,
+def plan_stream(
+    chunks: Iterable[storage.Listing],
+    plan: Plan,
     *,
     run_id: str,
-    dataset: str,
-    output: str,
-    config: RunConfig,
+    done: Any,
+    record: Callable[[dict[str, Any]], None],
+    adopt: Callable[[dict[str, Any]], None],
     storage_options: dict | None = None,
-    readers: int = 8,
-) -> Plan:
-    """One job per listed image. Inputs are read here once for their content hash and header size (in `readers`
-    threads: the reads wait on storage, not on the CPU); a key that could escape the output root is rejected, not
-    planned, and so are images whose outputs would be one file (`_collisions`)."""
-    import dipcore.imageio  # noqa: F401 - once here, not concurrently in the reader threads
+    limit: int | None = None,
+) -> Iterator[Job]:
+    """The jobs still to do for `plan`, as its listing `chunks` (one per folder, `storage.iter_listing`) arrive.
 
-    plan = Plan(dataset=dataset, config=config, not_images=list(listing.skipped), excluded=list(listing.excluded))
-    planned: list[tuple[storage.ImageEntry, str]] = []
-    for entry in listing.images:
-        try:
-            planned.append((entry, storage.output_uri(output, entry.key)))
-        except storage.UnsafeKeyError as exc:
-            plan.rejected.append((entry, str(exc)))
-    clashes = _collisions(planned, output, storage_options)
-    entries = [(entry, out) for entry, out in planned if entry.key not in clashes]
-    plan.rejected.extend((entry, clashes[entry.key]) for entry, _ in planned if entry.key in clashes)
-    with ThreadPoolExecutor(max_workers=max(1, readers)) as pool:
-        inspected = list(pool.map(lambda e: _inspect(e[0], storage_options), entries))
-    for (entry, out), (sha, size) in zip(entries, inspected, strict=True):
-        plan.jobs.append(
-            Job(
+    An image whose (dataset, key, config hash) the done-state `done` (`state.DoneState`) holds with the same input
+    fingerprint is counted in ``plan.done_earlier`` and not read; one known only from an old report is read once and
+    skipped when its content hash matches (``adopt`` gets its state row). A key that could escape the output root,
+    and images whose outputs would be one file (`_collisions`, decided per folder: outputs mirror the folders), get
+    error rows through `record`; symbolic links not followed get skipped rows. At most `limit` images (the first by
+    key) are planned."""
+    folds = storage.folds_case(plan.output, storage_options)
+    seen: set[str] = set()  # folded output paths, only where the filesystem folds case (names of other folders)
+    c = plan.config
+    for chunk in chunks:
+        plan.not_images += len(chunk.skipped)
+        plan.not_images_shown.extend(chunk.skipped[: max(0, Plan.SHOWN - len(plan.not_images_shown))])
+        for key, why in chunk.excluded:
+            plan.listed += 1
+            plan.excluded += 1
+            entry = storage.ImageEntry(uri="", key=key, size=0)
+            record(skipped_row(rejected_job(entry, plan, run_id), reason=why))
+        images = chunk.images
+        if limit is not None:
+            images = images[: max(0, limit - plan.listed)]
+        planned: list[tuple[storage.ImageEntry, str]] = []
+        for entry in images:
+            plan.listed += 1
+            try:
+                planned.append((entry, storage.output_uri(plan.output, entry.key)))
+            except storage.UnsafeKeyError as exc:
+                plan.rejected += 1
+                record(error_row(rejected_job(entry, plan, run_id), str(exc), attempts=0))
+        clashes = _collisions(planned, plan.output, storage_options)
+        for entry, out in planned:
+            if folds and entry.key not in clashes:
+                if storage.fold(out) in seen:
+                    clashes[entry.key] = f"{entry.key}: its output {storage.redact(out)} folds to one already written"
+                seen.add(storage.fold(out))
+            if entry.key in clashes:
+                plan.rejected += 1
+                record(error_row(rejected_job(entry, plan, run_id), clashes[entry.key], attempts=0))
+                continue
+            job = Job(
                 run_id=run_id,
-                dataset=dataset,
+                dataset=plan.dataset,
                 key=entry.key,
                 input_uri=entry.uri,
-                task=config.task,
-                restore_kwargs=config.restore_kwargs,
-                config_hash=config.config_hash,
-                config_json=config.config_json,
-                seed=config.seed,
+                task=c.task,
+                restore_kwargs=c.restore_kwargs,
+                config_hash=c.config_hash,
+                config_json=c.config_json,
+                seed=c.seed,
                 output_uri=out,
-                sha256=sha,
+                fingerprint=entry.fingerprint,
                 mask_uri=entry.mask_uri,
                 guide_uri=entry.guide_uri,
-                synthesis=config.synthesis,
-                size=size,
-                packable=config.packable,
-                classical=config.classical,
+                synthesis=c.synthesis,
+                packable=c.packable,
+                classical=c.classical,
             )
-        )
-    return plan
+            if why := _done(job, done, adopt, storage_options):
+                plan.done_earlier += 1
+                plan.verified_by_content += why == "content"
+                continue
+            plan.todo += 1
+            yield job
+        if limit is not None and plan.listed >= limit:
+            return
+
+
+def _done(job: Job, done: Any, adopt: Callable[[dict[str, Any]], None], so: dict | None) -> str | None:
+    """How the done-state knows `job` is done with its identity: "state" (same fingerprint), "content" (an image
+    only an old report knows, read here once and adopted into the state when its content hash is the one that
+    report restored), None: it is to do."""
+    known = done.fingerprint(job.dataset, job.config_hash, job.key)
+    if known is not None:
+        return "state" if job.fingerprint is not None and known == job.fingerprint else None
+    sha = done.legacy_sha256(job.dataset, job.config_hash, job.key)
+    if sha is None:
+        return None
+    try:
+        data = storage.read_bytes(job.input_uri, so)
+    except (storage.StorageError, OSError):
+        return None  # the worker reads it again and says what is wrong
+    if storage.sha256_hex(data) != sha:
+        return None
+    adopt({**base_row(job), "input_sha256": sha, "status": "ok", "finished_at": utcnow()})
+    return "content"
+
+
+def with_headers(jobs: Iterable[Job], storage_options: dict | None, *, readers: int = 8) -> Iterator[Job]:
+    """`jobs` in order, each with ``size`` from the first bytes of its input (`storage.read_head`, in `readers`
+    threads, a bounded window ahead): what `pack_key` groups by. Only jobs to run come here — an image done
+    earlier is never read. An unreadable head leaves ``size`` None: the job runs alone and its worker says why."""
+    import dipcore.imageio  # noqa: F401 - once here, not concurrently in the reader threads
+
+    def head(job: Job) -> Job:
+        from dipcore import DipcoreError, image_shape
+
+        try:
+            size = image_shape(storage.read_head(job.input_uri, storage_options))
+        except (storage.StorageError, OSError, DipcoreError):
+            return job
+        return dataclasses.replace(job, size=size)
+
+    with ThreadPoolExecutor(max_workers=max(1, readers)) as pool:
+        window: deque = deque()
+        for job in jobs:
+            window.append(pool.submit(head, job))
+            if len(window) >= 2 * readers:
+                yield window.popleft().result()
+        while window:
+            yield window.popleft().result()
 
 
 def _collisions(
@@ -333,7 +411,7 @@ def base_row(job: Job) -> dict[str, Any]:
         "dataset": job.dataset,
         "image_key": job.key,
         "input_uri": storage.redact(job.input_uri),
-        "input_sha256": job.sha256,
+        "input_fingerprint": job.fingerprint,
         "task": job.task,
         "scale": job.scale,
         "variant": job.restore_kwargs.get("variant"),
@@ -393,7 +471,3 @@ def rejected_job(entry: storage.ImageEntry, plan: Plan, run_id: str) -> Job:
         synthesis=c.synthesis,
         classical=c.classical,
     )
-
-
-def all_jobs(plans: Iterable[Plan]) -> list[Job]:
-    return [job for plan in plans for job in plan.jobs]

@@ -13,13 +13,15 @@ from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from typing import Any, Protocol
 
-__all__ = ["ProgressSink", "RichProgress", "StatusCounts", "advanced", "finished", "reporting", "started"]
+__all__ = ["ProgressSink", "RichProgress", "StatusCounts", "advanced", "finished", "listed", "reporting", "started"]
 
 
 class ProgressSink(Protocol):
-    def started(self, total: int, title: str) -> None: ...
+    def started(self, total: int | None, title: str) -> None: ...
 
     def advanced(self, row: Mapping[str, Any]) -> None: ...
+
+    def listed(self, total: int, earlier: int) -> None: ...
 
     def finished(self) -> None: ...
 
@@ -48,9 +50,16 @@ def reporting(sink: ProgressSink | None) -> Iterator[None]:
         _SINK.reset(token)
 
 
-def started(total: int, title: str) -> None:
+def started(total: int | None, title: str) -> None:
+    """A run started; `total` None: not known yet (the listing streams, `listed` tells as it goes)."""
     if (sink := _SINK.get()) is not None:
         sink.started(total, title)
+
+
+def listed(total: int, earlier: int) -> None:
+    """The listing has found `total` images so far; `earlier` more of them were done by earlier runs (no rows)."""
+    if (sink := _SINK.get()) is not None and hasattr(sink, "listed"):
+        sink.listed(total, earlier)
 
 
 def advanced(row: Mapping[str, Any]) -> None:
@@ -76,7 +85,7 @@ class RichProgress:
         self._progress: Any = None
         self._task: Any = None
 
-    def started(self, total: int, title: str) -> None:
+    def started(self, total: int | None, title: str) -> None:
         if not self.enabled:
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -96,6 +105,11 @@ class RichProgress:
         self.counts.add(row)
         if self._progress is not None:
             self._progress.update(self._task, advance=1, counts=self._label())
+
+    def listed(self, total: int, earlier: int) -> None:
+        self.counts["skipped"] += earlier
+        if self._progress is not None:
+            self._progress.update(self._task, total=total, advance=earlier, counts=self._label())
 
     def finished(self) -> None:
         if self._progress is not None:

@@ -20,7 +20,7 @@ GPU benchmarks share it.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -52,18 +52,33 @@ class PackQueue:
     A job on a retry (attempt > 1) runs alone: when a batch dies with its actor, any of its jobs may be the cause,
     and alone it cannot take the others down again. ``canvas`` is `jobs.pack_key`'s: "shared" groups jobs of one
     canvas bucket, "own" only jobs of one shape.
+
+    `jobs` may be a stream (a generator planning as the listing arrives): the queue draws from it only to hold
+    `window` waiting jobs, so a run of 10⁶ images holds a window of them, and batches form within the window.
     """
 
-    def __init__(self, jobs: Iterable[Job] = (), *, canvas: str = "shared") -> None:
+    WINDOW = 256
+
+    def __init__(self, jobs: Iterable[Job] = (), *, canvas: str = "shared", window: int = WINDOW) -> None:
         self.canvas = canvas
+        self.window = max(1, window)
+        self._source: Iterator[Job] | None = iter(jobs)
         self._order: deque[_Entry] = deque()
         self._by_key: dict[tuple, deque[_Entry]] = {}  # entries taken through _order stay until skipped here
         self._size = 0
-        for job in jobs:
-            self._add(job, 1, front=False)
 
     def __len__(self) -> int:
+        self._fill()
         return self._size
+
+    def _fill(self) -> None:
+        """Draw from the stream until `window` jobs wait (or it ends)."""
+        while self._source is not None and self._size < self.window:
+            job = next(self._source, None)
+            if job is None:
+                self._source = None
+                return
+            self._add(job, 1, front=False)
 
     def append(self, job: Job, attempt: int = 1) -> None:
         self._add(job, attempt, front=False)
@@ -75,6 +90,7 @@ class PackQueue:
 
     def take(self, k: int) -> list[tuple[Job, int]]:
         """The oldest waiting job and up to ``k - 1`` more of its pack key: [(job, attempt), …], [] when empty."""
+        self._fill()
         head = self._pop(self._order)
         if head is None:
             return []

@@ -291,6 +291,7 @@ class RunStats:
     restarts: int = 0  # actors replaced
     packed: int = 0  # jobs delivered from calls of more than one job (batched fits)
     seconds: float = 0.0
+    first_dispatch: float | None = None  # time.monotonic() when the first job was handed to a worker
 
     def count(self, outcome: JobOutcome, *, batch: int = 1) -> None:
         """One job delivered, from a call of `batch` jobs (both runners count here)."""
@@ -376,6 +377,7 @@ class _Driver:
             slot = min(free, key=lambda s: s.in_flight)
             items = self.queue.take(self._pack_limit(slot))
             ref = slot.actor.run_batch.remote([job for job, _ in items], self.pack)
+            self.stats.first_dispatch = self.stats.first_dispatch or time.monotonic()
             self.seq += 1
             self.calls[ref] = _Call(ref, items, slot, slot.generation, self.seq)
             slot.in_flight += 1
@@ -576,6 +578,7 @@ def run_inline(
     limit = pack if isinstance(pack, int) else restorer.pack_limit
     while queue:
         batch = [job for job, _ in queue.take(limit)]
+        stats.first_dispatch = stats.first_dispatch or time.monotonic()
         for outcome in restorer.run_batch(batch, pack):
             outcome.row["attempts"] = 1
             stats.count(outcome, batch=len(batch))

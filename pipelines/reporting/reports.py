@@ -68,8 +68,11 @@ __all__ = [
 ]
 
 # Bump on any change to a schema below. 2: the early-stopping study, two-run and classical-baseline columns and the
-# software that produced a row (appended after the version-1 columns, which keep their order and meaning).
-REPORT_VERSION = "2"
+# software that produced a row (appended after the version-1 columns, which keep their order and meaning). 3: the
+# input's fingerprint from the listing (what resume decides by, `pipelines.reporting.state`); input_sha256 is the hash
+# of the bytes the worker restored; an image done by an earlier run gets no row any more (the run's summary counts it,
+# `pipelines.reporting.runs`), so "skipped" rows are only images a run leaves out by policy (a symbolic link).
+REPORT_VERSION = "3"
 STATUSES = ("ok", "error", "skipped")
 LATEST_KEY = ("dataset", "image_key", "config_hash", "input_sha256")  # one image under one configuration
 
@@ -87,7 +90,7 @@ REPORT_SCHEMA = pa.schema(
         _f("dataset", pa.string(), "dataset name (benchmark name or the source URL, redacted)", nullable=False),
         _f("image_key", pa.string(), "POSIX path of the image relative to the dataset root", nullable=False),
         _f("input_uri", pa.string(), "full URL of the input image (no credentials)"),
-        _f("input_sha256", pa.string(), "hex SHA-256 of the input bytes"),
+        _f("input_sha256", pa.string(), "hex SHA-256 of the input bytes the worker restored"),
         _f("task", pa.string(), "dipcore task name (sr, denoise, inpaint, …)", nullable=False),
         _f("scale", pa.int32(), "super-resolution factor; null for other tasks"),
         _f("variant", pa.string(), "task variant (e.g. the inpainting preset), if any"),
@@ -129,6 +132,8 @@ REPORT_SCHEMA = pa.schema(
         _f("torch_version", pa.string(), "torch.__version__ of the worker"),
         _f("engine_json", pa.string(), "canonical JSON of the resolved dipcore EngineOptions"),
         _f("pack_size", pa.int32(), "fits stacked in the image's fit (1: alone); wall_seconds is its share"),
+        # version 3
+        _f("input_fingerprint", pa.string(), "the input's identity from its listing: size, ETag/mtime… (storage)"),
     ],
     metadata={"dipflow.report_version": REPORT_VERSION, "dipflow.schema": "report"},
 )

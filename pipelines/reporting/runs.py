@@ -1,0 +1,94 @@
+"""The runs table: one row per run and dataset — what a run was asked, what it found, what it did, how long it took.
+
+Images done by an earlier run are counted here (``done_earlier``) instead of getting a row each in the report, so a
+nightly run over an unchanged bucket writes one small file, not one row per image::
+
+    <output>/runs/run_id=<run>/summary.parquet
+
+Written once, when the run ends (also when it fails or is interrupted: ``status`` says which). Readers go through
+``pyarrow.dataset`` with hive partitioning, like the report's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from pipelines import storage
+from pipelines.reporting import reports
+
+__all__ = ["RUNS_SCHEMA", "read_runs", "runs_uri", "write_run_summary"]
+
+_UTC_US = pa.timestamp("us", tz="UTC")
+
+
+def _f(name: str, type_: pa.DataType, doc: str, *, nullable: bool = True) -> pa.Field:
+    return pa.field(name, type_, nullable=nullable, metadata={"doc": doc})
+
+
+RUNS_SCHEMA = pa.schema(
+    [
+        _f("run_id", pa.string(), "the dipflow run", nullable=False),
+        _f("flow_run_id", pa.string(), "Prefect flow-run id, when run as a flow"),
+        _f("dataset", pa.string(), "dataset name", nullable=False),
+        _f("source", pa.string(), "where the dataset was listed (redacted)"),
+        _f("task", pa.string(), "dipcore task", nullable=False),
+        _f("config_hash", pa.string(), "config hash of the run's settings for this dataset"),
+        _f("config_json", pa.string(), "canonical JSON of those settings"),
+        _f("outcome", pa.string(), "finished | failed | interrupted", nullable=False),
+        _f("error", pa.string(), "why the run did not finish (redacted)"),
+        _f("listed", pa.int64(), "images listed (restored, done earlier, failed or left out)", nullable=False),
+        _f("ok", pa.int64(), "images restored by this run", nullable=False),
+        _f("errors", pa.int64(), "images that failed (error rows)", nullable=False),
+        _f("done_earlier", pa.int64(), "images skipped: done by an earlier run, input unchanged", nullable=False),
+        _f("not_restored", pa.int64(), "images left out by policy (a symbolic link)", nullable=False),
+        _f("not_images", pa.int64(), "files of the source that are not images", nullable=False),
+        _f("verified_by_content", pa.int64(), "done by an old report: matched by content", nullable=False),
+        _f("started_at", _UTC_US, "when the run started (UTC)", nullable=False),
+        _f("finished_at", _UTC_US, "when the run ended (UTC)", nullable=False),
+        _f("seconds", pa.float64(), "wall-clock seconds of the whole run", nullable=False),
+        _f("seconds_to_first_dispatch", pa.float64(), "from the run's start to its first job handed to a worker"),
+        _f("seconds_listing", pa.float64(), "from the run's start to the end of its listing"),
+        _f("report_version", pa.string(), "the report schema version the run wrote", nullable=False),
+    ],
+    metadata={"dipflow.report_version": reports.REPORT_VERSION, "dipflow.schema": "runs"},
+)
+"""One row per run and dataset."""
+
+_HIVE = ds.partitioning(pa.schema([pa.field("run_id", pa.string())]), flavor="hive")
+
+
+def runs_uri(output_root: str, run_id: str) -> str:
+    return storage.join(output_root, "runs", f"run_id={run_id}", "summary.parquet")
+
+
+def write_run_summary(output_root: str, run_id: str, rows: Sequence[Mapping[str, Any]], so: dict | None = None) -> str:
+    """Write a run's rows (one per dataset) as one file, atomically; its URI."""
+    table = reports.to_table(
+        [{**r, "run_id": run_id, "report_version": reports.REPORT_VERSION} for r in rows], RUNS_SCHEMA
+    )
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    uri = runs_uri(output_root, run_id)
+    storage.write_bytes_atomic(uri, sink.getvalue().to_pybytes(), so)
+    return uri
+
+
+def read_runs(output_root: str, so: dict | None = None, *, run_id: str | None = None) -> pa.Table:
+    """Every run's rows under `output_root` (or one run's), oldest first; none → an empty table."""
+    base = storage.join(output_root, "runs")
+    uris = [runs_uri(output_root, run_id)] if run_id else storage.list_files(base, so, suffix=".parquet")
+    uris = [u for u in uris if run_id is None or storage.exists(u, so)]
+    if not uris:
+        return RUNS_SCHEMA.empty_table()
+    fs, base_path = storage.filesystem(base, so)
+    paths = [storage.filesystem(u, so)[1] for u in uris]
+    dataset = ds.dataset(
+        paths, schema=RUNS_SCHEMA, format="parquet", filesystem=fs, partitioning=_HIVE, partition_base_dir=base_path
+    )
+    table = dataset.to_table()
+    return table.take(pa.compute.sort_indices(table, sort_keys=[("started_at", "ascending"), ("run_id", "ascending")]))

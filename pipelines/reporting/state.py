@@ -1,0 +1,211 @@
+"""The done-state of an output root: which image, under which settings, is restored already — what resume reads.
+
+A resumed run must not cost what was ever done. The report holds every row of every run (history, metrics); the
+state holds one small row per image restored (dataset, key, config hash, the input's fingerprint from the listing,
+its content hash from the worker), so a run reads it once, with a filter on its datasets and config hashes, and then
+decides "done or not" for each listed image from the listing alone, without reading the image and without listing
+the output files::
+
+    <output>/_dipflow/state/done-<run>-00000.parquet, …   rows of ``ok`` images, flushed with the run's report
+    <output>/_dipflow/state/merged-<run>.parquet          what a compaction leaves: one file, the latest row per key
+
+A run adds rows as images finish (buffered like the report, so a crash costs at most what resume then redoes) and,
+when it ends with more than `MERGE_AT` files in the folder, merges them into one. Crash-safe by order: the merged
+file is written whole before the files it replaces are deleted, and readers keep the latest row per key, so a row
+read twice counts once. One run writes at a time (the output root's lease, `pipelines.lease`).
+
+An output root written before the state existed (report version ≤ 2) has no state: the first run there takes the
+``ok`` rows of its report as done *by content* — for those images only it reads the input and compares its SHA-256,
+as earlier versions did — and records what matches, so from the next run on the state answers alone.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from pipelines import storage
+from pipelines.reporting import reports
+
+__all__ = ["MERGE_AT", "STATE_SCHEMA", "DoneState", "StateWriter", "state_dir"]
+
+STATE_SCHEMA = pa.schema(
+    [
+        pa.field("dataset", pa.string(), nullable=False),
+        pa.field("config_hash", pa.string(), nullable=False),
+        pa.field("image_key", pa.string(), nullable=False),
+        pa.field("input_fingerprint", pa.string()),  # storage.fingerprint of the input (and its side inputs)
+        pa.field("input_sha256", pa.string()),  # of the bytes the worker restored
+        pa.field("output_uri", pa.string()),  # redacted
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("finished_at", pa.timestamp("us", tz="UTC")),
+    ],
+    metadata={"dipflow.schema": "state", "dipflow.report_version": reports.REPORT_VERSION},
+)
+"""One row per image restored (``ok``) by a run; the latest per (dataset, config_hash, image_key) holds."""
+
+MERGE_AT = 8
+"""A run that ends with more state files than this merges them into one: a nightly run adds one or two files, so the
+state stays a handful of files (what a run reads) and a merge rewrites the state about once a week."""
+
+_KEY = ("dataset", "config_hash", "image_key")
+_FILE = re.compile(r"(done|merged)-[A-Za-z0-9._-]+\.parquet")
+
+
+def state_dir(output_root: str) -> str:
+    return storage.join(output_root, "_dipflow", "state")
+
+
+def _files(output_root: str, so: dict | None) -> list[str]:
+    return [
+        u
+        for u in storage.list_files(state_dir(output_root), so, suffix=".parquet")
+        if _FILE.fullmatch(u.rpartition("/")[2])
+    ]
+
+
+def _read(uris: list[str], so: dict | None, filter: ds.Expression | None, columns: list[str] | None) -> pa.Table:
+    if not uris:
+        table = STATE_SCHEMA.empty_table()
+        return table.select(columns) if columns else table
+    fs = storage.filesystem(uris[0], so)[0]
+    paths = [storage.filesystem(u, so)[1] for u in uris]
+    return ds.dataset(paths, schema=STATE_SCHEMA, format="parquet", filesystem=fs).to_table(
+        columns=columns, filter=filter
+    )
+
+
+def _latest(table: pa.Table) -> pa.Table:
+    """The latest row (greatest finished_at, then last in order) per (dataset, config_hash, image_key)."""
+    if table.num_rows == 0:
+        return table
+    index = pa.array(range(table.num_rows), pa.int64())
+    t = pc.fill_null(table.column("finished_at").cast(pa.int64()), -(2**63))
+    order = pc.sort_indices(pa.table({"t": t, "i": index}), sort_keys=[("t", "ascending"), ("i", "ascending")])
+    # In that order the last row of each key wins: an ordered (single-threaded) group-by keeps the order.
+    keyed = table.select(list(_KEY)).append_column("__row", index).take(order)
+    last = keyed.group_by(list(_KEY), use_threads=False).aggregate([("__row", "last")]).column("__row_last")
+    return table.take(last.take(pc.sort_indices(last)))
+
+
+def _columns(table: pa.Table, *names: str) -> Iterable[tuple]:
+    return zip(*(table.column(n).to_pylist() for n in names), strict=True)
+
+
+@dataclass
+class DoneState:
+    """What is done, for the (dataset, config hash) scopes of one run: key → input fingerprint, and for images known
+    only from a report written before the state existed, key → content hash (`legacy`)."""
+
+    done: dict[tuple[str, str], dict[str, str | None]]  # (dataset, config_hash) → {image_key: fingerprint}
+    legacy: dict[tuple[str, str], dict[str, str]]  # (dataset, config_hash) → {image_key: input sha256}
+    files_read: int = 0
+
+    @classmethod
+    def load(cls, output_root: str, so: dict | None, scopes: Iterable[tuple[str, str]]) -> DoneState:
+        """The state of `output_root` for `scopes`, read once with a filter on them (the key and fingerprint
+        columns only); an output root without state falls back to its report's ``ok`` rows (see the module)."""
+        scopes = sorted(set(scopes))
+        state = cls({s: {} for s in scopes}, {s: {} for s in scopes})
+        if not scopes:
+            return state
+        where = ds.field("dataset").isin(sorted({d for d, _ in scopes})) & ds.field("config_hash").isin(
+            sorted({c for _, c in scopes})
+        )
+        uris = _files(output_root, so)
+        state.files_read = len(uris)
+        if not uris:
+            state._load_legacy(output_root, so, where)
+            return state
+        table = _latest(_read(uris, so, where, [*_KEY, "input_fingerprint", "finished_at"]))
+        for dataset, config, key, fingerprint in _columns(table, *_KEY, "input_fingerprint"):
+            if (rows := state.done.get((dataset, config))) is not None:
+                rows[key] = fingerprint
+        return state
+
+    def _load_legacy(self, output_root: str, so: dict | None, where: ds.Expression) -> None:
+        columns = [*reports.LATEST_KEY, "status", "finished_at"]
+        table = reports.read_report(output_root, so, columns=columns, filter=where & (ds.field("status") != "skipped"))
+        latest = reports.latest_rows(table)
+        ok = pc.and_(pc.equal(latest.column("status"), "ok"), pc.is_valid(latest.column("input_sha256")))
+        for dataset, config, key, sha in _columns(latest.filter(ok), *_KEY, "input_sha256"):
+            if (rows := self.legacy.get((dataset, config))) is not None:
+                rows[key] = sha
+
+    def fingerprint(self, dataset: str, config_hash: str, key: str) -> str | None:
+        """The fingerprint the image had when it was restored under this config; None: not done (or legacy)."""
+        return self.done.get((dataset, config_hash), {}).get(key)
+
+    def legacy_sha256(self, dataset: str, config_hash: str, key: str) -> str | None:
+        """The content hash of an image done according to an old report only (see the module)."""
+        return self.legacy.get((dataset, config_hash), {}).get(key)
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self.done.values()) + sum(len(v) for v in self.legacy.values())
+
+
+class StateWriter:
+    """Adds the done rows of one run to the state, buffered like its report rows; `close` merges the state's files
+    into one when there are more than `MERGE_AT` (see the module)."""
+
+    def __init__(self, output_root: str, run_id: str, so: dict | None, *, merge_at: int = MERGE_AT) -> None:
+        self.output_root, self.run_id, self.so, self.merge_at = output_root, run_id, so, merge_at
+        self.buffer: list[dict[str, Any]] = []
+        self.seq = 0
+        self.files_written = 0
+        self.merged: int | None = None  # files merged by close, if it merged
+        self._lock = threading.Lock()
+
+    def add(self, row: Mapping[str, Any]) -> None:
+        """One finished image (a report row of status ``ok``)."""
+        with self._lock:
+            self.buffer.append(
+                {
+                    "dataset": row["dataset"],
+                    "config_hash": row["config_hash"],
+                    "image_key": row["image_key"],
+                    "input_fingerprint": row.get("input_fingerprint"),
+                    "input_sha256": row.get("input_sha256"),
+                    "output_uri": row.get("output_uri"),
+                    "run_id": self.run_id,
+                    "finished_at": row.get("finished_at") or datetime.now(UTC),
+                }
+            )
+
+    def flush(self) -> None:
+        with self._lock:
+            if not self.buffer:
+                return
+            table = pa.Table.from_pylist(self.buffer, schema=STATE_SCHEMA)
+            name = f"done-{self.run_id}-{self.seq:05d}.parquet"
+            storage.write_bytes_atomic(storage.join(state_dir(self.output_root), name), _parquet(table), self.so)
+            self.seq += 1
+            self.files_written += 1
+            self.buffer.clear()
+
+    def close(self) -> None:
+        self.flush()
+        uris = _files(self.output_root, self.so)
+        if len(uris) > self.merge_at:
+            merged = _latest(_read(uris, self.so, None, None))
+            target = storage.join(state_dir(self.output_root), f"merged-{self.run_id}.parquet")
+            storage.write_bytes_atomic(target, _parquet(merged), self.so)  # whole, before any file it replaces goes
+            for uri in uris:
+                if uri != target:
+                    storage.remove_file(uri, self.so)
+            self.merged = len(uris)
+
+
+def _parquet(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd", row_group_size=65_536)
+    return sink.getvalue().to_pybytes()
