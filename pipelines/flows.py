@@ -414,7 +414,8 @@ def _run(
     stats: RunStats | None = None
     outcome, failure = "interrupted", None
     try:
-        with reports.ReportWriter(output, run_id, so) as writer, _closing(state.StateWriter(output, run_id, so)) as sw:
+        # The state is the outer block: the report's last rows are flushed (and compacted) before the state's.
+        with _closing(state.StateWriter(output, run_id, so)) as sw, reports.ReportWriter(output, run_id, so) as writer:
 
             def record(row: dict[str, Any], curves: list[dict[str, Any]] = ()) -> None:  # type: ignore[assignment]
                 written = writer.rows_written

@@ -42,6 +42,7 @@ __all__ = [
     "error_row",
     "observation_shape",
     "pack_key",
+    "plan_jobs",
     "plan_stream",
     "rejected_job",
     "run_config",
@@ -287,6 +288,46 @@ def plan_stream(
             yield job
         if limit is not None and plan.listed >= limit:
             return
+
+
+@dataclass
+class Planned:
+    """A whole listing planned at once: its jobs (with header sizes) and the images refused, with why."""
+
+    plan: Plan
+    jobs: list[Job]
+    rejected: list[tuple[storage.ImageEntry, str]]
+
+
+def plan_jobs(
+    listing: storage.Listing,
+    *,
+    run_id: str,
+    dataset: str,
+    output: str,
+    config: RunConfig,
+    storage_options: dict | None = None,
+) -> Planned:
+    """Every image of `listing` planned as if nothing were done, in one list: for benchmarks, tests and tools that
+    run a known set of images without a flow (a flow streams: `plan_stream`)."""
+    from pipelines.reporting.state import DoneState
+
+    plan = Plan(dataset=dataset, config=config, output=output)
+    rows: list[dict[str, Any]] = []
+    nothing = DoneState({}, {})
+    stream = plan_stream(
+        [listing],
+        plan,
+        run_id=run_id,
+        done=nothing,
+        record=rows.append,
+        adopt=rows.append,
+        storage_options=storage_options,
+    )
+    todo = list(with_headers(stream, storage_options))
+    entries = {entry.key: entry for entry in listing.images}
+    refused = [(entries[r["image_key"]], r["error"]) for r in rows if r["status"] == "error"]
+    return Planned(plan, todo, refused)
 
 
 def _done(job: Job, done: Any, adopt: Callable[[dict[str, Any]], None], so: dict | None) -> str | None:

@@ -1,6 +1,7 @@
 """The invariants every fault case is held to, checked from what a run leaves behind, and its outcome as a ledger row.
 
-For each listed input: exactly one final row (``ok``, or ``error`` with a readable one-line message). For the output
+For each listed input: exactly one final row (``ok``, or ``error`` with a readable one-line message), or none when an
+earlier run finished it (the run's summary counts it as done earlier). For the output
 root: every output belongs to an ``ok`` row and decodes, no temporary or partial file stays, nothing was written
 outside the root, the inputs are byte for byte what they were. Across runs: nothing done is redone. Around the run: no
 process is left behind and no secret is at rest.
@@ -19,7 +20,7 @@ import dipcore
 from pipelines import storage
 
 # What a run writes beside its outputs; every other file under the output root must be an image's output.
-RUN_FOLDERS = ("report/", "curves/", "html/")
+RUN_FOLDERS = ("report/", "curves/", "html/", "runs/", "_dipflow/")
 
 
 @dataclass
@@ -96,14 +97,30 @@ def local_tree(folder: Path, *, skip: tuple[Path, ...] = ()) -> dict[str, int]:
     return found
 
 
-def check_rows(outcome: Outcome, listed: set[str], rows: list[dict], *, expect: dict[str, str] | None = None) -> None:
-    """Exactly one final row per listed input, readable errors, and the expected ending where the case fixes one."""
+def check_rows(
+    outcome: Outcome,
+    listed: set[str],
+    rows: list[dict],
+    *,
+    expect: dict[str, str] | None = None,
+    done: set[str] = frozenset(),
+    done_earlier: int | None = None,
+) -> None:
+    """Exactly one final row per listed input — none for those in `done`, finished by an earlier run, which the
+    run's summary counts instead (`done_earlier`, when given, must be their number) —, readable errors, and the
+    expected ending where the case fixes one."""
     outcome.listed = len(listed)
     by_key: dict[str, list[dict]] = {}
     for row in rows:
         by_key.setdefault(row["image_key"], []).append(row)
+    if done_earlier is not None and done_earlier != len(done & listed):
+        outcome.fail("rows_lost", f"the run's summary counts {done_earlier} done earlier, not {len(done & listed)}")
     for key in sorted(listed):
         mine = by_key.get(key, [])
+        if key in done:
+            if mine:
+                outcome.fail("redone", f"{key!r} was done, and the rerun gave {[r['status'] for r in mine]}")
+            continue
         if len(mine) != 1 or mine[0]["status"] not in ("ok", "error", "skipped"):
             outcome.fail("rows_lost", f"{key!r}: {len(mine)} rows ({[r['status'] for r in mine]})")
             continue
@@ -163,11 +180,16 @@ def check_unchanged(outcome: Outcome, before: dict[str, object], after: dict[str
             outcome.fail("outside_root", f"{where}: {state} {path}")
 
 
+def done_keys(rows: list[dict]) -> set[str]:
+    """The keys a run finished (``ok`` rows): a rerun gives them no row."""
+    return {row["image_key"] for row in rows if row["status"] == "ok"}
+
+
 def check_not_redone(outcome: Outcome, first: list[dict], second: list[dict]) -> None:
-    """A second run restores nothing that the first finished."""
-    done = {row["image_key"] for row in first if row["status"] == "ok"}
+    """A second run restores nothing that the first finished: it has no row for it (the runs table counts it)."""
+    done = done_keys(first)
     for row in second:
-        if row["image_key"] in done and row["status"] != "skipped":
+        if row["image_key"] in done:
             outcome.fail("redone", f"{row['image_key']!r} was done, and the rerun gave {row['status']}")
 
 

@@ -16,6 +16,7 @@ from invariants import (
     check_outputs,
     check_rows,
     check_unchanged,
+    done_keys,
     local_tree,
     readable,
     snapshot,
@@ -145,7 +146,14 @@ def test_a_storage_fault_costs_only_its_images_and_a_rerun_finishes(
 
     second = flows.restore_dataset(source, output, "denoise", storage_options=target, execution=inline, **FAST)
     second_rows = reports.read_report(output, storage_options=target, run_id=second["run_id"]).to_pylist()
-    check_rows(outcome, set(KEYS), second_rows, expect=dict.fromkeys(KEYS, "ok" if not first_rows else "either"))
+    check_rows(
+        outcome,
+        set(KEYS),
+        second_rows,
+        expect=dict.fromkeys(KEYS, "ok" if not first_rows else "either"),
+        done=done_keys(first_rows),
+        done_earlier=second["done_earlier"],
+    )
     check_not_redone(outcome, first_rows, second_rows)
     check_outputs(outcome, output, first_rows + second_rows, target)
     check_unchanged(outcome, inputs, snapshot(plain(f"{root}/src"), plain_options), "inputs")
