@@ -6,6 +6,7 @@ no image is restored, so nothing here needs torch, Ray or Prefect."""
 from __future__ import annotations
 
 import html
+import json
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -189,6 +190,75 @@ def test_the_flow_publishes_a_page_for_a_run_that_found_nothing_new(root, monkey
     flows._publish("r3", None, root, None, [plan], tracker, "restore-dataset", logging.getLogger("test"))
     page = Path(_page(root, "r3"))
     assert page.is_file() and f"HTML report: [{page}](file://{page})" in made["md"]
+
+
+# ------------------------------------------------------------------------------------------------ dipflow report
+
+
+def test_report_of_a_run_that_found_nothing_new(root, capsys):
+    from pipelines import cli
+
+    assert cli.main(["report", root, "--run-id", "r3"]) == 0
+    out = capsys.readouterr().out
+    assert "run r3, d: 2 listed, 0 restored, 2 done earlier, 0 failed, 0 not restored, 1 not images" in out
+    assert "finished in 9.2 s" in out
+
+    assert cli.main(["report", root, "--run-id", "r3", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["runs"], report["summary"], report["failures"]) == (["r3"], [], [])
+    (summary,) = report["runs_table"]
+    assert (summary["run_id"], summary["listed"], summary["done_earlier"]) == ("r3", 2, 2)
+    assert summary["started_at"].startswith("2026-01-04")
+
+    page = Path(root) / "cli" / "index.html"
+    assert cli.main(["report", root, "--run-id", "r3", "--html", str(page), "--summary-markdown"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("| dataset |") and "run r3, d: 2 listed" in captured.err
+    assert "HTML report:" in captured.err and "id='history'" in page.read_text()
+
+
+def test_report_over_all_runs_adds_the_last_run_and_keeps_its_shapes(root, capsys):
+    from pipelines import cli
+
+    assert cli.main(["report", root]) == 0
+    out = capsys.readouterr().out
+    assert "latest result of each image over 4 run(s)" in out
+    assert out.rstrip().splitlines()[-1].startswith("last run r3, d: 2 listed, 0 restored, 2 done earlier")
+
+    assert cli.main(["report", root, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["runs"] == ["r0", "r1", "r2", "r3"]
+    assert [(s["dataset"], s["images"], s["ok"]) for s in report["summary"]] == [(HOSTILE, 1, 1), ("d", 2, 1)]
+    assert [r["run_id"] for r in report["runs_table"]] == ["r0", "r1", "r2", "r3"]
+
+    assert cli.main(["report", root, "--summary-markdown"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("| dataset |") and "last run r3" not in captured.out
+    assert captured.err.startswith("last run r3, d:")
+
+
+def test_report_reads_a_root_without_a_runs_table_beside_one_with_it(root, tmp_path, capsys):
+    from pipelines import cli
+
+    old = str(tmp_path / "old")  # written before the runs table existed: report rows only
+    with reports.ReportWriter(old, "before") as writer:
+        writer.append(_row("z.png", dataset="e"))
+    assert cli.main(["report", root, old, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["runs"] == ["before", "r0", "r1", "r2", "r3"] and len(report["runs_table"]) == 4
+    assert cli.main(["report", old, root]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("last run")]
+    assert lines == [f"last run r3, {runs.describe(_summary(day=3, listed=2, done_earlier=2, not_images=1))}"]
+
+
+def test_report_of_a_root_with_neither_rows_nor_runs_is_an_error(tmp_path, capsys):
+    from pipelines import cli
+
+    assert cli.main(["report", str(tmp_path)]) == 1
+    assert "no report rows under" in capsys.readouterr().err
+    runs.write_run_summary(str(tmp_path), "r1", [_summary(day=1, listed=1, done_earlier=1)])
+    assert cli.main(["report", str(tmp_path), "--run-id", "r2"]) == 1
+    assert "for run r2" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium; .ci/run does)")
