@@ -324,7 +324,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print only the summary table as markdown (what a flow run's artifact shows)",
     )
-    form.add_argument("--json", action="store_true", help="print runs, summary and failures as JSON")
+    form.add_argument(
+        "--json",
+        action="store_true",
+        help="print runs, summary, failures and runs_table (each run's counts per dataset) as JSON",
+    )
     p.add_argument("-o", "--output", type=_url, metavar="PATH", help="with --markdown: write the document to PATH/URL")
     p.add_argument(
         "--notes",
@@ -695,6 +699,11 @@ def _print_failures(failures: list[dict[str, Any]]) -> None:
             print(f"  {f['dataset']}/{f['image_key']}: {f['error']}", file=sys.stderr)
 
 
+def _print_lines(lines: list[str], file: Any) -> None:
+    for line in lines:
+        print(line, file=file)
+
+
 def _print_table(records: list[dict[str, Any]], *, title: str) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -720,21 +729,24 @@ def _print_table(records: list[dict[str, Any]], *, title: str) -> None:
     Console(width=None if sys.stdout.isatty() else 160).print(table)  # a pipe gets whole columns
 
 
-def _read_reports(args: argparse.Namespace, so: dict) -> Any:
-    """The report rows of every root, read together; a root without rows is an error (a mistyped path)."""
+def _read_reports(args: argparse.Namespace, so: dict) -> tuple[Any, list[Any]]:
+    """The report rows of every root, read together, and each root's runs table (one run's rows with --run-id). A
+    run that found nothing new has runs-table rows only; a root with neither is an error (a mistyped path)."""
     import pyarrow as pa
 
     from pipelines import storage
-    from pipelines.reporting import reports
+    from pipelines.reporting import reports, runs
 
-    tables = []
+    tables, summaries = [], []
     for root in args.roots:
         table = reports.read_report(root, so, run_id=args.run_id)
-        if table.num_rows == 0:
+        summary = runs.read_runs(root, so, run_id=args.run_id)  # one small file per run
+        if table.num_rows == 0 and summary.num_rows == 0:
             where = storage.redact(storage.join(root, "report"))
             raise CLIError(f"no report rows under {where}" + (f" for run {args.run_id}" if args.run_id else ""))
         tables.append(table)
-    return pa.concat_tables(tables)
+        summaries.append(summary)
+    return pa.concat_tables(tables), summaries
 
 
 def _regeneration_command(args: argparse.Namespace) -> str:
@@ -770,33 +782,40 @@ def _results_document(args: argparse.Namespace, view: Any, so: dict) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    import pyarrow as pa
     import pyarrow.compute as pc
 
-    from pipelines.reporting import reports
+    from pipelines.reporting import reports, runs
 
     if (args.output or args.notes) and not args.markdown:
         raise UsageError("--output and --notes go with --markdown (the results document); add --markdown")
     if args.html and len(args.roots) > 1:
         raise UsageError("--html writes the report of one output folder; pass one DST")
     so = _storage_options(args.storage_option)
-    table = _read_reports(args, so)
-    runs = sorted(set(table.column("run_id").to_pylist()))
+    table, summaries = _read_reports(args, so)
+    run_rows = pa.concat_tables(summaries)
+    run_ids = sorted(set(table.column("run_id").to_pylist()) | set(run_rows.column("run_id").to_pylist()))
     view = table if args.run_id else reports.latest_rows(table)
     failed = view.filter(pc.equal(view.column("status"), "error")).select(["dataset", "image_key", "error"])
     failures = failed.to_pylist()
+    # What each run did (the runs table): the run asked for, or the latest of each root — images done by earlier
+    # runs are counted there, not rows of the report. Below the table, or on stderr where stdout is a document.
+    shown = run_rows if args.run_id else pa.concat_tables([runs.latest_run(t) for t in summaries])
+    lines = [f"{'run' if args.run_id else 'last run'} {r['run_id']}, {runs.describe(r)}" for r in shown.to_pylist()]
     if args.json:
-        print(
-            json.dumps(
-                {"runs": runs, "summary": reports.to_records(reports.summarize(view)), "failures": failures}, indent=2
-            )
-        )
+        records = {"runs": run_ids, "summary": reports.to_records(reports.summarize(view)), "failures": failures}
+        print(json.dumps({**records, "runs_table": reports.to_records(run_rows)}, indent=2))
     elif args.markdown:
         _results_document(args, view, so)
+        _print_lines(lines, sys.stderr)
     elif args.summary_markdown:
         print(reports.summary_markdown(view), end="")
+        _print_lines(lines, sys.stderr)
     else:
-        title = f"run {args.run_id}" if args.run_id else f"latest result of each image over {len(runs)} run(s)"
-        _print_table(reports.to_records(reports.summarize(view)), title=title)
+        title = f"run {args.run_id}" if args.run_id else f"latest result of each image over {len(run_ids)} run(s)"
+        if view.num_rows:  # a run that found nothing new has no image row: its runs-table lines say what it did
+            _print_table(reports.to_records(reports.summarize(view)), title=title)
+        _print_lines(lines, sys.stdout)
         _print_failures(failures)
     if args.html:
         from pipelines.reporting import html_report

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pipelines import jobs, storage
-from pipelines.reporting import html_report, reports
+from pipelines.reporting import html_report, reports, state
 
 FAST = {"preset": "fast", "iterations": 2, "overrides": {"channels": 8}}
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
@@ -38,18 +38,19 @@ def run(tmp_path_factory) -> Path:
     settings = [("clean", "sr", jobs.Synthesis("sr", scale=4, crop_multiple=32)), ("noisy", "denoise", None)]
     for name, task, synthesis in settings:
         config = jobs.run_config(task, scale=4 if synthesis else None, synthesis=synthesis, **FAST)
-        plan = jobs.plan_jobs(
-            storage.list_images(str(root / name)),
-            run_id=f"run-{name}",
-            dataset=name,
-            output=storage.join(out, name),
-            config=config,
-        )
+        plan = jobs.Plan(dataset=name, config=config, output=storage.join(out, name))
         with reports.ReportWriter(out, f"run-{name}") as writer:
-            for job in plan.jobs:
+            todo = jobs.plan_stream(
+                storage.iter_listing(str(root / name)),
+                plan,
+                run_id=f"run-{name}",
+                done=state.DoneState.load(out, None, []),
+                record=writer.append,
+                adopt=lambda row: None,
+            )
+            for job in todo:
                 outcome = restorer.run(job)
-                writer.append(outcome.row)
-                writer.append_curves(outcome.curves)
+                writer.append(outcome.row, outcome.curves)
     return root
 
 
@@ -136,7 +137,6 @@ def test_page_in_headless_chromium(run, tmp_path):
 
 def test_flow_markdown_artifact_links_to_the_html_report(run, monkeypatch):
     import logging
-    from collections import Counter
 
     import prefect.artifacts
 
@@ -146,15 +146,7 @@ def test_flow_markdown_artifact_links_to_the_html_report(run, monkeypatch):
     monkeypatch.setattr(flows, "_in_flow_run", lambda: True)
     monkeypatch.setattr(prefect.artifacts, "create_table_artifact", lambda *a, **k: None)
     monkeypatch.setattr(prefect.artifacts, "create_markdown_artifact", lambda md, **k: made.setdefault("md", md))
-    flows._publish(
-        "run-noisy",
-        None,
-        str(run / "out"),
-        None,
-        [],
-        Counter(ok=1, error=1),
-        "restore-dataset",
-        logging.getLogger("test"),
-    )
+    tracker = flows._Tracker("restore-dataset", enabled=False)
+    flows._publish("run-noisy", None, str(run / "out"), None, [], tracker, "restore-dataset", logging.getLogger("test"))
     page = run / "out" / "html" / "run_id=run-noisy" / "index.html"
     assert page.is_file() and f"HTML report: [{page}](file://{page})" in made["md"]

@@ -1,5 +1,11 @@
 """A static HTML report of runs: one self-contained page, thumbnails beside it, curves as inline SVG.
 
+The page of one run (``run_id``; the flow writes ``<output>/html/run_id=<run>/index.html`` for each run) shows what
+that run did — its rows of the runs table (`pipelines.reporting.runs`: listed, restored, done by earlier runs …),
+then its own image rows — and links the other runs' pages. It reads that run's report rows and curves and the runs
+table (one small file per run), never another run's report: a nightly run that found nothing new gets a page that
+says so, at the cost of what it did.
+
 Layout beside the page (any fsspec URL; written through `pipelines.storage`)::
 
     <dir>/index.html                     the page: summary, one row per image, failures; a little inline JS
@@ -28,12 +34,13 @@ import pyarrow as pa
 
 from pipelines import storage
 from pipelines.evaluation.benchmarks import benchmark_for
-from pipelines.reporting import reports
+from pipelines.reporting import reports, runs
 
 __all__ = ["HtmlReport", "render_html", "write_html_report"]
 
 THUMB = 128  # longest side of a thumbnail, pixels
 PAGE_ROWS = 50  # image rows per page
+HISTORY = 50  # other runs linked from a run's page, newest first
 
 
 @dataclass
@@ -256,6 +263,86 @@ def _settings_line(config_json: str) -> str:
     return line
 
 
+def _when(value: Any) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value is not None else "–"
+
+
+def _run_summary_html(mine: list[dict[str, Any]]) -> str:
+    """The run's rows of the runs table, one per dataset: what it listed and what became of each image — the whole
+    story of a run that found nothing new, which has no image row."""
+    if not mine:
+        return "<p>This run has no row in the runs table (a run before report version 3, or its summary was lost).</p>"
+    header = [
+        "dataset",
+        "task",
+        "outcome",
+        "listed",
+        "restored",
+        "failed",
+        "done by earlier runs",
+        "not restored",
+        "not images",
+        "started",
+        "seconds",
+        "s to first dispatch",
+    ]
+    out = ["<table id='run'><tr>" + "".join(f"<th>{h}</th>" for h in header) + "</tr>"]
+    for r in mine:
+        outcome = html.escape(r["outcome"])
+        if r["error"]:
+            outcome += f"<br><span class='err'>{html.escape(r['error'])}</span>"
+        cells = [
+            html.escape(r["dataset"]),
+            html.escape(r["task"]),
+            outcome,
+            *(_fmt(r[k]) for k in ("listed", "ok", "errors", "done_earlier", "not_restored", "not_images")),
+            _when(r["started_at"]),
+            _fmt(r["seconds"], 1),
+            _fmt(r["seconds_to_first_dispatch"], 1),
+        ]
+        out.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return "\n".join(out) + "</table>"
+
+
+def _history_html(history: pa.Table, run_id: str, output_root: str, html_dir: str) -> str:
+    """Every run of the runs table, newest first (at most `HISTORY`), linked to its page if it has one.
+
+    A run has a page when it ran as a Prefect flow run (the flow writes ``html/run_id=<run>/index.html`` for each,
+    best effort): its ``flow_run_id`` says so without listing the html folder, whose thumbnails grow with every run.
+    A page that failed to be written is still linked (the flow logged why)."""
+    by_run: dict[str, dict[str, Any]] = {}
+    for r in history.to_pylist():  # oldest first
+        run = by_run.setdefault(
+            r["run_id"], {**r, "ok": 0, "errors": 0, "done_earlier": 0, "page": False, "datasets": 0}
+        )
+        for k in ("ok", "errors", "done_earlier"):
+            run[k] += r[k]
+        run["page"] |= r["flow_run_id"] is not None
+        run["datasets"] += 1
+    newest = list(reversed(by_run.values()))
+    out = [
+        "<table id='history'><tr><th>run</th><th>started</th><th>outcome</th><th>datasets</th><th>restored</th>"
+        "<th>failed</th><th>done by earlier runs</th></tr>"
+    ]
+    for run in newest[:HISTORY]:
+        name = html.escape(run["run_id"])
+        if run["run_id"] == run_id:
+            name = f"<b>{name}</b> (this page)"
+        elif run["page"]:
+            href = _href(storage.join(output_root, "html", f"run_id={run['run_id']}", "index.html"), html_dir)
+            name = f'<a href="{html.escape(storage.redact(href or ""))}">{name}</a>'
+        cells = [
+            name,
+            _when(run["started_at"]),
+            html.escape(run["outcome"]),
+            *(_fmt(run[k]) for k in ("datasets", "ok", "errors", "done_earlier")),
+        ]
+        out.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    more = len(newest) - HISTORY
+    tail = f"<p>… and {more} older run(s), not listed.</p>" if more > 0 else ""
+    return "\n".join(out) + "</table>" + tail
+
+
 def _thumb_cell(rid: str, kind: str, href: str | None, present: set[str], alt: str) -> str:
     name = f"{rid}-{kind}.png"
     if name not in present:
@@ -345,9 +432,17 @@ imgs.forEach(i=>i.loading='eager');const t0=Date.now();
 
 
 def render_html(
-    view: pa.Table, curves: pa.Table, html_dir: str, present: set[str], *, title: str, thumb_errors: dict | None = None
+    view: pa.Table,
+    curves: pa.Table,
+    html_dir: str,
+    present: set[str],
+    *,
+    title: str,
+    thumb_errors: dict | None = None,
+    sections: str = "",
 ) -> str:
-    """The page for the report rows `view` (one row per image), with `curves` and the thumbnail names `present`."""
+    """The page for the report rows `view` (one row per image), with `curves` and the thumbnail names `present`;
+    `sections` (HTML: a run's summary and history) go before the rows' summary."""
     by_image: dict[tuple, list[dict]] = defaultdict(list)
     for c in curves.to_pylist():
         by_image[(c["run_id"], c["dataset"], c["image_key"])].append(c)
@@ -376,10 +471,11 @@ def render_html(
         "wall s",
     ]
     runs = ", ".join(sorted(set(view.column("run_id").to_pylist())))
+    summary = _summary_html(view) if view.num_rows else "<p>No image was restored or failed: no report rows.</p>"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{_CSS}</style></head>
-<body><h1>{html.escape(title)}</h1><p>runs: {html.escape(runs)}</p>
-<h2>Summary</h2>{_summary_html(view)}
+<body><h1>{html.escape(title)}</h1>{f"<p>runs: {html.escape(runs)}</p>" if runs else ""}
+{sections}<h2>Summary</h2>{summary}
 <h2>Images</h2><p><button id="prev">◀</button> <span id="pageinfo"></span> <button id="next">▶</button>
  — click a column to sort, a thumbnail for the full-size image;
  curves: PSNR blue, log loss grey, returned iteration red.</p>
@@ -394,24 +490,42 @@ def write_html_report(
     output_root: str, html_uri: str, *, run_id: str | None = None, storage_options: dict | None = None, threads: int = 8
 ) -> HtmlReport:
     """Write the page for the runs under `output_root` (one run, or the latest row of every image) to `html_uri`
-    (any fsspec URL) with its thumbnails beside it; thumbnails already there are reused, not made again."""
+    (any fsspec URL) with its thumbnails beside it; thumbnails already there are reused, not made again. One run's
+    page also shows its rows of the runs table and links the other runs' pages: it renders for a run that found
+    nothing new (no report rows); `ValueError` when there is neither a row nor a runs-table row to show."""
     so = storage_options
-    table = reports.read_report(output_root, so, run_id=run_id)
-    if table.num_rows == 0:
-        raise ValueError(f"no report rows under {storage.redact(output_root)}")
+    table = reports.read_report(output_root, so, run_id=run_id)  # one run's: only its folder is listed and read
+    history = runs.read_runs(output_root, so) if run_id else None
+    mine = [r for r in history.to_pylist() if r["run_id"] == run_id] if history is not None else []
+    if table.num_rows == 0 and not mine:
+        raise ValueError(
+            f"no report rows under {storage.redact(output_root)}"
+            + (f" and no run {run_id} in its runs table" if run_id else "")
+        )
     view = table if run_id else reports.latest_rows(table)
     html_dir = html_uri.rstrip("/").rpartition("/")[0] or "."
     thumbs_dir = storage.join(html_dir, "thumbs")
-    present = {u.rpartition("/")[2] for u in storage.list_files(thumbs_dir, so, suffix=".png")}
     rows = view.to_pylist()
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:  # reads and PNG coding wait on I/O and zlib
-        results = list(pool.map(lambda r: _make_thumbs(r, thumbs_dir, present, so), rows))
-    made = sum(m for m, _ in results)
-    thumb_errors = {_row_id(r): e for r, (_, e) in zip(rows, results, strict=True) if e}
-    reused = len(present)
-    present = {u.rpartition("/")[2] for u in storage.list_files(thumbs_dir, so, suffix=".png")}
-    curves = reports.read_curves(output_root, so, run_id=run_id)
+    present: set[str] = set()
+    made = reused = 0
+    thumb_errors: dict[str, str] = {}
+    curves = reports.CURVES_SCHEMA.empty_table()
+    if rows:  # a run that restored nothing new has neither thumbnails nor curves to read
+        present = {u.rpartition("/")[2] for u in storage.list_files(thumbs_dir, so, suffix=".png")}
+        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:  # reads and PNG coding wait on I/O and zlib
+            results = list(pool.map(lambda r: _make_thumbs(r, thumbs_dir, present, so), rows))
+        made = sum(m for m, _ in results)
+        thumb_errors = {_row_id(r): e for r, (_, e) in zip(rows, results, strict=True) if e}
+        reused = len(present)
+        present = {u.rpartition("/")[2] for u in storage.list_files(thumbs_dir, so, suffix=".png")}
+        curves = reports.read_curves(output_root, so, run_id=run_id)
+    sections = ""
+    if history is not None:
+        sections = (
+            f"<h2>This run</h2>{_run_summary_html(mine)}"
+            f"<h2>History</h2>{_history_html(history, run_id or '', output_root, html_dir)}"
+        )
     title = f"dipflow report — {storage.redact(output_root)}" + (f" (run {run_id})" if run_id else "")
-    page = render_html(view, curves, html_dir, present, title=title, thumb_errors=thumb_errors)
+    page = render_html(view, curves, html_dir, present, title=title, thumb_errors=thumb_errors, sections=sections)
     storage.write_bytes_atomic(html_uri, page.encode("utf-8"), so)
     return HtmlReport(uri=storage.redact(html_uri), rows=view.num_rows, thumbs_made=made, thumbs_reused=reused)

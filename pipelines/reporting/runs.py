@@ -15,13 +15,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from pipelines import storage
 from pipelines.reporting import reports
 
-__all__ = ["RUNS_SCHEMA", "read_runs", "runs_uri", "write_run_summary"]
+__all__ = ["RUNS_SCHEMA", "describe", "latest_run", "read_runs", "runs_uri", "write_run_summary"]
 
 _UTC_US = pa.timestamp("us", tz="UTC")
 
@@ -91,4 +92,22 @@ def read_runs(output_root: str, so: dict | None = None, *, run_id: str | None = 
         paths, schema=RUNS_SCHEMA, format="parquet", filesystem=fs, partitioning=_HIVE, partition_base_dir=base_path
     )
     table = dataset.to_table()
-    return table.take(pa.compute.sort_indices(table, sort_keys=[("started_at", "ascending"), ("run_id", "ascending")]))
+    return table.take(pc.sort_indices(table, sort_keys=[("started_at", "ascending"), ("run_id", "ascending")]))
+
+
+def latest_run(table: pa.Table) -> pa.Table:
+    """The rows of the latest run of a runs table as `read_runs` gives it (oldest first); none → empty."""
+    if table.num_rows == 0:
+        return table
+    return table.filter(pc.equal(table.column("run_id"), table.column("run_id")[-1]))
+
+
+def describe(row: Mapping[str, Any]) -> str:
+    """One runs-table row in words: what became of the images of one dataset in one run."""
+    seconds = f" in {row['seconds']:.1f} s" if row.get("seconds") is not None else ""
+    error = f" ({row['error']})" if row.get("error") else ""
+    return (
+        f"{row['dataset']}: {row['listed']} listed, {row['ok']} restored, {row['done_earlier']} done earlier, "
+        f"{row['errors']} failed, {row['not_restored']} not restored, {row['not_images']} not images — "
+        f"{row['outcome']}{seconds}{error}"
+    )
