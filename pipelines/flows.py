@@ -121,12 +121,10 @@ def restore_images(
     on_result: Callable[[JobOutcome], None],
     *,
     local_only: bool = False,
-    few: int | None = None,
 ) -> RunStats:
     """Restore the jobs of the stream `todo` on Ray actors, or in this process (``executor="inline"``, or
     memory:// storage — `local_only` — with "auto"), calling `on_result` on the driver for each finished image;
-    returns the workers' `RunStats`. `few`: the stream holds only this many jobs (start no more actors). Not retried
-    as a task: the driver loop retries each job whose worker died."""
+    returns the workers' `RunStats`. Not retried as a task: the driver loop retries each job whose worker died."""
     from pipelines.execution import workers
 
     if execution.executor == "ray" and local_only:
@@ -139,7 +137,7 @@ def restore_images(
         _logger().info("running the jobs in this process (%s)", why)
         restorer = workers.Restorer(storage_options, engine=_engine(execution))
         return workers.run_inline(todo, restorer=restorer, on_result=on_result, pack=execution.pack)
-    return _on_ray(todo, execution, storage_options, on_result, few)
+    return _on_ray(todo, execution, storage_options, on_result)
 
 
 # ------------------------------------------------------------------------------------------------------ flows
@@ -447,15 +445,14 @@ def _run(
                 todo: Iterator[Job] = planned()
                 if execution.pack != 1:
                     todo = jobs.with_headers(todo, so)
-                head = list(itertools.islice(todo, _FEW))  # a run of few jobs starts no more actors than it needs
-                if head:
+                first = next(todo, None)  # nothing new: no worker is started at all
+                if first is not None:
                     stats = restore_images(
-                        quote(itertools.chain(head, todo)),  # quoted: Prefect must not walk the stream for futures
+                        quote(itertools.chain([first], todo)),  # quoted: Prefect must not walk the stream for futures
                         execution,
                         so,
                         lambda o: record(o.row, o.curves),
                         local_only=local_only,
-                        few=len(head) if len(head) < _FEW else None,
                     )
             finally:
                 progress.finished()
@@ -472,9 +469,6 @@ def _run(
             more = " …" if plan.not_images > 5 else ""
             logger.warning("%s: %d file(s) are not images: %s%s", plan.dataset, plan.not_images, shown, more)
     return _publish(run_id, flow_run_id, output, so, plans, tracker, artifact, logger)
-
-
-_FEW = 64
 
 
 class _Clock:
@@ -587,19 +581,22 @@ def _engine(ex: Execution) -> Any:
     return dipcore.EngineOptions(autocast=autocast(ex.precision))
 
 
-def _on_ray(
-    todo: Iterable[Job], ex: Execution, so: dict | None, on_result: Callable[[JobOutcome], None], few: int | None
-) -> RunStats:
+def _on_ray(todo: Iterable[Job], ex: Execution, so: dict | None, on_result: Callable[[JobOutcome], None]) -> RunStats:
     """`todo` on a pool of Ray actors sized for the cluster (a private local Ray when no address is given)."""
     from pipelines.execution import workers
 
     logger = _logger()
     with workers.ray_session(ex.ray_address):
+        # As many jobs as the cluster holds actors, drawn before the pool starts: a run of fewer starts fewer.
+        size, _, _ = workers.WorkerPool.cluster_size(ex.gpus_per_worker, ex.cpus_per_worker, ex.num_workers)
+        todo = iter(todo)
+        head = list(itertools.islice(todo, size))
+        todo = itertools.chain(head, todo)
         pool = workers.WorkerPool.for_cluster(
             gpus_per_worker=ex.gpus_per_worker,
             cpus_per_worker=ex.cpus_per_worker,
             num_workers=ex.num_workers,
-            max_workers=few,
+            max_workers=len(head),
             storage_options=so,
             engine=_engine(ex),
         )

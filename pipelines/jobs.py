@@ -21,6 +21,7 @@ without decoding pixels: `with_headers`, `observation_shape`) and channel count,
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -85,7 +86,7 @@ class RunConfig:
     packable: bool = False  # dipcore.restore_batch can batch fits of this config (dipcore.batched.batch_refusal)
     classical: bool = False  # evaluation: score the task's classical baseline beside DIP (evaluation.baselines)
 
-    @property
+    @functools.cached_property
     def config_json(self) -> str:
         return reports.canonical_json(self.config)
 
@@ -225,14 +226,16 @@ def plan_stream(
     """The jobs still to do for `plan`, as its listing `chunks` (one per folder, `storage.iter_listing`) arrive.
 
     An image whose (dataset, key, config hash) the done-state `done` (`state.DoneState`) holds with the same input
-    fingerprint is counted in ``plan.done_earlier`` and not read; one known only from an old report is read once and
-    skipped when its content hash matches (``adopt`` gets its state row). A key that could escape the output root,
-    and images whose outputs would be one file (`_collisions`, decided per folder: outputs mirror the folders), get
+    fingerprint is counted in ``plan.done_earlier`` and nothing more is done for it (no read, no job: this is the
+    loop a nightly run spends on each of 10⁶ unchanged images); one known only from an old report is read once and
+    skipped when its content hash matches (``adopt`` gets its state row). Images whose outputs would be one file
+    (`_collisions`, decided per folder: outputs mirror the folders) and keys that could escape the output root get
     error rows through `record`; symbolic links not followed get skipped rows. At most `limit` images (the first by
     key) are planned."""
     folds = storage.folds_case(plan.output, storage_options)
-    seen: set[str] = set()  # folded output paths, only where the filesystem folds case (names of other folders)
+    seen: set[str] = set()  # folded output names, only where the filesystem folds case (names of other folders)
     c = plan.config
+    config_json = c.config_json
     for chunk in chunks:
         plan.not_images += len(chunk.skipped)
         plan.not_images_shown.extend(chunk.skipped[: max(0, Plan.SHOWN - len(plan.not_images_shown))])
@@ -244,23 +247,22 @@ def plan_stream(
         images = chunk.images
         if limit is not None:
             images = images[: max(0, limit - plan.listed)]
-        planned: list[tuple[storage.ImageEntry, str]] = []
+        plan.listed += len(images)
+        clashes = _collisions(images, plan.output, folds=folds, seen=seen)
         for entry in images:
-            plan.listed += 1
-            try:
-                planned.append((entry, storage.output_uri(plan.output, entry.key)))
-            except storage.UnsafeKeyError as exc:
+            if (why := clashes.get(entry.key)) is None and not done.is_done(
+                plan.dataset, c.config_hash, entry.key, entry.fingerprint
+            ):
+                try:
+                    out = storage.output_uri(plan.output, entry.key)
+                except storage.UnsafeKeyError as exc:
+                    why = str(exc)
+            elif why is None:
+                plan.done_earlier += 1
+                continue
+            if why is not None:
                 plan.rejected += 1
-                record(error_row(rejected_job(entry, plan, run_id), str(exc), attempts=0))
-        clashes = _collisions(planned, plan.output, storage_options)
-        for entry, out in planned:
-            if folds and entry.key not in clashes:
-                if storage.fold(out) in seen:
-                    clashes[entry.key] = f"{entry.key}: its output {storage.redact(out)} folds to one already written"
-                seen.add(storage.fold(out))
-            if entry.key in clashes:
-                plan.rejected += 1
-                record(error_row(rejected_job(entry, plan, run_id), clashes[entry.key], attempts=0))
+                record(error_row(rejected_job(entry, plan, run_id), why, attempts=0))
                 continue
             job = Job(
                 run_id=run_id,
@@ -270,7 +272,7 @@ def plan_stream(
                 task=c.task,
                 restore_kwargs=c.restore_kwargs,
                 config_hash=c.config_hash,
-                config_json=c.config_json,
+                config_json=config_json,
                 seed=c.seed,
                 output_uri=out,
                 fingerprint=entry.fingerprint,
@@ -280,9 +282,9 @@ def plan_stream(
                 packable=c.packable,
                 classical=c.classical,
             )
-            if why := _done(job, done, adopt, storage_options):
+            if _done_by_content(job, done, adopt, storage_options):
                 plan.done_earlier += 1
-                plan.verified_by_content += why == "content"
+                plan.verified_by_content += 1
                 continue
             plan.todo += 1
             yield job
@@ -330,24 +332,20 @@ def plan_jobs(
     return Planned(plan, todo, refused)
 
 
-def _done(job: Job, done: Any, adopt: Callable[[dict[str, Any]], None], so: dict | None) -> str | None:
-    """How the done-state knows `job` is done with its identity: "state" (same fingerprint), "content" (an image
-    only an old report knows, read here once and adopted into the state when its content hash is the one that
-    report restored), None: it is to do."""
-    known = done.fingerprint(job.dataset, job.config_hash, job.key)
-    if known is not None:
-        return "state" if job.fingerprint is not None and known == job.fingerprint else None
+def _done_by_content(job: Job, done: Any, adopt: Callable[[dict[str, Any]], None], so: dict | None) -> bool:
+    """Whether an image only an old report knows (no fingerprint in the state) is the one that report restored: read
+    here, once, and adopted into the state when its content hash matches."""
     sha = done.legacy_sha256(job.dataset, job.config_hash, job.key)
     if sha is None:
-        return None
+        return False
     try:
         data = storage.read_bytes(job.input_uri, so)
     except (storage.StorageError, OSError):
-        return None  # the worker reads it again and says what is wrong
+        return False  # the worker reads it again and says what is wrong
     if storage.sha256_hex(data) != sha:
-        return None
+        return False
     adopt({**base_row(job), "input_sha256": sha, "status": "ok", "finished_at": utcnow()})
-    return "content"
+    return True
 
 
 def with_headers(jobs: Iterable[Job], storage_options: dict | None, *, readers: int = 8) -> Iterator[Job]:
@@ -375,27 +373,40 @@ def with_headers(jobs: Iterable[Job], storage_options: dict | None, *, readers: 
             yield window.popleft().result()
 
 
-def _collisions(
-    planned: list[tuple[storage.ImageEntry, str]], output: str, storage_options: dict | None
-) -> dict[str, str]:
-    """Key → why, for each image whose output file would also be another image's: ``a.png`` and ``a.jpg`` (the
-    extension is replaced by ``.png``), or keys that differ only in case on a filesystem that folds it. Every image
-    of such a group gets an error row — none of them is restored, so that no result overwrites another and no output
-    name changes under an existing dataset (resume finds outputs by name); renaming one input resolves it."""
-    folds = storage.folds_case(output, storage_options)
+def _output_name(key: str) -> str:
+    """The output's path relative to the root, without its ``.png`` (what `storage.output_uri` makes of `key`,
+    without its safety checks): ``"sub/./a.jpg"`` → ``"sub/a"``."""
+    folder, _, name = "/".join(seg for seg in key.split("/") if seg != ".").rpartition("/")
+    stem = name.rpartition(".")[0] if "." in name.strip(".") else name
+    return f"{folder}/{stem}" if folder else stem
+
+
+def _collisions(entries: list[storage.ImageEntry], output: str, *, folds: bool, seen: set[str]) -> dict[str, str]:
+    """Key → why, for each image of one folder whose output file would also be another image's: ``a.png`` and
+    ``a.jpg`` (the extension is replaced by ``.png``), or keys that differ only in case on a filesystem that folds
+    it. Every image of such a group gets an error row — none of them is restored, so that no result overwrites
+    another and no output name changes under an existing dataset (resume finds outputs by name); renaming one input
+    resolves it. Outputs mirror the folders, so a group lies in one folder; where names fold, a name that folds like
+    one of an earlier folder (``A/x.png`` after ``a/x.png``) is refused too (`seen`: the folded names so far)."""
     groups: dict[str, list[str]] = {}
-    for entry, out in planned:
-        groups.setdefault(storage.fold(out) if folds else out, []).append(entry.key)
+    for entry in entries:
+        name = _output_name(entry.key)
+        groups.setdefault(storage.fold(name) if folds else name, []).append(entry.key)
     clashes: dict[str, str] = {}
-    for out, keys in groups.items():
-        if len(keys) > 1:
-            name = storage.redact(out)
+    for name, keys in groups.items():
+        shown = storage.redact(f"{output.rstrip('/')}/{name}.png")
+        if folds and name in seen:
+            for key in keys:
+                clashes[key] = f"{key}: its output {shown} folds to the output of an image in another folder"
+        elif len(keys) > 1:
             for key in keys:
                 others = ", ".join(k for k in keys if k != key)
                 clashes[key] = (
-                    f"{key}: its output {name} would also be the output of {others}; none of them is restored, "
+                    f"{key}: its output {shown} would also be the output of {others}; none of them is restored, "
                     "so that one does not overwrite the other — rename one of them (outputs are <name>.png)"
                 )
+        if folds:
+            seen.add(name)
     return clashes
 
 

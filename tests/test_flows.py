@@ -56,21 +56,20 @@ def test_restore_dataset_on_a_local_folder_with_artifacts_and_resume(ray_local, 
     assert [(r["dataset"], r["images"], r["ok"], r["errors"]) for r in table] == [(str(src), 5, 3, 2)]
     assert first["run_id"] in Artifact.get("restore-dataset-report").data
     assert Artifact.get("restore-dataset-progress").data == 100.0
-    with get_client(sync_client=True) as client:  # the Ray part is a task run of its own, beside listing and planning
+    with get_client(sync_client=True) as client:  # the Ray part (listing and planning streamed into it) is a task run
         task_runs = client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[first["flow_run_id"]]))
         )
     states = {run.name.rsplit("-", 1)[0]: run.state.type.value for run in task_runs}
-    assert states == {"list-images": "COMPLETED", "plan-jobs": "COMPLETED", "restore-images": "COMPLETED"}
+    assert states == {"load-state": "COMPLETED", "restore-images": "COMPLETED"}
 
     stamp = (out / "a.png").stat().st_mtime_ns
     second = flows.restore_dataset(str(src), str(out), "denoise", **FAST)
     assert (second["ok"], second["error"], second["skipped"]) == (0, 2, 3)  # only the failed ones run again
+    assert second["done_earlier"] == 3
     assert (out / "a.png").stat().st_mtime_ns == stamp
-    assert {r["status"] for r in by_key(reports.read_report(str(out), run_id=second["run_id"])).values()} == {
-        "skipped",
-        "error",
-    }
+    # The images done earlier get no row (the runs table counts them); the failed ones get their rows again.
+    assert sorted(by_key(reports.read_report(str(out), run_id=second["run_id"]))) == ["corrupt.png", "empty.png"]
 
 
 def test_an_interrupted_run_resumes_with_only_the_unfinished_images(ray_local, tmp_path, write_images, monkeypatch):
@@ -100,8 +99,9 @@ def test_an_interrupted_run_resumes_with_only_the_unfinished_images(ray_local, t
 
     resumed = flows.restore_dataset(str(src), str(out), "denoise", **FAST)
     rows = by_key(reports.read_report(str(out), run_id=resumed["run_id"]))
-    assert sorted(k for k, r in rows.items() if r["status"] == "skipped") == sorted(calls)
+    assert resumed["done_earlier"] == len(calls)  # counted, not rows
     assert sorted(k for k, r in rows.items() if r["status"] == "ok") == sorted(set(keys) - set(calls))
+    assert len(rows) == len(keys) - len(calls)
     latest = reports.latest_rows(reports.read_report(str(out)))
     assert sorted(latest.column("image_key").to_pylist()) == keys
     assert set(latest.column("status").to_pylist()) == {"ok"}

@@ -95,8 +95,8 @@ def test_restore_refuses_its_own_source_and_excludes_an_output_inside_it(where, 
     second = flows.restore_dataset(src, out, "denoise", storage_options=so, **FAST)
     assert second["images"] == 3 and second["not_images"] == 0  # the outputs, reports and thumbnails are not inputs
     rows = reports.read_report(out, so, run_id=second["run_id"]).to_pylist()
-    assert sorted(r["image_key"] for r in rows) == ["a.jpg", "a.png", "b.png"]
-    assert {r["image_key"]: r["status"] for r in rows}["b.png"] == "skipped"
+    assert sorted(r["image_key"] for r in rows) == ["a.jpg", "a.png"]  # refused again; b.png is done (no row)
+    assert second["done_earlier"] == 1
     assert all(storage.read_bytes(u, so) == data for u, data in before.items())
 
 

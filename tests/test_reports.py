@@ -43,7 +43,7 @@ def row(key: str = "a.png", **kw) -> dict:
 
 def test_schemas_are_pinned_with_version_metadata():
     for schema, name in ((REPORT_SCHEMA, b"report"), (CURVES_SCHEMA, b"curves")):
-        assert schema.metadata[b"dipflow.report_version"] == reports.REPORT_VERSION.encode() == b"2"
+        assert schema.metadata[b"dipflow.report_version"] == reports.REPORT_VERSION.encode() == b"3"
         assert schema.metadata[b"dipflow.schema"] == name
     f = REPORT_SCHEMA.field
     assert {n for n in REPORT_SCHEMA.names if not f(n).nullable} == {"run_id", "dataset", "image_key", "task", "status"}
@@ -223,14 +223,16 @@ V2_COLUMNS = {
     "engine_json": pa.string(),
     "pack_size": pa.int32(),
 }
+V3_COLUMNS = {"input_fingerprint": pa.string()}
 
 
-def test_version_2_appends_its_columns_after_those_of_a_real_version_1_part():
+def test_versions_2_and_3_append_their_columns_after_those_of_a_real_version_1_part():
     v1 = pq.read_schema(next((V1_REPORT / "report").rglob("part-*.parquet")))
     assert v1.metadata[b"dipflow.report_version"] == b"1"
     assert REPORT_SCHEMA.names[: len(v1.names)] == v1.names  # same order: positional readers keep working
-    assert {n: REPORT_SCHEMA.field(n).type for n in REPORT_SCHEMA.names[len(v1.names) :]} == V2_COLUMNS
-    assert all(REPORT_SCHEMA.field(n).nullable for n in V2_COLUMNS)
+    appended = {n: REPORT_SCHEMA.field(n).type for n in REPORT_SCHEMA.names[len(v1.names) :]}
+    assert appended == {**V2_COLUMNS, **V3_COLUMNS} and list(appended)[-len(V3_COLUMNS) :] == list(V3_COLUMNS)
+    assert all(REPORT_SCHEMA.field(n).nullable for n in {**V2_COLUMNS, **V3_COLUMNS})
 
 
 def test_version_1_parts_read_together_with_version_2_ones(tmp_path):

@@ -46,14 +46,14 @@ def test_the_state_answers_per_scope_with_the_latest_fingerprint(tmp_path):
     second.close()
 
     done = state.DoneState.load(root, None, [("d", "c")])
-    assert done.done == {("d", "c"): {"a.png": "fp-a2", "b.png": "fp-b"}}
-    assert done.fingerprint("d", "c", "a.png") == "fp-a2"
-    assert done.fingerprint("d", "k", "a.png") is None  # another scope is not loaded
+    assert sorted(done.done[("d", "c")]) == ["a.png", "b.png"] and list(done.done) == [("d", "c")]
+    assert done.is_done("d", "c", "a.png", "fp-a2") and done.is_done("d", "c", "b.png", "fp-b")
+    assert not done.is_done("d", "c", "a.png", "fp-a1")  # changed since
+    assert not done.is_done("d", "c", "a.png", None)  # a listing without a fingerprint: never taken as done
+    assert not done.is_done("d", "k", "a.png", "fp-other-config")  # another scope is not loaded
     assert done.files_read == 2 and len(done) == 2
-    assert state.DoneState.load(root, None, [("d", "k"), ("e", "c")]).done == {
-        ("d", "k"): {"a.png": "fp-other-config"},
-        ("e", "c"): {"a.png": "fp-other-dataset"},
-    }
+    other = state.DoneState.load(root, None, [("d", "k"), ("e", "c")])
+    assert other.is_done("d", "k", "a.png", "fp-other-config") and other.is_done("e", "c", "a.png", "fp-other-dataset")
 
 
 def test_a_run_that_ends_with_many_state_files_merges_them_and_a_crash_mid_merge_counts_nothing_twice(tmp_path):
@@ -76,14 +76,18 @@ def test_a_run_that_ends_with_many_state_files_merges_them_and_a_crash_mid_merge
     table = pq.read_table(merged.removeprefix("file://"))
     assert table.num_rows == state.MERGE_AT + 1  # one row per key: the latest
     expected = {f"im{i}.png": f"fp{i}" for i in range(state.MERGE_AT)} | {"same.png": "fp-same-last"}
-    assert state.DoneState.load(root, None, [("d", "c")]).done[("d", "c")] == expected
+
+    def answers(done: state.DoneState) -> bool:
+        return len(done) == len(expected) and all(done.is_done("d", "c", k, fp) for k, fp in expected.items())
+
+    assert answers(state.DoneState.load(root, None, [("d", "c")]))
 
     # A crash after the merged file was written, before the files it replaces were deleted: both are read, and
     # the latest row per key still answers.
     old = state.StateWriter(root, "run-old", None)
     old.add(_row("same.png", "fp-same-0", at=0))
     old.flush()
-    assert state.DoneState.load(root, None, [("d", "c")]).done[("d", "c")] == expected
+    assert answers(state.DoneState.load(root, None, [("d", "c")]))
 
 
 # ------------------------------------------------------------------------------------------------ flows, resume
@@ -128,7 +132,7 @@ def _restore(src: str, out: str, so: dict | None, **kwargs):
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_a_run_with_nothing_new_reads_no_input_and_writes_one_summary(where, write_images, monkeypatch):
+def test_a_run_with_nothing_new_reads_no_input_and_writes_its_summary_and_page(where, write_images, monkeypatch):
     root, so = where
     src, out = f"{root}/src", f"{root}/out"
     keys = ["a.png", "b.png", "sub/c.png", "sub/deeper/d.png"]
@@ -143,7 +147,8 @@ def test_a_run_with_nothing_new_reads_no_input_and_writes_one_summary(where, wri
     assert read == []  # nothing read: neither an input nor a header
     after = _files(out, so)
     written = sorted(p for p in after if before.get(p) != after[p])
-    assert all("/runs/" in p for p in written) and len(written) == 1, written  # its summary row, and nothing else
+    run = f"run_id={second['run_id']}"
+    assert [p.rpartition("/out/")[2] for p in written] == [f"html/{run}/index.html", f"runs/{run}/summary.parquet"]
     assert reports.read_report(out, so, run_id=second["run_id"]).num_rows == 0  # no row per image done earlier
     (summary,) = runs.read_runs(out, so, run_id=second["run_id"]).to_pylist()
     assert summary["outcome"] == "finished" and summary["flow_run_id"] == second["flow_run_id"]

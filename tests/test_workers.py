@@ -56,7 +56,9 @@ def test_restorer_runs_one_evaluation_job_with_the_sr_protocol(tmp_path, write_i
     assert row["iteration_best"] == curve.index(max(curve)) + 1
     assert row["psnr_auto"] is None and row["psnr_two_runs"] is None and row.get("classical_name") is None
     assert row["torch_version"] == torch.__version__ and json.loads(row["engine_json"])["sync_every"] == 1
-    assert row["iterations_run"] == 2 and row["input_sha256"] == p.jobs[0].sha256
+    assert row["iterations_run"] == 2 and row["input_sha256"] == storage.sha256_hex(
+        storage.read_bytes(p.jobs[0].input_uri)
+    )
     assert [c["iteration"] for c in outcome.curves] == [1, 2]
     assert all(not isinstance(v, np.ndarray) for v in row.values())  # rows stay small
 

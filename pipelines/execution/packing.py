@@ -53,11 +53,14 @@ class PackQueue:
     and alone it cannot take the others down again. ``canvas`` is `jobs.pack_key`'s: "shared" groups jobs of one
     canvas bucket, "own" only jobs of one shape.
 
-    `jobs` may be a stream (a generator planning as the listing arrives): the queue draws from it only to hold
-    `window` waiting jobs, so a run of 10⁶ images holds a window of them, and batches form within the window.
+    `jobs` may be a stream (a generator planning as the listing arrives): the queue draws from it only as far as it
+    must — one job to say whether any is left, `LOOKAHEAD` × k to form a batch of k (at most `window`) — so the
+    first call goes out as soon as the first job is planned, a run of 10⁶ images holds a window of them, and batches
+    form among the jobs drawn.
     """
 
     WINDOW = 256
+    LOOKAHEAD = 4
 
     def __init__(self, jobs: Iterable[Job] = (), *, canvas: str = "shared", window: int = WINDOW) -> None:
         self.canvas = canvas
@@ -68,12 +71,12 @@ class PackQueue:
         self._size = 0
 
     def __len__(self) -> int:
-        self._fill()
+        self._fill(1)
         return self._size
 
-    def _fill(self) -> None:
-        """Draw from the stream until `window` jobs wait (or it ends)."""
-        while self._source is not None and self._size < self.window:
+    def _fill(self, wanted: int) -> None:
+        """Draw from the stream until `wanted` jobs (at most `window`) wait, or it ends."""
+        while self._source is not None and self._size < min(wanted, self.window):
             job = next(self._source, None)
             if job is None:
                 self._source = None
@@ -90,7 +93,7 @@ class PackQueue:
 
     def take(self, k: int) -> list[tuple[Job, int]]:
         """The oldest waiting job and up to ``k - 1`` more of its pack key: [(job, attempt), …], [] when empty."""
-        self._fill()
+        self._fill(self.LOOKAHEAD * k if k > 1 else 1)
         head = self._pop(self._order)
         if head is None:
             return []

@@ -231,14 +231,21 @@ class WorkerPool:
     ) -> WorkerPool:
         """Size a pool from the live nodes: GPU actors when the cluster has GPUs (and `gpus_per_worker` > 0),
         else CPU actors; `num_workers` defaults to as many as fit, `max_workers` caps it (e.g. the job count)."""
+        size, num_gpus, num_cpus = cls.cluster_size(gpus_per_worker, cpus_per_worker, num_workers)
+        if max_workers is not None:
+            size = max(1, min(size, max_workers))
+        return cls(size, num_gpus=num_gpus, num_cpus=num_cpus, storage_options=storage_options, engine=engine)
+
+    @staticmethod
+    def cluster_size(
+        gpus_per_worker: float = 1.0, cpus_per_worker: float | None = None, num_workers: int | None = None
+    ) -> tuple[int, float, float]:
+        """(actors, GPUs and CPUs per actor) that `for_cluster` would start on the live nodes."""
         gpus = float(ray.cluster_resources().get("GPU", 0.0))
         use_gpu = gpus > 0 and gpus_per_worker > 0
         num_gpus = gpus_per_worker if use_gpu else 0.0
         num_cpus = cpus_per_worker if cpus_per_worker is not None else (0.0 if use_gpu else 1.0)
-        size = num_workers or max(1, _capacity(num_gpus, num_cpus))
-        if max_workers is not None:
-            size = max(1, min(size, max_workers))
-        return cls(size, num_gpus=num_gpus, num_cpus=num_cpus, storage_options=storage_options, engine=engine)
+        return num_workers or max(1, _capacity(num_gpus, num_cpus)), num_gpus, num_cpus
 
     def _spawn(self) -> Any:
         return RestoreWorker.options(**self.options).remote(self.storage_options, self.engine)

@@ -53,7 +53,11 @@ RUNS_SCHEMA = pa.schema(
         _f("finished_at", _UTC_US, "when the run ended (UTC)", nullable=False),
         _f("seconds", pa.float64(), "wall-clock seconds of the whole run", nullable=False),
         _f("seconds_to_first_dispatch", pa.float64(), "from the run's start to its first job handed to a worker"),
-        _f("seconds_listing", pa.float64(), "from the run's start to the end of its listing"),
+        _f(
+            "seconds_listing",
+            pa.float64(),
+            "when its listing ended, from the run's start (drawn as jobs go out: not its duration)",
+        ),
         _f("report_version", pa.string(), "the report schema version the run wrote", nullable=False),
     ],
     metadata={"dipflow.report_version": reports.REPORT_VERSION, "dipflow.schema": "runs"},

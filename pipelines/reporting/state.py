@@ -26,6 +26,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from hashlib import blake2b
 from typing import Any
 
 import pyarrow as pa
@@ -101,12 +102,21 @@ def _columns(table: pa.Table, *names: str) -> Iterable[tuple]:
     return zip(*(table.column(n).to_pylist() for n in names), strict=True)
 
 
+def _digest(fingerprint: str | None) -> int | None:
+    """A fingerprint as 8 bytes (an int): what the state holds in memory per image, beside the key. 64 bits make a
+    false "unchanged" between two fingerprints of one key a 2⁻⁶⁴ event."""
+    if fingerprint is None:
+        return None
+    return int.from_bytes(blake2b(fingerprint.encode("utf-8"), digest_size=8).digest(), "little")
+
+
 @dataclass
 class DoneState:
-    """What is done, for the (dataset, config hash) scopes of one run: key → input fingerprint, and for images known
-    only from a report written before the state existed, key → content hash (`legacy`)."""
+    """What is done, for the (dataset, config hash) scopes of one run: key → digest of the input fingerprint it was
+    restored with, and for images known only from a report written before the state existed, key → content hash
+    (`legacy`). About 200 bytes per image in memory (`benchmarks/bench_scale.py`)."""
 
-    done: dict[tuple[str, str], dict[str, str | None]]  # (dataset, config_hash) → {image_key: fingerprint}
+    done: dict[tuple[str, str], dict[str, int | None]]  # (dataset, config_hash) → {image_key: _digest(fingerprint)}
     legacy: dict[tuple[str, str], dict[str, str]]  # (dataset, config_hash) → {image_key: input sha256}
     files_read: int = 0
 
@@ -127,9 +137,10 @@ class DoneState:
             state._load_legacy(output_root, so, where)
             return state
         table = _latest(_read(uris, so, where, [*_KEY, "input_fingerprint", "finished_at"]))
-        for dataset, config, key, fingerprint in _columns(table, *_KEY, "input_fingerprint"):
-            if (rows := state.done.get((dataset, config))) is not None:
-                rows[key] = fingerprint
+        for batch in table.select([*_KEY, "input_fingerprint"]).to_batches(max_chunksize=65_536):
+            for dataset, config, key, fingerprint in zip(*(c.to_pylist() for c in batch.columns), strict=True):
+                if (rows := state.done.get((dataset, config))) is not None:
+                    rows[key] = _digest(fingerprint)
         return state
 
     def _load_legacy(self, output_root: str, so: dict | None, where: ds.Expression) -> None:
@@ -141,9 +152,10 @@ class DoneState:
             if (rows := self.legacy.get((dataset, config))) is not None:
                 rows[key] = sha
 
-    def fingerprint(self, dataset: str, config_hash: str, key: str) -> str | None:
-        """The fingerprint the image had when it was restored under this config; None: not done (or legacy)."""
-        return self.done.get((dataset, config_hash), {}).get(key)
+    def is_done(self, dataset: str, config_hash: str, key: str, fingerprint: str | None) -> bool:
+        """Whether the image was restored under this config with this fingerprint (None, unknown: never done)."""
+        known = self.done.get((dataset, config_hash), {}).get(key)
+        return known is not None and fingerprint is not None and known == _digest(fingerprint)
 
     def legacy_sha256(self, dataset: str, config_hash: str, key: str) -> str | None:
         """The content hash of an image done according to an old report only (see the module)."""
