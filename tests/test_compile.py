@@ -7,6 +7,8 @@ graphs are the production path's, run by eager kernels (inductor would build C++
 Inductor's kernels, their speed and the CUDA-graph capture of compiled code are the GPU suite's to measure.
 """
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -130,3 +132,12 @@ def test_compile_is_off_by_default_validated_and_recorded(graphs, astronaut):
     img = astronaut[:32, :32]
     assert _restore(img, compile=None).engine["compile"] is False and graphs == []
     assert _restore(img, compile=True).engine["compile"] is True and len(graphs) == 1
+
+    # What a report row records (engine_json), and how a run asks for it.
+    from pipelines.execution.options import Execution, compile_net, parse_field
+    from pipelines.execution.restorer import Restorer
+
+    software = Restorer(device="cpu", engine=dipcore.EngineOptions(compile=True)).software
+    assert json.loads(software["engine_json"])["compile"] is True
+    assert [compile_net(parse_field("compile", w)) for w in ("auto", "on", "off")] == [None, True, False]
+    assert Execution().compile == "auto"
