@@ -14,9 +14,9 @@ checkpointed step captures and replays correctly has been checked on the CPU's e
 
 A compiled net (``dipcore.compiled``) runs its forward pass, and the backward pass derived from it, as compiled
 graphs: both are compiled by the first warm-up step, so the capture records the compiled kernels and compiles
-nothing (a recompilation there would raise rather than run inside the capture). Inductor's own CUDA graphs are off,
-as a graph captured inside this one would not be replayed. Compiled code under a graph has only run on the CPU's
-eager path so far: the GPU suite's compile section is what tests it on a GPU.
+nothing (a recompilation there would raise rather than run inside the capture). Inductor's own CUDA graphs are off:
+captures do not nest. Compiled code has run on the CPU only so far, where there is no graph: the GPU suite's compile
+section is what tests its capture.
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ class TrainingStep:
         self.autocast = autocast or contextlib.nullcontext()
         self.before_step = before_step
         self.cuda_graph = cuda_graph and z.is_cuda
+        self.compiled = compile
         self.forward = compiled_forward() if compile else _eager_forward
         self.jitter = torch.zeros_like(z)  # static: graph replays read it from the same address
         self.calls = 0
@@ -102,7 +103,9 @@ class TrainingStep:
             # Gradients are allocated inside the graph's pool and overwritten (not accumulated) on each replay.
             self.opt.zero_grad(set_to_none=True)
             self._graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self._graph), torch.compiler.set_stance("fail_on_recompile"):
+            # A compiled net's graphs were compiled in the warm-up: compiling now would run inside the capture.
+            compiling = torch.compiler.set_stance("fail_on_recompile") if self.compiled else contextlib.nullcontext()
+            with torch.cuda.graph(self._graph), compiling:
                 self._static = self._compute()
         self._graph.replay()
         return self._static
