@@ -15,6 +15,11 @@ rows go to a real Parquet report through `pipelines.reporting.reports`. What it 
   own canvas, as before shared canvases: Set14's images all differ in size, so nearly every image runs alone) and
   goes to ``reports/<engine>-pack<K>-own/``: the two Set14 runs measure what shared canvases buy; other engines
   run one image at a time;
+- then, while time is left, torch.compile (``EngineOptions(compile=True)``): ms/iteration of the SR ×4 preset at
+  256² with and without it (CUDA graphs as the fastest engine has them), its compile time apart, whether it fits as
+  the uncompiled step does, and Set14 ×4 with it, packed as ``--pack`` says (``reports/compile-graph-pack<K>/``,
+  against ``set14:best``); ``--no-compile`` skips it. With ``--device cpu`` it compiles with ``aot_eager`` (the
+  code path, not inductor's speed);
 - ``suite.log``: what ran, what was skipped for lack of time, and every error.
 
     PYTHONPATH=. python3 benchmarks/gpu_suite.py --data-root .devdata --out "$OUT" --deadline 430 [--pack 8]
@@ -32,14 +37,16 @@ import shutil
 import sys
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
 import torch
+from torch._dynamo.utils import counters
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_fit
 
-from dipcore import EngineOptions
+from dipcore import EngineOptions, compiled, preset_for
 from pipelines import jobs, storage
 from pipelines.evaluation import protocols
 from pipelines.execution.packing import PackQueue
@@ -55,7 +62,12 @@ EVAL_ENGINES = {
     "optimised+graph": EngineOptions(cuda_graph=True),
     "bf16+graph": EngineOptions(cuda_graph=True, autocast="bf16"),
     "bf16": EngineOptions(autocast="bf16"),
+    "compile": EngineOptions(cuda_graph=False, compile=True),
+    "compile+graph": EngineOptions(cuda_graph=True, compile=True),
 }
+# What the compile section's speed part may take before its first figure, for the deadline: inductor's compilation of
+# the SR net's forward and backward at 256² is unmeasured, so this is a guess (the section logs the real figure).
+COMPILE_GUESS_S = 120.0
 
 
 class Suite:
@@ -107,10 +119,11 @@ class Suite:
         ms_per_it: float,
         pack: int | str = 1,
         canvas: str = "shared",
+        overhead: float = 0.0,
     ):
         """Evaluate one benchmark with one engine, `pack` images of one canvas bucket per fit on a shared canvas
         (``canvas="own"``: of one shape, each on its own canvas; 1: one at a time), skipping what cannot finish
-        before the deadline."""
+        before the deadline; ``overhead``: seconds a batch may take on top (a compiled net's new canvas)."""
         iterations = 30 if self.smoke else None
         overrides = {"channels": 16} if self.smoke else None
         # The evaluate flow's protocol: early-stopping study, the benchmark's runs, classical baseline.
@@ -129,7 +142,7 @@ class Suite:
                 batch = [job for job, _ in queue.take(limit)]
                 pixels = sum(j.size[0] * j.size[1] if j.size else 256**2 for j in batch)
                 # One fit's time per pixel, summed: an upper bound, since stacked fits take less per fit.
-                estimate = ms_per_it / 1e3 * n_iter * max(1.0, pixels / 256**2) + 3
+                estimate = ms_per_it / 1e3 * n_iter * max(1.0, pixels / 256**2) + 3 + overhead
                 keys = ", ".join(j.key for j in batch)
                 if estimate > self.left():
                     self.log(f"skip {benchmark}/{{{keys}}} ({label}): needs ~{estimate:.0f}s, {self.left():.0f}s left")
@@ -192,6 +205,68 @@ def checkpoint_matches_plain(suite: Suite) -> bool:
     return ok
 
 
+def compile_seconds(suite: Suite, size: int, engine: str) -> tuple[float, int] | None:
+    """(seconds, graphs): what the first fit of the SR ×4 preset at ``size``² with ``engine`` spends compiling its
+    net — a 2-iteration fit with dynamo's caches emptied, less the same fit once they hold its graphs — and how many
+    graphs it compiled (1 unless the net breaks the graph). None when it fails (logged)."""
+    device = torch.device(suite.device)
+    p = preset_for("sr", scale=4, channels=16 if suite.smoke else None)
+    obs = bench_fit._observation("sr", size, 4)
+    options = replace(EVAL_ENGINES[engine], checkpoint=False)
+    torch._dynamo.reset()
+    before = counters["stats"]["unique_graphs"]
+    try:
+        cold, _ = bench_fit._timed_fit(p, obs, device, options, 1, 2)
+        graphs = counters["stats"]["unique_graphs"] - before
+        warm, _ = bench_fit._timed_fit(p, obs, device, options, 1, 2)
+    except Exception as exc:  # noqa: BLE001 - a failing case is logged; the suite goes on
+        suite.log(f"compile time {engine} {size}² FAILED: {exc!r}\n{traceback.format_exc()}")
+        return None
+    suite.log(f"compile time {engine} {size}²: {cold - warm:.1f}s ({graphs} graph(s); a cached fit takes {warm:.2f}s)")
+    return cold - warm, graphs
+
+
+def compile_matches_plain(suite: Suite, graphed: bool) -> bool:
+    """A compiled fit must fit like the uncompiled one, in a CUDA graph when ``graphed``: same seed, 60 iterations,
+    the first losses equal up to rounding (inductor fuses and reorders sums) and the final ones within a factor 2
+    (fits are chaotic in rounding, as above)."""
+    import numpy as np
+
+    a, b = _twin_fits(
+        suite, "compile", EngineOptions(cuda_graph=graphed), EngineOptions(cuda_graph=graphed, compile=True)
+    )
+    if a is None:
+        return False
+    ok = np.allclose(a[:1], b[:1], rtol=1e-3) and 0.5 < b[-1] / a[-1] < 2.0 and b[-1] < 0.5 * b[0]
+    suite.log(f"compile check: plain losses {a[0]:.5f}→{a[-1]:.5f}, compiled {b[0]:.5f}→{b[-1]:.5f}: {ok}")
+    return ok
+
+
+def measure_compile(suite: Suite, data_root: str, size: int, best: str, pack: int | str, *, w: int, t: int) -> None:
+    """torch.compile against the fastest engine without it (issue 16): ms/iteration at ``size``², compile time,
+    the compile check, then Set14 ×4 packed as ``pack`` says; each part only while time is left."""
+    if suite.device == "cpu":  # inductor builds C++ kernels there: the smoke run checks the code path, not a speed
+        compiled.BACKEND = "aot_eager"
+        suite.log("compile: backend aot_eager on the CPU (the code path; inductor's speed is the GPU's to measure)")
+    fast = "compile+graph" if "graph" in best else "compile"
+    if suite.left() < COMPILE_GUESS_S:
+        suite.log(f"skip compile ({fast}): needs ~{COMPILE_GUESS_S:.0f}s, {suite.left():.0f}s left")
+        return
+    compile_time = compile_seconds(suite, size, fast)
+    rows = {engine: suite.bench(size, engine, 1, warmup=w, timed=t) for engine in (best, fast)}
+    if rows[best] and rows[fast]:
+        ratio = rows[best]["ms_per_iteration"] / rows[fast]["ms_per_iteration"]
+        suite.log(f"compile speed-up at {size}²: {ratio:.2f}× ({fast} against {best})")
+    if compile_time is None or rows[fast] is None or not compile_matches_plain(suite, graphed="graph" in best):
+        suite.log(f"skip set14:{fast}: the compile section above failed")
+        return
+    before = counters["stats"]["unique_graphs"]
+    suite.evaluate(
+        "set14", data_root, fast, ms_per_it=rows[fast]["ms_per_iteration"], pack=pack, overhead=compile_time[0]
+    )
+    suite.log(f"set14:{fast} compiled {counters['stats']['unique_graphs'] - before} graph(s)")
+
+
 def _f(x) -> str:
     return "-" if x is None else f"{x:.2f}"
 
@@ -226,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         help="Set5/Set14 with the fastest engine: images of one canvas bucket per stacked fit, on a shared "
         "canvas (auto: by free memory, at most 8; default 1: one at a time)",
     )
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile section (it runs last)")
     args = ap.parse_args(argv)
     if args.pack != "auto" and not (args.pack.isdigit() and int(args.pack) >= 1):
         ap.error(f"--pack must be 'auto' or a positive integer, not {args.pack}")
@@ -280,6 +356,11 @@ def main(argv: list[str] | None = None) -> int:
             s.log(f"skip {item}@own: packing by exact shape is measured with --pack (K > 1 or auto)")
             continue
         s.evaluate(benchmark, args.data_root, engine, ms_per_it=ms(engine), pack=packed, canvas=canvas or "shared")
+
+    # 3. torch.compile (issue 16), after what is owed above: its speed-up and compile time at 256², whether it fits
+    #    as the step without it does, and Set14 ×4 packed with it (seconds per image, PSNR: against set14:best).
+    if not args.no_compile:
+        measure_compile(s, args.data_root, sizes[0], best, pack, w=w, t=t)
     if (s.out / "reports").is_dir():  # one file: the device tool drops folders nested this deep
         shutil.make_archive(str(s.out / "reports"), "gztar", root_dir=s.out, base_dir="reports")
     s.log("done")

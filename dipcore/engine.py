@@ -1,6 +1,6 @@
-"""How a fit runs on its device: ``EngineOptions`` (TF32, channels_last, fused Adam, CUDA graphs, bf16, activation
-checkpointing, host reads every k iterations, how a batch of fits runs), the device a fit runs on by default, and
-the backend flags a fit sets for its duration.
+"""How a fit runs on its device: ``EngineOptions`` (TF32, channels_last, fused Adam, CUDA graphs, torch.compile,
+bf16, activation checkpointing, host reads every k iterations, how a batch of fits runs), the device a fit runs on
+by default, and the backend flags a fit sets for its duration.
 
 None of these change the maths beyond float rounding (bf16 aside), so a report's identity leaves them out.
 """
@@ -91,6 +91,10 @@ class EngineOptions:
     # Replay the whole step from a CUDA graph (not with backtracking); default on for CUDA: 2.7× at 256² on an H200
     # with the same Set5 PSNR (benchmarks/RESULTS.md).
     cuda_graph: bool | None = None
+    # The net's forward pass through torch.compile (dipcore.compiled): static shapes, one graph per architecture and
+    # canvas for the whole process, reused by every fresh net. Default: off everywhere for now; it becomes CUDA's
+    # default once the GPU suite has measured its speed and compile time there (benchmarks/RESULTS.md).
+    compile: bool | None = None
     # Activation checkpointing (dipcore.checkpointing): True, False, or "auto" (the default): restore() and
     # restore_batch() turn it on when the job's estimated peak exceeds the device's free memory, and raise
     # OutOfMemoryError when even the checkpointed estimate does; fit() itself runs "auto" as off.
@@ -105,6 +109,8 @@ class EngineOptions:
             raise ConfigError(f"checkpoint={self.checkpoint!r} is not one of True, False, 'auto'")
         if self.autocast not in (None, "bf16", "off"):
             raise ConfigError(f"autocast={self.autocast!r} is not one of 'bf16', 'off'")
+        if self.compile not in (None, True, False):
+            raise ConfigError(f"compile={self.compile!r} is not one of True, False")
         if self.batch_mode not in (None, "stack", "threads"):
             raise ConfigError(f"batch_mode={self.batch_mode!r} is not one of 'stack', 'threads'")
         if self.batch_mode == "threads" and device.type != "cpu":
@@ -119,6 +125,7 @@ class EngineOptions:
             batch_mode=_given_or(self.batch_mode, "threads" if device.type == "cpu" else "stack"),
             fused_adam=_given_or(self.fused_adam, device.type in ("cuda", "cpu")),
             cuda_graph=_given_or(self.cuda_graph, cuda),
+            compile=_given_or(self.compile, False),
             checkpoint=_given_or(self.checkpoint, "auto"),
             memory_budget=self.memory_budget,
         )

@@ -209,7 +209,7 @@ def _training_step(
     *,
     before_step: Callable[[Tensor], None] | None,
 ) -> TrainingStep:
-    """Adam and the step of ``problem``, eager or replayed from a CUDA graph."""
+    """Adam and the step of ``problem``, eager or replayed from a CUDA graph, its net compiled or not."""
     # Backtracking decides on the device too, but stays eager: its per-parameter selects gain little from a graph.
     graphed = bool(engine.cuda_graph) and z.device.type == "cuda" and not settings.backtrack
     opt = torch.optim.Adam(params, lr=settings.lr, fused=engine.fused_adam, capturable=graphed)
@@ -226,6 +226,7 @@ def _training_step(
         autocast=autocast,
         before_step=before_step,
         cuda_graph=graphed,
+        compile=bool(engine.compile),
     )
 
 

@@ -11,6 +11,12 @@ A checkpointed net (``dipcore.checkpointing``) recomputes its units inside the b
 is captured with the rest of the step; it neither reads nor sets an RNG state, which a capture forbids. That a
 checkpointed step captures and replays correctly has been checked on the CPU's eager path only: the GPU suite's
 ``checkpoint+graph`` case and its checkpoint check are what test it on a GPU.
+
+A compiled net (``dipcore.compiled``) runs its forward pass, and the backward pass derived from it, as compiled
+graphs: both are compiled by the first warm-up step, so the capture records the compiled kernels and compiles
+nothing (a recompilation there would raise rather than run inside the capture). Inductor's own CUDA graphs are off:
+captures do not nest. Compiled code has run on the CPU only so far, where there is no graph: the GPU suite's compile
+section is what tests its capture.
 """
 
 from __future__ import annotations
@@ -21,9 +27,17 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from .compiled import compiled_forward
+
 __all__ = ["TrainingStep"]
 
-_WARMUP = 3  # eager steps before capture: cuDNN picks its algorithms and the allocator settles (PyTorch docs)
+# Eager steps before capture: cuDNN picks its algorithms, the allocator settles (PyTorch docs), and a compiled
+# net's graphs are compiled (the first step) and run once more as they will be captured.
+_WARMUP = 3
+
+
+def _eager_forward(net: nn.Module, z: Tensor) -> Tensor:
+    return net(z)
 
 
 class TrainingStep:
@@ -41,12 +55,15 @@ class TrainingStep:
         autocast: contextlib.AbstractContextManager | None = None,
         before_step: Callable[[Tensor], None] | None = None,
         cuda_graph: bool = False,
+        compile: bool = False,  # the net's forward through torch.compile (dipcore.compiled)
     ):
         self.net, self.z, self.per_fit_loss = net, z, per_fit_loss
         self.crop, self.opt, self.reg_noise_std = crop, optimizer, reg_noise_std
         self.autocast = autocast or contextlib.nullcontext()
         self.before_step = before_step
         self.cuda_graph = cuda_graph and z.is_cuda
+        self.compiled = compile
+        self.forward = compiled_forward() if compile else _eager_forward
         self.jitter = torch.zeros_like(z)  # static: graph replays read it from the same address
         self.calls = 0
         self._graph: torch.cuda.CUDAGraph | None = None
@@ -55,8 +72,10 @@ class TrainingStep:
     def _compute(self) -> tuple[Tensor, Tensor]:
         top, left, h, w = self.crop
         z_in = self.z + self.reg_noise_std * self.jitter if self.reg_noise_std > 0 else self.z
-        with self.autocast:  # only the net: the operator and the loss stay fp32 under a bf16 autocast
-            out = self.net(z_in)[..., top : top + h, left : left + w]
+        # Only the net under autocast: the operator and the loss stay fp32. A compiled forward is traced inside the
+        # autocast, so its graph holds the bf16 casts (dynamo guards on the autocast state).
+        with self.autocast:
+            out = self.forward(self.net, z_in)[..., top : top + h, left : left + w]
         out = out.float()  # (1, K·C, H, W)
         per_fit = self.per_fit_loss(out)  # (K,) each fit's MSE, on its own box when the fits differ in size
         per_fit.sum().backward()
@@ -84,7 +103,9 @@ class TrainingStep:
             # Gradients are allocated inside the graph's pool and overwritten (not accumulated) on each replay.
             self.opt.zero_grad(set_to_none=True)
             self._graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self._graph):
+            # A compiled net's graphs were compiled in the warm-up: compiling now would run inside the capture.
+            compiling = torch.compiler.set_stance("fail_on_recompile") if self.compiled else contextlib.nullcontext()
+            with torch.cuda.graph(self._graph), compiling:
                 self._static = self._compute()
         self._graph.replay()
         return self._static

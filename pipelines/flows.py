@@ -38,7 +38,7 @@ from pipelines import jobs, lease, progress, storage
 from pipelines.errors import PipelineError
 from pipelines.evaluation.benchmarks import BENCHMARKS, describe
 from pipelines.evaluation.protocols import evaluation_config
-from pipelines.execution.options import Execution, autocast
+from pipelines.execution.options import Execution, autocast, compile_net
 from pipelines.jobs import Job, Plan
 from pipelines.reporting import reports, runs, state
 
@@ -575,10 +575,11 @@ def _write_runs(
 
 
 def _engine(ex: Execution) -> Any:
-    """The dipcore engine every worker runs with: dipcore's defaults, but for the precision the run asks for."""
+    """The dipcore engine every worker runs with: dipcore's defaults, but for the precision and compilation the run
+    asks for."""
     import dipcore
 
-    return dipcore.EngineOptions(autocast=autocast(ex.precision))
+    return dipcore.EngineOptions(autocast=autocast(ex.precision), compile=compile_net(ex.compile))
 
 
 def _on_ray(todo: Iterable[Job], ex: Execution, so: dict | None, on_result: Callable[[JobOutcome], None]) -> RunStats:

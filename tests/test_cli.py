@@ -218,10 +218,12 @@ def test_execution_options_are_one_model_for_the_cli_and_both_flows():
 
     offered = {name for name, _flag, _help in flags()}
     assert offered == set(Execution.model_fields) - {"executor"}  # executor: the CLI always lets "auto" choose
+    restore = ["restore", "s", "-o", "o", "--task", "sr"]
     args = cli.build_parser().parse_args(
-        ["restore", "s", "-o", "o", "--task", "sr", "--workers", "3", "--gpus-per-worker", "0.5", "--job-timeout", "9"]
+        [*restore, "--workers", "3", "--gpus-per-worker", "0.5", "--job-timeout", "9", "--compile", "on"]
     )
-    assert cli._execution(args) == Execution(num_workers=3, gpus_per_worker=0.5, job_timeout=9.0)
+    assert cli._execution(args) == Execution(num_workers=3, gpus_per_worker=0.5, job_timeout=9.0, compile="on")
+    assert flows._engine(cli._execution(args)).compile is True  # what every worker's dipcore engine gets
     for flow in (flows.restore_dataset, flows.evaluate):
         parameter = inspect.signature(flow.fn).parameters["execution"]
         assert parameter.annotation in (Execution, "Execution") and parameter.default == Execution()
@@ -265,6 +267,7 @@ BAD_COMMAND_LINES = [
     ([*_RESTORE, "--cpus-per-worker", "-0.5"], "--cpus-per-worker"),
     ([*_RESTORE, "--pack", "0"], "--pack"),
     ([*_RESTORE, "--precision", "fp16"], "--precision"),
+    ([*_RESTORE, "--compile", "yes"], "--compile"),
     ([*_RESTORE, "--storage-option", "novalue"], "must look like key=value"),
     ([*_RESTORE, "--storage-option", "a=1", "--storage-option", "a.b=2"], "'a' is already a value"),
     (["restore", "http://u:pw1@h/x", "-o", "http://u:pw2@h/x", "--task", "sr"], "redact to the same"),

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt
 
-__all__ = ["Execution", "Flag", "Pack", "autocast", "flags", "parse_field"]
+__all__ = ["Execution", "Flag", "Pack", "autocast", "compile_net", "flags", "parse_field"]
 
 Pack = int | Literal["auto"]  # jobs per batch: a number (1 = off), or "auto" (decided by the actor's device)
 
@@ -69,6 +69,12 @@ class Execution(BaseModel):
         "units (AVX512-BF16, AMX) and images large enough to gain, else fp32; fp32 or bf16 force one (the row's "
         "engine_json says which ran)",
     )
+    compile: Annotated[Literal["auto", "on", "off"], Flag("WHEN")] = Field(
+        "auto",
+        description="torch.compile of the net's forward pass, once per net and canvas size on each worker: auto "
+        "(default): dipcore's default, off until the GPU suite has measured it; on or off force it (the row's "
+        "engine_json says which ran)",
+    )
     # No Flag: the CLI always lets "auto" choose (it never hands a run memory:// storage).
     executor: Literal["auto", "ray", "inline"] = Field(
         "auto",
@@ -80,6 +86,11 @@ class Execution(BaseModel):
 def autocast(precision: str) -> str | None:
     """``dipcore.EngineOptions``'s ``autocast`` for a `precision` (None: dipcore decides)."""
     return {"auto": None, "fp32": "off", "bf16": "bf16"}[precision]
+
+
+def compile_net(when: str) -> bool | None:
+    """``dipcore.EngineOptions``'s ``compile`` for a `compile` field (None: dipcore decides)."""
+    return {"auto": None, "on": True, "off": False}[when]
 
 
 def flags() -> list[tuple[str, Flag, str]]:
