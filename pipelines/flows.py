@@ -21,7 +21,7 @@ import itertools
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -407,7 +407,7 @@ def _run(
         len(done),
         storage.redact(output),
     )
-    tracker = _Tracker(artifact, enabled=_in_flow_run())
+    tracker = _Tracker(artifact, plans, enabled=_in_flow_run())
     flow_run_id = _flow_run_id()
     stats: RunStats | None = None
     outcome, failure = "interrupted", None
@@ -430,7 +430,7 @@ def _run(
             def planned() -> Iterator[Job]:
                 for plan, chunks in zip(plans, listings, strict=True):
                     yield from jobs.plan_stream(
-                        _timed(chunks, plan, clock, lambda: tracker.listed(plans)),
+                        _timed(chunks, plan, clock, tracker.listed),
                         plan,
                         run_id=run_id,
                         done=done,
@@ -640,10 +640,13 @@ def _flow_run_id() -> str | None:
 
 class _Tracker:
     """Counts of the run's rows by status (and by dataset), images done earlier, and Prefect's progress artifact
-    (updated at most once a second) against the images listed so far — the total grows with the listing."""
+    (updated at most once a second) against the images listed so far — the total grows with the listing, and is read
+    from the plans whenever a row arrives: a folder's images count as listed as soon as its planning starts, before
+    any of its rows, so the finished share never passes 100 %."""
 
-    def __init__(self, key: str, *, enabled: bool) -> None:
+    def __init__(self, key: str, plans: Sequence[Plan] = (), *, enabled: bool) -> None:
         self.counts, self.by_dataset = progress.StatusCounts(), Counter()
+        self.plans = plans
         self.total = self.done = self.earlier = 0
         self.artifact_id, self.last = None, 0.0
         if enabled:
@@ -655,16 +658,22 @@ class _Tracker:
         self.done += 1
         self.counts.add(row)
         self.by_dataset[row["dataset"], row["status"]] += 1
+        self._catch_up()
         progress.advanced(row)
         self._maybe_update()
 
-    def listed(self, plans: list[Plan]) -> None:
+    def listed(self) -> None:
         """The listing moved on: images listed so far, and those found done by earlier runs."""
-        self.total = sum(p.listed for p in plans)
-        earlier = sum(p.done_earlier for p in plans)
-        progress.listed(self.total, earlier - self.earlier)
-        self.earlier = earlier
+        self._catch_up()
         self._maybe_update()
+
+    def _catch_up(self) -> None:
+        """The plans' counts as they stand, told to the progress bar when they moved."""
+        total = sum(p.listed for p in self.plans)
+        earlier = sum(p.done_earlier for p in self.plans)
+        if (total, earlier) != (self.total, self.earlier):
+            progress.listed(total, earlier - self.earlier)
+            self.total, self.earlier = total, earlier
 
     def _maybe_update(self) -> None:
         if self.artifact_id is not None and time.monotonic() - self.last >= 1.0:

@@ -210,3 +210,30 @@ def test_evaluate_scores_benchmarks_with_the_paper_protocols(ray_local, tmp_path
     assert all(r[name] is None for r in rows.values() for name in off)
     assert json.loads(dn["config_json"])["restarts"] == 1 and json.loads(dn["config_json"])["early_stopping"] is False
     assert os.path.isfile(tmp_path / "eval" / "set5" / "baby.png")
+
+
+def test_the_progress_artifact_never_passes_100_percent_while_folders_are_planned(monkeypatch):
+    """A folder's images count as listed when its planning starts, before its rows: the finished share read on
+    every row stays within 100 % (it once reached 129 %, the total lagging a folder behind the rows)."""
+    import itertools
+
+    import prefect.artifacts
+
+    from pipelines import flows, jobs
+
+    shares: list[float] = []
+    monkeypatch.setattr(prefect.artifacts, "create_progress_artifact", lambda *a, **k: "artifact")
+    monkeypatch.setattr(prefect.artifacts, "update_progress_artifact", lambda _id, share: shares.append(share))
+    clock = itertools.count(0.0, 2.0)  # every update is due: each call of monotonic() is 2 s after the last
+    monkeypatch.setattr(flows.time, "monotonic", lambda: next(clock))
+    plan = jobs.Plan("d", jobs.run_config("denoise", preset="fast"), output="out")
+    tracker = flows._Tracker("restore-dataset", [plan], enabled=True)
+    for _folder in range(3):  # plan_stream counts a folder's 10 images, then yields its jobs; 2 were done earlier
+        plan.listed += 10
+        plan.done_earlier += 2
+        for _ in range(8):
+            tracker.advance({"dataset": "d", "status": "ok"})
+        tracker.listed()  # the next folder is asked for
+    tracker.close()
+    assert len(shares) > 20 and max(shares) <= 100.0
+    assert shares[-1] == 100.0 and tracker.total == 30 and tracker.earlier == 6
