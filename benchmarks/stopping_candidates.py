@@ -83,7 +83,7 @@ class SignalSpec:
 
     iterations: int
     window: int = 100  # ES-WMV's W
-    averages: Sequence[float] = ()  # weights of longer moving averages ("ema0.995"): each gets its own signals
+    averages: Sequence[Average] = ()  # longer moving averages, each watched as an output of its own
     data: DataTerm | None = None  # the data fit of every output (the discrepancy principle)
     heldout: DataTerm | None = None  # the data fit on held-out pixels (self-validation)
     reference: Tensor | None = None  # ground truth: the PSNR curves of the longer averages
@@ -91,8 +91,22 @@ class SignalSpec:
     timed: bool = True  # host time per signal; only meaningful where the device computes synchronously (a CPU)
 
 
-def view_name(weight: float) -> str:
-    return f"ema{weight:g}"
+@dataclass(frozen=True)
+class Average:
+    """A longer moving average of the iterates: weight ``weight`` at every iteration, or with ``warmup``
+    min(weight, (1 + t) / (10 + t)) at iteration t (TensorFlow's ExponentialMovingAverage). A plain 0.999 still holds
+    0.999^1800 = 17 % of the first, shapeless, outputs at the denoising count; warmed up it averages about the last
+    tenth of the run, until t = 10 / (1 − weight)."""
+
+    weight: float
+    warmup: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"ema{self.weight:g}" + ("w" if self.warmup else "")
+
+    def decay(self, iteration: int) -> float:
+        return min(self.weight, (1 + iteration) / (10 + iteration)) if self.warmup else self.weight
 
 
 class Signals:
@@ -105,15 +119,16 @@ class Signals:
         self.series: dict[str, Tensor] = {}
         self.seconds: dict[str, float] = {}  # host time spent per signal (all outputs together)
         self.variances: dict[str, WindowVariance] = {}
-        self.averages: dict[str, Tensor | None] = {view_name(w): None for w in spec.averages}
+        self.averages: dict[str, Tensor | None] = {a.name: None for a in spec.averages}
 
     def update(self, output: Tensor, average: Tensor | None, iteration: int) -> None:
         outputs = {"raw": output}
         if average is not None:
             outputs["avg"] = average
-        for weight in self.spec.averages:
-            name = view_name(weight)
-            outputs[name] = self._timed("ema", self._average, name, weight, output)
+        for average_spec in self.spec.averages:
+            name = average_spec.name
+            decay = average_spec.decay(iteration)
+            outputs[name] = self._timed("ema", self._average, name, decay, output)
             if self.spec.reference is not None:  # ground truth: the study's own measurement, not a candidate's cost
                 psnr = psnr_stacked(outputs[name], self.spec.reference, 1, self.spec.protocol)[0]
                 self._write(f"psnr_{name}", iteration, psnr)
@@ -125,9 +140,9 @@ class Signals:
             if self.spec.heldout is not None:
                 self._write(f"heldout_{name}", iteration, self._timed("heldout", self.spec.heldout, x))
 
-    def _average(self, name: str, weight: float, x: Tensor) -> Tensor:
+    def _average(self, name: str, decay: float, x: Tensor) -> Tensor:
         current = self.averages[name]
-        self.averages[name] = x.clone() if current is None else current.lerp_(x, 1.0 - weight)  # as the loop's
+        self.averages[name] = x.clone() if current is None else current.lerp_(x, 1.0 - decay)  # as the loop's
         return self.averages[name]
 
     def _timed(self, key: str, fn: Callable, *args):
@@ -207,20 +222,25 @@ def smoothed(detector: Detector, window: int) -> Detector:
     return detect
 
 
-def below_noise_level(factor: float = 1.0) -> Detector:
-    """The discrepancy principle (Morozov): the first iteration whose data fit reaches factor × σ̂² — fitting closer
-    than the noise can only be fitting the noise. Needs σ̂ (Gaussian noise)."""
+def first_below(level: Callable[[Context], float | None]) -> Detector:
+    """The first iteration whose value reaches ``level(ctx)`` (no level, no pick)."""
 
     def detect(series: list[float | None], ctx: Context) -> tuple[int | None, int | None]:
-        if ctx.sigma_hat is None:
+        threshold = level(ctx)
+        if threshold is None:
             return None, None
-        level = factor * ctx.sigma_hat**2
         for t, v in enumerate(series, start=1):
-            if v is not None and v <= level:
+            if v is not None and v <= threshold:
                 return t, t
         return None, None
 
     return detect
+
+
+def below_noise_level(factor: float = 1.0) -> Detector:
+    """The discrepancy principle (Morozov): the first iteration whose data fit reaches factor × σ̂² — fitting closer
+    than the noise can only be fitting the noise. Needs σ̂ (Gaussian noise)."""
+    return first_below(lambda ctx: None if ctx.sigma_hat is None else factor * ctx.sigma_hat**2)
 
 
 @dataclass(frozen=True)
@@ -238,20 +258,20 @@ class Rule:
 
 
 def candidate_rules(*, patiences: Sequence[int] = (1000, 300), smooth: int = 100, discrepancy: bool) -> list[Rule]:
-    """The study's rules, for each patience: ES-WMV on each output, self-validation on the held-out data fit of each
-    output, SURE's risk estimate of the iterate (a SURE fit's loss); and for Gaussian noise the discrepancy
-    principle with σ̂. A rule whose signal a run lacks (no held-out pixels, no SURE) is left out there."""
+    """The study's rules: for each patience, ES-WMV on each output and self-validation on the held-out data fit of
+    each output; for Gaussian noise, the discrepancy principle with σ̂, and — on a SURE fit — the first iteration
+    whose SURE estimate of the MSE is negative (impossible for an MSE: from there the fit games the estimate; SURE
+    itself is the fit's loss, so its minimum never comes). A rule whose signal a run lacks is left out there."""
     rules = []
     for patience in patiences:
         wait = minimum_with_patience(patience)
         rules += [Rule(f"wmv_{output}_p{patience}", "variance", output, wait) for output in OUTPUTS]
-        # A few held-out pixels, or one draw of the divergence, make a noisy series: the iterate's is smoothed (the
-        # average's is smooth already).
+        # A few held-out pixels make a noisy series: the iterate's is smoothed (the average's is smooth already).
         rules.append(Rule(f"selfval_raw_p{patience}", "heldout", "raw", smoothed(wait, smooth)))
         rules.append(Rule(f"selfval_avg_p{patience}", "heldout", "avg", wait))
-        rules.append(Rule(f"sure_raw_p{patience}", "sure", "raw", smoothed(wait, smooth)))
     if discrepancy:
         rules += [Rule(f"discrepancy_{output}", "datafit", output, below_noise_level()) for output in OUTPUTS]
+        rules.append(Rule("sure_negative", "sure", "raw", first_below(lambda ctx: 0.0)))
     return rules
 
 

@@ -13,7 +13,8 @@ the same crop, observation and seed:
 - ``cosine``: the learning rate decays along a cosine to 0 at the preset's count and stays there (rows
   ``cosine+ema…`` with the longer averages);
 - ``sure`` (denoising): the net fed with the noisy image and trained on SURE's estimate of the MSE, with σ̂ and a
-  Monte-Carlo divergence (Metzler et al. 2018; Jo et al. 2021); its loss curve is its rule's signal.
+  Monte-Carlo divergence of step 0.5 σ̂ (Metzler et al. 2018; Jo et al. 2021, whose RAdam, step decay and net are
+  not copied); its loss curve, the estimate, is its rule's signal.
 
 No rule is told σ: denoising's rules get σ̂ (``dipcore.noise_level``), and the denoising preset is the blind one
 (σ = 25's). One JSON line per image and row: the curves (0.01 dB), the signals (4 digits), the oracle, the fixed
@@ -56,6 +57,7 @@ from dipcore.stopping import VarianceStopping
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_fit import cpu_facts
 from stopping_candidates import (
+    Average,
     Choice,
     Context,
     DataTerm,
@@ -65,7 +67,6 @@ from stopping_candidates import (
     at_iteration,
     candidate_rules,
     oracle,
-    view_name,
 )
 
 
@@ -95,12 +96,13 @@ class StudyConfig:
     iterations: Mapping[str, int] = field(default_factory=dict)  # per task; missing: factor × the preset's count
     factor: float = 1.5
     variants: tuple[str, ...] = VARIANTS
-    averages: tuple[float, ...] = (0.995, 0.999)  # longer averages, rows of the base and cosine fits
+    # Longer averages, rows of the base and cosine fits: plain, as restore(ema=…) would keep them, and warmed up.
+    averages: tuple[Average, ...] = (Average(0.995), Average(0.999), Average(0.999, warmup=True))
     window: int = 100  # ES-WMV's W (Wang et al.)
     patiences: tuple[int, ...] = (1000, 300)  # ES-WMV's published P, and a shorter one
     smooth: int = 100  # trailing mean of the noisy series (held-out data fit, SURE) before their minimum is sought
     holdout: float = 0.1  # fraction of the observed pixels self-validation holds out
-    sure_epsilon: float = 1e-3  # the perturbation of SURE's Monte-Carlo divergence (max |y| / 1000, Metzler et al.)
+    sure_epsilon: float = 0.5  # SURE's finite difference, × σ̂ (Jo et al.'s 0.5 σ; Metzler's max|y|/1000 is gamed)
     seed: int = 0  # the fits' seed
     device: str = "cpu"
 
@@ -231,7 +233,7 @@ def run_variant(
     if variant == "cosine":
         schedule = _cosine(count)
     if variant == "sure":
-        net = _Perturbed(problem.net, problem.crop, config.sure_epsilon, config.seed)
+        net = _Perturbed(problem.net, problem.crop, config.sure_epsilon * sigma_hat, config.seed)
         problem = _SureProblem(**{**vars(problem), "net": net}, sigma=sigma_hat)
     spec = SignalSpec(
         iterations,
@@ -334,8 +336,8 @@ def study_image(
             continue  # SURE is for Gaussian noise
         fitted = run_variant(variant, p, obs, ref, config=config, iterations=n, count=count, sigma_hat=sigma_hat)
         views = [None, *(config.averages if variant in ("base", "cosine") else ())]
-        for weight in views:
-            row = _row(fitted, weight, p, fast, rules, n, count, sigma_hat)
+        for average in views:
+            row = _row(fitted, average, p, fast, rules, n, count, sigma_hat)
             rows.append({**common, **row})
     return rows
 
@@ -346,12 +348,14 @@ def _study_rules(config: StudyConfig) -> Callable[[bool], list]:
     )
 
 
-def _row(fitted: _Fit, weight: float | None, p, fast, rules: list, n: int, count: int, sigma_hat: float | None) -> dict:
-    """The row of one fit returning its loop's average (``weight`` None) or a longer one (its rules that return the
-    iterate are the loop's row's: left out)."""
+def _row(
+    fitted: _Fit, average: Average | None, p, fast, rules: list, n: int, count: int, sigma_hat: float | None
+) -> dict:
+    """The row of one fit returning its loop's average (``average`` None) or a longer one (its rules that return
+    the iterate are the loop's row's: left out)."""
     history, signals = fitted.result.history, fitted.signals.read()
-    view = "avg" if weight is None else view_name(weight)
-    curves = {"raw": history["psnr"], "avg": history["psnr_average"] if weight is None else signals[f"psnr_{view}"]}
+    view = "avg" if average is None else average.name
+    curves = {"raw": history["psnr"], "avg": history["psnr_average"] if average is None else signals[f"psnr_{view}"]}
     series = {}
     for signal in ("variance", "datafit", "heldout"):
         for output, key in (("raw", f"{signal}_raw"), ("avg", f"{signal}_{view}")):
@@ -360,7 +364,7 @@ def _row(fitted: _Fit, weight: float | None, p, fast, rules: list, n: int, count
     if fitted.variant == "sure":
         series["sure_raw"] = history["loss"]  # SURE's estimate of the iterate's MSE to the clean image
     # What the row returns at a fixed count: the preset's output for the loop's own average, else the longer one.
-    default = ("avg" if p.output == "average" else "raw") if weight is None else "avg"
+    default = ("avg" if p.output == "average" else "raw") if average is None else "avg"
     picks: dict[str, Choice] = {"fixed": at_iteration(curves, default, count)}
     if default == "raw":
         picks["fixed_avg"] = at_iteration(curves, "avg", count)
@@ -368,15 +372,16 @@ def _row(fitted: _Fit, weight: float | None, p, fast, rules: list, n: int, count
         picks["fixed_fast"] = at_iteration(curves, default, fast.iterations)
     ctx = Context(iterations=n, sigma_hat=sigma_hat)
     for rule in rules:
-        if rule.key() in series and (weight is None or rule.output == "avg"):
+        if rule.key() in series and (average is None or rule.output == "avg"):
             picks[rule.name] = apply_rule(rule, curves, series[rule.key()], ctx, default=default)
-    variant = fitted.variant if weight is None else ("" if fitted.variant == "base" else f"{fitted.variant}+")
-    variant += "" if weight is None else view
+    variant = fitted.variant if average is None else ("" if fitted.variant == "base" else f"{fitted.variant}+")
+    variant += "" if average is None else view
     best = oracle(curves)
     return {
         "variant": variant,
         "fit": fitted.variant,
-        "ema": weight or p.ema or _LOOP_EMA,
+        "ema": average.weight if average else p.ema or _LOOP_EMA,
+        "ema_warmup": bool(average and average.warmup),
         "returns": default,
         "lr_schedule": fitted.lr_schedule,
         "holdout": fitted.holdout,

@@ -24,9 +24,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import stopping_candidates as sc
 import study_stopping
 
-# Rules small enough to fire within a 30-iteration fit, so that the checks below see fired choices too.
+# Rules small enough to fire within a 20-iteration fit, so that the checks below see fired choices too.
 SMALL = study_stopping.StudyConfig(
-    channels=8, iterations={"denoise": 30, "sr": 30}, averages=(0.995,), window=4, patiences=(3, 8), smooth=3
+    channels=8,
+    iterations={"denoise": 20, "sr": 20},
+    averages=(sc.Average(0.995), sc.Average(0.999, warmup=True)),
+    window=4,
+    patiences=(3, 8),
+    smooth=3,
 )
 
 
@@ -46,9 +51,18 @@ def rows(clean) -> list[dict]:
 
 def test_the_study_records_every_variant_and_rule(rows):
     denoise = {r["variant"] for r in rows if r["task"] == "denoise"}
-    assert denoise == {"base", "ema0.995", "selfval", "cosine", "cosine+ema0.995", "sure"}
+    assert denoise == {
+        "base",
+        "ema0.995",
+        "ema0.999w",
+        "selfval",
+        "cosine",
+        "cosine+ema0.995",
+        "cosine+ema0.999w",
+        "sure",
+    }
     picks = {name for r in rows for name in r["picks"]}
-    for rule in ("wmv_raw_p3", "wmv_avg_p8", "selfval_raw_p3", "selfval_avg_p8", "discrepancy_avg", "sure_raw_p3"):
+    for rule in ("wmv_raw_p3", "wmv_avg_p8", "selfval_raw_p3", "selfval_avg_p8", "discrepancy_avg", "sure_negative"):
         assert rule in picks
     assert not any(name.startswith("discrepancy") for r in rows if r["task"] == "sr" for name in r["picks"])
     assert any(c["fired"] and name.startswith("wmv") for r in rows for name, c in r["picks"].items())
@@ -141,7 +155,7 @@ def test_monitors_leave_the_fit_bit_identical(clean):
     spec = sc.SignalSpec(
         12,
         window=3,
-        averages=(0.999,),
+        averages=(sc.Average(0.999, warmup=True),),
         data=sc.DataTerm(problem.operator, problem.target, torch.ones(1, 1, 32, 32)),
         heldout=sc.DataTerm(problem.operator, problem.target, torch.ones(1, 1, 32, 32)),
         reference=problem.reference,
@@ -152,8 +166,8 @@ def test_monitors_leave_the_fit_bit_identical(clean):
     assert len(watched.monitors) == 2 and watched.monitors[0] is not watched.monitors[1]
     signals = watched.monitors[0].read()
     assert set(signals) == {
-        f"{s}_{o}" for s in ("variance", "datafit", "heldout") for o in ("raw", "avg", "ema0.999")
-    } | {"psnr_ema0.999"}
+        f"{s}_{o}" for s in ("variance", "datafit", "heldout") for o in ("raw", "avg", "ema0.999w")
+    } | {"psnr_ema0.999w"}
     assert signals["variance_raw"][:2] == [None, None] and None not in signals["variance_raw"][2:]
 
 
