@@ -8,8 +8,12 @@ recorded where the preset keeps none) against the clean crop, and every candidat
 (``stopping_candidates.Signals``); the rules pick from those series afterwards. Variants that change the fit run on
 the same crop, observation and seed:
 
-- ``base``: the preset; its rows ``ema0.995`` and ``ema0.999`` are the same fit returning a longer average;
-- ``selfval``: 10 % of the observed pixels held out of the loss; their data fit is the validation signal;
+- ``base``: the preset; its rows ``ema0.995``, ``ema0.999`` (plain, as ``restore(ema=…)`` keeps them) and
+  ``ema0.999w`` (warmed up: ``stopping_candidates.Average``) are the same fit returning a longer average;
+- ``selfval``: 10 % of the observed pixels held out of the loss; their data fit is the validation signal, its
+  smoothed minimum the pick, and the output there is returned (no refit on all pixels). Issue 14 names it after Li
+  et al. 2021, whose self-validation watches an online autoencoder of the outputs instead; a held-out split of the
+  measurements is ZS-SSL's (Yaman et al., ICLR 2022);
 - ``cosine``: the learning rate decays along a cosine to 0 at the preset's count and stays there (rows
   ``cosine+ema…`` with the longer averages);
 - ``sure`` (denoising): the net fed with the noisy image and trained on SURE's estimate of the MSE, with σ̂ and a
