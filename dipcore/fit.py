@@ -1,5 +1,6 @@
 """The DIP optimisation loop: Adam over the weights of a freshly initialised net, with input jitter, an exponential
-moving average of outputs, backtracking on loss jumps, early stopping (acted on, or only observed) and callbacks.
+moving average of outputs, backtracking on loss jumps, early stopping (acted on, or only observed), monitors and
+callbacks.
 
 The loop keeps everything on the fit's device — losses, PSNRs, the average, the backtracking snapshot, the
 early-stopping state — and reads them on the host only every ``sync_every`` iterations, so a GPU is never stalled
@@ -15,7 +16,7 @@ import math
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -27,7 +28,17 @@ from .operators import Operator
 from .step import TrainingStep
 from .stopping import VarianceStopping
 
-__all__ = ["FitPart", "FitProblem", "FitResult", "FitSettings", "StepRecord", "StopReason", "fit", "fit_stacked"]
+__all__ = [
+    "FitPart",
+    "FitProblem",
+    "FitResult",
+    "FitSettings",
+    "Monitor",
+    "StepRecord",
+    "StopReason",
+    "fit",
+    "fit_stacked",
+]
 
 # A PSNR drop of more than 5 dB from the last accepted iteration undoes the step (published denoising code).
 _BACKTRACK_DB = 5.0
@@ -95,6 +106,18 @@ class FitProblem:
         return None if any(r is None for r in refs) else refs
 
 
+class Monitor(Protocol):
+    """What watches a fit without steering it (a study's candidate stopping rules): ``update`` is called after every
+    iteration with the fit's output (1, C, H, W) and its moving average (None without ``ema``), on the device.
+
+    The loop never reads a monitor, so one that stays on the device costs the fit no host synchronisation. The
+    tensors it is handed are the loop's own (a graphed step overwrites its output on the next replay): a monitor
+    copies what it keeps and never writes to them.
+    """
+
+    def update(self, output: Tensor, average: Tensor | None, iteration: int) -> None: ...
+
+
 @dataclass(frozen=True)
 class FitSettings:
     lr: float = 0.01
@@ -105,6 +128,11 @@ class FitSettings:
     stopping: Callable[[], VarianceStopping] | None = None  # a factory: each fit gets a fresh rule
     # With `stopping`: run every iteration and only record what the rule would have returned (an ES study).
     observe_stopping: bool = False
+    # Factories of monitors: each fit gets fresh ones, returned in its FitResult. Empty (the default): none is called.
+    monitors: tuple[Callable[[], Monitor], ...] = ()
+    # The factor of ``lr`` at each iteration (1-based), e.g. a cosine decay. The step then runs eagerly: a CUDA
+    # graph keeps the learning rate it was captured with.
+    lr_schedule: Callable[[int], float] | None = None
     psnr_protocol: PsnrProtocol = field(default_factory=PsnrProtocol)  # how the curves measure PSNR
     engine: EngineOptions = field(default_factory=EngineOptions)
 
@@ -136,6 +164,7 @@ class FitResult:
     es_output: Tensor | None = None
     es_iteration: int | None = None  # the iteration `es_output` comes from
     es_fired_at: int | None = None  # the sync point at which the rule said stop
+    monitors: list[Any] = field(default_factory=list)  # this fit's monitors (`FitSettings.monitors`), in order
 
 
 def fit(
@@ -170,13 +199,20 @@ def fit_stacked(
     params = [p for p in net.parameters() if p.requires_grad]
     recorder = _Recorder(settings, k, params, problem, z.device)
     policy = _StoppingPolicy(settings, k)
+    monitors = [[make() for make in settings.monitors] for _ in range(k)]  # fit i's monitors
     step = _training_step(problem, net, z, params, settings, engine, k, before_step=recorder.before_step)
     stop_reason: StopReason = "iterations"
     with backend_flags(engine, z.device):
         for it in range(1, n + 1):
+            if settings.lr_schedule is not None:
+                for group in step.opt.param_groups:
+                    group["lr"] = settings.lr * settings.lr_schedule(it)
             out, per_fit = step(_jitter(generators, z, settings.reg_noise_std))  # (1, K·C, H, W), (K,)
             recorder.record(it, out, per_fit)
-            policy.update(problem.blocks(out, k), it)
+            blocks = problem.blocks(out, k)
+            policy.update(blocks, it)
+            if settings.monitors:
+                _update_monitors(monitors, blocks, problem, recorder, it)
             if it % engine.sync_every and it != n:
                 continue  # nothing is read on the host between sync points: the device runs ahead of Python
             # Sync point: the loop's only host reads — the new history rows, the callback, each rule's decision.
@@ -186,7 +222,19 @@ def fit_stacked(
             if policy.stop(it):
                 stop_reason = "early_stopping"
                 break
-    return _results(problem, out, recorder, policy, it, stop_reason)
+    return _results(problem, out, recorder, policy, monitors, it, stop_reason)
+
+
+def _update_monitors(
+    monitors: list[list[Monitor]], blocks: list[Tensor], problem: FitProblem, recorder: _Recorder, it: int
+) -> None:
+    """Each fit's monitors see its image and moving average (on the device; nothing is read on the host)."""
+    k = len(monitors)
+    averages = problem.blocks(recorder.average, k) if recorder.average is not None else [None] * k
+    with torch.no_grad():
+        for fit_monitors, block, average in zip(monitors, blocks, averages, strict=True):
+            for monitor in fit_monitors:
+                monitor.update(block, average, it)
 
 
 def _on_engine(net: nn.Module, z: Tensor, engine: EngineOptions) -> tuple[nn.Module, Tensor]:
@@ -211,7 +259,10 @@ def _training_step(
 ) -> TrainingStep:
     """Adam and the step of ``problem``, eager or replayed from a CUDA graph, its net compiled or not."""
     # Backtracking decides on the device too, but stays eager: its per-parameter selects gain little from a graph.
-    graphed = bool(engine.cuda_graph) and z.device.type == "cuda" and not settings.backtrack
+    # A learning-rate schedule needs eager steps too: a captured Adam step keeps the rate it was captured with.
+    graphed = (
+        bool(engine.cuda_graph) and z.device.type == "cuda" and not settings.backtrack and settings.lr_schedule is None
+    )
     opt = torch.optim.Adam(params, lr=settings.lr, fused=engine.fused_adam, capturable=graphed)
     autocast = (
         torch.autocast(z.device.type, dtype=torch.bfloat16) if engine.autocast == "bf16" else contextlib.nullcontext()
@@ -351,7 +402,13 @@ class _StoppingPolicy:
 
 
 def _results(
-    problem: FitProblem, out: Tensor, recorder: _Recorder, policy: _StoppingPolicy, it: int, reason: StopReason
+    problem: FitProblem,
+    out: Tensor,
+    recorder: _Recorder,
+    policy: _StoppingPolicy,
+    monitors: list[list[Monitor]],
+    it: int,
+    reason: StopReason,
 ) -> list[FitResult]:
     """One FitResult per stacked fit, the loop having ended after iteration ``it`` for ``reason``."""
     k = recorder.k  # the host reads below (backtrack counts, the rules' last word) come after the loop
@@ -374,6 +431,7 @@ def _results(
             es_output=es_output,
             es_iteration=es_iteration,
             es_fired_at=es_fired_at,
+            monitors=monitors[i],
         )
         results.append(result)
     return results
