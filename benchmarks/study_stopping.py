@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gzip
 import json
 import math
 import statistics
@@ -666,7 +667,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--summarise", metavar="JSONL", help="only print the summary of an earlier run's lines")
     args = ap.parse_args(argv)
     if args.summarise:
-        rows = [json.loads(line) for line in Path(args.summarise).read_text().splitlines() if line.strip()]
+        path = Path(args.summarise)  # the raw lines, or them gzipped as committed (they are curves: MBs)
+        text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
         print("\n".join(summarise(rows)))
         return 0
     config = StudyConfig(
