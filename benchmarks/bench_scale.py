@@ -311,7 +311,12 @@ def child_planning(spec: dict[str, Any]) -> dict[str, Any]:
     from pipelines.reporting import state
 
     config = jobs.run_config("denoise", **SETTINGS)
-    rss_base, import_peak = rss_now_mb(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM, not ru_maxrss: Linux carries a spawning parent's peak into the child's ru_maxrss across exec (the first
+    # run at 10⁶ objects read the parent's 1.6 GB, the state writer's, as this process's import peak).
+    rss_base, import_peak = (
+        rss_now_mb(),
+        _status_mb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    )
     source, output = spec["source"], spec["output"]
     peaks = {}  # step → its peak RSS
 

@@ -45,7 +45,7 @@ def test_the_state_answers_per_scope_with_the_latest_fingerprint(tmp_path):
     second.close()
 
     done = state.DoneState.load(root, None, [("d", "c")])
-    assert sorted(done.done[("d", "c")]) == ["a.png", "b.png"] and list(done.done) == [("d", "c")]
+    assert len(done.done[("d", "c")]) == 2 and list(done.done) == [("d", "c")]  # a.png once: its latest row
     assert done.is_done("d", "c", "a.png", "fp-a2") and done.is_done("d", "c", "b.png", "fp-b")
     assert not done.is_done("d", "c", "a.png", "fp-a1")  # changed since
     assert not done.is_done("d", "c", "a.png", None)  # a listing without a fingerprint: never taken as done
@@ -53,6 +53,21 @@ def test_the_state_answers_per_scope_with_the_latest_fingerprint(tmp_path):
     assert done.files_read == 2 and len(done) == 2
     other = state.DoneState.load(root, None, [("d", "k"), ("e", "c")])
     assert other.is_done("d", "k", "a.png", "fp-other-config") and other.is_done("e", "c", "a.png", "fp-other-dataset")
+    assert not other.is_done("d", "k", "a.png", "fp-other-dataset")  # each scope holds its own fingerprint
+
+
+def test_keys_that_share_a_digest_are_each_found_with_their_own_fingerprint(monkeypatch):
+    """Two keys whose 8-byte digests collide sit side by side in the index: each is found with its own fingerprint;
+    a key that is not there is not found."""
+    real = state._digest
+    monkeypatch.setattr(state, "_digest", lambda text: 7 if text in ("x.png", "y.png") else real(text))
+    index = state._Index()
+    index.add(["x.png", "z.png"], ["fp-x", "fp-z"])
+    index.add(["y.png", "w.png"], ["fp-y", None])  # w.png has no fingerprint: never done
+    index.seal()
+    assert len(index) == 3
+    assert index.holds("x.png", "fp-x") and index.holds("y.png", "fp-y") and index.holds("z.png", "fp-z")
+    assert not index.holds("w.png", "fp-w") and not index.holds("q.png", "fp-x")
 
 
 def test_a_run_that_ends_with_many_state_files_merges_them_and_a_crash_mid_merge_counts_nothing_twice(tmp_path):

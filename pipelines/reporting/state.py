@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from hashlib import blake2b
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
@@ -102,21 +103,61 @@ def _columns(table: pa.Table, *names: str) -> Iterable[tuple]:
     return zip(*(table.column(n).to_pylist() for n in names), strict=True)
 
 
-def _digest(fingerprint: str | None) -> int | None:
-    """A fingerprint as 8 bytes (an int): what the state holds in memory per image, beside the key. 64 bits make a
-    false "unchanged" between two fingerprints of one key a 2⁻⁶⁴ event."""
-    if fingerprint is None:
+def _digest(text: str | None) -> int | None:
+    """A fingerprint (or a key) as 8 bytes (an unsigned int). 64 bits make a false "unchanged" between two
+    fingerprints of one key a 2⁻⁶⁴ event; two keys with one digest (about 3·10⁻⁸ among 10⁶ keys) are each still
+    found with their own fingerprint (`_Index`)."""
+    if text is None:
         return None
-    return int.from_bytes(blake2b(fingerprint.encode("utf-8"), digest_size=8).digest(), "little")
+    return int.from_bytes(blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+class _Index:
+    """The images done in one (dataset, config hash) scope: the digests of their keys, sorted, beside the digests of
+    their fingerprints — 16 bytes an image, where a dict of str → int costs some 170 (10⁶ images: 16 MB, not
+    170 MB plus what a dict's growth leaves behind). A lookup is a binary search."""
+
+    def __init__(self) -> None:
+        self._parts: list[tuple[np.ndarray, np.ndarray]] = []
+        self.keys = np.empty(0, np.uint64)
+        self.fingerprints = np.empty(0, np.uint64)
+
+    def add(self, keys: list[str], fingerprints: list[str | None]) -> None:
+        """A batch of (key, fingerprint); an image without a fingerprint is never taken as done, so it is left out.
+        `seal` must follow the last batch."""
+        known = [(k, f) for k, f in zip(keys, fingerprints, strict=True) if f is not None]
+        kd = np.fromiter((_digest(k) for k, _ in known), np.uint64, len(known))
+        fd = np.fromiter((_digest(f) for _, f in known), np.uint64, len(known))
+        self._parts.append((kd, fd))
+
+    def seal(self) -> None:
+        if self._parts:
+            keys = np.concatenate([self.keys, *(k for k, _ in self._parts)])
+            fingerprints = np.concatenate([self.fingerprints, *(f for _, f in self._parts)])
+            order = np.argsort(keys, kind="stable")
+            self.keys, self.fingerprints, self._parts = keys[order], fingerprints[order], []
+
+    def holds(self, key: str, fingerprint: str) -> bool:
+        kd, fd = np.uint64(_digest(key)), np.uint64(_digest(fingerprint))
+        i = int(np.searchsorted(self.keys, kd))
+        while i < len(self.keys) and self.keys[i] == kd:  # more than one only if two keys share a digest
+            if self.fingerprints[i] == fd:
+                return True
+            i += 1
+        return False
+
+    def __len__(self) -> int:
+        return len(self.keys)
 
 
 @dataclass
 class DoneState:
     """What is done, for the (dataset, config hash) scopes of one run: key → digest of the input fingerprint it was
     restored with, and for images known only from a report written before the state existed, key → content hash
-    (`legacy`). About 200 bytes per image in memory (`benchmarks/bench_scale.py`)."""
+    (`legacy`). 16 bytes per image in memory (`_Index`), beside what reading the state's files costs while it loads
+    (`benchmarks/bench_scale.py`)."""
 
-    done: dict[tuple[str, str], dict[str, int | None]]  # (dataset, config_hash) → {image_key: _digest(fingerprint)}
+    done: dict[tuple[str, str], _Index]  # (dataset, config_hash) → the images done there, by key and fingerprint
     legacy: dict[tuple[str, str], dict[str, str]]  # (dataset, config_hash) → {image_key: input sha256}
     files_read: int = 0
 
@@ -125,7 +166,7 @@ class DoneState:
         """The state of `output_root` for `scopes`, read once with a filter on them (the key and fingerprint
         columns only); an output root without state falls back to its report's ``ok`` rows (see the module)."""
         scopes = sorted(set(scopes))
-        state = cls({s: {} for s in scopes}, {s: {} for s in scopes})
+        state = cls({s: _Index() for s in scopes}, {s: {} for s in scopes})
         if not scopes:
             return state
         where = ds.field("dataset").isin(sorted({d for d, _ in scopes})) & ds.field("config_hash").isin(
@@ -136,11 +177,16 @@ class DoneState:
         if not uris:
             state._load_legacy(output_root, so, where)
             return state
-        table = _latest(_read(uris, so, where, [*_KEY, "input_fingerprint", "finished_at"]))
-        for batch in table.select([*_KEY, "input_fingerprint"]).to_batches(max_chunksize=65_536):
-            for dataset, config, key, fingerprint in zip(*(c.to_pylist() for c in batch.columns), strict=True):
-                if (rows := state.done.get((dataset, config))) is not None:
-                    rows[key] = _digest(fingerprint)
+        scoped = _latest(
+            _read(uris, so, where, [*_KEY, "input_fingerprint", "finished_at"])
+        )  # only the scopes' groups below: the whole table need not outlive them
+        for (dataset, config), index in state.done.items():
+            mine = scoped.filter(
+                pc.and_(pc.equal(scoped.column("dataset"), dataset), pc.equal(scoped.column("config_hash"), config))
+            )
+            for batch in mine.to_batches(max_chunksize=65_536):
+                index.add(batch.column("image_key").to_pylist(), batch.column("input_fingerprint").to_pylist())
+            index.seal()
         return state
 
     def _load_legacy(self, output_root: str, so: dict | None, where: ds.Expression) -> None:
@@ -154,8 +200,8 @@ class DoneState:
 
     def is_done(self, dataset: str, config_hash: str, key: str, fingerprint: str | None) -> bool:
         """Whether the image was restored under this config with this fingerprint (None, unknown: never done)."""
-        known = self.done.get((dataset, config_hash), {}).get(key)
-        return known is not None and fingerprint is not None and known == _digest(fingerprint)
+        index = self.done.get((dataset, config_hash))
+        return index is not None and fingerprint is not None and index.holds(key, fingerprint)
 
     def legacy_sha256(self, dataset: str, config_hash: str, key: str) -> str | None:
         """The content hash of an image done according to an old report only (see the module)."""
