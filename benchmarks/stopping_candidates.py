@@ -20,44 +20,12 @@ import torch
 from torch import Tensor, nn
 
 from dipcore.metrics import PsnrProtocol, psnr_stacked
+from dipcore.stopping import WindowVariance
 
 OUTPUTS = ("raw", "avg")  # the two outputs of every run: the iterate and its moving average
 
 
 # ------------------------------------------------------------------------------------------------------ signals
-
-
-class WindowVariance:
-    """ES-WMV's signal (Wang et al.; ``dipcore.stopping.VarianceStopping``): the mean over pixels of the variance of
-    the last ``window`` outputs, None until the window is full.
-
-    The same number as VarianceStopping's, kept as running sums of x and x² (float64) over a ring of the window's
-    outputs: O(pixels) per iteration where VarianceStopping recomputes the window, O(window × pixels).
-    """
-
-    def __init__(self, window: int) -> None:
-        self.window = window
-        self.ring: Tensor | None = None  # (W, 1, C, H, W) the last outputs, float32 as the rule keeps them
-        self.sum: Tensor | None = None  # Σ x over the window, float64: the sums lose nothing over a long run
-        self.sum_sq: Tensor | None = None
-        self.count = 0
-
-    def update(self, x: Tensor) -> Tensor | None:
-        x = x.detach().float()
-        if self.ring is None:
-            self.ring = x.new_zeros((self.window, *x.shape))
-            self.sum = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
-            self.sum_sq = torch.zeros_like(self.sum)
-        slot = self.ring[self.count % self.window]
-        x64, old = x.double(), slot.double()  # the slot holds zeros until the window has filled once
-        self.sum.add_(x64 - old)
-        self.sum_sq.add_(x64.square() - old.square())
-        slot.copy_(x)
-        self.count += 1
-        if self.count < self.window:
-            return None
-        mean = self.sum / self.window
-        return (self.sum_sq / self.window - mean.square()).clamp_min(0).mean().float()
 
 
 @dataclass

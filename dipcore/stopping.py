@@ -12,7 +12,40 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["VarianceStopping"]
+__all__ = ["VarianceStopping", "WindowVariance"]
+
+
+class WindowVariance:
+    """ES-WMV's signal: the mean over pixels of the variance of the last ``window`` outputs, None until the window is
+    full. Σx and Σx² over a ring of the window's outputs are kept in float64: O(pixels) per update, not
+    O(window × pixels) (at 256² and W = 100 recomputing the window took longer than a CPU training step), and
+    float64 keeps E[x²] − E[x]² exact enough over any run length (float32 outputs square exactly in it)."""
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self.ring: Tensor | None = None  # (W, *x.shape) the last outputs
+        self._sum: Tensor | None = None
+        self._sum_sq: Tensor | None = None
+        self.count = 0
+
+    @torch.no_grad()
+    def update(self, x: Tensor) -> Tensor | None:
+        x = x.detach().float()
+        if self.ring is None:
+            self.ring = x.new_zeros((self.window, *x.shape))
+            self._sum = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
+            self._sum_sq = torch.zeros_like(self._sum)
+        slot = self.ring[self.count % self.window]  # zeros until the window has filled once
+        new, old = x.double(), slot.double()
+        self._sum.add_(new - old)
+        self._sum_sq.add_(new.square() - old.square())
+        slot.copy_(x)
+        self.count += 1
+        if self.count < self.window:
+            return None
+        # Mean squared distance of the window's outputs to their mean (Wang et al.), averaged over pixels.
+        mean = self._sum / self.window
+        return (self._sum_sq / self.window - mean.square()).clamp_min(0).mean().float()
 
 
 class VarianceStopping:
@@ -27,12 +60,7 @@ class VarianceStopping:
         if window < 2 or patience < 1:
             raise ValueError(f"need window ≥ 2 and patience ≥ 1, got {window=} {patience=}")
         self.window, self.patience, self.ema_alpha = window, patience, ema_alpha
-        self._buffer: Tensor | None = None  # (W, N, C, H, W) ring of the last outputs
-        # Σx and Σx² over the window, in float64: the variance costs O(pixels) per update, not O(W × pixels) (at
-        # 256² and W = 100 recomputing it took longer than a CPU training step), and float64 keeps E[x²] − E[x]²
-        # exact enough over any run length.
-        self._sum: Tensor | None = None
-        self._sum_sq: Tensor | None = None
+        self._window = WindowVariance(window)
         self._mean: Tensor | None = None  # EMV: running mean of outputs
         self._count = 0
         self.variance: Tensor | None = None  # latest variance, a 0-d device tensor
@@ -43,7 +71,7 @@ class VarianceStopping:
     @torch.no_grad()
     def update(self, x: Tensor, iteration: int) -> None:
         x = x.detach().float()
-        var = self._ema_variance(x) if self.ema_alpha else self._window_variance(x)
+        var = self._ema_variance(x) if self.ema_alpha else self._window.update(x)
         self._count += 1
         if var is None:  # the window is not full yet
             return
@@ -56,22 +84,6 @@ class VarianceStopping:
         self.best_variance = torch.where(better, var, self.best_variance)
         self.best_output = torch.where(better, x, self.best_output)
         self.best_iteration = torch.where(better, torch.tensor(iteration, device=x.device), self.best_iteration)
-
-    def _window_variance(self, x: Tensor) -> Tensor | None:
-        if self._buffer is None:
-            self._buffer = x.new_zeros((self.window, *x.shape))
-            self._sum = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
-            self._sum_sq = torch.zeros_like(self._sum)
-        slot = self._buffer[self._count % self.window]  # zeros until the window has filled once
-        new, old = x.double(), slot.double()
-        self._sum.add_(new - old)
-        self._sum_sq.add_(new.square() - old.square())
-        slot.copy_(x)
-        if self._count + 1 < self.window:
-            return None
-        # Mean squared distance of the window's outputs to their mean (Wang et al.), averaged over pixels.
-        mean = self._sum / self.window
-        return (self._sum_sq / self.window - mean.square()).clamp_min(0).mean().float()
 
     def _ema_variance(self, x: Tensor) -> Tensor | None:
         a = self.ema_alpha

@@ -17,7 +17,7 @@ from dipcore.api import build_problem
 from dipcore.degrade import degrade
 from dipcore.fit import FitSettings, fit
 from dipcore.noise_level import estimate_sigma
-from dipcore.stopping import VarianceStopping
+from dipcore.stopping import VarianceStopping, WindowVariance
 from dipcore.tasks import preset_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -106,16 +106,22 @@ def test_the_noise_estimate_is_within_ten_percent(sigma, image):
 
 
 def test_the_window_variance_is_es_wmvs():
+    """The study's signal is the deployed rule's (one class, `dipcore.stopping.WindowVariance`), and it is the
+    variance of the last W outputs as recomputing the window gives it."""
     gen = torch.Generator().manual_seed(0)
-    rule, ours = VarianceStopping(window=5, patience=100), sc.WindowVariance(5)
+    rule, ours, last = VarianceStopping(window=5, patience=100), WindowVariance(5), []
     for it in range(1, 40):
         x = 0.5 + 0.1 * torch.rand(1, 3, 8, 8, generator=gen) * math.exp(-it / 10)
         rule.update(x, it)
         value = ours.update(x)
+        last = [*last[-4:], x]
         if rule.variance is None:
-            assert value is None
+            assert value is None and len(last) < 5
         else:
-            assert float(value) == pytest.approx(float(rule.variance), rel=1e-4, abs=1e-9)
+            window = torch.stack(last)
+            expected = (window - window.mean(0, keepdim=True)).pow(2).mean()
+            assert float(value) == pytest.approx(float(expected), rel=1e-4, abs=1e-9)
+            assert float(value) == float(rule.variance)
 
 
 def test_the_rules_pick_as_they_say():

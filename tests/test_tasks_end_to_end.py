@@ -121,7 +121,7 @@ def test_variance_stopping_keeps_the_window_variance_exact_over_a_long_run():
     gen = torch.Generator().manual_seed(0)
     for it in range(1, 3001):
         rule.update(0.5 + 1e-3 * torch.randn(1, 3, 8, 8, generator=gen), it)
-    window = rule._buffer.double()
+    window = rule._window.ring.double()
     expected = (window - window.mean(0, keepdim=True)).pow(2).mean()
     assert float(expected) == pytest.approx(1e-6, rel=0.1)  # the data are what the test means them to be
     assert float(rule.variance) == pytest.approx(float(expected), rel=1e-6)
