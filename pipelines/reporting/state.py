@@ -177,10 +177,8 @@ class DoneState:
         if not uris:
             state._load_legacy(output_root, so, where)
             return state
-        scoped = _latest(
-            _read(uris, so, where, [*_KEY, "input_fingerprint", "finished_at"])
-        )  # only the scopes' groups below: the whole table need not outlive them
-        for (dataset, config), index in state.done.items():
+        scoped = _latest(_read(uris, so, where, [*_KEY, "input_fingerprint", "finished_at"]))
+        for (dataset, config), index in state.done.items():  # each scope's rows, a batch of Python strings at a time
             mine = scoped.filter(
                 pc.and_(pc.equal(scoped.column("dataset"), dataset), pc.equal(scoped.column("config_hash"), config))
             )
