@@ -412,8 +412,8 @@ def _row(
 
 
 def deployed_wmv_ms(shape: tuple[int, ...], window: int, device: str = "cpu", updates: int = 5) -> float:
-    """Milliseconds of one update of the deployed rule (VarianceStopping, which recomputes its window each time)
-    on an output of ``shape`` (1, C, H, W), its window full."""
+    """Milliseconds of one update of the deployed rule (VarianceStopping: its window variance, and its choice kept on
+    the device) on an output of ``shape`` (1, C, H, W), its window full."""
     rule = VarianceStopping(window=window, patience=10**9)
     x = torch.rand(shape, device=device)
     for i in range(window):
