@@ -444,9 +444,11 @@ def seconds_per_iteration(
 
 
 def crops(task: str, args: argparse.Namespace, size: int) -> list[tuple[str, np.ndarray]]:
-    """(name, centre crop) of the set's first ``--limit`` images; a crop is at most the image."""
+    """(name, centre crop) of ``--limit`` images of the set from its ``--skip``-th (sorted by name); a crop is at most
+    the image."""
     folder = Path(args.data_root) / SETS[task].folder
-    paths = sorted(p for p in folder.iterdir() if p.suffix == ".png")[: args.limit]
+    paths = sorted(p for p in folder.iterdir() if p.suffix == ".png")
+    paths = paths[args.skip :][: args.limit]
     out = []
     for path in paths:
         image = dipcore.load_image(path)
@@ -659,6 +661,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--channels", type=int, default=32, help="the net's width at every scale")
     ap.add_argument("--iterations", nargs="+", help="N (every task) or TASK=N; default: 1.5 × the preset's count")
     ap.add_argument("--limit", type=int, help="at most this many images per set")
+    ap.add_argument("--skip", type=int, default=0, help="leave out the set's first images (to split a study)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", help="append one JSON line per image and row to this file")
