@@ -56,7 +56,7 @@ from dipcore.api import build_problem
 from dipcore.engine import EngineOptions, fit_work
 from dipcore.fit import FitProblem, FitResult, FitSettings, fit
 from dipcore.noise_level import estimate_sigma
-from dipcore.selfvalidation import held_out_mask, holding_out
+from dipcore.selfvalidation import DataFit, held_out_mask, holding_out
 from dipcore.stopping import VarianceStopping
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -65,7 +65,6 @@ from stopping_candidates import (
     Average,
     Choice,
     Context,
-    DataTerm,
     Signals,
     SignalSpec,
     apply_rule,
@@ -209,11 +208,11 @@ def run_variant(
         fit_obs = dataclasses.replace(obs, guide=obs.image)
     problem = build_problem(fit_p, fit_obs, device=device, seed=config.seed, reference=ref)
     observed = _observed_weight(p.task, obs, problem.target)
-    data = DataTerm(problem.operator, problem.target, observed)
+    data = DataFit(problem.operator, problem.target, observed)
     heldout, holdout, schedule = None, None, None
     if variant == "selfval":
         held = held_out_mask(observed, config.holdout, config.seed)  # the pixels restore's self-validation holds out
-        heldout, holdout = DataTerm(problem.operator, problem.target, held), config.holdout
+        heldout, holdout = DataFit(problem.operator, problem.target, held), config.holdout
         keep = 1.0 - held
         problem.operator, problem.target = holding_out(problem.operator, keep), problem.target * keep
     if variant == "cosine":

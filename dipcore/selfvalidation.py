@@ -23,14 +23,15 @@ from torch import Tensor, nn
 
 from .fit import FitProblem, FitSettings
 from .operators import Identity, Mask, Operator
+from .stopping import MinimumStopping
 
 __all__ = [
     "SELFVAL_HOLDOUT",
     "SELFVAL_PATIENCE",
     "SELFVAL_SEARCH",
     "CountStopping",
+    "DataFit",
     "HeldOut",
-    "HeldOutFit",
     "HeldOutStopping",
     "held_out_mask",
     "hold_out",
@@ -40,9 +41,7 @@ __all__ = [
 ]
 
 SELFVAL_HOLDOUT = 0.1  # fraction of the observed pixels held out of the first fit's loss
-SELFVAL_PATIENCE = (
-    300  # iterations without a new minimum before the first fit stops (1000 picked the same in the study)
-)
+SELFVAL_PATIENCE = 300  # iterations without a new minimum before the first fit stops (1000 chose the same)
 SELFVAL_SEARCH = 1.5  # the first fit runs at most this × the preset's count (the study's runs: where rules can fire)
 _SEARCH_EMA = 0.99  # the moving average the rule watches where a preset keeps none (the denoising code's weight)
 _MASK_STREAM = 7919  # the held-out pixels' own random stream: the degradation and the fit draw from the seed itself
@@ -83,12 +82,13 @@ def holding_out(operator: nn.Module, keep: Tensor) -> Operator:
     return HeldOut(operator, keep)
 
 
-class HeldOutFit:
-    """‖A(x) − y‖² averaged over the held-out entries: how well an image predicts the pixels its fit never saw."""
+class DataFit:
+    """‖A(x) − y‖² averaged over the entries of A's output that ``weight`` (1, 1, h, w) counts: on the held-out
+    ones, how well an image predicts the pixels its fit never saw (the study also counts all observed ones)."""
 
-    def __init__(self, operator: nn.Module, target: Tensor, held: Tensor) -> None:
+    def __init__(self, operator: nn.Module, target: Tensor, weight: Tensor) -> None:
         self.operator, self.target = operator, target
-        per_entry = held.expand_as(target)
+        per_entry = weight.expand_as(target)
         self.weight = per_entry / per_entry.sum().clamp_min(1)  # a weighted mean in one multiply-add
 
     @torch.no_grad()
@@ -96,37 +96,19 @@ class HeldOutFit:
         return ((self.operator(x.float()) - self.target).square() * self.weight).sum()
 
 
-class HeldOutStopping:
-    """The first phase's rule: remembers the iteration (and image) of the lowest held-out fit of the moving average
-    (a strict new minimum moves it) and stops ``patience`` iterations after it. Everything stays on the device; the
-    loop reads one scalar at its sync points. The rule watches the fit's moving average (``watches``)."""
+class HeldOutStopping(MinimumStopping):
+    """The first phase's rule: ES-WMV's decision (``MinimumStopping``) on the held-out fit of the moving average
+    (``watches``), which stays on the device; the loop reads one scalar at its sync points."""
 
     watches = "average"
 
-    def __init__(self, fit_of: HeldOutFit, *, patience: int = SELFVAL_PATIENCE) -> None:
-        if patience < 1:
-            raise ValueError(f"need patience ≥ 1, got {patience}")
-        self.fit_of, self.patience = fit_of, patience
-        self.best_value: Tensor | None = None
-        self.best_output: Tensor | None = None
-        self.best_iteration: Tensor | None = None  # 0-d int64 on the device
+    def __init__(self, fit_of: DataFit, *, patience: int = SELFVAL_PATIENCE) -> None:
+        super().__init__(patience)
+        self.fit_of = fit_of
 
     @torch.no_grad()
     def update(self, x: Tensor, iteration: int) -> None:
-        value = self.fit_of(x)
-        now = torch.tensor(iteration, device=x.device)
-        if self.best_value is None:
-            self.best_value, self.best_output, self.best_iteration = value, x.detach().clone(), now
-            return
-        better = value < self.best_value  # decided on the device: no host synchronisation
-        self.best_value = torch.where(better, value, self.best_value)
-        self.best_output = torch.where(better, x, self.best_output)
-        self.best_iteration = torch.where(better, now, self.best_iteration)
-
-    def should_stop(self, iteration: int) -> bool:
-        if self.best_iteration is None:
-            return False
-        return iteration - int(self.best_iteration) >= self.patience
+        self.offer(self.fit_of(x), x.detach(), iteration)
 
 
 class CountStopping:
@@ -149,7 +131,7 @@ class CountStopping:
         return iteration >= self.count
 
 
-def hold_out(problem: FitProblem, seed: int, fraction: float = SELFVAL_HOLDOUT) -> HeldOutFit:
+def hold_out(problem: FitProblem, seed: int, fraction: float = SELFVAL_HOLDOUT) -> DataFit:
     """Take a ``fraction`` of ``problem``'s observed pixels out of its loss (in place: its operator and target) and
     return the measure of the fit on them. The observed pixels are the mask's known ones (inpainting), else all."""
     operator, target = problem.operator, problem.target
@@ -160,10 +142,10 @@ def hold_out(problem: FitProblem, seed: int, fraction: float = SELFVAL_HOLDOUT) 
     held = held_out_mask(observed, fraction, seed)
     keep = 1.0 - held
     problem.operator, problem.target = holding_out(operator, keep), target * keep
-    return HeldOutFit(operator, target, held)
+    return DataFit(operator, target, held)
 
 
-def search_settings(settings: FitSettings, fits: list[HeldOutFit]) -> FitSettings:
+def search_settings(settings: FitSettings, fits: list[DataFit]) -> FitSettings:
     """The first phase: the fits on their kept pixels, each stopped by its own held-out rule, for at most
     ``SELFVAL_SEARCH`` × the count (a moving average is kept for the rule where the preset keeps none)."""
     return dataclasses.replace(
