@@ -17,9 +17,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from dipcore.metrics import PsnrProtocol, psnr_stacked
+from dipcore.selfvalidation import DataFit
 from dipcore.stopping import WindowVariance
 
 OUTPUTS = ("raw", "avg")  # the two outputs of every run: the iterate and its moving average
@@ -29,31 +30,14 @@ OUTPUTS = ("raw", "avg")  # the two outputs of every run: the iterate and its mo
 
 
 @dataclass
-class DataTerm:
-    """How far an image is from the observation: ‖A(x) − y‖² averaged over the entries of A's output that ``weight``
-    (1, 1, h, w) counts — all observed ones for the discrepancy principle, the held-out ones for self-validation."""
-
-    operator: nn.Module
-    target: Tensor  # (1, C, h, w) in A's space
-    weight: Tensor  # (1, 1, h, w): 1 = counted
-
-    def __post_init__(self) -> None:
-        per_entry = self.weight.expand_as(self.target)
-        self.weight = per_entry / per_entry.sum().clamp_min(1)  # a weighted mean in one multiply-add
-
-    def __call__(self, x: Tensor) -> Tensor:
-        return ((self.operator(x) - self.target).square() * self.weight).sum()
-
-
-@dataclass
 class SignalSpec:
     """What one fit's `Signals` record, besides the iterate and the loop's average (the curves of the loop itself)."""
 
     iterations: int
     window: int = 100  # ES-WMV's W
     averages: Sequence[Average] = ()  # longer moving averages, each watched as an output of its own
-    data: DataTerm | None = None  # the data fit of every output (the discrepancy principle)
-    heldout: DataTerm | None = None  # the data fit on held-out pixels (self-validation)
+    data: DataFit | None = None  # the data fit of every output (the discrepancy principle)
+    heldout: DataFit | None = None  # the data fit on held-out pixels (self-validation)
     reference: Tensor | None = None  # ground truth: the PSNR curves of the longer averages
     protocol: PsnrProtocol = field(default_factory=PsnrProtocol)
     timed: bool = True  # host time per signal; only meaningful where the device computes synchronously (a CPU)

@@ -56,7 +56,7 @@ from dipcore.api import build_problem
 from dipcore.engine import EngineOptions, fit_work
 from dipcore.fit import FitProblem, FitResult, FitSettings, fit
 from dipcore.noise_level import estimate_sigma
-from dipcore.operators import Operator
+from dipcore.selfvalidation import DataFit, held_out_mask, holding_out
 from dipcore.stopping import VarianceStopping
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -65,7 +65,6 @@ from stopping_candidates import (
     Average,
     Choice,
     Context,
-    DataTerm,
     Signals,
     SignalSpec,
     apply_rule,
@@ -118,18 +117,6 @@ class StudyConfig:
 # --------------------------------------------------------------------------------------------------- variants
 
 
-class _HeldOut(Operator):
-    """A(x) on the pixels kept for the loss only: self-validation's fit never sees its held-out pixels."""
-
-    def __init__(self, operator: nn.Module, keep: Tensor) -> None:
-        super().__init__()
-        self.operator = operator
-        self.register_buffer("keep", keep, persistent=False)  # (1, 1, h, w) in A's space
-
-    def A(self, x: Tensor) -> Tensor:
-        return self.operator(x) * self.keep
-
-
 class _Perturbed(nn.Module):
     """The net run twice per step, on its input y and on y + εb (b ~ N(0, I) on the image's box, drawn afresh), so
     that SURE's loss has bᵀ(f(y + εb) − f(y)) / ε, a Monte-Carlo estimate of the divergence of y ↦ f(y)."""
@@ -180,13 +167,6 @@ def _observed_weight(task: str, obs: dipcore.Observation, target: Tensor) -> Ten
     return torch.ones((1, 1, *target.shape[-2:]), device=target.device)
 
 
-def _held_out(weight: Tensor, fraction: float, seed: int) -> Tensor:
-    """A random ``fraction`` of the observed entries of ``weight`` (1 = held out), drawn from ``seed``."""
-    rng = np.random.default_rng(seed + 7919)  # its own stream: the degradation and the fit draw from `seed`
-    draw = torch.from_numpy(rng.random(weight.shape[-2:]) < fraction).float().to(weight.device)
-    return weight * draw
-
-
 def _cosine(count: int) -> Callable[[int], float]:
     """The learning rate's factor at iteration t: a cosine from 1 to 0 at ``count``, then 0."""
     return lambda t: 0.5 * (1.0 + math.cos(math.pi * min(t, count) / count))
@@ -228,13 +208,13 @@ def run_variant(
         fit_obs = dataclasses.replace(obs, guide=obs.image)
     problem = build_problem(fit_p, fit_obs, device=device, seed=config.seed, reference=ref)
     observed = _observed_weight(p.task, obs, problem.target)
-    data = DataTerm(problem.operator, problem.target, observed)
+    data = DataFit(problem.operator, problem.target, observed)
     heldout, holdout, schedule = None, None, None
     if variant == "selfval":
-        held = _held_out(observed, config.holdout, config.seed)
-        heldout, holdout = DataTerm(problem.operator, problem.target, held), config.holdout
+        held = held_out_mask(observed, config.holdout, config.seed)  # the pixels restore's self-validation holds out
+        heldout, holdout = DataFit(problem.operator, problem.target, held), config.holdout
         keep = 1.0 - held
-        problem.operator, problem.target = _HeldOut(problem.operator, keep), problem.target * keep
+        problem.operator, problem.target = holding_out(problem.operator, keep), problem.target * keep
     if variant == "cosine":
         schedule = _cosine(count)
     if variant == "sure":
@@ -541,6 +521,8 @@ def summarise(rows: list[dict]) -> list[str]:
         base = {r["image"]: r for r in group if r["variant"] == "base"}
         if not base:
             continue
+        refits = _refit_rows(group, base)
+        group = group + refits
         oracle_db = {image: r["oracle"]["psnr"] for image, r in base.items()}
         fixed_db = {image: r["picks"]["fixed"]["psnr"] for image, r in base.items()}
         lines += [
@@ -557,7 +539,8 @@ def summarise(rows: list[dict]) -> list[str]:
         table = []
         for variant in dict.fromkeys(r["variant"] for r in group):
             by_image = {r["image"]: r for r in group if r["variant"] == variant and r["image"] in base}
-            names = dict.fromkeys(["oracle", *(n for r in by_image.values() for n in r["picks"])])
+            own = [] if variant == "selfval→refit" else ["oracle"]  # the refit's oracle is the base run's: above
+            names = dict.fromkeys([*own, *(n for r in by_image.values() for n in r["picks"])])
             for rule in names:
                 choices = {
                     image: (r["oracle"] if rule == "oracle" else r["picks"].get(rule)) for image, r in by_image.items()
@@ -579,8 +562,35 @@ def summarise(rows: list[dict]) -> list[str]:
                     )
                 )
         lines += [line for _, line in sorted(table, key=lambda t: t[0])]
+        for rule in dict.fromkeys(n for r in refits for n in r["cost"]):
+            spent = [r["cost"][rule] for r in refits if rule in r["cost"]]
+            lines.append(
+                f"\n`selfval→refit` with {rule}: search + refit cost {_mean(spent):.2f}× the fixed count's iterations "
+                f"on average ({min(spent):.2f}–{max(spent):.2f}×)."
+            )
     lines += ["", *costs(rows)]
     return lines
+
+
+def _refit_rows(group: list[dict], base: dict[str, dict]) -> list[dict]:
+    """What ``restore``'s self-validation returns (``dipcore.selfvalidation``), from the runs already there: the
+    held-out fit's pick, then the base run — the refit on every pixel, same seed — at that count, returning the
+    preset's output. One row per image (variant ``selfval→refit``), with each pick's cost in iterations: the search
+    up to where the rule fired (its whole run if it never did), plus the refit, over the fixed count."""
+    rows = []
+    for r in group:
+        b = base.get(r["image"])
+        if r["variant"] != "selfval" or b is None:
+            continue
+        returned = b["picks"]["fixed"]["output"]
+        picks, cost = {}, {}
+        for name, c in r["picks"].items():
+            if name.startswith("selfval_avg"):
+                t = c["iteration"]
+                picks[name] = {**c, "output": returned, "psnr": b["curves"][returned][t - 1]}
+                cost[name] = ((c["fired_at"] or r["iterations"]) + t) / b["count"]
+        rows.append({**r, "variant": "selfval→refit", "oracle": b["oracle"], "picks": picks, "cost": cost})
+    return rows
 
 
 def costs(rows: list[dict]) -> list[str]:

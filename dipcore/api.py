@@ -24,11 +24,12 @@ from .crop import center_box, center_crop_to_multiple
 from .degrade import Observation, binary_mask
 from .engine import EngineOptions, default_device, fit_work
 from .errors import ConfigError
-from .fit import FitProblem, FitResult, FitSettings, StepRecord, fit, fit_stacked
+from .fit import FitProblem, FitResult, FitSettings, StepRecord, fit, fit_stacked, settings_for_fit
 from .imageio import to_float_image
 from .memory import decide_checkpoint
 from .metrics import PsnrProtocol, check_protocol
 from .operators import meshgrid_code, noise_code
+from .selfvalidation import hold_out, refit_settings, search_settings
 from .stopping import VarianceStopping
 from .task_defs import get_task
 from .tasks import TaskPreset, preset_for
@@ -272,17 +273,27 @@ def restore(
     protocol = _protocol(psnr_protocol, ref)
     dev = torch.device(device) if device is not None else default_device()
     seeds = [seed + r for r in range(p.restarts)]
-    problems = [
-        build_problem(p, obs, device=dev, seed=s, reference=ref, features_weights=features_weights, operator=operator)
-        for s in seeds
-    ]
+
+    def build() -> list[FitProblem]:
+        return [
+            build_problem(
+                p, obs, device=dev, seed=s, reference=ref, features_weights=features_weights, operator=operator
+            )
+            for s in seeds
+        ]
+
+    problems = build()
     engine = (engine or EngineOptions()).resolved(dev, work=_work(problems[0]), bf16_ok=get_task(p.task).bf16_default)
     h, w, c = get_task(p.task).output_shape(obs.image.shape, p.scale)
     fits = _at_once(engine, p.restarts) if engine.batch_restarts else 1
     engine = _plan_memory(engine, p, h, w, c, dev, fits=fits)
-    runs = run_fits(
-        problems, _settings(p, engine, protocol), seeds=seeds, callback=callback, batched=engine.batch_restarts
-    )
+    settings = _settings(p, engine, protocol)
+    if p.early_stopping == "selfval":
+        runs = self_validated(
+            problems, build, p, settings, seeds=seeds, callback=callback, batched=engine.batch_restarts
+        )
+    else:
+        runs = run_fits(problems, settings, seeds=seeds, callback=callback, batched=engine.batch_restarts)
     return _collect(runs, p, seed, dev, started, protocol=protocol, engine=engine)
 
 
@@ -353,10 +364,14 @@ def restore_batch(
         raise ConfigError("stacked fits need observations of one channel count (grey and colour apart)")
     own = [own_canvas(p, obs.image.shape) for obs, _ in prepared]
     canvases = _batch_canvases(own, canvas, stacked=stacked, max_waste=max_canvas_waste)
-    problems = [
-        build_problem(p, obs, device=dev, seed=s, reference=ref, canvas=c)
-        for (obs, ref), s, c in zip(prepared, seeds, canvases, strict=True)
-    ]
+
+    def build() -> list[FitProblem]:
+        return [
+            build_problem(p, obs, device=dev, seed=s, reference=ref, canvas=c)
+            for (obs, ref), s, c in zip(prepared, seeds, canvases, strict=True)
+        ]
+
+    problems = build()
     work = max(_work(q) for q in problems)
     engine = (engine or EngineOptions()).resolved(dev, work=work, bf16_ok=get_task(p.task).bf16_default)
     # The memory plan of the images' size, or of the largest canvas (the shared one, when stacked) when they differ.
@@ -367,7 +382,11 @@ def restore_batch(
         height, width = shared_canvas([c or o for c, o in zip(canvases, own, strict=True)])
     channels = max(o[2] for o in outputs)
     engine = _plan_memory(engine, p, height, width, channels, dev, fits=_at_once(engine, k))
-    runs = run_fits(problems, _settings(p, engine, protocol), seeds=seeds, callback=callback)
+    settings = _settings(p, engine, protocol)
+    if p.early_stopping == "selfval":
+        runs = self_validated(problems, build, p, settings, seeds=seeds, callback=callback)
+    else:
+        runs = run_fits(problems, settings, seeds=seeds, callback=callback)
     results = []
     for run, s, c, o in zip(runs, seeds, canvases, own, strict=True):
         res = _collect([run], p, s, dev, started, protocol=protocol, engine=engine)
@@ -402,8 +421,8 @@ def _prepare(p: TaskPreset, observation: Any, *, mask: Any = None, guide: Any = 
     """The observation and reference as float arrays, centre-cropped when the preset asks for the paper's crop."""
     if p.iterations < 1:
         raise ConfigError(f"iterations must be ≥ 1, got {p.iterations}")
-    if p.early_stopping not in (True, False, "observe"):
-        raise ConfigError(f"early_stopping must be True, False or 'observe', not {p.early_stopping!r}")
+    if p.early_stopping not in (True, False, "observe", "selfval"):
+        raise ConfigError(f"early_stopping must be True, False, 'observe' or 'selfval', not {p.early_stopping!r}")
     task = get_task(p.task)
     obs = _as_observation(observation, p.task, mask, guide, p.scale)
     ref = to_float_image(reference) if reference is not None else None
@@ -447,7 +466,10 @@ def _protocol(value: PsnrProtocol | Mapping[str, Any] | None, ref: np.ndarray | 
 
 
 def _settings(p: TaskPreset, engine: EngineOptions, protocol: PsnrProtocol | None) -> FitSettings:
-    stopping = (lambda: VarianceStopping(window=p.es_window, patience=p.es_patience)) if p.early_stopping else None
+    """The loop's settings of preset ``p``; the running-variance rule where it asks for it (self-validation's rules
+    are per fit: ``self_validated`` sets them)."""
+    wmv = p.early_stopping in (True, "observe")
+    stopping = (lambda: VarianceStopping(window=p.es_window, patience=p.es_patience)) if wmv else None
     return FitSettings(
         lr=p.lr,
         iterations=p.iterations,
@@ -482,7 +504,40 @@ def run_fits(
         if settings.engine.batch_mode == "threads":
             return fit_concurrently(problems, settings, generators=generators, callback=callback)
         return fit_stacked(stack_problems(problems), settings, generators=generators, callback=callback)
-    return [fit(prob, settings, generator=g, callback=callback) for prob, g in zip(problems, generators, strict=True)]
+    return [
+        fit(prob, settings_for_fit(settings, i), generator=g, callback=callback)
+        for i, (prob, g) in enumerate(zip(problems, generators, strict=True))
+    ]
+
+
+def self_validated(
+    problems: list[FitProblem],
+    build: Callable[[], list[FitProblem]],
+    p: TaskPreset,
+    settings: FitSettings,
+    *,
+    seeds: list[int],
+    callback: Callable[[StepRecord], bool | None] | None = None,
+    batched: bool = True,
+) -> list[FitResult]:
+    """Self-validation's two phases (``dipcore.selfvalidation``): ``problems`` fitted on their kept pixels until
+    their held-out rules stop them, then fresh ones from ``build`` (same seeds) fitted on every pixel, fit i's
+    image kept at the count its first phase found. A callback's stop in the first phase ends there (its results:
+    no image was chosen). Each result's ``es_fired_at`` is where its first phase stopped (None: it ran its whole
+    search) and ``iterations_run`` counts both phases."""
+    fits = [hold_out(q, s) for q, s in zip(problems, seeds, strict=True)]
+    found = run_fits(problems, search_settings(settings, fits), seeds=seeds, callback=callback, batched=batched)
+    if any(r.stop_reason == "callback" for r in found):
+        return found
+    counts = [r.es_iteration or r.iterations_run for r in found]
+    watches = "average" if p.output == "average" and settings.ema else "output"
+    final = run_fits(
+        build(), refit_settings(settings, counts, watches=watches), seeds=seeds, callback=callback, batched=batched
+    )
+    return [
+        dataclasses.replace(r, es_fired_at=f.es_fired_at, iterations_run=f.iterations_run + r.iterations_run)
+        for r, f in zip(final, found, strict=True)
+    ]
 
 
 def _returned(run: FitResult, p: TaskPreset) -> Tensor:

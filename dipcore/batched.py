@@ -21,6 +21,7 @@ from .crop import center_crop
 from .errors import ConfigError
 from .fit import FitPart, FitProblem
 from .operators import Features, Identity, LanczosDown, Mask
+from .selfvalidation import HeldOut
 from .task_defs import get_task
 
 if TYPE_CHECKING:
@@ -147,7 +148,10 @@ def stack_problems(problems: list[FitProblem]) -> FitProblem:
         )
     if any(isinstance(p.operator, Features) for p in problems):
         raise ConfigError("the pre-image task cannot be batched (its classifier is not per-fit)")
-    if any(p.crop != first.crop or p.target.shape != first.target.shape for p in problems):
+    # Fits of other sizes, or each with its own held-out pixels behind an operator (self-validation), keep parts.
+    if any(p.crop != first.crop or p.target.shape != first.target.shape for p in problems) or any(
+        isinstance(p.operator, HeldOut) for p in problems
+    ):
         return _stack_parts(problems)
     op = first.operator
     if isinstance(op, Mask):

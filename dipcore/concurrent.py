@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from .fit import FitProblem, FitResult, FitSettings, StepRecord, fit
+from .fit import FitProblem, FitResult, FitSettings, StepRecord, fit, settings_for_fit
 
 __all__ = ["concurrent_workers", "fit_concurrently"]
 
@@ -49,7 +49,7 @@ def fit_concurrently(
     relay = _Relay(callback, len(problems))
     if workers == 1:
         return [
-            fit(p, settings, generator=g, callback=relay.for_fit(i))
+            fit(p, settings_for_fit(settings, i), generator=g, callback=relay.for_fit(i))
             for i, (p, g) in enumerate(zip(problems, generators, strict=True))
         ]
     per_fit = max(1, total // workers)
@@ -57,7 +57,7 @@ def fit_concurrently(
     def run(i: int) -> FitResult:
         torch.set_num_threads(per_fit)  # for this thread's own OpenMP pool too
         try:
-            return fit(problems[i], settings, generator=generators[i], callback=relay.for_fit(i))
+            return fit(problems[i], settings_for_fit(settings, i), generator=generators[i], callback=relay.for_fit(i))
         except BaseException:
             relay.stop()  # the others end early: the batch fails as a whole
             raise

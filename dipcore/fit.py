@@ -11,6 +11,7 @@ The device-side state lives in a `_Recorder`, the early-stopping decision in a `
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 import statistics
@@ -26,7 +27,6 @@ from .engine import EngineOptions, backend_flags, fit_work
 from .metrics import PsnrProtocol, psnr_stacked
 from .operators import Operator
 from .step import TrainingStep
-from .stopping import VarianceStopping
 
 __all__ = [
     "FitPart",
@@ -125,7 +125,9 @@ class FitSettings:
     reg_noise_std: float = 0.0
     ema: float | None = None  # weight of the moving average of outputs (0.99 in the denoising code)
     backtrack: bool = False
-    stopping: Callable[[], VarianceStopping] | None = None  # a factory: each fit gets a fresh rule
+    # A factory (each fit gets a fresh rule) or one factory per fit (stacked or side by side: fit i calls the i-th).
+    # A rule is `VarianceStopping`'s shape; one whose `watches` is "average" sees the moving average, not the output.
+    stopping: Callable[[], Any] | tuple[Callable[[], Any], ...] | None = None
     # With `stopping`: run every iteration and only record what the rule would have returned (an ES study).
     observe_stopping: bool = False
     # Factories of monitors: each fit gets fresh ones, returned in its FitResult. Empty (the default): none is called.
@@ -135,6 +137,14 @@ class FitSettings:
     lr_schedule: Callable[[int], float] | None = None
     psnr_protocol: PsnrProtocol = field(default_factory=PsnrProtocol)  # how the curves measure PSNR
     engine: EngineOptions = field(default_factory=EngineOptions)
+
+
+def settings_for_fit(settings: FitSettings, i: int) -> FitSettings:
+    """The settings fit i of a batch runs with when it runs on its own (side by side, or one after another): its own
+    stopping factory where there is one per fit."""
+    if isinstance(settings.stopping, tuple):
+        return dataclasses.replace(settings, stopping=(settings.stopping[i],))
+    return settings
 
 
 @dataclass(frozen=True)
@@ -210,7 +220,7 @@ def fit_stacked(
             out, per_fit = step(_jitter(generators, z, settings.reg_noise_std))  # (1, K·C, H, W), (K,)
             recorder.record(it, out, per_fit)
             blocks = problem.blocks(out, k)
-            policy.update(blocks, it)
+            policy.update(blocks, it, lambda: problem.blocks(recorder.average, k))
             if settings.monitors:
                 _update_monitors(monitors, blocks, problem, recorder, it)
             if it % engine.sync_every and it != n:
@@ -368,16 +378,27 @@ class _StoppingPolicy:
     rule's first choice is kept and the fits run their full count."""
 
     def __init__(self, settings: FitSettings, k: int) -> None:
-        self.rules = [settings.stopping() for _ in range(k)] if settings.stopping else []
+        factories = settings.stopping
+        if isinstance(factories, tuple):
+            if len(factories) != k:
+                raise ValueError(f"{k} stacked fits need {k} stopping factories, got {len(factories)}")
+            self.rules = [make() for make in factories]
+        else:
+            self.rules = [factories() for _ in range(k)] if factories else []
+        self.on_average = [getattr(rule, "watches", "output") == "average" for rule in self.rules]
+        if any(self.on_average) and not settings.ema:
+            raise ValueError("a stopping rule that watches the moving average needs `ema`")
         self.observe = settings.observe_stopping
         self.observed: list[tuple[Tensor, int, int] | None] = [None] * k  # observe: (output, iteration, fired at)
 
-    def update(self, blocks: list[Tensor], it: int) -> None:
-        """Each rule sees its fit's image (``blocks[k]``), on the device; an observed rule is left alone once it
-        has fired (its choice is kept), and when all have, no rule is updated any more."""
+    def update(self, blocks: list[Tensor], it: int, averages: Callable[[], list[Tensor]]) -> None:
+        """Each rule sees its fit's image (``blocks[k]``) or, if it watches it, its moving average (``averages()``,
+        asked for only then), on the device; an observed rule is left alone once it has fired (its choice is kept),
+        and when all have, no rule is updated any more."""
         if self.rules and not all(self.observed):
-            for rule, block in zip(self.rules, blocks, strict=True):
-                rule.update(block, it)
+            means = averages() if any(self.on_average) else None
+            for i, (rule, block) in enumerate(zip(self.rules, blocks, strict=True)):
+                rule.update(means[i] if self.on_average[i] else block, it)
 
     def stop(self, it: int) -> bool:
         """At a sync point (one host read per rule): observing, keep each rule's choice the first time it says

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["VarianceStopping", "WindowVariance"]
+__all__ = ["MinimumStopping", "VarianceStopping", "WindowVariance"]
 
 
 class WindowVariance:
@@ -48,7 +48,37 @@ class WindowVariance:
         return (self._sum_sq / self.window - mean.square()).clamp_min(0).mean().float()
 
 
-class VarianceStopping:
+class MinimumStopping:
+    """What a rule that stops past a signal's minimum keeps: the lowest value so far, the image and iteration where
+    it came (a strict new minimum moves them), all on the device; it says stop ``patience`` iterations after it."""
+
+    def __init__(self, patience: int) -> None:
+        if patience < 1:
+            raise ValueError(f"need patience ≥ 1, got {patience}")
+        self.patience = patience
+        self.best_value: Tensor | None = None
+        self.best_output: Tensor | None = None
+        self.best_iteration: Tensor | None = None  # 0-d int64 on the device
+
+    @torch.no_grad()
+    def offer(self, value: Tensor, x: Tensor, iteration: int) -> None:
+        now = torch.tensor(iteration, device=x.device)
+        if self.best_value is None:
+            self.best_value, self.best_output, self.best_iteration = value.clone(), x.clone(), now
+            return
+        better = value < self.best_value  # decided on the device: no host synchronisation
+        self.best_value = torch.where(better, value, self.best_value)
+        self.best_output = torch.where(better, x, self.best_output)
+        self.best_iteration = torch.where(better, now, self.best_iteration)
+
+    def should_stop(self, iteration: int) -> bool:
+        """True once ``patience`` iterations have passed since the minimum (one host read)."""
+        if self.best_iteration is None:
+            return False
+        return iteration - int(self.best_iteration) >= self.patience
+
+
+class VarianceStopping(MinimumStopping):
     """ES-WMV with window ``window`` (W = 100) and ``patience`` (P = 1000); ``ema_alpha`` switches to the
     O(1)-memory exponential variant (ES-EMV, α = 0.1) that keeps no window of outputs.
 
@@ -59,14 +89,12 @@ class VarianceStopping:
     def __init__(self, *, window: int = 100, patience: int = 1000, ema_alpha: float | None = None):
         if window < 2 or patience < 1:
             raise ValueError(f"need window ≥ 2 and patience ≥ 1, got {window=} {patience=}")
-        self.window, self.patience, self.ema_alpha = window, patience, ema_alpha
+        super().__init__(patience)
+        self.window, self.ema_alpha = window, ema_alpha
         self._window = WindowVariance(window)
         self._mean: Tensor | None = None  # EMV: running mean of outputs
         self._count = 0
         self.variance: Tensor | None = None  # latest variance, a 0-d device tensor
-        self.best_variance: Tensor | None = None
-        self.best_output: Tensor | None = None
-        self.best_iteration: Tensor | None = None  # 0-d int64 on the device
 
     @torch.no_grad()
     def update(self, x: Tensor, iteration: int) -> None:
@@ -76,14 +104,11 @@ class VarianceStopping:
         if var is None:  # the window is not full yet
             return
         self.variance = var
-        if self.best_variance is None:
-            self.best_variance, self.best_output = var.clone(), x.clone()
-            self.best_iteration = torch.tensor(iteration, device=x.device)
-            return
-        better = var < self.best_variance  # decided on the device: no host synchronisation
-        self.best_variance = torch.where(better, var, self.best_variance)
-        self.best_output = torch.where(better, x, self.best_output)
-        self.best_iteration = torch.where(better, torch.tensor(iteration, device=x.device), self.best_iteration)
+        self.offer(var, x, iteration)
+
+    @property
+    def best_variance(self) -> Tensor | None:
+        return self.best_value
 
     def _ema_variance(self, x: Tensor) -> Tensor | None:
         a = self.ema_alpha
@@ -93,9 +118,3 @@ class VarianceStopping:
         self._var = (1 - a) * self._var + a * (1 - a) * (x - self._mean).pow(2).mean()
         self._mean = (1 - a) * self._mean + a * x
         return self._var if self._count + 1 >= self.window else None
-
-    def should_stop(self, iteration: int) -> bool:
-        """True once ``patience`` iterations have passed since the variance minimum (one host read)."""
-        if self.best_iteration is None:
-            return False
-        return iteration - int(self.best_iteration) >= self.patience

@@ -137,6 +137,22 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+# restore's --stopping -> dipcore's early_stopping: the task's default, self-validation, the running-variance rule,
+# or the preset's fixed count (the paper's loop).
+STOPPING = {"default": None, "selfval": "selfval", "variance": True, "off": False}
+
+
+def _add_stopping_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--stopping",
+        choices=tuple(STOPPING),
+        default="default",
+        help="when a fit stops without ground truth: the task's default (denoise: selfval; else the preset's fixed "
+        "count), selfval (find the count on held-out pixels, then refit), variance (the running-variance rule), "
+        "off (the preset's fixed count: the paper's loop)",
+    )
+
+
 def _add_execution_options(g: Any, only: tuple[str, ...] | None = None) -> None:
     """One option per field of `pipelines.execution.options.Execution` (`only` those named): its type and bounds
     parse the text, its description is the help. Left out, a field keeps the model's default."""
@@ -245,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--dataset", help="name of the dataset in the report (default: SRC)")
     _add_model_options(p)
+    _add_stopping_option(p)
     _add_run_options(p)
     p.set_defaults(func=cmd_restore)
 
@@ -359,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guide", type=_url, metavar="G", help="guide image (the flash image for flash_noflash)")
     p.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: CUDA when present)")
     _add_model_options(p)
+    _add_stopping_option(p)
     _add_output_options(p)
     p.set_defaults(func=cmd_restore_image)
 
@@ -563,6 +581,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
             variant=args.variant,
             preset=args.preset,
             iterations=args.iterations,
+            early_stopping=STOPPING[args.stopping],
             overrides={"channels": args.channels} if args.channels else None,
             seed=args.seed,
         )
@@ -580,6 +599,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         mask_dir=args.mask_dir,
         guide_suffix=args.guide_suffix,
         dataset=args.dataset,
+        early_stopping=STOPPING[args.stopping],
         **_run_options(args),
     )
     return _finish(summary, args)
@@ -841,6 +861,7 @@ def cmd_restore_image(args: argparse.Namespace) -> int:
             variant=args.variant,
             preset=args.preset,
             iterations=args.iterations,
+            early_stopping=STOPPING[args.stopping],
             overrides={"channels": args.channels} if args.channels else None,
             seed=args.seed,
         )
@@ -889,6 +910,7 @@ def cmd_restore_image(args: argparse.Namespace) -> int:
             iterations=args.iterations,
             seed=args.seed,
             device=args.device,
+            early_stopping=STOPPING[args.stopping],
             callback=on_step,
             **side,
             **overrides,

@@ -158,7 +158,7 @@ def restore_dataset(
     dataset: str | None = None,
     resume: bool = True,
     variant: str | None = None,
-    early_stopping: bool | None = None,
+    early_stopping: bool | Literal["selfval"] | None = None,
     mask_dir: str | None = None,
     guide_suffix: str | None = None,
     limit: PositiveInt | None = None,

@@ -162,8 +162,8 @@ def test_monitors_leave_the_fit_bit_identical(clean):
         12,
         window=3,
         averages=(sc.Average(0.999, warmup=True),),
-        data=sc.DataTerm(problem.operator, problem.target, torch.ones(1, 1, 32, 32)),
-        heldout=sc.DataTerm(problem.operator, problem.target, torch.ones(1, 1, 32, 32)),
+        data=sc.DataFit(problem.operator, problem.target, torch.ones(1, 1, 32, 32)),
+        heldout=sc.DataFit(problem.operator, problem.target, torch.ones(1, 1, 32, 32)),
         reference=problem.reference,
     )
     _, watched = _denoising_fit(clean, monitors=(lambda: sc.Signals(spec), lambda: sc.Signals(spec)))
