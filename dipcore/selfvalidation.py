@@ -6,7 +6,7 @@ them; where that score was lowest, the fit stopped generalising to pixels it doe
 signal). Held-out pixels cost the held-out fit itself up to 0.55 dB at σ = 15 in the study, so the image returned is
 a second fit on every pixel, same seed, run to the count the first one found (``restore`` runs both phases): in the
 study that refit came within 0.34 dB of the best output along the run on every image, where the preset's fixed
-count lost up to 5.7 dB (`benchmarks/RESULTS.md`, "Stopping without ground truth").
+count lost up to 7.5 dB (`benchmarks/RESULTS.md`, "Stopping without ground truth").
 
 The held-out split is that of zero-shot self-supervised learning (Yaman et al., ICLR 2022) applied to DIP; Li et al.
 ("Self-Validation", 2021) validate on an online autoencoder of the outputs instead.

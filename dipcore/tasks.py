@@ -175,7 +175,7 @@ _FAST_ITERATIONS = {"inpaint": 1200, "preimage": 300, "flash_noflash": 300}
 _FAST_DEFAULT_ITERATIONS = 600
 
 # What the paper preset returns without ground truth, where the stopping study (issue 14, benchmarks/RESULTS.md)
-# found the fixed count far from the best output: denoising's blind count loses 1.3 dB at σ = 25 and 4.7 at 50.
+# found the fixed count far from the best output: denoising's blind count loses 1.3–3.2 dB at σ = 25, 4.7–6.8 at 50.
 # Not the paper's loop: `early_stopping=False` runs that. The fast preset keeps its short fixed count.
 DEFAULT_STOPPING: dict[str, bool | str] = {"denoise": "selfval"}
 
