@@ -36,10 +36,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gzip
 import json
 import math
-import statistics
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -56,7 +54,7 @@ from dipcore.api import build_problem
 from dipcore.engine import EngineOptions, fit_work
 from dipcore.fit import FitProblem, FitResult, FitSettings, fit
 from dipcore.noise_level import estimate_sigma
-from dipcore.selfvalidation import DataFit, held_out_mask, holding_out
+from dipcore.selfvalidation import DataFit, held_out_mask, holding_out, observed_pixels
 from dipcore.stopping import VarianceStopping
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -72,6 +70,8 @@ from stopping_candidates import (
     candidate_rules,
     oracle,
 )
+
+from pipelines.reporting.stopping_study import read_lines, summarise
 
 
 @dataclass(frozen=True)
@@ -160,13 +160,6 @@ class _SureProblem(FitProblem):
         return loss
 
 
-def _observed_weight(task: str, obs: dipcore.Observation, target: Tensor) -> Tensor:
-    """(1, 1, h, w) in A's space: 1 on the entries the observation holds (the mask's known pixels; else all)."""
-    if task == "inpaint":
-        return torch.from_numpy(obs.mask)[None, None].to(target.device)
-    return torch.ones((1, 1, *target.shape[-2:]), device=target.device)
-
-
 def _cosine(count: int) -> Callable[[int], float]:
     """The learning rate's factor at iteration t: a cosine from 1 to 0 at ``count``, then 0."""
     return lambda t: 0.5 * (1.0 + math.cos(math.pi * min(t, count) / count))
@@ -207,7 +200,7 @@ def run_variant(
         fit_p = dataclasses.replace(p, input="guide", input_depth=obs.image.shape[2], reg_noise_std=0.0)
         fit_obs = dataclasses.replace(obs, guide=obs.image)
     problem = build_problem(fit_p, fit_obs, device=device, seed=config.seed, reference=ref)
-    observed = _observed_weight(p.task, obs, problem.target)
+    observed = observed_pixels(problem.operator, problem.target)
     data = DataFit(problem.operator, problem.target, observed)
     heldout, holdout, schedule = None, None, None
     if variant == "selfval":
@@ -294,6 +287,7 @@ def study_image(
     naive_name, naive = dipcore.get_task(task).naive(obs.image, p.scale)
     common = {
         "task": task,
+        "set": SETS[task].folder,
         "image": image,
         "size": int(clean.shape[0]),
         "crop": list(ref.shape),
@@ -506,137 +500,6 @@ def _print_row(row: dict) -> None:
     )
 
 
-# ------------------------------------------------------------------------------------------------------- summary
-
-GOAL_MEAN_DB, GOAL_WORST_DB = 0.5, 1.0  # issue 14: within 0.5 dB of the oracle on average, 1.0 dB on every image
-
-
-def summarise(rows: list[dict]) -> list[str]:
-    """Per task, level and size: every (row, rule) against the base run's oracle and fixed count, image by image."""
-    lines = []
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["task"], r["level"], r["level_value"], r["size"]), []).append(r)
-    for (task, level, value, size), group in groups.items():
-        base = {r["image"]: r for r in group if r["variant"] == "base"}
-        if not base:
-            continue
-        refits = _refit_rows(group, base)
-        group = group + refits
-        oracle_db = {image: r["oracle"]["psnr"] for image, r in base.items()}
-        fixed_db = {image: r["picks"]["fixed"]["psnr"] for image, r in base.items()}
-        lines += [
-            "",
-            f"### {task}, {level} = {value}, {size}² crops: {len(base)} images, degraded "
-            f"{_mean(r['psnr_degraded'] for r in base.values()):.2f} dB, oracle (base) "
-            f"{_mean(oracle_db.values()):.2f} dB, fixed count (base, {_first(base)['picks']['fixed']['iteration']} it) "
-            f"{_mean(fixed_db.values()):.2f} dB",
-            "",
-            f"| row | rule | images | fired | mean dB | gap to oracle: mean | worst | − fixed | mean ≤ {GOAL_MEAN_DB} "
-            f"| worst ≤ {GOAL_WORST_DB} | ≥ fixed | ms/it |",
-            "|---|---|---:|---:|---:|---:|---:|---:|:-:|:-:|:-:|---:|",
-        ]
-        table = []
-        for variant in dict.fromkeys(r["variant"] for r in group):
-            by_image = {r["image"]: r for r in group if r["variant"] == variant and r["image"] in base}
-            own = [] if variant == "selfval→refit" else ["oracle"]  # the refit's oracle is the base run's: above
-            names = dict.fromkeys([*own, *(n for r in by_image.values() for n in r["picks"])])
-            for rule in names:
-                choices = {
-                    image: (r["oracle"] if rule == "oracle" else r["picks"].get(rule)) for image, r in by_image.items()
-                }
-                choices = {image: c for image, c in choices.items() if c is not None}
-                if not choices:
-                    continue
-                gaps = [oracle_db[image] - c["psnr"] for image, c in choices.items()]
-                mean_db = _mean(c["psnr"] for c in choices.values())
-                over_fixed = mean_db - _mean(fixed_db[image] for image in choices)
-                ms = 1e3 * _mean(by_image[image]["seconds_per_iteration"] for image in choices)
-                table.append(
-                    (
-                        _mean(gaps),
-                        f"| {variant} | {rule} | {len(choices)} | {sum(c['fired'] for c in choices.values())} "
-                        f"| {mean_db:.2f} | {_mean(gaps):.2f} | {max(gaps):.2f} | {over_fixed:+.2f} "
-                        f"| {_mark(_mean(gaps) <= GOAL_MEAN_DB)} | {_mark(max(gaps) <= GOAL_WORST_DB)} "
-                        f"| {_mark(over_fixed >= 0)} | {ms:.1f} |",
-                    )
-                )
-        lines += [line for _, line in sorted(table, key=lambda t: t[0])]
-        for rule in dict.fromkeys(n for r in refits for n in r["cost"]):
-            spent = [r["cost"][rule] for r in refits if rule in r["cost"]]
-            lines.append(
-                f"\n`selfval→refit` with {rule}: search + refit cost {_mean(spent):.2f}× the fixed count's iterations "
-                f"on average ({min(spent):.2f}–{max(spent):.2f}×)."
-            )
-    lines += ["", *costs(rows)]
-    return lines
-
-
-def _refit_rows(group: list[dict], base: dict[str, dict]) -> list[dict]:
-    """What ``restore``'s self-validation returns (``dipcore.selfvalidation``), from the runs already there: the
-    held-out fit's pick, then the base run — the refit on every pixel, same seed — at that count, returning the
-    preset's output. One row per image (variant ``selfval→refit``), with each pick's cost in iterations: the search
-    up to where the rule fired (its whole run if it never did), plus the refit, over the fixed count."""
-    rows = []
-    for r in group:
-        b = base.get(r["image"])
-        if r["variant"] != "selfval" or b is None:
-            continue
-        returned = b["picks"]["fixed"]["output"]
-        picks, cost = {}, {}
-        for name, c in r["picks"].items():
-            if name.startswith("selfval_avg"):
-                t = c["iteration"]
-                picks[name] = {**c, "output": returned, "psnr": b["curves"][returned][t - 1]}
-                cost[name] = ((c["fired_at"] or r["iterations"]) + t) / b["count"]
-        rows.append({**r, "variant": "selfval→refit", "oracle": b["oracle"], "picks": picks, "cost": cost})
-    return rows
-
-
-def costs(rows: list[dict]) -> list[str]:
-    """What each candidate costs per iteration: the fit of each variant, and each signal on the device (host time on
-    a CPU, summed over the outputs a fit watches), beside the deployed ES-WMV's update."""
-    lines = [
-        "### Cost per iteration (median over fits)",
-        "",
-        "| task | size | fit | outputs watched | fit ms/it | variance | data fit | held-out | longer averages "
-        "| deployed ES-WMV update |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        if r["variant"] == r["fit"]:  # one row per fit
-            groups.setdefault((r["task"], r["size"], r["fit"]), []).append(r)
-    for (task, size, fit_name), group in groups.items():
-        ms = [r["signal_ms_per_iteration"] or {} for r in group]
-
-        def median(key: str, ms=ms) -> str:
-            values = [m[key] for m in ms if key in m]
-            return f"{statistics.median(values):.2f}" if values else "—"
-
-        deployed = [r.get("wmv_deployed_ms") for r in group if r.get("wmv_deployed_ms") is not None]
-        lines.append(
-            f"| {task} | {size} | {fit_name} | {group[0]['outputs_watched']} | "
-            f"{1e3 * statistics.median(r['seconds_per_iteration'] for r in group):.1f} | {median('variance')} | "
-            f"{median('datafit')} | {median('heldout')} | {median('ema')} | "
-            f"{f'{statistics.median(deployed):.2f}' if deployed else '—'} |"
-        )
-    return lines
-
-
-def _mean(values) -> float:
-    values = list(values)
-    return statistics.fmean(values) if values else math.nan
-
-
-def _first(d: dict) -> dict:
-    return next(iter(d.values()))
-
-
-def _mark(ok: bool) -> str:
-    return "✓" if ok else "✗"
-
-
 # ----------------------------------------------------------------------------------------------------------- CLI
 
 
@@ -680,9 +543,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--summarise", metavar="JSONL", help="only print the summary of an earlier run's lines")
     args = ap.parse_args(argv)
     if args.summarise:
-        path = Path(args.summarise)  # the raw lines, or them gzipped as committed (they are curves: MBs)
-        text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
-        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        rows = read_lines(Path(args.summarise).read_bytes())  # the raw lines, or them gzipped as committed
         print("\n".join(summarise(rows)))
         return 0
     config = StudyConfig(

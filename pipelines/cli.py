@@ -354,6 +354,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --markdown: hand-written markdown appended verbatim (it survives regeneration)",
     )
     p.add_argument(
+        "--stopping-study",
+        type=_url,
+        nargs="+",
+        metavar="JSONL",
+        help="with --markdown: add the stopping study's section from its lines (benchmarks/study_stopping.py --out, "
+        "gzipped or not)",
+    )
+    p.add_argument(
         "--html", type=_url, metavar="PATH", help="also write a static HTML report (thumbnails beside it) to PATH/URL"
     )
     _add_storage_option(p)
@@ -778,21 +786,27 @@ def _regeneration_command(args: argparse.Namespace) -> str:
     argv = ["dipflow", "report", *args.roots, "--markdown"]
     for flag, value in (("--run-id", args.run_id), ("--notes", args.notes), ("--output", args.output)):
         argv += [flag, value] if value else []
+    argv += ["--stopping-study", *args.stopping_study] if args.stopping_study else []
     command = shlex.join(storage.redact(a) for a in argv)
     return command + (" (plus its --storage-option flags)" if args.storage_option else "")
 
 
 def _results_document(args: argparse.Namespace, view: Any, so: dict) -> None:
     from pipelines import storage
-    from pipelines.reporting import results_doc
+    from pipelines.reporting import results_doc, stopping_study
 
     notes = storage.read_bytes(args.notes, so).decode("utf-8") if args.notes else None
+    study = [
+        row for path in args.stopping_study or () for row in stopping_study.read_lines(storage.read_bytes(path, so))
+    ]
     document = results_doc.render(
         view,
         command=_regeneration_command(args),
         sources=[storage.redact(r) for r in args.roots],
         notes=notes,
         notes_source=storage.redact(args.notes) if args.notes else None,
+        stopping_study=study,
+        stopping_sources=[storage.redact(p) for p in args.stopping_study or ()],
     )
     if args.output:
         storage.write_bytes_atomic(args.output, document.encode("utf-8"), so)
@@ -807,8 +821,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     from pipelines.reporting import reports, runs
 
-    if (args.output or args.notes) and not args.markdown:
-        raise UsageError("--output and --notes go with --markdown (the results document); add --markdown")
+    if (args.output or args.notes or args.stopping_study) and not args.markdown:
+        raise UsageError(
+            "--output, --notes and --stopping-study go with --markdown (the results document); add --markdown"
+        )
     if args.html and len(args.roots) > 1:
         raise UsageError("--html writes the report of one output folder; pass one DST")
     so = _storage_options(args.storage_option)
@@ -845,6 +861,10 @@ def cmd_report(args: argparse.Namespace) -> int:
             f"HTML report: {written.uri} ({written.rows} images, {written.thumbs_made} new thumbnails)", file=sys.stderr
         )  # stdout stays the table, markdown or JSON
     return 0
+
+
+# What restore-image's progress bar says in each phase of a self-validated fit (dipcore.selfvalidation).
+PHASE_WORDS = {"search": "finding when to stop (10 % of pixels held out)", "refit": "restoring (every pixel)"}
 
 
 def cmd_restore_image(args: argparse.Namespace) -> int:
@@ -887,7 +907,7 @@ def cmd_restore_image(args: argparse.Namespace) -> int:
     side = {"mask": read(args.mask) if args.mask else None, "guide": read(args.guide) if args.guide else None}
     overrides = {"channels": args.channels} if args.channels else {}
     bar = Progress(
-        TextColumn("[bold]restoring"),
+        TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]}"),
@@ -896,10 +916,11 @@ def cmd_restore_image(args: argparse.Namespace) -> int:
         disable=args.quiet,
     )
     with bar:
-        step = bar.add_task("restore", total=None, loss="–")
+        step = bar.add_task("restoring", total=None, loss="–")
 
         def on_step(rec: dipcore.StepRecord) -> None:
-            bar.update(step, completed=rec.iteration, total=rec.iterations, loss=f"{rec.loss:.5f}")
+            what = PHASE_WORDS.get(rec.phase, "restoring")
+            bar.update(step, description=what, completed=rec.iteration, total=rec.iterations, loss=f"{rec.loss:.5f}")
 
         res = dipcore.restore(
             image,

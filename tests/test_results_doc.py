@@ -414,6 +414,7 @@ def test_cli_writes_the_document_from_several_roots(tmp_path, capsys, monkeypatc
     ("argv", "code", "message"),
     [  # options that do not go together are usage errors (2), found before anything is read; no rows is an error (1)
         (["report", "a", "--notes", "n.md"], 2, "go with --markdown"),
+        (["report", "a", "--stopping-study", "s.jsonl"], 2, "go with --markdown"),
         (["report", "a", "a", "--html", "x.html"], 2, "--html writes the report of one output folder"),
         (["report", "a", "missing", "--markdown"], 1, "no report rows under missing/report"),
     ],

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipelines.evaluation.benchmarks import BENCHMARKS, Benchmark, benchmark_for
 from pipelines.evaluation.paper import PaperBenchmark, match_image
+from pipelines.reporting.stopping_study import section as stopping_section
 from pipelines.stats import mean
 
 if TYPE_CHECKING:
@@ -780,12 +781,15 @@ def render(
     sources: Sequence[str] = (),
     notes: str | None = None,
     notes_source: str | None = None,
+    stopping_study: Sequence[dict] = (),
+    stopping_sources: Sequence[str] = (),
 ) -> str:
     """The results document for report rows `table` (one row per image: pass `reports.latest_rows`).
 
     `command` is the command that regenerates it, named on the first line; `sources` the report roots read;
     `notes` hand-written markdown appended verbatim (from `notes_source`), so that a discussion survives
-    regeneration. Raises ValueError when there are no rows.
+    regeneration; `stopping_study` the stopping study's lines (from `stopping_sources`), as a section of their own.
+    Raises ValueError when there are no rows.
     """
     secs = sections(table)
     if not secs:
@@ -807,6 +811,8 @@ def render(
     lines += _overview(secs)
     for s in secs:
         lines += _section(s)
+    if stopping_study:
+        lines += stopping_section(list(stopping_study), stopping_sources)
     lines += _not_measured(secs)
     if notes:
         lines += [f"<!-- {notes_source or 'notes'}: hand-written, included verbatim -->", notes.strip("\n"), ""]
