@@ -36,6 +36,7 @@ __all__ = [
     "held_out_mask",
     "hold_out",
     "holding_out",
+    "observed_pixels",
     "refit_settings",
     "search_settings",
 ]
@@ -131,15 +132,18 @@ class CountStopping:
         return iteration >= self.count
 
 
+def observed_pixels(operator: nn.Module, target: Tensor) -> Tensor:
+    """(1, 1, h, w) in A's space: 1 on the entries an observation holds (a mask's known pixels; else all)."""
+    if isinstance(operator, Mask):
+        return operator.mask[:, :1].float()
+    return torch.ones((1, 1, *target.shape[-2:]), device=target.device)
+
+
 def hold_out(problem: FitProblem, seed: int, fraction: float = SELFVAL_HOLDOUT) -> DataFit:
     """Take a ``fraction`` of ``problem``'s observed pixels out of its loss (in place: its operator and target) and
-    return the measure of the fit on them. The observed pixels are the mask's known ones (inpainting), else all."""
+    return the measure of the fit on them (``observed_pixels``)."""
     operator, target = problem.operator, problem.target
-    if isinstance(operator, Mask):
-        observed = operator.mask[:, :1].float()
-    else:
-        observed = torch.ones((1, 1, *target.shape[-2:]), device=target.device)
-    held = held_out_mask(observed, fraction, seed)
+    held = held_out_mask(observed_pixels(operator, target), fraction, seed)
     keep = 1.0 - held
     problem.operator, problem.target = holding_out(operator, keep), target * keep
     return DataFit(operator, target, held)
