@@ -526,18 +526,27 @@ def self_validated(
     no image was chosen). Each result's ``es_fired_at`` is where its first phase stopped (None: it ran its whole
     search) and ``iterations_run`` counts both phases."""
     fits = [hold_out(q, s) for q, s in zip(problems, seeds, strict=True)]
-    found = run_fits(problems, search_settings(settings, fits), seeds=seeds, callback=callback, batched=batched)
+    search = search_settings(settings, fits)
+    found = run_fits(problems, search, seeds=seeds, callback=_in_phase(callback, "search"), batched=batched)
     if any(r.stop_reason == "callback" for r in found):
         return found
     counts = [r.es_iteration or r.iterations_run for r in found]
     watches = "average" if p.output == "average" and settings.ema else "output"
-    final = run_fits(
-        build(), refit_settings(settings, counts, watches=watches), seeds=seeds, callback=callback, batched=batched
-    )
+    refit = refit_settings(settings, counts, watches=watches)
+    final = run_fits(build(), refit, seeds=seeds, callback=_in_phase(callback, "refit"), batched=batched)
     return [
         dataclasses.replace(r, es_fired_at=f.es_fired_at, iterations_run=f.iterations_run + r.iterations_run)
         for r, f in zip(final, found, strict=True)
     ]
+
+
+def _in_phase(
+    callback: Callable[[StepRecord], bool | None] | None, phase: str
+) -> Callable[[StepRecord], bool | None] | None:
+    """``callback`` seeing each record labelled with its phase (a progress bar that starts again says why)."""
+    if callback is None:
+        return None
+    return lambda rec: callback(dataclasses.replace(rec, phase=phase))
 
 
 def _returned(run: FitResult, p: TaskPreset) -> Tensor:

@@ -156,6 +156,7 @@ class StepRecord:
     loss: float
     psnr: float | None = None  # of the raw output against the reference, when one is given
     psnr_average: float | None = None  # of the moving average
+    phase: str | None = None  # of a fit in phases (self-validation: "search", then "refit"); None for one fit
 
 
 @dataclass

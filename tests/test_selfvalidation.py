@@ -112,9 +112,18 @@ def test_a_rule_on_the_average_needs_one():
 def test_restore_returns_a_plain_fit_to_the_count_the_held_out_fit_found(crop, monkeypatch):
     monkeypatch.setattr(sv, "SELFVAL_PATIENCE", 5)  # so that the rule fires within a tiny run
     obs = dipcore.degrade(crop, task="denoise", sigma=50, seed=0)
-    res = dipcore.restore(obs, task="denoise", iterations=40, lr=0.05, reference=crop, **TINY)
+    seen = []
+    res = dipcore.restore(
+        obs, task="denoise", iterations=40, lr=0.05, reference=crop, callback=lambda r: seen.append(r), **TINY
+    )
     assert res.config["early_stopping"] == "selfval" and res.stop_reason == "early_stopping"
     found = res.iterations_run - res.iteration  # the first phase's length: the search, then the refit to the count
+    # A callback sees each phase in order, labelled (restore-image's progress bar says why it starts again).
+    assert [(r.phase, r.iteration) for r in seen] == [
+        *(("search", t) for t in range(1, found + 1)),
+        *(("refit", t) for t in range(1, res.iteration + 1)),
+    ]
+    assert {r.iterations for r in seen if r.phase == "refit"} == {res.iteration}
     assert 1 <= res.iteration <= 60 and found <= 60
     if res.stopping.fired_at is not None:  # fired: patience after the pick, at a sync point
         assert res.stopping.fired_at == found and found - res.iteration >= 5
