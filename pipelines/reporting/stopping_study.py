@@ -207,11 +207,45 @@ def section(rows: list[dict], sources: Sequence[str]) -> list[str]:
         "fixed count on average.",
         "",
     ]
+    overview, details = [], []
     for (task, level, value, size), group in groups(rows).items():
         base = {r["image"]: r for r in group if r["variant"] == "base"}
         if base:
-            lines += _group_section(task, level, value, size, group, base)
-    return lines
+            overview.append(_overview_row(task, level, value, size, group, base))
+            details += _group_section(task, level, value, size, group, base)
+    header = ["task", "level", "crop", "images", "default", "default: mean / worst gap", "fixed count: mean / worst"]
+    lines += ["| " + " | ".join(header) + " | goal met |", "|---|---|---:|---:|---|---:|---:|:-:|", *overview, ""]
+    return lines + details
+
+
+def _gaps(rows: list[dict], base: dict[str, dict], variant: str, rule: str) -> list[float]:
+    """Each image's PSNR of (``variant``, ``rule``) − the base run's oracle (≤ 0: below it)."""
+    picks = [(image, _choice(rows, variant, rule, image)) for image in base]
+    return [c["psnr"] - base[image]["oracle"]["psnr"] for image, c in picks if c is not None]
+
+
+def _overview_row(task: str, level: str, value, size: int, group: list[dict], base: dict[str, dict]) -> str:
+    rows = group + refit_rows(group, base)
+    variant, rule = default_rule(task)
+    default, fixed = _gaps(rows, base, variant, rule), _gaps(rows, base, "base", "fixed")
+    met = (
+        bool(default)
+        and len(default) == len(base)
+        and (-_mean(default) <= GOAL_MEAN_DB and -min(default) <= GOAL_WORST_DB and _mean(default) >= _mean(fixed))
+    )
+    name = next((h for h, *key in _COLUMNS if tuple(key) == (variant, rule)), f"{variant}: {rule}")
+    words = _LEVEL_WORDS.get(level, lambda v: f"{level} = {v}")(value).split(" (")[0]
+    cells = [
+        _TASK_WORDS.get(task, task),
+        words,
+        f"{size}²",
+        str(len(base)),
+        name,
+        f"{_signed(_mean(default))} / {_signed(min(default))}" if default else "—",
+        f"{_signed(_mean(fixed))} / {_signed(min(fixed))}",
+        _mark(met),
+    ]
+    return "| " + " | ".join(cells) + " |"
 
 
 def _group_section(task: str, level: str, value, size: int, group: list[dict], base: dict[str, dict]) -> list[str]:
