@@ -863,10 +863,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-# What restore-image's progress bar says in each phase of a self-validated fit (dipcore.selfvalidation).
-PHASE_WORDS = {"search": "finding when to stop (10 % of pixels held out)", "refit": "restoring (every pixel)"}
-
-
 def cmd_restore_image(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -906,6 +902,9 @@ def cmd_restore_image(args: argparse.Namespace) -> int:
     image = read(args.input)
     side = {"mask": read(args.mask) if args.mask else None, "guide": read(args.guide) if args.guide else None}
     overrides = {"channels": args.channels} if args.channels else {}
+    # What the bar says in each phase of a self-validated fit (dipcore.selfvalidation); one fit has none.
+    held = f"{100 * dipcore.selfvalidation.SELFVAL_HOLDOUT:g} %"
+    phases = {"search": f"finding when to stop ({held} of pixels held out)", "refit": "restoring (every pixel)"}
     bar = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -919,7 +918,7 @@ def cmd_restore_image(args: argparse.Namespace) -> int:
         step = bar.add_task("restoring", total=None, loss="–")
 
         def on_step(rec: dipcore.StepRecord) -> None:
-            what = PHASE_WORDS.get(rec.phase, "restoring")
+            what = phases.get(rec.phase, "restoring")
             bar.update(step, description=what, completed=rec.iteration, total=rec.iterations, loss=f"{rec.loss:.5f}")
 
         res = dipcore.restore(
