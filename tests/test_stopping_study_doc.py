@@ -82,8 +82,9 @@ def test_the_section_gives_each_images_gap_and_marks_the_default_read_from_dipco
     assert worst.split("|")[4:] == mean.split("|")[4:]  # one image: its gap is the worst
     assert "ran 2.00× the fixed count's iterations" in "\n".join(doc)
     # The overview: the default's gaps and the fixed count's, and the goal (mean ≤ 0.5, worst ≤ 1.0, ≥ fixed).
-    assert "| Denoising | σ = 25 | 32² | 1 | self-validation + refit | +0.00 / +0.00 | −1.00 / −1.00 | ✓ |" in doc
-    assert "| JPEG restoration | JPEG quality 25 | 32² | 1 | fixed count | −1.00 / −1.00 | −1.00 / −1.00 | ✗ |" in doc
+    assert "| Denoising | σ = 25 | 32² | 8 | 1 | self-validation + refit | +0.00 / +0.00 | −1.00 / −1.00 | ✓ |" in doc
+    jpeg = "| JPEG restoration | JPEG quality 25 | 32² | 8 | 1 | fixed count | −1.00 / −1.00 | −1.00 / −1.00 | ✗ |"
+    assert jpeg in doc
     jpeg_header = table_of(doc, "JPEG restoration, JPEG quality 25")[0]
     assert "**fixed count (default)**" in jpeg_header and "refit (default)" not in jpeg_header
 

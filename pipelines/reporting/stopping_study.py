@@ -33,10 +33,10 @@ def read_lines(data: bytes) -> list[dict]:
 
 
 def groups(rows: Iterable[dict]) -> dict[tuple, list[dict]]:
-    """The rows per (task, level, level value, crop size), in the order they came."""
+    """The rows per (task, level, level value, crop size, net width), in the order they came."""
     out: dict[tuple, list[dict]] = {}
     for r in rows:
-        out.setdefault((r["task"], r["level"], r["level_value"], r["size"]), []).append(r)
+        out.setdefault((r["task"], r["level"], r["level_value"], r["size"], r["channels"]), []).append(r)
     return out
 
 
@@ -81,7 +81,7 @@ def default_rule(task: str) -> tuple[str, str]:
 def summarise(rows: list[dict]) -> list[str]:
     """Per task, level and size: every (row, rule) against the base run's oracle and fixed count, image by image."""
     lines = []
-    for (task, level, value, size), group in groups(rows).items():
+    for (task, level, value, size, channels), group in groups(rows).items():
         base = {r["image"]: r for r in group if r["variant"] == "base"}
         if not base:
             continue
@@ -90,7 +90,7 @@ def summarise(rows: list[dict]) -> list[str]:
         fixed_db = {image: r["picks"]["fixed"]["psnr"] for image, r in base.items()}
         lines += [
             "",
-            f"### {task}, {level} = {value}, {size}² crops: {len(base)} images, degraded "
+            f"### {task}, {level} = {value}, {size}² crops, {channels} channels: {len(base)} images, degraded "
             f"{_mean(r['psnr_degraded'] for r in base.values()):.2f} dB, oracle (base) "
             f"{_mean(oracle_db.values()):.2f} dB, fixed count (base, {_first(base)['picks']['fixed']['iteration']} it) "
             f"{_mean(fixed_db.values()):.2f} dB",
@@ -210,13 +210,14 @@ def section(rows: list[dict], sources: Sequence[str]) -> list[str]:
         "",
     ]
     overview, details = [], []
-    for (task, level, value, size), group in groups(rows).items():
+    for (task, level, value, size, channels), group in groups(rows).items():
         base = {r["image"]: r for r in group if r["variant"] == "base"}
         if base:
-            overview.append(_overview_row(task, level, value, size, group, base))
-            details += _group_section(task, level, value, size, group, base)
-    header = ["task", "level", "crop", "images", "default", "default: mean / worst gap", "fixed count: mean / worst"]
-    lines += ["| " + " | ".join(header) + " | goal met |", "|---|---|---:|---:|---|---:|---:|:-:|", *overview, ""]
+            overview.append(_overview_row(task, level, value, size, channels, group, base))
+            details += _group_section(task, level, value, size, channels, group, base)
+    header = ["task", "level", "crop", "net width", "images", "default", "default: mean / worst gap"]
+    header += ["fixed count: mean / worst", "goal met"]
+    lines += ["| " + " | ".join(header) + " |", "|---|---|---:|---:|---:|---|---:|---:|:-:|", *overview, ""]
     return lines + details
 
 
@@ -226,7 +227,9 @@ def _gaps(rows: list[dict], base: dict[str, dict], variant: str, rule: str) -> l
     return [c["psnr"] - base[image]["oracle"]["psnr"] for image, c in picks if c is not None]
 
 
-def _overview_row(task: str, level: str, value, size: int, group: list[dict], base: dict[str, dict]) -> str:
+def _overview_row(
+    task: str, level: str, value, size: int, channels: int, group: list[dict], base: dict[str, dict]
+) -> str:
     rows = group + refit_rows(group, base)
     variant, rule = default_rule(task)
     default, fixed = _gaps(rows, base, variant, rule), _gaps(rows, base, "base", "fixed")
@@ -241,6 +244,7 @@ def _overview_row(task: str, level: str, value, size: int, group: list[dict], ba
         _TASK_WORDS.get(task, task),
         words,
         f"{size}²",
+        str(channels),
         str(len(base)),
         name,
         f"{_signed(_mean(default))} / {_signed(min(default))}" if default else "—",
@@ -250,7 +254,9 @@ def _overview_row(task: str, level: str, value, size: int, group: list[dict], ba
     return "| " + " | ".join(cells) + " |"
 
 
-def _group_section(task: str, level: str, value, size: int, group: list[dict], base: dict[str, dict]) -> list[str]:
+def _group_section(
+    task: str, level: str, value, size: int, channels: int, group: list[dict], base: dict[str, dict]
+) -> list[str]:
     refits = refit_rows(group, base)
     rows = group + refits
     default = default_rule(task)
@@ -263,10 +269,10 @@ def _group_section(task: str, level: str, value, size: int, group: list[dict], b
     fixed_db = {image: r["picks"]["fixed"]["psnr"] for image, r in base.items()}
     lines = [
         f"### {_TASK_WORDS.get(task, task)}, {_LEVEL_WORDS.get(level, lambda v: f'{level} = {v}')(value)}, "
-        f"{size}² crops",
+        f"{size}² crops, {channels} channels",
         "",
         f"{len(base)} images" + (f" of `{first['set']}`" if first.get("set") else "") + ", "
-        f"{first['channels']}-channel net, {first['iterations']} iterations run, fixed count {first['count']}, "
+        f"{first['iterations']} iterations run, fixed count {first['count']}, "
         f"seed {first['seed']}; torch {first.get('torch', '?')}, {first.get('threads', '?')} thread(s) on "
         f"{first.get('cpu') if first.get('device') == 'cpu' else first.get('device', '?')}.",
         "",
