@@ -67,6 +67,17 @@ def test_super_resolution_has_the_output_size_and_explains_the_lr_image(photo):
     assert dipcore.psnr(down, obs.image) > 30.0
 
 
+def test_a_moving_average_kept_beside_the_last_iterate_changes_nothing_returned(photo):
+    """What the evaluation's observed EMA relies on: keeping an average where the preset returns the last iterate
+    (SR) leaves the fit and its output bit for bit as they are."""
+    obs = dipcore.degrade(photo[:32, :32], task="sr", scale=4, seed=0)
+    kwargs = {"task": "sr", "scale": 4, "preset": "fast", "iterations": 12, "channels": 8, "seed": 0}
+    plain, watched = dipcore.restore(obs, **kwargs), dipcore.restore(obs, ema=0.99, **kwargs)
+    assert plain.average is None and watched.average is not None
+    np.testing.assert_array_equal(watched.image, plain.image)
+    assert watched.history["loss"] == plain.history["loss"]
+
+
 # When the early-stopping rule fires on a real fit is chaotic in float rounding (it changed between CPUs), so these
 # tests assert what holds for every run on a real fit ("live"), and force the firing branch on every CPU with an
 # observation built so that the rule must fire ("still"): an inpainting fit that knows no pixel has a zero loss
