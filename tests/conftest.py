@@ -91,6 +91,8 @@ _os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 _os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 _os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 _os.environ.setdefault("PREFECT_HOME", _tempfile.mkdtemp(prefix="dipflow-prefect-home-"))
+# As the CLI does (`cli._engine_env`): Prefect's 20 s for its ephemeral server is short on a busy 2-core runner.
+_os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 _RAY_TEST_OPTIONS = {"num_cpus": 2, "object_store_memory": 128 * 1024 * 1024}
 
