@@ -271,7 +271,7 @@ def _group_section(
         f"### {_TASK_WORDS.get(task, task)}, {_LEVEL_WORDS.get(level, lambda v: f'{level} = {v}')(value)}, "
         f"{size}² crops, {channels} channels",
         "",
-        f"{len(base)} images" + (f" of `{first['set']}`" if first.get("set") else "") + ", "
+        f"{len(base)} image{'s' * (len(base) != 1)}" + (f" of `{first['set']}`" if first.get("set") else "") + ", "
         f"{first['iterations']} iterations run, fixed count {first['count']}, "
         f"seed {first['seed']}; torch {first.get('torch', '?')}, {first.get('threads', '?')} thread(s) on "
         f"{first.get('cpu') if first.get('device') == 'cpu' else first.get('device', '?')}.",
