@@ -288,12 +288,7 @@ def restore(
     fits = _at_once(engine, p.restarts) if engine.batch_restarts else 1
     engine = _plan_memory(engine, p, h, w, c, dev, fits=fits)
     settings = _settings(p, engine, protocol)
-    if p.early_stopping == "selfval":
-        runs = self_validated(
-            problems, build, p, settings, seeds=seeds, callback=callback, batched=engine.batch_restarts
-        )
-    else:
-        runs = run_fits(problems, settings, seeds=seeds, callback=callback, batched=engine.batch_restarts)
+    runs = _fit_preset(problems, build, p, settings, seeds=seeds, callback=callback, batched=engine.batch_restarts)
     return _collect(runs, p, seed, dev, started, protocol=protocol, engine=engine)
 
 
@@ -382,11 +377,7 @@ def restore_batch(
         height, width = shared_canvas([c or o for c, o in zip(canvases, own, strict=True)])
     channels = max(o[2] for o in outputs)
     engine = _plan_memory(engine, p, height, width, channels, dev, fits=_at_once(engine, k))
-    settings = _settings(p, engine, protocol)
-    if p.early_stopping == "selfval":
-        runs = self_validated(problems, build, p, settings, seeds=seeds, callback=callback)
-    else:
-        runs = run_fits(problems, settings, seeds=seeds, callback=callback)
+    runs = _fit_preset(problems, build, p, _settings(p, engine, protocol), seeds=seeds, callback=callback)
     results = []
     for run, s, c, o in zip(runs, seeds, canvases, own, strict=True):
         res = _collect([run], p, s, dev, started, protocol=protocol, engine=engine)
@@ -508,6 +499,22 @@ def run_fits(
         fit(prob, settings_for_fit(settings, i), generator=g, callback=callback)
         for i, (prob, g) in enumerate(zip(problems, generators, strict=True))
     ]
+
+
+def _fit_preset(
+    problems: list[FitProblem],
+    build: Callable[[], list[FitProblem]],
+    p: TaskPreset,
+    settings: FitSettings,
+    *,
+    seeds: list[int],
+    callback: Callable[[StepRecord], bool | None] | None,
+    batched: bool = True,
+) -> list[FitResult]:
+    """The fits of preset ``p``: self-validation's two phases where it asks for them, else one run of ``problems``."""
+    if p.early_stopping == "selfval":
+        return self_validated(problems, build, p, settings, seeds=seeds, callback=callback, batched=batched)
+    return run_fits(problems, settings, seeds=seeds, callback=callback, batched=batched)
 
 
 def self_validated(
