@@ -36,13 +36,6 @@ EARLY_STOPPING: dict[str, bool | str] = {"observe": "observe", "stop": True, "of
 OBSERVED_EMA = 0.99  # the moving average an evaluation records where the preset keeps none (denoising's weight)
 
 
-def _preset(spec: Synthesis, preset: str) -> Any:
-    from dipcore import get_task, preset_for
-
-    scale = spec.scale if get_task(spec.task).scaled else None
-    return preset_for(spec.task, variant=spec.variant, scale=scale, preset=preset)
-
-
 def benchmark_synthesis(
     name: str, *, task: str | None = None, scale: int | None = None, sigma: float | None = None, crop: int | None = None
 ) -> Synthesis:
@@ -86,7 +79,7 @@ def evaluation_config(
     ``runs`` independent runs (seeds s, s + 1, …) are averaged into the returned output; default: the benchmark's
     (2 for cbm3d9, as in the paper), else 1. ``classical`` scores the task's classical baseline beside DIP.
     """
-    from dipcore import ConfigError, get_task
+    from dipcore import ConfigError, get_task, preset_for
 
     if early_stopping not in EARLY_STOPPING:
         raise ConfigError(f"early_stopping must be one of {', '.join(EARLY_STOPPING)}, not {early_stopping!r}")
@@ -98,14 +91,15 @@ def evaluation_config(
     elif overrides.get("restarts", runs) != runs:
         raise ConfigError(f"runs={runs} and the override restarts={overrides['restarts']} disagree: give one")
     overrides["restarts"] = runs
+    scale = spec.scale if get_task(spec.task).scaled else None
     # A moving average where the preset keeps none (SR, inpainting): recorded as psnr_average beside the output the
     # preset returns, which it leaves as it is (the stopping study found SR's average 0.26 dB above its last iterate
     # on small crops; benchmarks/RESULTS.md). The paper's own settings otherwise.
-    if "ema" not in overrides and _preset(spec, preset).ema is None:
+    if "ema" not in overrides and preset_for(spec.task, variant=spec.variant, scale=scale, preset=preset).ema is None:
         overrides["ema"] = OBSERVED_EMA
     return run_config(
         spec.task,
-        scale=spec.scale if get_task(spec.task).scaled else None,
+        scale=scale,
         variant=spec.variant,
         preset=preset,
         iterations=iterations,
