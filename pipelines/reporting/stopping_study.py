@@ -213,8 +213,9 @@ def section(rows: list[dict], sources: Sequence[str]) -> list[str]:
     for (task, level, value, size, channels), group in groups(rows).items():
         base = {r["image"]: r for r in group if r["variant"] == "base"}
         if base:
-            overview.append(_overview_row(task, level, value, size, channels, group, base))
-            details += _group_section(task, level, value, size, channels, group, base)
+            refits = refit_rows(group, base)  # once: both views read them
+            overview.append(_overview_row(task, level, value, size, channels, group + refits, base))
+            details += _group_section(task, level, value, size, channels, group + refits, base)
     header = ["task", "level", "crop", "net width", "images", "default", "default: mean / worst gap"]
     header += ["fixed count: mean / worst", "goal met"]
     lines += ["| " + " | ".join(header) + " |", "|---|---|---:|---:|---:|---|---:|---:|:-:|", *overview, ""]
@@ -228,9 +229,9 @@ def _gaps(rows: list[dict], base: dict[str, dict], variant: str, rule: str) -> l
 
 
 def _overview_row(
-    task: str, level: str, value, size: int, channels: int, group: list[dict], base: dict[str, dict]
+    task: str, level: str, value, size: int, channels: int, rows: list[dict], base: dict[str, dict]
 ) -> str:
-    rows = group + refit_rows(group, base)
+    """``rows``: the group's lines and their refit rows."""
     variant, rule = default_rule(task)
     default, fixed = _gaps(rows, base, variant, rule), _gaps(rows, base, "base", "fixed")
     met = (
@@ -255,10 +256,9 @@ def _overview_row(
 
 
 def _group_section(
-    task: str, level: str, value, size: int, channels: int, group: list[dict], base: dict[str, dict]
+    task: str, level: str, value, size: int, channels: int, rows: list[dict], base: dict[str, dict]
 ) -> list[str]:
-    refits = refit_rows(group, base)
-    rows = group + refits
+    """``rows``: the group's lines and their refit rows."""
     default = default_rule(task)
     columns = [c for c in _COLUMNS if any(_choice(rows, c[1], c[2], image) for image in base)]
     if default not in [(row, rule) for _, row, rule in columns]:
@@ -295,6 +295,7 @@ def _group_section(
         cells = [f"**{label}**", "", ""]
         cells += [_signed(pick(gaps[h])) if gaps[h] else "—" for h, *_ in columns]
         lines.append("| " + " | ".join(cells) + " |")
+    refits = [r for r in rows if r["variant"] == REFIT]
     costs_ = [r["cost"][default[1]] for r in refits if default[0] == REFIT and default[1] in r["cost"]]
     if costs_:
         lines += [
