@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from . import nets
 from .batched import stack_problems
-from .canvas import MAX_CANVAS_WASTE, check_canvas, own_canvas, shared_canvas
+from .canvas import MAX_CANVAS_WASTE, fit_canvases, own_canvas, shared_canvas
 from .concurrent import concurrent_workers, fit_concurrently
 from .crop import center_box, center_crop_to_multiple
 from .degrade import Observation, binary_mask
@@ -236,6 +236,7 @@ def restore(
     features_weights: str | Path | None = None,
     psnr_protocol: PsnrProtocol | Mapping[str, Any] | None = None,
     operator: nn.Module | None = None,
+    canvas: str | tuple[int, int] | None = None,
     **overrides: Any,
 ) -> Restoration:
     """Restore one image with the Deep Image Prior.
@@ -256,6 +257,12 @@ def restore(
     times it for SR), and A of an output of that size must have the observation's shape, else ConfigError. The
     task's own operator (and its ``mask``) is then unused; the operator is moved to ``device`` in place. Restarts
     stacked along channels (``restarts`` > 1, ``batch_mode="stack"``) need an A that acts on each channel alike.
+
+    ``canvas`` is what the net runs on: ``"own"``, the image's own canvas (its size rounded up as the net needs);
+    ``"bucket"``, its canvas bucket (``dipcore.canvas_bucket``: at most 1.57× the pixels, the image centred); or a
+    ``(Hc, Wc)`` given. Default: the bucket when the net is compiled (``EngineOptions(compile=True)``: images of
+    many sizes then share a few compiled graphs), else its own. A fit on a larger canvas is another fit, of the same
+    quality (``Restoration.config["canvas"]`` records it).
     """
     started = time.perf_counter()
     if isinstance(observation, Observation):
@@ -273,11 +280,20 @@ def restore(
     protocol = _protocol(psnr_protocol, ref)
     dev = torch.device(device) if device is not None else default_device()
     seeds = [seed + r for r in range(p.restarts)]
+    own = own_canvas(p, obs.image.shape)
+    [on] = fit_canvases(p, [own], _canvas_choice(canvas, engine, dev, "own"), stacked=False, max_waste=None)
 
     def build() -> list[FitProblem]:
         return [
             build_problem(
-                p, obs, device=dev, seed=s, reference=ref, features_weights=features_weights, operator=operator
+                p,
+                obs,
+                device=dev,
+                seed=s,
+                reference=ref,
+                features_weights=features_weights,
+                operator=operator,
+                canvas=on,
             )
             for s in seeds
         ]
@@ -289,7 +305,7 @@ def restore(
     engine = _plan_memory(engine, p, h, w, c, dev, fits=fits)
     settings = _settings(p, engine, protocol)
     runs = _fit_preset(problems, build, p, settings, seeds=seeds, callback=callback, batched=engine.batch_restarts)
-    return _collect(runs, p, seed, dev, started, protocol=protocol, engine=engine)
+    return _collect(runs, p, seed, dev, started, protocol=protocol, engine=engine, canvas=(on, own))
 
 
 def restore_batch(
@@ -307,7 +323,7 @@ def restore_batch(
     callback: Callable[[StepRecord], bool | None] | None = None,
     engine: EngineOptions | None = None,
     psnr_protocol: PsnrProtocol | Mapping[str, Any] | None = None,
-    canvas: str | tuple[int, int] = "shared",
+    canvas: str | tuple[int, int] | None = None,
     max_canvas_waste: float | None = MAX_CANVAS_WASTE,
     **overrides: Any,
 ) -> list[Restoration]:
@@ -320,10 +336,13 @@ def restore_batch(
     that one small fit leaves mostly idle. Stacking needs a net that stacks (``batch_refusal``).
 
     Images of different shapes: side by side, each fit runs on its own canvas, as ``restore`` would. Stacked, one
-    net runs on one canvas, chosen by ``canvas``: ``"shared"`` (the default) — the smallest that holds every fit's
-    own canvas; each fit's loss, curves, average and output are taken on its own box in it (``dipcore.canvas``);
+    net runs on one canvas, chosen by ``canvas``: ``"shared"`` (an eager net's default) — the smallest that holds
+    every fit's own canvas; each fit's loss, curves, average and output are taken on its own box in it
+    (``dipcore.canvas``);
     ``"own"`` — every fit on its own canvas, so a stacked batch needs one canvas size (ConfigError otherwise; images
-    of one shape have one, and small ones may share the net's smallest canvas); or
+    of one shape have one, and small ones may share the net's smallest canvas); ``"bucket"`` — each fit on its
+    canvas bucket, stacked ones on the smallest canvas holding their buckets (the default when the net is compiled,
+    so that batches of many sizes share a few graphs: ``dipcore.canvas.fit_canvases``); or
     ``(Hc, Wc)``, a canvas given (e.g. ``dipcore.canvas_bucket``'s), for every fit in either mode. A fit on a
     canvas larger than its own is another fit, of the same quality but not bit-identical to ``restore``'s (its
     code and BatchNorm statistics span the larger canvas); fits of one shape share their own canvas, so nothing
@@ -358,7 +377,8 @@ def restore_batch(
     if stacked and len({obs.image.shape[2] for obs, _ in prepared}) > 1:
         raise ConfigError("stacked fits need observations of one channel count (grey and colour apart)")
     own = [own_canvas(p, obs.image.shape) for obs, _ in prepared]
-    canvases = _batch_canvases(own, canvas, stacked=stacked, max_waste=max_canvas_waste)
+    how = _canvas_choice(canvas, engine, dev, "shared")
+    canvases = fit_canvases(p, own, how, stacked=stacked, max_waste=max_canvas_waste)
 
     def build() -> list[FitProblem]:
         return [
@@ -378,34 +398,20 @@ def restore_batch(
     channels = max(o[2] for o in outputs)
     engine = _plan_memory(engine, p, height, width, channels, dev, fits=_at_once(engine, k))
     runs = _fit_preset(problems, build, p, _settings(p, engine, protocol), seeds=seeds, callback=callback)
-    results = []
-    for run, s, c, o in zip(runs, seeds, canvases, own, strict=True):
-        res = _collect([run], p, s, dev, started, protocol=protocol, engine=engine)
-        if c is not None and c != o:
-            res.config["canvas"] = list(c)  # the fit ran on a canvas larger than its own: (Hc, Wc)
-        results.append(res)
-    return results
+    return [
+        _collect([run], p, s, dev, started, protocol=protocol, engine=engine, canvas=(c, o))
+        for run, s, c, o in zip(runs, seeds, canvases, own, strict=True)
+    ]
 
 
-def _batch_canvases(
-    own: list[tuple[int, int]], canvas: str | tuple[int, int], *, stacked: bool, max_waste: float | None
-) -> list[tuple[int, int] | None]:
-    """The canvas each fit of a batch runs on (None: its own), as ``restore_batch``'s ``canvas`` says."""
-    if canvas == "own" or (canvas == "shared" and not stacked):
-        if stacked and len(set(own)) > 1:
-            raise ConfigError(
-                f"stacked fits on their own canvases need one canvas size, as observations of one shape have (theirs "
-                f"are {sorted(set(own))}): canvas='shared' puts them on one"
-            )
-        return [None] * len(own)
-    if canvas == "shared":
-        shared = shared_canvas(own)
-    elif isinstance(canvas, (tuple, list)) and len(canvas) == 2 and all(isinstance(n, int) for n in canvas):
-        shared = (int(canvas[0]), int(canvas[1]))
-    else:
-        raise ConfigError(f"canvas must be 'shared', 'own' or (height, width), not {canvas!r}")
-    check_canvas(shared, own, max_waste)
-    return [shared] * len(own)
+def _canvas_choice(
+    canvas: str | tuple[int, int] | None, engine: EngineOptions | None, device: torch.device, otherwise: str
+) -> str | tuple[int, int]:
+    """``canvas`` as given, else the default: buckets for a compiled net (a graph per canvas: few canvases, few
+    graphs), ``otherwise`` for an eager one."""
+    if canvas is not None:
+        return canvas
+    return "bucket" if (engine or EngineOptions()).resolved(device).compile else otherwise
 
 
 def _prepare(p: TaskPreset, observation: Any, *, mask: Any = None, guide: Any = None, reference: Any = None):
@@ -592,6 +598,11 @@ def _run_output(run: FitResult, p: TaskPreset, seed: int) -> RunOutput:
     )
 
 
+def _canvas_config(ran_on: tuple[int, int] | None, own: tuple[int, int]) -> dict[str, list[int]]:
+    """The config's record of a fit that ran on a canvas larger than its own: ``{"canvas": [Hc, Wc]}``."""
+    return {"canvas": list(ran_on)} if ran_on is not None and tuple(ran_on) != tuple(own) else {}
+
+
 def _collect(
     runs: list[FitResult],
     p: TaskPreset,
@@ -601,9 +612,11 @@ def _collect(
     *,
     protocol: PsnrProtocol | None,
     engine: EngineOptions,
+    canvas: tuple[tuple[int, int] | None, tuple[int, int]],
 ) -> Restoration:
     """One Restoration from the restarts: the returned images are averaged across them (paper: 2 runs); each run's
-    own outputs stay in ``runs``."""
+    own outputs stay in ``runs``. ``canvas``: (the canvas the fits ran on or None, their own); a larger one than
+    their own is recorded in the config."""
     outputs = [_run_output(r, p, seed + i) for i, r in enumerate(runs)]
     first = outputs[0]
 
@@ -618,7 +631,7 @@ def _collect(
         iterations_run=runs[0].iterations_run,
         stop_reason=first.stop_reason,
         history=first.history,
-        config={**p.to_dict(), "seed": seed},
+        config={**p.to_dict(), "seed": seed, **_canvas_config(*canvas)},
         seconds=time.perf_counter() - started,
         device=torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         backtracks=sum(r.backtracks for r in runs),

@@ -9,9 +9,11 @@ they are. A fresh net of the same architecture on the same canvas thus reuses th
 (``tests/test_compile.py`` counts it). Fits side by side on CPU threads that meet a new shape at the same moment may
 each compile it (measured: two threads, two graphs); later fits reuse it.
 
-Shapes are static (``dynamic=False``): each canvas gets kernels specialised to it, and the canvas buckets
-(``dipcore.canvas``) keep the canvases a worker meets few. Inductor's own CUDA graphs stay off: ``dipcore.step``
-captures the whole step itself, after warm-up steps in which the forward and backward graphs are compiled.
+Shapes are static (``dynamic=False``): each canvas gets kernels specialised to it, and compiled fits run on canvas
+buckets by default (``dipcore.canvas.fit_canvases``), so a worker meets a few canvases, not one per image size.
+The number of stacked fits is a shape too: packed batches compile a graph per K met. Inductor's own CUDA graphs
+stay off: ``dipcore.step`` captures the whole step itself, after warm-up steps in which the forward and backward
+graphs are compiled.
 """
 
 from __future__ import annotations

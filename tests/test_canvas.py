@@ -161,6 +161,49 @@ def test_a_fit_on_a_shared_canvas_restores_as_well_as_alone(pair):
         assert shared > single - 2.5
 
 
+# ------------------------------------------------------------------------------------------- buckets as canvases
+
+
+@pytest.fixture(scope="module")
+def tall():
+    """Two clean images of one bucket (320×64 with the fast net) whose own canvases differ: 288×64 and 320×64."""
+    img = data.astronaut().astype(np.float32) / 255
+    return img[0:280, 0:64], img[100:400, 200:264]
+
+
+def test_restore_runs_on_its_bucket_when_asked_and_on_its_own_canvas_by_default(tall):
+    a, b = tall
+    p = preset_for("denoise", **SMALL)
+    assert own_canvas(p, a.shape) == (288, 64) and own_canvas(p, b.shape) == canvas_bucket(p, a.shape) == (320, 64)
+    obs = dipcore.degrade(a, task="denoise", seed=0)
+    kw = dict(task="denoise", iterations=2, reference=a, engine=dipcore.EngineOptions(autocast="off"), **SMALL)
+    eager = dipcore.restore(obs, **kw)
+    assert "canvas" not in eager.config  # an eager net keeps the image's own canvas
+    bucketed = dipcore.restore(obs, canvas="bucket", **kw)
+    assert bucketed.config["canvas"] == [320, 64] and bucketed.image.shape == a.shape
+    assert bucketed.history["loss"][0] != eager.history["loss"][0]  # another fit: its code spans the larger canvas
+    given = dipcore.restore(obs, canvas=(320, 64), **kw)
+    assert given.history["loss"] == bucketed.history["loss"]  # the bucket is that canvas
+    assert "canvas" not in dipcore.restore(obs, canvas="own", iterations=1, task="denoise", **SMALL).config
+    with pytest.raises(ConfigError, match="canvas must be one of 'own', 'shared', 'bucket'"):
+        dipcore.restore(obs, canvas="large", **kw)
+
+
+def test_a_batch_on_buckets_puts_each_fit_on_its_bucket_side_by_side_and_on_one_stacked(tall):
+    a = tall[0]
+    small = data.astronaut().astype(np.float32)[0:48, 0:48] / 255  # bucket 64×64: its own canvas
+    obs = [dipcore.degrade(c, task="denoise", seed=i) for i, c in enumerate((a, small))]
+    threads = dipcore.EngineOptions(batch_mode="threads", autocast="off")
+    side = dipcore.restore_batch(obs, task="denoise", iterations=1, canvas="bucket", engine=threads, **SMALL)
+    assert side[0].config["canvas"] == [320, 64] and "canvas" not in side[1].config
+    assert [r.image.shape for r in side] == [a.shape, small.shape]
+    pair = [dipcore.degrade(c, task="denoise", seed=i) for i, c in enumerate(tall)]
+    stacked = dipcore.restore_batch(pair, task="denoise", iterations=1, canvas="bucket", engine=STACK, **SMALL)
+    assert stacked[0].config["canvas"] == [320, 64] and "canvas" not in stacked[1].config  # b's own is the bucket
+    with pytest.raises(ConfigError, match="max_canvas_waste"):  # buckets far apart still cannot stack
+        dipcore.restore_batch(obs, task="denoise", iterations=1, canvas="bucket", engine=STACK, **SMALL)
+
+
 # ------------------------------------------------------------------------------------------------- the limits
 
 

@@ -121,6 +121,28 @@ def test_stacked_fits_of_different_sizes_compile_once_per_shared_canvas(graphs, 
     assert len(graphs) == 2  # a (128, 96) canvas
 
 
+def test_images_of_one_bucket_share_a_graph_on_the_bucket_unless_told_their_own_canvas(graphs, astronaut):
+    # Own canvases 288×64 and 320×64, one bucket (320×64): compiled, both run on the bucket.
+    a, b = astronaut[0:280, 0:64], astronaut[100:400, 200:264]
+    first, second = _restore(a, compile=True), _restore(b, compile=True, seed=1)
+    assert len(graphs) == 1
+    assert first.config["canvas"] == [320, 64] and "canvas" not in second.config and first.image.shape == a.shape
+    _restore(a, compile=True, canvas="own")  # what an unbucketed canvas costs: a graph of its own
+    assert len(graphs) == 2
+
+
+def test_stacked_batches_of_one_bucket_share_a_graph_whatever_their_largest_image(graphs, astronaut):
+    stack = dipcore.EngineOptions(compile=True, batch_mode="stack", **FP32)
+    kw = dict(task="denoise", iterations=1, engine=stack, **SMALL)
+    short = [astronaut[0:260, 0:48], astronaut[0:280, 0:64]]  # own canvases 288×64 both: shared 288×64
+    tall = [astronaut[0:280, 0:64], astronaut[0:300, 0:64]]  # 288×64 and 320×64: shared 320×64
+    assert [r.config["canvas"] for r in dipcore.restore_batch(short, **kw)] == [[320, 64]] * 2
+    dipcore.restore_batch(tall, **kw)
+    assert len(graphs) == 1  # one bucket, one graph
+    dipcore.restore_batch(short, canvas="shared", **kw)
+    assert len(graphs) == 2  # the smallest shared canvas, 288×64, compiles its own
+
+
 # -------------------------------------------------------------------------------------------------- the option
 
 
@@ -141,3 +163,19 @@ def test_compile_is_off_by_default_validated_and_recorded(graphs, astronaut):
     assert json.loads(software["engine_json"])["compile"] is True
     assert [compile_net(parse_field("compile", w)) for w in ("auto", "on", "off")] == [None, True, False]
     assert Execution().compile == "auto"
+
+
+def test_a_compiled_worker_runs_jobs_of_one_bucket_on_one_graph(graphs, tmp_path):
+    from pipelines import jobs, storage
+    from pipelines.execution.restorer import Restorer
+
+    rng = np.random.default_rng(0)
+    for key, h in (("a.png", 280), ("b.png", 300)):  # own canvases 288×64 and 320×64, one bucket
+        storage.write_bytes_atomic(f"{tmp_path}/src/{key}", dipcore.encode_png(rng.random((h, 64, 3), np.float32)))
+    config = jobs.run_config("denoise", preset="fast", iterations=1, overrides={"channels": 8})
+    plan = jobs.plan_jobs(storage.list_images(f"{tmp_path}/src"), run_id="r", dataset="d", output=f"{tmp_path}/out",
+                          config=config)  # fmt: skip
+    worker = Restorer(device="cpu", engine=dipcore.EngineOptions(compile=True, **FP32))
+    rows = [o.row for o in worker.run_batch(plan.jobs, pack=1)]  # each job alone
+    assert [(r["status"], r["height"]) for r in rows] == [("ok", 280), ("ok", 300)]
+    assert len(graphs) == 1

@@ -71,7 +71,7 @@ class Execution(BaseModel):
     )
     compile: Annotated[Literal["auto", "on", "off"], Flag("WHEN")] = Field(
         "auto",
-        description="torch.compile of the net's forward pass, once per net and canvas size on each worker: auto "
+        description="torch.compile of the net's forward pass, once per net and canvas bucket on each worker: auto "
         "(default): dipcore's default, off until the GPU suite has measured it; on or off force it (the row's "
         "engine_json says which ran)",
     )

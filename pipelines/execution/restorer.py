@@ -90,8 +90,9 @@ class Restorer:
         canvas: str = "shared",
     ) -> None:
         """``engine`` is a ``dipcore.EngineOptions`` (how fits run on the device; dipcore's defaults otherwise);
-        ``canvas`` how a batch's images of different sizes share a net (``dipcore.restore_batch``'s, and which jobs
-        group: `jobs.pack_key`'s): "shared" (one canvas per bucket) or "own" (one shape per batch)."""
+        ``canvas`` which jobs group (`jobs.pack_key`'s) and the canvas their fits run on: "shared" (jobs of one
+        bucket; dipcore's default canvas: the smallest holding a stacked batch, the bucket itself for a compiled
+        net, so its graphs stay few) or "own" (jobs of one shape, each fit on its own canvas)."""
         import torch
 
         import dipcore
@@ -106,6 +107,7 @@ class Restorer:
         self.node = node
         self.engine = engine
         self.canvas = canvas
+        self._fit_canvas = "own" if canvas == "own" else None  # what restore and restore_batch are told
         # What software and engine produced a row's numbers (also on error rows: they say where it failed).
         resolved = (engine or dipcore.EngineOptions()).resolved(dev)
         self.software = {
@@ -235,7 +237,7 @@ class Restorer:
                 device=self.device,
                 engine=self.engine,
                 psnr_protocol=_protocol(group[0]),
-                canvas=self.canvas,
+                canvas=self._fit_canvas,
                 **first.restore_kwargs,
             )
         except Exception as exc:  # noqa: BLE001 - each job gets its own chance below
@@ -259,6 +261,7 @@ class Restorer:
                 device=self.device,
                 engine=self.engine,
                 psnr_protocol=_protocol(w),
+                canvas=self._fit_canvas,
                 **w.side,
                 **w.job.restore_kwargs,
             )
