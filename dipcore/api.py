@@ -302,7 +302,7 @@ def restore(
     engine = (engine or EngineOptions()).resolved(dev, work=_work(problems[0]), bf16_ok=get_task(p.task).bf16_default)
     h, w, c = get_task(p.task).output_shape(obs.image.shape, p.scale)
     fits = _at_once(engine, p.restarts) if engine.batch_restarts else 1
-    engine = _plan_memory(engine, p, h, w, c, dev, fits=fits)
+    engine = _plan_memory(engine, p, *(on or (h, w)), c, dev, fits=fits)  # on its canvas, when larger than its own
     settings = _settings(p, engine, protocol)
     runs = _fit_preset(problems, build, p, settings, seeds=seeds, callback=callback, batched=engine.batch_restarts)
     return _collect(runs, p, seed, dev, started, protocol=protocol, engine=engine, canvas=(on, own))

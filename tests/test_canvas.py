@@ -13,6 +13,7 @@ from dipcore.api import build_problem
 from dipcore.batched import stack_problems
 from dipcore.canvas import canvas_waste, own_canvas
 from dipcore.errors import ConfigError
+from dipcore.memory import estimate_peak_bytes
 
 SMALL = dict(preset="fast", channels=8)
 STACK = dipcore.EngineOptions(batch_mode="stack", autocast="off")
@@ -187,6 +188,15 @@ def test_restore_runs_on_its_bucket_when_asked_and_on_its_own_canvas_by_default(
     assert "canvas" not in dipcore.restore(obs, canvas="own", iterations=1, task="denoise", **SMALL).config
     with pytest.raises(ConfigError, match="canvas must be one of 'own', 'shared', 'bucket'"):
         dipcore.restore(obs, canvas="large", **kw)
+
+
+def test_the_memory_plan_counts_the_bucket_a_fit_runs_on(tall):
+    a = tall[0]
+    p = preset_for("denoise", **SMALL)
+    budget = (estimate_peak_bytes(p, 288, 64) + estimate_peak_bytes(p, 320, 64)) // 2  # own fits, the bucket not
+    kw = dict(task="denoise", iterations=1, engine=dipcore.EngineOptions(memory_budget=budget), **SMALL)
+    assert dipcore.restore(a, canvas="own", **kw).engine["checkpoint"] is False
+    assert dipcore.restore(a, canvas="bucket", **kw).engine["checkpoint"] is True
 
 
 def test_a_batch_on_buckets_puts_each_fit_on_its_bucket_side_by_side_and_on_one_stacked(tall):
