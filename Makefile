@@ -23,13 +23,18 @@ $(STAMP): pyproject.toml deploy/versions.env | $(PY)
 demo: $(STAMP)
 	$(VENV)/bin/dipflow demo
 
+# The suite on pytest-xdist workers, one per core up to 4 (each with one torch thread: tests/conftest.py); much of
+# it waits on Prefect, Ray and subprocesses starting, so two workers on CI's 2 cores take 11.5 min, not 17.
+# worksteal: the long fault-suite runs do not end up queued behind each other on one worker.
+PYTEST_PARALLEL ?= -n auto --maxprocesses 4 --dist worksteal
+
 # The lint and format gate first (seconds), then the suite.
 test: lint
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_PARALLEL)
 
 # While working: the suite without the tests marked slow (long fits, the deployment end to end, multi-node Ray).
 test-fast: lint
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest $(PYTEST_PARALLEL) -m "not slow"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
