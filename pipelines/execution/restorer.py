@@ -114,6 +114,9 @@ class Restorer:
             "torch_version": torch.__version__,
             "engine_json": reports.canonical_json(dataclasses.asdict(resolved)),
         }
+        # A compiled stacked net has a graph per number of fits K as well as per canvas: batches then take powers
+        # of two (8, 4, 2, 1), so a worker compiles at most four per bucket, whatever the free memory or the tail.
+        self._pow2_batches = bool(resolved.compile) and resolved.batch_mode == "stack"
         self._baselines = ThreadPoolExecutor(max_workers=1, thread_name_prefix="classical-baseline")
 
     @property
@@ -200,7 +203,10 @@ class Restorer:
         groups = []
         for members in by_key.values():
             k = self._auto_pack(members[0]) if pack == "auto" else pack
-            groups += [members[i : i + k] for i in range(0, len(members), max(1, k))]
+            sizes = _pow2_chunks(len(members), k) if self._pow2_batches else _chunks(len(members), k)
+            for size in sizes:
+                groups.append(members[:size])
+                members = members[size:]
         return groups
 
     def _auto_pack(self, w: _Work) -> int:
@@ -321,6 +327,23 @@ class Restorer:
 def _protocol(w: _Work) -> dict[str, Any] | None:
     """How the fit measures its PSNR curves: the job's scoring protocol, when there is a ground truth."""
     return psnr_protocol(w.job) if w.truth is not None else None
+
+
+def _chunks(n: int, k: int) -> list[int]:
+    """Sizes of `n` jobs in chunks of at most `k`: full ones, then the rest."""
+    k = max(1, k)
+    return [k] * (n // k) + ([n % k] if n % k else [])
+
+
+def _pow2_chunks(n: int, k: int) -> list[int]:
+    """Sizes of `n` jobs in chunks of powers of two, each at most `k`, largest first (13 at most 8: 8, 4, 1)."""
+    top = 1 << (max(1, k).bit_length() - 1)  # the largest power of two ≤ k
+    sizes = []
+    while n:
+        size = min(top, 1 << (n.bit_length() - 1))
+        sizes.append(size)
+        n -= size
+    return sizes
 
 
 def _observation(w: _Work) -> Any:
