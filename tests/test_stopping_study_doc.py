@@ -94,6 +94,18 @@ def test_the_section_gives_each_images_gap_and_marks_the_default_read_from_dipco
     assert "**fixed count (default)**" in table_of(doc, "Denoising")[0]
 
 
+def test_the_self_validation_columns_follow_dipcores_patience(monkeypatch):
+    from dipcore import selfvalidation
+
+    monkeypatch.setattr(tasks, "DEFAULT_STOPPING", {"denoise": "selfval"})
+    monkeypatch.setattr(selfvalidation, "SELFVAL_PATIENCE", 500)
+    held = {"selfval_avg_p500": choice(HELD, 4, fired_at=6), "selfval_avg_p300": choice(HELD, 3, fired_at=5)}
+    rows = [line("denoise", "a.png", "base", BASE, WMV), line("denoise", "a.png", "selfval", HELD, held)]
+    header, image = table_of(ss.section(rows, ["x.jsonl"]), "Denoising")[:2]
+    assert header.count("self-validation + refit") == 1 and "**self-validation + refit (default)**" in header
+    assert image.endswith("| 24.00 (−1.00) | 24.00 (−1.00) |")  # patience 500's pick (4), not 300's (3)
+
+
 def test_the_summary_ranks_every_row_and_rule_by_its_mean_gap():
     text = "\n".join(ss.summarise(study()))
     ranked = [x.split("|")[1:3] for x in text.splitlines() if x.startswith("| ") and x.count("|") == 13][1:]

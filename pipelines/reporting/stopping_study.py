@@ -181,13 +181,19 @@ def costs(rows: list[dict]) -> list[str]:
 
 # ------------------------------------------------------------------------------------------ the document's view
 
-# The columns of the per-image table: (heading, row, rule). The deployed rules, then the default (added per task).
-_COLUMNS = (
-    ("fixed count", "base", "fixed"),
-    ("ES-WMV (W 100, P 1000)", "base", "wmv_raw_p1000"),
-    ("held-out fit's own output", "selfval", "selfval_avg_p300"),
-    ("self-validation + refit", REFIT, "selfval_avg_p300"),
-)
+
+def _columns() -> tuple[tuple[str, str, str], ...]:
+    """The columns of the per-image table: (heading, row, rule). The deployed rules, self-validation at dipcore's
+    patience (so the default's column moves with it), then the default (added per task where it is another)."""
+    from dipcore.selfvalidation import SELFVAL_PATIENCE
+
+    selfval = f"selfval_avg_p{SELFVAL_PATIENCE}"
+    return (
+        ("fixed count", "base", "fixed"),
+        ("ES-WMV (W 100, P 1000)", "base", "wmv_raw_p1000"),
+        ("held-out fit's own output", "selfval", selfval),
+        ("self-validation + refit", REFIT, selfval),
+    )
 
 
 def section(rows: list[dict], sources: Sequence[str]) -> list[str]:
@@ -239,7 +245,7 @@ def _overview_row(
         and len(default) == len(base)
         and (-_mean(default) <= GOAL_MEAN_DB and -min(default) <= GOAL_WORST_DB and _mean(default) >= _mean(fixed))
     )
-    name = next((h for h, *key in _COLUMNS if tuple(key) == (variant, rule)), f"{variant}: {rule}")
+    name = next((h for h, *key in _columns() if tuple(key) == (variant, rule)), f"{variant}: {rule}")
     words = _LEVEL_WORDS.get(level, lambda v: f"{level} = {v}")(value).split(" (")[0]
     cells = [
         _TASK_WORDS.get(task, task),
@@ -260,7 +266,7 @@ def _group_section(
 ) -> list[str]:
     """``rows``: the group's lines and their refit rows."""
     default = default_rule(task)
-    columns = [c for c in _COLUMNS if any(_choice(rows, c[1], c[2], image) for image in base)]
+    columns = [c for c in _columns() if any(_choice(rows, c[1], c[2], image) for image in base)]
     if default not in [(row, rule) for _, row, rule in columns]:
         columns.append((f"{default[0]}: {default[1]}", *default))
     columns = [(f"**{h} (default)**" if (row, rule) == default else h, row, rule) for h, row, rule in columns]
