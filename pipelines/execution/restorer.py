@@ -115,7 +115,8 @@ class Restorer:
             "engine_json": reports.canonical_json(dataclasses.asdict(resolved)),
         }
         # A compiled stacked net has a graph per number of fits K as well as per canvas: batches then take powers
-        # of two (8, 4, 2, 1), so a worker compiles at most four per bucket, whatever the free memory or the tail.
+        # of two (8, 4, 2, 1 under auto's cap of 8), so a worker compiles at most four per bucket, whatever the free
+        # memory or the tail.
         self._pow2_batches = bool(resolved.compile) and resolved.batch_mode == "stack"
         self._baselines = ThreadPoolExecutor(max_workers=1, thread_name_prefix="classical-baseline")
 
