@@ -7,11 +7,17 @@ share of the cores, gets more images per hour out of the same CPU (measured in `
 
 Each fit is the plain loop with its own generator, so the results are those of the fits run one by one with the
 same number of threads per fit. PyTorch's operators release the GIL while they compute, so Python threads suffice.
+
+Threads start with their parent's CPU affinity. Where the caller is pinned to fewer CPUs than fits would run at once
+(OpenMP's ``OMP_PROC_BIND`` pins the main thread to one core; ``taskset``), the fits would share those CPUs: measured
+1.8× slower per fit than one by one (``benchmarks/RESULTS.md``, thread placement), so they then run one by one.
 """
 
 from __future__ import annotations
 
+import os
 import threading
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -46,6 +52,16 @@ def fit_concurrently(
         raise ValueError(f"{len(problems)} problems need {len(generators)} generators")
     total = torch.get_num_threads()
     workers = concurrent_workers(len(problems), total)
+    cpus = _cpus_of_this_thread()
+    if workers > 1 and cpus is not None and cpus < workers:
+        warnings.warn(
+            f"this thread may run on {cpus} CPU(s) only (OMP_PROC_BIND, taskset?) and the threads of fits side by "
+            f"side would inherit that, so the {len(problems)} fits run one by one; unset OMP_PROC_BIND to run them "
+            f"side by side",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        workers = 1
     relay = _Relay(callback, len(problems))
     if workers == 1:
         return [
@@ -70,6 +86,15 @@ def fit_concurrently(
             return list(pool.map(run, range(len(problems))))
     finally:
         torch.set_num_threads(total)
+
+
+def _cpus_of_this_thread() -> int | None:
+    """How many CPUs the calling thread may run on (the threads it starts inherit them); None where the OS does not
+    say."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return None
 
 
 class _Relay:

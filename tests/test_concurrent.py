@@ -75,6 +75,30 @@ def test_a_stop_from_the_callback_stops_every_fit(two_threads):
     assert results[0].iterations_run == 3 and results[1].iterations_run < 200
 
 
+def test_a_caller_pinned_to_one_cpu_runs_the_fits_one_by_one(two_threads, monkeypatch):
+    # OMP_PROC_BIND pins the main thread to one core and the fits' threads would inherit it (benchmarks/RESULTS.md).
+    import threading
+
+    from dipcore import concurrent
+
+    ran_on = []
+
+    def recording_fit(*args, **kw):
+        ran_on.append(threading.current_thread().name)
+        return fit(*args, **kw)
+
+    monkeypatch.setattr(concurrent, "fit", recording_fit)
+    problems, settings = _problems([0, 1], iterations=1)
+    fit_concurrently(problems, settings, generators=_generators([0, 1]))
+    assert len(ran_on) == 2 and all(name.startswith("dip-fit") for name in ran_on)  # side by side
+
+    ran_on.clear()
+    monkeypatch.setattr(concurrent.os, "sched_getaffinity", lambda pid: {0})
+    with pytest.warns(RuntimeWarning, match="run one by one"):
+        fit_concurrently(problems, settings, generators=_generators([0, 1]))
+    assert ran_on == [threading.current_thread().name] * 2 and torch.get_num_threads() == 2
+
+
 def test_as_many_workers_as_threads_and_fits_allow():
     assert concurrent_workers(3, threads=2) == 2
     assert concurrent_workers(1, threads=2) == 1
