@@ -281,7 +281,8 @@ def restore(
     dev = torch.device(device) if device is not None else default_device()
     seeds = [seed + r for r in range(p.restarts)]
     own = own_canvas(p, obs.image.shape)
-    [on] = fit_canvases(p, [own], _canvas_choice(canvas, engine, dev, "own"), stacked=False, max_waste=None)
+    compiled = (engine or EngineOptions()).resolved(dev).compile
+    [on] = fit_canvases(p, [own], _canvas_choice(canvas, compiled, "own"), stacked=False, max_waste=None)
 
     def build() -> list[FitProblem]:
         return [
@@ -373,11 +374,12 @@ def restore_batch(
     protocol = None
     for _, ref in prepared:
         protocol = _protocol(psnr_protocol, ref) if ref is not None else protocol
-    stacked = (engine or EngineOptions()).resolved(dev).batch_mode == "stack"  # the mode depends on the device only
+    device_defaults = (engine or EngineOptions()).resolved(dev)  # the batch mode and compile depend on the device only
+    stacked = device_defaults.batch_mode == "stack"
     if stacked and len({obs.image.shape[2] for obs, _ in prepared}) > 1:
         raise ConfigError("stacked fits need observations of one channel count (grey and colour apart)")
     own = [own_canvas(p, obs.image.shape) for obs, _ in prepared]
-    how = _canvas_choice(canvas, engine, dev, "shared")
+    how = _canvas_choice(canvas, device_defaults.compile, "shared")
     canvases = fit_canvases(p, own, how, stacked=stacked, max_waste=max_canvas_waste)
 
     def build() -> list[FitProblem]:
@@ -404,14 +406,12 @@ def restore_batch(
     ]
 
 
-def _canvas_choice(
-    canvas: str | tuple[int, int] | None, engine: EngineOptions | None, device: torch.device, otherwise: str
-) -> str | tuple[int, int]:
-    """``canvas`` as given, else the default: buckets for a compiled net (a graph per canvas: few canvases, few
+def _canvas_choice(canvas: str | tuple[int, int] | None, compiled: bool, otherwise: str) -> str | tuple[int, int]:
+    """``canvas`` as given, else the default: buckets for a ``compiled`` net (a graph per canvas: few canvases, few
     graphs), ``otherwise`` for an eager one."""
     if canvas is not None:
         return canvas
-    return "bucket" if (engine or EngineOptions()).resolved(device).compile else otherwise
+    return "bucket" if compiled else otherwise
 
 
 def _prepare(p: TaskPreset, observation: Any, *, mask: Any = None, guide: Any = None, reference: Any = None):
