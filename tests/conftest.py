@@ -90,15 +90,15 @@ def where(request, tmp_path):
 _os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 _os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 _os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-# Under pytest-xdist each worker gets its own: the workers inherit the controller's environment, and two Prefect
-# servers on one home would share its SQLite database.
-# And one intra-op thread per worker: two workers' OpenMP pools of two threads each on two cores spin against each
-# other (measured: a 12 s fit took 76 s), the pytest-xdist suite then no faster than the serial one.
-if _os.environ.get("PYTEST_XDIST_WORKER"):
+_XDIST_WORKER = _os.environ.get("PYTEST_XDIST_WORKER")  # "gw0", "gw1", … under pytest-xdist (`make test`)
+if _XDIST_WORKER:
+    # One intra-op thread per worker: two workers' OpenMP pools of two threads each on two cores spin against each
+    # other (measured: a 12 s fit took 76 s), the pytest-xdist suite then no faster than the serial one.
     _os.environ["OMP_NUM_THREADS"] = "1"
-if _os.environ.get("PYTEST_XDIST_WORKER") or "PREFECT_HOME" not in _os.environ:
-    _worker = _os.environ.get("PYTEST_XDIST_WORKER", "main")
-    _os.environ["PREFECT_HOME"] = _tempfile.mkdtemp(prefix=f"dipflow-prefect-home-{_worker}-")
+# A Prefect home of its own for each worker: the workers inherit the controller's environment, and two Prefect
+# servers on one home would share its SQLite database.
+if _XDIST_WORKER or "PREFECT_HOME" not in _os.environ:
+    _os.environ["PREFECT_HOME"] = _tempfile.mkdtemp(prefix=f"dipflow-prefect-home-{_XDIST_WORKER or 'main'}-")
 # As the CLI does (`cli._engine_env`): Prefect's 20 s for its ephemeral server is short on a busy 2-core runner.
 _os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
