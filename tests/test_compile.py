@@ -165,18 +165,27 @@ def test_compile_is_off_by_default_validated_and_recorded(graphs, astronaut):
     assert Execution().compile == "auto"
 
 
-def test_a_compiled_worker_runs_jobs_of_one_bucket_on_one_graph(graphs, tmp_path):
+# ------------------------------------------------------------------------------------------------------ the worker
+
+
+def _jobs(root, heights: list[int], width: int):
+    """Jobs of a fast 8-channel denoising run over random images of ``heights`` × ``width``, written under ``root``."""
     from pipelines import jobs, storage
-    from pipelines.execution.restorer import Restorer
 
     rng = np.random.default_rng(0)
-    for key, h in (("a.png", 280), ("b.png", 300)):  # own canvases 288×64 and 320×64, one bucket
-        storage.write_bytes_atomic(f"{tmp_path}/src/{key}", dipcore.encode_png(rng.random((h, 64, 3), np.float32)))
+    for i, h in enumerate(heights):
+        storage.write_bytes_atomic(f"{root}/src/{i}.png", dipcore.encode_png(rng.random((h, width, 3), np.float32)))
     config = jobs.run_config("denoise", preset="fast", iterations=1, overrides={"channels": 8})
-    plan = jobs.plan_jobs(storage.list_images(f"{tmp_path}/src"), run_id="r", dataset="d", output=f"{tmp_path}/out",
-                          config=config)  # fmt: skip
+    return jobs.plan_jobs(storage.list_images(f"{root}/src"), run_id="r", dataset="d", output=f"{root}/out",
+                          config=config).jobs  # fmt: skip
+
+
+def test_a_compiled_worker_runs_jobs_of_one_bucket_on_one_graph(graphs, tmp_path):
+    from pipelines.execution.restorer import Restorer
+
+    jobs = _jobs(tmp_path, [280, 300], 64)  # own canvases 288×64 and 320×64, one bucket
     worker = Restorer(device="cpu", engine=dipcore.EngineOptions(compile=True, **FP32))
-    rows = [o.row for o in worker.run_batch(plan.jobs, pack=1)]  # each job alone
+    rows = [o.row for o in worker.run_batch(jobs, pack=1)]  # each job alone
     assert [(r["status"], r["height"]) for r in rows] == [("ok", 280), ("ok", 300)]
     assert len(graphs) == 1
 
@@ -185,20 +194,13 @@ def test_a_compiled_worker_runs_jobs_of_one_bucket_on_one_graph(graphs, tmp_path
 def test_a_compiled_stacking_worker_batches_in_powers_of_two(graphs, tmp_path, monkeypatch, compile, batches):
     # Six jobs of one shape, packs of six: compiled, a stacked net's graph is per number of fits too, so 4 + 2
     # (at most log2(8) + 1 sizes ever); eager, one batch of six.
-    from pipelines import jobs, storage
     from pipelines.execution.restorer import Restorer
 
     calls = []
     real = dipcore.restore_batch
     monkeypatch.setattr(dipcore, "restore_batch", lambda obs, **kw: calls.append(len(obs)) or real(obs, **kw))
-    rng = np.random.default_rng(0)
-    for i in range(6):
-        storage.write_bytes_atomic(f"{tmp_path}/src/{i}.png", dipcore.encode_png(rng.random((32, 32, 3), np.float32)))
-    config = jobs.run_config("denoise", preset="fast", iterations=1, overrides={"channels": 8})
-    plan = jobs.plan_jobs(storage.list_images(f"{tmp_path}/src"), run_id="r", dataset="d", output=f"{tmp_path}/out",
-                          config=config)  # fmt: skip
     engine = dipcore.EngineOptions(compile=compile, batch_mode="stack", **FP32)
-    rows = [o.row for o in Restorer(device="cpu", engine=engine).run_batch(plan.jobs, pack=6)]
+    rows = [o.row for o in Restorer(device="cpu", engine=engine).run_batch(_jobs(tmp_path, [32] * 6, 32), pack=6)]
     assert calls == batches and [r["status"] for r in rows] == ["ok"] * 6
     assert sorted(r["pack_size"] for r in rows) == sorted(k for k in batches for _ in range(k))
     assert len(graphs) == (2 if compile else 0)
