@@ -229,10 +229,11 @@ def plan_stream(
     fingerprint is counted in ``plan.done_earlier`` and nothing more is done for it (no read, no job: this is the
     loop a nightly run spends on each of 10⁶ unchanged images); one known only from an old report is read once and
     skipped when its content hash matches (``adopt`` gets its state row). Images whose outputs would be one file
-    (`_collisions`, decided per folder: outputs mirror the folders) and keys that could escape the output root get
-    error rows through `record`; symbolic links not followed get skipped rows. At most `limit` images (the first by
-    key) are planned."""
+    (`_collisions`, decided per folder: outputs mirror the folders), keys that could escape the output root and
+    outputs the store could not name (`storage.name_check`: too long) get error rows through `record`; symbolic
+    links not followed get skipped rows. At most `limit` images (the first by key) are planned."""
     folds = storage.folds_case(plan.output, storage_options)
+    unfit = storage.name_check(plan.output, storage_options)  # an output the store cannot name fails before its fit
     seen: set[str] = set()  # folded output names, only where the filesystem folds case (names of other folders)
     c = plan.config
     config_json = c.config_json
@@ -257,6 +258,9 @@ def plan_stream(
                     out = storage.output_uri(plan.output, entry.key)
                 except storage.UnsafeKeyError as exc:
                     why = str(exc)
+                else:
+                    if (problem := unfit(out)) is not None:
+                        why = f"{entry.key}: {problem}; rename the input to restore it"
             elif why is None:
                 plan.done_earlier += 1
                 continue

@@ -65,6 +65,7 @@ __all__ = [
     "join",
     "list_files",
     "list_images",
+    "name_check",
     "open_output",
     "output_uri",
     "overlap",
@@ -289,9 +290,9 @@ def write_bytes_atomic(uri: str, data: bytes, storage_options: dict | None = Non
         if _protocols(fs) & _ATOMIC_PUT_PROTOCOLS:
             _retrying(lambda: fs.pipe_file(path, data))
         else:
-            parent, _, name = path.rpartition("/")
+            parent = path.rpartition("/")[0]
             fs.makedirs(parent, exist_ok=True)
-            tmp = f"{parent}/.{name}.{os.urandom(6).hex()}.tmp"
+            tmp = f"{parent}/{_TMP_PREFIX}{os.urandom(6).hex()}.tmp"  # short: any name the store holds fits
             try:
                 _retrying(lambda: fs.pipe_file(tmp, data))
                 _retrying(lambda: fs.mv(tmp, path))
@@ -363,12 +364,17 @@ def check_writable(root: str, storage_options: dict | None = None) -> None:
         ) from None
 
 
+_TMP_PREFIX = ".dipflow-"  # temporary siblings: hidden, and named so that a reader knows whose they are
+
+
 def _local_sibling(path: str, data: bytes) -> str:
     """A complete, synced, hidden temporary file holding `data` beside `path` (its folder made first), ready to be
     renamed or linked to `path`; removed again if writing it fails."""
     parent = os.path.dirname(path) or "."
     os.makedirs(parent, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    # A short name of its own, not the target's plus a suffix: a target whose name is as long as the filesystem
+    # allows (255 bytes on most) must still get a temporary sibling.
+    fd, tmp = tempfile.mkstemp(dir=parent, prefix=_TMP_PREFIX, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -497,6 +503,46 @@ def output_uri(output_root: str, key: str, *, suffix: str = ".png") -> str:
         raise UnsafeKeyError(f"bad output suffix {suffix!r}: expected e.g. '.png'")
     rel = PurePosixPath(safe_key(key))
     return join(output_root, str(rel.with_name(rel.stem + suffix)))
+
+
+_OBJECT_KEY_BYTES = 1024  # the longest object key S3, GCS and Azure blob storage hold (UTF-8 bytes)
+
+
+def name_check(output_root: str, storage_options: dict | None = None) -> Callable[[str], str | None]:
+    """For URLs under `output_root`: why the store could not hold a file there (None: it can) — a name longer than
+    the local filesystem's NAME_MAX (pathconf of the nearest existing folder, 255 bytes on most; the output may lie
+    on another filesystem than the source, eCryptfs holds 143) or a path longer than its PATH_MAX, an object key
+    longer than 1,024 bytes on S3, GCS and Azure. Planning asks it, so that such an image fails before its fit."""
+    fs, root = filesystem(output_root, storage_options)
+    if _is_local(fs):
+        folder = os.path.abspath(root)
+        while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+            folder = os.path.dirname(folder)
+        try:
+            name_max, path_max = os.pathconf(folder, "PC_NAME_MAX"), os.pathconf(folder, "PC_PATH_MAX")
+        except (OSError, ValueError):  # not POSIX, or the filesystem does not say
+            name_max, path_max = 255, None
+
+        def local(uri: str) -> str | None:
+            path = os.path.abspath(filesystem(uri)[1])
+            for seg in path.split(os.sep):
+                if (n := len(os.fsencode(seg))) > name_max:
+                    return f"its output name {seg[:40]!r}… is {n} bytes long; the output's filesystem holds {name_max}"
+            if path_max and (n := len(os.fsencode(path))) >= path_max:
+                return f"its output path is {n} bytes long; the output's filesystem holds {path_max - 1}"
+            return None
+
+        return local
+    if _protocols(fs) & {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"}:
+
+        def keyed(uri: str) -> str | None:
+            key = filesystem(uri, storage_options)[1].partition("/")[2]  # the path less its bucket or container
+            if (n := len(key.encode("utf-8"))) > _OBJECT_KEY_BYTES:
+                return f"its output key is {n} bytes long; the store holds keys of {_OBJECT_KEY_BYTES} at most"
+            return None
+
+        return keyed
+    return lambda uri: None
 
 
 # ------------------------------------------------------------------------------------- what is not the run's own
