@@ -10,7 +10,9 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import pytest
 
 from pipelines import storage
@@ -48,8 +50,14 @@ class Clock:
 
 
 def names(out: str, kind: str, run_id: str, so: dict | None = None) -> list[str]:
+    """The files of a run that every reader globs (``<out>/<kind>/run_id=<run>/``)."""
     uris = storage.list_files(storage.join(out, kind, f"run_id={run_id}"), so, suffix=".parquet")
     return [u.rpartition("/")[2] for u in uris]
+
+
+def pending(out: str, kind: str, run_id: str, so: dict | None = None) -> list[str]:
+    """The parts of a run that only dipflow's readers read (``<out>/_dipflow/pending/<kind>/run_id=<run>/``)."""
+    return names(storage.join(out, "_dipflow", "pending"), kind, run_id, so)
 
 
 def rows_of(table) -> list[tuple]:
@@ -81,7 +89,8 @@ def test_flushes_every_n_rows_with_their_curves(tmp_path):
     assert reports.read_report(out).num_rows == 0 and w.parts_written == 0  # buffered
     w.append(row("2.png"), curves("2.png", "r"))  # the third image: its row and curves flushed with the others
     assert reports.read_report(out).num_rows == 3 and reports.read_curves(out).num_rows == 9
-    assert names(out, "report", "r") == ["part-00000.parquet"] and names(out, "curves", "r") == ["part-00000.parquet"]
+    assert pending(out, "report", "r") == ["part-00000.parquet"] == pending(out, "curves", "r")
+    assert names(out, "report", "r") == []  # outside readers see a run's rows once it is committed
     w.append(row("3.png"))
     w.append_curves(curves("3.png", "r"))  # curves alone count toward N as well (one batch)
     assert reports.read_report(out).num_rows == 3  # not lost, not yet written: what a crash here would cost
@@ -127,11 +136,12 @@ def test_close_compacts_a_runs_parts_into_one_file(where):
     for i in range(7):
         w.append(row(f"{i}.png"), curves(f"{i}.png", "r"))
     w.flush()
-    assert names(out, "report", "r", so) == [f"part-0000{i}.parquet" for i in range(4)]
+    assert pending(out, "report", "r", so) == [f"part-0000{i}.parquet" for i in range(4)]
     before, before_curves = reports.read_report(out, so), reports.read_curves(out, so)
     w.close()
     assert names(out, "report", "r", so) == ["compacted-00000-00003.parquet"]
     assert names(out, "curves", "r", so) == ["compacted-00000-00003.parquet"]
+    assert pending(out, "report", "r", so) == [] and pending(out, "curves", "r", so) == []
     assert w.compaction["report"] == reports.Compaction(written=1, rows=7, removed=4)
     after, after_curves = reports.read_report(out, so), reports.read_curves(out, so)
     assert after.schema == REPORT_SCHEMA and after.to_pylist() == before.to_pylist()
@@ -173,19 +183,14 @@ def test_a_crash_between_the_write_and_the_deletes_loses_nothing_and_counts_noth
     with pytest.raises(OSError, match="died"):
         w.close()
     monkeypatch.undo()
-    left = names(out, "report", "r", so)
-    assert left == [
-        "compacted-00000-00004.parquet",
-        "part-00001.parquet",
-        "part-00002.parquet",
-        "part-00003.parquet",
-        "part-00004.parquet",
-    ]
-    assert rows_of(reports.read_report(out, so)) == expected  # the compacted copy only: no row twice
+    assert names(out, "report", "r", so) == ["compacted-00000-00004.parquet"]  # what outside readers see: once
+    assert pending(out, "report", "r", so) == [f"part-0000{i}.parquet" for i in range(1, 5)]
+    assert rows_of(reports.read_report(out, so)) == expected  # the committed copy only: no row twice
     assert reports.completed_keys(out, so) == {(f"sha-{i}.png", "cfg") for i in range(3)}
     with ReportWriter(out, "r", so, flush_every=1) as again:  # a reopened run: numbering after the range
         again.append(row("4.png"))
-    assert names(out, "report", "r", so) == ["compacted-00000-00004.parquet", "part-00005.parquet"]
+    assert names(out, "report", "r", so) == ["compacted-00000-00004.parquet", "compacted-00005-00005.parquet"]
+    assert pending(out, "report", "r", so) == []  # the leftovers, held by the committed range, deleted
     assert rows_of(reports.read_report(out, so)) == sorted([*expected, ("r", "4.png")])
 
 
@@ -222,13 +227,42 @@ def test_a_failed_compaction_does_not_hide_the_runs_own_error(tmp_path, monkeypa
     assert sorted(reports.read_report(out).column("image_key").to_pylist()) == ["a.png", "b.png"]
 
 
-def test_version_1_parts_compact_with_the_new_schema(tmp_path):
+def test_version_1_parts_stay_committed_as_they_are_and_read_with_the_new_schema(tmp_path):
+    """An earlier version's loose parts in report/ are rows outside readers count once already: merging them there
+    would show them twice until the deletes, so recovery leaves them."""
     shutil.copytree(V1_REPORT, tmp_path, dirs_exist_ok=True)
+    files = names(str(tmp_path), "report", "set5-optimised-graph")
     before = reports.read_report(str(tmp_path))
-    done = reports.compact_run(str(tmp_path), "set5-optimised-graph")
-    assert done["report"] == reports.Compaction(written=1, rows=5, removed=5) and done["curves"].removed == 5
+    assert reports.recover(str(tmp_path)) == {"report": reports.Compaction(), "curves": reports.Compaction()}
+    assert reports.compact_run(str(tmp_path), "set5-optimised-graph")["report"] == reports.Compaction()
+    assert names(str(tmp_path), "report", "set5-optimised-graph") == files and len(files) == 5
     after = reports.read_report(str(tmp_path))
-    assert after.schema == REPORT_SCHEMA and after.to_pylist() == before.to_pylist()  # v2 columns: nulls
+    assert after.schema == REPORT_SCHEMA and after.to_pylist() == before.to_pylist()  # newer columns: nulls
+
+
+def test_an_earlier_versions_interrupted_compaction_is_cleaned_by_the_next_run(tmp_path):
+    """An earlier version compacted inside report/: a crash between its write and its deletes left the compacted
+    file beside parts it holds (outside readers counted them twice). The next run's recovery deletes those parts,
+    never a row's only copy; loose parts outside any range stay."""
+    out = str(tmp_path)
+    folder = tmp_path / "report" / "run_id=old"
+    with ReportWriter(out, "old", flush_every=1, compact=False) as w:
+        for i in range(4):
+            w.append(row(f"{i}.png"))
+    folder.mkdir(parents=True)
+    parts = tmp_path / "_dipflow" / "pending" / "report" / "run_id=old"
+    for part in parts.iterdir():  # the old layout: parts inside report/
+        part.rename(folder / part.name)
+    whole = reports.read_report(out)
+    first_three = whole.filter(ds.field("image_key") != "3.png")
+    buffer = pa.BufferOutputStream()
+    pq.write_table(first_three, buffer)
+    (folder / "compacted-00000-00002.parquet").write_bytes(buffer.getvalue().to_pybytes())
+    (folder / "part-00000.parquet").unlink()  # the crash came after the first delete
+    assert rows_of(reports.read_report(out)) == rows_of(whole)  # dipflow's reader: each row once already
+    assert reports.recover(out)["report"] == reports.Compaction(removed=2)  # parts 1 and 2, held by the range
+    assert names(out, "report", "old") == ["compacted-00000-00002.parquet", "part-00003.parquet"]
+    assert rows_of(reports.read_report(out)) == rows_of(whole)
 
 
 # ---------------------------------------------------------------------------------------------- readers

@@ -127,8 +127,10 @@ def test_writer_is_crash_safe_without_close(tmp_path):
     assert table.schema == REPORT_SCHEMA
     assert table.column("run_id").to_pylist() == ["run-1"] * 3
     assert sorted(table.column("image_key").to_pylist()) == ["img0.png", "img1.png", "img2.png"]
-    parts = sorted(p.name for p in (tmp_path / "out" / "report" / "run_id=run-1").iterdir())
+    # the parts wait outside report/, where outside readers glob, until the run ends (pipelines.reporting.layout)
+    parts = sorted(p.name for p in (tmp_path / "out" / "_dipflow" / "pending" / "report" / "run_id=run-1").iterdir())
     assert parts == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    assert not (tmp_path / "out" / "report").exists()
 
 
 def test_writer_buffers_flush_every_and_close_flushes(tmp_path):
@@ -408,9 +410,10 @@ def test_reports_on_s3(s3_server, s3_root):
     assert reports.read_curves(out, so).column("loss").to_pylist() == [3.0, 2.0, 1.0]
     assert reports.completed_keys(out, so) == {(f"sha-{i}.png", "cfg1") for i in range(3)}
     assert storage.list_files(f"{out}/report", so, suffix=".parquet") == [  # three parts compacted at close
-        f"{out}/report/run_id=s3run-2/part-00000.parquet",
+        f"{out}/report/run_id=s3run-2/compacted-00000-00000.parquet",
         f"{out}/report/run_id=s3run/compacted-00000-00002.parquet",
     ]
+    assert storage.list_files(f"{out}/_dipflow/pending", so) == []  # committed, then deleted
 
 
 def test_one_mean_and_one_tally_of_statuses():

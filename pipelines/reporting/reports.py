@@ -2,19 +2,21 @@
 
 Layout under the output root (hive-style, one folder per run; the ``run_id`` column is also stored in the data, so
 a reader that ignores the folder names — or one that uses them, like DuckDB or Spark with hive partitioning — gets
-the same value)::
+the same value; `layout` says why parts wait apart)::
 
-    <output>/report/run_id=<run>/part-00000.parquet, part-00001.parquet, …   (REPORT_SCHEMA), while a run writes
-    <output>/report/run_id=<run>/compacted-00000-00041.parquet               once it has ended
-    <output>/curves/run_id=<run>/…                                           (CURVES_SCHEMA), alike
+    <output>/_dipflow/pending/report/run_id=<run>/part-00000.parquet, …   (REPORT_SCHEMA), while a run writes
+    <output>/report/run_id=<run>/compacted-00000-00041.parquet           committed, once it has ended
+    <output>/_dipflow/pending/curves/…, <output>/curves/…                (CURVES_SCHEMA), alike
 
 A writer buffers rows and flushes a part every `FLUSH_ROWS` rows or `FLUSH_SECONDS` seconds, whichever comes first;
 every part is written whole and atomically (`storage.write_bytes_atomic`), so a crash loses only the rows not yet
-flushed. When the run ends its parts are compacted into files of up to `COMPACT_ROWS` rows, each named by the range
-of part numbers it replaces; readers skip parts inside such a range, so a crash between the compacted file's write
-and the parts' deletion neither loses nor double counts a row. Readers go through ``pyarrow.dataset`` with hive
-partitioning (a ``run_id`` filter prunes folders) and the pinned schema, so parts written by older versions read
-together with new ones. All storage goes through `pipelines.storage`; this module never imports fsspec.
+flushed. When the run ends its parts are committed: written into ``report/`` as files of up to `COMPACT_ROWS` rows,
+each named by the range of part numbers it holds and written atomically, and only then deleted. So an outside
+reader globbing ``report/**/*.parquet`` sees every committed row once at every moment of a crash, and dipflow's
+readers, which read the pending parts too (skipping those a committed range holds), see a run in progress or
+crashed. The next run finishes what a crashed one left (`recover`). Readers go through ``pyarrow.dataset``
+(a ``run_id`` filter prunes runs) with the pinned schema, so parts written by older versions read together with
+new ones. All storage goes through `pipelines.storage`; this module never imports fsspec.
 """
 
 from __future__ import annotations
@@ -22,11 +24,9 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -37,6 +37,8 @@ import pyarrow.parquet as pq
 
 from pipelines import storage
 from pipelines.errors import SchemaMismatchError
+from pipelines.reporting import layout
+from pipelines.reporting.layout import Compaction
 from pipelines.stats import mean
 
 logger = logging.getLogger(__name__)
@@ -61,6 +63,7 @@ __all__ = [
     "latest_rows",
     "read_curves",
     "read_report",
+    "recover",
     "summarize",
     "summary_markdown",
     "to_records",
@@ -287,11 +290,6 @@ def curve_rows(
 # -------------------------------------------------------------------------------------------------- writing
 
 
-_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-_PART = re.compile(r"part-(\d+)\.parquet")
-_COMPACTED = re.compile(r"compacted-(\d+)-(\d+)\.parquet")
-_HIVE = ds.partitioning(pa.schema([pa.field("run_id", pa.string())]), flavor="hive")
-
 FLUSH_ROWS = 256
 """A writer flushes after this many report rows (or image curve batches). 256 rows make a part of some tens of KB
 (zstd), so a run of 10⁶ images writes about 4,000 parts before compaction rather than 10⁶; a crash loses at most
@@ -302,74 +300,28 @@ fits (10–40 s per image on a GPU) rows trickle in, and this bounds the work a 
 in one 30 s window, while keeping parts to at most two a minute."""
 COMPACT_ROWS = 1_000_000
 """At most this many rows per compacted file: a run of up to 10⁶ images is one file per schema."""
-_ROW_GROUP = 65_536  # rows per row group of a compacted file: large enough to scan fast, small enough to hold
+
+
+def _kinds() -> dict[str, pa.Schema]:
+    return {"report": REPORT_SCHEMA, "curves": CURVES_SCHEMA}
 
 
 def _run_dir(output_root: str, kind: str, run_id: str) -> str:
-    if not _RUN_ID.fullmatch(run_id or ""):
-        raise ValueError(f"run id {run_id!r}: use 1-128 of A-Z a-z 0-9 . _ - (starting with a letter or digit)")
-    return storage.join(output_root, kind, f"run_id={run_id}")
-
-
-def _span(name: str) -> tuple[int, int] | None:
-    """The part numbers a file holds: ``part-00007.parquet`` → (7, 7), ``compacted-00000-00255.parquet`` → (0, 255);
-    any other name → None (read as it is, never replaced)."""
-    if m := _PART.fullmatch(name):
-        return int(m.group(1)), int(m.group(1))
-    if m := _COMPACTED.fullmatch(name):
-        return int(m.group(1)), int(m.group(2))
-    return None
-
-
-def _parts(directory: str, storage_options: dict | None) -> list[str]:
-    """Every Parquet file under `directory`, ordered by run folder, then first part number, then name."""
-    uris = storage.list_files(directory, storage_options, suffix=".parquet")
-
-    def order(uri: str) -> tuple[str, int, str]:
-        folder, _, name = uri.rpartition("/")
-        span = _span(name)
-        return folder, span[0] if span else -1, name
-
-    return sorted(uris, key=order)
-
-
-def _live(uris: Sequence[str]) -> list[str]:
-    """The files a reader takes, in `uris`' order: every file but the parts a compacted file of the same folder
-    replaces (its name holds their number range) and the compacted files another one's range contains. Between
-    compaction's write and its deletes (a crash there) both exist; this keeps the rows from being counted twice."""
-    spans: dict[str, list[tuple[int, int]]] = {}
-    for uri in uris:
-        folder, _, name = uri.rpartition("/")
-        if m := _COMPACTED.fullmatch(name):
-            spans.setdefault(folder, []).append((int(m.group(1)), int(m.group(2))))
-    live = []
-    for uri in uris:
-        folder, _, name = uri.rpartition("/")
-        span = _span(name)
-        compacted = _COMPACTED.fullmatch(name) is not None
-        covers = spans.get(folder, ())
-        if span is None or not any(
-            a <= span[0] and span[1] <= b and (not compacted or (a, b) != span) for a, b in covers
-        ):
-            live.append(uri)
-    return live
+    return layout.committed_dir(output_root, kind, run_id)
 
 
 class _PartStream:
-    """Buffered rows of one schema, flushed as numbered part files in one folder."""
+    """Buffered rows of one schema, flushed as numbered part files in the run's pending folder (`layout`)."""
 
-    def __init__(self, directory: str, schema: pa.Schema, storage_options: dict | None) -> None:
-        self.directory = directory
-        self.schema = schema
+    def __init__(self, output_root: str, kind: str, run_id: str, storage_options: dict | None) -> None:
+        self.directory = layout.pending_dir(output_root, kind, run_id)
+        self.schema = _kinds()[kind]
         self.storage_options = storage_options
         self.buffer: list[pa.Table] = []
         self.batches = 0
         self.rows_written = 0
         self.parts_written = 0
-        # Continue after existing parts and compacted ranges, so that reopening a run (a retried flow) never
-        # overwrites what it wrote, nor writes a part that a compacted file's range would hide.
-        spans = [s for u in _parts(directory, storage_options) if (s := _span(u.rpartition("/")[2]))]
-        self.next_seq = max((b for _, b in spans), default=-1) + 1
+        self.next_seq = layout.next_part(output_root, kind, run_id, storage_options)
 
     def add(self, table: pa.Table) -> None:
         self.buffer.append(table)
@@ -390,115 +342,29 @@ class _PartStream:
         self.batches = 0
 
 
-@dataclass(frozen=True)
-class Compaction:
-    """What `compact_run` did in one run folder: compacted files written, rows in them, small files removed."""
-
-    written: int = 0
-    rows: int = 0
-    removed: int = 0
-
-
-def _read_part(uri: str, schema: pa.Schema, storage_options: dict | None) -> pa.Table:
-    fs, path = storage.filesystem(uri, storage_options)
-    return ds.dataset([path], schema=schema, format="parquet", filesystem=fs).to_table()
-
-
-class _Compacted:
-    """One compacted file being built from consecutive parts: rows streamed into an in-memory Parquet file in
-    row groups of `_ROW_GROUP` rows (zstd), written whole at `finish`, then the parts it holds deleted."""
-
-    def __init__(self, directory: str, schema: pa.Schema, storage_options: dict | None) -> None:
-        self.directory = directory
-        self.storage_options = storage_options
-        self.sink = pa.BufferOutputStream()
-        self.writer = pq.ParquetWriter(self.sink, schema, compression="zstd")
-        self.pending: list[pa.Table] = []
-        self.pending_rows = 0
-        self.parts: list[str] = []
-        self.rows = 0
-
-    def add(self, uri: str, table: pa.Table) -> None:
-        self.parts.append(uri)
-        self.pending.append(table)
-        self.pending_rows += table.num_rows
-        self.rows += table.num_rows
-        if self.pending_rows >= _ROW_GROUP:
-            self._write_pending()
-
-    def _write_pending(self) -> None:
-        if self.pending:
-            self.writer.write_table(pa.concat_tables(self.pending), row_group_size=_ROW_GROUP)
-            self.pending.clear()
-            self.pending_rows = 0
-
-    def finish(self) -> int:
-        """Write the compacted file, then delete its parts; the number deleted."""
-        self._write_pending()
-        self.writer.close()
-        first = _span(self.parts[0].rpartition("/")[2])[0]
-        last = _span(self.parts[-1].rpartition("/")[2])[1]
-        uri = storage.join(self.directory, f"compacted-{first:05d}-{last:05d}.parquet")
-        storage.write_bytes_atomic(uri, self.sink.getvalue().to_pybytes(), self.storage_options)
-        for part in self.parts:  # only now: until here the parts are the only copy of their rows
-            storage.remove_file(part, self.storage_options)
-        return len(self.parts)
-
-
-def _compact_folder(directory: str, schema: pa.Schema, storage_options: dict | None, max_rows: int) -> Compaction:
-    """Rewrite the loose parts of one run folder as compacted files of at most `max_rows` rows, then delete them.
-
-    Crash-safe by order: a compacted file ``compacted-<first>-<last>.parquet`` is written whole and atomically
-    before any part it replaces is deleted, and readers (`_live`) skip the parts in its range, so a crash between
-    the steps neither loses nor double-counts a row; the next compaction of the folder deletes what is left over.
-    A group never spans a compacted file that is already there, so no existing file's rows are ever hidden."""
-    uris = _parts(directory, storage_options)
-    live = _live(uris)
-    kept = set(live)
-    stale = [u for u in uris if u not in kept]  # replaced already: a crash after the write, before the deletes
-    groups: list[list[str]] = [[]]
-    for uri in live:
-        if _PART.fullmatch(uri.rpartition("/")[2]):
-            groups[-1].append(uri)
-        elif groups[-1]:  # a compacted file (or a foreign one) between parts: a group never crosses it
-            groups.append([])
-    written = rows = removed = 0
-    for group in groups:
-        if len(group) < 2:  # one part is compact already
-            continue
-        out: _Compacted | None = None
-        for uri in group:
-            table = _read_part(uri, schema, storage_options)
-            if out is not None and out.rows + table.num_rows > max_rows:
-                removed += out.finish()
-                written, rows, out = written + 1, rows + out.rows, None
-            if out is None:
-                out = _Compacted(directory, schema, storage_options)
-            out.add(uri, table)
-        if out is not None:
-            removed += out.finish()
-            written, rows = written + 1, rows + out.rows
-    for uri in stale:
-        storage.remove_file(uri, storage_options)
-        removed += 1
-    return Compaction(written, rows, removed)
-
-
 def compact_run(
     output_root: str, run_id: str, storage_options: dict | None = None, *, max_rows: int = COMPACT_ROWS
 ) -> dict[str, Compaction]:
-    """Compact one run's report and curves parts (see `_compact_folder`); what `ReportWriter.close` does. Safe to
-    run again, on a run compacted already (nothing to do) or one whose compaction was interrupted (it finishes).
-    Not while a writer still writes the run."""
+    """Commit one run's pending report and curves parts into ``report/`` and ``curves/`` (`layout.commit`); what
+    `ReportWriter.close` does. Safe to run again, on a run committed already (nothing to do) or one whose commit was
+    interrupted (it finishes). Not while a writer still writes the run."""
     return {
-        kind: _compact_folder(_run_dir(output_root, kind, run_id), schema, storage_options, max_rows)
-        for kind, schema in (("report", REPORT_SCHEMA), ("curves", CURVES_SCHEMA))
+        kind: layout.commit(output_root, kind, run_id, schema, storage_options, max_rows)
+        for kind, schema in _kinds().items()
     }
 
 
+def recover(
+    output_root: str, storage_options: dict | None = None, *, max_rows: int = COMPACT_ROWS
+) -> dict[str, Compaction]:
+    """Finish what interrupted runs left under `output_root` (`layout.recover`): their pending parts committed, the
+    leftovers of a crash removed. What a run does first, under its lease."""
+    return layout.recover(output_root, _kinds(), storage_options, max_rows)
+
+
 class ReportWriter:
-    """Appends report rows (and curves) of one run to Parquet part files under `output_root`, as they arrive, and
-    compacts them when the run ends.
+    """Appends report rows (and curves) of one run to Parquet part files in its pending folder under `output_root`,
+    as they arrive, and commits them into ``report/`` and ``curves/`` when the run ends (`layout`).
 
     Rows are buffered and flushed together with the curves as one part file per schema, written atomically, when
     `flush_every` report rows (or image curve batches) are buffered, or when a row arrives `flush_seconds` or more
@@ -508,9 +374,10 @@ class ReportWriter:
     exist, but resume needs an ``ok`` row). ``flush_every=1`` writes every row at once.
 
     Rows are validated against the schema at `append`, so a bad row fails there, never at a later flush. `close`
-    (or leaving the ``with`` block, also on an exception or KeyboardInterrupt) flushes the rest, then compacts the
-    run's parts (`compact_run`; ``compact=False`` leaves them). One writer per run id at a time. `clock` (seconds,
-    monotonic) is for tests.
+    (or leaving the ``with`` block, also on an exception or KeyboardInterrupt) flushes the rest, then commits the
+    run's parts (`compact_run`; ``compact=False`` leaves them pending). `on_flush` is called after every flush, the
+    last one included, before the commit: the run's done-state follows its report rows there, so a crash during the
+    commit costs no image a redo. One writer per run id at a time. `clock` (seconds, monotonic) is for tests.
     """
 
     def __init__(
@@ -523,6 +390,7 @@ class ReportWriter:
         *,
         compact: bool = True,
         compact_rows: int = COMPACT_ROWS,
+        on_flush: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if flush_every < 1:
@@ -538,10 +406,11 @@ class ReportWriter:
         self.compact_rows = compact_rows
         self.compaction: dict[str, Compaction] | None = None  # what close did
         self._clock = clock
+        self._on_flush = on_flush
         self.report_dir = _run_dir(output_root, "report", run_id)
         self.curves_dir = _run_dir(output_root, "curves", run_id)
-        self._report = _PartStream(self.report_dir, REPORT_SCHEMA, storage_options)
-        self._curves = _PartStream(self.curves_dir, CURVES_SCHEMA, storage_options)
+        self._report = _PartStream(output_root, "report", run_id, storage_options)
+        self._curves = _PartStream(output_root, "curves", run_id, storage_options)
         self._lock = threading.Lock()
         self._closed = False
         self._last_flush = clock()
@@ -571,6 +440,8 @@ class ReportWriter:
         self._report.flush()
         self._curves.flush()
         self._last_flush = self._clock()
+        if self._on_flush is not None:
+            self._on_flush()
 
     def append(self, row: Mapping[str, Any], curves: Iterable[Mapping[str, Any]] = ()) -> None:
         """Add one REPORT_SCHEMA row (``run_id`` is filled in) and, optionally, its image's CURVES_SCHEMA rows: the
@@ -618,6 +489,12 @@ class ReportWriter:
                 self.output_root, self.run_id, self.storage_options, max_rows=self.compact_rows
             )
 
+    def abandon(self) -> None:
+        """Drop what is buffered and write nothing more, no commit either: the run lost its output root's lease
+        (`pipelines.lease`) to a run that restores those images again."""
+        with self._lock:
+            self._closed = True
+
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError(f"report writer for run {self.run_id!r} is closed")
@@ -657,19 +534,28 @@ def _read(
     columns: Sequence[str] | None,
 ) -> pa.Table:
     base = storage.join(output_root, kind)
-    uris = _live(_parts(_run_dir(output_root, kind, run_id) if run_id is not None else base, storage_options))
+    committed = layout.files(layout.committed_dir(output_root, kind, run_id), storage_options)
+    pending = layout.files(layout.pending_dir(output_root, kind, run_id), storage_options)
+    uris = layout.live(committed, pending)
     if run_id is not None:
         by_run = ds.field("run_id") == run_id
         filter = by_run if filter is None else by_run & filter
     if not uris:
         empty = schema.empty_table()
         return empty.select(list(columns)) if columns is not None else empty
-    fs, base_path = storage.filesystem(base, storage_options)
+    fs = storage.filesystem(base, storage_options)[0]
     paths = [storage.filesystem(u, storage_options)[1] for u in uris]
     # The pinned schema, not one inferred from the files: older parts (fewer columns) read as nulls, and every
-    # run's parts read together with the same types. Hive partitioning: a filter on run_id prunes whole folders.
-    dataset = ds.dataset(
-        paths, schema=schema, format="parquet", filesystem=fs, partitioning=_HIVE, partition_base_dir=base_path
+    # run's parts read together with the same types. Each file's run (its folder, committed or pending, as hive
+    # partitioning reads it) is its partition: a filter on run_id prunes whole runs, unopened.
+    plain = ds.dataset(paths, schema=schema, format="parquet", filesystem=fs)  # fsspec's filesystem, as Arrow's
+    runs = [layout.run_of(u) for u in uris]
+    dataset = ds.FileSystemDataset.from_paths(
+        paths,
+        schema=schema,
+        format=plain.format,
+        filesystem=plain.filesystem,
+        partitions=[ds.field("run_id") == run if run is not None else ds.scalar(True) for run in runs],
     )
     table = dataset.to_table(columns=list(columns) if columns is not None else None, filter=filter)
     return table.replace_schema_metadata(schema.metadata)
