@@ -13,6 +13,7 @@ from .degrade import Observation, degrade
 from .engine import EngineOptions
 from .errors import ConfigError, DipcoreError, ImageDecodeError, ImageTooLargeError, OutOfMemoryError
 from .fit import StepRecord
+from .imagefile import DecodedImage, EncodedImage, ImageInfo, decode_with_info, encode_like, format_for_path
 from .imageio import decode_image, encode_png, image_shape, load_image, to_float_image
 from .memory import estimate_peak_bytes
 from .metrics import PsnrProtocol, psnr, ssim
@@ -22,9 +23,12 @@ from .tasks import TASKS, get_preset, preset_for
 __all__ = [
     "TASKS",
     "ConfigError",
+    "DecodedImage",
     "DipcoreError",
+    "EncodedImage",
     "EngineOptions",
     "ImageDecodeError",
+    "ImageInfo",
     "ImageTooLargeError",
     "Observation",
     "OutOfMemoryError",
@@ -39,9 +43,12 @@ __all__ = [
     "center_crop",
     "center_crop_to_multiple",
     "decode_image",
+    "decode_with_info",
     "degrade",
+    "encode_like",
     "encode_png",
     "estimate_peak_bytes",
+    "format_for_path",
     "get_preset",
     "get_task",
     "image_shape",

@@ -13,6 +13,7 @@ import struct
 import sys
 import warnings
 import zlib
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -61,9 +62,9 @@ def decode_image(
     An animated or multi-frame file (an animated GIF, WebP or PNG, a multi-page TIFF) is refused
     (`ImageDecodeError`): restoring its first frame alone would pass off one frame as the whole file.
 
-    8- and 16-bit samples are divided by ``2**bits - 1`` of the file (16-bit RGB/RGBA PNGs keep all 16 bits);
-    alpha is dropped; the EXIF orientation is applied. Pillow's ``MAX_IMAGE_PIXELS`` still applies on top of
-    ``max_pixels`` for images over ~179 megapixels.
+    8- and 16-bit samples are divided by ``2**bits - 1`` of the file (16-bit colour PNGs and TIFFs keep all 16
+    bits); alpha is dropped (`dipcore.decode_with_info` keeps it); the EXIF orientation is applied. Pillow's
+    ``MAX_IMAGE_PIXELS`` still applies on top of ``max_pixels`` for images over ~179 megapixels.
 
     :param bytes data: the encoded file.
     :param str mode: ``"keep"`` gives 1 channel for L/LA/1/I/F/I;16 images and 3 for all others, ``"RGB"`` always 3
@@ -79,6 +80,24 @@ def decode_image(
     """
     if mode not in ("RGB", "L", "keep"):
         raise ConfigError(f"mode must be 'RGB', 'L' or 'keep', not {mode!r}")
+    return np.ascontiguousarray(_to_mode(_decode_parts(data, max_pixels=max_pixels, name=name).image, mode))
+
+
+@dataclass
+class _Parts:
+    """What `_decode_parts` read: the colour samples (float32 H×W×C, oriented), the alpha samples (uint8/uint16
+    H×W, oriented) when asked for, the opened image (format, info, mode) and the depth the samples were read at."""
+
+    image: np.ndarray
+    alpha: np.ndarray | None
+    im: Image.Image
+    bits: int  # per colour sample, as read: 1..16 for integers, 32 for mode I/F
+    full_depth: bool  # False: a 16-bit layout Pillow reads at 8 bits only
+
+
+def _decode_parts(data: Any, *, max_pixels: int, name: str | None, alpha: bool = False) -> _Parts:
+    """`decode_image`'s work (checks, full-depth 16-bit PNG and TIFF colour, EXIF orientation), keeping what the
+    file holds beside the colour samples; ``alpha=True`` also reads the alpha channel."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise ConfigError(f"decode_image takes bytes, not {type(data).__name__}; use load_image for a path")
     data = bytes(data)
@@ -103,11 +122,17 @@ def decode_image(
                 )
             if im.format == "PNG":
                 _check_png_chunks(data, where)
+            bits, full_depth = _sample_bits(data, im), True
             if _is_png16_colour(data, im):
-                array, im = _decode_png16(data)
+                array, a, im = _decode_png16(data)
+            elif _is_tiff16_colour(im):
+                array, a, im = _decode_tiff16(data)
             else:
                 im.load()  # forces a full decode: truncation and corruption surface here
                 array = _pil_to_array(im, name=where)
+                a = _alpha_of(im) if alpha else None
+                # Deeper samples in one of Pillow's 8-bit modes (a premultiplied or CMYK 16-bit TIFF) lost bits.
+                full_depth = bits <= 8 or im.mode in ("I", "F") or im.mode.startswith("I;16")
             orientation = _orientation(im)
     except ImageDecodeError:
         raise
@@ -119,7 +144,8 @@ def decode_image(
         raise ImageDecodeError(f"{where}truncated or corrupt image data: {e}") from e
     if orientation in _ORIENT:
         array = _ORIENT[orientation](array)
-    return np.ascontiguousarray(_to_mode(array, mode))
+        a = None if a is None else _ORIENT[orientation](a[:, :, None])[:, :, 0]
+    return _Parts(np.ascontiguousarray(array), None if a is None else np.ascontiguousarray(a), im, bits, full_depth)
 
 
 def image_shape(data: bytes, *, name: str | None = None) -> tuple[int, int, int]:
@@ -227,7 +253,7 @@ def encode_png(image: Any, *, bits: Literal[8, 16] = 8) -> bytes:
         raise ConfigError(f"bits must be 8 or 16, not {bits!r}")
     codes = _quantise(to_float_image(image), bits)  # (H, W, C)
     if bits == 16 and codes.shape[2] == 3:
-        return _write_png16_rgb(codes)
+        return _write_png16(codes)
     im = Image.fromarray(codes[:, :, 0] if codes.shape[2] == 1 else codes)  # L, RGB or I;16
     buf = io.BytesIO()
     im.save(buf, format="PNG")
@@ -347,8 +373,8 @@ def _is_png16_colour(data: bytes, im: Image.Image) -> bool:
     return im.format == "PNG" and data[24] == 16 and data[25] in (2, 4, 6)  # IHDR bit depth, colour type
 
 
-def _decode_png16(data: bytes) -> tuple[np.ndarray, Image.Image]:
-    """Full-precision decode of a 16-bit colour PNG through Pillow's own unfiltering.
+def _decode_png16(data: bytes) -> tuple[np.ndarray, np.ndarray | None, Image.Image]:
+    """Full-precision decode of a 16-bit colour PNG through Pillow's own unfiltering: (colour, alpha, image).
 
     Pillow decodes these to 8 bits per sample. Its PNG decoder unfilters and de-interlaces, then an unpacker
     picks bytes; swapping in another unpacker with the same pixel size ("RGB;16L" reads the low byte of each
@@ -359,12 +385,13 @@ def _decode_png16(data: bytes) -> tuple[np.ndarray, Image.Image]:
         im = _load_with_rawmode(data, "RGBA")
         raw = np.asarray(im).astype(np.uint16)
         grey = raw[:, :, 0] * 256 + raw[:, :, 1]
-        return (grey.astype(np.float32) / 65535)[:, :, None], im
+        return (grey.astype(np.float32) / 65535)[:, :, None], raw[:, :, 2] * 256 + raw[:, :, 3], im
     base = "RGB" if colour_type == 2 else "RGBA"
     hi = np.asarray(_load_with_rawmode(data, base + ";16B")).astype(np.uint16)
     im = _load_with_rawmode(data, base + ";16L")
-    lo = np.asarray(im).astype(np.uint16)
-    return (hi[:, :, :3] * 256 + lo[:, :, :3]).astype(np.float32) / 65535, im
+    codes = hi * 256 + np.asarray(im).astype(np.uint16)
+    alpha = codes[:, :, 3] if colour_type == 6 else None
+    return codes[:, :, :3].astype(np.float32) / 65535, alpha, im
 
 
 def _load_with_rawmode(data: bytes, rawmode: str) -> Image.Image:
@@ -374,15 +401,85 @@ def _load_with_rawmode(data: bytes, rawmode: str) -> Image.Image:
     return im
 
 
-def _write_png16_rgb(codes: np.ndarray) -> bytes:
-    """A 48-bit RGB PNG: IHDR (depth 16, colour type 2), one IDAT of rows with filter byte 0, IEND."""
-    h, w, _ = codes.shape
-    rows = np.empty((h, 1 + 6 * w), np.uint8)
+def _write_png16(codes: np.ndarray, chunks: tuple[tuple[bytes, bytes], ...] = ()) -> bytes:
+    """A 16-bit PNG of uint16 (H, W, K), K = 2, 3, 4 (grey+alpha, RGB, RGBA: colour types 4, 2, 6), which Pillow
+    cannot write: IHDR, `chunks` (iCCP, pHYs …), one IDAT of rows with filter byte 0, IEND."""
+    h, w, k = codes.shape
+    rows = np.empty((h, 1 + 2 * k * w), np.uint8)
     rows[:, 0] = 0  # filter type None
-    rows[:, 1:] = codes.astype(">u2").view(np.uint8).reshape(h, 6 * w)  # big-endian samples
+    rows[:, 1:] = codes.astype(">u2").view(np.uint8).reshape(h, 2 * k * w)  # big-endian samples
 
     def chunk(ctype: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + ctype + body + struct.pack(">I", zlib.crc32(ctype + body))
 
-    ihdr = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)  # depth 16, RGB, deflate, adaptive filters, no interlace
-    return _PNG_MAGIC + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)) + chunk(b"IEND", b"")
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, {2: 4, 3: 2, 4: 6}[k], 0, 0, 0)  # deflate, adaptive filters, progressive
+    extra = b"".join(chunk(t, body) for t, body in chunks)
+    idat = chunk(b"IDAT", zlib.compress(rows.tobytes(), 6))
+    return _PNG_MAGIC + chunk(b"IHDR", ihdr) + extra + idat + chunk(b"IEND", b"")
+
+
+# --- TIFF and alpha details ------------------------------------------------------------------------------------------
+
+# Pillow's unpackers of 16-bit colour TIFF samples keep the high byte; the other byte order's unpacker of the same
+# pixel size reads the low one. Premultiplied (RGBa) and CMYK samples are not swapped: they are read at 8 bits.
+_TIFF16_RAWMODES = {f"{m};16{e}" for m in ("RGB", "RGBA", "RGBX") for e in "LBN"}
+
+
+def _is_tiff16_colour(im: Image.Image) -> bool:
+    """A 16-bit RGB(A) TIFF: Pillow would keep only the high byte of each sample."""
+    if im.format != "TIFF" or im.mode not in ("RGB", "RGBA"):
+        return False
+    return all(_tile_rawmode(t) in _TIFF16_RAWMODES for t in im.tile)
+
+
+def _tile_rawmode(tile: Any) -> str:
+    args = tile.args if hasattr(tile, "args") else tile[3]
+    return args[0] if isinstance(args, tuple) else args
+
+
+def _decode_tiff16(data: bytes) -> tuple[np.ndarray, np.ndarray | None, Image.Image]:
+    """Full-precision decode of a 16-bit RGB(A) TIFF (raw or libtiff-decoded), as `_decode_png16` does for PNG."""
+    other = {"L": "B", "B": "L", "N": "B" if sys.byteorder == "little" else "L"}
+
+    def load(swap: bool) -> Image.Image:
+        one = Image.open(io.BytesIO(data), formats=["TIFF"])
+        if swap:
+            one.tile = [t._replace(args=_with_rawmode(t.args, other)) for t in one.tile]
+        one.load()
+        return one
+
+    high = load(swap=False)
+    codes = np.asarray(high).astype(np.uint16) * 256 + np.asarray(load(swap=True)).astype(np.uint16)
+    alpha = codes[:, :, 3] if high.mode == "RGBA" else None
+    return codes[:, :, :3].astype(np.float32) / 65535, alpha, high
+
+
+def _with_rawmode(args: Any, other: dict[str, str]) -> Any:
+    """A tile's decoder arguments with the rawmode's byte order swapped (raw: a string or a tuple; libtiff: a
+    tuple whose first item is the rawmode)."""
+    raw = args[0] if isinstance(args, tuple) else args
+    swapped = raw[:-1] + other[raw[-1]]
+    return (swapped, *args[1:]) if isinstance(args, tuple) else swapped
+
+
+def _sample_bits(data: bytes, im: Image.Image) -> int:
+    """Bits per colour sample in the file: the PNG's IHDR depth (8 for a palette), the TIFF's BitsPerSample, 16 for
+    Pillow's 16-bit modes, 32 for I and F, 8 otherwise."""
+    if im.format == "PNG" and len(data) > 25:
+        return 8 if data[25] == 3 else data[24]
+    if im.format == "TIFF":
+        tag = getattr(im, "tag_v2", {}).get(258)
+        if tag:
+            return int(tag[0] if isinstance(tag, tuple) else tag)
+    if im.mode.startswith("I;16"):
+        return 16
+    return 32 if im.mode in ("I", "F") else 8
+
+
+def _alpha_of(im: Image.Image) -> np.ndarray | None:
+    """The alpha samples (uint8 H×W) of a loaded image: its A band, or a palette's or tRNS chunk's transparency."""
+    if im.mode in ("LA", "La", "RGBA", "RGBa", "PA"):
+        return np.asarray(im.getchannel("A"))
+    if "transparency" in im.info and im.mode in ("1", "L", "P", "RGB"):
+        return np.asarray(im.convert("RGBA").getchannel("A"))
+    return None
