@@ -376,7 +376,14 @@ def build_parser() -> argparse.ArgumentParser:
         "  dipflow restore-image kate.png -o out.png --task inpaint --variant text --mask kate_mask.png\n",
     )
     p.add_argument("input", metavar="IN", type=_url, help="image file or URL")
-    p.add_argument("-o", "--output", required=True, type=_url, metavar="OUT", help="where the PNG goes")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        type=_url,
+        metavar="OUT",
+        help="where the restored image goes; its extension picks the format: .png, .tif/.tiff, .jpg/.jpeg, .webp",
+    )
     p.add_argument("--task", required=True, choices=TASKS, help="what to undo")
     p.add_argument("--scale", type=_positive_int, help="super-resolution factor (sr; default 4)")
     p.add_argument("--variant", help="task variant (see `dipflow restore --help`)")
@@ -725,6 +732,12 @@ def _print_failures(failures: list[dict[str, Any]]) -> None:
         print(f"{len(failures)} image(s) failed:", file=sys.stderr)
         for f in failures:
             print(f"  {f['dataset']}/{f['image_key']}: {f['error']}", file=sys.stderr)
+    if summary.get("notes"):  # outputs that could not keep all of their input (the report's notes column)
+        print(f"{len(summary['notes'])} output(s) kept less than their input:", file=sys.stderr)
+        for f in summary["notes"][:20]:
+            print(f"  {f['dataset']}/{f['image_key']}: {f['notes']}", file=sys.stderr)
+        if len(summary["notes"]) > 20:
+            print(f"  … and {len(summary['notes']) - 20} more (the report's notes column)", file=sys.stderr)
 
 
 def _print_lines(lines: list[str], file: Any) -> None:
@@ -879,6 +892,10 @@ def cmd_restore_image(args: argparse.Namespace) -> int:
             iterations=args.iterations,
             early_stopping=STOPPING[args.stopping],
             overrides={"channels": args.channels} if args.channels else None,
+    try:
+        out_format = dipcore.format_for_path(args.output)
+    except dipcore.ConfigError as exc:
+        raise UsageError(f"argument -o/--output: {exc}") from None
             seed=args.seed,
         )
     )
@@ -899,7 +916,8 @@ def cmd_restore_image(args: argparse.Namespace) -> int:
     def read(uri: str) -> Any:
         return dipcore.decode_image(storage.read_bytes(uri), name=uri)
 
-    image = read(args.input)
+    decoded = dipcore.decode_with_info(storage.read_bytes(args.input), name=args.input)
+    image = decoded.image
     side = {"mask": read(args.mask) if args.mask else None, "guide": read(args.guide) if args.guide else None}
     overrides = {"channels": args.channels} if args.channels else {}
     # What the bar says in each phase of a self-validated fit (dipcore.selfvalidation); one fit has none.
@@ -935,7 +953,10 @@ def cmd_restore_image(args: argparse.Namespace) -> int:
             **side,
             **overrides,
         )
-    storage.write_bytes_atomic(args.output, dipcore.encode_png(res.image))
+    encoded = dipcore.encode_like(res.image, decoded.info, format=out_format)  # like the input: depth, alpha, ICC
+    storage.write_bytes_atomic(args.output, encoded.data)
+    if encoded.notes:  # what the output could not keep of the input, on one line
+        print(f"dipflow: note: {storage.redact(args.output)}: {'; '.join(encoded.notes)}", file=sys.stderr)
     result = {
         "output": storage.redact(args.output),
         "task": args.task,
@@ -955,6 +976,8 @@ def cmd_restore_image(args: argparse.Namespace) -> int:
             f"on {res.device} in {res.seconds:.1f} s (returned iteration {res.iteration}, {res.stop_reason})"
         )
     return 0
+        "format": encoded.format,
+        "notes": list(encoded.notes),
 
 
 if __name__ == "__main__":  # python -m pipelines.cli

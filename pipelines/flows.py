@@ -753,6 +753,11 @@ def _publish(
         tracker.earlier,
         counts["skipped"],
     )
+    noted = table.filter(pc.is_valid(table.column("notes")))  # what outputs could not keep of their inputs
+    notes = [
+        {"dataset": r["dataset"], "image_key": r["image_key"], "notes": r["notes"]}
+        for r in noted.select(["dataset", "image_key", "notes"]).to_pylist()
+    ]
     return {
         "run_id": run_id,
         "flow_run_id": flow_run_id,
@@ -802,3 +807,4 @@ def _with_done_earlier(summary: list[dict[str, Any]], plans: list[Plan]) -> list
         mine[0]["images"] += plan.done_earlier
         mine[0]["skipped"] += plan.done_earlier
     return summary
+        "notes": notes,

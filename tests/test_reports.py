@@ -43,7 +43,7 @@ def row(key: str = "a.png", **kw) -> dict:
 
 def test_schemas_are_pinned_with_version_metadata():
     for schema, name in ((REPORT_SCHEMA, b"report"), (CURVES_SCHEMA, b"curves")):
-        assert schema.metadata[b"dipflow.report_version"] == reports.REPORT_VERSION.encode() == b"3"
+        assert schema.metadata[b"dipflow.report_version"] == reports.REPORT_VERSION.encode() == b"4"
         assert schema.metadata[b"dipflow.schema"] == name
     f = REPORT_SCHEMA.field
     assert {n for n in REPORT_SCHEMA.names if not f(n).nullable} == {"run_id", "dataset", "image_key", "task", "status"}
@@ -226,15 +226,17 @@ V2_COLUMNS = {
     "pack_size": pa.int32(),
 }
 V3_COLUMNS = {"input_fingerprint": pa.string()}
+V4_COLUMNS = {"notes": pa.string()}
 
 
-def test_versions_2_and_3_append_their_columns_after_those_of_a_real_version_1_part():
+def test_versions_2_3_and_4_append_their_columns_after_those_of_a_real_version_1_part():
     v1 = pq.read_schema(next((V1_REPORT / "report").rglob("part-*.parquet")))
     assert v1.metadata[b"dipflow.report_version"] == b"1"
     assert REPORT_SCHEMA.names[: len(v1.names)] == v1.names  # same order: positional readers keep working
     appended = {n: REPORT_SCHEMA.field(n).type for n in REPORT_SCHEMA.names[len(v1.names) :]}
-    assert appended == {**V2_COLUMNS, **V3_COLUMNS} and list(appended)[-len(V3_COLUMNS) :] == list(V3_COLUMNS)
-    assert all(REPORT_SCHEMA.field(n).nullable for n in {**V2_COLUMNS, **V3_COLUMNS})
+    later = {**V2_COLUMNS, **V3_COLUMNS, **V4_COLUMNS}
+    assert appended == later and list(appended) == list(later)  # each version's after the one before
+    assert all(REPORT_SCHEMA.field(n).nullable for n in later)
 
 
 def test_version_1_parts_read_together_with_version_2_ones(tmp_path):
@@ -260,7 +262,7 @@ def test_version_1_parts_read_together_with_version_2_ones(tmp_path):
     old = table.filter(pc.not_equal(table.column("run_id"), "v2-run")).to_pylist()
     new = table.filter(pc.equal(table.column("run_id"), "v2-run")).to_pylist()
     assert len(old) == 5 and all(r["psnr"] > 25 and r["status"] == "ok" for r in old)  # v1 values intact
-    assert all(r[name] is None for r in old for name in V2_COLUMNS)  # v2 columns: typed nulls
+    assert all(r[name] is None for r in old for name in {**V2_COLUMNS, **V4_COLUMNS})  # later columns: typed nulls
     assert (new[0]["iteration_best"], new[0]["psnr_auto"], new[0]["es_stop_iteration"]) == (1800, 31.2, None)
     (summary,) = reports.summarize(reports.latest_rows(table)).to_pylist()  # set5 ×4: five v1 rows and the new one
     assert (summary["images"], summary["ok"]) == (6, 6)

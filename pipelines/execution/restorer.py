@@ -56,6 +56,7 @@ class _Work:
     truth: Any = None
     side: dict[str, Any] = field(default_factory=dict)  # mask/guide of a plain job
     classical: Future | None = None  # the classical baseline's columns, computed beside the fit
+    info: Any = None  # the input file's depth, alpha, ICC profile … (dipcore.ImageInfo): the output is written like it
 
     def fail(self, exc: BaseException) -> None:
         self.row.update(status="error", error=storage.redact(_describe(exc)))
@@ -185,8 +186,9 @@ class Restorer:
         try:
             data = storage.read_bytes(job.input_uri, self.storage_options)
             w.row["input_sha256"] = storage.sha256_hex(data)  # what was restored, should the file have changed
-            image = dipcore.decode_image(data, name=job.key)
-            w.obs, w.truth, w.side = observe(job, image, self._read_image)
+            decoded = dipcore.decode_with_info(data, name=job.key)
+            w.info = decoded.info
+            w.obs, w.truth, w.side = observe(job, decoded.image, self._read_image)
             w.classical = self._start_classical(job, w.obs, w.truth)
         except Exception as exc:  # noqa: BLE001 - the row carries the message; the worker stays up
             w.fail(exc)
@@ -284,7 +286,10 @@ class Restorer:
 
         job = w.job
         try:
-            storage.write_bytes_atomic(job.output_uri, dipcore.encode_png(res.image), self.storage_options)
+            # Outputs are <name>.png (jobs.py), written like the input: its depth, alpha and ICC profile.
+            encoded = dipcore.encode_like(res.image, w.info, format="PNG")
+            ownership.write_output(job, encoded.data, self.storage_options)  # marked; replaces only the root's own
+            w.row["notes"] = "; ".join(encoded.notes) or None
             w.row.update(score(job, res, w.obs, w.truth))
             if w.classical is not None:
                 w.row.update(w.classical.result())

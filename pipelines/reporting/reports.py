@@ -74,8 +74,9 @@ __all__ = [
 # software that produced a row (appended after the version-1 columns, which keep their order and meaning). 3: the
 # input's fingerprint from the listing (what resume decides by, `pipelines.reporting.state`); input_sha256 is the hash
 # of the bytes the worker restored; an image done by an earlier run gets no row any more (the run's summary counts it,
-# `pipelines.reporting.runs`), so "skipped" rows are only images a run leaves out by policy (a symbolic link).
-REPORT_VERSION = "3"
+# `pipelines.reporting.runs`), so "skipped" rows are only images a run leaves out by policy (a symbolic link). 4: the
+# notes of an ok row, what its output could not keep of its input (dipcore.encode_like).
+REPORT_VERSION = "4"
 STATUSES = ("ok", "error", "skipped")
 LATEST_KEY = ("dataset", "image_key", "config_hash", "input_sha256")  # one image under one configuration
 
@@ -137,6 +138,8 @@ REPORT_SCHEMA = pa.schema(
         _f("pack_size", pa.int32(), "fits stacked in the image's fit (1: alone); wall_seconds is its share"),
         # version 3
         _f("input_fingerprint", pa.string(), "the input's identity from its listing: size, ETag/mtime… (storage)"),
+        # version 4
+        _f("notes", pa.string(), "what the output could not keep of its input (CMYK → RGB, EXIF …); null: nothing"),
     ],
     metadata={"dipflow.report_version": REPORT_VERSION, "dipflow.schema": "report"},
 )
