@@ -11,7 +11,9 @@ from __future__ import annotations
 
 __all__ = [
     "CLIError",
+    "ForeignOutputError",
     "LeaseHeldError",
+    "LeaseLostError",
     "OutputOverlapError",
     "PipelineError",
     "SchemaMismatchError",
@@ -27,6 +29,9 @@ __all__ = [
 
 class PipelineError(Exception):
     """Base class of every error pipelines raises on purpose."""
+
+    exit_code = 1
+    """What the ``dipflow`` command exits with when this error ends it (its exit codes: `pipelines.cli`)."""
 
 
 class CLIError(PipelineError):
@@ -64,9 +69,22 @@ class OutputOverlapError(StorageError, ValueError):
     mask folder) inside the output root, an output file on its own input. Refused before anything runs."""
 
 
+class ForeignOutputError(StorageError):
+    """A file stands where an image's output goes, and it is not the output root's own (`pipelines.ownership`): it
+    is not replaced; the image gets an error row (``--overwrite`` replaces it)."""
+
+
 class LeaseHeldError(PipelineError):
     """Another run holds the output root's lease (`pipelines.lease`): one writer per output root. The message names
     the holder and how to override a lease left by a run that died."""
+
+
+class LeaseLostError(PipelineError):
+    """Another run took over the output root's lease while this run held it (its heartbeat had gone stale, or
+    ``--break-lease``): this run stopped writing to the output root. The message names the new holder. The
+    command exits 4: the output root is that run's now, and there is nothing of this run's to resume."""
+
+    exit_code = 4
 
 
 class SchemaMismatchError(PipelineError, ValueError):

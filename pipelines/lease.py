@@ -1,19 +1,36 @@
 """One writer per output root: the lease a run holds on its output root while it runs.
 
-The lease is one small JSON object, ``<output>/_dipflow/lease.json``: who holds it (host, pid, run id, flow run id,
-a random token), when the run started, and a heartbeat the holder refreshes every `heartbeat` seconds from a daemon
-thread. A run takes it before it lists or plans anything, and a second run into the same output root is refused at
-once (`LeaseHeldError`, naming the holder). The holder deletes it when the run ends — done, failed or interrupted
-(Ctrl-C, SIGTERM); a run killed outright (SIGKILL, a lost machine) leaves it behind, and once its heartbeat is older
-than `stale_after` seconds the next run takes it over with a warning. ``break_lease=True`` (``--break-lease``) takes
-over a lease that is not stale yet: for a holder known to be dead, sooner.
+The lease is a chain of small JSON objects, ``<output>/_dipflow/lease/<generation>.json`` (12 digits): each says who
+held that generation (host, pid, run id, flow run id, a random token), when the run started, and a heartbeat the
+holder rewrites every `heartbeat` seconds from a daemon thread. The lease is the highest generation there. A run
+takes generation n+1 by creating its object exclusively (`storage.create_exclusive`), and only when generation n
+is free (released by its holder, or none yet), stale (no heartbeat for `stale_after` seconds), its holder's process
+on this machine is gone (a ``kill -9``), or with ``break_lease=True`` (``--break-lease``); anything else is refused
+at once (`LeaseHeldError`, naming the holder). So of any number of runs that saw generation n and contend for it,
+exactly one creates n+1 — where creation is atomic — and the rest read the winner's fresh lease and are refused.
+A name is never created twice while the chain lasts (a released lease stays, marked ``released_at``, and the next
+run takes the next generation), so a late writer cannot mistake a newer holder's object for its own; the winner
+deletes the generations below its own. A takeover calls `warn` once, naming the previous holder and the age of its
+heartbeat.
 
-Taken atomically where the store allows it (`storage.create_exclusive`): local files by a hard link that fails when
-the name exists, S3 by a conditional PUT (``If-None-Match: *``), memory:// in one process; elsewhere a check, a write
-and a read-back, which two runs starting within the same moment can both pass. Every take is read back, and the
-heartbeat reads before it writes: a holder whose lease was taken over stops refreshing it and logs that it is no
-longer the only writer. Staleness compares the holder's heartbeat clock with the reader's: clocks must agree to well
-within `stale_after`. Pure Python over `pipelines.storage`: no Prefect, no Ray.
+A holder is the holder while its generation is the highest and holds its token. The heartbeat checks that before
+each refresh; once it is not (taken over), `lost` is set, the heartbeat stops, and `check` raises `LeaseLostError`
+naming the new holder: the run calls it before each write and in its driver loop, and stops. Between a takeover and
+the old holder's next heartbeat (`heartbeat` seconds, 30 by default) the old holder may still write: a takeover is
+meant for a holder that is dead or stuck, whose heartbeat is `stale_after` (600 s) old.
+
+What each store gives (`storage.create_exclusive`):
+
+- local files and POSIX shared filesystems: a hard link that fails when the name exists — atomic (NFS: a
+  retransmitted link that says "exists" after it succeeded is recognised by the token read back);
+- S3: a PUT with ``If-None-Match: *`` (s3fs ``mode="create"``), atomic on AWS S3; the moto server honours it (tested
+  with racing processes); an S3-compatible store that ignores the header lets the last writer win, and the
+  read-back of the token then refuses the others unless both read before either wrote;
+- memory://: a check then a write, in one process;
+- elsewhere (GCS, Azure, sftp …): a best effort — a check, a write, and the read-back.
+
+Staleness compares the holder's heartbeat clock with the reader's: clocks must agree to well within `stale_after`.
+Pure Python over `pipelines.storage`: no Prefect, no Ray.
 """
 
 from __future__ import annotations
@@ -30,13 +47,23 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pipelines import storage
-from pipelines.errors import LeaseHeldError
+from pipelines.errors import LeaseHeldError, LeaseLostError
 
-__all__ = ["DEFAULT_STALE_AFTER", "LEASE_KEY", "Lease", "LeaseHeldError", "hold", "lease_uri", "read_lease"]
+__all__ = [
+    "DEFAULT_STALE_AFTER",
+    "LEASE_FOLDER",
+    "Lease",
+    "LeaseHeldError",
+    "LeaseLostError",
+    "hold",
+    "lease_uri",
+    "read_lease",
+]
 
-LEASE_KEY = "_dipflow/lease.json"
-"""Where the lease lies under an output root. ``_dipflow/`` is a dipflow folder (`storage.DIPFLOW_FOLDERS`): never
-an output, a report part nor an input (a listing leaves an output root inside its source out)."""
+LEASE_FOLDER = "_dipflow/lease"
+"""Where the lease's generations lie under an output root. ``_dipflow/`` is a dipflow folder
+(`storage.DIPFLOW_FOLDERS`): never an output, a report part nor an input (a listing leaves an output root inside its
+source out)."""
 
 DEFAULT_STALE_AFTER = 600.0
 """Seconds without a heartbeat after which a lease is stale: taken over by the next run, with a warning."""
@@ -44,18 +71,29 @@ DEFAULT_STALE_AFTER = 600.0
 _log = logging.getLogger("dipflow.lease")
 
 
-def lease_uri(output: str) -> str:
-    return storage.join(output, LEASE_KEY)
+def lease_uri(output: str, generation: int) -> str:
+    """The object of the lease's `generation` on `output`."""
+    return storage.join(output, LEASE_FOLDER, f"{generation:012d}.json")
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def read_lease(output: str, storage_options: dict | None = None) -> dict[str, Any] | None:
-    """The lease on `output` as written (None: no lease; ``{}``: an object that is not a readable lease)."""
+def _generations(output: str, storage_options: dict | None) -> list[int]:
+    """The generations claimed on `output`, lowest first (a fresh listing)."""
+    found = []
+    for uri in storage.list_files(storage.join(output, LEASE_FOLDER), storage_options, suffix=".json"):
+        name = uri.rpartition("/")[2].removesuffix(".json")
+        if name.isdigit():
+            found.append(int(name))
+    return sorted(found)
+
+
+def _read(uri: str, storage_options: dict | None) -> dict[str, Any] | None:
+    """The lease object at `uri` (None: not there; ``{}``: not a readable lease)."""
     try:
-        data = storage.read_bytes(lease_uri(output), storage_options)
+        data = storage.read_bytes(uri, storage_options)
     except storage.StorageNotFoundError:
         return None
     try:
@@ -63,6 +101,21 @@ def read_lease(output: str, storage_options: dict | None = None) -> dict[str, An
     except (UnicodeDecodeError, ValueError):
         return {}
     return lease if isinstance(lease, dict) else {}
+
+
+def _current(output: str, storage_options: dict | None) -> tuple[int, dict[str, Any] | None]:
+    """The highest generation on `output` (0: none) and its object as `_read` gives it."""
+    generations = _generations(output, storage_options)
+    if not generations:
+        return 0, None
+    top = generations[-1]
+    return top, _read(lease_uri(output, top), storage_options)
+
+
+def read_lease(output: str, storage_options: dict | None = None) -> dict[str, Any] | None:
+    """The lease held on `output` (None: none, or released; ``{}``: an object that is not a readable lease)."""
+    _, held = _current(output, storage_options)
+    return None if held is None or held.get("released_at") else held
 
 
 def _age(lease: dict[str, Any]) -> float | None:
@@ -98,7 +151,7 @@ def _holder_is_dead(lease: dict[str, Any]) -> bool:
     return _process_identity(int(owner.get("pid") or 0)) != identity
 
 
-def _describe(lease: dict[str, Any]) -> str:
+def _describe(lease: dict[str, Any] | None) -> str:
     if not lease:
         return "an unreadable lease"
     owner = lease.get("owner") or {}
@@ -112,14 +165,17 @@ def _describe(lease: dict[str, Any]) -> str:
 
 
 class Lease:
-    """A held lease: `refresh` it (the heartbeat thread does), `release` it when the run ends."""
+    """A held lease: `refresh` it (the heartbeat thread does), `check` it before writing, `release` it when the
+    run ends."""
 
     def __init__(self, output: str, storage_options: dict | None, payload: dict[str, Any], *, heartbeat: float) -> None:
         self.output, self.storage_options, self.payload = output, storage_options, payload
-        self.uri = lease_uri(output)
+        self.generation: int = payload["generation"]
+        self.uri = lease_uri(output, self.generation)
         self.token: str = payload["token"]
         self.heartbeat = heartbeat
         self.lost = False  # taken over by another run while this one held it
+        self.taken_by: dict[str, Any] | None = None  # the lease that took it over, as read when that was seen
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -137,8 +193,8 @@ class Lease:
         warn: Callable[[str], None] = _log.warning,
     ) -> Lease:
         """Take the lease on `output`, or raise `LeaseHeldError` naming its holder. A stale lease (no heartbeat
-        for `stale_after` seconds), an unreadable one that old, or any with `break_lease`, is taken over (`warn`
-        says from whom). The heartbeat thread is not started: `start` (or `hold`) does."""
+        for `stale_after` seconds), one whose process on this machine is gone, or any with `break_lease`, is taken
+        over, and `warn` says once from whom. The heartbeat thread is not started: `start` (or `hold`) does."""
         now = _now().isoformat()
         payload = {
             "owner": {
@@ -153,20 +209,22 @@ class Lease:
             "heartbeat_at": now,
             "stale_after_s": stale_after,
         }
-        lease = cls(output, storage_options, payload, heartbeat=heartbeat or min(30.0, stale_after / 4))
-        for attempt in range(2):
-            # Read back: a store that ignored the condition, or a best-effort one, keeps the last writer's.
-            if storage.create_exclusive(lease.uri, lease._encode(), storage_options) and lease._mine():
-                return lease
-            held = read_lease(output, storage_options)
-            if held is None:  # released between our try and our read: try again
-                continue
-            if held.get("token") == lease.token:  # created after all (NFS: a retransmitted link says EEXIST)
-                return lease
-            age = _age(held)
-            stale = age is not None and age > float(held.get("stale_after_s") or stale_after)
-            dead = _holder_is_dead(held)
-            if attempt == 0 and (break_lease or stale or dead):
+        beat = heartbeat or min(30.0, stale_after / 4)
+        for attempt in range(3):
+            top, held = _current(output, storage_options)
+            why = None
+            if held is not None and not held.get("released_at"):
+                age = _age(held)
+                stale = age is not None and age > float(held.get("stale_after_s") or stale_after)
+                # Only what was seen first is taken over: a lease a contender took meanwhile is fresh and held.
+                if attempt > 0 or not (break_lease or stale or _holder_is_dead(held)):
+                    raise LeaseHeldError(
+                        f"the output {storage.redact(output)} is in use: {_describe(held)}. One run writes to an "
+                        f"output root at a time; wait for that run to end, or write elsewhere. If it is dead, its "
+                        f"lease ({storage.redact(lease_uri(output, top))}) is taken over once it has had no heartbeat "
+                        f"for {float(held.get('stale_after_s') or stale_after):.0f} s, or at once with --break-lease "
+                        "(flow parameter break_lease=True)"
+                    )
                 why = (
                     "--break-lease / break_lease=True"
                     if break_lease
@@ -174,40 +232,57 @@ class Lease:
                     if stale
                     else "its process on this machine is gone"
                 )
-                warn(f"taking over the lease on {storage.redact(output)} ({why}) from {_describe(held)}")
-                storage.remove_file(lease.uri, storage_options)
-                continue
-            raise LeaseHeldError(
-                f"the output {storage.redact(output)} is in use: {_describe(held)}. One run writes to an output "
-                f"root at a time; wait for that run to end, or write elsewhere. If it is dead, its lease "
-                f"({storage.redact(lease.uri)}) is taken over once it has had no heartbeat for "
-                f"{float(held.get('stale_after_s') or stale_after):.0f} s, or at once with --break-lease "
-                "(flow parameter break_lease=True)"
-            )
-        raise LeaseHeldError(f"could not take the lease on {storage.redact(output)}: another run keeps taking it")
+            lease = cls(output, storage_options, {**payload, "generation": top + 1}, heartbeat=beat)
+            # Read back: a store that ignored the condition, or a best-effort one, keeps the last writer's; on NFS a
+            # retransmitted link may say "exists" although it was ours.
+            storage.create_exclusive(lease.uri, lease._encode(), storage_options)
+            if lease._mine():
+                if why is not None:
+                    warn(f"taking over the lease on {storage.redact(output)} ({why}) from {_describe(held)}")
+                lease._forget_older()
+                return lease
+        raise LeaseHeldError(f"could not take the lease on {storage.redact(output)}: other runs keep taking it")
 
     def _encode(self) -> bytes:
         return json.dumps(self.payload, indent=1).encode("utf-8")
 
     def _mine(self) -> bool:
-        held = read_lease(self.output, self.storage_options)
-        return bool(held) and held.get("token") == self.token
+        """Whether this generation is the highest on the output and holds this run's token."""
+        top, held = _current(self.output, self.storage_options)
+        return top == self.generation and bool(held) and held.get("token") == self.token
+
+    def _forget_older(self) -> None:
+        """Delete the generations below this one (best effort: any left behind are below the lease, hence inert)."""
+        with contextlib.suppress(Exception):
+            for generation in _generations(self.output, self.storage_options):
+                if generation < self.generation:
+                    storage.remove_file(lease_uri(self.output, generation), self.storage_options)
 
     def refresh(self) -> bool:
         """One heartbeat: False (and `lost` set) when the lease is no longer this run's."""
         if self.lost:
             return False
         if not self._mine():
+            self.taken_by = read_lease(self.output, self.storage_options)
             self.lost = True
             _log.error(
-                "the lease on %s was taken over by another run: this run is no longer the only writer of its "
-                "output root",
+                "the lease on %s was taken over by %s: this run stops writing to its output root",
                 storage.redact(self.output),
+                _describe(self.taken_by) if self.taken_by is not None else "another run (released since)",
             )
             return False
         self.payload["heartbeat_at"] = _now().isoformat()
         storage.write_bytes_atomic(self.uri, self._encode(), self.storage_options)
         return True
+
+    def check(self) -> None:
+        """Raise `LeaseLostError`, naming the new holder, once the heartbeat has found the lease taken over."""
+        if self.lost:
+            holder = _describe(self.taken_by) if self.taken_by is not None else "another run (released since)"
+            raise LeaseLostError(
+                f"the lease on the output {storage.redact(self.output)} was taken over by {holder}: this run "
+                "stopped writing to it and left its rows since the last part to that run"
+            )
 
     def start(self) -> None:
         """Refresh the heartbeat every `heartbeat` seconds on a daemon thread until `release`."""
@@ -224,13 +299,16 @@ class Lease:
         self._thread.start()
 
     def release(self) -> None:
-        """Stop the heartbeat and delete the lease if it is still this run's."""
+        """Stop the heartbeat and mark the lease released if it is still this run's. It stays, as the chain's last
+        generation: the next run takes the next one, so no name is ever created twice."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
         with contextlib.suppress(Exception):  # best effort: a lease left behind goes stale
             if not self.lost and self._mine():
-                storage.remove_file(self.uri, self.storage_options)
+                self.payload["released_at"] = _now().isoformat()
+                storage.write_bytes_atomic(self.uri, self._encode(), self.storage_options)
+                self._forget_older()
 
 
 @contextlib.contextmanager

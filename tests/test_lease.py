@@ -82,7 +82,7 @@ def test_break_lease_and_an_unreadable_lease(where):
     assert "break" in warnings[0] and "run-1" in warnings[0]
     assert held.refresh() is False
     breaker.release()
-    storage.write_bytes_atomic(lease.lease_uri(out), b"\x00garbage", so)
+    storage.write_bytes_atomic(lease.lease_uri(out, breaker.generation), b"\x00garbage", so)
     with pytest.raises(LeaseHeldError, match="an unreadable lease"):
         lease.Lease.acquire(out, so, run_id="run-3")
     lease.Lease.acquire(out, so, run_id="run-3", break_lease=True, warn=warnings.append).release()
