@@ -41,6 +41,7 @@ class Outcome:
     processes_left: int = 0
     secrets_at_rest: int = 0  # files holding a secret of the run
     expected_missed: int = 0  # inputs that ended otherwise than the case says they must (ok / error)
+    fidelity_lost: int = 0  # outputs that lost the input's depth, grey, alpha or ICC profile without a note
     notes: list[str] = field(default_factory=list)
 
     COUNTS = (
@@ -53,6 +54,7 @@ class Outcome:
         "processes_left",
         "secrets_at_rest",
         "expected_missed",
+        "fidelity_lost",
     )
 
     @property

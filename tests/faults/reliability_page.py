@@ -24,8 +24,9 @@ COUNTS = (
     ("processes_left", "processes left"),
     ("secrets_at_rest", "secrets at rest"),
     ("expected_missed", "ended otherwise than required"),
+    ("fidelity_lost", "depth, alpha or colour lost"),
 )
-GROUPS = ("bad input", "hostile name", "symbolic link", "storage fault", "process fault")
+GROUPS = ("bad input", "hostile name", "symbolic link", "image mode", "storage fault", "process fault")
 
 
 def read_ledger(path: Path) -> tuple[dict, list[dict]]:
@@ -70,7 +71,7 @@ def render(meta: dict, outcomes: list[dict], notes: str) -> str:
     totals = defaultdict(int)
     for group in [g for g in GROUPS if g in by_group] + sorted(set(by_group) - set(GROUPS)):
         rows = by_group[group]
-        counts = [sum(r[name] for r in rows) for name, _ in COUNTS]
+        counts = [sum(r.get(name, 0) for r in rows) for name, _ in COUNTS]  # a count newer than a line: 0
         passed = sum(r["passed"] for r in rows)
         for (name, _), count in zip(COUNTS, counts, strict=True):
             totals[name] += count
