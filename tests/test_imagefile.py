@@ -88,3 +88,11 @@ def test_decode_image_and_encode_png_are_unchanged_for_their_callers():
     x = dipcore.decode_image(_save(Image.fromarray(rgba), "PNG"))
     assert x.shape == (5, 4, 3) and np.array_equal(np.rint(x * 255), rgba[:, :, :3])  # alpha dropped, as before
     assert dipcore.encode_png(x)[24:26] == b"\x08\x02"  # 8-bit RGB
+
+
+def test_psnr_of_16bit_tiffs_sees_their_low_bytes():
+    # Two references that differ only below the high byte: read at 8 bits (as before) they were identical (inf dB).
+    codes = np.random.default_rng(4).integers(0, 65535, (16, 16, 3), dtype=np.uint16)
+    a = dipcore.decode_image(_write_tiff16(codes, icc=None, dpi=None))
+    b = dipcore.decode_image(_write_tiff16(codes + 1, icc=None, dpi=None))
+    assert dipcore.psnr(a, b) == pytest.approx(20 * np.log10(65535), abs=1e-3)  # one code of 65,535 everywhere
