@@ -186,6 +186,12 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-resume", action="store_true", help="restore every image, even those done by earlier runs")
     g.add_argument("--limit", type=_positive_int, metavar="N", help="only the first N images (by key) of each dataset")
     g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace files at the outputs' places that no run into this output wrote (by default they are kept "
+        "and their images get error rows)",
+    )
+    g.add_argument(
         "--break-lease",
         action="store_true",
         help="take over the output's lease from a run known to be dead (one run writes to an output at a time)",
@@ -561,6 +567,8 @@ def _execution(args: argparse.Namespace) -> Execution:
 def _run_options(args: argparse.Namespace) -> dict[str, Any]:
     """The parameters `restore` and `evaluate` share: restoration settings, resume, limit, execution, lease."""
     lease = {"break_lease": True} if args.break_lease else {}
+    if args.overwrite:
+        lease["overwrite"] = True
     if args.lease_stale_after is not None:
         lease["lease_stale_after"] = args.lease_stale_after
     return {

@@ -34,7 +34,7 @@ from prefect.logging import get_logger
 from prefect.utilities.annotations import quote
 from pydantic import NonNegativeInt, PositiveFloat, PositiveInt
 
-from pipelines import jobs, lease, progress, storage
+from pipelines import jobs, lease, ownership, progress, storage
 from pipelines.errors import PipelineError
 from pipelines.evaluation.benchmarks import BENCHMARKS, describe
 from pipelines.evaluation.protocols import evaluation_config
@@ -165,6 +165,7 @@ def restore_dataset(
     execution: Execution = Execution(),
     break_lease: bool = False,
     lease_stale_after: PositiveFloat = lease.DEFAULT_STALE_AFTER,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Restore every image under `source` (any fsspec URL) into `output` with ``dipcore.restore``, on Ray actors,
     and write the Parquet report beside the outputs. Returns a small summary (run id, report URI, counts).
@@ -176,7 +177,9 @@ def restore_dataset(
 
     Nothing that is not the run's own is overwritten: an output root equal to the source, holding the source or a
     mask folder, is refused (`storage.check_output_root`); one inside the source is left out of the listing; images
-    whose outputs would be one file get error rows. One run writes to an output root at a time: the run holds its
+    whose outputs would be one file get error rows; a file at an output's place that no run into the output root
+    wrote is not replaced (`pipelines.ownership`: that image gets an error row, before its fit) unless `overwrite`.
+    One run writes to an output root at a time: the run holds its
     lease (`pipelines.lease`); `break_lease` takes over a lease held by a run known to be dead, and a lease without
     heartbeat for `lease_stale_after` seconds is taken over anyway."""
     so = _options(storage_options)
@@ -215,6 +218,7 @@ def restore_dataset(
             resume=resume,
             limit=limit,
             local_only=_memory(source, output),
+            overwrite=overwrite,
             title=f"restoring ({task})",
             artifact="restore-dataset",
         )
@@ -242,6 +246,7 @@ def evaluate(
     execution: Execution = Execution(),
     break_lease: bool = False,
     lease_stale_after: PositiveFloat = lease.DEFAULT_STALE_AFTER,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Score dipcore on benchmarks with the paper's protocol: each of `benchmarks` is a name under `data_root`
     (set5, set14 → SR ×4; cbm3d9 → denoising σ=25; heide11 → inpainting, 50 % of pixels dropped) or a folder URL
@@ -253,7 +258,7 @@ def evaluate(
     best PSNR along the run); ``runs`` runs are averaged per image (default 2 for cbm3d9 as in the paper, else 1);
     ``classical`` scores CBM3D/NLM (denoising) or biharmonic inpainting beside DIP. The output root is checked
     against every benchmark's folder and leased as for `restore_dataset`; two benchmarks with one dataset name
-    (hence one output folder) are refused."""
+    (hence one output folder) are refused; `overwrite` as for `restore_dataset`."""
     if not benchmarks:
         raise ValueError(f"name at least one benchmark ({describe()}) or a folder of clean images")
     so = _options(storage_options)
@@ -288,6 +293,7 @@ def evaluate(
             resume=resume,
             limit=limit,
             local_only=_memory(output, *(source for source, _ in sources)),
+            overwrite=overwrite,
             title="evaluating",
             artifact="evaluate",
         )
@@ -389,6 +395,7 @@ def _run(
     local_only: bool,
     title: str,
     artifact: str,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """List, skip what is done, run the rest — streaming: the first job is dispatched while the listing goes on —,
     append every row to the report as it arrives, record what is done in the state, write the run's summary row and
@@ -396,6 +403,9 @@ def _run(
     logger, so = _logger(), storage_options
     clock = _Clock()
     plans = [plan for plan, _ in sources]
+    owner = ownership.Owner(output, ownership.root_id(output, so), overwrite)  # outputs are marked as the root's
+    for plan in plans:
+        plan.owner = owner
     scopes = [(p.dataset, p.config.config_hash) for p in plans]
     done = load_state(output, scopes, so) if resume else state.DoneState.load(output, so, [])
     # Each dataset's listing is started here, up to its first image: an empty source fails before anything else.

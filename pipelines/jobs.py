@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from pipelines import storage
+from pipelines import ownership, storage
 from pipelines.evaluation import baselines
 from pipelines.reporting import reports
 
@@ -113,6 +113,8 @@ class Job:
     size: tuple[int, int, int] | None = None  # (H, W, C) of the input from its header (with_headers; None: unknown)
     packable: bool = False  # its config's fits can be stacked (RunConfig.packable)
     classical: bool = False  # evaluation: also score the task's classical baseline
+    provenance: str | None = None  # the mark its output carries (`ownership`); None: written unlooked (tools)
+    replace: bool = False  # its output's place may be replaced unlooked: the state records it, or --overwrite
 
     @property
     def scale(self) -> int | None:
@@ -140,6 +142,7 @@ class Plan:
     not_images: int = 0
     not_images_shown: list[tuple[str, str]] = field(default_factory=list)  # the first `SHOWN` (key, reason)
     listing_seconds: float | None = None  # from the run's start to the end of this dataset's listing
+    owner: ownership.Owner | None = None  # the leased output root its outputs are marked with (None: unmarked)
 
     SHOWN = 20
 
@@ -234,6 +237,7 @@ def plan_stream(
     links not followed get skipped rows. At most `limit` images (the first by key) are planned."""
     folds = storage.folds_case(plan.output, storage_options)
     unfit = storage.name_check(plan.output, storage_options)  # an output the store cannot name fails before its fit
+    owner = plan.owner
     seen: set[str] = set()  # folded output names, only where the filesystem folds case (names of other folders)
     c = plan.config
     config_json = c.config_json
@@ -285,6 +289,8 @@ def plan_stream(
                 synthesis=c.synthesis,
                 packable=c.packable,
                 classical=c.classical,
+                provenance=owner.provenance(out) if owner else None,
+                replace=owner is not None and (owner.overwrite or done.owns(plan.dataset, entry.key)),
             )
             if _done_by_content(job, done, adopt, storage_options):
                 plan.done_earlier += 1

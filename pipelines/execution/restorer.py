@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Any
 
 from pipelines import jobs as jobs_mod
-from pipelines import storage
+from pipelines import ownership, storage
 from pipelines.errors import PipelineError
 from pipelines.evaluation import baselines
 from pipelines.evaluation.protocols import observe, psnr_protocol, score
@@ -184,6 +184,7 @@ class Restorer:
             },
         )
         try:
+            ownership.check_free(job, self.storage_options)  # a file not the root's own: an error row, no fit
             data = storage.read_bytes(job.input_uri, self.storage_options)
             w.row["input_sha256"] = storage.sha256_hex(data)  # what was restored, should the file have changed
             decoded = dipcore.decode_with_info(data, name=job.key)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from hashlib import blake2b
 from typing import Any
@@ -160,6 +160,7 @@ class DoneState:
     done: dict[tuple[str, str], _Index]  # (dataset, config_hash) → the images done there, by key and fingerprint
     legacy: dict[tuple[str, str], dict[str, str]]  # (dataset, config_hash) → {image_key: input sha256}
     files_read: int = 0
+    owned: dict[str, np.ndarray] = field(default_factory=dict)  # dataset → sorted digests of keys done, any config
 
     @classmethod
     def load(cls, output_root: str, so: dict | None, scopes: Iterable[tuple[str, str]]) -> DoneState:
@@ -169,15 +170,16 @@ class DoneState:
         state = cls({s: _Index() for s in scopes}, {s: {} for s in scopes})
         if not scopes:
             return state
-        where = ds.field("dataset").isin(sorted({d for d, _ in scopes})) & ds.field("config_hash").isin(
-            sorted({c for _, c in scopes})
-        )
+        datasets = ds.field("dataset").isin(sorted({d for d, _ in scopes}))
+        where = datasets & ds.field("config_hash").isin(sorted({c for _, c in scopes}))
         uris = _files(output_root, so)
         state.files_read = len(uris)
         if not uris:
             state._load_legacy(output_root, so, where)
             return state
-        scoped = _latest(_read(uris, so, where, [*_KEY, "input_fingerprint", "finished_at"]))
+        # The datasets' rows under every config: the run's own configs decide what is done; every config's keys say
+        # whose an output is (`owns`) — a run with new settings still replaces the outputs of the old ones.
+        scoped = _latest(_read(uris, so, datasets, [*_KEY, "input_fingerprint", "finished_at"]))
         for (dataset, config), index in state.done.items():  # each scope's rows, a batch of Python strings at a time
             mine = scoped.filter(
                 pc.and_(pc.equal(scoped.column("dataset"), dataset), pc.equal(scoped.column("config_hash"), config))
@@ -185,6 +187,17 @@ class DoneState:
             for batch in mine.to_batches(max_chunksize=65_536):
                 index.add(batch.column("image_key").to_pylist(), batch.column("input_fingerprint").to_pylist())
             index.seal()
+        for dataset in {d for d, _ in scopes}:
+            configs = pa.array([c for d, c in scopes if d == dataset])
+            others = scoped.filter(
+                pc.and_(
+                    pc.equal(scoped.column("dataset"), dataset),
+                    pc.invert(pc.is_in(scoped.column("config_hash"), value_set=configs)),
+                )
+            ).column("image_key")
+            digests = np.fromiter((_digest(k) for k in others.to_pylist()), np.uint64, len(others))
+            mine = [state.done[dataset, c].keys for c in configs.to_pylist()]
+            state.owned[dataset] = np.unique(np.concatenate([*mine, digests]))
         return state
 
     def _load_legacy(self, output_root: str, so: dict | None, where: ds.Expression) -> None:
@@ -200,6 +213,15 @@ class DoneState:
         """Whether the image was restored under this config with this fingerprint (None, unknown: never done)."""
         index = self.done.get((dataset, config_hash))
         return index is not None and fingerprint is not None and index.holds(key, fingerprint)
+
+    def owns(self, dataset: str, key: str) -> bool:
+        """Whether a run into this root restored the image `key` of `dataset` under any settings, so that its
+        output's place holds the root's own file (`pipelines.ownership`)."""
+        kd = np.uint64(_digest(key))
+        keys = self.owned.get(dataset)
+        if keys is not None and (i := int(np.searchsorted(keys, kd))) < len(keys) and keys[i] == kd:
+            return True
+        return any(key in rows for (d, _), rows in self.legacy.items() if d == dataset)
 
     def legacy_sha256(self, dataset: str, config_hash: str, key: str) -> str | None:
         """The content hash of an image done according to an old report only (see the module)."""
