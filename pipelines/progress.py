@@ -13,7 +13,17 @@ from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from typing import Any, Protocol
 
-__all__ = ["ProgressSink", "RichProgress", "StatusCounts", "advanced", "finished", "listed", "reporting", "started"]
+__all__ = [
+    "ProgressSink",
+    "RichProgress",
+    "StatusCounts",
+    "advanced",
+    "finished",
+    "listed",
+    "note",
+    "reporting",
+    "started",
+]
 
 
 class ProgressSink(Protocol):
@@ -73,6 +83,12 @@ def finished() -> None:
         sink.finished()
 
 
+def note(message: str) -> None:
+    """A warning the person watching must see, once (a lease taken over): the sink shows it if it can."""
+    if (sink := _SINK.get()) is not None and hasattr(sink, "note"):
+        sink.note(message)
+
+
 class RichProgress:
     """A rich progress bar on stderr: images done of the total, with ok / error / skipped counts and the ETA."""
 
@@ -115,6 +131,10 @@ class RichProgress:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+
+    def note(self, message: str) -> None:
+        """One line on stderr, ``dipflow: warning: …``, above the bar if one runs, shown with --quiet too."""
+        self.console.print(f"dipflow: warning: {message}", markup=False, highlight=False, soft_wrap=True)
 
     def _label(self) -> str:
         c = self.counts

@@ -334,8 +334,10 @@ class _Driver:
         startup_timeout: float,
         pack: Pack,
         log: Callable[[str], None],
+        check: Callable[[], None] | None = None,
     ) -> None:
         _check_pack(pack)
+        self.check = check or (lambda: None)
         self.queue = PackQueue(jobs)
         self.pool, self.on_result, self.log, self.pack = pool, on_result, log, pack
         self.max_in_flight = max_in_flight or 2 * len(pool.slots)  # 2 per actor: the next job waits in its queue
@@ -353,6 +355,7 @@ class _Driver:
         for slot in self.pool.slots:
             self._ping(slot)
         while self.queue or self.calls:
+            self.check()
             self._submit()
             refs = [*self.calls, *self.pings]
             if not refs:
@@ -547,6 +550,7 @@ def run_jobs(
     startup_timeout: float = 600.0,
     pack: Pack = "auto",
     log: Callable[[str], None] | None = None,
+    check: Callable[[], None] | None = None,
 ) -> RunStats:
     """Run `jobs` on the actors of `workers`, calling `on_result` on the driver for each finished job, in
     completion order, exactly once per job (an ``ok`` or ``error`` row).
@@ -557,7 +561,8 @@ def run_jobs(
     `timeout` seconds per job of its call, is retried on a live or restarted actor until `max_attempts` — a batch
     loses an attempt for each of its jobs, and each retries alone; then the job ends as an error row and the run
     goes on. Every ``ray.wait`` returns within `poll` seconds. Raises `WorkerStartError` when no actor is ready within
-    `startup_timeout` seconds.
+    `startup_timeout` seconds. `check` is called on every turn of the loop: what it raises (the run's lease lost)
+    stops the run within `poll` seconds.
     """
     driver = _Driver(
         jobs,
@@ -570,20 +575,29 @@ def run_jobs(
         startup_timeout=startup_timeout,
         pack=pack,
         log=log or logging.getLogger("dipflow.workers").warning,
+        check=check,
     )
     return driver.run()
 
 
 def run_inline(
-    jobs: Iterable[Job], *, restorer: Restorer, on_result: Callable[[JobOutcome], None], pack: Pack = "auto"
+    jobs: Iterable[Job],
+    *,
+    restorer: Restorer,
+    on_result: Callable[[JobOutcome], None],
+    pack: Pack = "auto",
+    check: Callable[[], None] | None = None,
 ) -> RunStats:
     """Run `jobs` in this process, up to `pack` compatible ones at a time as one batch ("auto": the
-    restorer's own bound, its thread count on a CPU), for process-local storage such as ``memory://``, and debugging."""
+    restorer's own bound, its thread count on a CPU), for process-local storage such as ``memory://``, and debugging.
+    `check` is called before each batch, as `run_jobs` calls it on every turn."""
     _check_pack(pack)
     stats, started = RunStats(), time.monotonic()
     queue = PackQueue(jobs)
     limit = pack if isinstance(pack, int) else restorer.pack_limit
     while queue:
+        if check is not None:
+            check()
         batch = [job for job, _ in queue.take(limit)]
         stats.first_dispatch = stats.first_dispatch or time.monotonic()
         for outcome in restorer.run_batch(batch, pack):

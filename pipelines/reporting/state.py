@@ -241,6 +241,7 @@ class StateWriter:
         self.seq = 0
         self.files_written = 0
         self.merged: int | None = None  # files merged by close, if it merged
+        self.abandoned = False  # the run lost its lease: nothing more is written
         self._lock = threading.Lock()
 
     def add(self, row: Mapping[str, Any]) -> None:
@@ -261,7 +262,7 @@ class StateWriter:
 
     def flush(self) -> None:
         with self._lock:
-            if not self.buffer:
+            if not self.buffer or self.abandoned:
                 return
             table = pa.Table.from_pylist(self.buffer, schema=STATE_SCHEMA)
             name = f"done-{self.run_id}-{self.seq:05d}.parquet"
@@ -270,7 +271,16 @@ class StateWriter:
             self.files_written += 1
             self.buffer.clear()
 
+    def abandon(self) -> None:
+        """Drop what is buffered and write nothing more, no merge either: the run lost its output root's lease
+        (`pipelines.lease`) to a run that restores those images again."""
+        with self._lock:
+            self.buffer.clear()
+            self.abandoned = True
+
     def close(self) -> None:
+        if self.abandoned:
+            return
         self.flush()
         uris = _files(self.output_root, self.so)
         if len(uris) > self.merge_at:
