@@ -431,6 +431,22 @@ def test_cluster_launcher_config_validates_against_rays_schema():
     assert "RAY_AUTH_MODE=disabled" not in commands
 
 
+def test_cluster_nodes_install_nothing_at_start_and_the_image_has_what_they_need():
+    """The image runs as uid 1000 over a root-owned /opt/venv: a `pip install` in the launcher's setup commands is
+    refused there. What a node needs (Ray's dashboard and Jobs, boto3 for the AWS autoscaler) is the `cluster`
+    extra, which the image installs: the pip path and the image are the same software."""
+    (config,) = _yaml_docs(DEPLOY / "ray" / "aws-gpu.yaml")
+    for key in ("initialization_commands", "setup_commands", "head_setup_commands", "worker_setup_commands"):
+        for command in config.get(key) or ():
+            assert "pip install" not in command and "uv pip" not in command, f"{key}: {command}"
+    cluster = {
+        Requirement(r).name.lower(): Requirement(r) for r in PYPROJECT["project"]["optional-dependencies"]["cluster"]
+    }
+    assert "default" in cluster["ray"].extras and "boto3" in cluster
+    args = dict(re.match(r"(\w+)=(\S+)", a).groups() for op, a in DOCKERFILE if op == "ARG" and "=" in a)
+    assert "cluster" in args["EXTRAS"].split(","), "the image must install dipflow[cluster]"
+
+
 # ------------------------------------------------------------------------------------------------ Prefect work pools
 
 

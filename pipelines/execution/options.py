@@ -41,7 +41,7 @@ class Execution(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     ray_address: Annotated[str | None, Flag("ADDR")] = Field(
-        None, description="join this Ray cluster (e.g. ray://head:10001 or auto); default: a private local instance"
+        None, description="join this Ray cluster (head-host:6379, or auto: the one on this machine); default: private"
     )
     gpus_per_worker: Annotated[NonNegativeFloat, Flag("G")] = Field(
         1.0, description="GPUs per actor; 0.5 packs two small-image actors on a GPU (default 1; ignored without GPUs)"
