@@ -281,7 +281,7 @@ class Lease:
             holder = _describe(self.taken_by) if self.taken_by is not None else "another run (released since)"
             raise LeaseLostError(
                 f"the lease on the output {storage.redact(self.output)} was taken over by {holder}: this run "
-                "stopped writing to it and left its rows since the last part to that run"
+                "stopped and writes nothing more there (what it had not recorded is that run's to restore)"
             )
 
     def start(self) -> None:
