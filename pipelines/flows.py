@@ -407,6 +407,7 @@ def _run(
     for plan in plans:
         plan.owner = owner
     scopes = [(p.dataset, p.config.config_hash) for p in plans]
+    _recover(output, so, logger)
     done = load_state(output, scopes, so) if resume else state.DoneState.load(output, so, [])
     # Each dataset's listing is started here, up to its first image: an empty source fails before anything else.
     listings = [_primed(plan, listing()) for plan, listing in sources]
@@ -422,8 +423,12 @@ def _run(
     stats: RunStats | None = None
     outcome, failure = "interrupted", None
     try:
-        # The state is the outer block: the report's last rows are flushed (and compacted) before the state's.
-        with _closing(state.StateWriter(output, run_id, so)) as sw, reports.ReportWriter(output, run_id, so) as writer:
+        # The state is the outer block: the report's last rows are flushed before the state's, and both before the
+        # report's commit, so that a crash during the commit redoes no image.
+        with (
+            _closing(state.StateWriter(output, run_id, so)) as sw,
+            reports.ReportWriter(output, run_id, so, before_commit=sw.flush) as writer,
+        ):
 
             def record(row: dict[str, Any], curves: list[dict[str, Any]] = ()) -> None:  # type: ignore[assignment]
                 written = writer.rows_written
@@ -489,6 +494,23 @@ class _Clock:
 
     def since(self, t: float | None = None) -> float:
         return (time.monotonic() if t is None else t) - self.t0
+
+
+def _recover(output: str, so: dict | None, logger: Any) -> None:
+    """What runs killed before their end left under `output` (under this run's lease, before it writes anything):
+    their report parts committed, leftovers of interrupted commits and merges and temporaries removed. A failure is
+    logged, never raised: every step leaves each row readable once, and the next run tries again."""
+    try:
+        done = reports.recover(output, so)
+        tidied = state.tidy(output, so) + runs.tidy(output, so)
+    except Exception as exc:  # noqa: BLE001 - what is left reads correctly; this run's own work comes first
+        logger.warning("what an interrupted run left under %s stays for now: %s", storage.redact(output), exc)
+        return
+    if any(c.written for c in done.values()):
+        rows = done["report"].rows
+        logger.info("committed the report of interrupted run(s): %d row(s) (readers of report/ see them now)", rows)
+    elif tidied or any(c.removed for c in done.values()):
+        logger.info("removed what interrupted runs left under %s", storage.redact(output))
 
 
 @contextlib.contextmanager

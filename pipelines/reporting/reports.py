@@ -378,9 +378,9 @@ class ReportWriter:
 
     Rows are validated against the schema at `append`, so a bad row fails there, never at a later flush. `close`
     (or leaving the ``with`` block, also on an exception or KeyboardInterrupt) flushes the rest, then commits the
-    run's parts (`compact_run`; ``compact=False`` leaves them pending). `on_flush` is called after every flush, the
-    last one included, before the commit: the run's done-state follows its report rows there, so a crash during the
-    commit costs no image a redo. One writer per run id at a time. `clock` (seconds, monotonic) is for tests.
+    run's parts (`compact_run`; ``compact=False`` leaves them pending). `before_commit` is called after the last flush,
+    before the commit: the run's done-state follows its last report rows there, so that a crash during the commit
+    costs no image a redo. One writer per run id at a time. `clock` (seconds, monotonic) is for tests.
     """
 
     def __init__(
@@ -393,7 +393,7 @@ class ReportWriter:
         *,
         compact: bool = True,
         compact_rows: int = COMPACT_ROWS,
-        on_flush: Callable[[], None] | None = None,
+        before_commit: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if flush_every < 1:
@@ -409,7 +409,7 @@ class ReportWriter:
         self.compact_rows = compact_rows
         self.compaction: dict[str, Compaction] | None = None  # what close did
         self._clock = clock
-        self._on_flush = on_flush
+        self._before_commit = before_commit
         self.report_dir = _run_dir(output_root, "report", run_id)
         self.curves_dir = _run_dir(output_root, "curves", run_id)
         self._report = _PartStream(output_root, "report", run_id, storage_options)
@@ -443,8 +443,6 @@ class ReportWriter:
         self._report.flush()
         self._curves.flush()
         self._last_flush = self._clock()
-        if self._on_flush is not None:
-            self._on_flush()
 
     def append(self, row: Mapping[str, Any], curves: Iterable[Mapping[str, Any]] = ()) -> None:
         """Add one REPORT_SCHEMA row (``run_id`` is filled in) and, optionally, its image's CURVES_SCHEMA rows: the
@@ -487,6 +485,8 @@ class ReportWriter:
             self.flush()
         finally:
             self._closed = True
+        if self._before_commit is not None:
+            self._before_commit()
         if self.compact:
             self.compaction = compact_run(
                 self.output_root, self.run_id, self.storage_options, max_rows=self.compact_rows
@@ -515,6 +515,8 @@ class ReportWriter:
             self.flush()  # a failure here is raised, chained to the run's own error
         finally:
             self._closed = True
+        if self._before_commit is not None:
+            self._before_commit()  # likewise
         if self.compact:
             try:
                 self.compaction = compact_run(

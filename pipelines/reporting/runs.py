@@ -5,8 +5,11 @@ nightly run over an unchanged bucket writes one small file, not one row per imag
 
     <output>/runs/run_id=<run>/summary.parquet
 
-Written once, when the run ends (also when it fails or is interrupted: ``status`` says which). Readers go through
-``pyarrow.dataset`` with hive partitioning, like the report's.
+Written once, when the run ends (also when it fails or is interrupted: ``status`` says which), as one file in one
+atomic write (`storage.write_bytes_atomic`: a local rename, one PUT) named by the run, so a reader of
+``runs/**/*.parquet`` (DuckDB, Spark, ``pyarrow.dataset`` with hive partitioning, like `read_runs`) sees a run's rows
+whole or not at all, and a rewrite replaces them. A run killed before it has no row; `tidy` deletes the temporary a
+kill inside the write leaves (local files).
 """
 
 from __future__ import annotations
@@ -20,9 +23,9 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from pipelines import storage
-from pipelines.reporting import reports
+from pipelines.reporting import layout, reports
 
-__all__ = ["RUNS_SCHEMA", "describe", "latest_run", "read_runs", "runs_uri", "write_run_summary"]
+__all__ = ["RUNS_SCHEMA", "describe", "latest_run", "read_runs", "runs_uri", "tidy", "write_run_summary"]
 
 _UTC_US = pa.timestamp("us", tz="UTC")
 
@@ -81,6 +84,11 @@ def write_run_summary(output_root: str, run_id: str, rows: Sequence[Mapping[str,
     uri = runs_uri(output_root, run_id)
     storage.write_bytes_atomic(uri, sink.getvalue().to_pybytes(), so)
     return uri
+
+
+def tidy(output_root: str, so: dict | None = None) -> int:
+    """Delete the temporaries that interrupted writes left under ``runs/``; how many. Under the run's lease."""
+    return layout.remove_temporaries(storage.join(output_root, "runs"), so)
 
 
 def read_runs(output_root: str, so: dict | None = None, *, run_id: str | None = None) -> pa.Table:

@@ -11,8 +11,11 @@ the output files::
 
 A run adds rows as images finish (buffered like the report, so a crash costs at most what resume then redoes) and,
 when it ends with more than `MERGE_AT` files in the folder, merges them into one. Crash-safe by order: the merged
-file is written whole before the files it replaces are deleted, and readers keep the latest row per key, so a row
-read twice counts once. One run writes at a time (the output root's lease, `pipelines.lease`).
+file is written whole (one atomic write) before the files it replaces are deleted, and readers keep the latest row
+per key, so a row read twice counts once. The merged file names the files it replaces (``dipflow.replaces`` in its
+schema metadata), so that the next run (`tidy`, under the lease) deletes those a crash left, and the temporaries of
+a write a kill interrupted. Only dipflow reads the state (it lies under ``_dipflow/``, which outside readers' globs
+of ``report/`` never reach). One run writes at a time (the output root's lease, `pipelines.lease`).
 
 An output root written before the state existed (report version ≤ 2) has no state: the first run there takes the
 ``ok`` rows of its report as done *by content* — for those images only it reads the input and compares its SHA-256,
@@ -21,6 +24,7 @@ as earlier versions did — and records what matches, so from the next run on th
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from collections.abc import Iterable, Mapping
@@ -36,9 +40,9 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from pipelines import storage
-from pipelines.reporting import reports
+from pipelines.reporting import layout, reports
 
-__all__ = ["MERGE_AT", "STATE_SCHEMA", "DoneState", "StateWriter", "state_dir"]
+__all__ = ["MERGE_AT", "STATE_SCHEMA", "DoneState", "StateWriter", "state_dir", "tidy"]
 
 STATE_SCHEMA = pa.schema(
     [
@@ -60,6 +64,7 @@ MERGE_AT = 8
 state stays a handful of files (what a run reads) and a merge rewrites the state about once a week."""
 
 _KEY = ("dataset", "config_hash", "image_key")
+_REPLACES = b"dipflow.replaces"  # a merged file's schema metadata: the names of the files it replaces (JSON)
 _FILE = re.compile(r"(done|merged)-[A-Za-z0-9._-]+\.parquet")
 
 
@@ -265,6 +270,8 @@ class StateWriter:
             if not self.buffer or self.abandoned:
                 return
             table = pa.Table.from_pylist(self.buffer, schema=STATE_SCHEMA)
+            if self.files_written == 0:  # a reopened run (a retried flow) never overwrites its own earlier files
+                self.seq = max(self.seq, _next_seq(self.output_root, self.run_id, self.so))
             name = f"done-{self.run_id}-{self.seq:05d}.parquet"
             storage.write_bytes_atomic(storage.join(state_dir(self.output_root), name), _parquet(table), self.so)
             self.seq += 1
@@ -286,11 +293,37 @@ class StateWriter:
         if len(uris) > self.merge_at:
             merged = _latest(_read(uris, self.so, None, None))
             target = storage.join(state_dir(self.output_root), f"merged-{self.run_id}.parquet")
+            replaces = sorted(u.rpartition("/")[2] for u in uris if u != target)  # what `tidy` deletes after a crash
+            merged = merged.replace_schema_metadata({**STATE_SCHEMA.metadata, _REPLACES: json.dumps(replaces)})
             storage.write_bytes_atomic(target, _parquet(merged), self.so)  # whole, before any file it replaces goes
             for uri in uris:
                 if uri != target:
                     storage.remove_file(uri, self.so)
             self.merged = len(uris)
+
+
+def _next_seq(output_root: str, run_id: str, so: dict | None) -> int:
+    mine = re.compile(rf"done-{re.escape(run_id)}-(\d+)\.parquet")
+    numbers = [int(m.group(1)) for u in _files(output_root, so) if (m := mine.fullmatch(u.rpartition("/")[2]))]
+    return max(numbers, default=-1) + 1
+
+
+def tidy(output_root: str, so: dict | None = None) -> int:
+    """Delete what an interrupted merge left in the state (the files a merged file names as replaced, still there)
+    and the temporaries of interrupted writes; how many files. What a run does first, under its lease."""
+    uris = _files(output_root, so)
+    present = {u.rpartition("/")[2]: u for u in uris}
+    removed = 0
+    for uri in uris:
+        if not uri.rpartition("/")[2].startswith("merged-") or uri.rpartition("/")[2] not in present:
+            continue  # not a merge, or one a later merge replaced (deleted just now)
+        fs, path = storage.filesystem(uri, so)
+        metadata = ds.dataset([path], format="parquet", filesystem=fs).schema.metadata or {}
+        for name in json.loads(metadata.get(_REPLACES, b"[]")):
+            if name in present:
+                storage.remove_file(present.pop(name), so)
+                removed += 1
+    return removed + layout.remove_temporaries(state_dir(output_root), so)
 
 
 def _parquet(table: pa.Table) -> bytes:

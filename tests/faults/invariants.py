@@ -195,6 +195,42 @@ def check_not_redone(outcome: Outcome, first: list[dict], second: list[dict]) ->
             outcome.fail("redone", f"{row['image_key']!r} was done, and the rerun gave {row['status']}")
 
 
+def outside_rows(output_root: str, kind: str = "report") -> dict[str, list[tuple]]:
+    """The rows that readers other than dipflow's see under a local output root, read the way README says —
+    DuckDB ``read_parquet('<out>/report/**/*.parquet', hive_partitioning=true)`` and ``pyarrow.dataset`` with hive
+    partitioning —, each reader's as a list of (run_id, image_key) (curves: with the iteration)."""
+    import duckdb
+    import pyarrow.dataset as ds
+
+    folder = Path(output_root) / kind
+    key = ["run_id", "image_key"] + (["iteration"] if kind == "curves" else [])
+    if not any(folder.glob("**/*.parquet")):  # DuckDB refuses a glob that matches nothing
+        return {"duckdb": [], "pyarrow.dataset": []}
+    query = f"SELECT {', '.join(key)} FROM read_parquet('{folder}/**/*.parquet', hive_partitioning=true)"
+    table = ds.dataset(str(folder), format="parquet", partitioning="hive").to_table(columns=key)
+    return {
+        "duckdb": [tuple(r) for r in duckdb.sql(query).fetchall()],
+        "pyarrow.dataset": [tuple(r.values()) for r in table.to_pylist()],
+    }
+
+
+def check_outside_readers(outcome: Outcome, output_root: str, ours: dict[str, list[tuple]], *, all_of_it: bool) -> None:
+    """Outside readers (`outside_rows`) see no row twice and none that dipflow's readers (`ours`: kind → rows) do
+    not; with `all_of_it` (nothing pending any more), every row that dipflow's readers see."""
+    from collections import Counter
+
+    for kind, mine in ours.items():
+        for reader, rows in outside_rows(output_root, kind).items():
+            seen, known = Counter(rows), Counter(mine)
+            twice = sorted(k for k, n in seen.items() if n > 1)
+            if twice:
+                outcome.fail("rows_lost", f"{reader} sees {len(twice)} {kind} row(s) twice, e.g. {twice[0]}")
+            if extra := sorted(set(seen) - set(known)):
+                outcome.fail("rows_lost", f"{reader} sees {kind} rows dipflow does not: {extra[:3]}")
+            if all_of_it and (missing := known - seen):
+                outcome.fail("rows_lost", f"{reader} misses {sum(missing.values())} {kind} row(s) dipflow reads")
+
+
 def check_secret(outcome: Outcome, secret: str, folders: list[Path]) -> None:
     """No file under `folders` holds `secret` (bytes: SQLite databases and Parquet files included)."""
     needle = secret.encode()
