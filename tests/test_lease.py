@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from pipelines import lease, storage
-from pipelines.errors import LeaseHeldError
+from pipelines.errors import LeaseHeldError, LeaseLostError
 from pipelines.reporting import reports
 
 FAST = {"preset": "fast", "iterations": 2, "overrides": {"channels": 8}, "execution": {"executor": "inline"}}
@@ -189,3 +189,29 @@ def test_a_lease_whose_process_on_this_machine_is_gone_is_taken_over_at_once(tmp
     with pytest.raises(LeaseHeldError, match="rerun"):  # this process is alive: its lease holds
         lease.Lease.acquire(out, run_id="third", stale_after=600)
     taken.release()
+
+
+def test_the_chain_takes_the_next_generation_and_a_holder_taken_over_stops(where):
+    """Each take creates the next generation; a released lease stays as the chain's last, so its name is never
+    created again; the winner deletes the generations below it; a holder taken over raises `LeaseLostError`
+    naming the new holder once its heartbeat has seen it, and leaves the new holder's lease alone."""
+    root, so = where
+    out = f"{root}/out"
+    first = lease.Lease.acquire(out, so, run_id="run-1")
+    first.release()
+    assert lease.read_lease(out, so) is None  # released: free
+    second = lease.Lease.acquire(out, so, run_id="run-2", stale_after=60)
+    assert (first.generation, second.generation) == (1, 2)
+    assert [u.rpartition("/")[2] for u in storage.list_files(f"{out}/{lease.LEASE_FOLDER}", so)] == [
+        "000000000002.json"
+    ]
+    second.check()  # still its own: nothing raised
+    breaker = lease.Lease.acquire(out, so, run_id="run-3", break_lease=True, warn=lambda m: None)
+    assert breaker.generation == 3
+    assert second.refresh() is False and second.lost
+    with pytest.raises(LeaseLostError, match=r"taken over by run run-3 on host .*stopped"):
+        second.check()
+    assert LeaseLostError.exit_code == 4
+    second.release()
+    assert lease.read_lease(out, so)["token"] == breaker.token
+    breaker.release()
