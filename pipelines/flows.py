@@ -450,7 +450,7 @@ def _run(
                         run_id=run_id,
                         done=done,
                         record=record,
-                        adopt=sw.add,
+                        adopt=sw.adopt,  # images done earlier, recorded anew: written without waiting
                         storage_options=so,
                         limit=limit,
                     )

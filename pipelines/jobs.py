@@ -255,9 +255,14 @@ def plan_stream(
         plan.listed += len(images)
         clashes = _collisions(images, plan.output, folds=folds, seen=seen)
         for entry in images:
-            if (why := clashes.get(entry.key)) is None and not done.is_done(
-                plan.dataset, c.config_hash, entry.key, entry.fingerprint
+            why = clashes.get(entry.key)
+            if why is None and (
+                done.is_done(plan.dataset, c.config_hash, entry.key, entry.fingerprint)
+                or _done_before_ctime(done, plan, entry, adopt)
             ):
+                plan.done_earlier += 1
+                continue
+            if why is None:
                 try:
                     out = storage.output_uri(plan.output, entry.key)
                 except storage.UnsafeKeyError as exc:
@@ -265,9 +270,6 @@ def plan_stream(
                 else:
                     if (problem := unfit(out)) is not None:
                         why = f"{entry.key}: {problem}; rename the input to restore it"
-            elif why is None:
-                plan.done_earlier += 1
-                continue
             if why is not None:
                 plan.rejected += 1
                 record(error_row(rejected_job(entry, plan, run_id), why, attempts=0))
@@ -340,6 +342,29 @@ def plan_jobs(
     entries = {entry.key: entry for entry in listing.images}
     refused = [(entries[r["image_key"]], r["error"]) for r in rows if r["status"] == "error"]
     return Planned(plan, todo, refused)
+
+
+def _done_before_ctime(done: Any, plan: Plan, entry: storage.ImageEntry, adopt: Callable[[dict], None]) -> bool:
+    """Whether the state holds the image with its fingerprint as recorded before fingerprints held the ctime
+    (`storage.without_ctime`; not with the new one): done — and ``adopt`` records the new fingerprint, so that an
+    output root's first run after the upgrade redoes none of its unchanged images, and the next runs match the new
+    fingerprint. Only an image that is not done under its new fingerprint gets here: a nightly run's unchanged
+    images never do."""
+    old = storage.without_ctime(entry.fingerprint)
+    c = plan.config
+    if old is None or not done.is_done(plan.dataset, c.config_hash, entry.key, old):
+        return False
+    adopt(
+        {
+            "dataset": plan.dataset,
+            "config_hash": c.config_hash,
+            "image_key": entry.key,
+            "input_fingerprint": entry.fingerprint,
+            "output_uri": storage.redact(storage.output_uri(plan.output, entry.key)),
+            "finished_at": utcnow(),
+        }
+    )
+    return True
 
 
 def _done_by_content(job: Job, done: Any, adopt: Callable[[dict[str, Any]], None], so: dict | None) -> bool:

@@ -78,6 +78,7 @@ __all__ = [
     "sha256_hex",
     "split_secret_options",
     "url_secrets",
+    "without_ctime",
     "write_bytes_atomic",
 ]
 
@@ -813,10 +814,12 @@ _BACKEND_KEYS: tuple[tuple[frozenset[str], tuple[str, ...]], ...] = (
     (frozenset({"http", "https"}), ("ETag", "Content-MD5", "Last-Modified")),
     (frozenset({"memory"}), ("created",)),
 )
-_LOCAL_KEYS = ("mtime", "ino")
-_ANY_KEYS = tuple(dict.fromkeys([*_LOCAL_KEYS, *(key for _, keys in _BACKEND_KEYS for key in keys)]))
+_LOCAL_KEYS = ("mtime", "ino", "ctime")  # "ctime": fsspec's "created", which is st_ctime (see `fingerprint`)
+_ANY_KEYS = tuple(dict.fromkeys([*_LOCAL_KEYS[:2], *(key for _, keys in _BACKEND_KEYS for key in keys)]))
+_CTIME = re.compile(r";ctime_ns=\d+")
 _LABELS = {
     "mtime": "mtime_ns",
+    "ctime": "ctime_ns",
     "ETag": "etag",
     "VersionId": "version",
     "md5Hash": "md5",
@@ -826,12 +829,12 @@ _LABELS = {
 
 
 def _fingerprint_value(key: str, info: Mapping[str, Any]) -> str | None:
-    value = info.get(key)
+    value = info.get("created" if key == "ctime" else key)
     if value is None or value == "":
         return None
     if isinstance(value, datetime):
         value = value.timestamp()
-    if key == "mtime":  # float seconds (os.stat's st_mtime as fsspec gives it): nanoseconds to its precision
+    if key in ("mtime", "ctime"):  # float seconds (os.stat's st_mtime as fsspec gives it): nanoseconds to its precision
         return str(round(float(value) * 1e9))
     if isinstance(value, float):
         return f"{value:.6f}"
@@ -846,11 +849,14 @@ def fingerprint(info: Mapping[str, Any], fs: AbstractFileSystem) -> str | None:
 
     What each backend gives, and what a user loses where it gives little:
 
-    - local files: size, mtime (fsspec gives ``st_mtime`` as float seconds: nanoseconds to about a quarter of a
-      microsecond) and inode; a followed symbolic link, its target's. A rewrite in place that keeps the size and
-      puts the old mtime back (``cp -p`` or ``touch -r`` onto the existing file, ``rsync -t --inplace``) is not seen,
-      nor one that keeps the size within one tick of a coarse clock (FAT: 2 s); a file replaced by a rename (an
-      editor's save, plain ``rsync``: a new inode) is. A copied or restored tree is new throughout (new inodes).
+    - local files: size, mtime and ctime (fsspec gives ``st_mtime`` and, as ``created``, ``st_ctime`` as float
+      seconds: nanoseconds to about a quarter of a microsecond) and inode; a followed symbolic link, its target's.
+      A rewrite in place that keeps the size and puts the old mtime back (``cp -p`` or ``touch -r`` onto the existing
+      file, ``rsync -t --inplace``) is seen by its ctime, which no user call sets back; so is a file replaced by a
+      rename (an editor's save, plain ``rsync``: a new inode). A copied or restored tree is new throughout (new
+      inodes). The ctime also moves when only the file's metadata changes (``chmod``, ``chown``, a new hard link):
+      such an image is restored again, a redo, never a miss. Fingerprints recorded before the ctime was part of them
+      (``size=…;mtime_ns=…;ino=…``) still match on those fields (`without_ctime`), once: the run records the new one.
     - s3 (s3fs): size, ETag and, on versioned listings, VersionId. The ETag of a single-part upload is the content's
       MD5, of a multipart one a hash of the parts: the same content uploaded in other parts looks changed (a redo,
       never a miss).
@@ -877,6 +883,14 @@ def fingerprint(info: Mapping[str, Any], fs: AbstractFileSystem) -> str | None:
             labels.add(label)
             parts.append(f"{label}={value}")
     return ";".join(parts) or None
+
+
+def without_ctime(fingerprint: str | None) -> str | None:
+    """A local fingerprint as it was recorded before it held the ctime (its image's, mask's and guide's
+    ``;ctime_ns=…`` taken out); None when it holds none (nothing older to match)."""
+    if fingerprint is None or ";ctime_ns=" not in fingerprint:
+        return None
+    return _CTIME.sub("", fingerprint)
 
 
 def _with_side_inputs(
@@ -919,7 +933,8 @@ def _link(path: str, real_root: str, fs: AbstractFileSystem) -> tuple[str | None
         return _LINK_TO_FOLDER, None
     if not target.startswith(real_root.rstrip(os.sep) + os.sep):
         return "symbolic link to outside the source: not followed", None
-    info = {"size": st.st_size, "mtime": st.st_mtime, "ino": st.st_ino}  # as the target's own info: the same string
+    # As the target's own info (fsspec's "created" is st_ctime): the same fingerprint as the file itself gets.
+    info = {"size": st.st_size, "mtime": st.st_mtime, "ino": st.st_ino, "created": st.st_ctime}
     return None, _Found(st.st_size, fingerprint(info, fs))
 
 

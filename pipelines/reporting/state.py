@@ -59,6 +59,9 @@ STATE_SCHEMA = pa.schema(
 )
 """One row per image restored (``ok``) by a run; the latest per (dataset, config_hash, image_key) holds."""
 
+ADOPT_EVERY = 65_536
+"""`StateWriter.adopt` writes its rows every this many (about 2 MB of Parquet)."""
+
 MERGE_AT = 8
 """A run that ends with more state files than this merges them into one: a nightly run adds one or two files, so the
 state stays a handful of files (what a run reads) and a merge rewrites the state about once a week."""
@@ -243,6 +246,7 @@ class StateWriter:
     def __init__(self, output_root: str, run_id: str, so: dict | None, *, merge_at: int = MERGE_AT) -> None:
         self.output_root, self.run_id, self.so, self.merge_at = output_root, run_id, so, merge_at
         self.buffer: list[dict[str, Any]] = []
+        self.adopted: list[dict[str, Any]] = []  # rows of images done earlier, recorded anew (`adopt`)
         self.seq = 0
         self.files_written = 0
         self.merged: int | None = None  # files merged by close, if it merged
@@ -252,31 +256,46 @@ class StateWriter:
     def add(self, row: Mapping[str, Any]) -> None:
         """One finished image (a report row of status ``ok``)."""
         with self._lock:
-            self.buffer.append(
-                {
-                    "dataset": row["dataset"],
-                    "config_hash": row["config_hash"],
-                    "image_key": row["image_key"],
-                    "input_fingerprint": row.get("input_fingerprint"),
-                    "input_sha256": row.get("input_sha256"),
-                    "output_uri": row.get("output_uri"),
-                    "run_id": self.run_id,
-                    "finished_at": row.get("finished_at") or datetime.now(UTC),
-                }
-            )
+            self.buffer.append(self._row(row))
 
-    def flush(self) -> None:
+    def adopt(self, row: Mapping[str, Any]) -> None:
+        """An image done by an earlier run, recorded anew (matched by content to an old report, or by a fingerprint
+        of the format before the ctime, `jobs.plan_stream`). Its report rows were written by that run, so unlike
+        `add`'s rows these need not wait for the report: every `ADOPT_EVERY` of them are written at once, and a run
+        that adopts 10⁶ images holds no more than that many."""
         with self._lock:
-            if not self.buffer or self.abandoned:
+            self.adopted.append(self._row(row))
+            if len(self.adopted) < ADOPT_EVERY:
                 return
-            table = pa.Table.from_pylist(self.buffer, schema=STATE_SCHEMA)
+        self.flush(adopted_only=True)
+
+    def _row(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            "dataset": row["dataset"],
+            "config_hash": row["config_hash"],
+            "image_key": row["image_key"],
+            "input_fingerprint": row.get("input_fingerprint"),
+            "input_sha256": row.get("input_sha256"),
+            "output_uri": row.get("output_uri"),
+            "run_id": self.run_id,
+            "finished_at": row.get("finished_at") or datetime.now(UTC),
+        }
+
+    def flush(self, *, adopted_only: bool = False) -> None:
+        with self._lock:
+            rows = self.adopted if adopted_only else self.buffer + self.adopted
+            if not rows or self.abandoned:
+                return
+            table = pa.Table.from_pylist(rows, schema=STATE_SCHEMA)
             if self.files_written == 0:  # a reopened run (a retried flow) never overwrites its own earlier files
                 self.seq = max(self.seq, _next_seq(self.output_root, self.run_id, self.so))
             name = f"done-{self.run_id}-{self.seq:05d}.parquet"
             storage.write_bytes_atomic(storage.join(state_dir(self.output_root), name), _parquet(table), self.so)
             self.seq += 1
             self.files_written += 1
-            self.buffer.clear()
+            self.adopted.clear()
+            if not adopted_only:
+                self.buffer.clear()
 
     def abandon(self) -> None:
         """Drop what is buffered and write nothing more, no merge either: the run lost its output root's lease
