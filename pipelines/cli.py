@@ -2,7 +2,8 @@
 
 Exit codes: 0 done; 1 an error (one message on stderr; ``DIPFLOW_DEBUG=1`` shows the traceback); 2 a usage error
 (one line, before anything is read or any engine starts); 3 the run finished but some images failed (they are
-listed); 130 interrupted by Ctrl-C (SIGINT), 143 by SIGTERM (run the same command to resume).
+listed); 4 the run stopped because another run took over its output's lease (one line names it; the output is
+that run's now); 130 interrupted by Ctrl-C (SIGINT), 143 by SIGTERM (run the same command to resume).
 torch, Ray and Prefect are imported inside the commands, so ``--help`` is instant.
 """
 
@@ -439,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("DIPFLOW_DEBUG"):
             traceback.print_exc()
         print(f"dipflow: error: {_message(exc)}", file=sys.stderr)
-        return 1
+        return exc.exit_code if isinstance(exc, PipelineError) else 1
 
 
 class Terminated(KeyboardInterrupt):

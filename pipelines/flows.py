@@ -121,10 +121,12 @@ def restore_images(
     on_result: Callable[[JobOutcome], None],
     *,
     local_only: bool = False,
+    check: Callable[[], None] | None = None,
 ) -> RunStats:
     """Restore the jobs of the stream `todo` on Ray actors, or in this process (``executor="inline"``, or
     memory:// storage — `local_only` — with "auto"), calling `on_result` on the driver for each finished image;
-    returns the workers' `RunStats`. Not retried as a task: the driver loop retries each job whose worker died."""
+    returns the workers' `RunStats`. Not retried as a task: the driver loop retries each job whose worker died.
+    `check` is called between jobs: what it raises (the run's lease lost) stops them."""
     from pipelines.execution import workers
 
     if execution.executor == "ray" and local_only:
@@ -136,8 +138,8 @@ def restore_images(
         why = "memory:// is private to it" if local_only else "executor=inline"
         _logger().info("running the jobs in this process (%s)", why)
         restorer = workers.Restorer(storage_options, engine=_engine(execution))
-        return workers.run_inline(todo, restorer=restorer, on_result=on_result, pack=execution.pack)
-    return _on_ray(todo, execution, storage_options, on_result)
+        return workers.run_inline(todo, restorer=restorer, on_result=on_result, pack=execution.pack, check=check)
+    return _on_ray(todo, execution, storage_options, on_result, check)
 
 
 # ------------------------------------------------------------------------------------------------------ flows
@@ -197,7 +199,7 @@ def restore_dataset(
     inside = storage.check_output_root(output, source, so, side_inputs=[mask_dir])  # before anything is written
     storage.check_writable(output, so)  # before any listing or fit: an output it cannot write costs only this
     run_id = _new_run_id()
-    with _lease(output, so, run_id, break_lease, lease_stale_after):
+    with _lease(output, so, run_id, break_lease, lease_stale_after) as held:
         if inside:
             _logger().info("the output lies inside the source: its files are never taken as inputs")
         plan = Plan(
@@ -221,6 +223,7 @@ def restore_dataset(
             overwrite=overwrite,
             title=f"restoring ({task})",
             artifact="restore-dataset",
+            held=held,
         )
 
 
@@ -283,7 +286,7 @@ def evaluate(
         "runs": runs,
         "classical": classical,
     }
-    with _lease(output, so, run_id, break_lease, lease_stale_after):
+    with _lease(output, so, run_id, break_lease, lease_stale_after) as held:
         return _run(
             run_id,
             _evaluation_sources(benchmarks, sources, output=output, so=so, settings=settings),
@@ -296,6 +299,7 @@ def evaluate(
             overwrite=overwrite,
             title="evaluating",
             artifact="evaluate",
+            held=held,
         )
 
 
@@ -335,9 +339,15 @@ def _check_datasets(benchmarks: list[str], datasets: list[str], output: str, so:
 
 
 @contextlib.contextmanager
-def _lease(output: str, so: dict | None, run_id: str, break_lease: bool, stale_after: float) -> Iterator[None]:
-    """The run's lease on its output root, held until the run ends however it ends (`pipelines.lease`)."""
+def _lease(output: str, so: dict | None, run_id: str, break_lease: bool, stale_after: float) -> Iterator[lease.Lease]:
+    """The run's lease on its output root, held until the run ends however it ends (`pipelines.lease`); a takeover
+    is said on the watcher's console too (one line), not only in the flow's log."""
     logger = _logger()
+
+    def warn(message: str) -> None:
+        logger.warning(message)
+        progress.note(message)
+
     with lease.hold(
         output,
         so,
@@ -345,9 +355,9 @@ def _lease(output: str, so: dict | None, run_id: str, break_lease: bool, stale_a
         flow_run_id=_flow_run_id(),
         stale_after=stale_after,
         break_lease=break_lease,
-        warn=logger.warning,
+        warn=warn,
     ) as held:
-        yield
+        yield held
     if held.lost:
         logger.error("run %s lost its lease on %s to another run while it ran", run_id, storage.redact(output))
 
@@ -396,6 +406,7 @@ def _run(
     title: str,
     artifact: str,
     overwrite: bool = False,
+    held: lease.Lease | None = None,
 ) -> dict[str, Any]:
     """List, skip what is done, run the rest — streaming: the first job is dispatched while the listing goes on —,
     append every row to the report as it arrives, record what is done in the state, write the run's summary row and
@@ -431,6 +442,7 @@ def _run(
         ):
 
             def record(row: dict[str, Any], curves: list[dict[str, Any]] = ()) -> None:  # type: ignore[assignment]
+                check()
                 written = writer.rows_written
                 writer.append({**row, "flow_run_id": flow_run_id}, curves)  # flushed together
                 if row["status"] == "ok":
@@ -441,6 +453,12 @@ def _run(
                 if row["status"] == "error":
                     key, error = row["image_key"], str(row.get("error"))
                     logger.warning("failed: %s", error if error.startswith(key) else f"{key}: {error}")
+
+            def check() -> None:  # another run took the output root over: not one more write, not even a flush
+                if held is not None and held.lost:
+                    writer.abandon()
+                    sw.abandon()
+                    held.check()
 
             def planned() -> Iterator[Job]:
                 for plan, chunks in zip(plans, listings, strict=True):
@@ -468,16 +486,19 @@ def _run(
                         so,
                         lambda o: record(o.row, o.curves),
                         local_only=local_only,
+                        check=check,
                     )
             finally:
                 progress.finished()
                 tracker.close()
+            check()  # before the writers close: a lost run neither commits its report nor merges the state
         outcome = "finished"
     except Exception as exc:
         outcome, failure = "failed", storage.redact(str(exc) or type(exc).__name__)
         raise
     finally:
-        _write_runs(output, so, run_id, flow_run_id, plans, tracker, clock, stats, outcome, failure, logger)
+        if held is None or not held.lost:  # the runs table is the output root's, hence the new holder's
+            _write_runs(output, so, run_id, flow_run_id, plans, tracker, clock, stats, outcome, failure, logger)
     for plan in plans:
         if plan.not_images:
             shown = ", ".join(f"{k} ({why})" for k, why in plan.not_images_shown[:5])
@@ -614,7 +635,13 @@ def _engine(ex: Execution) -> Any:
     return dipcore.EngineOptions(autocast=autocast(ex.precision), compile=compile_net(ex.compile))
 
 
-def _on_ray(todo: Iterable[Job], ex: Execution, so: dict | None, on_result: Callable[[JobOutcome], None]) -> RunStats:
+def _on_ray(
+    todo: Iterable[Job],
+    ex: Execution,
+    so: dict | None,
+    on_result: Callable[[JobOutcome], None],
+    check: Callable[[], None] | None = None,
+) -> RunStats:
     """`todo` on a pool of Ray actors sized for the cluster (a private local Ray when no address is given)."""
     from pipelines.execution import workers
 
@@ -647,6 +674,7 @@ def _on_ray(todo: Iterable[Job], ex: Execution, so: dict | None, on_result: Call
                 timeout=ex.job_timeout,
                 pack=ex.pack,
                 log=lambda message: logger.warning(storage.redact(message)),  # its reasons may quote a URL
+                check=check,
             )
         finally:
             pool.shutdown()
