@@ -728,6 +728,10 @@ def _finish(summary: dict[str, Any], args: argparse.Namespace) -> int:
             print(f"  {f['dataset']}/{f['key']}: {f['reason']}", file=sys.stderr)
         if summary["not_images"] > len(shown):
             print(f"  … and {summary['not_images'] - len(shown)} more (see the flow's log)", file=sys.stderr)
+    if summary.get("unlisted_outputs"):  # outputs of deleted or renamed inputs: kept, and said once
+        from pipelines.jobs import unlisted_line
+
+        print(unlisted_line(summary["unlisted_outputs"]), file=sys.stderr)
     if not_restored:
         print(f"{len(not_restored)} image(s) not restored (skipped rows in the report):", file=sys.stderr)
         for f in not_restored:

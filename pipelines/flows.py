@@ -504,6 +504,8 @@ def _run(
             shown = ", ".join(f"{k} ({why})" for k, why in plan.not_images_shown[:5])
             more = " …" if plan.not_images > 5 else ""
             logger.warning("%s: %d file(s) are not images: %s%s", plan.dataset, plan.not_images, shown, more)
+        if plan.unlisted:
+            logger.warning("%s: %s", plan.dataset, jobs.unlisted_line(plan.unlisted))
     return _publish(run_id, flow_run_id, output, so, plans, tracker, artifact, logger)
 
 
@@ -618,6 +620,7 @@ def _write_runs(
             "seconds": seconds,
             "seconds_to_first_dispatch": first,
             "seconds_listing": p.listing_seconds,
+            "unlisted_outputs": p.unlisted,
         }
         for p in plans
     ]
@@ -830,6 +833,7 @@ def _publish(
         "skipped": skipped,
         "done_earlier": tracker.earlier,
         "not_images": not_images,
+        "unlisted_outputs": sum(p.unlisted or 0 for p in plans),
         "not_images_shown": [
             {"dataset": p.dataset, "key": key, "reason": why} for p in plans for key, why in p.not_images_shown
         ],

@@ -48,6 +48,7 @@ __all__ = [
     "rejected_job",
     "run_config",
     "skipped_row",
+    "unlisted_line",
     "utcnow",
     "with_headers",
 ]
@@ -143,6 +144,7 @@ class Plan:
     not_images_shown: list[tuple[str, str]] = field(default_factory=list)  # the first `SHOWN` (key, reason)
     listing_seconds: float | None = None  # from the run's start to the end of this dataset's listing
     owner: ownership.Owner | None = None  # the leased output root its outputs are marked with (None: unmarked)
+    unlisted: int | None = None  # outputs of images restored earlier that this listing no longer holds (None: unknown)
 
     SHOWN = 20
 
@@ -150,6 +152,14 @@ class Plan:
     def empty(self) -> bool:
         """Nothing image-like was listed: the run refuses it (`flows`), saying what the source holds instead."""
         return self.listed == 0
+
+
+def unlisted_line(n: int) -> str:
+    """What a run says, in one line, of the outputs of images it no longer lists (`Plan.unlisted`)."""
+    return (
+        f"{n} output(s) belong to images that earlier runs restored and this run did not list (inputs deleted, "
+        "renamed or left out by --glob); they are kept"
+    )
 
 
 def utcnow() -> datetime:
@@ -238,6 +248,7 @@ def plan_stream(
     folds = storage.folds_case(plan.output, storage_options)
     unfit = storage.name_check(plan.output, storage_options)  # an output the store cannot name fails before its fit
     owner = plan.owner
+    owned_listed = 0  # listed images whose outputs earlier runs wrote: the rest of those outputs are unlisted
     seen: set[str] = set()  # folded output names, only where the filesystem folds case (names of other folders)
     c = plan.config
     config_json = c.config_json
@@ -261,7 +272,10 @@ def plan_stream(
                 or _done_before_ctime(done, plan, entry, adopt)
             ):
                 plan.done_earlier += 1
+                owned_listed += 1
                 continue
+            owned = done.owns(plan.dataset, entry.key)
+            owned_listed += owned
             if why is None:
                 try:
                     out = storage.output_uri(plan.output, entry.key)
@@ -292,7 +306,7 @@ def plan_stream(
                 packable=c.packable,
                 classical=c.classical,
                 provenance=owner.provenance(out) if owner else None,
-                replace=owner is not None and (owner.overwrite or done.owns(plan.dataset, entry.key)),
+                replace=owner is not None and (owner.overwrite or owned),
             )
             if _done_by_content(job, done, adopt, storage_options):
                 plan.done_earlier += 1
@@ -302,6 +316,8 @@ def plan_stream(
             yield job
         if limit is not None and plan.listed >= limit:
             return
+    if (total := done.owned_count(plan.dataset)) is not None:
+        plan.unlisted = max(0, total - owned_listed)
 
 
 @dataclass

@@ -78,7 +78,8 @@ __all__ = [
 # notes of an ok row, what its output could not keep of its input (dipcore.encode_like).
 REPORT_VERSION = "4"
 STATUSES = ("ok", "error", "skipped")
-LATEST_KEY = ("dataset", "image_key", "config_hash", "input_sha256")  # one image under one configuration
+# One image under one configuration: an input changed since (another input_sha256) is the same image, restored again.
+LATEST_KEY = ("dataset", "image_key", "config_hash")
 
 _UTC_US = pa.timestamp("us", tz="UTC")
 
@@ -594,7 +595,8 @@ def read_curves(
 
 
 def latest_rows(table: pa.Table) -> pa.Table:
-    """The latest row per (dataset, image_key, config_hash, input_sha256), in table order.
+    """The latest row per (dataset, image_key, config_hash), in table order: an image whose input changed between
+    runs is one image (its latest row), not one per version of the input.
 
     Latest = greatest `finished_at` (nulls earliest), ties broken by position in the table. A ``skipped`` row (a
     resumed run passing over a finished image) never hides an ``ok`` or ``error`` row of the same image.
@@ -622,7 +624,7 @@ def completed_keys(source: str | pa.Table, storage_options: dict | None = None) 
     """(input_sha256, config_hash) of every image whose latest row (see `latest_rows`) is ``ok`` — what a resumed
     run may skip. `source` is an output root (all runs under it are read) or a report table."""
     if isinstance(source, str):  # only what decides, and no "skipped" row (it never hides an ok or error one)
-        columns = [*LATEST_KEY, "status", "finished_at"]
+        columns = [*LATEST_KEY, "input_sha256", "status", "finished_at"]
         table = read_report(source, storage_options, columns=columns, filter=ds.field("status") != "skipped")
     else:
         table = source

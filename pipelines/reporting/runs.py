@@ -62,6 +62,12 @@ RUNS_SCHEMA = pa.schema(
             "when its listing ended, from the run's start (drawn as jobs go out: not its duration)",
         ),
         _f("report_version", pa.string(), "the report schema version the run wrote", nullable=False),
+        _f(
+            "unlisted_outputs",
+            pa.int64(),
+            "outputs of images an earlier run restored that this run did not list (deleted or renamed inputs, or "
+            "left out by a glob); kept, never deleted. Null: not counted (a run with --limit, a root without state)",
+        ),
     ],
     metadata={"dipflow.report_version": reports.REPORT_VERSION, "dipflow.schema": "runs"},
 )

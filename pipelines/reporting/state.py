@@ -209,7 +209,7 @@ class DoneState:
         return state
 
     def _load_legacy(self, output_root: str, so: dict | None, where: ds.Expression) -> None:
-        columns = [*reports.LATEST_KEY, "status", "finished_at"]
+        columns = [*reports.LATEST_KEY, "input_sha256", "status", "finished_at"]
         table = reports.read_report(output_root, so, columns=columns, filter=where & (ds.field("status") != "skipped"))
         latest = reports.latest_rows(table)
         ok = pc.and_(pc.equal(latest.column("status"), "ok"), pc.is_valid(latest.column("input_sha256")))
@@ -230,6 +230,12 @@ class DoneState:
         if keys is not None and (i := int(np.searchsorted(keys, kd))) < len(keys) and keys[i] == kd:
             return True
         return any(key in rows for (d, _), rows in self.legacy.items() if d == dataset)
+
+    def owned_count(self, dataset: str) -> int | None:
+        """How many images of `dataset` runs into this root restored, under any settings (None: the root has no
+        state to say it)."""
+        keys = self.owned.get(dataset)
+        return None if keys is None else len(keys)
 
     def legacy_sha256(self, dataset: str, config_hash: str, key: str) -> str | None:
         """The content hash of an image done according to an old report only (see the module)."""
