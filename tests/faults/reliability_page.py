@@ -26,7 +26,7 @@ COUNTS = (
     ("expected_missed", "ended otherwise than required"),
     ("fidelity_lost", "depth, alpha or colour lost"),
 )
-GROUPS = ("bad input", "hostile name", "symbolic link", "image mode", "storage fault", "process fault")
+GROUPS = ("bad input", "hostile name", "symbolic link", "image mode", "storage fault", "process fault", "crash point")
 
 
 def read_ledger(path: Path) -> tuple[dict, list[dict]]:

@@ -8,6 +8,7 @@ from pathlib import Path
 from bad_files import BAD_FILES, HOSTILE_NAMES, SYMLINKS
 from image_modes import modes
 from reliability_page import read_ledger, render
+from test_crash_points import CASES as CRASH_CASES
 from test_lease_faults import CONTENDERS
 from test_processes import SIGNALS
 from test_storage_faults import FAULTS
@@ -35,5 +36,7 @@ def test_the_ledger_holds_every_case_of_the_suite_and_each_passed():
     expected |= {(f"lease raced by {CONTENDERS} runs", backend) for backend in ("local", "s3")}
     expected |= {("lease taken over mid-run", backend) for backend in ("memory:// + Prefect", "local + Ray + Prefect")}
     expected |= {(f"mode: {m.key}", "local") for m in modes()}
+    expected |= {(case, "local + Prefect") for case in CRASH_CASES}
+    expected |= {("dipflow restore SIGKILLed inside its commit", "local + Ray + Prefect")}
     assert not expected - recorded, f"not in the ledger (run `make reliability`): {sorted(expected - recorded)}"
     assert all(o["passed"] for o in outcomes), [o["case"] for o in outcomes if not o["passed"]]
