@@ -23,9 +23,10 @@ What each store gives (`storage.create_exclusive`):
 
 - local files and POSIX shared filesystems: a hard link that fails when the name exists — atomic (NFS: a
   retransmitted link that says "exists" after it succeeded is recognised by the token read back);
-- S3: a PUT with ``If-None-Match: *`` (s3fs ``mode="create"``), atomic on AWS S3; the moto server honours it (tested
-  with racing processes); an S3-compatible store that ignores the header lets the last writer win, and the
-  read-back of the token then refuses the others unless both read before either wrote;
+- S3: a PUT with ``If-None-Match: *`` (s3fs ``mode="create"``), atomic on AWS S3 (a PUT racing another for the
+  name may get 409 ConditionalRequestConflict: it lost); the moto server honours it (tested with racing processes);
+  an S3-compatible store that ignores the header lets the last writer win, and the read-back of the token then
+  refuses the others unless both read before either wrote;
 - memory://: a check then a write, in one process;
 - elsewhere (GCS, Azure, sftp …): a best effort — a check, a write, and the read-back.
 
@@ -235,7 +236,11 @@ class Lease:
             lease = cls(output, storage_options, {**payload, "generation": top + 1}, heartbeat=beat)
             # Read back: a store that ignored the condition, or a best-effort one, keeps the last writer's; on NFS a
             # retransmitted link may say "exists" although it was ours.
-            storage.create_exclusive(lease.uri, lease._encode(), storage_options)
+            try:
+                storage.create_exclusive(lease.uri, lease._encode(), storage_options)
+            except storage.StorageError as exc:  # S3's 409: a conditional PUT racing another for the name
+                if "ConditionalRequestConflict" not in str(exc):
+                    raise
             if lease._mine():
                 if why is not None:
                     warn(f"taking over the lease on {storage.redact(output)} ({why}) from {_describe(held)}")

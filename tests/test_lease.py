@@ -215,3 +215,19 @@ def test_the_chain_takes_the_next_generation_and_a_holder_taken_over_stops(where
     second.release()
     assert lease.read_lease(out, so)["token"] == breaker.token
     breaker.release()
+
+
+def test_a_conditional_put_that_lost_a_race_409_is_refused_naming_the_winner(tmp_path, monkeypatch):
+    """AWS S3 answers a conditional PUT racing another for the same name with 409 ConditionalRequestConflict: that
+    run lost the race, and is refused naming the winner (not failed with a storage error)."""
+    out = str(tmp_path / "out")
+    real = storage.create_exclusive
+
+    def racing(uri, data, so=None):  # the other run's PUT lands first; ours gets 409
+        monkeypatch.setattr(storage, "create_exclusive", real)
+        lease.Lease.acquire(out, run_id="winner")
+        raise storage.StorageError(f"writing {uri} failed: ConditionalRequestConflict (HTTP 409)")
+
+    monkeypatch.setattr(storage, "create_exclusive", racing)
+    with pytest.raises(LeaseHeldError, match="run winner"):
+        lease.Lease.acquire(out, run_id="loser")
