@@ -82,12 +82,12 @@ FAULTS = (
     StorageFault(
         "write: report part reset once",
         "the first write of a report part is reset",
-        ({"op": "write", "path": "*/out/report/*", "error": "reset", "times": 1},),
+        ({"op": "write", "path": "*/out/_dipflow/pending/report/*", "error": "reset", "times": 1},),
     ),
     StorageFault(
         "write: curves part throttled once",
         "the first write of a curves part answers 503",
-        ({"op": "write", "path": "*/out/curves/*", "error": "throttle", "times": 1},),
+        ({"op": "write", "path": "*/out/_dipflow/pending/curves/*", "error": "throttle", "times": 1},),
     ),
     StorageFault(
         "write: HTML report refused",
