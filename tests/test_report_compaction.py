@@ -310,3 +310,27 @@ def test_memory_filesystem_compacts_too():
         w.append(row("b.png"))
     assert names(out, "report", "m") == ["compacted-00000-00001.parquet"]
     assert reports.read_report(out).column("image_key").to_pylist() == ["a.png", "b.png"]
+
+
+def test_a_reader_listing_while_another_process_commits_the_run_sees_each_row_once(tmp_path, monkeypatch):
+    """`dipflow report` reading while the run commits: whatever lands between its two listings, each row once."""
+    from pipelines.reporting import layout
+
+    out = str(tmp_path)
+    w = ReportWriter(out, "r", flush_every=1)
+    for i in range(3):
+        w.append(row(f"{i}.png"))
+    listed, files = [], layout.files
+
+    def commit_between_the_listings(folder, so):
+        found = files(folder, so)
+        listed.append(folder)
+        if len(listed) == 1:  # the reader's first listing is done: the writer commits now
+            w.close()
+        return found
+
+    monkeypatch.setattr(layout, "files", commit_between_the_listings)
+    keys = reports.read_report(out).column("image_key").to_pylist()
+    monkeypatch.undo()
+    assert "_dipflow" in listed[0] and names(out, "report", "r") == ["compacted-00000-00002.parquet"]
+    assert sorted(keys) == ["0.png", "1.png", "2.png"]

@@ -540,8 +540,10 @@ def _read(
     columns: Sequence[str] | None,
 ) -> pa.Table:
     base = storage.join(output_root, kind)
-    committed = layout.files(layout.committed_dir(output_root, kind, run_id), storage_options)
+    # Pending first: a commit writes its file before it deletes the parts, so a listing of both taken while another
+    # process commits finds every row in one or the other (or both: `live` keeps one).
     pending = layout.files(layout.pending_dir(output_root, kind, run_id), storage_options)
+    committed = layout.files(layout.committed_dir(output_root, kind, run_id), storage_options)
     uris = layout.live(committed, pending)
     if run_id is not None:
         by_run = ds.field("run_id") == run_id
