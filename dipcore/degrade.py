@@ -74,9 +74,33 @@ def compress_jpeg(image: np.ndarray, *, quality: int) -> np.ndarray:
     return _from_pil(Image.open(buf))
 
 
+MASK_CHANNEL_TOLERANCE = 1 / 16
+"""How far an RGB mask's channels may differ at a pixel (a fraction of the range: JPEG's colour noise on a grey mask
+stays well within it) and still be one grey."""
+
+
 def binary_mask(mask: Any) -> np.ndarray:
-    """H×W float32 of 0/1 from a mask image or array: white (mean over channels above one half) = known pixel."""
-    return (to_float_image(mask).mean(axis=2) > 0.5).astype(np.float32)
+    """H×W float32 of 0/1 from a mask image or array: white (above one half of the range) = known pixel, black =
+    missing.
+
+    What a mask may be: grey at any depth (a 1-bit, 8-bit or 16-bit image; an ``H×W`` or ``H×W×1`` array), or RGB
+    whose channels agree (a grey mask saved as colour: within `MASK_CHANNEL_TOLERANCE` at every pixel); an alpha
+    channel is ignored. Refused with `ConfigError`: RGB whose channels differ (a coloured drawing: which colour
+    would mark the known pixels?), and a mask without any known pixel (all black: nothing to restore from).
+    """
+    m = to_float_image(mask)
+    if m.shape[2] == 3 and float(np.ptp(m, axis=2).max(initial=0.0)) > MASK_CHANNEL_TOLERANCE:
+        raise ConfigError(
+            "the mask is in colour (its red, green and blue differ): a mask is grey — white marks a known pixel, "
+            "black a missing one"
+        )
+    known = m.mean(axis=2) > 0.5
+    if not known.any():
+        raise ConfigError(
+            "the mask is all black: no pixel is known, so there is nothing to restore from (white marks a known "
+            "pixel, black a missing one)"
+        )
+    return known.astype(np.float32)
 
 
 def bernoulli_mask(height: int, width: int, *, drop: float, seed: int) -> np.ndarray:

@@ -136,17 +136,22 @@ def observe(job: Job, image: Any, read_image: Callable[[str], Any]) -> tuple[Any
     """
     import dipcore
     from dipcore import center_crop_to_multiple
+    from dipcore.degrade import binary_mask
 
     s = job.synthesis
     if s is None:
         side = {}
         if job.mask_uri:
-            side["mask"] = read_image(job.mask_uri)
+            try:  # checked here, before the fit: a mask that is no mask fails its own job only
+                side["mask"] = binary_mask(read_image(job.mask_uri))
+            except dipcore.ConfigError as exc:
+                raise dipcore.ConfigError(f"{job.key}: its mask {job.mask_uri.rpartition('/')[2]}: {exc}") from None
         if job.guide_uri:
             side["guide"] = read_image(job.guide_uri)
         for name in dipcore.get_task(job.task).side_inputs:
             if name not in side:
-                raise dipcore.ConfigError(f"no {name} for {job.key}: {_SIDE_INPUT_HINTS[name]}")
+                stem = job.key.rpartition("/")[2].rpartition(".")[0] or job.key
+                raise dipcore.ConfigError(f"no {name} for {job.key}: {_SIDE_INPUT_HINTS[name].format(stem=stem)}")
         truth = read_image(job.reference_uri) if job.reference_uri else None
         return image, truth, side
     clean = _crop_square(image, s.crop_size) if s.crop_size else image
@@ -159,8 +164,9 @@ def observe(job: Job, image: Any, read_image: Callable[[str], Any]) -> tuple[Any
 
 # How a plain run finds each side input a task needs (pipelines.storage.list_images).
 _SIDE_INPUT_HINTS = {
-    "mask": "put <name>_mask.png beside it or pass a mask folder",
-    "guide": "put <name><SUFFIX>.png beside it and pass --guide-suffix SUFFIX",
+    "mask": "none named {stem}_mask.<ext> beside it, nor {stem}.<ext> or {stem}_mask.<ext> at its place in a mask "
+    "folder (--mask-dir); white marks a known pixel",
+    "guide": "put {stem}<SUFFIX>.png beside it and pass --guide-suffix SUFFIX",
 }
 
 
