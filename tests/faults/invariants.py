@@ -143,10 +143,12 @@ def check_outputs(
     storage_options: dict | None = None,
     *,
     hidden_temporaries_allowed: bool = False,
+    kept: frozenset[str] = frozenset(),
 ) -> None:
     """Every file under the output root is a run's own (report, curves, HTML) or an ``ok`` row's output that decodes
     in full; no temporary file stays (a hidden one is only noted where `hidden_temporaries_allowed`: a process killed
-    inside a write leaves it, and readers skip names that start with ".")."""
+    inside a write leaves it, and readers skip names that start with "."). `kept`: paths under the root (relative)
+    of files that are not the run's, which it must leave as they are (the caller compares their bytes)."""
     claimed = {_path(row["output_uri"]) for row in rows if row["status"] in ("ok", "skipped") and row["output_uri"]}
     root = _path(output_root).rstrip("/") + "/"
     for url in storage.list_files(output_root, storage_options):
@@ -158,7 +160,7 @@ def check_outputs(
                 outcome.notes.append(f"a hidden temporary file stays: {rel!r}")
             else:
                 outcome.fail("partial_files", f"temporary file left: {rel!r}")
-        elif rel.startswith(RUN_FOLDERS):
+        elif rel.startswith(RUN_FOLDERS) or rel in kept:
             continue
         elif path not in claimed:
             outcome.fail("outputs_corrupt", f"an output no ok row claims: {rel!r}")
