@@ -256,10 +256,12 @@ def _by_run(uris: Iterable[str]) -> dict[str, list[str]]:
     return runs
 
 
-def remove_temporaries(folder: str, storage_options: dict | None) -> int:
+def remove_temporaries(folder: str, storage_options: dict | None, *, listing: Sequence[str] | None = None) -> int:
     """Delete the hidden temporary files (``.<name>.<random>.tmp``) that a process killed inside
-    `storage.write_bytes_atomic` left under `folder`; how many. Only while no one else writes there (the lease)."""
-    found = [u for u in storage.list_files(folder, storage_options) if _TEMPORARY.fullmatch(_name(u))]
+    `storage.write_bytes_atomic` left under `folder` (or in its `listing`, when the caller has it); how many. Only
+    while no one else writes there (the lease)."""
+    listing = storage.list_files(folder, storage_options) if listing is None else listing
+    found = [u for u in listing if _TEMPORARY.fullmatch(_name(u))]
     for uri in found:
         storage.remove_file(uri, storage_options)
     return len(found)
@@ -273,8 +275,9 @@ def recover(
     a run does first, under the output root's lease: never while another writer writes there."""
     so, out = storage_options, {}
     for kind, schema in schemas.items():
-        committed = files(committed_dir(output_root, kind), so)
-        pending = files(pending_dir(output_root, kind), so)
+        bases = committed_dir(output_root, kind), pending_dir(output_root, kind)
+        listed = [storage.list_files(base, so) for base in bases]  # once each: Parquet files and temporaries
+        committed, pending = (sorted((u for u in found if u.endswith(".parquet")), key=_order) for found in listed)
         taken = set(live(committed, pending))
         todo = {run_of(u) for u in pending} | {run_of(u) for u in committed if u not in taken}
         committed_runs, pending_runs = _by_run(committed), _by_run(pending)
@@ -282,7 +285,8 @@ def recover(
         for run in sorted(r for r in todo if r is not None and _RUN_ID.fullmatch(r)):
             mine = committed_runs.get(run, []), pending_runs.get(run, [])
             done += commit(output_root, kind, run, schema, so, max_rows, committed=mine[0], pending=mine[1])
-        temporaries = remove_temporaries(committed_dir(output_root, kind), so)
-        temporaries += remove_temporaries(pending_dir(output_root, kind), so)
+        temporaries = sum(
+            remove_temporaries(base, so, listing=found) for base, found in zip(bases, listed, strict=True)
+        )
         out[kind] = done + Compaction(removed=temporaries)
     return out
