@@ -144,7 +144,7 @@ def observe(job: Job, image: Any, read_image: Callable[[str], Any]) -> tuple[Any
         if job.mask_uri:
             try:  # checked here, before the fit: a mask that is no mask fails its own job only
                 side["mask"] = binary_mask(read_image(job.mask_uri))
-            except dipcore.ConfigError as exc:
+            except dipcore.DipcoreError as exc:  # not a mask, or no image at all: say it is the mask
                 raise dipcore.ConfigError(f"{job.key}: its mask {job.mask_uri.rpartition('/')[2]}: {exc}") from None
         if job.guide_uri:
             side["guide"] = read_image(job.guide_uri)

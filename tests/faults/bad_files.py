@@ -178,6 +178,7 @@ HOSTILE_NAMES: tuple[tuple[str, Literal["ok", "error"]], ...] = (
     ("colon:name.png", "ok"),
     ("UPPER.PNG", "ok"),
     ("x" * 200 + ".png", "ok"),
+    ("n" * 251 + ".png", "ok"),  # 255 bytes, as long as most filesystems hold: its temporary name must not be longer
 )
 
 
