@@ -16,9 +16,10 @@ import os
 import signal
 import sys
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from pipelines import signals
 from pipelines.errors import CLIError, PipelineError, UsageError
 
 if TYPE_CHECKING:
@@ -421,55 +422,78 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not hasattr(args, "func"):
-        parser.print_help(sys.stderr)
-        return 2
-    try:
-        with _sigterm_as_interrupt():
-            return args.func(args)
-    except KeyboardInterrupt as exc:
-        how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
-        print(f"dipflow: {how}; run the same command again to resume", file=sys.stderr)
-        return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
-    except UsageError as exc:  # found by a command's checks before it reads or runs anything: as argparse's own
-        print(_usage_line(str(exc), args.command_prog), file=sys.stderr)
-        return 2
-    except Exception as exc:  # noqa: BLE001 - one clear message; tracebacks only on request
-        if os.environ.get("DIPFLOW_DEBUG"):
-            traceback.print_exc()
-        print(f"dipflow: error: {_message(exc)}", file=sys.stderr)
-        return exc.exit_code if isinstance(exc, PipelineError) else 1
+    late = _AfterMain() if argv is None else None  # the command line: the process's end is a moment of it too
+    code = _main(argv, late)
+    if late is not None:
+        late.code = code
+    return code
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread: a KeyboardInterrupt, so it unwinds what Ctrl-C unwinds (the flow run is
-    marked crashed, the Ray session shut down, the rows written so far kept for the next run to resume from)."""
+def _main(argv: list[str] | None, late: _AfterMain | None) -> int:
+    with signals.sigterm_as_interrupt(sigint=True, forward=False) as got:  # before anything else: start-up is one
+        parser = build_parser()
+        try:
+            args = parser.parse_args(argv)
+            if not hasattr(args, "func"):
+                parser.print_help(sys.stderr)
+                return 2
+            code = args.func(args)
+        except UsageError as exc:  # found by a command's checks before it reads or runs anything: as argparse's own
+            code = _usage_line(str(exc), args.command_prog), 2
+        except BaseException as exc:  # one clear message; tracebacks only on request
+            if got.first is None and not isinstance(exc, Exception):
+                raise
+            if got.first is None:
+                if os.environ.get("DIPFLOW_DEBUG"):
+                    traceback.print_exc()
+                code = f"dipflow: error: {_message(exc)}", exc.exit_code if isinstance(exc, PipelineError) else 1
+        # Whatever a library made of a signal (Prefect's TerminationSignal, Ray's KeyboardInterrupt, a swallowed
+        # one), the signal decides the exit.
+        if got.first is not None:
+            if late is not None:
+                late.said = True
+            return _stopped(got.first)
+    if isinstance(code, tuple):
+        print(code[0], file=sys.stderr)
+        return code[1]
+    return code
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM raises `Terminated` (once: one more during the unwinding is ignored). Prefect's flow engine puts its
-    own handler first while a flow runs and hands the signal back to this one; `workers.start_ray` keeps it past
-    ``ray.init``, whose native handler would abort the process with a stack dump."""
-    raised = False
+def _stopped(signum: int) -> int:
+    """The one line and the exit code of a command stopped by `signum`."""
+    how = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
+    print(f"dipflow: {how}; run the same command again to resume", file=sys.stderr)
+    return EXIT_TERMINATED if signum == signal.SIGTERM else EXIT_INTERRUPTED
 
-    def terminate(signum: int, frame: Any) -> None:
-        nonlocal raised
-        if not raised:
-            raised = True
-            raise Terminated
 
-    try:
-        previous = signal.signal(signal.SIGTERM, terminate)
-    except ValueError:  # not the main thread: signals stay as they are
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+class _AfterMain:
+    """After `main` returns, the interpreter still stops Prefect's server and Ray (their atexit hooks: seconds) and
+    then tears itself down, resetting signal handlers to the default (death by SIGTERM, no line). A SIGTERM or
+    SIGINT after `main` is recorded (the handlers set here are the ones `main`'s own give back), and the last atexit
+    hook — registered first, run last — ends the process there: 143 or 130 with the one line (unless `main` said
+    it already), else `main`'s own code."""
+
+    def __init__(self) -> None:
+        import atexit
+
+        self.received, self.said, self.code = signals.Received(), False, None
+        with contextlib.suppress(ValueError):  # not the main thread: signals stay as they are
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, lambda signum, frame: self.received.signals.append(signum))
+        atexit.register(self.finish)
+
+    def finish(self) -> None:
+        code = self.code
+        if self.received.first is not None and not self.said:
+            code = _stopped(self.received.first)
+        if code is None:  # main did not return (an exception's traceback): the interpreter ends as usual
+            return
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+Terminated = signals.Terminated  # SIGTERM as a KeyboardInterrupt (pipelines.signals)
 
 
 def _message(exc: BaseException) -> str:

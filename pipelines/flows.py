@@ -34,7 +34,7 @@ from prefect.logging import get_logger
 from prefect.utilities.annotations import quote
 from pydantic import NonNegativeInt, PositiveFloat, PositiveInt
 
-from pipelines import jobs, lease, ownership, progress, storage
+from pipelines import jobs, lease, ownership, progress, signals, storage
 from pipelines.errors import PipelineError
 from pipelines.evaluation.benchmarks import BENCHMARKS, describe
 from pipelines.evaluation.protocols import evaluation_config
@@ -348,15 +348,20 @@ def _lease(output: str, so: dict | None, run_id: str, break_lease: bool, stale_a
         logger.warning(message)
         progress.note(message)
 
-    with lease.hold(
-        output,
-        so,
-        run_id=run_id,
-        flow_run_id=_flow_run_id(),
-        stale_after=stale_after,
-        break_lease=break_lease,
-        warn=warn,
-    ) as held:
+    # SIGTERM inside the run raises a KeyboardInterrupt, not Prefect's TerminationSignal (`pipelines.signals`: Ray's
+    # wait turns the latter into a SystemError); it reaches Prefect's handler when the lease is released.
+    with (
+        signals.sigterm_as_interrupt(),
+        lease.hold(
+            output,
+            so,
+            run_id=run_id,
+            flow_run_id=_flow_run_id(),
+            stale_after=stale_after,
+            break_lease=break_lease,
+            warn=warn,
+        ) as held,
+    ):
         yield held
     if held.lost:
         logger.error("run %s lost its lease on %s to another run while it ran", run_id, storage.redact(output))
@@ -625,7 +630,8 @@ def _write_runs(
         for p in plans
     ]
     try:
-        runs.write_run_summary(output, run_id, rows, so)
+        with signals.deferred():  # a run stopped now still has its row
+            runs.write_run_summary(output, run_id, rows, so)
     except Exception as exc:  # noqa: BLE001 - the run's own outcome (and error) is what the caller must see
         logger.warning("run %s: its summary row was not written: %s", run_id, storage.redact(str(exc)))
 

@@ -37,6 +37,7 @@ import ray
 from ray.exceptions import GetTimeoutError, NodeDiedError, RayActorError, RayError, WorkerCrashedError
 
 from pipelines import jobs as jobs_mod
+from pipelines import signals
 from pipelines.errors import WorkerStartError
 from pipelines.execution.options import Pack
 from pipelines.execution.packing import PackQueue
@@ -99,7 +100,7 @@ def start_ray(
     if ray.is_initialized():
         return False
     common = {"logging_level": logging.ERROR, "log_to_driver": False}  # Ray's warnings would tear the progress bar
-    with _keep_sigterm_handler():
+    with _keep_sigterm_handler(), _shut_down_if_interrupted():
         if address in (None, "local"):
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a private instance reports nothing anywhere
             with _loopback_node():
@@ -118,6 +119,18 @@ def start_ray(
         else:
             ray.init(address=address, **common)
     return True
+
+
+@contextlib.contextmanager
+def _shut_down_if_interrupted() -> Iterator[None]:
+    """A ``ray.init`` stopped half way (Ctrl-C, SIGTERM, an error) has started processes that no caller will shut
+    down (`start_ray` did not return): they are shut down here."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+        raise
 
 
 _LOOPBACK = ("127.0.0.1", "::1")
@@ -154,18 +167,30 @@ def _loopback_node() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _keep_sigterm_handler() -> Iterator[None]:
-    """The process's SIGTERM handler before ``ray.init`` is its handler after it.
+    """The process's SIGTERM handler before ``ray.init`` is its handler during and after it.
 
-    ``ray.init`` replaces it twice: in Python with ``sys.exit(15)``, and in C, when the driver's core worker starts,
-    with absl's failure-signal handler, which prints a native stack dump (twice: stderr and Ray's log) and aborts —
-    exit 134 however the driver meant to stop (Prefect's flow engine marks its run crashed on SIGTERM, the ``dipflow``
-    command ends like Ctrl-C). ``signal.signal`` installs Python's handler in C again. Signals are set from the main
-    thread only; elsewhere (or when the handler was not set from Python) nothing changes."""
+    ``ray.init`` replaces it three times: in Python with ``sys.exit(15)`` (and, for the head node it starts, a handler
+    that kills Ray's processes and exits 1), both through ``ray._private.utils.set_sigterm_handler``; and in C, when
+    the driver's core worker starts, with absl's failure-signal handler, which prints a native stack dump and aborts
+    (exit 134), unless ``ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER``. Restoring the handler afterwards
+    left a window of seconds (a SIGTERM then ended `dipflow` with 15, 1 or an abort): while ``ray.init`` runs, the
+    Python setter does nothing and the constant is set (both private to Ray 2.60, read when called, given back
+    afterwards; the driver loses absl's dump of its own crashes, its workers keep theirs); ``signal.signal`` then
+    installs the caller's handler again, in C too. Signals are set from the main thread only; elsewhere (or when
+    the handler was not set from Python) nothing changes."""
+    from ray._private import ray_constants
+    from ray._private import utils as ray_utils
+
     main = threading.current_thread() is threading.main_thread()
     handler = signal.getsignal(signal.SIGTERM) if main else None
+    setter, native = ray_utils.set_sigterm_handler, getattr(ray_constants, "RAY_DISABLE_FAILURE_SIGNAL_HANDLER", False)
+    if main:
+        ray_utils.set_sigterm_handler = lambda handler: None
+        ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True
     try:
         yield
     finally:
+        ray_utils.set_sigterm_handler, ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = setter, native
         if handler is not None:
             signal.signal(signal.SIGTERM, handler)
 
@@ -179,7 +204,8 @@ def ray_session(address: str | None = None) -> Iterator[None]:
         yield
     finally:
         if started:
-            ray.shutdown()
+            with signals.deferred():  # a shutdown stopped half way leaves Ray's processes to the watchdog
+                ray.shutdown()
 
 
 # ------------------------------------------------------------------------------------------------------ the pool
