@@ -726,7 +726,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not args.json:
         print(
             f"\nclean samples:    {clean}\nrestored images:  {root / 'results' / 'clean'}\n"
-            f"Parquet report:   {summary['report']}\n"
+            f"Parquet report:   {summary['report'] or 'none (nothing new)'}\n"
             f"HTML report:      {root / 'results' / 'html' / ('run_id=' + summary['run_id']) / 'index.html'}\n"
             f"see it again:     dipflow report {root / 'results'}"
         )
@@ -743,7 +743,9 @@ def _finish(summary: dict[str, Any], args: argparse.Namespace) -> int:
         earlier = summary["skipped"] - len(not_restored)
         print(
             f"{summary['ok']} ok, {summary['error']} failed, {earlier} done by earlier runs, "
-            f"{len(not_restored)} not restored — report: {summary['report']}"
+            f"{len(not_restored)} not restored"
+            + (f" — report: {summary['report']}" if summary.get("report") else "")
+            + (f" — runs table: {summary['runs']}" if not summary.get("report") and summary.get("runs") else "")
         )
     if summary.get("not_images"):  # every file of the source is accounted for, on stderr: stdout stays the result
         shown = summary.get("not_images_shown", [])

@@ -196,6 +196,7 @@ def restore_dataset(
         overrides=overrides,
         seed=seed,
     )
+    storage.check_source(source, so)  # before anything is written: a mistyped source leaves no output behind
     inside = storage.check_output_root(output, source, so, side_inputs=[mask_dir])  # before anything is written
     storage.check_writable(output, so)  # before any listing or fit: an output it cannot write costs only this
     run_id = _new_run_id()
@@ -270,6 +271,7 @@ def evaluate(
     sources = [(_real(source), dataset) for source, dataset in sources]  # no secret
     _check_datasets(benchmarks, [dataset for _, dataset in sources], output, so)
     for source, _ in sources:
+        storage.check_source(source, so)
         storage.check_output_root(output, source, so)
     storage.check_writable(output, so)
     run_id = _new_run_id()
@@ -784,7 +786,16 @@ def _publish(
         {"dataset": r["dataset"], "image_key": r["image_key"], "reason": r["error"]}
         for r in passed.select(["dataset", "image_key", "error"]).to_pylist()
     ]
-    report_uri = storage.redact(storage.join(output, "report", f"run_id={run_id}"))
+    noted = table.filter(pc.is_valid(table.column("notes")))  # what outputs could not keep of their inputs
+    notes = [
+        {"dataset": r["dataset"], "image_key": r["image_key"], "notes": r["notes"]}
+        for r in noted.select(["dataset", "image_key", "notes"]).to_pylist()
+    ]
+    # Only paths that exist: a run that found nothing new wrote no report, and its runs row may have failed to write.
+    report = storage.join(output, "report", f"run_id={run_id}")
+    report_uri = storage.redact(report) if table.num_rows and storage.exists(report, so) else None
+    runs_uri = runs.runs_uri(output, run_id)
+    runs_uri = storage.redact(runs_uri) if storage.exists(runs_uri, so) else None
     not_images = sum(p.not_images for p in plans)
     counts = tracker.counts
     skipped = counts["skipped"] + tracker.earlier
@@ -793,7 +804,8 @@ def _publish(
 
         create_table_artifact(summary, key=f"{artifact}-summary", description=f"dipflow run {run_id}")
         markdown = reports.summary_markdown(reports.to_table(summary, reports.SUMMARY_SCHEMA))
-        lines = [f"# dipflow run `{run_id}`", "", markdown, f"Report: `{report_uri}`", ""]
+        said = f"Report: `{report_uri}`" if report_uri else "No report rows: nothing new to restore."
+        lines = [f"# dipflow run `{run_id}`", "", markdown, said, ""]
         try:  # best effort: a page that cannot be written costs its link, never the run
             import os
 
@@ -832,7 +844,7 @@ def _publish(
         "flow_run_id": flow_run_id,
         "output": storage.redact(output),
         "report": report_uri,
-        "runs": storage.redact(runs.runs_uri(output, run_id)),
+        "runs": runs_uri,
         "images": counts["ok"] + counts["error"] + skipped,
         "ok": counts["ok"],
         "error": counts["error"],

@@ -347,6 +347,13 @@ def remove_file(uri: str, storage_options: dict | None = None) -> None:
     _fresh(fs, path)
 
 
+def check_source(url: str, storage_options: dict | None = None) -> None:
+    """Raise `StorageNotFoundError` when nothing exists at the source `url`: checked before a run writes anything,
+    so that a mistyped source leaves no output folder behind."""
+    if not exists(url, storage_options):
+        raise StorageNotFoundError(f"source does not exist: {redact(url)}")
+
+
 def check_writable(root: str, storage_options: dict | None = None) -> None:
     """Raise `StorageError` unless a file can be written (and removed) under `root`: what a run checks before it
     restores anything, so that an output it cannot write costs nothing but the message."""

@@ -156,6 +156,25 @@ def test_the_console_script_reports_a_flow_failure_in_one_line(prefect_harness, 
     assert done.returncode == 1, done.stderr
     assert done.stderr.strip().splitlines() == [f"dipflow: error: source does not exist: {tmp_path / 'nope'}"]
 
+    assert not (tmp_path / "out").exists(), "refused before anything was written: no output folder (issue 25)"
+
+
+def test_a_run_with_nothing_new_prints_only_paths_that_exist(
+    ray_local, prefect_harness, tmp_path, write_images, capsys
+):
+    """The second run of one source finds nothing new: it writes no report rows, so it names no report folder (that
+    would not exist), but its runs-table row, which does (issue 25)."""
+    from pathlib import Path
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    write_images(str(src), ["a.png"])
+    assert cli.main(["restore", str(src), "-o", str(out), "--task", "denoise", *FAST]) == 0
+    first = capsys.readouterr().out.strip().splitlines()[-1]
+    assert Path(first.split(" — report: ")[1]).is_dir()
+    assert cli.main(["restore", str(src), "-o", str(out), "--task", "denoise", *FAST]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("0 ok, 0 failed, 1 done by earlier runs") and " — report: " not in last, last
+    assert Path(last.split(" — runs table: ")[1]).is_file()
 
 def test_usage_errors_exit_2_and_debug_shows_tracebacks(tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit) as exit_:
