@@ -541,11 +541,15 @@ def _check_settings(make_config: Callable[[], Any]) -> None:
 
 
 def _engine_env(args: argparse.Namespace) -> None:
-    """Before Prefect is imported: no analytics; time for its ephemeral server to start on a busy laptop (its
-    default, 20 s, is short for a first start that creates the database); and its console logs only with
+    """Before Prefect is imported: nothing phones home — the ephemeral server that Prefect starts for dipflow sends
+    no usage data, and neither does Prefect's client (DO_NOT_TRACK, read when Prefect is imported: without it a
+    terminal shows Prefect's telemetry notice and the client reports its first use); a user's own server keeps its
+    settings, which the client's environment does not reach. Time for the ephemeral server to start on a busy laptop
+    (its default, 20 s, is short for a first start that creates the database); and Prefect's console logs only with
     --verbose — they would tear the progress bar, and a failed flow logs a traceback where the CLI prints one
     message. The logs still reach the Prefect API (and UI) in full. Values set by the user win."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     if not args.verbose:
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -155,7 +156,6 @@ def test_the_console_script_reports_a_flow_failure_in_one_line(prefect_harness, 
     done = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 1, done.stderr
     assert done.stderr.strip().splitlines() == [f"dipflow: error: source does not exist: {tmp_path / 'nope'}"]
-
     assert not (tmp_path / "out").exists(), "refused before anything was written: no output folder (issue 25)"
 
 
@@ -175,6 +175,7 @@ def test_a_run_with_nothing_new_prints_only_paths_that_exist(
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("0 ok, 0 failed, 1 done by earlier runs") and " — report: " not in last, last
     assert Path(last.split(" — runs table: ")[1]).is_file()
+
 
 def test_usage_errors_exit_2_and_debug_shows_tracebacks(tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit) as exit_:
@@ -367,3 +368,62 @@ def test_unknown_exception_types_with_lower_case_names_are_qualified():
     except re.error as exc:
         message = cli._message(exc)
     assert message.startswith("re.error: bad character range") and "error: error" not in message
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_run_in_a_clean_environment_phones_nowhere(tmp_path, write_images):
+    """`dipflow restore` in a terminal, with nothing of Prefect's configured (issue 25): Prefect's telemetry notice
+    ("Prefect collects anonymous usage data…", shown on a terminal) does not appear, and the ephemeral server it
+    starts runs with its analytics off."""
+    import os
+    import pty
+    import threading
+    from pathlib import Path
+
+    write_images(str(tmp_path / "src"), ["a.png"])
+    home = str(tmp_path / "prefect-home")
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DIPFLOW_")) and k != "DO_NOT_TRACK"}
+    env.update(PREFECT_HOME=home, PYTHONPATH=str(root), RAY_USAGE_STATS_ENABLED="0")
+    argv = [sys.executable, "-m", "pipelines.cli", "restore", str(tmp_path / "src"), "-o", str(tmp_path / "out")]
+    master, slave = pty.openpty()  # a terminal: where Prefect shows its notice
+    proc = subprocess.Popen(
+        [*argv, "--task", "denoise", *FAST], cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave
+    )
+    os.close(slave)
+    chunks: list[bytes] = []
+
+    def read() -> None:
+        while True:
+            try:
+                data = os.read(master, 4096)
+            except OSError:  # the terminal closed: the run is over
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    servers: dict[int, str] = {}
+    try:
+        while proc.poll() is None:
+            for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
+                try:
+                    command = Path(f"/proc/{pid}/cmdline").read_bytes()
+                    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                except OSError:
+                    continue
+                if b"prefect.server.api.server" in command and f"PREFECT_HOME={home}".encode() in environ:
+                    servers[pid] = next((e.decode() for e in environ if e.startswith(b"PREFECT_SERVER_ANALYTICS")), "")
+            time.sleep(0.2)
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+        reader.join(timeout=10)
+        os.close(master)
+    shown = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0, shown
+    assert "anonymous usage" not in shown and "telemetry" not in shown.lower(), shown
+    assert servers and {v.lower() for v in servers.values()} == {"prefect_server_analytics_enabled=false"}, servers
