@@ -421,14 +421,14 @@ def _run(
     logger, so = _logger(), storage_options
     clock = _Clock()
     plans = [plan for plan, _ in sources]
-    owner = ownership.Owner(output, ownership.root_id(output, so), overwrite)  # outputs are marked as the root's
-    for plan in plans:
-        plan.owner = owner
     scopes = [(p.dataset, p.config.config_hash) for p in plans]
     _recover(output, so, logger)
     done = load_state(output, scopes, so) if resume else state.DoneState.load(output, so, [])
     # Each dataset's listing is started here, up to its first image: an empty source fails before anything else.
     listings = [_primed(plan, listing()) for plan, listing in sources]
+    owner = ownership.Owner(output, ownership.root_id(output, so), overwrite)  # outputs are marked as the root's
+    for plan in plans:  # (the root's id made here: a source without images leaves none behind)
+        plan.owner = owner
     logger.info(
         "run %s: %d dataset(s); earlier runs restored %d image(s) with these settings; report under %s",
         run_id,
