@@ -53,7 +53,7 @@ def write_dataset(folder: Path, count: int = 4, size: int = 16, seed: int = 0) -
 # the start (start-up, Prefect's server, the flow's start), the output's _dipflow/ folder (the lease taken: listing,
 # Ray's start), the first output (fits inside ray.wait, writing), the runs table's folder (the run's row written:
 # compaction, the HTML page, the flow's end, Prefect's server stopped, the process's end).
-ANCHORS = {"start": 12.0, "lease": 4.0, "output": 3.0, "runs": 1.2}  # the end comes 1.2-1.6 s after the row
+ANCHORS = {"start": 12.0, "lease": 4.0, "output": 3.0, "runs": 0.8}  # the end comes 0.8-1.6 s after the row
 
 
 def _anchor_seen(anchor: str, out: Path) -> bool:
