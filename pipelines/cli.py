@@ -766,6 +766,12 @@ def _finish(summary: dict[str, Any], args: argparse.Namespace) -> int:
         print(f"{len(not_restored)} image(s) not restored (skipped rows in the report):", file=sys.stderr)
         for f in not_restored:
             print(f"  {f['dataset']}/{f['image_key']}: {f['reason']}", file=sys.stderr)
+    if summary.get("notes"):  # outputs that could not keep all of their input (the report's notes column)
+        print(f"{len(summary['notes'])} output(s) kept less than their input:", file=sys.stderr)
+        for f in summary["notes"][:20]:
+            print(f"  {f['dataset']}/{f['image_key']}: {f['notes']}", file=sys.stderr)
+        if len(summary["notes"]) > 20:
+            print(f"  … and {len(summary['notes']) - 20} more (the report's notes column)", file=sys.stderr)
     _print_failures(summary["failures"])
     return EXIT_FAILED_IMAGES if summary["error"] else 0
 
@@ -775,12 +781,6 @@ def _print_failures(failures: list[dict[str, Any]]) -> None:
         print(f"{len(failures)} image(s) failed:", file=sys.stderr)
         for f in failures:
             print(f"  {f['dataset']}/{f['image_key']}: {f['error']}", file=sys.stderr)
-    if summary.get("notes"):  # outputs that could not keep all of their input (the report's notes column)
-        print(f"{len(summary['notes'])} output(s) kept less than their input:", file=sys.stderr)
-        for f in summary["notes"][:20]:
-            print(f"  {f['dataset']}/{f['image_key']}: {f['notes']}", file=sys.stderr)
-        if len(summary["notes"]) > 20:
-            print(f"  … and {len(summary['notes']) - 20} more (the report's notes column)", file=sys.stderr)
 
 
 def _print_lines(lines: list[str], file: Any) -> None:
@@ -926,6 +926,10 @@ def cmd_restore_image(args: argparse.Namespace) -> int:
     import dipcore
     from pipelines import jobs, storage
 
+    try:
+        out_format = dipcore.format_for_path(args.output)
+    except dipcore.ConfigError as exc:
+        raise UsageError(f"argument -o/--output: {exc}") from None
     _check_settings(
         lambda: jobs.run_config(
             args.task,
@@ -935,10 +939,6 @@ def cmd_restore_image(args: argparse.Namespace) -> int:
             iterations=args.iterations,
             early_stopping=STOPPING[args.stopping],
             overrides={"channels": args.channels} if args.channels else None,
-    try:
-        out_format = dipcore.format_for_path(args.output)
-    except dipcore.ConfigError as exc:
-        raise UsageError(f"argument -o/--output: {exc}") from None
             seed=args.seed,
         )
     )
@@ -1010,6 +1010,8 @@ def cmd_restore_image(args: argparse.Namespace) -> int:
         "stop_reason": res.stop_reason,
         "seconds": round(res.seconds, 3),
         "device": res.device,
+        "format": encoded.format,
+        "notes": list(encoded.notes),
     }
     if args.json:
         print(json.dumps(result, indent=2))
@@ -1019,8 +1021,6 @@ def cmd_restore_image(args: argparse.Namespace) -> int:
             f"on {res.device} in {res.seconds:.1f} s (returned iteration {res.iteration}, {res.stop_reason})"
         )
     return 0
-        "format": encoded.format,
-        "notes": list(encoded.notes),
 
 
 if __name__ == "__main__":  # python -m pipelines.cli

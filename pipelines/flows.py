@@ -834,11 +834,6 @@ def _publish(
         tracker.earlier,
         counts["skipped"],
     )
-    noted = table.filter(pc.is_valid(table.column("notes")))  # what outputs could not keep of their inputs
-    notes = [
-        {"dataset": r["dataset"], "image_key": r["image_key"], "notes": r["notes"]}
-        for r in noted.select(["dataset", "image_key", "notes"]).to_pylist()
-    ]
     return {
         "run_id": run_id,
         "flow_run_id": flow_run_id,
@@ -857,6 +852,7 @@ def _publish(
         ],
         "not_restored": not_restored,
         "failures": failures,
+        "notes": notes,
         "summary": summary,
     }
 
@@ -889,4 +885,3 @@ def _with_done_earlier(summary: list[dict[str, Any]], plans: list[Plan]) -> list
         mine[0]["images"] += plan.done_earlier
         mine[0]["skipped"] += plan.done_earlier
     return summary
-        "notes": notes,
