@@ -349,8 +349,12 @@ def remove_file(uri: str, storage_options: dict | None = None) -> None:
 
 def check_source(url: str, storage_options: dict | None = None) -> None:
     """Raise `StorageNotFoundError` when nothing exists at the source `url`: checked before a run writes anything,
-    so that a mistyped source leaves no output folder behind."""
-    if not exists(url, storage_options):
+    so that a mistyped source leaves no output folder behind. Its errors name the listing it is the start of."""
+    fs, path = filesystem(url, storage_options)
+    _fresh(fs, path)
+    with _doing("listing", url, fs):
+        found = bool(fs.exists(path))
+    if not found:
         raise StorageNotFoundError(f"source does not exist: {redact(url)}")
 
 

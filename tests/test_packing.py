@@ -320,8 +320,8 @@ def test_a_failing_stacked_fit_falls_back_to_one_job_at_a_time(tmp_path, spy):
     src = tmp_path / "src"
     for key in ("a.png", "b.png"):
         write(src, key, 32, 32)
-    write(src, "a_mask.png", 32, 32)
-    write(src, "b_mask.png", 16, 16)  # the wrong size: restore_batch refuses the whole batch
+    write(src, "a_mask.png", 32, 32, channels=1)  # grey: a mask (a coloured one is refused before any fit)
+    write(src, "b_mask.png", 16, 16, channels=1)  # the wrong size: restore_batch refuses the whole batch
     j = plan(src, "inpaint", variant="random")
     outcomes = Restorer(device="cpu").run_batch([j["a.png"], j["b.png"]], pack=2)
     assert spy == [2]
