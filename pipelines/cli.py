@@ -161,7 +161,11 @@ def _add_execution_options(g: Any, only: tuple[str, ...] | None = None) -> None:
     from pipelines.execution import options
 
     for name, flag, help_ in options.flags():
-        if only is None or name in only:
+        if only is not None and name not in only:
+            continue
+        if options.Execution.model_fields[name].annotation is bool:  # a switch; left out, the model's default
+            g.add_argument(flag.name(name), dest=name, action="store_true", default=None, help=help_)
+        else:
             g.add_argument(flag.name(name), dest=name, type=_field_parser(name), metavar=flag.metavar, help=help_)
 
 
@@ -623,8 +627,19 @@ def _check_output(output: str, source: str, args: argparse.Namespace, side_input
         raise UsageError(str(exc)) from None
 
 
+def _absolute(url: str | None) -> str | None:
+    """A local path made absolute here, where the command runs (`storage.absolute`, which the flows apply too):
+    Prefect records it so, and Ray workers in other working directories write where the user asked."""
+    from pipelines import storage
+
+    return storage.absolute(url) if url is not None else None
+
+
 def cmd_restore(args: argparse.Namespace) -> int:
     from pipelines import jobs
+
+    dataset = args.dataset or args.source  # the source as given names the dataset, as the flow's default does
+    args.source, args.output, args.mask_dir = _absolute(args.source), _absolute(args.output), _absolute(args.mask_dir)
 
     _check_settings(
         lambda: jobs.run_config(
@@ -650,7 +665,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         glob=args.glob,
         mask_dir=args.mask_dir,
         guide_suffix=args.guide_suffix,
-        dataset=args.dataset,
+        dataset=dataset,
         early_stopping=STOPPING[args.stopping],
         **_run_options(args),
     )
@@ -663,6 +678,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     if not args.data_root and any(b in BENCHMARKS for b in args.benchmarks):
         raise UsageError("where are the benchmarks? pass --data-root URL (or set DIPFLOW_DATA_ROOT)")
+    # Folders named as benchmarks stay as given: their last name is the dataset's (the flow makes them absolute).
+    args.data_root, args.output = _absolute(args.data_root), _absolute(args.output)
     for name in args.benchmarks:
         if name not in BENCHMARKS:
             try:

@@ -14,6 +14,7 @@ __all__ = [
     "ForeignOutputError",
     "LeaseHeldError",
     "LeaseLostError",
+    "LocalPathError",
     "OutputOverlapError",
     "PipelineError",
     "SchemaMismatchError",
@@ -85,6 +86,14 @@ class LeaseLostError(PipelineError):
     command exits 4: the output root is that run's now, and there is nothing of this run's to resume."""
 
     exit_code = 4
+
+
+class LocalPathError(PipelineError, ValueError):
+    """A local path given to a run whose Ray workers may run on other machines (a cluster of several nodes, or Ray
+    Client): each would read and write its own disk. The message suggests object storage, or declaring the path
+    shared. The command exits 2, as for a usage error: nothing was restored."""
+
+    exit_code = 2
 
 
 class SchemaMismatchError(PipelineError, ValueError):

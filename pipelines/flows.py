@@ -35,7 +35,7 @@ from prefect.utilities.annotations import quote
 from pydantic import NonNegativeInt, PositiveFloat, PositiveInt
 
 from pipelines import jobs, lease, ownership, progress, signals, storage
-from pipelines.errors import PipelineError
+from pipelines.errors import LocalPathError, PipelineError
 from pipelines.evaluation.benchmarks import BENCHMARKS, describe
 from pipelines.evaluation.protocols import evaluation_config
 from pipelines.execution.options import Execution, autocast, compile_net
@@ -122,11 +122,13 @@ def restore_images(
     *,
     local_only: bool = False,
     check: Callable[[], None] | None = None,
+    paths: Sequence[str | None] = (),
 ) -> RunStats:
     """Restore the jobs of the stream `todo` on Ray actors, or in this process (``executor="inline"``, or
     memory:// storage — `local_only` — with "auto"), calling `on_result` on the driver for each finished image;
     returns the workers' `RunStats`. Not retried as a task: the driver loop retries each job whose worker died.
-    `check` is called between jobs: what it raises (the run's lease lost) stops them."""
+    `check` is called between jobs: what it raises (the run's lease lost) stops them. `paths` are the run's sources
+    and output, refused when local and the workers may run on other machines (`_check_local_paths`)."""
     from pipelines.execution import workers
 
     if execution.executor == "ray" and local_only:
@@ -139,7 +141,7 @@ def restore_images(
         _logger().info("running the jobs in this process (%s)", why)
         restorer = workers.Restorer(storage_options, engine=_engine(execution))
         return workers.run_inline(todo, restorer=restorer, on_result=on_result, pack=execution.pack, check=check)
-    return _on_ray(todo, execution, storage_options, on_result, check)
+    return _on_ray(todo, execution, storage_options, on_result, check, paths)
 
 
 # ------------------------------------------------------------------------------------------------------ flows
@@ -186,6 +188,10 @@ def restore_dataset(
     heartbeat for `lease_stale_after` seconds is taken over anyway."""
     so = _options(storage_options)
     source, output, mask_dir = _real(source), _real(output), _real(mask_dir)
+    dataset = dataset or storage.redact(source)  # the source as given names the dataset (its identity), as before
+    # Absolute before anything is written: workers in another working directory must find the same place.
+    source, output = storage.absolute(source), storage.absolute(output)
+    mask_dir = storage.absolute(mask_dir) if mask_dir is not None else None
     config = jobs.run_config(
         task,
         scale=scale,
@@ -203,9 +209,7 @@ def restore_dataset(
     with _lease(output, so, run_id, break_lease, lease_stale_after) as held:
         if inside:
             _logger().info("the output lies inside the source: its files are never taken as inputs")
-        plan = Plan(
-            dataset=dataset or storage.redact(source), config=config, output=output, source=storage.redact(source)
-        )
+        plan = Plan(dataset=dataset, config=config, output=output, source=storage.redact(source))
 
         def listing() -> Iterator[storage.Listing]:
             return storage.iter_listing(
@@ -221,6 +225,7 @@ def restore_dataset(
             resume=resume,
             limit=limit,
             local_only=_memory(source, output),
+            paths=(source, output, mask_dir),
             overwrite=overwrite,
             title=f"restoring ({task})",
             artifact="restore-dataset",
@@ -266,9 +271,9 @@ def evaluate(
     if not benchmarks:
         raise ValueError(f"name at least one benchmark ({describe()}) or a folder of clean images")
     so = _options(storage_options)
-    data_root, output = _real(data_root), _real(output)
+    data_root, output = storage.absolute(_real(data_root)), storage.absolute(_real(output))  # as for restore_dataset
     sources = [_benchmark_source(name, data_root) for name in benchmarks]  # the name as given: a dataset name holds
-    sources = [(_real(source), dataset) for source, dataset in sources]  # no secret
+    sources = [(storage.absolute(_real(source)), dataset) for source, dataset in sources]  # no secret
     _check_datasets(benchmarks, [dataset for _, dataset in sources], output, so)
     for source, _ in sources:
         storage.check_source(source, so)
@@ -298,6 +303,7 @@ def evaluate(
             resume=resume,
             limit=limit,
             local_only=_memory(output, *(source for source, _ in sources)),
+            paths=(output, *(source for source, _ in sources)),
             overwrite=overwrite,
             title="evaluating",
             artifact="evaluate",
@@ -412,6 +418,7 @@ def _run(
     local_only: bool,
     title: str,
     artifact: str,
+    paths: Sequence[str | None] = (),
     overwrite: bool = False,
     held: lease.Lease | None = None,
 ) -> dict[str, Any]:
@@ -494,6 +501,7 @@ def _run(
                         lambda o: record(o.row, o.curves),
                         local_only=local_only,
                         check=check,
+                        paths=paths,
                     )
             finally:
                 progress.finished()
@@ -652,12 +660,14 @@ def _on_ray(
     so: dict | None,
     on_result: Callable[[JobOutcome], None],
     check: Callable[[], None] | None = None,
+    paths: Sequence[str | None] = (),
 ) -> RunStats:
     """`todo` on a pool of Ray actors sized for the cluster (a private local Ray when no address is given)."""
     from pipelines.execution import workers
 
     logger = _logger()
     with workers.ray_session(ex.ray_address):
+        _check_local_paths(paths, ex, workers.alive_nodes())  # before any actor starts
         # As many jobs as the cluster holds actors, drawn before the pool starts: a run of fewer starts fewer.
         size, _, _ = workers.WorkerPool.cluster_size(ex.gpus_per_worker, ex.cpus_per_worker, ex.num_workers)
         todo = iter(todo)
@@ -699,6 +709,26 @@ def _on_ray(
             stats.seconds,
         )
         return stats
+
+
+def _check_local_paths(paths: Sequence[str | None], ex: Execution, nodes: int) -> None:
+    """`LocalPathError` for local paths where workers may run on other machines — a cluster of `nodes` > 1, or Ray
+    Client (``ray://``: the driver is not a node) — unless ``ex.local_paths_shared`` says every node mounts them.
+    A private Ray, or a head alone on this machine, has one node: its paths are this machine's."""
+    local = [storage.redact(u) for u in dict.fromkeys(paths) if u is not None and storage.is_local(u)]
+    client = (ex.ray_address or "").startswith("ray://")
+    if not local or ex.local_paths_shared or (nodes <= 1 and not client):
+        return
+    what = f"{local[0]} is a local path" if len(local) == 1 else f"{', '.join(local)} are local paths"
+    if client:
+        where = f"Ray Client ({ex.ray_address}) runs the workers on the cluster"
+    else:
+        where = f"the Ray cluster at {ex.ray_address} has {nodes} nodes"
+    raise LocalPathError(
+        f"{what}, but {where}: each node would read and write its own disk. Use object storage (s3://bucket/…, "
+        "gs://…), or pass --local-paths-shared (execution.local_paths_shared) if every node mounts the path at "
+        "the same place (NFS)"
+    )
 
 
 def _flow_run_id() -> str | None:

@@ -50,6 +50,7 @@ __all__ = [
     "StorageNotFoundError",
     "StorageOptionError",
     "UnsafeKeyError",
+    "absolute",
     "check_glob",
     "check_output_root",
     "check_url",
@@ -61,6 +62,7 @@ __all__ = [
     "fold",
     "folds_case",
     "is_image_key",
+    "is_local",
     "iter_listing",
     "join",
     "list_files",
@@ -151,6 +153,30 @@ def check_url(url: str) -> None:
             raise StorageError(f"{redact(url)}: unknown protocol {protocol!r}") from None
         except ImportError as exc:
             raise StorageError(f"{redact(url)}: {redact(str(exc))}") from None
+
+
+def is_local(url: str) -> bool:
+    """Whether `url` names this machine's files (a path, ``file://``, ``local://``): another machine's process
+    reading it finds its own disk, not this one's. Reads nothing."""
+    if "::" in url:  # a chain (simplecache::…) is its outer filesystem's business
+        return False
+    protocol, _ = fsspec.core.split_protocol(url)
+    try:
+        return protocol is None or issubclass(fsspec.get_filesystem_class(protocol), LocalFileSystem)
+    except (ImportError, ValueError):  # unknown: `check_url` says so
+        return False
+
+
+def absolute(url: str) -> str:
+    """`url` with a local path made absolute against this process's working directory, in the form given
+    (``out`` → ``/home/me/out``, ``file://out`` → ``file:///home/me/out``; ``~`` expanded, ``..`` folded, symbolic
+    links kept); any other URL as it is. A run resolves its paths once, where it starts: its Ray workers, whose
+    working directory is not the driver's, then write where the user asked."""
+    if not is_local(url):
+        return url
+    protocol, _ = fsspec.core.split_protocol(url)
+    path = os.path.abspath(LocalFileSystem._strip_protocol(url))
+    return path if protocol is None else f"{protocol}://{path}"
 
 
 def _is_local(fs: AbstractFileSystem) -> bool:

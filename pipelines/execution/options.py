@@ -43,6 +43,11 @@ class Execution(BaseModel):
     ray_address: Annotated[str | None, Flag("ADDR")] = Field(
         None, description="join this Ray cluster (head-host:6379, or auto: the one on this machine); default: private"
     )
+    local_paths_shared: Annotated[bool, Flag("")] = Field(
+        False,
+        description="local paths name one filesystem that every node mounts at the same place (NFS, …): run "
+        "with them on a cluster of several nodes, where they are refused (each node has its own disk)",
+    )
     gpus_per_worker: Annotated[NonNegativeFloat, Flag("G")] = Field(
         1.0, description="GPUs per actor; 0.5 packs two small-image actors on a GPU (default 1; ignored without GPUs)"
     )

@@ -311,6 +311,11 @@ def _capacity(num_gpus: float, num_cpus: float) -> int:
     return total
 
 
+def alive_nodes() -> int:
+    """How many nodes of the connected cluster are alive now (an autoscaler may add more later)."""
+    return sum(1 for node in ray.nodes() if node.get("Alive"))
+
+
 # --------------------------------------------------------------------------------------------- the driver loop
 
 

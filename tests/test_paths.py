@@ -1,0 +1,120 @@
+"""Outputs land where the user asked, on every node: local paths are made absolute where the command (or the flow)
+starts, and refused on a cluster of several nodes unless declared shared (issue 26)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from pipelines import cli, storage
+from pipelines.reporting import reports
+
+FAST = ["--preset", "fast", "--iterations", "2", "--channels", "4", "--quiet"]
+
+
+def test_local_paths_are_made_absolute_in_the_form_given(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    here = os.getcwd()
+    assert storage.absolute("out/") == f"{here}/out"
+    assert storage.absolute("a/../b") == f"{here}/b"
+    assert storage.absolute("file://out") == f"file://{here}/out"
+    assert storage.absolute("/data/x") == "/data/x"
+    for url in ("s3://bucket/out", "memory://out", "https://h/x", "simplecache::s3://b/x"):
+        assert storage.absolute(url) == url and not storage.is_local(url)
+
+
+def test_relative_paths_land_under_the_commands_directory_not_the_workers(
+    ray_local, prefect_harness, tmp_path, write_images, monkeypatch, capsys
+):
+    """The shared Ray instance's workers started in another directory: a relative output used to land there."""
+    write_images(str(tmp_path / "photos"), ["a.png", "sub/b.png"], size=16)
+    monkeypatch.chdir(tmp_path)
+    argv = ["restore", "photos", "-o", "out", "--task", "denoise", "--json", *FAST]
+    assert cli.main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    out = tmp_path / "out"
+    assert (out / "a.png").is_file() and (out / "sub" / "b.png").is_file()
+    assert summary["ok"] == 2 and summary["output"] == str(out)
+    rows = reports.read_report(str(out)).to_pylist()
+    assert sorted(r["output_uri"] for r in rows) == [str(out / "a.png"), str(out / "sub" / "b.png")]
+    assert {r["dataset"] for r in rows} == {"photos"}  # the dataset keeps the name given: resume finds it
+    html = (out / "html" / f"run_id={summary['run_id']}" / "index.html").read_text()
+    assert "StorageNotFoundError" not in html and html.count('src="thumbs/') == 4  # inputs and outputs read
+
+    assert cli.main(argv) == 0  # again: nothing new
+    again = json.loads(capsys.readouterr().out)
+    assert (again["ok"], again["skipped"]) == (0, 2)
+
+
+def test_an_old_report_with_relative_output_uris_still_reads(tmp_path, write_images, monkeypatch, capsys):
+    """Reports written before paths were made absolute hold ``out/a.png``: they read, and their page links them."""
+    monkeypatch.chdir(tmp_path)
+    write_images("out", ["a.png"], size=16)
+    row = {
+        "run_id": "20240101T000000Z-old000",
+        "dataset": "photos",
+        "image_key": "a.png",
+        "status": "ok",
+        "task": "denoise",
+        "input_uri": "out/a.png",
+        "output_uri": "out/a.png",
+    }
+    with reports.ReportWriter("out", row["run_id"]) as writer:
+        writer.append(row)
+    assert cli.main(["report", "out", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["runs"] == [row["run_id"]]
+    assert reports.read_report("out").column("output_uri").to_pylist() == ["out/a.png"]
+    assert cli.main(["report", "out", "--html", "page/index.html"]) == 0
+    page = (tmp_path / "page" / "index.html").read_text()
+    assert 'href="../out/a.png"' in page and page.count('src="thumbs/') == 2  # read from where it runs
+
+
+@pytest.mark.slow
+def test_local_paths_on_a_cluster_of_two_nodes_are_refused_unless_declared_shared(
+    ray_session, prefect_harness, tmp_path, write_images, capsys
+):
+    """A head and a second node (logical resources only): local paths exit 2 before any worker starts, with one
+    line that suggests object storage; --local-paths-shared runs them."""
+    from ray.cluster_utils import Cluster
+
+    ray = ray_session
+    ray.shutdown()  # the shared local instance; `ray_local` restarts it for any later test
+    store = 80 * 1024 * 1024
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": store})
+    try:
+        cluster.add_node(num_cpus=1, object_store_memory=store)
+        ray.init(address=cluster.address, logging_level=30, log_to_driver=False)
+        cluster.wait_for_nodes()
+        write_images(str(tmp_path / "src"), ["a.png", "b.png"], size=16)
+        out = tmp_path / "out"
+        argv = ["restore", str(tmp_path / "src"), "-o", str(out), "--task", "denoise", "--ray-address"]
+        argv += [cluster.address, "--workers", "1", "--json", *FAST]
+
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("dipflow: error: ")
+        assert "has 2 nodes" in err and "s3://" in err and "--local-paths-shared" in err
+        assert not list(out.glob("*.png")) and not (out / "report").exists()
+
+        assert cli.main([*argv, "--local-paths-shared"]) == 0
+        summary = json.loads(capsys.readouterr().out)
+        assert summary["ok"] == 2 and sorted(p.name for p in out.glob("*.png")) == ["a.png", "b.png"]
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def test_ray_client_with_a_local_path_is_refused_whatever_its_node_count():
+    """Ray Client's driver is not a node of its cluster: its local paths are no worker's (checked without Ray)."""
+    from pipelines import errors, flows
+    from pipelines.execution.options import Execution
+
+    client = Execution(ray_address="ray://head:10001")
+    with pytest.raises(errors.LocalPathError, match="Ray Client") as exc:
+        flows._check_local_paths(["/data/in", "s3://b/out"], client, nodes=1)
+    assert exc.value.exit_code == 2 and "/data/in is a local path" in str(exc.value)
+    flows._check_local_paths(["/data/in"], Execution(ray_address="ray://h:10001", local_paths_shared=True), nodes=1)
+    flows._check_local_paths(["s3://b/in", "s3://b/out"], client, nodes=4)  # object storage: every node's
+    flows._check_local_paths(["/data/in"], Execution(ray_address="127.0.0.1:6379"), nodes=1)  # a head alone
