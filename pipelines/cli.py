@@ -1,7 +1,8 @@
 """The ``dipflow`` command: restore a dataset, evaluate on benchmarks, read a report, restore one image, run a demo.
 
 Exit codes: 0 done; 1 an error (one message on stderr; ``DIPFLOW_DEBUG=1`` shows the traceback); 2 a usage error
-(one line, before anything is read or any engine starts); 3 the run finished but some images failed (they are
+(one line, before anything is read or any engine starts; or local paths on a Ray cluster of several nodes, said
+once Ray is joined, before any worker starts); 3 the run finished but some images failed (they are
 listed); 4 the run stopped because another run took over its output's lease (one line names it; the output is
 that run's now); 130 interrupted by Ctrl-C (SIGINT), 143 by SIGTERM (run the same command to resume).
 torch, Ray and Prefect are imported inside the commands, so ``--help`` is instant.
