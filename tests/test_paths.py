@@ -25,6 +25,50 @@ def test_local_paths_are_made_absolute_in_the_form_given(tmp_path, monkeypatch):
         assert storage.absolute(url) == url and not storage.is_local(url)
 
 
+def test_the_cli_hands_the_flows_absolute_paths_and_the_dataset_name_as_given(tmp_path, monkeypatch):
+    seen: dict = {}
+
+    def flow(name, args, **params):
+        seen[name] = params
+        return {"run_id": "r", "summary": [], "ok": 0, "error": 0, "skipped": 0, "failures": [], "not_images": 0}
+
+    monkeypatch.setattr(cli, "_run_flow", flow)
+    monkeypatch.chdir(tmp_path)
+    restore = ["restore", "photos", "-o", "out", "--mask-dir", "masks", "--task", "inpaint", "--json", "--quiet"]
+    assert cli.main(restore) == 0
+    given = seen["restore_dataset"]
+    assert (given["source"], given["output"], given["mask_dir"]) == tuple(str(tmp_path / n) for n in restore[1:6:2])
+    assert given["dataset"] == "photos"  # the dataset is named as before: resume finds earlier runs' rows
+    assert cli.main(["evaluate", "set5", "clean", "--data-root", "data", "-o", "eval", "--json", "--quiet"]) == 0
+    given = seen["evaluate"]
+    assert (given["data_root"], given["output"]) == (str(tmp_path / "data"), str(tmp_path / "eval"))
+    assert given["benchmarks"] == ["set5", "clean"]  # a folder's name is its dataset's; the flow resolves it
+
+
+def test_a_flow_given_relative_paths_resolves_them_itself(prefect_harness, tmp_path, write_images, monkeypatch):
+    """A deployment's parameters reach the flow as written; the flow resolves them against its working directory
+    (a Prefect worker's: DIPFLOW_HOME)."""
+    from pipelines import flows
+    from pipelines.reporting import runs
+
+    write_images(str(tmp_path / "photos"), ["a.png"], size=16)
+    monkeypatch.chdir(tmp_path)
+    summary = flows.restore_dataset(
+        source="photos",
+        output="out",
+        task="denoise",
+        preset="fast",
+        iterations=2,
+        overrides={"channels": 4},
+        execution={"executor": "inline"},
+    )
+    out = tmp_path / "out"
+    assert summary["output"] == str(out) and (out / "a.png").is_file()
+    row = reports.read_report(str(out)).to_pylist()[0]
+    assert (row["output_uri"], row["dataset"]) == (str(out / "a.png"), "photos")
+    assert runs.read_runs(str(out)).column("source").to_pylist() == [str(tmp_path / "photos")]
+
+
 def test_relative_paths_land_under_the_commands_directory_not_the_workers(
     ray_local, prefect_harness, tmp_path, write_images, monkeypatch, capsys
 ):
