@@ -576,6 +576,7 @@ def _run_flow(name: str, args: argparse.Namespace, **params: Any) -> dict[str, A
         urls = storage.url_secrets(given)
     except storage.StorageOptionError as exc:
         raise UsageError(str(exc)) from None
+    _check_cluster(params.get("execution"), given)
     watchdog.guard()  # before Prefect's server and Ray start: nothing they start outlives this command
     _engine_env(args)
     from pipelines import flows, progress  # Prefect: only once the command line is known to be good
@@ -588,6 +589,19 @@ def _run_flow(name: str, args: argparse.Namespace, **params: Any) -> dict[str, A
     sink = progress.RichProgress(enabled=not args.quiet)
     with flows.storage_credentials(secret, urls), progress.reporting(sink):
         return getattr(flows, name)(storage_options=plain or None, **params)
+
+
+def _check_cluster(execution: Execution | None, urls: list[str]) -> None:
+    """The flow's check that the Ray cluster answers (`workers.check_cluster`), here, before Prefect's server starts
+    (tens of seconds): a wrong --ray-address costs its timeout and nothing else. Ray is imported only when a cluster
+    is named (memory:// runs in the flow's process: no cluster to ask)."""
+    if execution is None or execution.ray_address == "local" or any(u.startswith("memory://") for u in urls):
+        return
+    if execution.ray_address is None and not os.environ.get("RAY_ADDRESS"):
+        return
+    from pipelines.execution import workers
+
+    workers.check_cluster(execution.ray_address, execution.ray_connect_timeout)
 
 
 def _execution(args: argparse.Namespace) -> Execution:

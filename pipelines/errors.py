@@ -17,6 +17,7 @@ __all__ = [
     "LocalPathError",
     "OutputOverlapError",
     "PipelineError",
+    "RayConnectError",
     "SchemaMismatchError",
     "StorageAccessError",
     "StorageError",
@@ -102,3 +103,9 @@ class SchemaMismatchError(PipelineError, ValueError):
 
 class WorkerStartError(PipelineError, RuntimeError):
     """No worker could start (no resources of the requested kind, or the actor fails in its constructor)."""
+
+
+class RayConnectError(PipelineError, ConnectionError):
+    """The Ray cluster a run was given cannot be joined within the connect timeout (nothing listens there, a wrong
+    token, no head found for ``auto``): refused before anything is written; the message names the address, what
+    was tried and what to check."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import os
 import time
 import uuid
 from collections import Counter
@@ -204,6 +205,7 @@ def restore_dataset(
     )
     storage.check_source(source, so)  # before anything is written: a mistyped source leaves no output behind
     inside = storage.check_output_root(output, source, so, side_inputs=[mask_dir])  # before anything is written
+    _check_cluster(execution, _memory(source, output))  # a wrong Ray address fails here, writing nothing
     storage.check_writable(output, so)  # before any listing or fit: an output it cannot write costs only this
     run_id = _new_run_id()
     with _lease(output, so, run_id, break_lease, lease_stale_after) as held:
@@ -278,6 +280,7 @@ def evaluate(
     for source, _ in sources:
         storage.check_source(source, so)
         storage.check_output_root(output, source, so)
+    _check_cluster(execution, _memory(output, *(source for source, _ in sources)))  # as for restore_dataset
     storage.check_writable(output, so)
     run_id = _new_run_id()
     settings = {
@@ -654,6 +657,18 @@ def _engine(ex: Execution) -> Any:
     return dipcore.EngineOptions(autocast=autocast(ex.precision), compile=compile_net(ex.compile))
 
 
+def _check_cluster(ex: Execution, local_only: bool) -> None:
+    """The Ray cluster a run joins answers within its connect timeout (`workers.check_cluster`), asked before the
+    run writes anything (its lease, the output's folder); a private Ray or no Ray at all: nothing to ask."""
+    if ex.executor == "inline" or (ex.executor == "auto" and local_only):
+        return
+    if ex.ray_address == "local" or (ex.ray_address is None and not os.environ.get("RAY_ADDRESS")):
+        return  # a private Ray: Ray is not even imported for it here
+    from pipelines.execution import workers
+
+    workers.check_cluster(ex.ray_address, ex.ray_connect_timeout)
+
+
 def _on_ray(
     todo: Iterable[Job],
     ex: Execution,
@@ -666,7 +681,7 @@ def _on_ray(
     from pipelines.execution import workers
 
     logger = _logger()
-    with workers.ray_session(ex.ray_address):
+    with workers.ray_session(ex.ray_address, ex.ray_connect_timeout):
         _check_local_paths(paths, ex, workers.alive_nodes())  # before any actor starts
         # As many jobs as the cluster holds actors, drawn before the pool starts: a run of fewer starts fewer.
         size, _, _ = workers.WorkerPool.cluster_size(ex.gpus_per_worker, ex.cpus_per_worker, ex.num_workers)

@@ -41,7 +41,12 @@ class Execution(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     ray_address: Annotated[str | None, Flag("ADDR")] = Field(
-        None, description="join this Ray cluster (head-host:6379, or auto: the one on this machine); default: private"
+        None,
+        description="join this Ray cluster (head-host:6379, or auto: the one `ray start` started last on this "
+        "machine); default: RAY_ADDRESS when it is set, else a private Ray on this machine",
+    )
+    ray_connect_timeout: Annotated[PositiveFloat, Flag("S")] = Field(
+        30.0, description="seconds to reach the Ray cluster before the run gives up, writing nothing (default 30)"
     )
     local_paths_shared: Annotated[bool, Flag("")] = Field(
         False,

@@ -26,6 +26,7 @@ import contextlib
 import logging
 import math
 import os
+import re
 import signal
 import threading
 import time
@@ -38,7 +39,8 @@ from ray.exceptions import GetTimeoutError, NodeDiedError, RayActorError, RayErr
 
 from pipelines import jobs as jobs_mod
 from pipelines import signals
-from pipelines.errors import WorkerStartError
+from pipelines.errors import RayConnectError, WorkerStartError
+from pipelines.execution import reach
 from pipelines.execution.options import Pack
 from pipelines.execution.packing import PackQueue
 from pipelines.execution.restorer import JobOutcome, Restorer
@@ -46,11 +48,13 @@ from pipelines.jobs import Job
 
 __all__ = [
     "JobOutcome",
+    "RayConnectError",
     "RestoreWorker",
     "Restorer",
     "RunStats",
     "WorkerPool",
     "WorkerStartError",
+    "check_cluster",
     "ray_session",
     "run_inline",
     "run_jobs",
@@ -90,18 +94,21 @@ def start_ray(
     num_cpus: int | None = None,
     num_gpus: int | None = None,
     object_store_memory: int | None = None,
+    connect_timeout: float = 30.0,
 ) -> bool:
-    """Join the cluster at `address` (``auto``, ``ray://head:10001``, ``host:6379``), or start a private local
-    instance when it is None/"local": every process of it listening on the loopback interface only (`_loopback_node`;
-    `WorkerStartError` if Ray bound another address), no dashboard, no usage reports, `num_cpus`/`num_gpus` as given
-    (Ray 2.60 guards its ports with token authentication). The SIGTERM handler of the caller survives ``ray.init``
-    (`_keep_sigterm_handler`). Returns True when this call connected (so the caller shuts Ray down), False when Ray
-    was already up in this process (its owner shuts it down)."""
+    """Join the cluster at `address` (``auto``, ``host:6379``, ``ray://head:10001``; None: ``RAY_ADDRESS`` when it
+    is set) within `connect_timeout` seconds (`RayConnectError` otherwise, see `_join`), or start a private local
+    instance when it is None/"local": every process of it listening on the loopback interface only
+    (`_loopback_node`; `WorkerStartError` if Ray bound another address), no dashboard, no usage reports,
+    `num_cpus`/`num_gpus` as given (Ray 2.60 guards its ports with token authentication). The SIGTERM handler of
+    the caller survives ``ray.init`` (`_keep_sigterm_handler`). Returns True when this call connected (so the caller
+    shuts Ray down), False when Ray was already up in this process (its owner shuts it down)."""
     if ray.is_initialized():
         return False
     common = {"logging_level": logging.ERROR, "log_to_driver": False}  # Ray's warnings would tear the progress bar
     with _keep_sigterm_handler(), _shut_down_if_interrupted():
-        if address in (None, "local"):
+        target = _resolve(address)
+        if target is None:
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a private instance reports nothing anywhere
             with _loopback_node():
                 ray.init(
@@ -117,8 +124,114 @@ def start_ray(
                 ray.shutdown()
                 raise WorkerStartError(f"the private Ray instance bound {node_ip}, not the loopback interface")
         else:
-            ray.init(address=address, **common)
+            _join(target, time.monotonic() + connect_timeout, common)
     return True
+
+
+def check_cluster(address: str | None, connect_timeout: float = 30.0) -> None:
+    """`RayConnectError` unless the cluster that `start_ray(address)` would join answers within `connect_timeout`
+    seconds (a private instance: nothing to check). What a run asks before it writes anything; connects nothing."""
+    target = _resolve(address)
+    if target is not None:
+        _probe(target, time.monotonic() + connect_timeout)
+
+
+def _resolve(address: str | None) -> reach.Target | None:
+    """The cluster `address` means, or None for a private instance. ``auto`` (and None) take ``RAY_ADDRESS`` when
+    it is set, as ``ray.init`` does; ``auto`` then the address file the last ``ray start`` on this machine wrote
+    (``/tmp/ray/ray_current_cluster``). Unlike ``ray.init``, ``auto`` never falls back to any GCS process found
+    running here: that could be another user's private dipflow instance."""
+    if address == "local":
+        return None
+    if address not in (None, "auto"):
+        reach.split(address)  # a malformed one is said before anything else
+        return reach.Target(address, address, "given")
+    env = os.environ.get("RAY_ADDRESS", "").strip()
+    if env and env not in ("auto", "local"):
+        reach.split(env)
+        return reach.Target(address, env, "RAY_ADDRESS")
+    if address is None and env != "auto":
+        return None
+    from ray._private.utils import get_ray_address_file, read_ray_address  # Ray's own reader of its address file
+
+    where = get_ray_address_file(None)
+    found = read_ray_address(None)
+    if not found:
+        raise RayConnectError(
+            f"no Ray cluster to join for the address auto: {where} does not exist (`ray start --head` writes it on "
+            "the machine it runs on); start a head as docs/deploy.md says, give its host:port, or leave the Ray "
+            "address out to run on a private Ray on this machine"
+        )
+    return reach.Target(address or "RAY_ADDRESS=auto", found, where)
+
+
+def _probe(target: reach.Target, deadline: float) -> str | None:
+    """Wait until the head answers (TCP, then its GCS lists its nodes; Ray Client: TCP only) or `deadline`
+    passes. Returns the address of the head's node when it is a loopback one (a head on this machine started with
+    ``--node-ip-address=127.0.0.1``), else None."""
+    from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
+    from ray._raylet import GcsClient
+    from ray.core.generated.gcs_pb2 import GcsNodeInfo
+    from ray.exceptions import AuthenticationError
+
+    if target.source != "given":  # as ray.init does for a cluster it found itself: a token on file is used
+        quiet = logging.getLogger(maybe_enable_token_auth_if_token_available.__module__)
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)  # its warning that token mode is on would be a second line on stderr
+        try:
+            maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+        finally:
+            quiet.setLevel(level)
+    reach.wait_reachable(target, deadline)
+    if target.client:
+        return None
+    while True:
+        try:  # Ray's own client: blocks up to 5 s when something that is not a head listens there
+            nodes = GcsClient(address=target.address).get_all_node_info(timeout=max(1, deadline - time.monotonic()))
+            alive = [n.node_manager_address for n in nodes.values() if n.state == GcsNodeInfo.ALIVE]
+            break
+        except AuthenticationError:
+            raise reach.fail(
+                target,
+                "the head refused this driver's token",
+                "that RAY_AUTH_MODE=token is set here and the token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or "
+                "~/.ray/auth_token) is the head's",
+            ) from None
+        except Exception as exc:  # noqa: BLE001 - a head still starting, or no head: retried until the deadline
+            if time.monotonic() >= deadline:
+                raise reach.fail(
+                    target,
+                    f"the port answers but not as a Ray head ({_first_line(exc)})",
+                    "that the port is the one `ray start --head` printed (GCS, 6379 by default)",
+                ) from None
+            time.sleep(0.5)
+    if reach.is_loopback(target.host):
+        return next((ip for ip in alive if reach.is_loopback(ip)), None)
+    return None
+
+
+def _join(target: reach.Target, deadline: float, common: dict[str, Any]) -> None:
+    """``ray.init`` on the cluster `target`, once `_probe` has found its head.
+
+    A head on this machine's loopback interface (docs/deploy.md, section 1) is joined on loopback: given
+    ``127.0.0.1:6379`` or its address file, ``ray.init`` turns the host into this machine's routable address
+    (``services.canonicalize_bootstrap_address`` → ``resolve_ip_for_localhost``), where that head does not listen,
+    and retries for minutes — unless Ray's single-machine mode is on, which `_loopback_node` switches on for the
+    connection; the driver's node address is then the head's (``_node_ip_address``), so Ray attaches it to that
+    node. Any other head is joined as Ray joins it."""
+    loopback = _probe(target, deadline)
+    try:
+        if loopback is not None:
+            with _loopback_node():
+                port = target.port
+                host = f"[{loopback}]" if ":" in loopback else loopback
+                ray.init(address=f"{host}:{port}", _node_ip_address=loopback, **common)
+        else:
+            ray.init(address=target.address, **common)
+    except (ConnectionError, RuntimeError, RayError) as exc:
+        raise reach.fail(
+            target, f"its head answered, but ray.init failed ({_first_line(exc)})", "the head's log"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -196,10 +309,10 @@ def _keep_sigterm_handler() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def ray_session(address: str | None = None) -> Iterator[None]:
+def ray_session(address: str | None = None, connect_timeout: float = 30.0) -> Iterator[None]:
     """Ray for the length of the block, joined or started by `start_ray`; shut down at its end only when this block
     connected (a Ray that was already up in this process belongs to whoever started it)."""
-    started = start_ray(address)
+    started = start_ray(address, connect_timeout=connect_timeout)
     try:
         yield
     finally:
@@ -556,7 +669,15 @@ class _Driver:
         )
 
     def _retired_reasons(self) -> str:
-        return "; ".join(f"worker {s.index}: {s.retired}" for s in self.pool.slots if s.retired) or "none started"
+        """Why the workers were given up, each reason once: "workers 0, 1: ModuleNotFoundError: …"."""
+        by_reason: dict[str, list[str]] = {}
+        for slot in self.pool.slots:
+            if slot.retired:
+                by_reason.setdefault(slot.retired, []).append(str(slot.index))
+        return (
+            "; ".join(f"worker{'s' if len(ids) > 1 else ''} {', '.join(ids)}: {why}" for why, ids in by_reason.items())
+            or "none started"
+        )
 
 
 def _check_pack(pack: Pack) -> None:
@@ -564,9 +685,30 @@ def _check_pack(pack: Pack) -> None:
         raise ValueError(f"pack must be a positive integer or 'auto', not {pack!r}")
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")  # terminal colours: Ray paints the task's name in its errors
+_RAISED = re.compile(r"[A-Za-z_][\w.]*(: |$)")  # "ModuleNotFoundError: No module named 'dipcore'"
+
+
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
+    """The exception as one plain line; an actor whose constructor raised is named by that exception (type and
+    message), which Ray's ``ActorDiedError`` carries only inside its text, after the creation task's traceback."""
+    if isinstance(exc, RayActorError) and exc.actor_init_failed:
+        raised = _creation_error(str(exc))
+        if raised:
+            return f"{raised} (raised while the worker started)"
+    text = _ANSI.sub("", str(exc)).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}".strip()
+
+
+def _creation_error(text: str) -> str | None:
+    """The first line of the exception at the end of a remote traceback (Ray's ``RayTaskError`` text): the first
+    unindented line after the last ``File "…"`` frame."""
+    lines = _ANSI.sub("", text).splitlines()
+    frames = [i for i, line in enumerate(lines) if line.lstrip().startswith('File "')]
+    for line in lines[frames[-1] + 1 :] if frames else ():
+        if line[:1].strip() and _RAISED.match(line):
+            return line.strip()
+    return None
 
 
 def run_jobs(
