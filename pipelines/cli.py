@@ -436,8 +436,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None, late: _AfterMain | None) -> int:
     with signals.sigterm_as_interrupt(sigint=True, forward=False) as got:  # before anything else: start-up is one
-        parser = build_parser()
         try:
+            parser = build_parser()  # imports: a signal may land here too (seen at 0.2 s)
             args = parser.parse_args(argv)
             if not hasattr(args, "func"):
                 parser.print_help(sys.stderr)
