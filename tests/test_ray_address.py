@@ -1,0 +1,162 @@
+"""`dipflow restore --ray-address …` against a Ray head started by hand as docs/deploy.md section 1 says, run as a
+user runs it: without the RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER that conftest sets for the other tests (a driver given
+``auto`` or ``127.0.0.1:6379`` turned it into the host's routable address, where that head does not listen, and
+hung). A wrong address ends within its timeout with one line and nothing written; a signal while connecting is
+honoured; a worker whose start fails says why (its exception, plain text) on the command line and in the runs table.
+
+The head is the documented one (``ray start --head --node-ip-address=127.0.0.1 … --block``, default port 6379, the
+token from ``ray get-auth-token --generate`` in a HOME of the test's own) and is stopped as documented, by its id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+DOCS = (ROOT / "docs" / "deploy.md").read_text()
+
+
+def _documented(prefix: str) -> str:
+    """The line of docs/deploy.md section 1 that runs `prefix`, without its trailing ``&`` and comment."""
+    section = DOCS.split("## 1. Laptop", 1)[1].split("\n## ", 1)[0]
+    line = next(line for line in section.splitlines() if prefix in line)
+    return line.split("  #", 1)[0].strip().removesuffix("&").strip()
+
+
+def _env(home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}  # no RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER
+    env.update(HOME=str(home), PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", RAY_USAGE_STATS_ENABLED="0", **extra)
+    return env
+
+
+def _images(folder: Path, n: int = 2) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(folder / f"im{i}.png")
+    return folder
+
+
+def _restore(src: Path, out: str, env: dict[str, str], *extra: str, cwd: Path, timeout: float = 300):
+    argv = [str(BIN / "dipflow"), "restore", str(src), "-o", out, "--task", "denoise"]
+    argv += ["--iterations", "2", "--channels", "4", *extra]
+    return subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory):
+    """The documented head, its token in a HOME of this module's own; stopped as documented (``kill`` its id)."""
+    home = tmp_path_factory.mktemp("home")
+    with socket.socket() as s:
+        if s.connect_ex(("127.0.0.1", 6379)) == 0:
+            pytest.fail("port 6379 is taken: the documented head cannot start")
+    env = _env(home)
+    subprocess.run(_documented("ray get-auth-token").split(), env=env, check=True, capture_output=True)
+    log = home / "head.log"
+    with open(log, "wb") as out:  # the line as documented: VAR=… ray start …, run by a shell
+        proc = subprocess.Popen(
+            ["bash", "-c", _documented("ray start --head")],  # bash execs a lone command
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while "Ray runtime started" not in log.read_text(errors="replace"):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
+            time.sleep(0.5)
+        yield home
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGTERM)  # `kill "$RAY_HEAD_PID"`
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(60)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever of its session outlived it
+
+
+def _check_run(done: subprocess.CompletedProcess, out: Path) -> None:
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in out.glob("*.png")) == ["im0.png", "im1.png"]
+    rows = ds.dataset(out / "report", format="parquet").to_table(columns=["status"]).to_pylist()
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    (summary,) = list((out / "runs").glob("run_id=*/summary.parquet"))
+    assert pq.read_table(summary).to_pylist()[0]["outcome"] == "finished"
+
+
+def test_auto_and_loopback_address_reach_the_documented_head(head, tmp_path):
+    src = _images(tmp_path / "photos")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    env = _env(head, RAY_AUTH_MODE="token")  # as the docs' drivers run
+    assert Path("/tmp/ray/ray_current_cluster").read_text().strip() == "127.0.0.1:6379"  # what `auto` finds
+    _check_run(_restore(src, "restored", env, "--ray-address", "auto", cwd=cwd), cwd / "restored")
+    _check_run(_restore(src, str(tmp_path / "abs"), env, "--ray-address", "127.0.0.1:6379", cwd=cwd), tmp_path / "abs")
+
+
+def test_a_wrong_address_fails_fast_with_one_line_and_writes_nothing(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    src, out = _images(tmp_path / "photos"), tmp_path / "out"
+    env = _env(tmp_path, RAY_AUTH_MODE="token")
+    started = time.monotonic()
+    done = _restore(
+        src, str(out), env, "--ray-address", f"127.0.0.1:{port}", "--ray-connect-timeout", "3", cwd=tmp_path
+    )
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert time.monotonic() - started < 60
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(f"dipflow: error: cannot join the Ray cluster at 127.0.0.1:{port}: connection refused")
+    assert "check that its head runs" in line
+    assert not out.exists()  # no lease, no empty output folder
+
+    # SIGTERM while it connects: exit 143 at once, one line, still nothing written.
+    argv = [str(BIN / "dipflow"), "restore", str(src), "-o", str(out), "--task", "denoise"]
+    argv += ["--ray-address", f"127.0.0.1:{port}", "--ray-connect-timeout", "120"]
+    proc = subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(8)  # past the imports, inside the wait for the head
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143, err[-3000:]
+    assert err.strip().splitlines() == ["dipflow: terminated (SIGTERM); run the same command again to resume"]
+    assert not out.exists()
+
+
+def test_a_worker_that_cannot_start_says_why(tmp_path):
+    """dipcore not importable on the workers: a package of that name that imports a missing module comes first on
+    the workers' PYTHONPATH (a runtime_env given the way Ray Jobs give one), not on the driver's."""
+    shadow = tmp_path / "shadow" / "dipcore"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("import dipcore_missing_dependency  # noqa: F401\n")
+    job = {"runtime_env": {"env_vars": {"PYTHONPATH": str(shadow.parent)}}}
+    env = {**os.environ, "RAY_JOB_CONFIG_JSON_ENV_VAR": json.dumps(job)}
+    src, out = _images(tmp_path / "photos"), tmp_path / "out"
+    done = _restore(src, str(out), env, "--workers", "1", cwd=tmp_path)
+    assert done.returncode == 1, done.stderr[-3000:]
+    raised = "ModuleNotFoundError: No module named 'dipcore_missing_dependency'"
+    assert f"worker 0: {raised}" in done.stderr.strip().splitlines()[-1]
+    assert "\x1b" not in done.stderr
+    (summary,) = list((out / "runs").glob("run_id=*/summary.parquet"))
+    error = pq.read_table(summary).to_pylist()[0]["error"]
+    assert raised in error and not re.search(r"\x1b|\[3\dm", error)
