@@ -25,7 +25,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = pytest.mark.timeout(600)
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -104,6 +104,7 @@ def _check_run(done: subprocess.CompletedProcess, out: Path) -> None:
     assert pq.read_table(summary).to_pylist()[0]["outcome"] == "finished"
 
 
+@pytest.mark.slow
 def test_auto_and_loopback_address_reach_the_documented_head(head, tmp_path):
     src = _images(tmp_path / "photos")
     cwd = tmp_path / "cwd"
@@ -114,10 +115,9 @@ def test_auto_and_loopback_address_reach_the_documented_head(head, tmp_path):
     _check_run(_restore(src, str(tmp_path / "abs"), env, "--ray-address", "127.0.0.1:6379", cwd=cwd), tmp_path / "abs")
 
 
+@pytest.mark.slow
 def test_a_wrong_address_fails_fast_with_one_line_and_writes_nothing(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed again: nothing listens there
+    port = _free_port()
     src, out = _images(tmp_path / "photos"), tmp_path / "out"
     env = _env(tmp_path, RAY_AUTH_MODE="token")
     started = time.monotonic()
@@ -143,6 +143,7 @@ def test_a_wrong_address_fails_fast_with_one_line_and_writes_nothing(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_a_worker_that_cannot_start_says_why(tmp_path):
     """dipcore not importable on the workers: a package of that name that imports a missing module comes first on
     the workers' PYTHONPATH (a runtime_env given the way Ray Jobs give one), not on the driver's."""
@@ -160,3 +161,46 @@ def test_a_worker_that_cannot_start_says_why(tmp_path):
     (summary,) = list((out / "runs").glob("run_id=*/summary.parquet"))
     error = pq.read_table(summary).to_pylist()[0]["error"]
     assert raised in error and not re.search(r"\x1b|\[3\dm", error)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again: nothing listens there
+
+
+@pytest.mark.parametrize(
+    ("address", "env", "said"),
+    [
+        # no --ray-address: RAY_ADDRESS is joined, as ray.init() joins it (a Ray Jobs entrypoint has it set)
+        (
+            None,
+            {"RAY_ADDRESS": "127.0.0.1:{port}"},
+            "at 127.0.0.1:{port} (no address → RAY_ADDRESS): connection refused",
+        ),
+        ("auto", {"RAY_ADDRESS": "127.0.0.1:{port}"}, "at 127.0.0.1:{port} (auto → RAY_ADDRESS): connection refused"),
+        ("auto", {}, "no Ray cluster to join for the address auto: {tmp}/ray/ray_current_cluster does not exist"),
+        ("head:port", {}, "the Ray address 'head:port' is not host:port"),
+    ],
+)
+def test_the_address_a_run_joins_is_said_in_one_line_before_prefect_starts(
+    address, env, said, tmp_path, monkeypatch, capsys
+):
+    """In seconds (the CLI asks before Prefect's server starts), exit 1, nothing written. `auto` reads the address
+    file of Ray's temp folder (RAY_TMPDIR here: one without a head) and nothing else."""
+    from pipelines import cli
+
+    port = _free_port()
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")  # else Ray's token check would set it for the rest of the tests
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value.format(port=port))
+    src, out = _images(tmp_path / "photos"), tmp_path / "out"
+    argv = ["restore", str(src), "-o", str(out), "--task", "denoise", "--ray-connect-timeout", "1"]
+    started = time.monotonic()
+    assert cli.main(argv + (["--ray-address", address] if address else [])) == 1
+    assert time.monotonic() - started < 30
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert said.format(port=port, tmp=tmp_path) in line, line
+    assert not out.exists()
