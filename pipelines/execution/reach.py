@@ -92,10 +92,12 @@ def wait_reachable(target: Target, deadline: float) -> None:
             break
         time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
     waited = time.monotonic() - started
-    head = f"`ray status --address {target.address}`" if not target.client else "its Ray Client server, port 10001"
+    head = f"`ray status --address {target.address}` on the head" if not target.client else "its Ray Client server"
+    if target.source not in ("given", "RAY_ADDRESS"):
+        head += f"; {target.source} outlives the head that wrote it"
     raise fail(
         target,
         f"{last.lower()} for {waited:.0f} s (TCP to port {port})",
-        f"that its head runs ({head} on the head), the address and port that `ray start --head` printed, "
+        f"that its head runs ({head}), the address and port that `ray start --head` printed, "
         "and that no firewall is in between; or leave the Ray address out to run on a private Ray on this machine",
     )
