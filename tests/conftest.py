@@ -127,6 +127,29 @@ def ray_local(ray_session):
     return ray_session
 
 
+@_pytest.fixture
+def test_cluster(monkeypatch):
+    """`ray.cluster_utils.Cluster` (several nodes, logical resources), kept off the machine's Ray address file:
+    Cluster writes /tmp/ray/ray_current_cluster and deletes it on shutdown, and that file is what `ray start` leaves
+    for `--ray-address auto` (tests/test_ray_address.py, on another xdist worker at the same time). Shut down after."""
+    _pytest.importorskip("ray")
+    import ray._common.utils
+    import ray._private.utils
+    from ray.cluster_utils import Cluster
+
+    monkeypatch.setattr(ray._private.utils, "write_ray_address", lambda *a, **k: None)
+    monkeypatch.setattr(ray._common.utils, "reset_ray_address", lambda *a, **k: None)
+    clusters: list = []
+
+    def make(**head_node_args):
+        clusters.append(Cluster(initialize_head=True, head_node_args=head_node_args))
+        return clusters[-1]
+
+    yield make
+    for cluster in clusters:
+        cluster.shutdown()
+
+
 @_pytest.fixture(scope="session")
 def prefect_harness():
     """One Prefect test server with a temporary database for every flow of the session."""

@@ -117,16 +117,14 @@ def test_an_old_report_with_relative_output_uris_still_reads(tmp_path, write_ima
 
 @pytest.mark.slow
 def test_local_paths_on_a_cluster_of_two_nodes_are_refused_unless_declared_shared(
-    ray_session, prefect_harness, tmp_path, write_images, capsys
+    ray_session, prefect_harness, tmp_path, write_images, capsys, test_cluster
 ):
     """A head and a second node (logical resources only): local paths exit 2 before any worker starts, with one
     line that suggests object storage; --local-paths-shared runs them."""
-    from ray.cluster_utils import Cluster
-
     ray = ray_session
     ray.shutdown()  # the shared local instance; `ray_local` restarts it for any later test
     store = 80 * 1024 * 1024
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": store})
+    cluster = test_cluster(num_cpus=1, object_store_memory=store)
     try:
         cluster.add_node(num_cpus=1, object_store_memory=store)
         ray.init(address=cluster.address, logging_level=30, log_to_driver=False)
@@ -147,7 +145,6 @@ def test_local_paths_on_a_cluster_of_two_nodes_are_refused_unless_declared_share
         assert summary["ok"] == 2 and sorted(p.name for p in out.glob("*.png")) == ["a.png", "b.png"]
     finally:
         ray.shutdown()
-        cluster.shutdown()
 
 
 def test_ray_client_with_a_local_path_is_refused_whatever_its_node_count():

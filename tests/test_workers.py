@@ -260,16 +260,14 @@ def test_a_stuck_attempt_times_out(ray_local, tmp_path, write_images):
 
 
 @pytest.mark.slow
-def test_actors_land_on_gpu_nodes_of_a_multi_node_cluster(ray_session, tmp_path, write_images):
+def test_actors_land_on_gpu_nodes_of_a_multi_node_cluster(ray_session, tmp_path, write_images, test_cluster):
     """Head without GPUs, two nodes with one logical GPU each (no CUDA needed: Ray only schedules by count)."""
-    from ray.cluster_utils import Cluster
-
     from pipelines.execution import workers
 
     ray = ray_session
     ray.shutdown()  # the shared local instance; `ray_local` restarts it for any later test
     store = 80 * 1024 * 1024
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0, "object_store_memory": store})
+    cluster = test_cluster(num_cpus=1, num_gpus=0, object_store_memory=store)
     try:
         gpu_nodes = {cluster.add_node(num_cpus=1, num_gpus=1, object_store_memory=store).node_id for _ in range(2)}
         ray.init(address=cluster.address, logging_level=30, log_to_driver=False)
@@ -291,4 +289,3 @@ def test_actors_land_on_gpu_nodes_of_a_multi_node_cluster(ray_session, tmp_path,
         assert all(o.row["status"] == "ok" and o.row["device"] == "cpu" for o in outcomes)  # no CUDA here
     finally:
         ray.shutdown()
-        cluster.shutdown()
