@@ -738,7 +738,7 @@ def _check_local_paths(paths: Sequence[str | None], ex: Execution, nodes: int) -
     if client:
         where = f"Ray Client ({ex.ray_address}) runs the workers on the cluster"
     else:
-        where = f"the Ray cluster at {ex.ray_address} has {nodes} nodes"
+        where = f"the Ray cluster{f' at {ex.ray_address}' if ex.ray_address else ''} has {nodes} nodes"
     raise LocalPathError(
         f"{what}, but {where}: each node would read and write its own disk. Use object storage (s3://bucket/…, "
         "gs://…), or pass --local-paths-shared (execution.local_paths_shared) if every node mounts the path at "
