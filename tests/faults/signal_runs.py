@@ -12,7 +12,6 @@ process's end)::
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import signal
 import subprocess
@@ -26,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: its neighbours
 
 from invariants import Outcome
-from test_processes import _alive, _descendants, _env
+from test_processes import _alive, _descendants, _env, _kill_left
 
 ROOT = Path(__file__).resolve().parents[2]
 # Short fits (a few seconds in all), so that a run's whole length is ~20-30 s on 2 busy cores.
@@ -147,14 +146,7 @@ def stop_at(
                 time.sleep(0.5)
             survivors = {pid: _command(pid) for pid in left}
         finally:
-            with contextlib.suppress(OSError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            for pid, start in seen.items():
-                if _alive(pid, start):
-                    with contextlib.suppress(OSError):
-                        os.kill(pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=30)
+            _kill_left(proc, seen)
         err.seek(0)
         seconds = time.monotonic() - started
         return Stopped(moment, signum, code, err.read(), out, survivors, seconds, sent, again is not None)

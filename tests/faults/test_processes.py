@@ -70,6 +70,19 @@ def _descendants(root: int) -> dict[int, str]:
     return found
 
 
+def _kill_left(proc: subprocess.Popen, seen: dict[int, str]) -> None:
+    """SIGKILL the command's process group and every process seen under it that still lives, then reap it: what a
+    test leaves behind, whatever it asserted."""
+    with contextlib.suppress(OSError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    for pid, start in seen.items():
+        if _alive(pid, start):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=30)
+
+
 def _address(hex_address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     raw = bytes.fromhex(hex_address)
     if len(raw) == 4:
@@ -250,14 +263,7 @@ def test_a_private_ray_listens_on_loopback_only_whatever_the_environment(tmp_pat
         proc.stdin.close()
         assert proc.wait(timeout=60) == 0
     finally:
-        with contextlib.suppress(OSError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        for pid, start in seen.items():
-            if _alive(pid, start):
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=30)
+        _kill_left(proc, seen)
 
 
 # What each signal must end in: the exit a shell reports, and the one line on stderr (None: no chance to print).
