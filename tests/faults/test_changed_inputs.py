@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import os
-import uuid
 
 import numpy as np
 import pyarrow.compute as pc
@@ -41,15 +40,11 @@ def _in_place(path: str, data: bytes) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["local", "s3"])
-def test_inputs_changed_between_runs(backend, tmp_path, request, ledger):
+def test_inputs_changed_between_runs(where, ledger):
     from pipelines import flows
 
-    if backend == "local":
-        root, so = str(tmp_path), None
-    else:
-        server = request.getfixturevalue("s3_server")
-        root, so = server.url(uuid.uuid4().hex), server.storage_options
+    root, so = where  # conftest: a local folder, then a prefix on the moto S3 server
+    backend = "local" if so is None else "s3"
     src, out = f"{root}/src", f"{root}/out"
     keys = ["same.bmp", "in-place.bmp", "sub/renamed.bmp", "sub/deep/deleted.bmp", "replaced.bmp"]
     for i, key in enumerate(keys):

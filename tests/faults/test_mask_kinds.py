@@ -5,7 +5,6 @@ image and a missing one give the image a readable error row before its fit, and 
 from __future__ import annotations
 
 import io
-import uuid
 from dataclasses import dataclass
 from typing import Literal
 
@@ -65,15 +64,11 @@ MASKS = (
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["local", "s3"])
-def test_every_kind_of_mask_ends_in_one_readable_row(backend, tmp_path, request, ledger):
+def test_every_kind_of_mask_ends_in_one_readable_row(where, ledger):
     from pipelines import flows
 
-    if backend == "local":
-        root, so = str(tmp_path), None
-    else:
-        server = request.getfixturevalue("s3_server")
-        root, so = server.url(uuid.uuid4().hex), server.storage_options
+    root, so = where  # conftest: a local folder, then a prefix on the moto S3 server
+    backend = "local" if so is None else "s3"
     image = dipcore.encode_png(np.random.default_rng(0).random((16, 16, 3)).astype(np.float32))
     for case in MASKS:
         storage.write_bytes_atomic(f"{root}/src/{case.name}", image, so)
