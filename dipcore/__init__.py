@@ -9,7 +9,7 @@ from .api import Restoration, RunOutput, StoppingChoice, restore, restore_batch
 from .batched import batch_refusal
 from .canvas import canvas_bucket
 from .crop import center_crop, center_crop_to_multiple
-from .degrade import Observation, degrade
+from .degrade import degrade
 from .engine import EngineOptions
 from .errors import ConfigError, DipcoreError, ImageDecodeError, ImageTooLargeError, OutOfMemoryError
 from .fit import StepRecord
@@ -17,6 +17,7 @@ from .imagefile import DecodedImage, EncodedImage, ImageInfo, decode_with_info, 
 from .imageio import decode_image, encode_png, image_shape, load_image, to_float_image
 from .memory import estimate_peak_bytes
 from .metrics import PsnrProtocol, psnr, ssim
+from .observation import Observation
 from .task_defs import Task, get_task
 from .tasks import TASKS, get_preset, preset_for
 

@@ -21,18 +21,19 @@ from .batched import stack_problems
 from .canvas import MAX_CANVAS_WASTE, fit_canvases, own_canvas, shared_canvas
 from .concurrent import concurrent_workers, fit_concurrently
 from .crop import center_box, center_crop_to_multiple
-from .degrade import Observation, binary_mask
 from .engine import EngineOptions, default_device, fit_work
 from .errors import ConfigError
 from .fit import FitProblem, FitResult, FitSettings, StepRecord, fit, fit_stacked, settings_for_fit
 from .imageio import to_float_image
 from .memory import decide_checkpoint
 from .metrics import PsnrProtocol, check_protocol
+from .observation import Observation, binary_mask
 from .operators import meshgrid_code, noise_code
+from .preset import TaskPreset
 from .selfvalidation import hold_out, refit_settings, search_settings
 from .stopping import VarianceStopping
 from .task_defs import get_task
-from .tasks import TaskPreset, preset_for
+from .tasks import preset_for
 
 __all__ = ["Restoration", "RunOutput", "StoppingChoice", "build_problem", "restore", "restore_batch", "run_fits"]
 

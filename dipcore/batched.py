@@ -25,7 +25,7 @@ from .selfvalidation import HeldOut
 from .task_defs import get_task
 
 if TYPE_CHECKING:
-    from .tasks import TaskPreset
+    from .preset import TaskPreset
 
 __all__ = ["batch_refusal", "stack_blocks", "stack_modules", "stack_problems"]
 

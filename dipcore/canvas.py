@@ -29,7 +29,7 @@ from .errors import ConfigError
 from .task_defs import get_task
 
 if TYPE_CHECKING:
-    from .tasks import TaskPreset
+    from .preset import TaskPreset
 
 __all__ = [
     "CANVAS_CHOICES",

@@ -26,7 +26,7 @@ from .checkpointing import CheckpointedUnit, checkpointed
 from .engine import EngineOptions
 from .errors import OutOfMemoryError
 from .operators import noise_code
-from .tasks import TaskPreset
+from .preset import TaskPreset
 
 __all__ = ["decide_checkpoint", "device_budget", "estimate_peak_bytes"]
 

@@ -23,7 +23,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 
-from .degrade import (
+from .errors import ConfigError
+from .metrics import PsnrProtocol
+from .observation import (
     Observation,
     bernoulli_mask,
     binary_mask,
@@ -33,12 +35,10 @@ from .degrade import (
     text_mask,
     upscale_bicubic,
 )
-from .errors import ConfigError
-from .metrics import PsnrProtocol
 from .operators import Features, Identity, LanczosDown, Mask, Operator, alexnet
 
 if TYPE_CHECKING:
-    from .tasks import TaskPreset
+    from .preset import TaskPreset
 
 __all__ = ["TASK_DEFS", "Task", "get_task"]
 

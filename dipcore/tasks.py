@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .errors import ConfigError
+from .preset import HOURGLASS, TaskPreset
 from .task_defs import TASK_DEFS, get_task
 
 __all__ = ["TASKS", "VARIANTS", "TaskPreset", "apply_overrides", "get_preset", "preset_for"]
@@ -20,55 +20,9 @@ __all__ = ["TASKS", "VARIANTS", "TaskPreset", "apply_overrides", "get_preset", "
 TASKS = tuple(TASK_DEFS)  # the task strings, in the paper's order; what each one is: task_defs.py
 VARIANTS = {"inpaint": ("random", "text", "large", "region"), "denoise": ("sigma25", "sigma50")}
 
-# The paper's default hourglass: 128 channels at each of 5 scales, 4 skip channels (paper, Section 4; code).
-_SKIP_5 = {
-    "channels_down": (128,) * 5,
-    "channels_up": (128,) * 5,
-    "channels_skip": (4,) * 5,
-    "upsample": "bilinear",
-    "pad": "reflection",
-}
-
-
-@dataclass(frozen=True)
-class TaskPreset:
-    """Every setting of one DIP run; ``restore`` builds net, input, operator and loop from it alone."""
-
-    task: str
-    variant: str | None = None
-    net: str = "skip"
-    net_options: Mapping[str, Any] = field(default_factory=lambda: dict(_SKIP_5))
-    input: Literal["noise", "meshgrid", "guide"] = "noise"
-    input_depth: int = 32  # paper: "z … with 32 feature maps"
-    input_scale: float = 0.1  # code: z = U(0,1) · 0.1
-    lr: float = 0.01  # code: Adam, LR 0.01 in most notebooks
-    iterations: int = 2000
-    reg_noise_std: float = 0.0  # std of the per-iteration jitter added to z
-    ema: float | None = None  # weight of the exponential moving average of outputs (0.99 in denoising)
-    output: Literal["final", "average"] = "final"  # which output `restore` returns
-    restarts: int = 1  # independent fits averaged (paper: "averaged over two optimization runs")
-    backtrack: bool = False  # undo steps whose loss jumps (denoising code)
-    scale: int = 1  # SR factor
-    sigma: float | None = None  # noise level of the degradation, in 0–255 units (evaluation only)
-    drop: float | None = None  # fraction of pixels dropped by the Bernoulli mask (evaluation only)
-    layer: str | None = None  # pre-image: the classifier layer whose features are inverted
-    crop: Literal["pad", "center"] = "pad"  # pad to the net's multiple and crop back, or the paper's centre crop
-    # False: the fixed count (the paper's loop); True: stop by the running-variance rule; "observe": run the fixed
-    # count and record where that rule would have stopped and what it would have returned (an early-stopping study);
-    # "selfval": self-validation (`dipcore.selfvalidation`: find the count on held-out pixels, refit to it).
-    early_stopping: bool | Literal["observe", "selfval"] = False
-    es_window: int = 100  # Wang et al.: window W of the running variance
-    es_patience: int = 1000  # Wang et al.: P iterations without a new minimum
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able settings (tuples become lists)."""
-        d = dataclasses.asdict(self)
-        d["net_options"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.net_options.items()}
-        return d
-
 
 def _skip(**changes: Any) -> Mapping[str, Any]:
-    return {**_SKIP_5, **changes}
+    return {**HOURGLASS, **changes}
 
 
 # One entry per (task, variant); the first variant of a task is its default.
