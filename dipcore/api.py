@@ -150,9 +150,9 @@ def build_problem(
     nets.reinitialise(net, gen)
     net = net.to(device)
 
-    if p.net == "deep_decoder":
-        zh, zw = nets.deep_decoder_input_shape(hc, wc, num_layers=p.net_options.get("num_layers", 5))
-        z = noise_code(p.input_depth, zh, zw, generator=gen, scale=p.input_scale)
+    code = nets.code_size(p.net, hc, wc, **p.net_options)  # a code of its own size (the deep decoder's) is noise
+    if code is not None:
+        z = noise_code(p.input_depth, *code, generator=gen, scale=p.input_scale)
     elif p.input == "noise":
         z = noise_code(p.input_depth, hc, wc, generator=gen, scale=p.input_scale)
     elif p.input == "meshgrid":

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from . import nets
+from . import blocks, nets
 from .crop import center_crop
 from .errors import ConfigError
 from .fit import FitPart, FitProblem
@@ -42,7 +42,7 @@ _CHANNELWISE = (
     nn.ZeroPad2d,
     nn.AvgPool2d,
     nn.MaxPool2d,
-    nets._Swish,
+    blocks.Swish,
 )
 
 
@@ -113,10 +113,10 @@ def stack_modules(modules: list[nn.Module]) -> nn.Module:
         return _stack_bn(modules)
     if kind is nn.Sequential:
         return nn.Sequential(*(stack_modules([m[i] for m in modules]) for i in range(len(first))))
-    if kind is nets._Concat:
+    if kind is blocks.Concat:
         branches = [stack_modules([m.branches[i] for m in modules]) for i in range(len(first.branches))]
         return _StackedConcat(k, branches)
-    if kind is nets._LanczosDown2:
+    if kind is blocks.LanczosDown2:
         down = copy.deepcopy(first)
         down.kernel = first.kernel.repeat(k, 1, 1, 1)  # depthwise: one kernel per stacked channel
         return down

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from . import nets
+from . import blocks
 
 __all__ = ["CheckpointedUnit", "checkpointed"]
 
@@ -41,7 +41,7 @@ def _convs(module: nn.Module) -> int:
 
 
 def _draws_noise(module: nn.Module) -> bool:
-    return any(isinstance(m, nets._FillNoise) for m in module.modules())
+    return any(isinstance(m, blocks.FillNoise) for m in module.modules())
 
 
 def _unit(layers: list[nn.Module]) -> list[nn.Module]:

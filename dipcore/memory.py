@@ -117,11 +117,8 @@ def _probe(net_name: str, options: tuple, in_channels: int, out_channels: int, c
     side = nets.min_canvas(net_name, **kwargs)
     net = nets.get_net(net_name, in_channels=in_channels, out_channels=out_channels, **kwargs)
     gen = torch.Generator().manual_seed(0)
-    if net_name == "deep_decoder":
-        zh, zw = nets.deep_decoder_input_shape(side, side, num_layers=kwargs.get("num_layers", 5))
-        z = noise_code(in_channels, zh, zw, generator=gen)
-    else:
-        z = noise_code(in_channels, side, side, generator=gen)
+    zh, zw = nets.code_size(net_name, side, side, **kwargs) or (side, side)  # the code build_problem draws
+    z = noise_code(in_channels, zh, zw, generator=gen)
     activations = _checkpointed_bytes(net, z) if checkpoint else _saved_bytes(net, z)
     return activations / (side * side), sum(q.numel() for q in net.parameters())
 

@@ -19,184 +19,89 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from itertools import pairwise
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dipcore.crop import center_crop
-from dipcore.errors import ConfigError
+from .blocks import (
+    ACTS,
+    DOWNSAMPLES,
+    NORMS,
+    PADS,
+    UPSAMPLES,
+    Concat,
+    FillNoise,
+    Kit,
+    Residual,
+    activation,
+    batch_norm,
+    check_choice,
+    normalisation,
+    upsampling,
+)
+from .crop import center_crop
+from .errors import ConfigError
 
 __all__ = [
-    "NETS",
+    "NET_SPECS",
+    "NetSpec",
     "canvas_size",
+    "code_size",
     "deep_decoder",
     "deep_decoder_input_shape",
     "get_net",
     "min_canvas",
+    "option_names",
+    "register_net",
     "reinitialise",
     "required_multiple",
     "resnet",
     "skip",
     "texture_nets",
     "unet",
+    "width_options",
 ]
 
-_PADS = ("reflection", "zero")
-_DOWNSAMPLES = ("stride", "avg", "max", "lanczos2", "lanczos3")
-_UPSAMPLES = ("nearest", "bilinear")
-_ACTS = ("LeakyReLU", "Swish", "ELU", "ReLU", "none")
-_NORMS = ("batch", "instance", "none")
+Options = dict[str, Any]  # a builder's keywords, every one bound (``_bind``)
 
 
-def _choice(name: str, value: object, allowed: Sequence[object]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{name}={value!r} is not one of {', '.join(map(repr, allowed))}")
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Layers
-
-
-class _Swish(nn.Module):
-    """x · sigmoid(x), the reference code's "Swish"."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x * torch.sigmoid(x)
-
-
-class _FillNoise(nn.Module):
-    """Replaces its input by fresh N(0, 1) noise of ``channels`` channels on every call (the reference's GenNoise).
-
-    Draws from torch's global RNG, so a net using it is not reproducible from ``reinitialise``'s generator alone.
-    """
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.channels = channels
-
-    def forward(self, x: Tensor) -> Tensor:
-        n, _, h, w = x.shape
-        return torch.randn(n, self.channels, h, w, dtype=x.dtype, device=x.device)  # (N, C, H, W)
-
-
-class _Concat(nn.Module):
-    """Runs every branch on the same input and concatenates the results along channels.
-
-    Results are centre-cropped to the smallest H, W first, as in the reference code (sizes normally match).
-    """
-
-    def __init__(self, *branches: nn.Module) -> None:
-        super().__init__()
-        self.branches = nn.ModuleList(branches)
-
-    def forward(self, x: Tensor) -> Tensor:
-        outs = [branch(x) for branch in self.branches]
-        height, width = min(o.shape[2] for o in outs), min(o.shape[3] for o in outs)
-        return torch.cat([center_crop(o, height, width) for o in outs], dim=1)  # (N, ΣC, h, w)
-
-
-class _Residual(nn.Sequential):
-    """x + layers(x)."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x + super().forward(x)
-
-
-def _lanczos_taps(factor: int, support: int) -> Tensor:
-    """1-D Lanczos-``support`` low-pass for downsampling by ``factor``, phase 0.5: 2·support·factor taps, sum 1.
-
-    The same numbers as the reference code's downsampler kernel (and ``operators.lanczos_kernel``, whose outer
-    product this is), kept here so that nets do not depend on operators.
-    """
-    d = (torch.arange(2 * support * factor, dtype=torch.float64) + 0.5 - support * factor).abs() / factor
-    taps = torch.sinc(d) * torch.sinc(d / support)  # d is never 0 with phase 0.5
-    return (taps / taps.sum()).float()
-
-
-class _LanczosDown2(nn.Module):
-    """Fixed depthwise Lanczos low-pass with replicate padding, then every 2nd pixel: (N,C,H,W) -> (N,C,H/2,W/2)."""
-
-    def __init__(self, channels: int, support: int) -> None:
-        super().__init__()
-        taps = _lanczos_taps(2, support)
-        kernel = torch.outer(taps, taps).expand(channels, 1, -1, -1).contiguous()  # (C, 1, k, k)
-        self.register_buffer("kernel", kernel, persistent=False)  # a fixed function, not a weight
-        self.pad = (kernel.shape[-1] - 2) // 2  # keeps the output at exactly H/2
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = F.pad(x, (self.pad,) * 4, mode="replicate")
-        return F.conv2d(x, self.kernel, stride=2, groups=x.shape[1])  # (N, C, H/2, W/2)
-
-
-def _act(name: str) -> nn.Module:
-    _choice("act", name, _ACTS)
-    if name == "LeakyReLU":
-        return nn.LeakyReLU(0.2)  # slope 0.2 as the reference code; not in place, so hooks see the input
-    if name == "Swish":
-        return _Swish()
-    if name == "ELU":
-        return nn.ELU()
-    return nn.ReLU() if name == "ReLU" else nn.Identity()
-
-
-def _bn(channels: int) -> nn.BatchNorm2d:
-    return nn.BatchNorm2d(channels, track_running_stats=False)  # always the batch's statistics
-
-
-def _norm(kind: str, channels: int) -> nn.Module:
-    _choice("norm", kind, _NORMS)
-    if kind == "batch":
-        return _bn(channels)
-    return nn.InstanceNorm2d(channels) if kind == "instance" else nn.Identity()
-
-
-def _upsample(mode: str, factor: int = 2) -> nn.Upsample:
-    _choice("upsample", mode, _UPSAMPLES)
-    return nn.Upsample(scale_factor=factor, mode=mode, align_corners=False if mode == "bilinear" else None)
-
-
-class _ReflectionPad(nn.ReflectionPad2d):
-    """Reflection padding in its input's dtype. CPU autocast runs ``reflection_pad2d`` in fp32, so a bf16
-    activation would be cast up here and back down by the next convolution; padding only copies values, so bf16 in,
-    bf16 out gives the same numbers without the two casts (measured: benchmarks/RESULTS.md)."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        with torch.autocast(x.device.type, enabled=False):
-            return super().forward(x)
+def _channels(options: Options, channels: int) -> Options:
+    return {"channels": channels}
 
 
 @dataclass(frozen=True)
-class _Kit:
-    """How the convolutions of one net are made: padding, bias, normalisation, activation."""
+class NetSpec:
+    """A registered net: its builder and what the code around it reads of it instead of comparing names."""
 
-    pad: str = "reflection"
-    bias: bool = True
-    norm: str = "batch"
-    act: str = "LeakyReLU"
+    name: str
+    build: Callable[..., nn.Module]
+    multiple: Callable[[Options], int]  # H and W must be multiples of it
+    # The (h, w) of the code for an H×W image, for a net whose code has a size of its own (then it is noise); None:
+    # the code is the image's size (noise, a meshgrid or a guide).
+    code_size: Callable[[int, int, Options], tuple[int, int]] | None = None
+    width: Callable[[Options, int], Options] = _channels  # the options that make it `channels` wide (`channels=`)
 
-    def conv(self, cin: int, cout: int, k: int, downsample: str | None = None) -> nn.Sequential:
-        """k×k convolution keeping H, W, or halving them with the given ``downsample`` mode."""
-        layers: list[nn.Module] = []
-        padding = (k - 1) // 2
-        if self.pad == "reflection" and padding:
-            layers.append(_ReflectionPad(padding))
-            padding = 0
-        stride = 2 if downsample == "stride" else 1
-        layers.append(nn.Conv2d(cin, cout, k, stride=stride, padding=padding, bias=self.bias))
-        if downsample in ("avg", "max"):
-            layers.append(nn.AvgPool2d(2) if downsample == "avg" else nn.MaxPool2d(2))
-        elif downsample in ("lanczos2", "lanczos3"):
-            layers.append(_LanczosDown2(cout, support=int(downsample[-1])))
-        return nn.Sequential(*layers)
 
-    def block(self, cin: int, cout: int, k: int, downsample: str | None = None) -> list[nn.Module]:
-        """conv → norm → act."""
-        return [self.conv(cin, cout, k, downsample), _norm(self.norm, cout), _act(self.act)]
+NET_SPECS: dict[str, NetSpec] = {}
+"""The registered nets by name, in the order of this file (``register_net``)."""
 
-    def double(self, cin: int, cout: int) -> list[nn.Module]:
-        """(3×3 conv → norm → act) twice, the U-Net's unit."""
-        return self.block(cin, cout, 3) + self.block(cout, cout, 3)
+
+def register_net(
+    *,
+    multiple: Callable[[Options], int] = lambda options: 1,
+    code_size: Callable[[int, int, Options], tuple[int, int]] | None = None,
+    width: Callable[[Options, int], Options] = _channels,
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Registers the decorated builder under its own name in ``NET_SPECS``, with its metadata (as torchvision's
+    ``register_model``)."""
+
+    def register(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        NET_SPECS[build.__name__] = NetSpec(build.__name__, build, multiple, code_size, width)
+        return build
+
+    return register
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -230,12 +135,12 @@ def _skip_scales(**per_scale: int | str | Sequence[int | str]) -> list[_Scale]:
             raise ConfigError(f"skip needs channels_down, channels_up ≥ 1 and channels_skip ≥ 0, got {s}")
         if any(k < 1 or k % 2 == 0 for k in (s.filter_size_down, s.filter_size_up, s.filter_size_skip)):
             raise ConfigError(f"skip's filter sizes must be odd and positive, got {s}")
-        _choice("downsample", s.downsample, _DOWNSAMPLES)
-        _choice("upsample", s.upsample, _UPSAMPLES)
+        check_choice("downsample", s.downsample, DOWNSAMPLES)
+        check_choice("upsample", s.upsample, UPSAMPLES)
     return scales
 
 
-def _skip_level(scales: list[_Scale], i: int, cin: int, kit: _Kit, need_1x1_up: bool) -> list[nn.Module]:
+def _skip_level(scales: list[_Scale], i: int, cin: int, kit: Kit, need_1x1_up: bool) -> list[nn.Module]:
     """The layers of scale i and, nested inside its deeper branch, of every coarser scale: (N,cin,H,W) -> (N,up,H,W)."""
     s, last = scales[i], i == len(scales) - 1
     deeper = [
@@ -244,19 +149,28 @@ def _skip_level(scales: list[_Scale], i: int, cin: int, kit: _Kit, need_1x1_up: 
     ]
     if not last:
         deeper.append(nn.Sequential(*_skip_level(scales, i + 1, s.channels_down, kit, need_1x1_up)))
-    deeper.append(_upsample(s.upsample))  # (N, k, H, W)
+    deeper.append(upsampling(s.upsample))  # (N, k, H, W)
     k = s.channels_down if last else scales[i + 1].channels_up
     if s.channels_skip:
         skip_branch = nn.Sequential(*kit.block(cin, s.channels_skip, s.filter_size_skip))
-        layers: list[nn.Module] = [_Concat(skip_branch, nn.Sequential(*deeper))]  # (N, skip + k, H, W)
+        layers: list[nn.Module] = [Concat(skip_branch, nn.Sequential(*deeper))]  # (N, skip + k, H, W)
     else:
         layers = [nn.Sequential(*deeper)]
-    layers += [_bn(s.channels_skip + k), *kit.block(s.channels_skip + k, s.channels_up, s.filter_size_up)]
+    layers += [batch_norm(s.channels_skip + k), *kit.block(s.channels_skip + k, s.channels_up, s.filter_size_up)]
     if need_1x1_up:
         layers += kit.block(s.channels_up, s.channels_up, 1)
     return layers
 
 
+def _skip_width(options: Options, channels: int) -> Options:
+    """Every scale `channels` wide, down and up, as many scales as it has."""
+    n = len(options.get("channels_down", (0,) * 5))
+    return {"channels_down": (channels,) * n, "channels_up": (channels,) * n}
+
+
+@register_net(
+    multiple=lambda a: 2 ** len(_skip_scales(**{f.name: a[f.name] for f in fields(_Scale)})), width=_skip_width
+)
 def skip(
     *,
     in_channels: int = 32,
@@ -290,8 +204,8 @@ def skip(
     ``downsample``: "stride", "avg", "max", "lanczos2", "lanczos3"; ``upsample``: "nearest", "bilinear";
     ``pad``: "reflection", "zero"; ``act``: "LeakyReLU", "Swish", "ELU", "ReLU", "none".
     """
-    _choice("pad", pad, _PADS)
-    _choice("act", act, _ACTS)
+    check_choice("pad", pad, PADS)
+    check_choice("act", act, ACTS)
     scales = _skip_scales(
         channels_down=channels_down,
         channels_up=channels_up,
@@ -302,7 +216,7 @@ def skip(
         downsample=downsample,
         upsample=upsample,
     )
-    kit = _Kit(pad=pad, bias=bias, act=act)
+    kit = Kit(pad=pad, bias=bias, act=act)
     head = [kit.conv(scales[0].channels_up, out_channels, 1)] + ([nn.Sigmoid()] if sigmoid else [])
     return nn.Sequential(*_skip_level(scales, 0, in_channels, kit, need_1x1_up), *head)
 
@@ -314,12 +228,12 @@ def skip(
 class _UNetUp(nn.Module):
     """×2 upsampling of the deeper features, concatenation with the skip features, two conv → ReLU."""
 
-    def __init__(self, cin: int, cout: int, mode: str, kit: _Kit) -> None:
+    def __init__(self, cin: int, cout: int, mode: str, kit: Kit) -> None:
         super().__init__()
         if mode == "deconv":
             self.up: nn.Module = nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1, bias=kit.bias)
         else:
-            self.up = nn.Sequential(_upsample(mode), kit.conv(cin, cout, 3))
+            self.up = nn.Sequential(upsampling(mode), kit.conv(cin, cout, 3))
         self.conv = nn.Sequential(*kit.double(2 * cout, cout))
 
     def forward(self, x: Tensor, skip: Tensor) -> Tensor:
@@ -331,7 +245,7 @@ class _UNetUp(nn.Module):
 class _UNet(nn.Module):
     """U-Net as the reference code's: max-pool downs, up blocks without normalisation, optional input pyramid."""
 
-    def __init__(self, in_channels: int, widths: list[int], upsample: str, concat_x: bool, kit: _Kit) -> None:
+    def __init__(self, in_channels: int, widths: list[int], upsample: str, concat_x: bool, kit: Kit) -> None:
         super().__init__()
         self.concat_x = concat_x
         x_channels = in_channels if concat_x else 0  # the (pooled) input fills the last channels of each level
@@ -357,6 +271,7 @@ class _UNet(nn.Module):
         return torch.cat([features, x], dim=1) if self.concat_x else features
 
 
+@register_net(multiple=lambda a: 2 ** (4 + int(a["more_layers"])))
 def unet(
     *,
     in_channels: int = 32,
@@ -380,14 +295,14 @@ def unet(
     Defaults are the reference code's UNet (feature scale 4, deconv, zero padding, bias) with the BatchNorm its
     ``get_net`` passes; the input pyramid and extra layers are off there too.
     """
-    _choice("upsample", upsample, ("deconv", *_UPSAMPLES))
-    _choice("pad", pad, _PADS)
-    _choice("norm", norm, _NORMS)
+    check_choice("upsample", upsample, ("deconv", *UPSAMPLES))
+    check_choice("pad", pad, PADS)
+    check_choice("norm", norm, NORMS)
     widths = [w // feature_scale for w in (64, 128, 256, 512, 1024)]
     widths += [widths[-1]] * more_layers
     if feature_scale < 1 or more_layers < 0 or min(widths) - (in_channels if concat_x else 0) < 1:
         raise ConfigError(f"unet widths {widths} are too narrow ({feature_scale=}, {concat_x=}, {in_channels=})")
-    kit = _Kit(pad=pad, bias=bias, norm=norm, act="ReLU")
+    kit = Kit(pad=pad, bias=bias, norm=norm, act="ReLU")
     head = [kit.conv(widths[0], out_channels, 1)] + ([nn.Sigmoid()] if sigmoid else [])
     return nn.Sequential(_UNet(in_channels, widths, upsample, concat_x, kit), *head)
 
@@ -396,6 +311,7 @@ def unet(
 # resnet
 
 
+@register_net()
 def resnet(
     *,
     in_channels: int = 32,
@@ -416,33 +332,34 @@ def resnet(
     wrong order); LeakyReLU, BatchNorm and reflection padding are the reference code's. Convs before a norm have
     no bias, as there.
     """
-    _choice("pad", pad, _PADS)
-    _choice("norm", norm, _NORMS)
-    _choice("act", act, _ACTS)
+    check_choice("pad", pad, PADS)
+    check_choice("norm", norm, NORMS)
+    check_choice("act", act, ACTS)
     if num_blocks < 0 or channels < 1:
         raise ConfigError(f"resnet needs num_blocks ≥ 0 and channels ≥ 1, got {num_blocks=} {channels=}")
-    kit = _Kit(pad=pad, bias=norm == "none", norm=norm, act=act)  # a norm cancels a bias
-    plain = _Kit(pad=pad, act=act)
+    kit = Kit(pad=pad, bias=norm == "none", norm=norm, act=act)  # a norm cancels a bias
+    plain = Kit(pad=pad, act=act)
     blocks = [
-        _Residual(*kit.block(channels, channels, 3), kit.conv(channels, channels, 3), _norm(norm, channels))
+        Residual(*kit.block(channels, channels, 3), kit.conv(channels, channels, 3), normalisation(norm, channels))
         for _ in range(num_blocks)
     ]
-    body = _Residual(*blocks, kit.conv(channels, channels, 3), _norm(norm, channels))  # + the first features
+    body = Residual(*blocks, kit.conv(channels, channels, 3), normalisation(norm, channels))  # + the first features
     head = [plain.conv(channels, out_channels, 3)] + ([nn.Sigmoid()] if sigmoid else [])
-    return nn.Sequential(plain.conv(in_channels, channels, 3), _act(act), body, *head)
+    return nn.Sequential(plain.conv(in_channels, channels, 3), activation(act), body, *head)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # texture_nets
 
 
-def _texture_branch(in_channels: int, conv_num: int, ratio: int, kit: _Kit, fill_noise: bool) -> list[nn.Module]:
+def _texture_branch(in_channels: int, conv_num: int, ratio: int, kit: Kit, fill_noise: bool) -> list[nn.Module]:
     """Average-pool the code by ``ratio``, then 3×3, 3×3, 1×1 conv → BN → LeakyReLU: (N,C,H,W) -> (N,n,H/r,W/r)."""
-    layers: list[nn.Module] = [nn.AvgPool2d(ratio)] + ([_FillNoise(in_channels)] if fill_noise else [])
+    layers: list[nn.Module] = [nn.AvgPool2d(ratio)] + ([FillNoise(in_channels)] if fill_noise else [])
     layers += kit.block(in_channels, conv_num, 3) + kit.block(conv_num, conv_num, 3)
     return layers + kit.block(conv_num, conv_num, 1)
 
 
+@register_net(multiple=lambda a: max(a["ratios"]))
 def texture_nets(
     *,
     in_channels: int = 32,
@@ -465,22 +382,22 @@ def texture_nets(
     Defaults are the reference code's (ratios 32…1, 8 channels, zero padding, nearest upsampling); the sigmoid is on
     here, as DIP images lie in (0, 1). Padding is integral (the reference code's float padding fails on current torch).
     """
-    _choice("pad", pad, _PADS)
-    _choice("upsample", upsample, _UPSAMPLES)
+    check_choice("pad", pad, PADS)
+    check_choice("upsample", upsample, UPSAMPLES)
     ratios = list(ratios)
     if not ratios or ratios[-1] != 1 or any(a <= b or a % b for a, b in pairwise(ratios)) or conv_num < 1:
         raise ConfigError(
             f"texture_nets needs decreasing ratios, each a multiple of the next, ending in 1, and "
             f"conv_num ≥ 1; got {ratios} ({conv_num=})"
         )
-    kit = _Kit(pad=pad)
+    kit = Kit(pad=pad)
     net = nn.Sequential(*_texture_branch(in_channels, conv_num, ratios[0], kit, fill_noise))
     c = conv_num  # channels of ``net``'s output
     for coarse, fine in pairwise(ratios):
-        coarser = nn.Sequential(*net, _upsample(upsample, coarse // fine), _bn(c))  # (N, c, H/fine, W/fine)
-        branch = nn.Sequential(*_texture_branch(in_channels, conv_num, fine, kit, fill_noise), _bn(conv_num))
+        coarser = nn.Sequential(*net, upsampling(upsample, coarse // fine), batch_norm(c))  # (N, c, H/fine, W/fine)
+        branch = nn.Sequential(*_texture_branch(in_channels, conv_num, fine, kit, fill_noise), batch_norm(conv_num))
         c += conv_num
-        net = nn.Sequential(_Concat(coarser, branch), *kit.block(c, c, 3), *kit.block(c, c, 3), *kit.block(c, c, 1))
+        net = nn.Sequential(Concat(coarser, branch), *kit.block(c, c, 3), *kit.block(c, c, 3), *kit.block(c, c, 1))
     return nn.Sequential(*net, kit.conv(c, out_channels, 1), *([nn.Sigmoid()] if sigmoid else []))
 
 
@@ -496,6 +413,10 @@ def deep_decoder_input_shape(height: int, width: int, num_layers: int = 5) -> tu
     return height // factor, width // factor
 
 
+@register_net(
+    multiple=lambda a: 2 ** (int(a["num_layers"]) - 1),
+    code_size=lambda h, w, a: deep_decoder_input_shape(h, w, num_layers=a["num_layers"]),
+)
 def deep_decoder(
     *,
     in_channels: int = 64,
@@ -513,14 +434,14 @@ def deep_decoder(
 
     Defaults: 64 channels (the paper's k = 64), 5 layers, bilinear upsampling as in the paper's code.
     """
-    _choice("upsample", upsample, _UPSAMPLES)
+    check_choice("upsample", upsample, UPSAMPLES)
     if num_layers < 1 or channels < 1:
         raise ConfigError(f"deep_decoder needs num_layers ≥ 1 and channels ≥ 1, got {num_layers=} {channels=}")
     layers: list[nn.Module] = []
     for i in range(num_layers):
         layers.append(nn.Conv2d(in_channels if i == 0 else channels, channels, 1, bias=False))
-        layers += [_upsample(upsample)] if i < num_layers - 1 else []  # (N, channels, 2h, 2w)
-        layers += [nn.ReLU(), _bn(channels)]
+        layers += [upsampling(upsample)] if i < num_layers - 1 else []  # (N, channels, 2h, 2w)
+        layers += [nn.ReLU(), batch_norm(channels)]
     layers.append(nn.Conv2d(channels, out_channels, 1, bias=False))
     return nn.Sequential(*layers, *([nn.Sigmoid()] if sigmoid else []))
 
@@ -529,20 +450,11 @@ def deep_decoder(
 # By name
 
 
-NETS: dict[str, Callable[..., nn.Module]] = {
-    "skip": skip,
-    "unet": unet,
-    "resnet": resnet,
-    "texture_nets": texture_nets,
-    "deep_decoder": deep_decoder,
-}
-
-
 def _bind(name: str, kwargs: dict[str, object]) -> dict[str, object]:
     """All of the builder's keywords, the caller's over the defaults; ConfigError on an unknown name or keyword."""
-    if name not in NETS:
-        raise ConfigError(f"unknown net {name!r}; choose one of {', '.join(NETS)}")
-    params = inspect.signature(NETS[name]).parameters
+    if name not in NET_SPECS:
+        raise ConfigError(f"unknown net {name!r}; choose one of {', '.join(NET_SPECS)}")
+    params = inspect.signature(NET_SPECS[name].build).parameters
     unknown = sorted(set(kwargs) - set(params))
     if unknown:
         raise ConfigError(f"net {name!r} has no option {', '.join(unknown)}; its options are {', '.join(params)}")
@@ -550,24 +462,35 @@ def _bind(name: str, kwargs: dict[str, object]) -> dict[str, object]:
 
 
 def get_net(name: str, **kwargs: object) -> nn.Module:
-    """Builds the net ``name`` (a key of ``NETS``) with the given options."""
+    """Builds the net ``name`` (a key of ``NET_SPECS``) with the given options."""
     _bind(name, kwargs)
-    return NETS[name](**kwargs)
+    return NET_SPECS[name].build(**kwargs)
 
 
 def required_multiple(net_name: str, **kwargs: object) -> int:
     """The number H and W of the image must be multiples of, for ``get_net(net_name, **kwargs)``."""
-    a = _bind(net_name, kwargs)
-    if net_name == "skip":
-        per_scale = {f.name: a[f.name] for f in fields(_Scale)}
-        return 2 ** len(_skip_scales(**per_scale))  # type: ignore[arg-type]
-    if net_name == "unet":
-        return 2 ** (4 + int(a["more_layers"]))  # type: ignore[call-overload]
-    if net_name == "texture_nets":
-        return max(a["ratios"])  # type: ignore[type-var]
-    if net_name == "deep_decoder":
-        return 2 ** (int(a["num_layers"]) - 1)  # type: ignore[call-overload]
-    return 1  # resnet
+    options = _bind(net_name, kwargs)  # ConfigError on an unknown name first
+    return NET_SPECS[net_name].multiple(options)
+
+
+def code_size(net_name: str, height: int, width: int, **kwargs: object) -> tuple[int, int] | None:
+    """The (h, w) of the noise code from which the net makes an ``height × width`` image, where its code has a size
+    of its own (``deep_decoder``'s, ``deep_decoder_input_shape``); None where the code is the image's size."""
+    size = NET_SPECS[net_name].code_size if net_name in NET_SPECS else None
+    return size(height, width, _bind(net_name, kwargs)) if size is not None else None
+
+
+def width_options(net_name: str, options: Options, channels: int) -> Options:
+    """The options that make net ``net_name`` ``channels`` wide, ``options`` being its current ones: every scale of
+    ``skip``, ``channels`` elsewhere (an unknown name, or a net without that option, is refused when it is built)."""
+    spec = NET_SPECS.get(net_name)
+    return spec.width(options, channels) if spec is not None else _channels(options, channels)
+
+
+def option_names() -> set[str]:
+    """Every net option a preset may set: the keywords of the builders but the channels of the code and image."""
+    names = {k for spec in NET_SPECS.values() for k in inspect.signature(spec.build).parameters}
+    return names - {"in_channels", "out_channels"}
 
 
 def min_canvas(net_name: str, **kwargs: object) -> int:

@@ -11,6 +11,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from . import nets
 from .errors import ConfigError
 from .preset import HOURGLASS, TaskPreset
 from .task_defs import TASK_DEFS, get_task
@@ -181,10 +182,7 @@ def get_preset(
 
 
 def _fast(p: TaskPreset) -> TaskPreset:
-    opts = dict(p.net_options)
-    if p.net == "skip":
-        n = len(opts["channels_down"])
-        opts["channels_down"] = opts["channels_up"] = (_FAST_CHANNELS,) * n
+    opts = {**p.net_options, **nets.width_options(p.net, p.net_options, _FAST_CHANNELS)}
     iterations = _FAST_ITERATIONS.get(p.task, _FAST_DEFAULT_ITERATIONS)
     lr = max(p.lr, 0.01)  # short runs need the larger step of most notebooks
     return dataclasses.replace(p, net_options=dict(opts), iterations=iterations, lr=lr)
@@ -196,6 +194,7 @@ def apply_overrides(p: TaskPreset, **overrides: Any) -> TaskPreset:
     Unknown names raise ConfigError, so a typo never silently runs the default.
     """
     fields = {f.name for f in dataclasses.fields(TaskPreset)} - {"task", "net_options"}
+    net_option_names = nets.option_names() - _ALIASES  # every registered builder's keywords
     opts = dict(p.net_options)
     changes: dict[str, Any] = {}
     net = overrides.get("net") or p.net
@@ -203,11 +202,8 @@ def apply_overrides(p: TaskPreset, **overrides: Any) -> TaskPreset:
     for name, value in sorted(overrides.items(), key=lambda kv: kv[0] != "net"):
         if value is None:
             continue
-        if name == "channels" and net != "skip":
-            opts["channels"] = int(value)  # resnet / deep_decoder width
-        elif name == "channels":
-            n = len(opts.get("channels_down", (0,) * 5))
-            opts["channels_down"] = opts["channels_up"] = (int(value),) * n
+        if name == "channels":
+            opts.update(nets.width_options(net, opts, int(value)))  # each scale of skip's; resnet's, deep_decoder's
         elif name == "skip_channels":
             n = len(opts.get("channels_skip", (0,) * 5))
             opts["channels_skip"] = (int(value),) * n
@@ -219,11 +215,11 @@ def apply_overrides(p: TaskPreset, **overrides: Any) -> TaskPreset:
             opts.update(value)
         elif name in fields:
             changes[name] = value
-        elif name in _NET_OPTION_NAMES:
+        elif name in net_option_names:
             opts[name] = tuple(value) if isinstance(value, list) else value
         else:
             raise ConfigError(
-                f"unknown setting {name!r}; settings are {', '.join(sorted(fields | _NET_OPTION_NAMES | _ALIASES))}"
+                f"unknown setting {name!r}; settings are {', '.join(sorted(fields | net_option_names | _ALIASES))}"
             )
     return dataclasses.replace(p, net_options=dict(opts), **changes)
 
@@ -245,27 +241,3 @@ def preset_for(
 
 
 _ALIASES = {"channels", "skip_channels", "net_options"}
-_NET_OPTION_NAMES = {
-    "channels_down",
-    "channels_up",
-    "channels_skip",
-    "filter_size_down",
-    "filter_size_up",
-    "filter_size_skip",
-    "pad",
-    "downsample",
-    "upsample",
-    "act",
-    "need_1x1_up",
-    "sigmoid",
-    "bias",
-    "feature_scale",
-    "more_layers",
-    "concat_x",
-    "norm",
-    "num_blocks",
-    "ratios",
-    "conv_num",
-    "fill_noise",
-    "num_layers",
-}

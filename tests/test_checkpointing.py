@@ -8,7 +8,7 @@ import torch
 from test_nets import SMALL  # narrow configurations of every net: milliseconds per pass at 64×64
 from torch import nn
 
-from dipcore import nets
+from dipcore import blocks, nets
 from dipcore.batched import stack_modules
 from dipcore.checkpointing import CheckpointedUnit, checkpointed
 from dipcore.memory import _saved_bytes
@@ -64,7 +64,7 @@ def test_units_that_draw_noise_stay_plain_so_no_rng_state_is_replayed():
     net = nets.reinitialise(nets.texture_nets(**SMALL["texture_nets"], fill_noise=True), torch.Generator())
     lean = checkpointed(net)
     for unit in (m for m in lean.modules() if isinstance(m, CheckpointedUnit)):
-        assert not any(isinstance(m, nets._FillNoise) for m in unit.modules())
+        assert not any(isinstance(m, blocks.FillNoise) for m in unit.modules())
     z = _code("texture_nets", 8)
     # Recomputing a noise layer without replaying the RNG would draw other noise and change the gradients.
     out, grads = _output_and_grads(net, z, rng_seed=3)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from dipcore import nets
+from dipcore import blocks, nets
 from dipcore.errors import ConfigError
 
 # Narrow configurations of every net, so that a forward pass at 64×64 takes milliseconds.
@@ -119,7 +119,7 @@ def test_skip_parameter_count_follows_per_scale_options(options, expected):
 
 def test_skip_without_skip_channels_has_no_concat_at_those_scales():
     net = nets.skip(in_channels=3, channels_down=8, channels_up=8, channels_skip=(0, 0, 0, 4, 4))
-    assert sum(isinstance(m, nets._Concat) for m in net.modules()) == 2
+    assert sum(isinstance(m, blocks.Concat) for m in net.modules()) == 2
 
 
 def test_deep_decoder_default_parameter_count():
@@ -131,7 +131,7 @@ def test_deep_decoder_default_parameter_count():
 
 
 def test_small_configs_cover_every_net():
-    assert set(SMALL) == set(nets.NETS)
+    assert set(SMALL) == set(nets.NET_SPECS)
 
 
 @pytest.mark.parametrize("name", list(SMALL))
@@ -153,7 +153,7 @@ def test_skip_downsample_modes(mode):
     net = _build("skip", **SMALL["skip"], downsample=mode)
     assert net(_code("skip", SMALL["skip"])).shape == (1, 3, 64, 64)
     convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
-    kinds = {"avg": nn.AvgPool2d, "max": nn.MaxPool2d, "lanczos2": nets._LanczosDown2, "lanczos3": nets._LanczosDown2}
+    kinds = {"avg": nn.AvgPool2d, "max": nn.MaxPool2d, "lanczos2": blocks.LanczosDown2, "lanczos3": blocks.LanczosDown2}
     if mode == "stride":
         assert sum(c.stride == (2, 2) for c in convs) == 5
     else:
@@ -164,7 +164,7 @@ def test_skip_downsample_modes(mode):
 def test_skip_downsample_per_scale():
     net = nets.skip(**SMALL["skip"], downsample=("stride", "avg", "max", "lanczos2", "lanczos3"))
     assert net(_code("skip", SMALL["skip"])).shape == (1, 3, 64, 64)
-    assert [m.kernel.shape[-1] for m in net.modules() if isinstance(m, nets._LanczosDown2)] == [8, 12]
+    assert [m.kernel.shape[-1] for m in net.modules() if isinstance(m, blocks.LanczosDown2)] == [8, 12]
 
 
 @pytest.mark.parametrize("mode", ["nearest", "bilinear"])
@@ -182,7 +182,7 @@ def test_upsample_mode_changes_the_output():
     assert not torch.allclose(*outs)
 
 
-@pytest.mark.parametrize("act, kind", [("LeakyReLU", nn.LeakyReLU), ("Swish", nets._Swish), ("ELU", nn.ELU)])
+@pytest.mark.parametrize("act, kind", [("LeakyReLU", nn.LeakyReLU), ("Swish", blocks.Swish), ("ELU", nn.ELU)])
 def test_skip_activations(act, kind):
     net = _build("skip", **SMALL["skip"], act=act)
     assert sum(isinstance(m, kind) for m in net.modules()) == 5 * 4 + 5  # 4 per scale with a skip, 5 skip branches
@@ -191,7 +191,7 @@ def test_skip_activations(act, kind):
 
 def test_skip_activation_none_has_no_nonlinearity_but_the_sigmoid():
     net = _build("skip", **SMALL["skip"], act="none")
-    assert not any(isinstance(m, (nn.LeakyReLU, nn.ELU, nets._Swish, nn.ReLU)) for m in net.modules())
+    assert not any(isinstance(m, (nn.LeakyReLU, nn.ELU, blocks.Swish, nn.ReLU)) for m in net.modules())
     assert net(_code("skip", SMALL["skip"])).shape == (1, 3, 64, 64)
 
 
@@ -202,7 +202,7 @@ def test_leaky_relu_is_the_papers_and_not_in_place():
 
 def test_swish_is_x_times_sigmoid():
     x = torch.linspace(-4, 4, 17)
-    assert torch.allclose(nets._Swish()(x), x * torch.sigmoid(x))
+    assert torch.allclose(blocks.Swish()(x), x * torch.sigmoid(x))
 
 
 def test_six_scale_skip():
@@ -259,7 +259,7 @@ def test_canvas_size_rounds_up_to_the_multiple_and_the_smallest_canvas():
 def test_concat_center_crops_to_the_smallest():
     a, b = nn.Identity(), nn.ZeroPad2d(1)
     x = torch.arange(16.0).reshape(1, 1, 4, 4)
-    y = nets._Concat(b, a)(x)  # (1, 2, 4, 4)
+    y = blocks.Concat(b, a)(x)  # (1, 2, 4, 4)
     assert y.shape == (1, 2, 4, 4)
     assert torch.equal(y[:, 0], x[:, 0]) and torch.equal(y[:, 1], x[:, 0])
 
@@ -277,11 +277,11 @@ def test_lanczos_taps_match_the_published_formula():
         d = abs(i + 0.5 - centre) / factor
         ref.append(support * math.sin(math.pi * d) * math.sin(math.pi * d / support) / (math.pi**2 * d**2))
     ref = torch.tensor(ref) / sum(ref)
-    assert torch.allclose(nets._lanczos_taps(factor, support), ref.float(), atol=1e-7)
+    assert torch.allclose(blocks.lanczos_taps(factor, support), ref.float(), atol=1e-7)
 
 
 def test_lanczos_down_keeps_constants_and_is_not_a_parameter():
-    down = nets._LanczosDown2(3, support=2)
+    down = blocks.LanczosDown2(3, support=2)
     y = down(torch.full((1, 3, 16, 16), 0.7))
     assert y.shape == (1, 3, 8, 8) and torch.allclose(y, torch.full_like(y, 0.7))
     assert not list(down.parameters()) and "kernel" not in down.state_dict()
@@ -364,7 +364,7 @@ def test_reinitialise_reaches_nested_modules_and_refuses_unknown_ones():
 def test_get_net_unknown_name_lists_the_valid_ones():
     with pytest.raises(ConfigError) as err:
         nets.get_net("hourglass")
-    assert all(name in str(err.value) for name in nets.NETS)
+    assert all(name in str(err.value) for name in nets.NET_SPECS)
 
 
 def test_get_net_unknown_keyword_is_a_config_error():
@@ -426,3 +426,24 @@ def test_reflection_and_zero_padding_differ():
     assert not any(isinstance(m, nn.ReflectionPad2d) for m in zero.modules())
     assert [p.shape for p in reflect.parameters()] == [p.shape for p in zero.parameters()]
     assert not torch.allclose(reflect(x), zero(x), atol=1e-4)
+
+
+def test_a_registered_net_is_run_by_name_as_the_built_in_ones_are():
+    """``register_net`` is the only place a net is named: restore, its canvas and its memory estimate read the
+    metadata (here a code 2× smaller than the image, which must be a multiple of 4)."""
+    import dipcore
+
+    @nets.register_net(multiple=lambda a: 4, code_size=lambda h, w, a: (h // 2, w // 2))
+    def half_code(*, in_channels: int = 8, out_channels: int = 3, features: int = 4) -> nn.Sequential:
+        return nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(in_channels, out_channels, 3, padding=1))
+
+    try:
+        assert nets.required_multiple("half_code") == 4 and nets.canvas_size("half_code", 10, 13) == (12, 16)
+        assert nets.code_size("half_code", 12, 16) == (6, 8) and nets.code_size("skip", 12, 16) is None
+        image = torch.rand(10, 13, 3).numpy()
+        res = dipcore.restore(image, task="denoise", preset="fast", iterations=2, net="half_code", features=2)
+        assert res.image.shape == (10, 13, 3) and res.config["net_options"] == {"features": 2}
+        with pytest.raises(ConfigError, match="has no option"):
+            dipcore.restore(image, task="denoise", preset="fast", iterations=2, net="half_code", channels=4)
+    finally:
+        del nets.NET_SPECS["half_code"]
