@@ -28,7 +28,7 @@ from .errors import OutOfMemoryError
 from .operators import noise_code
 from .preset import TaskPreset
 
-__all__ = ["decide_checkpoint", "device_budget", "estimate_peak_bytes"]
+__all__ = ["cuda_budget", "decide_checkpoint", "device_budget", "estimate_peak_bytes"]
 
 # What autograd saves is not all that is alive at the peak: the backward pass adds activation gradients, and the
 # step its outputs and buffers. On the H200 the measured peaks were 1.15–1.24× the saved activations plus the four
@@ -160,6 +160,13 @@ def _meminfo_bytes(text: str, key: str) -> int | None:
     return None
 
 
+def cuda_budget(free: int, total: int, cached: int = 0) -> int:
+    """Bytes fits may use on a CUDA device with ``free`` of its ``total`` bytes free and ``cached`` bytes held unused
+    by this process's allocator: all of them but a margin for cuDNN. The one GPU budget: the engine checks each fit
+    against it (``device_budget``) and the packer sizes its batches by it (``pipelines.execution.packing``)."""
+    return free + cached - _cuda_margin(total)
+
+
 def device_budget(device: torch.device) -> int | None:
     """Bytes a fit may use on ``device`` now; None where unknown.
 
@@ -169,8 +176,7 @@ def device_budget(device: torch.device) -> int | None:
     """
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
-        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-        return free + cached - _cuda_margin(total)
+        return cuda_budget(free, total, torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
     if device.type == "cpu":
         try:
             with open("/proc/meminfo") as f:

@@ -12,6 +12,7 @@ from PIL import Image
 
 import dipcore
 from dipcore import batch_refusal, image_shape, preset_for
+from dipcore.memory import cuda_budget
 from pipelines import jobs, storage
 from pipelines.evaluation import protocols
 from pipelines.execution import packing
@@ -206,11 +207,15 @@ def test_auto_packs_one_job_per_thread_on_a_cpu_and_fills_a_gpus_free_memory(kee
     p = preset_for("sr", scale=4, channels=16)
     one = dipcore.estimate_peak_bytes(p, 256, 256)
 
-    def free_for(k: int) -> int:  # the free memory in which k fits just fit
-        return int(dipcore.estimate_peak_bytes(p, 256, 256, fits=k) / packing.MEMORY_SHARE) + 1
+    def free_for(k: int) -> int:  # the free memory in which k fits just fit: dipcore keeps 1 GiB free on a small card
+        return dipcore.estimate_peak_bytes(p, 256, 256, fits=k) + 2**30
 
+    assert cuda_budget(free_for(3), free_for(3)) == dipcore.estimate_peak_bytes(p, 256, 256, fits=3)
     assert packing.pack_for_memory(p, 256, 256, channels=3, free_bytes=free_for(3)) == 3
-    assert packing.pack_for_memory(p, 256, 256, channels=3, free_bytes=free_for(3) - one) == 2
+    assert packing.pack_for_memory(p, 256, 256, channels=3, free_bytes=free_for(3) - 1) == 2
+    big = dict(free_bytes=free_for(3) + 3 * 2**30, total_bytes=80 * 2**30)  # an 80 GiB card: 4 GiB kept free
+    assert packing.pack_for_memory(p, 256, 256, channels=3, **big) == 3
+    assert packing.pack_for_memory(p, 256, 256, channels=3, **{**big, "free_bytes": big["free_bytes"] - 1}) == 2
     assert packing.pack_for_memory(p, 256, 256, channels=3, free_bytes=100 * free_for(8)) == packing.AUTO_PACK_CAP
     assert packing.pack_for_memory(p, 256, 256, channels=3, free_bytes=one // 2) == 1  # a lone fit still runs
 
@@ -361,7 +366,7 @@ def test_auto_on_a_gpu_actor_cuts_what_it_gets_to_its_free_memory(tmp_path, spy,
     r.device_name = "a GPU"  # what "auto" looks at; the fits still run on the CPU
     assert r.pack_limit == packing.AUTO_PACK_CAP and r.info()["pack_limit"] == packing.AUTO_PACK_CAP
     p = preset_for("denoise", preset="fast", iterations=2, channels=16)  # the plan's settings
-    two = int(dipcore.estimate_peak_bytes(p, 32, 32, fits=2) / packing.MEMORY_SHARE) + 1
+    two = dipcore.estimate_peak_bytes(p, 32, 32, fits=2) + 2**30  # with the 1 GiB dipcore keeps free
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (two, 10 * two))
     outcomes = r.run_batch(j, pack="auto")
     assert spy == [2] and [o.row["status"] for o in outcomes] == ["ok"] * 3  # two stacked, the third alone
