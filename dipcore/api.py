@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,72 +30,13 @@ from .metrics import PsnrProtocol, check_protocol
 from .observation import Observation, binary_mask
 from .operators import meshgrid_code, noise_code
 from .preset import TaskPreset
+from .restoration import Restoration, RunOutput, StoppingChoice, collect
 from .selfvalidation import hold_out, refit_settings, search_settings
 from .stopping import VarianceStopping
 from .task_defs import get_task
 from .tasks import preset_for
 
 __all__ = ["Restoration", "RunOutput", "StoppingChoice", "build_problem", "restore", "restore_batch", "run_fits"]
-
-
-@dataclass(frozen=True)
-class StoppingChoice:
-    """What the early-stopping rule returns — in observe mode, would have returned — for one run."""
-
-    image: np.ndarray  # the rule's output where it fired; where it never fired, what the run returns at its end
-    iteration: int  # the iteration `image` comes from
-    fired_at: int | None  # the iteration (a sync point) at which the rule said stop; None: never within the run
-
-
-@dataclass
-class RunOutput:
-    """One optimisation run (seed ``seed``) of a restoration; with ``restarts`` > 1 the Restoration averages them."""
-
-    seed: int
-    image: np.ndarray  # what this run alone returns (final, average or the early-stopping choice, as the preset says)
-    final: np.ndarray  # its last iterate
-    average: np.ndarray | None  # its moving average of outputs
-    iteration: int  # the iteration `image` comes from
-    stop_reason: str
-    stopping: StoppingChoice | None  # None when early stopping is off
-    history: dict[str, list[float]]
-
-
-@dataclass
-class Restoration:
-    """The result of ``restore``: images are H×W×C float32 arrays in [0, 1] at the task's output size.
-
-    With ``restarts`` > 1, ``image``, ``final`` and ``average`` are means over the runs (paper: "averaged over two
-    optimization runs"), ``history`` and ``stopping`` are the first run's, and ``runs`` keeps every run apart.
-    """
-
-    image: np.ndarray  # the returned output (see `iteration` and `stop_reason`)
-    final: np.ndarray  # output of the last iteration run
-    average: np.ndarray | None  # moving average of outputs (when the preset averages)
-    iteration: int  # iteration `image` comes from
-    iterations_run: int
-    stop_reason: str  # "iterations" | "early_stopping" | "callback"
-    history: dict[str, list[float]]  # per-iteration "loss", and "psnr"/"psnr_average" with a reference
-    config: dict[str, Any]  # every setting used, JSON-able
-    seconds: float
-    device: str
-    backtracks: int = 0
-    restarts: list[dict[str, Any]] = field(default_factory=list)  # per-restart summary when restarts > 1
-    runs: list[RunOutput] = field(default_factory=list)  # every run's own outputs, seeds seed, seed + 1, …
-    stopping: StoppingChoice | None = None  # the first run's early-stopping choice (early_stopping True/"observe")
-    psnr_protocol: PsnrProtocol | None = None  # how the history's PSNR curves are measured (with a reference)
-    engine: dict[str, Any] = field(default_factory=dict)  # the resolved EngineOptions the fit ran with
-
-    @property
-    def best_psnr(self) -> float | None:
-        """The best PSNR of the first run's raw outputs along the run (``psnr_protocol``): an oracle."""
-        curve = self.history.get("psnr")
-        return max(curve) if curve else None
-
-    @property
-    def best_iteration(self) -> int | None:
-        curve = self.history.get("psnr")
-        return int(np.argmax(curve)) + 1 if curve else None
 
 
 def _as_tensor(image: np.ndarray, device: torch.device) -> Tensor:
@@ -150,25 +91,7 @@ def build_problem(
     nets.reinitialise(net, gen)
     net = net.to(device)
 
-    code = nets.code_size(p.net, hc, wc, **p.net_options)  # a code of its own size (the deep decoder's) is noise
-    if code is not None:
-        z = noise_code(p.input_depth, *code, generator=gen, scale=p.input_scale)
-    elif p.input == "noise":
-        z = noise_code(p.input_depth, hc, wc, generator=gen, scale=p.input_scale)
-    elif p.input == "meshgrid":
-        if p.input_depth != 2:
-            raise ConfigError(f"a meshgrid input has 2 channels, not input_depth={p.input_depth}")
-        z = meshgrid_code(hc, wc)
-    elif p.input == "guide":
-        if obs.guide is None:
-            raise ConfigError(f"task {p.task!r} takes its input from a guide image (the flash image): pass guide=")
-        if obs.guide.shape[:2] != (h, w):
-            raise ConfigError(f"guide is {obs.guide.shape[1]}×{obs.guide.shape[0]}, the image is {w}×{h}")
-        z = _pad_to(_as_tensor(obs.guide, torch.device("cpu")), hc, wc)
-        if z.shape[1] != p.input_depth:
-            raise ConfigError(f"the guide has {z.shape[1]} channels but input_depth={p.input_depth}")
-    else:
-        raise ConfigError(f"unknown input {p.input!r}")
+    z = _input_code(p, obs, (h, w), (hc, wc), gen)
 
     y = _as_tensor(obs.image, device)  # (1, C, h, w)
     if operator is not None:
@@ -185,6 +108,33 @@ def build_problem(
             raise ConfigError(f"reference is {ref_arr.shape}, the output will be {(h, w, out_channels)}")
         ref = _as_tensor(ref_arr, device)
     return FitProblem(net=net, z=z.to(device), operator=op, target=y, crop=crop, reference=ref)
+
+
+def _input_code(
+    p: TaskPreset, obs: Observation, size: tuple[int, int], canvas: tuple[int, int], gen: torch.Generator
+) -> Tensor:
+    """The code z of one fit on the CPU (1, input_depth, ·, ·), drawn from ``gen``: noise, a meshgrid or the guide
+    image on the canvas, or noise of the net's own code size (the deep decoder's)."""
+    (h, w), (hc, wc) = size, canvas
+    code = nets.code_size(p.net, hc, wc, **p.net_options)  # a code of its own size (the deep decoder's) is noise
+    if code is not None:
+        return noise_code(p.input_depth, *code, generator=gen, scale=p.input_scale)
+    if p.input == "noise":
+        return noise_code(p.input_depth, hc, wc, generator=gen, scale=p.input_scale)
+    if p.input == "meshgrid":
+        if p.input_depth != 2:
+            raise ConfigError(f"a meshgrid input has 2 channels, not input_depth={p.input_depth}")
+        return meshgrid_code(hc, wc)
+    if p.input != "guide":
+        raise ConfigError(f"unknown input {p.input!r}")
+    if obs.guide is None:
+        raise ConfigError(f"task {p.task!r} takes its input from a guide image (the flash image): pass guide=")
+    if obs.guide.shape[:2] != (h, w):
+        raise ConfigError(f"guide is {obs.guide.shape[1]}×{obs.guide.shape[0]}, the image is {w}×{h}")
+    z = _pad_to(_as_tensor(obs.guide, torch.device("cpu")), hc, wc)
+    if z.shape[1] != p.input_depth:
+        raise ConfigError(f"the guide has {z.shape[1]} channels but input_depth={p.input_depth}")
+    return z
 
 
 def _callers_operator(operator: nn.Module, output: tuple[int, int, int], y: Tensor) -> nn.Module:
@@ -266,48 +216,11 @@ def restore(
     quality (``Restoration.config["canvas"]`` records it).
     """
     started = time.perf_counter()
-    if isinstance(observation, Observation):
-        scale = scale or (observation.scale if get_task(task).scaled else None)
-    p = preset_for(
-        task,
-        variant=variant,
-        scale=scale,
-        preset=preset,
-        iterations=iterations,
-        early_stopping=early_stopping,
-        **overrides,
-    )
+    p = _preset(task, observation, scale, variant, preset, iterations, early_stopping, overrides)
     obs, ref = _prepare(p, observation, mask=mask, guide=guide, reference=reference)
-    protocol = _protocol(psnr_protocol, ref)
-    dev = torch.device(device) if device is not None else default_device()
-    seeds = [seed + r for r in range(p.restarts)]
-    own = own_canvas(p, obs.image.shape)
-    compiled = (engine or EngineOptions()).resolved(dev).compile
-    [on] = fit_canvases(p, [own], _canvas_choice(canvas, compiled, "own"), stacked=False, max_waste=None)
-
-    def build() -> list[FitProblem]:
-        return [
-            build_problem(
-                p,
-                obs,
-                device=dev,
-                seed=s,
-                reference=ref,
-                features_weights=features_weights,
-                operator=operator,
-                canvas=on,
-            )
-            for s in seeds
-        ]
-
-    problems = build()
-    engine = (engine or EngineOptions()).resolved(dev, work=_work(problems[0]), bf16_ok=get_task(p.task).bf16_default)
-    h, w, c = get_task(p.task).output_shape(obs.image.shape, p.scale)
-    fits = _at_once(engine, p.restarts) if engine.batch_restarts else 1
-    engine = _plan_memory(engine, p, *(on or (h, w)), c, dev, fits=fits)  # on its canvas, when larger than its own
-    settings = _settings(p, engine, protocol)
-    runs = _fit_preset(problems, build, p, settings, seeds=seeds, callback=callback, batched=engine.batch_restarts)
-    return _collect(runs, p, seed, dev, started, protocol=protocol, engine=engine, canvas=(on, own))
+    fits = [(obs, ref, seed + r) for r in range(p.restarts)]  # the restarts, averaged into one Restoration
+    how = _How(device, engine, psnr_protocol, canvas, callback, features_weights=features_weights, operator=operator)
+    return _restore(p, fits, how, started=started, batch=False)[0]
 
 
 def restore_batch(
@@ -357,9 +270,34 @@ def restore_batch(
     references = list(references) if references is not None else [None] * k
     if len(seeds) != k or len(references) != k:
         raise ConfigError(f"{k} observations need {k} seeds and references, got {len(seeds)} and {len(references)}")
-    if isinstance(observations[0], Observation):
-        scale = scale or (observations[0].scale if get_task(task).scaled else None)
-    p = preset_for(
+    p = _preset(task, observations[0], scale, variant, preset, iterations, early_stopping, overrides)
+    if p.restarts != 1:
+        raise ConfigError("restore_batch runs one fit per image: use restarts=1")
+    prepared = [_prepare(p, o, reference=r) for o, r in zip(observations, references, strict=True)]
+    fits = [(obs, ref, s) for (obs, ref), s in zip(prepared, seeds, strict=True)]
+    how = _How(device, engine, psnr_protocol, canvas, callback, max_canvas_waste=max_canvas_waste)
+    return _restore(p, fits, how, started=started, batch=True)
+
+
+@dataclass(frozen=True)
+class _How:
+    """How ``restore`` or ``restore_batch`` was asked to run its fits, as the caller gave it."""
+
+    device: str | torch.device | None
+    engine: EngineOptions | None
+    psnr_protocol: PsnrProtocol | Mapping[str, Any] | None
+    canvas: str | tuple[int, int] | None
+    callback: Callable[[StepRecord], bool | None] | None
+    max_canvas_waste: float | None = None
+    features_weights: str | Path | None = None
+    operator: nn.Module | None = None
+
+
+def _preset(task: str, first: Any, scale: int | None, variant, preset, iterations, early_stopping, overrides):
+    """The preset a call runs; an Observation of a scaled task (SR) brings its scale where the call gives none."""
+    if isinstance(first, Observation):
+        scale = scale or (first.scale if get_task(task).scaled else None)
+    return preset_for(
         task,
         variant=variant,
         scale=scale,
@@ -368,42 +306,64 @@ def restore_batch(
         early_stopping=early_stopping,
         **overrides,
     )
-    if p.restarts != 1:
-        raise ConfigError("restore_batch runs one fit per image: use restarts=1")
-    dev = torch.device(device) if device is not None else default_device()
-    prepared = [_prepare(p, o, reference=r) for o, r in zip(observations, references, strict=True)]
+
+
+def _restore(
+    p: TaskPreset, fits: list[tuple[Observation, np.ndarray | None, int]], how: _How, *, started: float, batch: bool
+) -> list[Restoration]:
+    """The one path of ``restore`` and ``restore_batch``: canvases, problems, engine, memory plan, the fits, and their
+    Restorations. ``fits``: (observation, reference, seed) each. ``batch``: ``restore_batch``'s fits, one
+    Restoration each, stacked where the engine stacks; else ``restore``'s restarts of one observation, averaged
+    into one, batched as ``engine.batch_restarts`` says."""
+    dev = torch.device(how.device) if how.device is not None else default_device()
     protocol = None
-    for _, ref in prepared:
-        protocol = _protocol(psnr_protocol, ref) if ref is not None else protocol
-    device_defaults = (engine or EngineOptions()).resolved(dev)  # the batch mode and compile depend on the device only
-    stacked = device_defaults.batch_mode == "stack"
-    if stacked and len({obs.image.shape[2] for obs, _ in prepared}) > 1:
+    for _, ref, _ in fits:
+        protocol = _protocol(how.psnr_protocol, ref) or protocol
+    device_defaults = (how.engine or EngineOptions()).resolved(dev)  # batch mode and compile depend on the device
+    stacked = batch and device_defaults.batch_mode == "stack"
+    if stacked and len({obs.image.shape[2] for obs, _, _ in fits}) > 1:
         raise ConfigError("stacked fits need observations of one channel count (grey and colour apart)")
-    own = [own_canvas(p, obs.image.shape) for obs, _ in prepared]
-    how = _canvas_choice(canvas, device_defaults.compile, "shared")
-    canvases = fit_canvases(p, own, how, stacked=stacked, max_waste=max_canvas_waste)
+    own = [own_canvas(p, obs.image.shape) for obs, _, _ in fits]
+    choice = _canvas_choice(how.canvas, device_defaults.compile, "shared" if batch else "own")
+    canvases = fit_canvases(p, own, choice, stacked=stacked, max_waste=how.max_canvas_waste)
 
     def build() -> list[FitProblem]:
         return [
-            build_problem(p, obs, device=dev, seed=s, reference=ref, canvas=c)
-            for (obs, ref), s, c in zip(prepared, seeds, canvases, strict=True)
+            build_problem(
+                p,
+                obs,
+                device=dev,
+                seed=s,
+                reference=ref,
+                features_weights=how.features_weights,
+                operator=how.operator,
+                canvas=c,
+            )
+            for (obs, ref, s), c in zip(fits, canvases, strict=True)
         ]
 
     problems = build()
     work = max(_work(q) for q in problems)
-    engine = (engine or EngineOptions()).resolved(dev, work=work, bf16_ok=get_task(p.task).bf16_default)
-    # The memory plan of the images' size, or of the largest canvas (the shared one, when stacked) when they differ.
-    outputs = [get_task(p.task).output_shape(obs.image.shape, p.scale) for obs, _ in prepared]
-    if len({o[:2] for o in outputs}) == 1 and all(c is None for c in canvases):
-        height, width = outputs[0][:2]
-    else:
-        height, width = shared_canvas([c or o for c, o in zip(canvases, own, strict=True)])
-    channels = max(o[2] for o in outputs)
-    engine = _plan_memory(engine, p, height, width, channels, dev, fits=_at_once(engine, k))
-    runs = _fit_preset(problems, build, p, _settings(p, engine, protocol), seeds=seeds, callback=callback)
+    engine = (how.engine or EngineOptions()).resolved(dev, work=work, bf16_ok=get_task(p.task).bf16_default)
+    batched = batch or engine.batch_restarts
+    at_once = _at_once(engine, len(fits)) if batched else 1
+    engine = _plan_memory(engine, p, [obs for obs, _, _ in fits], canvases, own, dev, fits=at_once)
+    seeds = [s for _, _, s in fits]
+    settings = _settings(p, engine, protocol)
+    runs = _fit_preset(problems, build, p, settings, seeds=seeds, callback=how.callback, batched=batched)
+    groups = [[i] for i in range(len(fits))] if batch else [list(range(len(fits)))]
     return [
-        _collect([run], p, s, dev, started, protocol=protocol, engine=engine, canvas=(c, o))
-        for run, s, c, o in zip(runs, seeds, canvases, own, strict=True)
+        collect(
+            [runs[i] for i in g],
+            p,
+            seeds[g[0]],
+            dev,
+            started,
+            protocol=protocol,
+            engine=engine,
+            canvas=(canvases[g[0]], own[g[0]]),
+        )
+        for g in groups
     ]
 
 
@@ -441,10 +401,24 @@ def _work(problem: FitProblem) -> int:
 
 
 def _plan_memory(
-    engine: EngineOptions, p: TaskPreset, height: int, width: int, channels: int, dev: torch.device, *, fits: int
-):
-    """``engine`` with activation checkpointing decided for ``fits`` fits on an ``height × width`` output or canvas
-    (the net's canvas for it is the same); OutOfMemoryError when it cannot fit."""
+    engine: EngineOptions,
+    p: TaskPreset,
+    observations: list[Observation],
+    canvases: list[tuple[int, int] | None],
+    own: list[tuple[int, int]],
+    dev: torch.device,
+    *,
+    fits: int,
+) -> EngineOptions:
+    """``engine`` with activation checkpointing decided for ``fits`` fits at once, on the images' output size, or
+    on the largest canvas (the shared one, when stacked) when they differ or run on a larger canvas than their own;
+    OutOfMemoryError when they cannot fit."""
+    outputs = [get_task(p.task).output_shape(obs.image.shape, p.scale) for obs in observations]
+    if len({o[:2] for o in outputs}) == 1 and all(c is None for c in canvases):
+        height, width = outputs[0][:2]
+    else:
+        height, width = shared_canvas([c or o for c, o in zip(canvases, own, strict=True)])
+    channels = max(o[2] for o in outputs)
     return decide_checkpoint(engine, p, height, width, out_channels=channels, fits=fits, device=dev)
 
 
@@ -561,86 +535,3 @@ def _in_phase(
     if callback is None:
         return None
     return lambda rec: callback(dataclasses.replace(rec, phase=phase))
-
-
-def _returned(run: FitResult, p: TaskPreset) -> Tensor:
-    if run.stopped is not None:
-        return run.stopped
-    if p.output == "average" and run.average is not None:
-        return run.average
-    return run.final
-
-
-def _numpy(x: Tensor | None) -> np.ndarray | None:
-    if x is None:
-        return None
-    return x[0].float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
-
-
-def _run_output(run: FitResult, p: TaskPreset, seed: int) -> RunOutput:
-    image = _numpy(_returned(run, p))
-    stopping = None
-    if p.early_stopping:
-        fired = run.es_output is not None
-        stopping = StoppingChoice(
-            image=image if run.stopped is not None or not fired else _numpy(run.es_output),
-            iteration=run.es_iteration if fired else run.iteration,
-            fired_at=run.es_fired_at,
-        )
-    return RunOutput(
-        seed=seed,
-        image=image,
-        final=_numpy(run.final),
-        average=_numpy(run.average),
-        iteration=run.iteration,
-        stop_reason=run.stop_reason,
-        stopping=stopping,
-        history=run.history,
-    )
-
-
-def _canvas_config(ran_on: tuple[int, int] | None, own: tuple[int, int]) -> dict[str, list[int]]:
-    """The config's record of a fit that ran on a canvas larger than its own: ``{"canvas": [Hc, Wc]}``."""
-    return {"canvas": list(ran_on)} if ran_on is not None and tuple(ran_on) != tuple(own) else {}
-
-
-def _collect(
-    runs: list[FitResult],
-    p: TaskPreset,
-    seed: int,
-    dev: torch.device,
-    started: float,
-    *,
-    protocol: PsnrProtocol | None,
-    engine: EngineOptions,
-    canvas: tuple[tuple[int, int] | None, tuple[int, int]],
-) -> Restoration:
-    """One Restoration from the restarts: the returned images are averaged across them (paper: 2 runs); each run's
-    own outputs stay in ``runs``. ``canvas``: (the canvas the fits ran on or None, their own); a larger one than
-    their own is recorded in the config."""
-    outputs = [_run_output(r, p, seed + i) for i, r in enumerate(runs)]
-    first = outputs[0]
-
-    def mean(xs):
-        return xs[0] if len(xs) == 1 else np.mean(xs, axis=0, dtype=np.float32)
-
-    return Restoration(
-        image=mean([o.image for o in outputs]),
-        final=mean([o.final for o in outputs]),
-        average=mean([o.average for o in outputs]) if first.average is not None else None,
-        iteration=first.iteration,
-        iterations_run=runs[0].iterations_run,
-        stop_reason=first.stop_reason,
-        history=first.history,
-        config={**p.to_dict(), "seed": seed, **_canvas_config(*canvas)},
-        seconds=time.perf_counter() - started,
-        device=torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-        backtracks=sum(r.backtracks for r in runs),
-        restarts=[{"seed": o.seed, "iteration": o.iteration, "stop_reason": o.stop_reason} for o in outputs]
-        if len(runs) > 1
-        else [],
-        runs=outputs,
-        stopping=first.stopping,
-        psnr_protocol=protocol,
-        engine=dataclasses.asdict(engine),
-    )
