@@ -19,6 +19,7 @@ import contextlib
 import functools
 import itertools
 import os
+import threading
 import time
 import uuid
 from collections import Counter
@@ -124,12 +125,14 @@ def restore_images(
     local_only: bool = False,
     check: Callable[[], None] | None = None,
     paths: Sequence[str | None] = (),
+    on_progress: Callable[[list[progress.RunningFit]], None] | None = None,
 ) -> RunStats:
     """Restore the jobs of the stream `todo` on Ray actors, or in this process (``executor="inline"``, or
     memory:// storage — `local_only` — with "auto"), calling `on_result` on the driver for each finished image;
     returns the workers' `RunStats`. Not retried as a task: the driver loop retries each job whose worker died.
     `check` is called between jobs: what it raises (the run's lease lost) stops them. `paths` are the run's sources
-    and output, refused when local and the workers may run on other machines (`_check_local_paths`)."""
+    and output, refused when local and the workers may run on other machines (`_check_local_paths`). `on_progress`
+    is handed the fits running now every few seconds (`workers.run_jobs`)."""
     from pipelines.execution import workers
 
     if execution.executor == "ray" and local_only:
@@ -141,8 +144,10 @@ def restore_images(
         why = "memory:// is private to it" if local_only else "executor=inline"
         _logger().info("running the jobs in this process (%s)", why)
         restorer = workers.Restorer(storage_options, engine=_engine(execution))
-        return workers.run_inline(todo, restorer=restorer, on_result=on_result, pack=execution.pack, check=check)
-    return _on_ray(todo, execution, storage_options, on_result, check, paths)
+        return workers.run_inline(
+            todo, restorer=restorer, on_result=on_result, pack=execution.pack, check=check, on_progress=on_progress
+        )
+    return _on_ray(todo, execution, storage_options, on_result, check, paths, on_progress)
 
 
 # ------------------------------------------------------------------------------------------------------ flows
@@ -505,6 +510,7 @@ def _run(
                         local_only=local_only,
                         check=check,
                         paths=paths,
+                        on_progress=tracker.running,
                     )
             finally:
                 progress.finished()
@@ -676,6 +682,7 @@ def _on_ray(
     on_result: Callable[[JobOutcome], None],
     check: Callable[[], None] | None = None,
     paths: Sequence[str | None] = (),
+    on_progress: Callable[[list[progress.RunningFit]], None] | None = None,
 ) -> RunStats:
     """`todo` on a pool of Ray actors sized for the cluster (a private local Ray when no address is given)."""
     from pipelines.execution import workers
@@ -711,6 +718,7 @@ def _on_ray(
                 pack=ex.pack,
                 log=lambda message: logger.warning(storage.redact(message)),  # its reasons may quote a URL
                 check=check,
+                on_progress=on_progress,
             )
         finally:
             pool.shutdown()
@@ -754,34 +762,55 @@ def _flow_run_id() -> str | None:
     return str(flow_run.id)
 
 
+_LIVE_EVERY = 3.0  # seconds between two updates of the progress artifact as running fits move
+
+
 class _Tracker:
-    """Counts of the run's rows by status (and by dataset), images done earlier, and Prefect's progress artifact
-    (updated at most once a second) against the images listed so far — the total grows with the listing, and is read
-    from the plans whenever a row arrives: a folder's images count as listed as soon as its planning starts, before
-    any of its rows, so the finished share never passes 100 %."""
+    """Counts of the run's rows by status (and by dataset), images done earlier, the fits running now, and Prefect's
+    progress artifact (updated at most once a second as rows arrive, every `_LIVE_EVERY` seconds as fits move: the
+    share finished, running fits counted by their iterations, and a table of them in its description) against the
+    images listed so far — the total grows with the listing, and is read from the plans whenever a row arrives: a
+    folder's images count as listed as soon as its planning starts, before any of its rows, so the finished share
+    never passes 100 %. Rows arrive on the driver's thread, running fits on it or (in-process runs) on a thread of
+    their own: a lock keeps the two apart."""
 
     def __init__(self, key: str, plans: Sequence[Plan] = (), *, enabled: bool) -> None:
         self.counts, self.by_dataset = progress.StatusCounts(), Counter()
         self.plans = plans
         self.total = self.done = self.earlier = 0
+        self.fits: list[progress.RunningFit] = []
         self.artifact_id, self.last = None, 0.0
+        self._lock = threading.Lock()
         if enabled:
             from prefect.artifacts import create_progress_artifact
 
             self.artifact_id = create_progress_artifact(0.0, key=f"{key}-progress", description="images finished")
 
     def advance(self, row: Mapping[str, Any]) -> None:
-        self.done += 1
-        self.counts.add(row)
-        self.by_dataset[row["dataset"], row["status"]] += 1
-        self._catch_up()
-        progress.advanced(row)
-        self._maybe_update()
+        with self._lock:
+            self.done += 1
+            self.counts.add(row)
+            self.by_dataset[row["dataset"], row["status"]] += 1
+            self.fits = [f for f in self.fits if (f.dataset, f.key) != (row["dataset"], row.get("image_key"))]
+            self._catch_up()
+            progress.advanced(row)
+            self._maybe_update(1.0)
 
     def listed(self) -> None:
         """The listing moved on: images listed so far, and those found done by earlier runs."""
-        self._catch_up()
-        self._maybe_update()
+        with self._lock:
+            self._catch_up()
+            self._maybe_update(1.0)
+
+    def running(self, fits: list[progress.RunningFit]) -> None:
+        """The fits running now, as the workers last told (`workers.run_jobs`' ``on_progress``)."""
+        with self._lock:
+            self.fits = fits
+            progress.running(fits, self._eta())
+            self._maybe_update(_LIVE_EVERY)
+
+    def _eta(self) -> float | None:
+        return progress.run_eta(self.fits, self.total - self.done - self.earlier - len(self.fits))
 
     def _catch_up(self) -> None:
         """The plans' counts as they stand, told to the progress bar when they moved."""
@@ -791,20 +820,24 @@ class _Tracker:
             progress.listed(total, earlier - self.earlier)
             self.total, self.earlier = total, earlier
 
-    def _maybe_update(self) -> None:
-        if self.artifact_id is not None and time.monotonic() - self.last >= 1.0:
+    def _maybe_update(self, every: float) -> None:
+        if self.artifact_id is not None and time.monotonic() - self.last >= every:
             self._update()
 
     def _update(self) -> None:
         from prefect.artifacts import update_progress_artifact
 
         finished = self.done + self.earlier
-        update_progress_artifact(self.artifact_id, 100.0 * finished / self.total if self.total else 100.0)
+        share = 100.0 * min(1.0, (finished + sum(f.fraction for f in self.fits)) / self.total) if self.total else 100.0
+        described = progress.markdown(self.fits, finished, self.total, self._eta()) if self.fits else "images finished"
+        update_progress_artifact(self.artifact_id, share, description=described)
         self.last = time.monotonic()
 
     def close(self) -> None:
-        if self.artifact_id is not None:
-            self._update()
+        with self._lock:
+            self.fits = []
+            if self.artifact_id is not None:
+                self._update()
 
 
 def _publish(

@@ -223,7 +223,7 @@ def test_the_progress_artifact_never_passes_100_percent_while_folders_are_planne
 
     shares: list[float] = []
     monkeypatch.setattr(prefect.artifacts, "create_progress_artifact", lambda *a, **k: "artifact")
-    monkeypatch.setattr(prefect.artifacts, "update_progress_artifact", lambda _id, share: shares.append(share))
+    monkeypatch.setattr(prefect.artifacts, "update_progress_artifact", lambda _id, share, **_: shares.append(share))
     clock = itertools.count(0.0, 2.0)  # every update is due: each call of monotonic() is 2 s after the last
     monkeypatch.setattr(flows.time, "monotonic", lambda: next(clock))
     plan = jobs.Plan("d", jobs.run_config("denoise", preset="fast"), output="out")

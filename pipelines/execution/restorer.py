@@ -25,6 +25,7 @@ from pipelines import ownership, storage
 from pipelines.errors import PipelineError
 from pipelines.evaluation import baselines
 from pipelines.evaluation.protocols import observe, psnr_protocol, score
+from pipelines.execution.live import LiveFits
 from pipelines.execution.options import Pack
 from pipelines.execution.packing import AUTO_PACK_CAP, pack_for_memory
 from pipelines.jobs import Job, pack_key
@@ -120,6 +121,12 @@ class Restorer:
         # memory or the tail.
         self._pow2_batches = bool(resolved.compile) and resolved.batch_mode == "stack"
         self._baselines = ThreadPoolExecutor(max_workers=1, thread_name_prefix="classical-baseline")
+        self.live = LiveFits()  # the fits running now, read by `progress` from another thread
+
+    def progress(self) -> list[Any]:
+        """The jobs whose fits run now, each a `pipelines.progress.RunningFit` (its iteration and rate as its fit's
+        callback last said): what the driver shows while it waits. Cheap, and safe to call while a fit runs."""
+        return self.live.snapshot()
 
     @property
     def pack_limit(self) -> int:
@@ -239,17 +246,19 @@ class Restorer:
             return
         first = group[0].job
         try:
-            results = dipcore.restore_batch(
-                [_observation(w) for w in group],
-                task=first.task,
-                references=[w.truth for w in group],
-                seeds=[w.job.seed for w in group],
-                device=self.device,
-                engine=self.engine,
-                psnr_protocol=_protocol(group[0]),
-                canvas=self._fit_canvas,
-                **first.restore_kwargs,
-            )
+            with self.live.watching(w.job for w in group) as callback:
+                results = dipcore.restore_batch(
+                    [_observation(w) for w in group],
+                    task=first.task,
+                    references=[w.truth for w in group],
+                    seeds=[w.job.seed for w in group],
+                    device=self.device,
+                    engine=self.engine,
+                    psnr_protocol=_protocol(group[0]),
+                    canvas=self._fit_canvas,
+                    callback=callback,
+                    **first.restore_kwargs,
+                )
         except Exception as exc:  # noqa: BLE001 - each job gets its own chance below
             _log.warning("a batch of %d jobs failed (%s); running them one by one", len(group), _describe(exc))
             self._free_cuda()
@@ -263,18 +272,20 @@ class Restorer:
         import dipcore
 
         try:
-            res = dipcore.restore(
-                w.obs,
-                task=w.job.task,
-                seed=w.job.seed,
-                reference=w.truth,
-                device=self.device,
-                engine=self.engine,
-                psnr_protocol=_protocol(w),
-                canvas=self._fit_canvas,
-                **w.side,
-                **w.job.restore_kwargs,
-            )
+            with self.live.watching([w.job]) as callback:
+                res = dipcore.restore(
+                    w.obs,
+                    task=w.job.task,
+                    seed=w.job.seed,
+                    reference=w.truth,
+                    device=self.device,
+                    engine=self.engine,
+                    psnr_protocol=_protocol(w),
+                    canvas=self._fit_canvas,
+                    callback=callback,
+                    **w.side,
+                    **w.job.restore_kwargs,
+                )
         except Exception as exc:  # noqa: BLE001 - the job's error row carries the message; the worker stays up
             w.fail(exc)
             self._free_cuda()

@@ -8,7 +8,9 @@ feeds them.
 - `run_jobs` is a plain ``ray.wait`` loop: bounded calls in flight, results in completion order, every wait with a
   timeout, jobs of a dead actor requeued to a live one. Each call takes up to `pack` compatible jobs from a
   `pipelines.execution.packing.PackQueue`; with ``pack="auto"`` the bound is the actor's own (its readiness probe
-  says: its thread count on a CPU, 8 on a GPU), and a GPU actor sizes each stacked fit to its free memory.
+  says: its thread count on a CPU, 8 on a GPU), and a GPU actor sizes each stacked fit to its free memory. Every
+  few seconds the loop asks each busy actor how its fits go (``progress``, answered beside the running call) and
+  reads the answers as they come, never waiting for one.
 
 Why not ``ray.util.ActorPool``: Ray 2.60's pool no longer hands new calls to a dead actor, but (from its source,
 ``python/ray/util/actor_pool.py``) an actor there runs one call at a time and the next waits on the driver, so it
@@ -23,6 +25,7 @@ per-call bookkeeping below either way.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import math
 import os
@@ -45,6 +48,7 @@ from pipelines.execution.options import Pack
 from pipelines.execution.packing import PackQueue
 from pipelines.execution.restorer import JobOutcome, Restorer
 from pipelines.jobs import Job
+from pipelines.progress import RunningFit
 
 __all__ = [
     "JobOutcome",
@@ -64,9 +68,14 @@ __all__ = [
 # A worker process that vanished: the actor (and what it ran) is gone, the job itself may be fine elsewhere.
 _WORKER_LOST = (RayActorError, WorkerCrashedError, NodeDiedError)  # RayActorError covers ActorDiedError
 _SETTLE_SECONDS = 10.0  # how long the calls of a dead actor may take to resolve before we judge them
+PROGRESS_EVERY = 2.0  # seconds between two questions to a busy actor about its running fits
 
 
-@ray.remote(max_restarts=0)  # the driver replaces a dead actor itself and requeues its jobs (run_jobs)
+# max_restarts=0: the driver replaces a dead actor itself and requeues its jobs (run_jobs). The "progress" group
+# runs `progress` on a thread of its own, beside a running `run_batch`; every other method stays in the default
+# group, one call at a time in submission order (Ray keeps an actor whose default group runs one call at a time in
+# order), which `_Driver._lose_slot` relies on.
+@ray.remote(max_restarts=0, concurrency_groups={"progress": 1})
 class RestoreWorker(Restorer):
     """`Restorer` as a Ray actor: resources come from ``.options(num_gpus=…, num_cpus=…)``; the device from the
     GPU Ray assigned (CUDA when torch sees it) and torch's threads from the CPUs it assigned."""
@@ -83,6 +92,11 @@ class RestoreWorker(Restorer):
         )
         # The first Adam step imports torch._dynamo (seconds): pay it while starting, not inside a job's timeout.
         torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+
+    @ray.method(concurrency_group="progress")
+    def progress(self) -> list[Any]:
+        """`Restorer.progress`, answered while a call runs."""
+        return super().progress()
 
 
 # ---------------------------------------------------------------------------------------------------- Ray setup
@@ -479,9 +493,16 @@ class _Driver:
         pack: Pack,
         log: Callable[[str], None],
         check: Callable[[], None] | None = None,
+        on_progress: Callable[[list[RunningFit]], None] | None = None,
+        progress_every: float | None = None,
     ) -> None:
         _check_pack(pack)
         self.check = check or (lambda: None)
+        self.on_progress = on_progress
+        self.progress_every = PROGRESS_EVERY if progress_every is None else progress_every
+        self.asked: dict[Any, tuple[_Slot, int]] = {}  # progress questions not answered yet → (slot, generation)
+        self.answers: dict[int, list[RunningFit]] = {}  # slot index → its actor's last answer
+        self.last_asked = -math.inf
         self.queue = PackQueue(jobs)
         self.pool, self.on_result, self.log, self.pack = pool, on_result, log, pack
         self.max_in_flight = max_in_flight or 2 * len(pool.slots)  # 2 per actor: the next job waits in its queue
@@ -504,7 +525,7 @@ class _Driver:
             refs = [*self.calls, *self.pings]
             if not refs:
                 raise WorkerStartError("no worker is left to run the remaining jobs: " + self._retired_reasons())
-            ready, rest = ray.wait(refs, num_returns=1, timeout=self.poll)
+            ready, rest = ray.wait(refs, num_returns=1, timeout=self._wait_seconds())
             if ready and rest:  # drain everything else that is ready too, without waiting
                 ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
             for ref in ready:
@@ -514,6 +535,7 @@ class _Driver:
                     self._on_call(self.calls.pop(ref))
             self._check_timeouts()
             self._check_startup()
+            self._watch()
         self.stats.restarts = self.pool.restarts
         self.stats.seconds = time.monotonic() - started
         return self.stats
@@ -559,6 +581,8 @@ class _Driver:
                 self._replace(slot)
 
     def _replace(self, slot: _Slot) -> None:
+        self.asked = {ref: asked for ref, asked in self.asked.items() if asked[0] is not slot}  # never to be read
+        self.answers.pop(slot.index, None)
         self.pool.replace(slot)
         self._ping(slot)
         self.startup_deadline = time.monotonic() + self.startup_timeout
@@ -640,6 +664,51 @@ class _Driver:
         self.queue.push_front(back)
         if generation == slot.generation and not slot.retired:
             self._replace(slot)
+
+    # -- progress of the running fits
+
+    def _wait_seconds(self) -> float:
+        """How long one ``ray.wait`` may block: `poll`, or less when the next progress question is due sooner."""
+        if self.on_progress is None:
+            return self.poll
+        return max(0.0, min(self.poll, self.last_asked + self.progress_every - time.monotonic()))
+
+    def _watch(self) -> None:
+        """Read the progress answers that have arrived (never waiting: a slow or dead actor is the loop's business,
+        judged by its calls), hand the fits still in flight to `on_progress`, and ask each busy actor again every
+        `progress_every` seconds, one question outstanding per actor."""
+        if self.on_progress is None:
+            return
+        if self.asked:
+            answered = ray.wait(list(self.asked), num_returns=len(self.asked), timeout=0)[0]
+            for ref in answered:
+                slot, generation = self.asked.pop(ref)
+                try:
+                    fits = ray.get(ref, timeout=0)
+                except (RayError, GetTimeoutError):
+                    continue
+                if generation == slot.generation:
+                    self.answers[slot.index] = fits
+            if answered:
+                self.on_progress(self._running())
+        if time.monotonic() - self.last_asked < self.progress_every:
+            return
+        self.last_asked = time.monotonic()
+        waiting = {slot.index for slot, _ in self.asked.values()}
+        for slot in self.pool.slots:
+            if slot.ready and slot.in_flight and not slot.retired and slot.index not in waiting:
+                self.asked[slot.actor.progress.remote()] = (slot, slot.generation)
+
+    def _running(self) -> list[RunningFit]:
+        """The fits of the actors' last answers whose jobs are still in flight on that actor (a job delivered since
+        is not running any more)."""
+        flying = {
+            (slot.index, job.dataset, job.key)
+            for c in self.calls.values()
+            if c.generation == (slot := c.slot).generation
+            for job, _ in c.items
+        }
+        return [f for i, fits in self.answers.items() for f in fits if (i, f.dataset, f.key) in flying]
 
     # -- watchdogs
 
@@ -724,6 +793,8 @@ def run_jobs(
     pack: Pack = "auto",
     log: Callable[[str], None] | None = None,
     check: Callable[[], None] | None = None,
+    on_progress: Callable[[list[RunningFit]], None] | None = None,
+    progress_every: float | None = None,
 ) -> RunStats:
     """Run `jobs` on the actors of `workers`, calling `on_result` on the driver for each finished job, in
     completion order, exactly once per job (an ``ok`` or ``error`` row).
@@ -735,7 +806,9 @@ def run_jobs(
     loses an attempt for each of its jobs, and each retries alone; then the job ends as an error row and the run
     goes on. Every ``ray.wait`` returns within `poll` seconds. Raises `WorkerStartError` when no actor is ready within
     `startup_timeout` seconds. `check` is called on every turn of the loop: what it raises (the run's lease lost)
-    stops the run within `poll` seconds.
+    stops the run within `poll` seconds. `on_progress`, when given, is handed the fits running on the actors
+    (`pipelines.progress.RunningFit`) whenever an actor has answered the question the loop asks each busy one every
+    `progress_every` seconds (default `PROGRESS_EVERY`); the answers are read when they are there, never waited for.
     """
     driver = _Driver(
         jobs,
@@ -749,6 +822,8 @@ def run_jobs(
         pack=pack,
         log=log or logging.getLogger("dipflow.workers").warning,
         check=check,
+        on_progress=on_progress,
+        progress_every=progress_every,
     )
     return driver.run()
 
@@ -760,22 +835,55 @@ def run_inline(
     on_result: Callable[[JobOutcome], None],
     pack: Pack = "auto",
     check: Callable[[], None] | None = None,
+    on_progress: Callable[[list[RunningFit]], None] | None = None,
+    progress_every: float | None = None,
 ) -> RunStats:
     """Run `jobs` in this process, up to `pack` compatible ones at a time as one batch ("auto": the
     restorer's own bound, its thread count on a CPU), for process-local storage such as ``memory://``, and debugging.
-    `check` is called before each batch, as `run_jobs` calls it on every turn."""
+    `check` is called before each batch, as `run_jobs` calls it on every turn. `on_progress`, when given, is handed
+    the restorer's running fits every `progress_every` seconds from a thread of its own (the fits hold this one),
+    run in a copy of this thread's context (the progress sink, Prefect's run)."""
     _check_pack(pack)
     stats, started = RunStats(), time.monotonic()
     queue = PackQueue(jobs)
     limit = pack if isinstance(pack, int) else restorer.pack_limit
-    while queue:
-        if check is not None:
-            check()
-        batch = [job for job, _ in queue.take(limit)]
-        stats.first_dispatch = stats.first_dispatch or time.monotonic()
-        for outcome in restorer.run_batch(batch, pack):
-            outcome.row["attempts"] = 1
-            stats.count(outcome, batch=len(batch))
-            on_result(outcome)
+    with _reporting(restorer, on_progress, PROGRESS_EVERY if progress_every is None else progress_every):
+        while queue:
+            if check is not None:
+                check()
+            batch = [job for job, _ in queue.take(limit)]
+            stats.first_dispatch = stats.first_dispatch or time.monotonic()
+            for outcome in restorer.run_batch(batch, pack):
+                outcome.row["attempts"] = 1
+                stats.count(outcome, batch=len(batch))
+                on_result(outcome)
     stats.seconds = time.monotonic() - started
     return stats
+
+
+@contextlib.contextmanager
+def _reporting(
+    restorer: Restorer, on_progress: Callable[[list[RunningFit]], None] | None, every: float
+) -> Iterator[None]:
+    """While the block runs, `on_progress(restorer.progress())` every `every` seconds on a daemon thread; stopped
+    (and waited for, at most a few seconds) when the block ends."""
+    if on_progress is None:
+        yield
+        return
+    stop = threading.Event()
+    context = contextvars.copy_context()
+
+    def pump() -> None:
+        while not stop.wait(every):
+            try:
+                on_progress(restorer.progress())
+            except Exception as exc:  # noqa: BLE001 - a display that fails must not end the run
+                logging.getLogger("dipflow.workers").debug("progress not shown: %s", exc)
+
+    thread = threading.Thread(target=context.run, args=(pump,), name="dipflow-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5.0)
