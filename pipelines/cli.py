@@ -576,7 +576,7 @@ def _run_flow(name: str, args: argparse.Namespace, **params: Any) -> dict[str, A
         urls = storage.url_secrets(given)
     except storage.StorageOptionError as exc:
         raise UsageError(str(exc)) from None
-    _check_cluster(params.get("execution"), given)
+    _check_cluster(params.get("execution"), given, params)
     watchdog.guard()  # before Prefect's server and Ray start: nothing they start outlives this command
     _engine_env(args)
     from pipelines import flows, progress  # Prefect: only once the command line is known to be good
@@ -591,17 +591,25 @@ def _run_flow(name: str, args: argparse.Namespace, **params: Any) -> dict[str, A
         return getattr(flows, name)(storage_options=plain or None, **params)
 
 
-def _check_cluster(execution: Execution | None, urls: list[str]) -> None:
-    """The flow's check that the Ray cluster answers (`workers.check_cluster`), here, before Prefect's server starts
-    (tens of seconds): a wrong --ray-address costs its timeout and nothing else. Ray is imported only when a cluster
-    is named (memory:// runs in the flow's process: no cluster to ask)."""
+def _paths(params: dict[str, Any]) -> list[str]:
+    """The run's source, output, mask and data folders as given (benchmark and dataset names are not paths)."""
+    return [u for k in ("source", "output", "mask_dir", "data_root") for u in [params.get(k)] if isinstance(u, str)]
+
+
+def _check_cluster(execution: Execution | None, urls: list[str], params: dict[str, Any]) -> None:
+    """The flow's checks that the Ray cluster answers and can reach the run's local paths, here, before Prefect's
+    server starts (tens of seconds): a wrong --ray-address costs its timeout and nothing else. Ray is imported only
+    when a cluster is named (memory:// runs in the flow's process: no cluster to ask)."""
     if execution is None or execution.ray_address == "local" or any(u.startswith("memory://") for u in urls):
         return
     if execution.ray_address is None and not os.environ.get("RAY_ADDRESS"):
         return
-    from pipelines.execution import workers
+    from pipelines import storage
+    from pipelines.execution import reach, workers
 
-    workers.check_cluster(execution.ray_address, execution.ray_connect_timeout)
+    nodes = workers.check_cluster(execution.ray_address, execution.ray_connect_timeout)
+    local = [storage.redact(u) for u in dict.fromkeys(_paths(params)) if storage.is_local(u)]
+    reach.check_local_paths(local, execution.ray_address, nodes, execution.local_paths_shared)
 
 
 def _execution(args: argparse.Namespace) -> Execution:
@@ -647,7 +655,23 @@ def _absolute(url: str | None) -> str | None:
     Prefect records it so, and Ray workers in other working directories write where the user asked."""
     from pipelines import storage
 
-    return storage.absolute(url) if url is not None else None
+    if url is None:
+        return None
+    absolute = storage.absolute(url)
+    if absolute != url and _in_job_working_dir() and not url.removeprefix("file://").startswith("~"):
+        raise UsageError(
+            f"{url} is a relative path, but this Ray job runs in a temporary copy of its --working-dir "
+            f"({os.getcwd()}), which Ray deletes: give an absolute path or object storage (s3://…), or submit "
+            "without --working-dir to run in the head's working directory"
+        )
+    return absolute
+
+
+def _in_job_working_dir() -> bool:
+    """Whether this command is a Ray job's entrypoint submitted with ``--working-dir``: Ray runs it in a copy of
+    that folder under the head's Ray session and deletes the copy, so relative paths would read and write there."""
+    job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+    return bool((job.get("runtime_env") or {}).get("working_dir"))
 
 
 def cmd_restore(args: argparse.Namespace) -> int:

@@ -37,7 +37,7 @@ from prefect.utilities.annotations import quote
 from pydantic import NonNegativeInt, PositiveFloat, PositiveInt
 
 from pipelines import jobs, lease, ownership, progress, signals, storage
-from pipelines.errors import LocalPathError, PipelineError
+from pipelines.errors import PipelineError
 from pipelines.evaluation.benchmarks import BENCHMARKS, describe
 from pipelines.evaluation.protocols import evaluation_config
 from pipelines.execution.options import Execution, autocast, compile_net
@@ -124,15 +124,13 @@ def restore_images(
     *,
     local_only: bool = False,
     check: Callable[[], None] | None = None,
-    paths: Sequence[str | None] = (),
     on_progress: Callable[[list[progress.RunningFit]], None] | None = None,
 ) -> RunStats:
     """Restore the jobs of the stream `todo` on Ray actors, or in this process (``executor="inline"``, or
     memory:// storage — `local_only` — with "auto"), calling `on_result` on the driver for each finished image;
     returns the workers' `RunStats`. Not retried as a task: the driver loop retries each job whose worker died.
-    `check` is called between jobs: what it raises (the run's lease lost) stops them. `paths` are the run's sources
-    and output, refused when local and the workers may run on other machines (`_check_local_paths`). `on_progress`
-    is handed the fits running now every few seconds (`workers.run_jobs`)."""
+    `check` is called between jobs: what it raises (the run's lease lost) stops them. `on_progress` is handed the
+    fits running now every few seconds (`workers.run_jobs`)."""
     from pipelines.execution import workers
 
     if execution.executor == "ray" and local_only:
@@ -147,7 +145,7 @@ def restore_images(
         return workers.run_inline(
             todo, restorer=restorer, on_result=on_result, pack=execution.pack, check=check, on_progress=on_progress
         )
-    return _on_ray(todo, execution, storage_options, on_result, check, paths, on_progress)
+    return _on_ray(todo, execution, storage_options, on_result, check, on_progress)
 
 
 # ------------------------------------------------------------------------------------------------------ flows
@@ -210,7 +208,8 @@ def restore_dataset(
     )
     storage.check_source(source, so)  # before anything is written: a mistyped source leaves no output behind
     inside = storage.check_output_root(output, source, so, side_inputs=[mask_dir])  # before anything is written
-    _check_cluster(execution, _memory(source, output))  # a wrong Ray address fails here, writing nothing
+    # a wrong Ray address, or local paths that the cluster's nodes do not share, fail here, writing nothing
+    _check_cluster(execution, _memory(source, output), (source, output, mask_dir))
     storage.check_writable(output, so)  # before any listing or fit: an output it cannot write costs only this
     run_id = _new_run_id()
     with _lease(output, so, run_id, break_lease, lease_stale_after) as held:
@@ -232,7 +231,6 @@ def restore_dataset(
             resume=resume,
             limit=limit,
             local_only=_memory(source, output),
-            paths=(source, output, mask_dir),
             overwrite=overwrite,
             title=f"restoring ({task})",
             artifact="restore-dataset",
@@ -285,7 +283,9 @@ def evaluate(
     for source, _ in sources:
         storage.check_source(source, so)
         storage.check_output_root(output, source, so)
-    _check_cluster(execution, _memory(output, *(source for source, _ in sources)))  # as for restore_dataset
+    _check_cluster(  # as for restore_dataset
+        execution, _memory(output, *(source for source, _ in sources)), (output, *(source for source, _ in sources))
+    )
     storage.check_writable(output, so)
     run_id = _new_run_id()
     settings = {
@@ -311,7 +311,6 @@ def evaluate(
             resume=resume,
             limit=limit,
             local_only=_memory(output, *(source for source, _ in sources)),
-            paths=(output, *(source for source, _ in sources)),
             overwrite=overwrite,
             title="evaluating",
             artifact="evaluate",
@@ -426,7 +425,6 @@ def _run(
     local_only: bool,
     title: str,
     artifact: str,
-    paths: Sequence[str | None] = (),
     overwrite: bool = False,
     held: lease.Lease | None = None,
 ) -> dict[str, Any]:
@@ -509,7 +507,6 @@ def _run(
                         lambda o: record(o.row, o.curves),
                         local_only=local_only,
                         check=check,
-                        paths=paths,
                         on_progress=tracker.running,
                     )
             finally:
@@ -663,16 +660,19 @@ def _engine(ex: Execution) -> Any:
     return dipcore.EngineOptions(autocast=autocast(ex.precision), compile=compile_net(ex.compile))
 
 
-def _check_cluster(ex: Execution, local_only: bool) -> None:
-    """The Ray cluster a run joins answers within its connect timeout (`workers.check_cluster`), asked before the
-    run writes anything (its lease, the output's folder); a private Ray or no Ray at all: nothing to ask."""
+def _check_cluster(ex: Execution, local_only: bool, paths: Sequence[str | None]) -> None:
+    """The Ray cluster a run joins answers within its connect timeout (`workers.check_cluster`) and can reach the
+    run's `paths` (`reach.check_local_paths`), asked before the run writes anything (its lease, the output's
+    folder); a private Ray or no Ray at all: nothing to ask."""
     if ex.executor == "inline" or (ex.executor == "auto" and local_only):
         return
     if ex.ray_address == "local" or (ex.ray_address is None and not os.environ.get("RAY_ADDRESS")):
         return  # a private Ray: Ray is not even imported for it here
-    from pipelines.execution import workers
+    from pipelines.execution import reach, workers
 
-    workers.check_cluster(ex.ray_address, ex.ray_connect_timeout)
+    nodes = workers.check_cluster(ex.ray_address, ex.ray_connect_timeout)
+    local = [storage.redact(u) for u in dict.fromkeys(paths) if u is not None and storage.is_local(u)]
+    reach.check_local_paths(local, ex.ray_address, nodes, ex.local_paths_shared)
 
 
 def _on_ray(
@@ -681,7 +681,6 @@ def _on_ray(
     so: dict | None,
     on_result: Callable[[JobOutcome], None],
     check: Callable[[], None] | None = None,
-    paths: Sequence[str | None] = (),
     on_progress: Callable[[list[progress.RunningFit]], None] | None = None,
 ) -> RunStats:
     """`todo` on a pool of Ray actors sized for the cluster (a private local Ray when no address is given)."""
@@ -689,7 +688,6 @@ def _on_ray(
 
     logger = _logger()
     with workers.ray_session(ex.ray_address, ex.ray_connect_timeout):
-        _check_local_paths(paths, ex, workers.alive_nodes())  # before any actor starts
         # As many jobs as the cluster holds actors, drawn before the pool starts: a run of fewer starts fewer.
         size, _, _ = workers.WorkerPool.cluster_size(ex.gpus_per_worker, ex.cpus_per_worker, ex.num_workers)
         todo = iter(todo)
@@ -732,26 +730,6 @@ def _on_ray(
             stats.seconds,
         )
         return stats
-
-
-def _check_local_paths(paths: Sequence[str | None], ex: Execution, nodes: int) -> None:
-    """`LocalPathError` for local paths where workers may run on other machines — a cluster of `nodes` > 1, or Ray
-    Client (``ray://``: the driver is not a node) — unless ``ex.local_paths_shared`` says every node mounts them.
-    A private Ray, or a head alone on this machine, has one node: its paths are this machine's."""
-    local = [storage.redact(u) for u in dict.fromkeys(paths) if u is not None and storage.is_local(u)]
-    client = (ex.ray_address or "").startswith("ray://")
-    if not local or ex.local_paths_shared or (nodes <= 1 and not client):
-        return
-    what = f"{local[0]} is a local path" if len(local) == 1 else f"{', '.join(local)} are local paths"
-    if client:
-        where = f"Ray Client ({ex.ray_address}) runs the workers on the cluster"
-    else:
-        where = f"the Ray cluster{f' at {ex.ray_address}' if ex.ray_address else ''} has {nodes} nodes"
-    raise LocalPathError(
-        f"{what}, but {where}: each node would read and write its own disk. Use object storage (s3://bucket/…, "
-        "gs://…), or pass --local-paths-shared (execution.local_paths_shared) if every node mounts the path at "
-        "the same place (NFS)"
-    )
 
 
 def _flow_run_id() -> str | None:

@@ -131,7 +131,8 @@ def ray_local(ray_session):
 def test_cluster(monkeypatch):
     """`ray.cluster_utils.Cluster` (several nodes, logical resources), kept off the machine's Ray address file:
     Cluster writes /tmp/ray/ray_current_cluster and deletes it on shutdown, and that file is what `ray start` leaves
-    for `--ray-address auto` (tests/test_ray_address.py, on another xdist worker at the same time). Shut down after."""
+    for `--ray-address auto` (tests/test_deploy_laptop.py, on another xdist worker at the same time). Shut down
+    after."""
     _pytest.importorskip("ray")
     import ray._common.utils
     import ray._private.utils
@@ -142,6 +143,8 @@ def test_cluster(monkeypatch):
     clusters: list = []
 
     def make(**head_node_args):
+        # no dashboard: with Ray's `default` extra installed it would take 8265, the documented head's port
+        head_node_args.setdefault("include_dashboard", False)
         clusters.append(Cluster(initialize_head=True, head_node_args=head_node_args))
         return clusters[-1]
 

@@ -138,7 +138,16 @@ def test_local_paths_on_a_cluster_of_two_nodes_are_refused_unless_declared_share
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and err.startswith("dipflow: error: ")
         assert "has 2 nodes" in err and "s3://" in err and "--local-paths-shared" in err
-        assert not list(out.glob("*.png")) and not (out / "report").exists()
+        assert not out.exists()  # refused before the lease: nothing written
+        # the flow itself (a Prefect deployment's run, which no CLI checked first) refuses them as early
+        from pipelines import errors, flows
+        from pipelines.execution.options import Execution
+
+        with pytest.raises(errors.LocalPathError, match="has 2 nodes"):
+            flows.restore_dataset(
+                str(tmp_path / "src"), str(out), "denoise", execution=Execution(ray_address=cluster.address)
+            )
+        assert not out.exists()
 
         assert cli.main([*argv, "--local-paths-shared"]) == 0
         summary = json.loads(capsys.readouterr().out)
@@ -149,13 +158,14 @@ def test_local_paths_on_a_cluster_of_two_nodes_are_refused_unless_declared_share
 
 def test_ray_client_with_a_local_path_is_refused_whatever_its_node_count():
     """Ray Client's driver is not a node of its cluster: its local paths are no worker's (checked without Ray)."""
-    from pipelines import errors, flows
-    from pipelines.execution.options import Execution
+    from pipelines import errors
+    from pipelines.execution.reach import check_local_paths
 
-    client = Execution(ray_address="ray://head:10001")
     with pytest.raises(errors.LocalPathError, match="Ray Client") as exc:
-        flows._check_local_paths(["/data/in", "s3://b/out"], client, nodes=1)
+        check_local_paths(["/data/in"], "ray://head:10001", None, shared=False)
     assert exc.value.exit_code == 2 and "/data/in is a local path" in str(exc.value)
-    flows._check_local_paths(["/data/in"], Execution(ray_address="ray://h:10001", local_paths_shared=True), nodes=1)
-    flows._check_local_paths(["s3://b/in", "s3://b/out"], client, nodes=4)  # object storage: every node's
-    flows._check_local_paths(["/data/in"], Execution(ray_address="127.0.0.1:6379"), nodes=1)  # a head alone
+    check_local_paths(["/data/in"], "ray://h:10001", None, shared=True)
+    check_local_paths([], "ray://head:10001", 4, shared=False)  # object storage only: every node's
+    with pytest.raises(errors.LocalPathError, match="has 3 nodes"):
+        check_local_paths(["/data/in", "/data/out"], "10.0.0.5:6379", 3, shared=False)
+    check_local_paths(["/data/in"], "127.0.0.1:6379", 1, shared=False)  # a head alone

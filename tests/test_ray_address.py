@@ -1,16 +1,11 @@
-"""`dipflow restore --ray-address …` against a Ray head started by hand as docs/deploy.md section 1 says, run as a
-user runs it: without the RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER that conftest sets for the other tests (a driver given
-``auto`` or ``127.0.0.1:6379`` turned it into the host's routable address, where that head does not listen, and
-hung). A wrong address ends within its timeout with one line and nothing written; a signal while connecting is
-honoured; a worker whose start fails says why (its exception, plain text) on the command line and in the runs table.
-
-The head is the documented one (``ray start --head --node-ip-address=127.0.0.1 … --block``, default port 6379, the
-token from ``ray get-auth-token --generate`` in a HOME of the test's own) and is stopped as documented, by its id.
+"""`dipflow restore --ray-address …` where no head answers, run as a user runs it: without the
+RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER that conftest sets for the other tests. A wrong address ends within its timeout
+with one line and nothing written; a signal while connecting is honoured; a worker whose start fails says why (its
+exception, plain text) on the command line and in the runs table. Joining a head that runs: tests/test_deploy_laptop.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -21,7 +16,6 @@ import sys
 import time
 from pathlib import Path
 
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
@@ -29,14 +23,6 @@ pytestmark = pytest.mark.timeout(600)
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-DOCS = (ROOT / "docs" / "deploy.md").read_text()
-
-
-def _documented(prefix: str) -> str:
-    """The line of docs/deploy.md section 1 that runs `prefix`, without its trailing ``&`` and comment."""
-    section = DOCS.split("## 1. Laptop", 1)[1].split("\n## ", 1)[0]
-    line = next(line for line in section.splitlines() if prefix in line)
-    return line.split("  #", 1)[0].strip().removesuffix("&").strip()
 
 
 def _env(home: Path, **extra: str) -> dict[str, str]:
@@ -60,63 +46,6 @@ def _restore(src: Path, out: str, env: dict[str, str], *extra: str, cwd: Path, t
     argv = [str(BIN / "dipflow"), "restore", str(src), "-o", out, "--task", "denoise"]
     argv += ["--iterations", "2", "--channels", "4", *extra]
     return subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-
-
-@pytest.fixture(scope="module")
-def head(tmp_path_factory):
-    """The documented head, its token in a HOME of this module's own; stopped as documented (``kill`` its id)."""
-    home = tmp_path_factory.mktemp("home")
-    with socket.socket() as s:
-        if s.connect_ex(("127.0.0.1", 6379)) == 0:
-            pytest.fail("port 6379 is taken: the documented head cannot start")
-    env = _env(home)
-    subprocess.run(_documented("ray get-auth-token").split(), env=env, check=True, capture_output=True)
-    log = home / "head.log"
-    with open(log, "wb") as out:  # the line as documented: VAR=… ray start …, run by a shell
-        proc = subprocess.Popen(
-            ["bash", "-c", _documented("ray start --head")],  # bash execs a lone command
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 120
-        while "Ray runtime started" not in log.read_text(errors="replace"):
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
-            time.sleep(0.5)
-        yield home
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGTERM)  # `kill "$RAY_HEAD_PID"`
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(60)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)  # whatever of its session outlived it
-        address_file = Path("/tmp/ray/ray_current_cluster")  # `kill` leaves it: ours, while it names our head
-        with contextlib.suppress(OSError):
-            if address_file.read_text().strip() == "127.0.0.1:6379":
-                address_file.unlink()
-
-
-def _check_run(done: subprocess.CompletedProcess, out: Path) -> None:
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert sorted(p.name for p in out.glob("*.png")) == ["im0.png", "im1.png"]
-    rows = ds.dataset(out / "report", format="parquet").to_table(columns=["status"]).to_pylist()
-    assert [r["status"] for r in rows] == ["ok", "ok"]
-    (summary,) = list((out / "runs").glob("run_id=*/summary.parquet"))
-    assert pq.read_table(summary).to_pylist()[0]["outcome"] == "finished"
-
-
-@pytest.mark.slow
-def test_auto_and_loopback_address_reach_the_documented_head(head, tmp_path):
-    src = _images(tmp_path / "photos")
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    env = _env(head, RAY_AUTH_MODE="token")  # as the docs' drivers run
-    assert Path("/tmp/ray/ray_current_cluster").read_text().strip() == "127.0.0.1:6379"  # what `auto` finds
-    _check_run(_restore(src, "restored", env, "--ray-address", "auto", cwd=cwd), cwd / "restored")
-    _check_run(_restore(src, str(tmp_path / "abs"), env, "--ray-address", "127.0.0.1:6379", cwd=cwd), tmp_path / "abs")
 
 
 @pytest.mark.slow

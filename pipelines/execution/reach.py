@@ -2,8 +2,8 @@
 
 Stdlib only: `pipelines.execution.workers` resolves the address (``auto``, ``RAY_ADDRESS``) and asks the head with
 Ray's own client; what is here is the part that needs no Ray — where an address came from, its host and port,
-whether a TCP connection opens before a deadline, and the message that names the address, what was tried and what
-to check.
+whether a TCP connection opens before a deadline, the message that names the address, what was tried and what
+to check, and whether the cluster's workers can reach the run's local paths.
 """
 
 from __future__ import annotations
@@ -13,9 +13,18 @@ import socket
 import time
 from dataclasses import dataclass
 
-from pipelines.errors import RayConnectError
+from pipelines.errors import LocalPathError, RayConnectError
 
-__all__ = ["RayConnectError", "Target", "fail", "is_loopback", "split", "wait_reachable"]
+__all__ = [
+    "LocalPathError",
+    "RayConnectError",
+    "Target",
+    "check_local_paths",
+    "fail",
+    "is_loopback",
+    "split",
+    "wait_reachable",
+]
 
 _CLIENT = "ray://"
 
@@ -100,4 +109,23 @@ def wait_reachable(target: Target, deadline: float) -> None:
         f"{last.lower()} for {waited:.0f} s (TCP to port {port})",
         f"that its head runs ({head}), the address and port that `ray start --head` printed, "
         "and that no firewall is in between; or leave the Ray address out to run on a private Ray on this machine",
+    )
+
+
+def check_local_paths(local: list[str], address: str | None, nodes: int | None, shared: bool) -> None:
+    """`LocalPathError` for the run's `local` paths (redacted) where its workers may run on other machines — a
+    cluster of `nodes` > 1, or Ray Client (``ray://``: the driver is not a node) — unless `shared` says every node
+    mounts them. A private Ray, or a head alone on this machine, has one node: its paths are this machine's."""
+    client = (address or "").startswith(_CLIENT)
+    if not local or shared or ((nodes or 1) <= 1 and not client):
+        return
+    what = f"{local[0]} is a local path" if len(local) == 1 else f"{', '.join(local)} are local paths"
+    if client:
+        where = f"Ray Client ({address}) runs the workers on the cluster"
+    else:
+        where = f"the Ray cluster{f' at {address}' if address else ''} has {nodes} nodes"
+    raise LocalPathError(
+        f"{what}, but {where}: each node would read and write its own disk. Use object storage (s3://bucket/…, "
+        "gs://…), or pass --local-paths-shared (execution.local_paths_shared) if every node mounts the path at "
+        "the same place (NFS)"
     )

@@ -142,12 +142,15 @@ def start_ray(
     return True
 
 
-def check_cluster(address: str | None, connect_timeout: float = 30.0) -> None:
+def check_cluster(address: str | None, connect_timeout: float = 30.0) -> int | None:
     """`RayConnectError` unless the cluster that `start_ray(address)` would join answers within `connect_timeout`
-    seconds (a private instance: nothing to check). What a run asks before it writes anything; connects nothing."""
+    seconds; what a run asks before it writes anything, connecting nothing. Returns how many nodes the cluster has
+    alive now — None for a private instance (nothing to ask) and for Ray Client (its head does not say)."""
     target = _resolve(address)
-    if target is not None:
-        _probe(target, time.monotonic() + connect_timeout)
+    if target is None:
+        return None
+    alive = _probe(target, time.monotonic() + connect_timeout)
+    return None if target.client else len(alive)
 
 
 def _resolve(address: str | None) -> reach.Target | None:
@@ -179,10 +182,9 @@ def _resolve(address: str | None) -> reach.Target | None:
     return reach.Target(address or "RAY_ADDRESS=auto", found, where)
 
 
-def _probe(target: reach.Target, deadline: float) -> str | None:
+def _probe(target: reach.Target, deadline: float) -> list[str]:
     """Wait until the head answers (TCP, then its GCS lists its nodes; Ray Client: TCP only) or `deadline`
-    passes. Returns the address of the head's node when it is a loopback one (a head on this machine started with
-    ``--node-ip-address=127.0.0.1``), else None."""
+    passes. Returns the addresses of the cluster's nodes alive now (Ray Client: none known)."""
     from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
     from ray._raylet import GcsClient
     from ray.core.generated.gcs_pb2 import GcsNodeInfo
@@ -198,7 +200,7 @@ def _probe(target: reach.Target, deadline: float) -> str | None:
             quiet.setLevel(level)
     reach.wait_reachable(target, deadline)
     if target.client:
-        return None
+        return []
     while True:
         try:  # Ray's own client: blocks up to 5 s when something that is not a head listens there
             nodes = GcsClient(address=target.address).get_all_node_info(timeout=max(1, deadline - time.monotonic()))
@@ -219,9 +221,7 @@ def _probe(target: reach.Target, deadline: float) -> str | None:
                     "that the port is the one `ray start --head` printed (GCS, 6379 by default)",
                 ) from None
             time.sleep(0.5)
-    if reach.is_loopback(target.host):
-        return next((ip for ip in alive if reach.is_loopback(ip)), None)
-    return None
+    return alive
 
 
 def _join(target: reach.Target, deadline: float, common: dict[str, Any]) -> None:
@@ -233,7 +233,9 @@ def _join(target: reach.Target, deadline: float, common: dict[str, Any]) -> None
     and retries for minutes — unless Ray's single-machine mode is on, which `_loopback_node` switches on for the
     connection; the driver's node address is then the head's (``_node_ip_address``), so Ray attaches it to that
     node. Any other head is joined as Ray joins it."""
-    loopback = _probe(target, deadline)
+    alive = _probe(target, deadline)
+    # a head on this machine started with --node-ip-address=127.0.0.1, given by a loopback address
+    loopback = next((ip for ip in alive if reach.is_loopback(ip)), None) if reach.is_loopback(target.host) else None
     try:
         if loopback is not None:
             with _loopback_node():
@@ -436,11 +438,6 @@ def _capacity(num_gpus: float, num_cpus: float) -> int:
             fits.append(int(res.get("CPU", 0.0) / num_cpus + 1e-9))
         total += min(fits) if fits else 1
     return total
-
-
-def alive_nodes() -> int:
-    """How many nodes of the connected cluster are alive now (an autoscaler may add more later)."""
-    return sum(1 for node in ray.nodes() if node.get("Alive"))
 
 
 # --------------------------------------------------------------------------------------------- the driver loop
