@@ -211,13 +211,17 @@ def test_auto_packs_one_job_per_thread_on_a_cpu_and_fills_a_gpus_free_memory(kee
         return dipcore.estimate_peak_bytes(p, 256, 256, fits=k) + 2**30
 
     assert cuda_budget(free_for(3), free_for(3)) == dipcore.estimate_peak_bytes(p, 256, 256, fits=3)
-    assert packing.pack_for_memory(p, 256, 256, channels=3, free_bytes=free_for(3)) == 3
-    assert packing.pack_for_memory(p, 256, 256, channels=3, free_bytes=free_for(3) - 1) == 2
-    big = dict(free_bytes=free_for(3) + 3 * 2**30, total_bytes=80 * 2**30)  # an 80 GiB card: 4 GiB kept free
-    assert packing.pack_for_memory(p, 256, 256, channels=3, **big) == 3
-    assert packing.pack_for_memory(p, 256, 256, channels=3, **{**big, "free_bytes": big["free_bytes"] - 1}) == 2
-    assert packing.pack_for_memory(p, 256, 256, channels=3, free_bytes=100 * free_for(8)) == packing.AUTO_PACK_CAP
-    assert packing.pack_for_memory(p, 256, 256, channels=3, free_bytes=one // 2) == 1  # a lone fit still runs
+
+    def pack(free: int, total: int | None = None) -> int:  # as the restorer asks, for a card with `free` of `total`
+        return packing.pack_for_memory(p, 256, 256, channels=3, budget=cuda_budget(free, total or free))
+
+    assert pack(free_for(3)) == 3
+    assert pack(free_for(3) - 1) == 2
+    big = free_for(3) + 3 * 2**30  # an 80 GiB card: 4 GiB kept free
+    assert pack(big, 80 * 2**30) == 3
+    assert pack(big - 1, 80 * 2**30) == 2
+    assert pack(100 * free_for(8)) == packing.AUTO_PACK_CAP
+    assert pack(one // 2) == 1  # a lone fit still runs
 
 
 # ------------------------------------------------------------------------------------------ the actor's side
@@ -356,7 +360,6 @@ def test_run_inline_packs_up_to_pack_and_auto_packs_one_job_per_thread_on_a_cpu(
 
 
 def test_auto_on_a_gpu_actor_cuts_what_it_gets_to_its_free_memory(tmp_path, spy, monkeypatch):
-    import torch
 
     src = tmp_path / "src"
     for i in range(3):
@@ -367,6 +370,6 @@ def test_auto_on_a_gpu_actor_cuts_what_it_gets_to_its_free_memory(tmp_path, spy,
     assert r.pack_limit == packing.AUTO_PACK_CAP and r.info()["pack_limit"] == packing.AUTO_PACK_CAP
     p = preset_for("denoise", preset="fast", iterations=2, channels=16)  # the plan's settings
     two = dipcore.estimate_peak_bytes(p, 32, 32, fits=2) + 2**30  # with the 1 GiB dipcore keeps free
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (two, 10 * two))
+    monkeypatch.setattr(dipcore.memory, "device_budget", lambda device: cuda_budget(two, 10 * two))  # the card's
     outcomes = r.run_batch(j, pack="auto")
     assert spy == [2] and [o.row["status"] for o in outcomes] == ["ok"] * 3  # two stacked, the third alone

@@ -6,7 +6,7 @@
   waste is under 1.57× a fit's pixels), a CPU worker runs them side by side, each on its own canvas. With
   ``canvas="own"`` only jobs of one shape are grouped (as before shared canvases; the GPU suite compares the two).
 - `pack_for_memory` is the "auto" size of a group on a GPU: as many fits as ``dipcore.estimate_peak_bytes`` puts
-  within dipcore's budget of the card (``dipcore.memory.cuda_budget``, which the engine checks the batch against),
+  within dipcore's budget of the card (``dipcore.memory.device_budget``, which the engine checks the batch against),
   at most `AUTO_PACK_CAP`.
 
 A batch runs the way the device runs it best. On a GPU its fits are stacked in one grouped net, which pays where one
@@ -125,24 +125,13 @@ class PackQueue:
 
 
 def pack_for_memory(
-    p: TaskPreset,
-    height: int,
-    width: int,
-    *,
-    channels: int,
-    free_bytes: int,
-    total_bytes: int | None = None,
-    cap: int = AUTO_PACK_CAP,
+    p: TaskPreset, height: int, width: int, *, channels: int, budget: int, cap: int = AUTO_PACK_CAP
 ) -> int:
     """The largest K ≤ `cap` whose K stacked fits of preset `p` on a `height` × `width` output (estimated by
-    ``dipcore.estimate_peak_bytes``) fit the budget that dipcore gives a card with `free_bytes` free of `total_bytes`
-    (``dipcore.memory.cuda_budget``, the one the engine checks the batch against; an unknown total is taken as the
-    free bytes, for a margin no larger than the engine's); at least 1 (whether a single fit fits is for the fit to
-    find out)."""
+    ``dipcore.estimate_peak_bytes``) fit `budget` bytes — the card's, as ``dipcore.memory.device_budget`` gives it,
+    the one the engine checks the batch against; at least 1 (whether a single fit fits is for the fit to find out)."""
     from dipcore import estimate_peak_bytes
-    from dipcore.memory import cuda_budget
 
-    budget = cuda_budget(free_bytes, free_bytes if total_bytes is None else total_bytes)
     per_fit = estimate_peak_bytes(p, height, width, out_channels=channels, fits=1)
     k = max(1, min(cap, int(budget // max(per_fit, 1))))
     while k > 1 and estimate_peak_bytes(p, height, width, out_channels=channels, fits=k) > budget:

@@ -228,6 +228,7 @@ class Restorer:
         import torch
 
         from dipcore import canvas_bucket, get_task, preset_for
+        from dipcore.memory import device_budget
 
         p = preset_for(w.job.task, **w.job.restore_kwargs)
         observed = getattr(w.obs, "image", w.obs).shape
@@ -235,8 +236,8 @@ class Restorer:
             h, w_, _ = get_task(p.task).output_shape(observed, p.scale)  # the fit's canvas is the output's
         else:
             h, w_ = canvas_bucket(p, observed)  # what the group's shared canvas is at most
-        free, _total = torch.cuda.mem_get_info(torch.device(self.device))
-        return pack_for_memory(p, h, w_, channels=observed[2], free_bytes=free, cap=self.pack_limit)
+        budget = device_budget(torch.device(self.device))  # the engine's own budget: packer and engine agree
+        return pack_for_memory(p, h, w_, channels=observed[2], budget=budget, cap=self.pack_limit)
 
     def _restore_group(self, group: list[_Work]) -> None:
         import dipcore
