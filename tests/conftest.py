@@ -86,8 +86,8 @@ def where(request, tmp_path):
 
 # --- Ray and Prefect for the pipelines tests: one local Ray instance and one Prefect harness per session ----------
 
-# Before Ray or Prefect is imported anywhere: no usage reports, Prefect's home and database in a temp dir.
-_os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+# Before Ray or Prefect is imported anywhere: no usage reports, Prefect's home and database in a temp dir. Not
+# RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER: users do not set it, and dipflow binds loopback without it (start_ray).
 _os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 _os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 _XDIST_WORKER = _os.environ.get("PYTEST_XDIST_WORKER")  # "gw0", "gw1", … under pytest-xdist (`make test`)

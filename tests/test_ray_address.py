@@ -1,7 +1,7 @@
-"""`dipflow restore --ray-address …` where no head answers, run as a user runs it: without the
-RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER that conftest sets for the other tests. A wrong address ends within its timeout
-with one line and nothing written; a signal while connecting is honoured; a worker whose start fails says why (its
-exception, plain text) on the command line and in the runs table. Joining a head that runs: tests/test_deploy_laptop.py.
+"""`dipflow restore --ray-address …` where no head answers, run as a user runs it: with none of the tests' RAY_*
+variables. A wrong address ends within its timeout with one line and nothing written; a signal while connecting is
+honoured; a worker whose start fails says why (its exception, plain text) on the command line and in the runs table.
+Joining a head that runs: tests/test_deploy_laptop.py.
 """
 
 from __future__ import annotations

@@ -3,8 +3,7 @@ SIGINT, SIGTERM and SIGKILL of `dipflow restore` end it cleanly (130, 143, and n
 `pipelines.watchdog`) and a rerun finishes the rest; a Ray actor killed mid-fit costs one attempt and no row.
 
 Real `dipflow restore` processes in sessions of their own, with Prefect's ephemeral server and a private Ray, started
-without the RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 that conftest sets for the rest of the tests. Processes and sockets
-are read from /proc (Linux)."""
+without RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER, as users run it. Processes and sockets are read from /proc (Linux)."""
 
 from __future__ import annotations
 
