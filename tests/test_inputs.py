@@ -46,7 +46,7 @@ def test_listing_follows_links_inside_the_source_and_reports_the_others(source):
     assert [e.key for e in listing.images] == ["a.png", "anim.gif", "b.gif", "inside.png"]
     assert dict(listing.excluded) == {
         "broken.png": "broken symbolic link",
-        "folder": storage._LINK_TO_FOLDER,
+        "folder": storage.walk._LINK_TO_FOLDER,
         "outside.png": "symbolic link to outside the source: not followed",
     }
     assert dict(listing.skipped) == {"notes.txt": "not an image extension"}

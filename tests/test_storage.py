@@ -382,7 +382,7 @@ def test_only_the_network_and_the_service_count_as_transient(error, transient):
 
 
 def test_transient_errors_are_retried_and_the_rest_raise_at_once(monkeypatch):
-    monkeypatch.setattr(storage, "RETRY_PAUSES", (0.0, 0.0))
+    monkeypatch.setattr(storage.backend, "RETRY_PAUSES", (0.0, 0.0))  # read where `_retrying` lives
     calls = []
 
     def flaky(fails: int, error: Exception):
@@ -394,14 +394,14 @@ def test_transient_errors_are_retried_and_the_rest_raise_at_once(monkeypatch):
 
         return call
 
-    assert storage._retrying(flaky(2, ConnectionResetError(104, "reset"))) == "done" and len(calls) == 3
+    assert storage.backend._retrying(flaky(2, ConnectionResetError(104, "reset"))) == "done" and len(calls) == 3
     calls.clear()
     with pytest.raises(ConnectionResetError):  # one more failure than there are pauses: the last error stands
-        storage._retrying(flaky(3, ConnectionResetError(104, "reset")))
+        storage.backend._retrying(flaky(3, ConnectionResetError(104, "reset")))
     assert len(calls) == 3
     calls.clear()
     with pytest.raises(PermissionError):
-        storage._retrying(flaky(1, PermissionError(13, "denied")))
+        storage.backend._retrying(flaky(1, PermissionError(13, "denied")))
     assert len(calls) == 1
 
 

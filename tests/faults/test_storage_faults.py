@@ -118,7 +118,7 @@ def test_a_storage_fault_costs_only_its_images_and_a_rerun_finishes(
 ):
     from pipelines import flows
 
-    monkeypatch.setattr(storage, "RETRY_PAUSES", (0.01, 0.01, 0.01))  # the same retries, without the waiting
+    monkeypatch.setattr(storage.backend, "RETRY_PAUSES", (0.01, 0.01, 0.01))  # the same retries, no waiting
     root, target = _roots(backend, tmp_path, s3_server)
     plain = {"file": lambda p: p, "s3": lambda p: f"s3://{p}"}[target["target_protocol"]]
     plain_options = target.get("target_options")
