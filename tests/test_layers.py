@@ -1,5 +1,5 @@
 """The layers of pipelines, read from the imports of its files (`ast`, nothing is imported): each engine has one
-door — fsspec in storage.py, Ray in execution/workers.py, Prefect in flows.py — and the light modules that the CLI
+door — fsspec in storage/, Ray in execution/workers.py, Prefect in flows.py — and the light modules that the CLI
 loads to build its parser import no engine at all. And the graph: no import cycle between dipcore's modules, none
 between pipelines' modules or subpackages (function-level and TYPE_CHECKING imports counted), and dipcore imports
 nothing of pipelines."""
@@ -12,7 +12,11 @@ from pathlib import Path
 import pytest
 
 PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
-DOORS = {"fsspec": {"storage.py"}, "ray": {"execution/workers.py"}, "prefect": {"flows.py"}}
+DOORS = {
+    "fsspec": {f"storage/{name}.py" for name in ("backend", "fingerprints", "listing", "paths", "walk")},
+    "ray": {"execution/workers.py"},
+    "prefect": {"flows.py"},
+}
 LIGHT = ["errors.py", "stats.py", "evaluation/benchmarks.py", "evaluation/paper.py", "execution/options.py"]
 HEAVY = {"torch", "ray", "prefect", "pyarrow", "fsspec", "numpy", "dipcore"}
 
