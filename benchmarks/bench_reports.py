@@ -22,9 +22,10 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from pipelines import jobs
 from pipelines.reporting import reports
 
-CONFIG = reports.canonical_json(
+CONFIG = jobs.canonical_json(
     {
         "task": "denoise",
         "preset": "fast",
@@ -52,7 +53,7 @@ def make_row(i: int) -> dict:
         "input_uri": f"s3://photos/2026/{i // 1000:04d}/img{i:07d}.png",
         "input_sha256": f"{i:064x}",
         "task": "denoise",
-        "config_hash": reports.config_hash({"c": CONFIG}),
+        "config_hash": jobs.config_hash({"c": CONFIG}),
         "config_json": CONFIG,
         "seed": 0,
         "iterations_run": 2,

@@ -24,22 +24,24 @@ import dataclasses
 import functools
 import json
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 from pipelines import ownership, storage
-from pipelines.evaluation import baselines
-from pipelines.reporting import reports
 
 __all__ = [
+    "CLASSICAL_TASKS",
     "Job",
     "Plan",
     "RunConfig",
     "Synthesis",
     "base_row",
+    "canonical_json",
+    "config_hash",
     "error_row",
     "observation_shape",
     "pack_key",
@@ -52,6 +54,18 @@ __all__ = [
     "utcnow",
     "with_headers",
 ]
+
+CLASSICAL_TASKS = ("denoise", "inpaint")  # tasks with a classical baseline (`pipelines.evaluation.baselines`)
+
+
+def canonical_json(config: Mapping[str, Any]) -> str:
+    """The canonical JSON of a config: sorted keys, no spaces, ASCII, no NaN (the report's `config_json` column)."""
+    return json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """The first 16 hex chars of the SHA-256 of `canonical_json(config)`: a config's identity across runs."""
+    return storage.sha256_hex(canonical_json(config).encode("utf-8"))[:16]
 
 
 @dataclass(frozen=True)
@@ -89,7 +103,7 @@ class RunConfig:
 
     @functools.cached_property
     def config_json(self) -> str:
-        return reports.canonical_json(self.config)
+        return canonical_json(self.config)
 
 
 @dataclass(frozen=True)
@@ -209,16 +223,16 @@ def run_config(
     config: dict[str, Any] = {**p.to_dict(), "seed": seed}
     if synthesis is not None:
         config["synthesis"] = dataclasses.asdict(synthesis)
-    classical = classical and synthesis is not None and task in baselines.CLASSICAL_TASKS
+    classical = classical and synthesis is not None and task in CLASSICAL_TASKS
     if classical:
         config["classical_baseline"] = True
-    config = json.loads(reports.canonical_json(config))  # plain JSON types, as stored in the report
+    config = json.loads(canonical_json(config))  # plain JSON types, as stored in the report
     return RunConfig(
         task,
         kwargs,
         seed,
         config,
-        reports.config_hash(config),
+        config_hash(config),
         synthesis,
         packable=batch_refusal(p) is None,
         classical=classical,
@@ -340,16 +354,13 @@ def plan_jobs(
 ) -> Planned:
     """Every image of `listing` planned as if nothing were done, in one list: for benchmarks, tests and tools that
     run a known set of images without a flow (a flow streams: `plan_stream`)."""
-    from pipelines.reporting.state import DoneState
-
     plan = Plan(dataset=dataset, config=config, output=output)
     rows: list[dict[str, Any]] = []
-    nothing = DoneState({}, {})
     stream = plan_stream(
         [listing],
         plan,
         run_id=run_id,
-        done=nothing,
+        done=_NOTHING_DONE,
         record=rows.append,
         adopt=rows.append,
         storage_options=storage_options,
@@ -358,6 +369,12 @@ def plan_jobs(
     entries = {entry.key: entry for entry in listing.images}
     refused = [(entries[r["image_key"]], r["error"]) for r in rows if r["status"] == "error"]
     return Planned(plan, todo, refused)
+
+
+# A done-state that holds nothing (the four questions `plan_stream` asks a `state.DoneState`): every image is to do.
+_NOTHING_DONE = SimpleNamespace(
+    is_done=lambda *_: False, owns=lambda *_: False, owned_count=lambda _: None, legacy_sha256=lambda *_: None
+)
 
 
 def _done_before_ctime(done: Any, plan: Plan, entry: storage.ImageEntry, adopt: Callable[[dict], None]) -> bool:

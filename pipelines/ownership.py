@@ -38,18 +38,25 @@ import io
 import json
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from pipelines import storage
 from pipelines.errors import ForeignOutputError
 
-if TYPE_CHECKING:
-    from pipelines.jobs import Job
-
-__all__ = ["KEYWORD", "Owner", "check_free", "mark", "marked", "root_id", "write_output"]
+__all__ = ["KEYWORD", "Output", "Owner", "check_free", "mark", "marked", "root_id", "write_output"]
 
 KEYWORD = "dipflow"
 """The PNG text chunk's keyword."""
+
+
+class Output(Protocol):
+    """What this module reads of a job (`pipelines.jobs.Job`): planning builds on ownership, not the reverse."""
+
+    key: str
+    output_uri: str
+    provenance: str | None
+    replace: bool
+
 
 _PNG = b"\x89PNG\r\n\x1a\n"
 _AFTER_IHDR = len(_PNG) + 4 + 4 + 13 + 4  # signature, then IHDR: length, type, 13 bytes, CRC
@@ -107,14 +114,14 @@ def marked(data: bytes) -> dict[str, Any] | None:
     return found if isinstance(found, dict) else None
 
 
-def _foreign(job: Job) -> ForeignOutputError:
+def _foreign(job: Output) -> ForeignOutputError:
     return ForeignOutputError(
         f"{job.key}: its output {storage.redact(job.output_uri)} is already there and is not this output root's "
         "(no run into the root wrote it); it is left as it is — move it away, or pass --overwrite to replace it"
     )
 
 
-def _check_ours(job: Job, so: dict | None) -> None:
+def _check_ours(job: Output, so: dict | None) -> None:
     try:
         found = marked(storage.read_bytes(job.output_uri, so))
     except storage.StorageNotFoundError:
@@ -123,7 +130,7 @@ def _check_ours(job: Job, so: dict | None) -> None:
         raise _foreign(job)
 
 
-def check_free(job: Job, storage_options: dict | None = None) -> None:
+def check_free(job: Output, storage_options: dict | None = None) -> None:
     """Raise `ForeignOutputError` when the job's output place holds a file that is not the root's own: what a
     worker asks before the fit, so that such an image costs no fit. A job without provenance (a tool's, outside a
     flow) or allowed to replace (`Job.replace`) is not looked at."""
@@ -132,7 +139,7 @@ def check_free(job: Job, storage_options: dict | None = None) -> None:
     _check_ours(job, storage_options)
 
 
-def write_output(job: Job, data: bytes, storage_options: dict | None = None) -> None:
+def write_output(job: Output, data: bytes, storage_options: dict | None = None) -> None:
     """Write the job's output, marked, without replacing a file that is not the root's own (see the module)."""
     if job.provenance is None:
         storage.write_bytes_atomic(job.output_uri, data, storage_options)

@@ -61,3 +61,17 @@ def test_a_failing_baseline_gives_null_columns_and_a_warning(photo, caplog):
     cols = baselines.score_classical("inpaint", obs, photo, sigma=None, protocol={"shave": 2})
     _, estimate = baselines.restore_classical("inpaint", obs)
     assert cols == {"classical_name": "biharmonic", "psnr_classical": dipcore.psnr(estimate, photo, shave=2)}
+
+
+def test_the_tasks_planning_scores_classically_are_those_with_a_baseline(photo):
+    """`jobs.CLASSICAL_TASKS` (what planning puts in a config's identity) names exactly the tasks that have a method
+    here: a task in one and not the other would record a baseline that never comes, or drop one that would."""
+    from pipelines import jobs
+
+    small = photo[:16, :16]
+    for task in dipcore.TASKS:
+        if task in jobs.CLASSICAL_TASKS:
+            assert baselines.restore_classical(task, dipcore.degrade(small, task=task, seed=0), sigma=25) is not None
+        else:
+            assert baselines.restore_classical(task, None) is None, task
+    assert set(jobs.CLASSICAL_TASKS) <= set(dipcore.TASKS)

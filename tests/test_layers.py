@@ -1,5 +1,5 @@
 """The layers of pipelines, read from the imports of its files (`ast`, nothing is imported): each engine has one
-door — fsspec in storage/, Ray in execution/workers.py, Prefect in flows.py — and the light modules that the CLI
+door — fsspec in storage/, Ray in execution/workers/, Prefect in flows.py — and the light modules that the CLI
 loads to build its parser import no engine at all. And the graph: no import cycle between dipcore's modules, none
 between pipelines' modules or subpackages (function-level and TYPE_CHECKING imports counted), and dipcore imports
 nothing of pipelines."""
@@ -12,11 +12,7 @@ from pathlib import Path
 import pytest
 
 PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
-DOORS = {
-    "fsspec": {f"storage/{name}.py" for name in ("backend", "fingerprints", "listing", "paths", "walk")},
-    "ray": {"execution/workers.py"},
-    "prefect": {"flows.py"},
-}
+DOORS = {"fsspec": {"storage/"}, "ray": {"execution/workers/"}, "prefect": {"flows.py"}}
 LIGHT = ["errors.py", "stats.py", "evaluation/benchmarks.py", "evaluation/paper.py", "execution/options.py"]
 HEAVY = {"torch", "ray", "prefect", "pyarrow", "fsspec", "numpy", "dipcore"}
 
@@ -38,8 +34,11 @@ def _files() -> dict[str, set[str]]:
 
 @pytest.mark.parametrize("engine", sorted(DOORS))
 def test_each_engine_has_one_door(engine):
+    """A door is a file, or a package (its name ends with "/"): every importer lies in it."""
     importers = {name for name, imports in _files().items() if engine in imports}
-    assert importers == DOORS[engine]
+    doors = DOORS[engine]
+    inside = {n for n in importers if n in doors or any(d.endswith("/") and n.startswith(d) for d in doors)}
+    assert importers and inside == importers, sorted(importers - inside)
 
 
 def test_the_modules_the_cli_reads_for_its_parser_import_no_engine():
@@ -158,14 +157,6 @@ def test_dipcore_imports_nothing_of_pipelines():
     assert importers == set()
 
 
-PIPELINES_CYCLES = (
-    "between modules: pipelines.jobs ⇄ pipelines.ownership; between subpackages: pipelines.evaluation, "
-    "pipelines.jobs, pipelines.ownership, pipelines.reporting"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=f"issue 27, pipelines not untangled yet: {PIPELINES_CYCLES}")
 def test_pipelines_has_no_import_cycle():
-    """Strict: once pipelines' cycles are gone this passes, fails as XPASS, and the mark must go."""
     graph = _graph("pipelines")
-    assert (_cycles(graph), _cycles(_by_subpackage(graph))) == ([], [])
+    assert len(graph) > 20 and (_cycles(graph), _cycles(_by_subpackage(graph))) == ([], [])

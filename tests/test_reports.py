@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import storage
+from pipelines import jobs, storage
 from pipelines.reporting import reports
 from pipelines.reporting.reports import CURVES_SCHEMA, REPORT_SCHEMA, ReportWriter, SchemaMismatchError
 
@@ -75,12 +75,12 @@ def test_schemas_are_pinned_with_version_metadata():
 
 
 def test_config_hash_is_canonical():
-    h = reports.config_hash({"b": 1, "a": [1, 2], "c": {"y": 1.5, "x": None}})
-    assert h == reports.config_hash({"c": {"x": None, "y": 1.5}, "a": [1, 2], "b": 1})
+    h = jobs.config_hash({"b": 1, "a": [1, 2], "c": {"y": 1.5, "x": None}})
+    assert h == jobs.config_hash({"c": {"x": None, "y": 1.5}, "a": [1, 2], "b": 1})
     assert len(h) == 16 and int(h, 16) >= 0
-    assert h != reports.config_hash({"b": 2, "a": [1, 2], "c": {"y": 1.5, "x": None}})
-    assert reports.canonical_json({"b": 1, "a": 2}) == '{"a":2,"b":1}'
-    assert reports.config_hash({}) == storage.sha256_hex(b"{}")[:16]
+    assert h != jobs.config_hash({"b": 2, "a": [1, 2], "c": {"y": 1.5, "x": None}})
+    assert jobs.canonical_json({"b": 1, "a": 2}) == '{"a":2,"b":1}'
+    assert jobs.config_hash({}) == storage.sha256_hex(b"{}")[:16]
 
 
 def test_to_table_casts_and_fills_typed_nulls():

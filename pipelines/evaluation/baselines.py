@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CLASSICAL_TASKS", "denoise", "inpaint", "restore_classical", "score_classical"]
+__all__ = ["denoise", "inpaint", "restore_classical", "score_classical"]
 
 _log = logging.getLogger("dipflow.baselines")
 
@@ -67,12 +67,11 @@ def _inpaint_observation(image: np.ndarray, observation: Any, sigma: float | Non
 
 
 # The classical method of each task that has one here (the methods need scikit-image or bm3d, so this table is the
-# pipelines' own, beside dipcore's task definitions).
+# pipelines' own, beside dipcore's task definitions); planning names its tasks in `pipelines.jobs.CLASSICAL_TASKS`.
 _CLASSICAL: dict[str, Callable[[np.ndarray, Any, float | None], tuple[str, np.ndarray]]] = {
     "denoise": _denoise_observation,
     "inpaint": _inpaint_observation,
 }
-CLASSICAL_TASKS = tuple(_CLASSICAL)  # tasks with a classical baseline here
 
 
 def restore_classical(task: str, observation: Any, *, sigma: float | None = None) -> tuple[str, np.ndarray] | None:

@@ -5,7 +5,7 @@ The protocols are those of the paper (Ulyanov, Vedaldi, Lempitsky, "Deep Image P
 evaluation code its authors published (DmitryUlyanov/deep-image-prior): SR ×4 by Pillow LANCZOS with PSNR on Y
 (BT.601) and 4 border pixels shaved after a centre crop to a multiple of 32; Gaussian noise of σ = 25; inpainting
 with a Bernoulli mask dropping half the pixels. The driver plans with `evaluation_config`; the worker calls
-`observe` and `score` (`pipelines.execution.restorer`), and the HTML report calls `observe` again to show the
+`observe` and `score` (`pipelines.execution.restorer`), and the HTML report calls `synthesise` again to show the
 degraded input. dipcore (torch) is imported inside the functions that need it.
 """
 
@@ -28,6 +28,7 @@ __all__ = [
     "observe",
     "psnr_protocol",
     "score",
+    "synthesise",
 ]
 
 SR_CROP_MULTIPLE = 32  # the authors' evaluation centre-crops the clean image to a multiple of 32 first
@@ -135,7 +136,6 @@ def observe(job: Job, image: Any, read_image: Callable[[str], Any]) -> tuple[Any
     downscales with LANCZOS; denoising adds σ-Gaussian noise; inpainting drops pixels with a Bernoulli mask.
     """
     import dipcore
-    from dipcore import center_crop_to_multiple
     from dipcore.degrade import binary_mask
 
     s = job.synthesis
@@ -154,12 +154,21 @@ def observe(job: Job, image: Any, read_image: Callable[[str], Any]) -> tuple[Any
                 raise dipcore.ConfigError(f"no {name} for {job.key}: {_SIDE_INPUT_HINTS[name].format(stem=stem)}")
         truth = read_image(job.reference_uri) if job.reference_uri else None
         return image, truth, side
+    obs, clean = synthesise(s, image, image_seed(job.seed, job.key))
+    return obs, clean, {}
+
+
+def synthesise(s: Synthesis, image: Any, seed: int) -> tuple[Any, Any]:
+    """(observation, ground truth) of the clean decoded `image` under `s` with the per-image `seed` (`image_seed`):
+    the evaluation branch of `observe`, which the HTML report also calls to show the degraded input."""
+    import dipcore
+    from dipcore import center_crop_to_multiple
+
     clean = _crop_square(image, s.crop_size) if s.crop_size else image
     if multiple := s.clean_multiple():
         clean = center_crop_to_multiple(clean, multiple)
     knobs = {"scale": s.scale, "sigma": s.sigma, "drop": s.drop, "variant": s.variant}
-    obs = dipcore.degrade(clean, task=s.task, seed=image_seed(job.seed, job.key), **knobs)
-    return obs, clean, {}
+    return dipcore.degrade(clean, task=s.task, seed=seed, **knobs), clean
 
 
 # How a plain run finds each side input a task needs (pipelines.storage.list_images).

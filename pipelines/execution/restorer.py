@@ -114,7 +114,7 @@ class Restorer:
         resolved = (engine or dipcore.EngineOptions()).resolved(dev)
         self.software = {
             "torch_version": torch.__version__,
-            "engine_json": reports.canonical_json(dataclasses.asdict(resolved)),
+            "engine_json": jobs_mod.canonical_json(dataclasses.asdict(resolved)),
         }
         # A compiled stacked net has a graph per number of fits K as well as per canvas: batches then take powers
         # of two (8, 4, 2, 1 under auto's cap of 8), so a worker compiles at most four per bucket, whatever the free
@@ -317,7 +317,7 @@ class Restorer:
                 pack_size=pack_size,
             )
             if res.engine:  # what the fit ran with, checkpointing decided for this job included
-                w.row["engine_json"] = reports.canonical_json(res.engine)
+                w.row["engine_json"] = jobs_mod.canonical_json(res.engine)
             w.curves = reports.curve_rows(res.history, run_id=job.run_id, dataset=job.dataset, image_key=job.key)
         except Exception as exc:  # noqa: BLE001 - scoring or writing one job fails that job's row only
             w.fail(exc)

@@ -13,7 +13,7 @@ Layout beside the page (any fsspec URL; written through `pipelines.storage`)::
     <dir>/thumbs/<id>-degraded-full.png  evaluation runs: the synthesised observation at full size
 
 Evaluation runs store only the clean input, so the degraded view is made again with
-`pipelines.evaluation.protocols.observe` (same synthesis, same per-image seed as the worker used); the clean input is
+`pipelines.evaluation.protocols.synthesise` (same synthesis, same per-image seed as the worker used); the clean input is
 shown as the ground truth. No server, no CDN: open the file in a browser.
 """
 
@@ -85,8 +85,8 @@ def _png(image: Any, *, thumb: bool) -> bytes:
 def _views(row: Mapping[str, Any], so: dict | None) -> dict[str, Any]:
     """kind → float image of one row: ``input`` (plain runs) or ``degraded`` + ``truth`` (evaluation), ``output``."""
     import dipcore
-    from pipelines import jobs
     from pipelines.evaluation import protocols
+    from pipelines.jobs import Synthesis
 
     def read(uri: str) -> Any:
         return dipcore.decode_image(storage.read_bytes(uri, so), name=uri.rpartition("/")[2])
@@ -98,20 +98,8 @@ def _views(row: Mapping[str, Any], so: dict | None) -> dict[str, Any]:
         if synthesis is None:
             views["input"] = image
         else:  # the worker's own protocol, rebuilt from the row: same crop, same degradation, same seed
-            job = jobs.Job(
-                run_id=row["run_id"],
-                dataset=row["dataset"],
-                key=row["image_key"],
-                input_uri=row["input_uri"],
-                task=row["task"],
-                restore_kwargs={"scale": row.get("scale")},
-                config_hash=row.get("config_hash") or "",
-                config_json=row.get("config_json") or "",
-                seed=int(row.get("seed") or 0),
-                output_uri=row.get("output_uri") or "",
-                synthesis=jobs.Synthesis(**synthesis),
-            )
-            obs, truth, _ = protocols.observe(job, image, read)
+            seed = protocols.image_seed(int(row.get("seed") or 0), row["image_key"])
+            obs, truth = protocols.synthesise(Synthesis(**synthesis), image, seed)
             views["degraded"], views["truth"] = getattr(obs, "image", obs), truth
     if row.get("status") == "ok" and row.get("output_uri"):
         views["output"] = read(row["output_uri"])

@@ -21,7 +21,6 @@ new ones. All storage goes through `pipelines.storage`; this module never import
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import threading
@@ -55,10 +54,8 @@ __all__ = [
     "Compaction",
     "ReportWriter",
     "SchemaMismatchError",
-    "canonical_json",
     "compact_run",
     "completed_keys",
-    "config_hash",
     "curve_rows",
     "latest_rows",
     "read_curves",
@@ -178,19 +175,6 @@ SUMMARY_SCHEMA = pa.schema(
     metadata={"dipflow.report_version": REPORT_VERSION, "dipflow.schema": "summary"},
 )
 """`summarize`'s output: one row per (dataset, task, scale)."""
-
-
-# ------------------------------------------------------------------------------------------------- hashing
-
-
-def canonical_json(config: Mapping[str, Any]) -> str:
-    """The canonical JSON of a config: sorted keys, no spaces, ASCII, no NaN (the `config_json` column)."""
-    return json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-
-
-def config_hash(config: Mapping[str, Any]) -> str:
-    """The first 16 hex chars of the SHA-256 of `canonical_json(config)`."""
-    return storage.sha256_hex(canonical_json(config).encode("utf-8"))[:16]
 
 
 # -------------------------------------------------------------------------------------------------- tables
