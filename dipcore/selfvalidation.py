@@ -3,10 +3,10 @@
 A random tenth of the observed pixels is held out of the loss. Every iteration the fit's moving average is scored on
 them; where that score was lowest, the fit stopped generalising to pixels it does not fit, and the rule stops
 ``SELFVAL_PATIENCE`` iterations after that minimum without a newer one (the same decision as ES-WMV's, on another
-signal). Held-out pixels cost the held-out fit itself up to 0.55 dB at σ = 15 in the study, so the image returned is
-a second fit on every pixel, same seed, run to the count the first one found (``restore`` runs both phases): in the
-study that refit came within 0.34 dB of the best output along the run on every image, where the preset's fixed
-count lost up to 7.5 dB (`benchmarks/RESULTS.md`, "Stopping without ground truth").
+signal). Held-out pixels cost the held-out fit itself some PSNR (the study measured it at σ = 15), so the image
+returned is a second fit on every pixel, same seed, run to the count the first one found (``restore`` runs both
+phases). How close that refit comes to the best output along the run, against the preset's fixed count:
+`benchmarks/RESULTS.md`, "Stopping without ground truth", and docs/results.md (figures live there, not here).
 
 The held-out split is that of zero-shot self-supervised learning (Yaman et al., ICLR 2022) applied to DIP; Li et al.
 ("Self-Validation", 2021) validate on an online autoencoder of the outputs instead.

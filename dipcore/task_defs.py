@@ -67,8 +67,8 @@ class Task:
     baseline: Literal["input", "bicubic"] = "input"  # the naive estimate scored beside DIP
     batch_refusal: str | None = None  # why restore_batch cannot stack its fits (None: they stack)
     # Whether bf16 may be this task's default where the CPU has native bf16 units: only where its measured mean cost
-    # in PSNR is ≤ 0.1 dB on whole study sets (benchmarks/RESULTS.md: denoising +0.08/+0.01, SR +0.02/+0.06 dB;
-    # inpainting −0.08/−0.13 dB stays fp32; the other tasks are unmeasured, so fp32).
+    # in PSNR is ≤ 0.1 dB on whole study sets (benchmarks/RESULTS.md, "Its price in PSNR": denoising and SR within it;
+    # inpainting over it stays fp32; the other tasks are unmeasured, so fp32).
     bf16_default: bool = False
 
     def output_shape(self, observed: tuple[int, ...], scale: int = 1) -> tuple[int, int, int]:

@@ -130,9 +130,9 @@ _FAST_ITERATIONS = {"inpaint": 1200, "preimage": 300, "flash_noflash": 300}
 _FAST_DEFAULT_ITERATIONS = 600
 
 # What the paper preset returns without ground truth, where the stopping study (issue 14, benchmarks/RESULTS.md)
-# found the fixed count far from the best output: denoising's blind count loses 1.3–3.2 dB at σ = 25, 4.7–6.8 at 50.
+# found the fixed count far from the best output: denoising's blind count, at σ = 25 and more (figures there).
 # Not the paper's loop: `early_stopping=False` runs that. The fast preset keeps its short fixed count. JPEG, SR ×4
-# and 50 % inpainting keep theirs: within 0.5 dB of the best there, where self-validation did no better.
+# and 50 % inpainting keep theirs: close to the best there, where self-validation did no better.
 DEFAULT_STOPPING: dict[str, bool | str] = {"denoise": "selfval"}
 
 
