@@ -19,7 +19,7 @@ FAST = {"preset": "fast", "iterations": 2, "overrides": {"channels": 4}, "execut
 
 
 def test_restore_keeps_a_file_already_in_the_output_folder(ray_local, prefect_harness, tmp_path, write_images, capsys):
-    """README: "Nothing that is not the run's is overwritten" — `mkdir clean; cp mine.png clean/img0.png`."""
+    """docs/cli.md: "Nothing that is not the run's is overwritten" — `mkdir clean; cp mine.png clean/img0.png`."""
     noisy, clean = tmp_path / "noisy", tmp_path / "clean"
     write_images(str(noisy), ["img0.png", "img1.png"], size=16)
     clean.mkdir()

@@ -198,7 +198,7 @@ def check_not_redone(outcome: Outcome, first: list[dict], second: list[dict]) ->
 
 
 def outside_rows(output_root: str, kind: str = "report") -> dict[str, list[tuple]]:
-    """The rows that readers other than dipflow's see under a local output root, read the way README says —
+    """The rows that readers other than dipflow's see under a local output root, read the way docs/reports.md says —
     DuckDB ``read_parquet('<out>/report/**/*.parquet', hive_partitioning=true)`` and ``pyarrow.dataset`` with hive
     partitioning —, each reader's as a list of (run_id, image_key) (curves: with the iteration)."""
     import duckdb

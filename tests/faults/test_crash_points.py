@@ -1,6 +1,6 @@
 """Crash points of a run's reports: a run killed at each write and delete of its report parts, their commit into
 ``report/``, its done-state files and their merge, and its runs-table row — every one of them in turn —, then read by
-outside readers the way README says (DuckDB ``read_parquet('<out>/report/**/*.parquet', hive_partitioning=true)``
+outside readers as docs/reports.md says (DuckDB ``read_parquet('<out>/report/**/*.parquet', hive_partitioning=true)``
 and ``pyarrow.dataset`` with hive partitioning) and by dipflow's own, then resumed by the next run.
 
 Held to, at every crash point: outside readers see no row twice and none that dipflow's readers do not; dipflow's
