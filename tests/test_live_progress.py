@@ -21,9 +21,9 @@ def often(monkeypatch):
     second or two then shows several readings. (Prefect's server shares the 2 cores with the fit: updated on every
     reading, it slowed the in-process fit several times over.)"""
     from pipelines import flows
-    from pipelines.execution import workers
+    from pipelines.execution.workers import driver
 
-    monkeypatch.setattr(workers, "PROGRESS_EVERY", 0.2)
+    monkeypatch.setattr(driver, "PROGRESS_EVERY", 0.2)  # read by run_jobs and run_inline alike
     monkeypatch.setattr(flows, "_LIVE_EVERY", 0.5)
 
 

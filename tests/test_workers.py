@@ -263,6 +263,7 @@ def test_a_stuck_attempt_times_out(ray_local, tmp_path, write_images):
 def test_actors_land_on_gpu_nodes_of_a_multi_node_cluster(ray_session, tmp_path, write_images, test_cluster):
     """Head without GPUs, two nodes with one logical GPU each (no CUDA needed: Ray only schedules by count)."""
     from pipelines.execution import workers
+    from pipelines.execution.workers import pool as pools
 
     ray = ray_session
     ray.shutdown()  # the shared local instance; `ray_local` restarts it for any later test
@@ -272,7 +273,7 @@ def test_actors_land_on_gpu_nodes_of_a_multi_node_cluster(ray_session, tmp_path,
         gpu_nodes = {cluster.add_node(num_cpus=1, num_gpus=1, object_store_memory=store).node_id for _ in range(2)}
         ray.init(address=cluster.address, logging_level=30, log_to_driver=False)
         cluster.wait_for_nodes()
-        assert (workers._capacity(1, 0), workers._capacity(0.5, 0), workers._capacity(0, 1)) == (2, 4, 3)
+        assert (pools._capacity(1, 0), pools._capacity(0.5, 0), pools._capacity(0, 1)) == (2, 4, 3)
         write_images(str(tmp_path / "src"), [f"im{i}.png" for i in range(4)])
         p = plan(str(tmp_path / "src"), str(tmp_path / "out"))
         pool = workers.WorkerPool.for_cluster(gpus_per_worker=1.0, max_workers=8)
