@@ -186,6 +186,25 @@ def test_pyproject_installs_every_package():
     assert on_disk <= packaged, f"not installed by pyproject.toml: {sorted(on_disk - packaged)}"
 
 
+def test_pyproject_installs_every_data_file():
+    """A file beside the modules that is not Python (the HTML report's template) goes into the wheel only where
+    ``[tool.setuptools.package-data]`` names it: each one under dipcore/ and pipelines/ must be matched there."""
+    from fnmatch import fnmatch
+
+    data = PYPROJECT["tool"]["setuptools"].get("package-data", {})
+    found = []
+    for top in ("dipcore", "pipelines"):
+        for path in (ROOT / top).rglob("*"):
+            if path.is_dir() or path.suffix in (".py", ".pyc") or "__pycache__" in path.parts:
+                continue
+            package = next(p for p in path.parents if (p / "__init__.py").is_file())
+            name = package.relative_to(ROOT).as_posix().replace("/", ".")
+            rel = path.relative_to(package).as_posix()
+            assert any(fnmatch(rel, g) for g in data.get(name, [])), f"{path.relative_to(ROOT)} is not installed"
+            found.append(rel)
+    assert "templates/report.html.j2" in found
+
+
 def _cuda_tag(image: str) -> str:
     major, minor = re.search(r":(\d+)\.(\d+)", image).groups()
     return f"cu{major}{minor}"

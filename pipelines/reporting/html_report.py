@@ -19,7 +19,6 @@ shown as the ground truth. No server, no CDN: open the file in a browser.
 
 from __future__ import annotations
 
-import html
 import io
 import json
 import math
@@ -30,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import jinja2
 import pyarrow as pa
 
 from pipelines import storage
@@ -159,40 +159,34 @@ def _href(target: str | None, html_dir: str) -> str | None:
 # ---------------------------------------------------------------------------------------------------- curves
 
 
-def _curve_svg(points: list[dict[str, Any]], returned: int | None, *, w: int = 180, h: int = 54) -> str:
-    """PSNR (blue) and log-loss (grey) against iteration as SVG polylines, each scaled to the box; a red line at
-    the returned iteration."""
+def _curve(points: list[dict[str, Any]], returned: int | None, *, w: int = 180, h: int = 54) -> dict | None:
+    """The template's curve of one image: PSNR and log-loss polylines against iteration, each scaled to the w × h
+    box, and the x of the returned iteration (None: no curve)."""
     if not points:
-        return "–"
+        return None
     last = max(p["iteration"] for p in points)
 
     def x(it: int) -> float:
         return 2 + (w - 4) * ((it - 1) / max(1, last - 1))
 
-    def line(name: str, transform: Any, cls: str) -> str:
+    def line(name: str, transform: Any) -> str | None:
         pts = [(p["iteration"], transform(p[name])) for p in points if p.get(name) is not None]
         pts = [(i, v) for i, v in pts if v is not None and math.isfinite(v)]
         if not pts:
-            return ""
+            return None
         lo, hi = min(v for _, v in pts), max(v for _, v in pts)
 
         def y(v: float) -> float:  # a flat curve is drawn at mid-height
             return h - 2 - (h - 4) * ((v - lo) / (hi - lo) if hi > lo else 0.5)
 
-        coords = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in pts)
-        return f'<polyline class="{cls}" points="{coords}"/>'
+        return " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in pts)
 
     def log(v: float) -> float | None:
         return math.log10(v) if v > 0 else None
 
-    mark = ""
-    if returned:
-        mark = f'<line class="ret" x1="{x(returned):.1f}" x2="{x(returned):.1f}" y1="0" y2="{h}"/>'
-    return (
-        f'<svg class="curve" width="{w}" height="{h}" viewBox="0 0 {w} {h}"><title>PSNR (blue), log loss '
-        f"(grey); returned iteration {returned} of {last}</title>{line('loss', log, 'loss')}"
-        f"{line('psnr', float, 'psnr')}{mark}</svg>"
-    )
+    lines = [(cls, pts) for cls, pts in (("loss", line("loss", log)), ("psnr", line("psnr", float))) if pts]
+    mark = f"{x(returned):.1f}" if returned else None
+    return {"w": w, "h": h, "last": last, "returned": returned, "lines": lines, "mark": mark}
 
 
 # ------------------------------------------------------------------------------------------------------ page
@@ -201,19 +195,36 @@ def _curve_svg(points: list[dict[str, Any]], returned: int | None, *, w: int = 1
 def _fmt(value: Any, digits: int = 2) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
-    return f"{value:.{digits}f}" if isinstance(value, float) else html.escape(str(value))
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def _summary_html(view: pa.Table) -> str:
-    rows = view.to_pylist()
+def _num(v: Any) -> str:
+    """A cell's sort value (``data-v``): empty where there is no number."""
+    return "" if v is None or (isinstance(v, float) and not math.isfinite(v)) else str(v)
+
+
+def _when(value: Any) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value is not None else "–"
+
+
+# Autoescaped whatever the template's name ends with (select_autoescape would go by ".html" and miss ".html.j2").
+_PAGE = jinja2.Environment(
+    loader=jinja2.PackageLoader("pipelines.reporting", "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    keep_trailing_newline=True,
+)
+_PAGE.filters.update(fmt=_fmt, num=_num, when=_when)
+
+
+def _summary(view: pa.Table) -> list[dict[str, Any]]:
+    """`reports.summarize`'s rows with what the page adds to each: the paper's figures, the settings and hardware."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
-    for r in rows:
+    for r in view.to_pylist():
         groups[(r["dataset"], r["task"], r["scale"])].append(r)
-    out = [
-        "<table class='summary'><tr><th>dataset</th><th>task</th><th>images</th><th>ok</th><th>errors</th>"
-        "<th>PSNR</th><th>baseline PSNR</th><th>paper PSNR</th><th>paper baseline</th><th>SSIM</th>"
-        "<th>settings</th><th>hardware</th><th>wall s</th></tr>"
-    ]
+    out = []
     for s in reports.summarize(view).to_pylist():
         group = groups[(s["dataset"], s["task"], s["scale"])]
         benchmark = benchmark_for(s["dataset"], s["task"], s["scale"])
@@ -221,24 +232,23 @@ def _summary_html(view: pa.Table) -> str:
         baselines = {r["baseline_name"] for r in group if r["baseline_name"]}
         paper_baseline = paper.baseline(baselines.pop()) if paper and len(baselines) == 1 else None
         configs = Counter(r["config_json"] for r in group if r["config_json"])
-        settings = "".join(
-            f"<details><summary>{html.escape(_settings_line(c))} ({n} images)</summary><pre>"
-            f"{html.escape(json.dumps(json.loads(c), indent=1))}</pre></details>"
-            for c, n in configs.most_common()
-        )
         devices = Counter(r["device"] for r in group if r["device"])
-        nodes = len({r["ray_node"] for r in group if r["ray_node"]})
-        hardware = ", ".join(f"{html.escape(d)} ×{n}" for d, n in devices.most_common()) or "–"
-        task = f"{s['task']} ×{s['scale']}" if s["scale"] else s["task"]
         out.append(
-            f"<tr><td>{html.escape(s['dataset'])}</td><td>{html.escape(task)}</td><td>{s['images']}</td>"
-            f"<td>{s['ok']}</td><td>{s['errors']}</td><td>{_fmt(s['psnr'])}</td><td>{_fmt(s['psnr_baseline'])}</td>"
-            f"<td title='{html.escape(paper.note) if paper else ''}'>{_fmt(paper.psnr if paper else None)}</td>"
-            f"<td>{_fmt(paper_baseline.psnr if paper_baseline else None)}</td><td>{_fmt(s['ssim'], 4)}</td>"
-            f"<td>{settings or '–'}</td><td>{hardware}{f' on {nodes} node(s)' if nodes else ''}</td>"
-            f"<td>{_fmt(s['total_wall_seconds'], 1)}</td></tr>"
+            {
+                **s,
+                "task": f"{s['task']} ×{s['scale']}" if s["scale"] else s["task"],
+                "paper_note": paper.note if paper else "",
+                "paper_psnr": paper.psnr if paper else None,
+                "paper_baseline_psnr": paper_baseline.psnr if paper_baseline else None,
+                "settings": [
+                    {"line": _settings_line(c), "images": n, "pretty": json.dumps(json.loads(c), indent=1)}
+                    for c, n in configs.most_common()
+                ],
+                "hardware": ", ".join(f"{d} ×{n}" for d, n in devices.most_common()),
+                "nodes": len({r["ray_node"] for r in group if r["ray_node"]}),
+            }
         )
-    return "\n".join(out) + "</table>"
+    return out
 
 
 def _settings_line(config_json: str) -> str:
@@ -251,49 +261,9 @@ def _settings_line(config_json: str) -> str:
     return line
 
 
-def _when(value: Any) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value is not None else "–"
-
-
-def _run_summary_html(mine: list[dict[str, Any]]) -> str:
-    """The run's rows of the runs table, one per dataset: what it listed and what became of each image — the whole
-    story of a run that found nothing new, which has no image row."""
-    if not mine:
-        return "<p>This run has no row in the runs table (a run before report version 3, or its summary was lost).</p>"
-    header = [
-        "dataset",
-        "task",
-        "outcome",
-        "listed",
-        "restored",
-        "failed",
-        "done by earlier runs",
-        "not restored",
-        "not images",
-        "started",
-        "seconds",
-        "s to first dispatch",
-    ]
-    out = ["<table id='run'><tr>" + "".join(f"<th>{h}</th>" for h in header) + "</tr>"]
-    for r in mine:
-        outcome = html.escape(r["outcome"])
-        if r["error"]:
-            outcome += f"<br><span class='err'>{html.escape(r['error'])}</span>"
-        cells = [
-            html.escape(r["dataset"]),
-            html.escape(r["task"]),
-            outcome,
-            *(_fmt(r[k]) for k in ("listed", "ok", "errors", "done_earlier", "not_restored", "not_images")),
-            _when(r["started_at"]),
-            _fmt(r["seconds"], 1),
-            _fmt(r["seconds_to_first_dispatch"], 1),
-        ]
-        out.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    return "\n".join(out) + "</table>"
-
-
-def _history_html(history: pa.Table, run_id: str, output_root: str, html_dir: str) -> str:
-    """Every run of the runs table, newest first (at most `HISTORY`), linked to its page if it has one.
+def _history(history: pa.Table, run_id: str, output_root: str, html_dir: str) -> tuple[list[dict[str, Any]], int]:
+    """Every run of the runs table, newest first (at most `HISTORY`), with a link to its page if it has one; and how
+    many older runs are left out.
 
     A run has a page when it ran as a Prefect flow run (the flow writes ``html/run_id=<run>/index.html`` for each,
     best effort): its ``flow_run_id`` says so without listing the html folder, whose thumbnails grow with every run.
@@ -308,115 +278,42 @@ def _history_html(history: pa.Table, run_id: str, output_root: str, html_dir: st
         run["page"] |= r["flow_run_id"] is not None
         run["datasets"] += 1
     newest = list(reversed(by_run.values()))
-    out = [
-        "<table id='history'><tr><th>run</th><th>started</th><th>outcome</th><th>datasets</th><th>restored</th>"
-        "<th>failed</th><th>done by earlier runs</th></tr>"
-    ]
     for run in newest[:HISTORY]:
-        name = html.escape(run["run_id"])
-        if run["run_id"] == run_id:
-            name = f"<b>{name}</b> (this page)"
-        elif run["page"]:
-            href = _href(storage.join(output_root, "html", f"run_id={run['run_id']}", "index.html"), html_dir)
-            name = f'<a href="{html.escape(storage.redact(href or ""))}">{name}</a>'
-        cells = [
-            name,
-            _when(run["started_at"]),
-            html.escape(run["outcome"]),
-            *(_fmt(run[k]) for k in ("datasets", "ok", "errors", "done_earlier")),
-        ]
-        out.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    more = len(newest) - HISTORY
-    tail = f"<p>… and {more} older run(s), not listed.</p>" if more > 0 else ""
-    return "\n".join(out) + "</table>" + tail
+        run["this"] = run["run_id"] == run_id
+        run["href"] = None
+        if run["page"] and not run["this"]:
+            page = storage.join(output_root, "html", f"run_id={run['run_id']}", "index.html")
+            run["href"] = storage.redact(_href(page, html_dir) or "")
+    return newest[:HISTORY], max(0, len(newest) - HISTORY)
 
 
-def _thumb_cell(rid: str, kind: str, href: str | None, present: set[str], alt: str) -> str:
+def _thumb(rid: str, kind: str, href: str | None, present: set[str], alt: str) -> dict[str, Any] | None:
     name = f"{rid}-{kind}.png"
-    if name not in present:
-        return "<td>–</td>"
-    img = f'<img class="thumb" src="thumbs/{name}" loading="lazy" alt="{html.escape(alt)}">'
-    return f'<td><a href="{html.escape(href)}">{img}</a></td>' if href else f"<td>{img}</td>"
+    return {"name": name, "href": href, "alt": alt} if name in present else None
 
 
-def _image_rows(view: pa.Table, curves: dict, present: set[str], html_dir: str, thumb_errors: dict) -> str:
+def _image_rows(view: pa.Table, curves: dict, present: set[str], html_dir: str, thumb_errors: dict) -> list[dict]:
+    """The report rows with what the page shows beside each: thumbnails (None: not made), its curve."""
     out = []
-    for n, r in enumerate(view.to_pylist()):
+    for r in view.to_pylist():
         rid = _row_id(r)
-        evaluation = _synthesis(r) is not None
-        out_href = _href(r["output_uri"], html_dir)
         in_href = _href(r["input_uri"], html_dir)
-        if evaluation:
-            first = _thumb_cell(rid, "degraded", f"thumbs/{rid}-degraded-full.png", present, "degraded input")
-            truth = _thumb_cell(rid, "truth", in_href, present, "ground truth")
+        if _synthesis(r) is not None:
+            first = _thumb(rid, "degraded", f"thumbs/{rid}-degraded-full.png", present, "degraded input")
+            truth = _thumb(rid, "truth", in_href, present, "ground truth")
         else:
-            first, truth = _thumb_cell(rid, "input", in_href, present, "input"), "<td>–</td>"
-        why = r["stop_reason"] or ""
-        if r["status"] != "ok":
-            why = f"<span class='err'>{html.escape(r['status'])}: {html.escape(r['error'] or '')}</span>"
-        elif thumb_errors.get(rid):
-            why += f" <span class='err'>(thumbnail: {html.escape(thumb_errors[rid])})</span>"
-        it = f"{_fmt(r['iteration_returned'])} / {_fmt(r['iterations_run'])}"
-        curve = _curve_svg(curves.get((r["run_id"], r["dataset"], r["image_key"]), []), r["iteration_returned"])
-        cells = [
-            f"<td data-v='{n}'>{n + 1}</td>",
-            f"<td>{html.escape(r['dataset'])}</td>",
-            f"<td>{html.escape(r['image_key'])}</td>",
-            f"<td>{html.escape(r['status'])}</td>",
-            first,
-            _thumb_cell(rid, "output", out_href, present, "restoration"),
-            truth,
-            f"<td data-v='{_num(r['psnr'])}'>{_fmt(r['psnr'])}</td>",
-            f"<td data-v='{_num(r['psnr_baseline'])}'>{_fmt(r['psnr_baseline'])}</td>",
-            f"<td data-v='{_num(r['ssim'])}'>{_fmt(r['ssim'], 4)}</td>",
-            f"<td data-v='{_num(r['iteration_returned'])}'>{it}</td>",
-            f"<td>{why}</td>",
-            f"<td>{curve}</td>",
-            f"<td data-v='{_num(r['wall_seconds'])}'>{_fmt(r['wall_seconds'], 1)}</td>",
-        ]
-        out.append(f"<tr class='{html.escape(r['status'])}'>{''.join(cells)}</tr>")
-    return "\n".join(out)
-
-
-def _num(v: Any) -> str:
-    return "" if v is None or (isinstance(v, float) and not math.isfinite(v)) else str(v)
-
-
-_CSS = """
-body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse}
-td,th{border:1px solid #ddd;padding:3px 6px;vertical-align:middle;text-align:left}th{background:#f4f4f4}
-#images th{cursor:pointer}img.thumb{height:96px;image-rendering:pixelated}tr.error{background:#fff3f3}
-.err{color:#b00}svg.curve polyline{fill:none;stroke-width:1.2}polyline.psnr{stroke:#1565c0}
-polyline.loss{stroke:#999}line.ret{stroke:#d00;stroke-dasharray:2 2}pre{font-size:11px;max-height:20em;overflow:auto}
-"""
-
-# Pagination and sorting; with ?check in the URL (the browser test) it also records in <body> whether every
-# thumbnail of the page shown loaded, how many rows there are and how many curves were drawn.
-_JS = """
-(function(){
-const tb=document.querySelector('#images tbody');let rows=[...tb.rows],page=0,dir={};const per=PAGE_ROWS;
-const pages=()=>Math.max(1,Math.ceil(rows.length/per));
-function show(){rows.forEach((r,i)=>{r.style.display=Math.floor(i/per)===page?'':'none'});
- document.getElementById('pageinfo').textContent='page '+(page+1)+' of '+pages()+' ('+rows.length+' images)';}
-document.getElementById('prev').onclick=()=>{if(page>0){page--;show();}};
-document.getElementById('next').onclick=()=>{if(page<pages()-1){page++;show();}};
-document.querySelectorAll('#images th').forEach((th,c)=>th.onclick=()=>{
- const s=dir[c]=-(dir[c]||-1),key=r=>{const d=r.cells[c];const v=d.dataset.v!==undefined?d.dataset.v:d.textContent;
-  const f=parseFloat(v);return v!==''&&!isNaN(f)?f:v;};
- rows.sort((a,b)=>{const x=key(a),y=key(b);if(x===y)return 0;if(x===''||y==='')return x===''?1:-1;
-  return (x<y?-1:1)*s;});tb.append(...rows);page=0;show();});
-show();
-if(location.search.indexOf('check')<0)return;
-const imgs=[...tb.querySelectorAll('img')].filter(i=>i.closest('tr').style.display!=='none');
-imgs.forEach(i=>i.loading='eager');const t0=Date.now();
-(function poll(){const done=imgs.filter(i=>i.complete);
- if(done.length<imgs.length&&Date.now()-t0<8000){setTimeout(poll,50);return;}
- const b=document.body.dataset;b.thumbsTotal=imgs.length;
- b.thumbsLoaded=imgs.filter(i=>i.complete&&i.naturalWidth>0).length;
- b.rows=rows.length;b.curves=[...document.querySelectorAll('svg.curve polyline')].filter(p=>p.points.length>1).length;
- b.checked='1';})();
-})();
-""".replace("PAGE_ROWS", str(PAGE_ROWS))
+            first, truth = _thumb(rid, "input", in_href, present, "input"), None
+        out.append(
+            {
+                **r,
+                "first": first,
+                "restored": _thumb(rid, "output", _href(r["output_uri"], html_dir), present, "restoration"),
+                "truth": truth,
+                "thumb_error": thumb_errors.get(rid),
+                "curve": _curve(curves.get((r["run_id"], r["dataset"], r["image_key"]), []), r["iteration_returned"]),
+            }
+        )
+    return out
 
 
 def render_html(
@@ -427,51 +324,33 @@ def render_html(
     *,
     title: str,
     thumb_errors: dict | None = None,
-    sections: str = "",
+    history: pa.Table | None = None,
+    run_id: str = "",
+    output_root: str = "",
 ) -> str:
-    """The page for the report rows `view` (one row per image), with `curves` and the thumbnail names `present`;
-    `sections` (HTML: a run's summary and history) go before the rows' summary."""
+    """The page for the report rows `view` (one row per image), with `curves` and the thumbnail names `present`.
+    With the runs table `history`, the page of run `run_id` of `output_root`: its rows of that table, then the
+    other runs linked, before the rows' summary."""
     by_image: dict[tuple, list[dict]] = defaultdict(list)
     for c in curves.to_pylist():
         by_image[(c["run_id"], c["dataset"], c["image_key"])].append(c)
     for pts in by_image.values():
         pts.sort(key=lambda p: p["iteration"])
-    failed = [r for r in view.to_pylist() if r["status"] == "error"]
-    failures = "".join(
-        f"<li><b>{html.escape(r['dataset'])}/{html.escape(r['image_key'])}</b>: "
-        f"<span class='err'>{html.escape(r['error'] or '')}</span></li>"
-        for r in failed
+    run = None
+    if history is not None:
+        newest, older = _history(history, run_id, output_root, html_dir)
+        mine = [r for r in history.to_pylist() if r["run_id"] == run_id]
+        run = {"rows": mine, "history": newest, "older": older}
+    rows = _image_rows(view, by_image, present, html_dir, thumb_errors or {})
+    return _PAGE.get_template("report.html.j2").render(
+        title=title,
+        runs=", ".join(sorted(set(view.column("run_id").to_pylist()))),
+        run=run,
+        summary=_summary(view) if view.num_rows else [],
+        rows=rows,
+        failed=[r for r in rows if r["status"] == "error"],
+        page_rows=PAGE_ROWS,
     )
-    header = [
-        "#",
-        "dataset",
-        "image",
-        "status",
-        "degraded / input",
-        "restoration",
-        "ground truth",
-        "PSNR",
-        "baseline",
-        "SSIM",
-        "iteration returned",
-        "why",
-        "curve",
-        "wall s",
-    ]
-    runs = ", ".join(sorted(set(view.column("run_id").to_pylist())))
-    summary = _summary_html(view) if view.num_rows else "<p>No image was restored or failed: no report rows.</p>"
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{_CSS}</style></head>
-<body><h1>{html.escape(title)}</h1>{f"<p>runs: {html.escape(runs)}</p>" if runs else ""}
-{sections}<h2>Summary</h2>{summary}
-<h2>Images</h2><p><button id="prev">◀</button> <span id="pageinfo"></span> <button id="next">▶</button>
- — click a column to sort, a thumbnail for the full-size image;
- curves: PSNR blue, log loss grey, returned iteration red.</p>
-<table id="images"><thead><tr>{"".join(f"<th>{h}</th>" for h in header)}</tr></thead>
-<tbody>{_image_rows(view, by_image, present, html_dir, thumb_errors or {})}</tbody></table>
-<h2>Failed images ({len(failed)})</h2><ul id="failures">{failures or "<li>none</li>"}</ul>
-<script>{_JS}</script></body></html>
-"""
 
 
 def write_html_report(
@@ -507,13 +386,17 @@ def write_html_report(
         reused = len(present)
         present = {u.rpartition("/")[2] for u in storage.list_files(thumbs_dir, so, suffix=".png")}
         curves = reports.read_curves(output_root, so, run_id=run_id)
-    sections = ""
-    if history is not None:
-        sections = (
-            f"<h2>This run</h2>{_run_summary_html(mine)}"
-            f"<h2>History</h2>{_history_html(history, run_id or '', output_root, html_dir)}"
-        )
     title = f"dipflow report — {storage.redact(output_root)}" + (f" (run {run_id})" if run_id else "")
-    page = render_html(view, curves, html_dir, present, title=title, thumb_errors=thumb_errors, sections=sections)
+    page = render_html(
+        view,
+        curves,
+        html_dir,
+        present,
+        title=title,
+        thumb_errors=thumb_errors,
+        history=history,
+        run_id=run_id or "",
+        output_root=output_root,
+    )
     storage.write_bytes_atomic(html_uri, page.encode("utf-8"), so)
     return HtmlReport(uri=storage.redact(html_uri), rows=view.num_rows, thumbs_made=made, thumbs_reused=reused)
