@@ -219,15 +219,15 @@ def test_the_progress_artifact_never_passes_100_percent_while_folders_are_planne
 
     import prefect.artifacts
 
-    from pipelines import flows, jobs
+    from pipelines import flows, jobs, run_tracker
 
     shares: list[float] = []
     monkeypatch.setattr(prefect.artifacts, "create_progress_artifact", lambda *a, **k: "artifact")
     monkeypatch.setattr(prefect.artifacts, "update_progress_artifact", lambda _id, share, **_: shares.append(share))
     clock = itertools.count(0.0, 2.0)  # every update is due: each call of monotonic() is 2 s after the last
-    monkeypatch.setattr(flows.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(run_tracker.time, "monotonic", lambda: next(clock))
     plan = jobs.Plan("d", jobs.run_config("denoise", preset="fast"), output="out")
-    tracker = flows._Tracker("restore-dataset", [plan], enabled=True)
+    tracker = run_tracker.Tracker([plan], artifact=flows._ProgressArtifact("restore-dataset"))
     for _folder in range(3):  # plan_stream counts a folder's 10 images, then yields its jobs; 2 were done earlier
         plan.listed += 10
         plan.done_earlier += 2

@@ -140,13 +140,13 @@ def test_flow_markdown_artifact_links_to_the_html_report(run, monkeypatch):
 
     import prefect.artifacts
 
-    from pipelines import flows
+    from pipelines import flows, run_tracker
 
     made = {}
     monkeypatch.setattr(flows, "_in_flow_run", lambda: True)
     monkeypatch.setattr(prefect.artifacts, "create_table_artifact", lambda *a, **k: None)
     monkeypatch.setattr(prefect.artifacts, "create_markdown_artifact", lambda md, **k: made.setdefault("md", md))
-    tracker = flows._Tracker("restore-dataset", enabled=False)
+    tracker = run_tracker.Tracker()
     flows._publish("run-noisy", None, str(run / "out"), None, [], tracker, "restore-dataset", logging.getLogger("test"))
     page = run / "out" / "html" / "run_id=run-noisy" / "index.html"
     assert page.is_file() and f"HTML report: [{page}](file://{page})" in made["md"]

@@ -20,11 +20,11 @@ def often(monkeypatch):
     """The driver asks the actors every 0.2 s (2 s in a run) and updates the artifact every 0.5 s (3 s): a fit of a
     second or two then shows several readings. (Prefect's server shares the 2 cores with the fit: updated on every
     reading, it slowed the in-process fit several times over.)"""
-    from pipelines import flows
+    from pipelines import run_tracker
     from pipelines.execution.workers import driver
 
     monkeypatch.setattr(driver, "PROGRESS_EVERY", 0.2)  # read by run_jobs and run_inline alike
-    monkeypatch.setattr(flows, "_LIVE_EVERY", 0.5)
+    monkeypatch.setattr(run_tracker, "LIVE_EVERY", 0.5)
 
 
 @pytest.fixture

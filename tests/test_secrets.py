@@ -48,13 +48,13 @@ def test_url_secrets_maps_redacted_urls_back():
 
 
 def test_a_flow_given_a_redacted_url_without_the_real_one_refuses_it():
-    from pipelines import flows
+    from pipelines import credentials, flows
 
     with pytest.raises(storage.StorageOptionError, match="redacted URL"):
-        flows._real("http://***@host/src")
+        credentials.real_url("http://***@host/src")
     with flows.storage_credentials(None, {"http://***@host/src": "http://u:p@host/src"}):
-        assert flows._real("http://***@host/src") == "http://u:p@host/src"
-    assert flows._real("/plain/path") == "/plain/path"
+        assert credentials.real_url("http://***@host/src") == "http://u:p@host/src"
+    assert credentials.real_url("/plain/path") == "/plain/path"
 
 
 def _basic_auth_server(directory: Path, user: str, password: str) -> http.server.ThreadingHTTPServer:
