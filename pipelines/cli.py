@@ -17,236 +17,27 @@ import os
 import signal
 import sys
 import traceback
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from pipelines import cli_options as opts
 from pipelines import signals
+from pipelines.cli_options import STOPPING, TASKS
+from pipelines.cli_report import EXIT_FAILED_IMAGES, cmd_report, finish
+from pipelines.cli_restore_image import cmd_restore_image
 from pipelines.errors import CLIError, PipelineError, UsageError
 
 if TYPE_CHECKING:
     from pipelines.execution.options import Execution
 
-__all__ = ["CLIError", "UsageError", "build_parser", "main"]
+__all__ = ["EXIT_FAILED_IMAGES", "TASKS", "CLIError", "UsageError", "build_parser", "main"]
 
-# dipcore.TASKS, spelled out so that building the parser does not import torch (a test keeps them equal).
-TASKS = ("denoise", "jpeg", "sr", "inpaint", "flash_noflash", "preimage", "reconstruct")
-EXIT_FAILED_IMAGES, EXIT_INTERRUPTED, EXIT_TERMINATED = 3, 130, 128 + signal.SIGTERM
-
-
-# ------------------------------------------------------------------------------------------- shared options
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse's parser with its usage errors on one line, ``dipflow: error: …`` and where to read more; exit 2."""
-
-    def error(self, message: str) -> Any:
-        self.exit(2, f"{_usage_line(message, self.prog)}\n")
-
-
-def _usage_line(message: str, prog: str = "dipflow") -> str:
-    from pipelines import storage
-
-    return f"dipflow: error: {storage.redact(message)} (see '{prog} --help')"
-
-
-def _whole_number(minimum: int, what: str) -> Callable[[str], int]:
-    """An argparse type: an integer of at least `minimum`; the message says `what` it must be."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
-        return value
-
-    return parse
-
-
-_positive_int = _whole_number(1, "a positive integer")
-_non_negative_int = _whole_number(0, "a whole number ≥ 0")
-
-
-def _positive_float(text: str) -> float:
-    import math
-
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
-    return value
-
-
-def _url(text: str) -> str:
-    """A path or fsspec URL whose protocol is known and installed (nothing is read)."""
-    from pipelines import storage
-
-    try:
-        storage.check_url(text)
-    except storage.StorageError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
-def _glob(text: str) -> str:
-    from pipelines import storage
-
-    try:
-        storage.check_glob(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
-def _suffix(text: str) -> str:
-    if not text or "/" in text or "\\" in text:
-        raise argparse.ArgumentTypeError(f"must be a non-empty file-name suffix such as _flash, got {text!r}")
-    return text
-
-
-def _run_id(text: str) -> str:
-    import re
-
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", text):
-        raise argparse.ArgumentTypeError(f"not a run id (e.g. 20250101T000000Z-abc123): {text!r}")
-    return text
-
-
-def _storage_option(text: str) -> str:
-    from pipelines import storage
-
-    try:
-        storage.parse_storage_options([text])
-    except storage.StorageOptionError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
-def _add_model_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("restoration")
-    g.add_argument(
-        "--preset",
-        choices=("paper", "fast"),
-        default="paper",
-        help="published settings (default), or a narrow net and a short run for CPUs",
-    )
-    g.add_argument("--iterations", type=_positive_int, help="optimisation steps (default: the preset's)")
-    g.add_argument("--channels", type=_positive_int, help="channels at every scale of the net (default: preset's)")
-    g.add_argument(
-        "--seed", type=_non_negative_int, default=0, help="seed of the net's initialisation and input (default 0)"
-    )
-
-
-# restore's --stopping -> dipcore's early_stopping: the task's default, self-validation, the running-variance rule,
-# or the preset's fixed count (the paper's loop).
-STOPPING = {"default": None, "selfval": "selfval", "variance": True, "off": False}
-
-
-def _add_stopping_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--stopping",
-        choices=tuple(STOPPING),
-        default="default",
-        help="when a fit stops without ground truth: the task's default (denoise: selfval; else the preset's fixed "
-        "count), selfval (find the count on held-out pixels, then refit), variance (the running-variance rule), "
-        "off (the preset's fixed count: the paper's loop)",
-    )
-
-
-def _add_execution_options(g: Any, only: tuple[str, ...] | None = None) -> None:
-    """One option per field of `pipelines.execution.options.Execution` (`only` those named): its type and bounds
-    parse the text, its description is the help. Left out, a field keeps the model's default."""
-    from pipelines.execution import options
-
-    for name, flag, help_ in options.flags():
-        if only is not None and name not in only:
-            continue
-        if options.Execution.model_fields[name].annotation is bool:  # a switch; left out, the model's default
-            g.add_argument(flag.name(name), dest=name, action="store_true", default=None, help=help_)
-        else:
-            g.add_argument(flag.name(name), dest=name, type=_field_parser(name), metavar=flag.metavar, help=help_)
-
-
-def _field_parser(name: str) -> Callable[[str], Any]:
-    """argparse's `type` for field `name`: the model's own validation, its reasons as the usage error."""
-
-    def parse(text: str) -> Any:
-        from pydantic import ValidationError
-
-        from pipelines.execution import options
-
-        try:
-            return options.parse_field(name, text)
-        except ValidationError as exc:
-            reasons = "; ".join(dict.fromkeys(e["msg"] for e in exc.errors()))
-            raise argparse.ArgumentTypeError(f"invalid value {text!r}: {reasons}") from None
-
-    return parse
-
-
-def _add_run_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("execution")
-    _add_execution_options(g)
-    g.add_argument("--no-resume", action="store_true", help="restore every image, even those done by earlier runs")
-    g.add_argument("--limit", type=_positive_int, metavar="N", help="only the first N images (by key) of each dataset")
-    g.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace files at the outputs' places that no run into this output wrote (by default they are kept "
-        "and their images get error rows)",
-    )
-    g.add_argument(
-        "--break-lease",
-        action="store_true",
-        help="take over the output's lease from a run known to be dead (one run writes to an output at a time)",
-    )
-    g.add_argument(
-        "--lease-stale-after",
-        type=_positive_float,
-        metavar="SECONDS",
-        help="a lease without heartbeat for this long is taken over (default 600)",
-    )
-    _add_storage_option(g)
-    _add_output_options(p)
-
-
-def _add_storage_option(g: Any) -> None:
-    g.add_argument(
-        "--storage-option",
-        action="append",
-        default=[],
-        type=_storage_option,
-        metavar="KEY=VALUE",
-        help="fsspec storage option, repeatable; dotted keys nest (client_kwargs.endpoint_url=…). "
-        "Secret-looking ones (key, secret, token …) never become Prefect parameters",
-    )
-
-
-def _add_output_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--verbose", action="store_true", help="show Prefect's and Ray's INFO logs")
-
-
-def _sub(subs: Any, name: str, help_: str, epilog: str) -> argparse.ArgumentParser:
-    p = subs.add_parser(  # the parser class is the top parser's: _Parser
-        name,
-        help=help_,
-        description=help_,
-        epilog="examples:\n" + epilog,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.set_defaults(command_prog=p.prog)  # where a UsageError found later points for help
-    return p
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 128 + signal.SIGTERM
 
 
 def build_parser() -> argparse.ArgumentParser:
     from pipelines.evaluation import benchmarks  # the standard library only: --help stays instant
 
-    parser = _Parser(
+    parser = opts.Parser(
         prog="dipflow",
         description="Dataset-scale image restoration with the Deep Image Prior.",
         epilog=__doc__.split("\n\n")[1],
@@ -254,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subs = parser.add_subparsers(title="commands", metavar="COMMAND")
 
-    p = _sub(
+    p = opts.subcommand(
         subs,
         "restore",
         "restore every image of a dataset (any fsspec URL) on Ray workers",
@@ -262,23 +53,25 @@ def build_parser() -> argparse.ArgumentParser:
         "  dipflow restore s3://bucket/lr -o s3://bucket/sr --task sr --scale 4 --ray-address auto\n"
         "  dipflow restore scans/ -o out/ --task inpaint --glob '**/*.png'   # masks: <name>_mask.png\n",
     )
-    p.add_argument("source", metavar="SRC", type=_url, help="folder or URL of the images (recursive)")
-    p.add_argument("-o", "--output", required=True, type=_url, metavar="DST", help="where outputs and the report go")
-    p.add_argument("--task", required=True, choices=TASKS, help="what to undo")
-    p.add_argument("--scale", type=_positive_int, help="super-resolution factor (sr; default 4)")
-    p.add_argument("--variant", help="task variant (inpaint: random|text|large|region; denoise: sigma25|sigma50)")
-    p.add_argument("--glob", type=_glob, help="only keys matching this pattern, relative to SRC (e.g. '**/*.jpg')")
-    p.add_argument("--mask-dir", type=_url, metavar="URL", help="folder of inpainting masks named like the images")
+    p.add_argument("source", metavar="SRC", type=opts.url, help="folder or URL of the images (recursive)")
     p.add_argument(
-        "--guide-suffix", type=_suffix, metavar="SUFFIX", help="flash/no-flash: <name><SUFFIX>.png is the guide"
+        "-o", "--output", required=True, type=opts.url, metavar="DST", help="where outputs and the report go"
+    )
+    p.add_argument("--task", required=True, choices=TASKS, help="what to undo")
+    p.add_argument("--scale", type=opts.positive_int, help="super-resolution factor (sr; default 4)")
+    p.add_argument("--variant", help="task variant (inpaint: random|text|large|region; denoise: sigma25|sigma50)")
+    p.add_argument("--glob", type=opts.glob, help="only keys matching this pattern, relative to SRC (e.g. '**/*.jpg')")
+    p.add_argument("--mask-dir", type=opts.url, metavar="URL", help="folder of inpainting masks named like the images")
+    p.add_argument(
+        "--guide-suffix", type=opts.suffix, metavar="SUFFIX", help="flash/no-flash: <name><SUFFIX>.png is the guide"
     )
     p.add_argument("--dataset", help="name of the dataset in the report (default: SRC)")
-    _add_model_options(p)
-    _add_stopping_option(p)
-    _add_run_options(p)
+    opts.add_model_options(p)
+    opts.add_stopping_option(p)
+    opts.add_run_options(p)
     p.set_defaults(func=cmd_restore)
 
-    p = _sub(
+    p = opts.subcommand(
         subs,
         "evaluate",
         "score restoration on benchmarks with the paper's protocol",
@@ -295,15 +88,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--data-root",
         default=os.environ.get("DIPFLOW_DATA_ROOT"),
-        type=_url,
+        type=opts.url,
         metavar="URL",
         help="folder holding the benchmark folders (default: $DIPFLOW_DATA_ROOT)",
     )
-    p.add_argument("-o", "--output", required=True, type=_url, metavar="DST", help="where outputs and the report go")
+    p.add_argument(
+        "-o", "--output", required=True, type=opts.url, metavar="DST", help="where outputs and the report go"
+    )
     p.add_argument("--task", choices=TASKS, help="task for every benchmark (default: each benchmark's own)")
-    p.add_argument("--scale", type=_positive_int, help="SR factor (default 4)")
-    p.add_argument("--sigma", type=_positive_float, help="denoising noise level in 0-255 units (default 25)")
-    p.add_argument("--crop", type=_positive_int, metavar="SIZE", help="centre-crop clean images to SIZE² (smoke runs)")
+    p.add_argument("--scale", type=opts.positive_int, help="SR factor (default 4)")
+    p.add_argument("--sigma", type=opts.positive_float, help="denoising noise level in 0-255 units (default 25)")
+    p.add_argument(
+        "--crop", type=opts.positive_int, metavar="SIZE", help="centre-crop clean images to SIZE² (smoke runs)"
+    )
     g = p.add_argument_group("protocol")
     g.add_argument(
         "--early-stopping",
@@ -314,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--runs",
-        type=_positive_int,
+        type=opts.positive_int,
         metavar="N",
         help="independent runs averaged per image (default: "
         + "; ".join(f"{b.runs} for {b.name}" for b in benchmarks.BENCHMARKS.values() if b.runs > 1)
@@ -325,11 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip the classical baselines (CBM3D or NLM for denoising, biharmonic for inpainting)",
     )
-    _add_model_options(p)
-    _add_run_options(p)
+    opts.add_model_options(p)
+    opts.add_run_options(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = _sub(
+    p = opts.subcommand(
         subs,
         "report",
         "summarise the Parquet reports under output folders, or write the results document",
@@ -339,9 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
         "  dipflow report eval/ --html eval/html/index.html\n",
     )
     p.add_argument(
-        "roots", nargs="+", type=_url, metavar="DST", help="output folders or URLs of earlier runs, read together"
+        "roots", nargs="+", type=opts.url, metavar="DST", help="output folders or URLs of earlier runs, read together"
     )
-    p.add_argument("--run-id", type=_run_id, help="one run (default: the latest result of every image over all runs)")
+    p.add_argument(
+        "--run-id", type=opts.run_id, help="one run (default: the latest result of every image over all runs)"
+    )
     form = p.add_mutually_exclusive_group()
     form.add_argument(
         "--markdown",
@@ -359,28 +158,33 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print runs, summary, failures and runs_table (each run's counts per dataset) as JSON",
     )
-    p.add_argument("-o", "--output", type=_url, metavar="PATH", help="with --markdown: write the document to PATH/URL")
+    p.add_argument(
+        "-o", "--output", type=opts.url, metavar="PATH", help="with --markdown: write the document to PATH/URL"
+    )
     p.add_argument(
         "--notes",
-        type=_url,
+        type=opts.url,
         metavar="FILE",
         help="with --markdown: hand-written markdown appended verbatim (it survives regeneration)",
     )
     p.add_argument(
         "--stopping-study",
-        type=_url,
+        type=opts.url,
         nargs="+",
         metavar="JSONL",
         help="with --markdown: add the stopping study's section from its lines (benchmarks/study_stopping.py --out, "
         "gzipped or not)",
     )
     p.add_argument(
-        "--html", type=_url, metavar="PATH", help="also write a static HTML report (thumbnails beside it) to PATH/URL"
+        "--html",
+        type=opts.url,
+        metavar="PATH",
+        help="also write a static HTML report (thumbnails beside it) to PATH/URL",
     )
-    _add_storage_option(p)
+    opts.add_storage_option(p)
     p.set_defaults(func=cmd_report)
 
-    p = _sub(
+    p = opts.subcommand(
         subs,
         "restore-image",
         "restore one image with dipcore in this process (no Ray, no Prefect)",
@@ -388,40 +192,40 @@ def build_parser() -> argparse.ArgumentParser:
         "  dipflow restore-image lr.png -o sr.png --task sr --scale 4 --device cuda\n"
         "  dipflow restore-image kate.png -o out.png --task inpaint --variant text --mask kate_mask.png\n",
     )
-    p.add_argument("input", metavar="IN", type=_url, help="image file or URL")
+    p.add_argument("input", metavar="IN", type=opts.url, help="image file or URL")
     p.add_argument(
         "-o",
         "--output",
         required=True,
-        type=_url,
+        type=opts.url,
         metavar="OUT",
         help="where the restored image goes; its extension picks the format: .png, .tif/.tiff, .jpg/.jpeg, .webp",
     )
     p.add_argument("--task", required=True, choices=TASKS, help="what to undo")
-    p.add_argument("--scale", type=_positive_int, help="super-resolution factor (sr; default 4)")
+    p.add_argument("--scale", type=opts.positive_int, help="super-resolution factor (sr; default 4)")
     p.add_argument("--variant", help="task variant (see `dipflow restore --help`)")
-    p.add_argument("--mask", type=_url, metavar="M", help="inpainting mask (white = known pixel)")
-    p.add_argument("--guide", type=_url, metavar="G", help="guide image (the flash image for flash_noflash)")
+    p.add_argument("--mask", type=opts.url, metavar="M", help="inpainting mask (white = known pixel)")
+    p.add_argument("--guide", type=opts.url, metavar="G", help="guide image (the flash image for flash_noflash)")
     p.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: CUDA when present)")
-    _add_model_options(p)
-    _add_stopping_option(p)
-    _add_output_options(p)
+    opts.add_model_options(p)
+    opts.add_stopping_option(p)
+    opts.add_output_options(p)
     p.set_defaults(func=cmd_restore_image)
 
-    p = _sub(
+    p = opts.subcommand(
         subs,
         "demo",
         "denoise three sample photos through the evaluate flow (local Ray, CPU, ~2 min)",
         "  dipflow demo\n  dipflow demo -o /tmp/demo --iterations 100\n",
     )
     p.add_argument(
-        "-o", "--output", default="demo-output", type=_url, metavar="DIR", help="folder for it all (./demo-output)"
+        "-o", "--output", default="demo-output", type=opts.url, metavar="DIR", help="folder for it all (./demo-output)"
     )
-    p.add_argument("--iterations", type=_positive_int, default=500, help="steps per image (default 500)")
-    p.add_argument("--size", type=_positive_int, default=96, help="side of the sample photos in pixels (96)")
-    _add_execution_options(p, only=("num_workers",))
+    p.add_argument("--iterations", type=opts.positive_int, default=500, help="steps per image (default 500)")
+    p.add_argument("--size", type=opts.positive_int, default=96, help="side of the sample photos in pixels (96)")
+    opts.add_execution_options(p, only=("num_workers",))
     p.add_argument("--no-resume", action="store_true", help="redo images a previous demo finished")
-    _add_output_options(p)
+    opts.add_output_options(p)
     p.set_defaults(func=cmd_demo)
     return parser
 
@@ -444,7 +248,7 @@ def _main(argv: list[str] | None, late: _AfterMain | None) -> int:
                 return 2
             code = args.func(args)
         except UsageError as exc:  # found by a command's checks before it reads or runs anything: as argparse's own
-            code = _usage_line(str(exc), args.command_prog), 2
+            code = opts.usage_line(str(exc), args.command_prog), 2
         except BaseException as exc:  # one clear message; tracebacks only on request
             if got.first is None and not isinstance(exc, Exception):
                 raise
@@ -525,26 +329,6 @@ def _prefect_parameter_errors() -> tuple[type[BaseException], ...]:
 # --------------------------------------------------------------------------------------------------- commands
 
 
-def _storage_options(pairs: list[str]) -> dict:
-    from pipelines import storage
-
-    try:
-        return storage.parse_storage_options(pairs)
-    except storage.StorageOptionError as exc:  # options that do not nest together (a.b=1 and a=2)
-        raise UsageError(str(exc)) from None
-
-
-def _check_settings(make_config: Callable[[], Any]) -> None:
-    """The run's settings resolved as the flow will resolve them (task, scale, variant, preset, overrides …), here,
-    before Ray or Prefect starts: a bad combination is a usage error. Imports torch (dipcore), not the engines."""
-    from dipcore import ConfigError
-
-    try:
-        make_config()
-    except ConfigError as exc:
-        raise UsageError(str(exc)) from None
-
-
 def _engine_env(args: argparse.Namespace) -> None:
     """Before Prefect is imported: nothing phones home — the ephemeral server that Prefect starts for dipflow sends
     no usage data, and neither does Prefect's client (DO_NOT_TRACK, read when Prefect is imported: without it a
@@ -569,7 +353,7 @@ def _run_flow(name: str, args: argparse.Namespace, **params: Any) -> dict[str, A
     and options reach the flow through `flows.storage_credentials`, which Prefect never sees."""
     from pipelines import storage, watchdog
 
-    plain, secret = storage.split_secret_options(_storage_options(getattr(args, "storage_option", [])))
+    plain, secret = storage.split_secret_options(opts.storage_options(getattr(args, "storage_option", [])))
     given = [params.get(k) for k in _URL_PARAMETERS]
     given = [u for v in given for u in (v if isinstance(v, list) else [v]) if isinstance(u, str)]
     try:
@@ -613,7 +397,7 @@ def _check_cluster(execution: Execution | None, urls: list[str], params: dict[st
 
 
 def _execution(args: argparse.Namespace) -> Execution:
-    """The flows' `execution` parameter from the options given (`_add_execution_options`); the rest default."""
+    """The flows' `execution` parameter from the options given (`opts.add_execution_options`); the rest default."""
     from pipelines.execution.options import Execution
 
     given = {name: getattr(args, name) for name in Execution.model_fields if getattr(args, name, None) is not None}
@@ -645,7 +429,7 @@ def _check_output(output: str, source: str, args: argparse.Namespace, side_input
     from pipelines import storage
 
     try:
-        storage.check_output_root(output, source, _storage_options(args.storage_option), side_inputs=side_inputs)
+        storage.check_output_root(output, source, opts.storage_options(args.storage_option), side_inputs=side_inputs)
     except storage.OutputOverlapError as exc:
         raise UsageError(str(exc)) from None
 
@@ -680,7 +464,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     dataset = args.dataset or args.source  # the source as given names the dataset, as the flow's default does
     args.source, args.output, args.mask_dir = _absolute(args.source), _absolute(args.output), _absolute(args.mask_dir)
 
-    _check_settings(
+    opts.check_settings(
         lambda: jobs.run_config(
             args.task,
             scale=args.scale,
@@ -708,7 +492,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         early_stopping=STOPPING[args.stopping],
         **_run_options(args),
     )
-    return _finish(summary, args)
+    return finish(summary, args)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -722,10 +506,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for name in args.benchmarks:
         if name not in BENCHMARKS:
             try:
-                _url(name)
+                opts.url(name)
             except argparse.ArgumentTypeError as exc:
                 raise UsageError(f"argument BENCHMARK: {exc}") from None
-        _check_settings(
+        opts.check_settings(
             lambda name=name: evaluation_config(
                 name,
                 task=args.task,
@@ -759,7 +543,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         classical=not args.no_classical,
         **_run_options(args),
     )
-    return _finish(summary, args)
+    return finish(summary, args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -782,7 +566,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         resume=not args.no_resume,
         execution=_execution(args),
     )
-    code = _finish(summary, args)
+    code = finish(summary, args)
     if not args.json:
         print(
             f"\nclean samples:    {clean}\nrestored images:  {root / 'results' / 'clean'}\n"
@@ -791,292 +575,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"see it again:     dipflow report {root / 'results'}"
         )
     return code
-
-
-def _finish(summary: dict[str, Any], args: argparse.Namespace) -> int:
-    """Print the run's summary (table or JSON) and its failures; exit 3 when any image failed."""
-    not_restored = summary.get("not_restored", [])
-    if args.json:
-        print(json.dumps(summary, indent=2, default=str))
-    else:
-        _print_table(summary["summary"], title=f"run {summary['run_id']}")
-        earlier = summary["skipped"] - len(not_restored)
-        print(
-            f"{summary['ok']} ok, {summary['error']} failed, {earlier} done by earlier runs, "
-            f"{len(not_restored)} not restored"
-            + (f" — report: {summary['report']}" if summary.get("report") else "")
-            + (f" — runs table: {summary['runs']}" if not summary.get("report") and summary.get("runs") else "")
-        )
-    if summary.get("not_images"):  # every file of the source is accounted for, on stderr: stdout stays the result
-        shown = summary.get("not_images_shown", [])
-        print(f"{summary['not_images']} file(s) were not images:", file=sys.stderr)
-        for f in shown:
-            print(f"  {f['dataset']}/{f['key']}: {f['reason']}", file=sys.stderr)
-        if summary["not_images"] > len(shown):
-            print(f"  … and {summary['not_images'] - len(shown)} more (see the flow's log)", file=sys.stderr)
-    if summary.get("unlisted_outputs"):  # outputs of deleted or renamed inputs: kept, and said once
-        from pipelines.jobs import unlisted_line
-
-        print(unlisted_line(summary["unlisted_outputs"]), file=sys.stderr)
-    if not_restored:
-        print(f"{len(not_restored)} image(s) not restored (skipped rows in the report):", file=sys.stderr)
-        for f in not_restored:
-            print(f"  {f['dataset']}/{f['image_key']}: {f['reason']}", file=sys.stderr)
-    if summary.get("notes"):  # outputs that could not keep all of their input (the report's notes column)
-        print(f"{len(summary['notes'])} output(s) kept less than their input:", file=sys.stderr)
-        for f in summary["notes"][:20]:
-            print(f"  {f['dataset']}/{f['image_key']}: {f['notes']}", file=sys.stderr)
-        if len(summary["notes"]) > 20:
-            print(f"  … and {len(summary['notes']) - 20} more (the report's notes column)", file=sys.stderr)
-    _print_failures(summary["failures"])
-    return EXIT_FAILED_IMAGES if summary["error"] else 0
-
-
-def _print_failures(failures: list[dict[str, Any]]) -> None:
-    if failures:
-        print(f"{len(failures)} image(s) failed:", file=sys.stderr)
-        for f in failures:
-            print(f"  {f['dataset']}/{f['image_key']}: {f['error']}", file=sys.stderr)
-
-
-def _print_lines(lines: list[str], file: Any) -> None:
-    for line in lines:
-        print(line, file=file)
-
-
-def _print_table(records: list[dict[str, Any]], *, title: str) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title)
-    columns = [
-        ("dataset", "dataset", ""),
-        ("task", "task", ""),
-        ("scale", "scale", ""),
-        ("images", "images", ""),
-        ("ok", "ok", ""),
-        ("errors", "failed", ""),
-        ("skipped", "skipped", ""),
-        ("psnr", "PSNR dB", ".2f"),
-        ("psnr_baseline", "baseline dB", ".2f"),
-        ("ssim", "SSIM", ".4f"),
-        ("mean_wall_seconds", "s/image", ".1f"),
-    ]
-    for _, header, _fmt in columns:
-        table.add_column(header, justify="left" if header in ("dataset", "task") else "right")
-    for r in records:
-        table.add_row(*("–" if r.get(k) is None else format(r[k], f) for k, _, f in columns))
-    Console(width=None if sys.stdout.isatty() else 160).print(table)  # a pipe gets whole columns
-
-
-def _read_reports(args: argparse.Namespace, so: dict) -> tuple[Any, list[Any]]:
-    """The report rows of every root, read together, and each root's runs table (one run's rows with --run-id). A
-    run that found nothing new has runs-table rows only; a root with neither is an error (a mistyped path)."""
-    import pyarrow as pa
-
-    from pipelines import storage
-    from pipelines.reporting import reports, runs
-
-    tables, summaries = [], []
-    for root in args.roots:
-        table = reports.read_report(root, so, run_id=args.run_id)
-        summary = runs.read_runs(root, so, run_id=args.run_id)  # one small file per run
-        if table.num_rows == 0 and summary.num_rows == 0:
-            where = storage.redact(storage.join(root, "report"))
-            raise CLIError(f"no report rows under {where}" + (f" for run {args.run_id}" if args.run_id else ""))
-        tables.append(table)
-        summaries.append(summary)
-    return pa.concat_tables(tables), summaries
-
-
-def _regeneration_command(args: argparse.Namespace) -> str:
-    """The command line that writes this results document again (storage options left out: they may be secret)."""
-    import shlex
-
-    from pipelines import storage
-
-    argv = ["dipflow", "report", *args.roots, "--markdown"]
-    for flag, value in (("--run-id", args.run_id), ("--notes", args.notes), ("--output", args.output)):
-        argv += [flag, value] if value else []
-    argv += ["--stopping-study", *args.stopping_study] if args.stopping_study else []
-    command = shlex.join(storage.redact(a) for a in argv)
-    return command + (" (plus its --storage-option flags)" if args.storage_option else "")
-
-
-def _results_document(args: argparse.Namespace, view: Any, so: dict) -> None:
-    from pipelines import storage
-    from pipelines.reporting import results_doc, stopping_study
-
-    notes = storage.read_bytes(args.notes, so).decode("utf-8") if args.notes else None
-    study = [
-        row for path in args.stopping_study or () for row in stopping_study.read_lines(storage.read_bytes(path, so))
-    ]
-    document = results_doc.render(
-        view,
-        command=_regeneration_command(args),
-        sources=[storage.redact(r) for r in args.roots],
-        notes=notes,
-        notes_source=storage.redact(args.notes) if args.notes else None,
-        stopping_study=study,
-        stopping_sources=[storage.redact(p) for p in args.stopping_study or ()],
-    )
-    if args.output:
-        storage.write_bytes_atomic(args.output, document.encode("utf-8"), so)
-        print(f"results document: {storage.redact(args.output)}", file=sys.stderr)
-    else:
-        print(document, end="")
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    from pipelines.reporting import reports, runs
-
-    if (args.output or args.notes or args.stopping_study) and not args.markdown:
-        raise UsageError(
-            "--output, --notes and --stopping-study go with --markdown (the results document); add --markdown"
-        )
-    if args.html and len(args.roots) > 1:
-        raise UsageError("--html writes the report of one output folder; pass one DST")
-    so = _storage_options(args.storage_option)
-    table, summaries = _read_reports(args, so)
-    run_rows = pa.concat_tables(summaries)
-    run_ids = sorted(set(table.column("run_id").to_pylist()) | set(run_rows.column("run_id").to_pylist()))
-    view = table if args.run_id else reports.latest_rows(table)
-    failed = view.filter(pc.equal(view.column("status"), "error")).select(["dataset", "image_key", "error"])
-    failures = failed.to_pylist()
-    # What each run did (the runs table): the run asked for, or the latest of each root — images done by earlier
-    # runs are counted there, not rows of the report. Below the table, or on stderr where stdout is a document.
-    shown = run_rows if args.run_id else pa.concat_tables([runs.latest_run(t) for t in summaries])
-    lines = [f"{'run' if args.run_id else 'last run'} {r['run_id']}, {runs.describe(r)}" for r in shown.to_pylist()]
-    if args.json:
-        records = {"runs": run_ids, "summary": reports.to_records(reports.summarize(view)), "failures": failures}
-        print(json.dumps({**records, "runs_table": reports.to_records(run_rows)}, indent=2))
-    elif args.markdown:
-        _results_document(args, view, so)
-        _print_lines(lines, sys.stderr)
-    elif args.summary_markdown:
-        print(reports.summary_markdown(view), end="")
-        _print_lines(lines, sys.stderr)
-    else:
-        title = f"run {args.run_id}" if args.run_id else f"latest result of each image over {len(run_ids)} run(s)"
-        if view.num_rows:  # a run that found nothing new has no image row: its runs-table lines say what it did
-            _print_table(reports.to_records(reports.summarize(view)), title=title)
-        _print_lines(lines, sys.stdout)
-        _print_failures(failures)
-    if args.html:
-        from pipelines.reporting import html_report
-
-        written = html_report.write_html_report(args.roots[0], args.html, run_id=args.run_id, storage_options=so)
-        print(
-            f"HTML report: {written.uri} ({written.rows} images, {written.thumbs_made} new thumbnails)", file=sys.stderr
-        )  # stdout stays the table, markdown or JSON
-    return 0
-
-
-def cmd_restore_image(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    import dipcore
-    from pipelines import jobs, storage
-
-    try:
-        out_format = dipcore.format_for_path(args.output)
-    except dipcore.ConfigError as exc:
-        raise UsageError(f"argument -o/--output: {exc}") from None
-    _check_settings(
-        lambda: jobs.run_config(
-            args.task,
-            scale=args.scale,
-            variant=args.variant,
-            preset=args.preset,
-            iterations=args.iterations,
-            early_stopping=STOPPING[args.stopping],
-            overrides={"channels": args.channels} if args.channels else None,
-            seed=args.seed,
-        )
-    )
-    if args.device is not None:
-        import torch
-
-        try:
-            torch.device(args.device)
-        except RuntimeError as exc:
-            raise UsageError(f"argument --device: {exc}") from None
-    for what, uri in (("input", args.input), ("mask", args.mask), ("guide", args.guide)):
-        if uri is not None and storage.overlap(args.output, uri) == "same":
-            raise UsageError(
-                f"the output {storage.redact(args.output)} is the {what} itself: the restored image would overwrite "
-                "it; write it to another file (-o restored.png)"
-            )
-
-    def read(uri: str) -> Any:
-        return dipcore.decode_image(storage.read_bytes(uri), name=uri)
-
-    decoded = dipcore.decode_with_info(storage.read_bytes(args.input), name=args.input)
-    image = decoded.image
-    side = {"mask": read(args.mask) if args.mask else None, "guide": read(args.guide) if args.guide else None}
-    overrides = {"channels": args.channels} if args.channels else {}
-    # What the bar says in each phase of a self-validated fit (dipcore.selfvalidation); one fit has none.
-    held = f"{100 * dipcore.selfvalidation.SELFVAL_HOLDOUT:g} %"
-    phases = {"search": f"finding when to stop ({held} of pixels held out)", "refit": "restoring (every pixel)"}
-    bar = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}"),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        disable=args.quiet,
-    )
-    with bar:
-        step = bar.add_task("restoring", total=None, loss="–")
-
-        def on_step(rec: dipcore.StepRecord) -> None:
-            what = phases.get(rec.phase, "restoring")
-            bar.update(step, description=what, completed=rec.iteration, total=rec.iterations, loss=f"{rec.loss:.5f}")
-
-        res = dipcore.restore(
-            image,
-            task=args.task,
-            scale=args.scale,
-            variant=args.variant,
-            preset=args.preset,
-            iterations=args.iterations,
-            seed=args.seed,
-            device=args.device,
-            early_stopping=STOPPING[args.stopping],
-            callback=on_step,
-            **side,
-            **overrides,
-        )
-    encoded = dipcore.encode_like(res.image, decoded.info, format=out_format)  # like the input: depth, alpha, ICC
-    storage.write_bytes_atomic(args.output, encoded.data)
-    if encoded.notes:  # what the output could not keep of the input, on one line
-        print(f"dipflow: note: {storage.redact(args.output)}: {'; '.join(encoded.notes)}", file=sys.stderr)
-    result = {
-        "output": storage.redact(args.output),
-        "task": args.task,
-        "height": int(res.image.shape[0]),
-        "width": int(res.image.shape[1]),
-        "iterations_run": res.iterations_run,
-        "iteration": res.iteration,
-        "stop_reason": res.stop_reason,
-        "seconds": round(res.seconds, 3),
-        "device": res.device,
-        "format": encoded.format,
-        "notes": list(encoded.notes),
-    }
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print(
-            f"wrote {result['output']} ({result['width']}×{result['height']}): {res.iterations_run} iterations "
-            f"on {res.device} in {res.seconds:.1f} s (returned iteration {res.iteration}, {res.stop_reason})"
-        )
-    return 0
 
 
 if __name__ == "__main__":  # python -m pipelines.cli

@@ -140,7 +140,7 @@ def test_the_summary_lists_what_was_not_restored_and_what_was_not_an_image(capsy
         "not_restored": [{"dataset": "d", "image_key": "outside.png", "reason": "symbolic link to outside"}],
         "failures": [],
     }
-    assert cli._finish(summary, argparse.Namespace(json=False)) == 0
+    assert cli.finish(summary, argparse.Namespace(json=False)) == 0
     captured = capsys.readouterr()
     assert "1 ok, 0 failed, 2 done by earlier runs, 1 not restored — report: out/report/run_id=r" in captured.out
     assert "d/notes.txt: not an image extension" in captured.err
