@@ -34,12 +34,13 @@ import numpy as np
 import torch
 
 import dipcore
-from pipelines import jobs, storage
+from pipelines import jobs
 from pipelines.execution import workers
 from pipelines.execution.restorer import Restorer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_fit import PLAIN, cpu_facts, emit
+from bench_plan import planned_jobs
 
 WAYS = ("plain", "inline", "pipeline")
 
@@ -53,8 +54,7 @@ def make_images(folder: Path, n: int, size: int) -> None:
 
 def plan(folder: Path, output: Path, iterations: int, **settings) -> list[jobs.Job]:
     config = jobs.run_config("denoise", iterations=iterations, **settings)
-    listing = storage.list_images(str(folder))
-    return jobs.plan_jobs(listing, run_id="bench", dataset="bench", output=str(output), config=config).jobs
+    return planned_jobs(str(folder), output=str(output), config=config)
 
 
 def run_plain(folder: Path, iterations: int, threads: int) -> int:

@@ -30,9 +30,12 @@ os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="bench-prefect-"))
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 import dipcore
-from pipelines import jobs, storage
+from pipelines import jobs
 from pipelines.execution import workers
 from pipelines.reporting import reports
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_plan import planned_jobs
 
 SIZE, ITERATIONS, CHANNELS = 16, 1, 8
 SETTINGS = {"preset": "fast", "iterations": ITERATIONS, "overrides": {"channels": CHANNELS}}
@@ -62,8 +65,7 @@ def driver_run(folder: Path, output: Path, *, n_workers: int) -> dict[str, float
     """Plan + run on Ray + write the report, as the flow does without Prefect; times start-up apart."""
     started = time.perf_counter()
     config = jobs.run_config("denoise", **SETTINGS)
-    listing = storage.list_images(str(folder))
-    plan = jobs.plan_jobs(listing, run_id="bench", dataset="bench", output=str(output), config=config)
+    todo = planned_jobs(str(folder), output=str(output), config=config)
     planned = time.perf_counter()
     pool = workers.WorkerPool(n_workers, num_cpus=1)
     first: list[float] = []
@@ -75,17 +77,17 @@ def driver_run(folder: Path, output: Path, *, n_workers: int) -> dict[str, float
             writer.append(outcome.row, outcome.curves)
 
         try:
-            stats = workers.run_jobs(plan.jobs, workers=pool, on_result=on_result)
+            stats = workers.run_jobs(todo, workers=pool, on_result=on_result)
         finally:
             pool.shutdown()
     done = time.perf_counter()
-    assert stats.ok == len(plan.jobs), stats
+    assert stats.ok == len(todo), stats
     return {
         "plan": planned - started,
         "startup": first[0] - planned,
         "run": done - first[0],
         "total": done - started,
-        "n": len(plan.jobs),
+        "n": len(todo),
     }
 
 

@@ -45,9 +45,9 @@ from torch._dynamo.utils import counters
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_fit
+from bench_plan import planned_jobs
 
 from dipcore import EngineOptions, compiled, preset_for
-from pipelines import jobs, storage
 from pipelines.evaluation import protocols
 from pipelines.execution.packing import PackQueue
 from pipelines.execution.restorer import Restorer
@@ -128,14 +128,14 @@ class Suite:
         overrides = {"channels": 16} if self.smoke else None
         # The evaluate flow's protocol: early-stopping study, the benchmark's runs, classical baseline.
         config = protocols.evaluation_config(benchmark, iterations=iterations, overrides=overrides)
-        listing = storage.list_images(f"{data_root}/{benchmark}")
         label = engine.replace("+", "-") + ("" if pack == 1 else f"-pack{pack}") + ("-own" if canvas == "own" else "")
         run_id = f"{benchmark}-{label}"
         root = str(self.out / "reports" / label)
-        plan = jobs.plan_jobs(listing, run_id=run_id, dataset=benchmark, output=f"{root}/{benchmark}", config=config)
+        todo = planned_jobs(f"{data_root}/{benchmark}", run_id=run_id, dataset=benchmark, output=f"{root}/{benchmark}",
+                            config=config)  # fmt: skip
         restorer = Restorer(device=self.device, engine=EVAL_ENGINES[engine], canvas=canvas)
         n_iter = config.config["iterations"] * config.config["restarts"]
-        queue = PackQueue(sorted(plan.jobs, key=lambda j: j.key), canvas=canvas)
+        queue = PackQueue(sorted(todo, key=lambda j: j.key), canvas=canvas)
         limit = pack if isinstance(pack, int) else restorer.pack_limit
         with reports.ReportWriter(root, run_id) as writer:
             while queue:

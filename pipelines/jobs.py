@@ -28,7 +28,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from types import SimpleNamespace
 from typing import Any
 
 from pipelines import ownership, storage
@@ -45,7 +44,6 @@ __all__ = [
     "error_row",
     "observation_shape",
     "pack_key",
-    "plan_jobs",
     "plan_stream",
     "rejected_job",
     "run_config",
@@ -261,11 +259,9 @@ def plan_stream(
     links not followed get skipped rows. At most `limit` images (the first by key) are planned."""
     folds = storage.folds_case(plan.output, storage_options)
     unfit = storage.name_check(plan.output, storage_options)  # an output the store cannot name fails before its fit
-    owner = plan.owner
     owned_listed = 0  # listed images whose outputs earlier runs wrote: the rest of those outputs are unlisted
     seen: set[str] = set()  # folded output names, only where the filesystem folds case (names of other folders)
     c = plan.config
-    config_json = c.config_json
     for chunk in chunks:
         plan.not_images += len(chunk.skipped)
         plan.not_images_shown.extend(chunk.skipped[: max(0, Plan.SHOWN - len(plan.not_images_shown))])
@@ -302,26 +298,7 @@ def plan_stream(
                 plan.rejected += 1
                 record(error_row(rejected_job(entry, plan, run_id), why, attempts=0))
                 continue
-            job = Job(
-                run_id=run_id,
-                dataset=plan.dataset,
-                key=entry.key,
-                input_uri=entry.uri,
-                task=c.task,
-                restore_kwargs=c.restore_kwargs,
-                config_hash=c.config_hash,
-                config_json=config_json,
-                seed=c.seed,
-                output_uri=out,
-                fingerprint=entry.fingerprint,
-                mask_uri=entry.mask_uri,
-                guide_uri=entry.guide_uri,
-                synthesis=c.synthesis,
-                packable=c.packable,
-                classical=c.classical,
-                provenance=owner.provenance(out) if owner else None,
-                replace=owner is not None and (owner.overwrite or owned),
-            )
+            job = _job(entry, plan, run_id, out, owned=owned)
             if _done_by_content(job, done, adopt, storage_options):
                 plan.done_earlier += 1
                 plan.verified_by_content += 1
@@ -334,47 +311,29 @@ def plan_stream(
         plan.unlisted = max(0, total - owned_listed)
 
 
-@dataclass
-class Planned:
-    """A whole listing planned at once: its jobs (with header sizes) and the images refused, with why."""
-
-    plan: Plan
-    jobs: list[Job]
-    rejected: list[tuple[storage.ImageEntry, str]]
-
-
-def plan_jobs(
-    listing: storage.Listing,
-    *,
-    run_id: str,
-    dataset: str,
-    output: str,
-    config: RunConfig,
-    storage_options: dict | None = None,
-) -> Planned:
-    """Every image of `listing` planned as if nothing were done, in one list: for benchmarks, tests and tools that
-    run a known set of images without a flow (a flow streams: `plan_stream`)."""
-    plan = Plan(dataset=dataset, config=config, output=output)
-    rows: list[dict[str, Any]] = []
-    stream = plan_stream(
-        [listing],
-        plan,
+def _job(entry: storage.ImageEntry, plan: Plan, run_id: str, out: str, *, owned: bool) -> Job:
+    """The job of a listed image of `plan` whose output is `out`; `owned`: an earlier run of the root wrote it."""
+    c, owner = plan.config, plan.owner
+    return Job(
         run_id=run_id,
-        done=_NOTHING_DONE,
-        record=rows.append,
-        adopt=rows.append,
-        storage_options=storage_options,
+        dataset=plan.dataset,
+        key=entry.key,
+        input_uri=entry.uri,
+        task=c.task,
+        restore_kwargs=c.restore_kwargs,
+        config_hash=c.config_hash,
+        config_json=c.config_json,
+        seed=c.seed,
+        output_uri=out,
+        fingerprint=entry.fingerprint,
+        mask_uri=entry.mask_uri,
+        guide_uri=entry.guide_uri,
+        synthesis=c.synthesis,
+        packable=c.packable,
+        classical=c.classical,
+        provenance=owner.provenance(out) if owner else None,
+        replace=owner is not None and (owner.overwrite or owned),
     )
-    todo = list(with_headers(stream, storage_options))
-    entries = {entry.key: entry for entry in listing.images}
-    refused = [(entries[r["image_key"]], r["error"]) for r in rows if r["status"] == "error"]
-    return Planned(plan, todo, refused)
-
-
-# A done-state that holds nothing (the four questions `plan_stream` asks a `state.DoneState`): every image is to do.
-_NOTHING_DONE = SimpleNamespace(
-    is_done=lambda *_: False, owns=lambda *_: False, owned_count=lambda _: None, legacy_sha256=lambda *_: None
-)
 
 
 def _done_before_ctime(done: Any, plan: Plan, entry: storage.ImageEntry, adopt: Callable[[dict], None]) -> bool:

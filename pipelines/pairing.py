@@ -1,5 +1,5 @@
 """Which files of a dataset are an image's side inputs: the dataset's convention, apart from the storage that lists
-the files (`storage.list_images` asks it about each folder). Keys only: nothing is read here.
+the files (`storage.iter_listing` asks it about each folder). Keys only: nothing is read here.
 
 - A mask: ``<stem>_mask.<ext>`` beside ``<stem>.<ext>``; else, from a mask folder (``--mask-dir``), the file at the
   image's relative folder named ``<stem>.<ext>`` or ``<stem>_mask.<ext>``, or one of those at the folder's top.

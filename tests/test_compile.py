@@ -170,14 +170,15 @@ def test_compile_is_off_by_default_validated_and_recorded(graphs, astronaut):
 
 def _jobs(root, heights: list[int], width: int):
     """Jobs of a fast 8-channel denoising run over random images of ``heights`` × ``width``, written under ``root``."""
+    import whole_plan
+
     from pipelines import jobs, storage
 
     rng = np.random.default_rng(0)
     for i, h in enumerate(heights):
         storage.write_bytes_atomic(f"{root}/src/{i}.png", dipcore.encode_png(rng.random((h, width, 3), np.float32)))
     config = jobs.run_config("denoise", preset="fast", iterations=1, overrides={"channels": 8})
-    return jobs.plan_jobs(storage.list_images(f"{root}/src"), run_id="r", dataset="d", output=f"{root}/out",
-                          config=config).jobs  # fmt: skip
+    return whole_plan.plan(f"{root}/src", output=f"{root}/out", config=config).jobs
 
 
 def test_a_compiled_worker_runs_jobs_of_one_bucket_on_one_graph(graphs, tmp_path):

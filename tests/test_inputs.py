@@ -10,6 +10,7 @@ import os
 import numpy as np
 import pytest
 from PIL import Image
+from whole_plan import listing as listing_of
 
 import dipcore
 from pipelines import cli, storage
@@ -42,7 +43,7 @@ def source(tmp_path, write_images):
 
 
 def test_listing_follows_links_inside_the_source_and_reports_the_others(source):
-    listing = storage.list_images(str(source))
+    listing = listing_of(str(source))
     assert [e.key for e in listing.images] == ["a.png", "anim.gif", "b.gif", "inside.png"]
     assert dict(listing.excluded) == {
         "broken.png": "broken symbolic link",
@@ -50,7 +51,7 @@ def test_listing_follows_links_inside_the_source_and_reports_the_others(source):
         "outside.png": "symbolic link to outside the source: not followed",
     }
     assert dict(listing.skipped) == {"notes.txt": "not an image extension"}
-    only_png = storage.list_images(str(source), glob="*.png")
+    only_png = listing_of(str(source), glob="*.png")
     assert set(dict(only_png.excluded)) == {"broken.png", "outside.png"}  # the glob applies to links too
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 
 import pytest
+import whole_plan
 
 from pipelines import jobs, storage
 from pipelines.reporting import reports
@@ -38,12 +39,11 @@ def test_restore_cli_takes_an_input_named_with_the_longest_name(ray_local, prefe
 def test_an_output_name_the_store_cannot_hold_fails_at_planning(tmp_path, write_images):
     deep = "/".join(["d" * 200] * 6) + "/a.png"  # a local path of 1,211 bytes below the root: fine here
     write_images(str(tmp_path / "src"), ["fine.png", deep], size=16)
-    listing = storage.list_images(str(tmp_path / "src"))
     config = jobs.run_config("denoise", preset="fast", iterations=2, overrides={"channels": 4})
-    plan = jobs.plan_jobs(listing, run_id="r", dataset="d", output="s3://bucket/restored/x", config=config)
+    plan = whole_plan.plan(str(tmp_path / "src"), output="s3://bucket/restored/x", config=config)
     assert [j.key for j in plan.jobs] == ["fine.png"]
-    ((entry, why),) = plan.rejected
-    assert entry.key == deep and "1024" in why and "bytes long" in why and "rename the input" in why
+    ((key, why),) = plan.rejected.items()
+    assert key == deep and "1024" in why and "bytes long" in why and "rename the input" in why
     assert storage.name_check("s3://bucket/out")("s3://bucket/out/" + "k" * 1000) is None
     check = storage.name_check(str(tmp_path / "not-yet" / "out"))  # a root not made yet: its nearest folder says
     assert check(str(tmp_path / "not-yet" / "out" / ("z" * 255))) is None

@@ -6,6 +6,8 @@ does not write onto its input."""
 from __future__ import annotations
 
 import pytest
+import whole_plan
+from whole_plan import listing as listing_of
 
 from pipelines import jobs, storage
 from pipelines.reporting import reports
@@ -53,21 +55,20 @@ def test_listing_leaves_an_output_inside_the_source_out(where):
     src = f"{root}/src"
     for key in ("a.png", "sub/b.png", "out/a.png", "out/html/run_id=r/thumbs/x-input.png", "out/report/p.parquet"):
         storage.write_bytes_atomic(f"{src}/{key}", b"x", so)
-    listing = storage.list_images(src, storage_options=so, exclude=f"{src}/out")
+    listing = listing_of(src, storage_options=so, exclude=f"{src}/out")
     assert [e.key for e in listing.images] == ["a.png", "sub/b.png"]
     assert listing.skipped == [] and listing.excluded == []  # the run's own files are not "not images" either
-    apart = storage.list_images(src, storage_options=so, exclude=f"{root}/elsewhere")
+    apart = listing_of(src, storage_options=so, exclude=f"{root}/elsewhere")
     assert len(apart.images) == 4
 
 
 def test_inputs_whose_outputs_collide_are_both_refused(where, write_images):
     root, so = where
     write_images(f"{root}/src", ["a.png", "a.jpg", "b.png", "sub/c.PNG", "sub/c.tif"], size=16, storage_options=so)
-    listing = storage.list_images(f"{root}/src", storage_options=so)
     config = jobs.run_config("denoise", preset="fast", iterations=2, overrides={"channels": 8})
-    plan = jobs.plan_jobs(listing, run_id="r", dataset="d", output=f"{root}/out", config=config, storage_options=so)
+    plan = whole_plan.plan(f"{root}/src", output=f"{root}/out", config=config, storage_options=so)
     assert [j.key for j in plan.jobs] == ["b.png"]
-    why = {e.key: reason for e, reason in plan.rejected}
+    why = plan.rejected
     assert sorted(why) == ["a.jpg", "a.png", "sub/c.PNG", "sub/c.tif"]
     assert "would also be the output of a.png" in why["a.jpg"] and "rename one of them" in why["a.jpg"]
     assert "would also be the output of sub/c.tif" in why["sub/c.PNG"]

@@ -8,6 +8,7 @@ import io
 
 import numpy as np
 import pytest
+import whole_plan
 from PIL import Image
 
 import dipcore
@@ -34,8 +35,7 @@ def write(root, key: str, h: int, w: int, *, channels: int = 3, seed: int = 0) -
 
 def plan(root, task: str = "denoise", synthesis: Synthesis | None = None, **kw) -> dict[str, jobs.Job]:
     config = jobs.run_config(task, synthesis=synthesis, **{**FAST, **kw})
-    p = jobs.plan_jobs(storage.list_images(str(root)), run_id="r", dataset="d", output=f"{root}-out", config=config)
-    return {j.key: j for j in p.jobs}
+    return {j.key: j for j in whole_plan.plan(str(root), output=f"{root}-out", config=config).jobs}
 
 
 # ------------------------------------------------------------------------------- shapes known before decoding

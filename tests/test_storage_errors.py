@@ -11,6 +11,7 @@ import time
 import uuid
 
 import pytest
+from whole_plan import listing as listing_of
 
 from pipelines import cli, storage
 
@@ -59,7 +60,7 @@ def wrong_credentials(strict_s3, monkeypatch):
 @pytest.mark.parametrize(
     ("operation", "call"),
     [
-        ("listing", lambda url, so: storage.list_images(url, storage_options=so)),
+        ("listing", lambda url, so: listing_of(url, storage_options=so)),
         ("listing", lambda url, so: storage.list_files(url, so)),
         ("reading", lambda url, so: storage.read_bytes(f"{url}/a.png", so)),
         ("writing", lambda url, so: storage.write_bytes_atomic(f"{url}/a.png", b"x", so)),
@@ -101,7 +102,7 @@ def test_an_unreadable_local_folder_says_so(tmp_path, monkeypatch):
 
     monkeypatch.setattr(LocalFileSystem, "find", refuse)
     with pytest.raises(storage.StorageAccessError) as raised:
-        storage.list_images(str(tmp_path / "src"))
+        listing_of(str(tmp_path / "src"))
     message = str(raised.value)
     assert message.startswith(f"permission denied listing {tmp_path / 'src'}")
     assert "check the permissions of the file or folder" in message
@@ -115,6 +116,6 @@ def test_a_folder_without_read_permission_says_so(tmp_path):
     src.chmod(0)
     try:
         with pytest.raises(storage.StorageAccessError, match="permission denied listing"):
-            storage.list_images(str(src))
+            listing_of(str(src))
     finally:
         src.chmod(0o755)

@@ -12,6 +12,8 @@ import time
 import numpy as np
 import pytest
 import torch
+import whole_plan
+from whole_plan import Planned
 
 import dipcore
 from pipelines import jobs, storage
@@ -21,9 +23,9 @@ from pipelines.jobs import Job, Synthesis
 FAST = {"preset": "fast", "iterations": 2, "overrides": {"channels": 8}}
 
 
-def plan(root: str, output: str, task: str = "denoise", synthesis: Synthesis | None = None, **kw) -> jobs.Plan:
+def plan(root: str, output: str, task: str = "denoise", synthesis: Synthesis | None = None, **kw) -> Planned:
     config = jobs.run_config(task, synthesis=synthesis, **{**FAST, **kw})
-    return jobs.plan_jobs(storage.list_images(root), run_id="test-run", dataset="tiny", output=output, config=config)
+    return whole_plan.plan(root, run_id="test-run", dataset="tiny", output=output, config=config)
 
 
 # ---------------------------------------------------------------------------------------------- in-process
@@ -102,8 +104,8 @@ def test_plan_rejects_keys_that_would_escape_the_output_root():
         storage.write_bytes_atomic(f"{root}/src/{key}", b"bytes")
     p = plan(f"{root}/src", f"{root}/out")
     assert [j.key for j in p.jobs] == ["ok.png"] and p.jobs[0].output_uri == f"{root}/out/ok.png"
-    assert sorted(e.key for e, _ in p.rejected) == ["..%2fevil.png", "sub/..%2f..%2fevil.png", "x\\..\\evil.png"]
-    assert all("unsafe key" in why for _, why in p.rejected)
+    assert sorted(p.rejected) == ["..%2fevil.png", "sub/..%2f..%2fevil.png", "x\\..\\evil.png"]
+    assert all("unsafe key" in why for why in p.rejected.values())
 
 
 def test_config_hash_changes_with_settings_not_with_execution():

@@ -171,7 +171,7 @@ def synthesise(s: Synthesis, image: Any, seed: int) -> tuple[Any, Any]:
     return dipcore.degrade(clean, task=s.task, seed=seed, **knobs), clean
 
 
-# How a plain run finds each side input a task needs (pipelines.storage.list_images).
+# How a plain run finds each side input a task needs (pipelines.storage.iter_listing).
 _SIDE_INPUT_HINTS = {
     "mask": "none named {stem}_mask.<ext> beside it, nor {stem}.<ext> or {stem}_mask.<ext> at its place in a mask "
     "folder (--mask-dir); white marks a known pixel",

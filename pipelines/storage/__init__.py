@@ -38,7 +38,7 @@ from pipelines.storage.io import (
     write_bytes_atomic,
 )
 from pipelines.storage.keys import join, output_uri, safe_key
-from pipelines.storage.listing import IMAGE_EXTENSIONS, ImageEntry, Listing, is_image_key, iter_listing, list_images
+from pipelines.storage.listing import IMAGE_EXTENSIONS, ImageEntry, Listing, is_image_key, iter_listing
 from pipelines.storage.paths import (
     DIPFLOW_FOLDERS,
     absolute,
@@ -81,7 +81,6 @@ __all__ = [
     "iter_listing",
     "join",
     "list_files",
-    "list_images",
     "name_check",
     "open_output",
     "output_uri",

@@ -6,7 +6,7 @@ import re
 
 
 def check_glob(pattern: str) -> None:
-    """`ValueError` unless `pattern` is a glob `list_images` can use (relative to the source, well formed)."""
+    """`ValueError` unless `pattern` is a glob `iter_listing` can use (relative to the source, well formed)."""
     _glob_regex(pattern)
 
 

@@ -1,5 +1,5 @@
-"""The images of a source with their side inputs (`list_images`; `iter_listing` folder by folder, so that a run starts
-before the whole source is listed), and every other file with the reason it is not one. The walk is `walk.py`'s, the
+"""The images of a source with their side inputs (`iter_listing`, folder by folder, so that a run starts before the
+whole source is listed), and every other file with the reason it is not one. The walk is `walk.py`'s, the
 side-input convention `pipelines.pairing`'s."""
 
 from __future__ import annotations
@@ -43,8 +43,7 @@ class ImageEntry:
 
 @dataclass
 class Listing:
-    """What `list_images` found (or `iter_listing` in one folder): the images, and every other file with the reason
-    it is not one."""
+    """What `iter_listing` found in one folder: the images, and every other file with the reason it is not one."""
 
     images: list[ImageEntry] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (key, reason): not images
@@ -57,10 +56,9 @@ def is_image_key(key: str) -> bool:
 
 
 class _Lent(NamedTuple):
-    """A mask that a `mask_dir` lends: its URL, its key in the mask folder, its fingerprint."""
+    """A mask that a `mask_dir` lends: its URL and its fingerprint."""
 
     uri: str
-    key: str
     fingerprint: str | None
 
 
@@ -80,15 +78,14 @@ class _Lister:
     def uri(self, rel: str) -> str:
         return self.fs.unstrip_protocol(f"{self.root}/{rel}")
 
-    def folder(self, files: dict[str, _Found], links: dict[str, str], claims: dict[str, str] | None) -> Listing:
-        """The folder's `Listing`. Masks and guides lie beside their image, so one folder holds all they need;
-        `claims` (mask-folder key → the greatest key of an image using it) collects the masks that a `mask_dir`
-        inside the source lends to images of other folders."""
+    def folder(self, files: dict[str, _Found], links: dict[str, str]) -> Listing:
+        """The folder's `Listing`. Masks and guides lie beside their image, so one folder holds all they need (a
+        `mask_dir`'s masks are known before the first folder)."""
         listing = Listing()
         claimed: dict[str, str] = {}  # side-input key → reason
         beside = pairing.Beside.of(rel for rel in files if is_image_key(rel))
         for rel in self._images(files, listing.skipped, claimed):
-            listing.images.append(self._entry(rel, files, beside, claimed, claims))
+            listing.images.append(self._entry(rel, files, beside, claimed))
         self._links(links, listing)
         listing.skipped.extend(claimed.items())
         listing.skipped.sort()
@@ -117,14 +114,7 @@ class _Lister:
                 images.append(rel)
         return images
 
-    def _entry(
-        self,
-        rel: str,
-        files: dict[str, _Found],
-        beside: pairing.Beside,
-        claimed: dict[str, str],
-        claims: dict[str, str] | None,
-    ) -> ImageEntry:
+    def _entry(self, rel: str, files: dict[str, _Found], beside: pairing.Beside, claimed: dict[str, str]) -> ImageEntry:
         """The image `rel` with its side inputs (`pairing`), each claimed from the folder's other files."""
         mask = mask_fp = None
         if mask_key := beside.find(rel, pairing.MASK_SUFFIX):
@@ -132,9 +122,6 @@ class _Lister:
             mask, mask_fp = self.uri(mask_key), files[mask_key].fingerprint
         elif lent := pairing.lent(rel, self.masks_in_dir):
             mask, mask_fp = lent.uri, lent.fingerprint
-            if self.mask_dir_prefix is not None and claims is not None:
-                key = self.mask_dir_prefix + lent.key
-                claims[key] = max(claims.get(key, rel), rel)
         guide = guide_fp = None
         if self.guide_suffix and (guide_key := beside.find(rel, self.guide_suffix)):
             claimed[guide_key] = f"guide of {rel}"
@@ -169,10 +156,27 @@ def iter_listing(
     guide_suffix: str | None = None,
     exclude: str | None = None,
 ) -> Iterator[Listing]:
-    """`list_images`, one folder of the source at a time: a `Listing` of the images, skipped files and excluded links
-    found directly in each folder (keys sorted), folders in sorted order (depth-first: a folder, then its
-    sub-folders by name), so that a run can start on the first folder's images while later ones are still listed.
-    Folders that hold no file are not yielded. The arguments and every rule are `list_images`'s.
+    """The images under `source` (any fsspec URL, recursive) with their side inputs, one folder at a time: a
+    `Listing` of the images, skipped files and excluded links found directly in each folder (keys sorted), folders in
+    sorted order (depth-first: a folder, then its sub-folders by name), so that a run can start on the first
+    folder's images while later ones are still listed. Folders that hold no file are not yielded.
+
+    - `glob` (relative to the source, e.g. ``"*.png"``, ``"**/*.jpg"``, ``"val/*"``) selects images; side inputs
+      are matched among all files.
+    - Masks: ``<stem>_mask.<ext>`` beside the image, or in `mask_dir` a file at the image's relative folder named
+      ``<stem>.<ext>`` or ``<stem>_mask.<ext>`` (at the folder or at `mask_dir`'s top). Files named ``*_mask.*`` are
+      never images; a `mask_dir` inside the source contributes no images (its files are skipped "in the mask
+      folder" in their own folder's `Listing`; the images that use one name it in their `ImageEntry.mask_uri`).
+    - Guides: with `guide_suffix` (e.g. ``"_flash"``), ``<stem><guide_suffix>.<ext>`` beside ``<stem>.<ext>`` is that
+      image's guide, not an image of its own.
+
+    Every file that is not an image is in `Listing.skipped` with the reason. Symbolic links (local sources) to
+    files inside the source are followed; the others — broken, out of the source, to a folder — are in
+    `Listing.excluded` with the reason when they look like images (an image extension, or a folder), so that the
+    run reports them, else in `Listing.skipped`. `exclude` (the run's output root) names a folder whose files are
+    left out altogether when it lies inside the source: they are the run's own outputs, reports and thumbnails,
+    never inputs nor "not images"; where the source is walked, that folder is not even listed. Each image carries
+    its `fingerprint` (with its mask's and guide's) from the listing alone.
 
     How soon a folder comes depends on the backend. Local files and other backends without a find of their own (sftp,
     ftp …) are walked one ``ls`` per folder, and a folder is yielded as soon as it is listed; only the folders still
@@ -180,47 +184,9 @@ def iter_listing(
     requests; s3fs pages through 1,000 keys a request before it returns), and memory:// in one pass over its store
     (its ``ls`` scans the whole store each time), so there the first folder waits for the whole listing.
 
-    A folder that cannot be listed raises where it is met (never a shorter dataset); a missing source, a bad glob
-    and a `mask_dir` that cannot be listed raise at the call, before any folder. `exclude`'s folder inside the
-    source is not even listed where the source is walked.
-
-    One difference from `list_images`: the files of a `mask_dir` that lies inside the source are skipped "in the
-    mask folder" in their own folder's `Listing` (the images that use one, in other folders, name it in their
-    `ImageEntry.mask_uri`); `list_images`, which sees every folder, says "mask of <key>" for those.
+    A folder that cannot be listed raises where it is met (never a shorter dataset); a missing source
+    (`StorageNotFoundError`), a bad glob and a `mask_dir` that cannot be listed raise at the call, before any folder.
     """
-    return _chunks(
-        source,
-        glob=glob,
-        storage_options=storage_options,
-        mask_dir=mask_dir,
-        guide_suffix=guide_suffix,
-        exclude=exclude,
-        claims=None,
-    )
-
-
-def _excluded(exclude: str | None, source: str, storage_options: dict | None) -> Callable[[str], bool] | None:
-    """Whether a folder of the source (its key prefix, ``"out/"``) lies in `exclude`, when that lies inside the
-    source: the run's own outputs, reports and thumbnails are never listed."""
-    if exclude is None or overlap(exclude, source, storage_options) != "inside":
-        return None
-    own = _place(exclude, storage_options)[1][len(_place(source, storage_options)[1].rstrip("/")) + 1 :] + "/"
-    folds = folds_case(source, storage_options)
-    return lambda prefix: (fold(prefix) if folds else prefix).startswith(own)
-
-
-def _chunks(
-    source: str,
-    *,
-    glob: str | None,
-    storage_options: dict | None,
-    mask_dir: str | None,
-    guide_suffix: str | None,
-    exclude: str | None,
-    claims: dict[str, str] | None,
-) -> Iterator[Listing]:
-    """`iter_listing`; `claims`, where given, collects the masks that a `mask_dir` inside the source lends (see
-    `_Lister.folder`)."""
     fs, path = filesystem(source, storage_options)
     root, folders = _walk(fs, path, source, prune=_excluded(exclude, source, storage_options))
 
@@ -236,59 +202,18 @@ def _chunks(
             for rel, found in mfiles.items():
                 if is_image_key(rel):
                     url = mfs.unstrip_protocol(f"{mroot}/{rel}")
-                    masks_in_dir.setdefault(pairing.lent_name(rel), _Lent(url, rel, found.fingerprint))
+                    masks_in_dir.setdefault(pairing.lent_name(rel), _Lent(url, found.fingerprint))
 
     matcher = _glob_regex(glob) if glob is not None else None
     lister = _Lister(fs, root, glob, matcher, guide_suffix, masks_in_dir, mask_dir_prefix)
-    return (lister.folder(files, links, claims) for _, files, links in folders if files or links)
+    return (lister.folder(files, links) for _, files, links in folders if files or links)
 
 
-def list_images(
-    source: str,
-    *,
-    glob: str | None = None,
-    storage_options: dict | None = None,
-    mask_dir: str | None = None,
-    guide_suffix: str | None = None,
-    exclude: str | None = None,
-) -> Listing:
-    """The images under `source` (any fsspec URL, recursive, sorted by key) with their side inputs.
-
-    - `glob` (relative to the source, e.g. ``"*.png"``, ``"**/*.jpg"``, ``"val/*"``) selects images; side inputs
-      are matched among all files.
-    - Masks: ``<stem>_mask.<ext>`` beside the image, or in `mask_dir` a file at the image's relative folder named
-      ``<stem>.<ext>`` or ``<stem>_mask.<ext>`` (at the folder or at `mask_dir`'s top). Files named ``*_mask.*`` are
-      never images; a `mask_dir` inside the source contributes no images.
-    - Guides: with `guide_suffix` (e.g. ``"_flash"``), ``<stem><guide_suffix>.<ext>`` beside ``<stem>.<ext>`` is that
-      image's guide, not an image of its own.
-
-    Every file that is not an image is in `Listing.skipped` with the reason. Symbolic links (local sources) to
-    files inside the source are followed; the others — broken, out of the source, to a folder — are in
-    `Listing.excluded` with the reason when they look like images (an image extension, or a folder), so that the
-    run reports them, else in `Listing.skipped`. A missing source raises `StorageNotFoundError`.
-
-    `exclude` (the run's output root) names a folder whose files are left out altogether when it lies inside the
-    source: they are the run's own outputs, reports and thumbnails, never inputs nor "not images".
-
-    Each image carries its `fingerprint` (with its mask's and guide's) from the listing alone. This is the merge of
-    `iter_listing`'s folders; a run that wants to start before the whole source is listed takes those instead.
-    """
-    claims: dict[str, str] = {}
-    merged = Listing()
-    chunks = _chunks(
-        source,
-        glob=glob,
-        storage_options=storage_options,
-        mask_dir=mask_dir,
-        guide_suffix=guide_suffix,
-        exclude=exclude,
-        claims=claims,
-    )
-    for chunk in chunks:
-        merged.images.extend(chunk.images)
-        merged.skipped.extend(chunk.skipped)
-        merged.excluded.extend(chunk.excluded)
-    merged.images.sort(key=lambda entry: entry.key)
-    merged.skipped = sorted((key, f"mask of {claims[key]}" if key in claims else why) for key, why in merged.skipped)
-    merged.excluded.sort()
-    return merged
+def _excluded(exclude: str | None, source: str, storage_options: dict | None) -> Callable[[str], bool] | None:
+    """Whether a folder of the source (its key prefix, ``"out/"``) lies in `exclude`, when that lies inside the
+    source: the run's own outputs, reports and thumbnails are never listed."""
+    if exclude is None or overlap(exclude, source, storage_options) != "inside":
+        return None
+    own = _place(exclude, storage_options)[1][len(_place(source, storage_options)[1].rstrip("/")) + 1 :] + "/"
+    folds = folds_case(source, storage_options)
+    return lambda prefix: (fold(prefix) if folds else prefix).startswith(own)

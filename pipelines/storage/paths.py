@@ -136,7 +136,7 @@ def check_output_root(
     """Refuse (`OutputOverlapError`) an output root that would overwrite what the run reads: the source itself, a
     folder that holds the source, a folder that holds or lies in a side-input folder (`side_inputs`: masks), or a
     folder inside the source that already holds files and is not a dipflow output root (they are the user's
-    inputs). Returns whether the output lies inside the source — then `list_images(…, exclude=output)` must leave
+    inputs). Returns whether the output lies inside the source — then `iter_listing(…, exclude=output)` must leave
     it out, so that the run's outputs, reports and thumbnails are never inputs of the next run."""
     how = overlap(output, source, storage_options)
     out, src = redact(output), redact(source)

@@ -23,6 +23,7 @@ from invariants import (
     restore_workers,
     snapshot,
 )
+from whole_plan import listing as listing_of
 
 from pipelines import storage
 from pipelines.reporting import reports
@@ -73,7 +74,7 @@ def test_every_bad_input_and_hostile_name_ends_in_one_readable_row(backend, ray_
             files[name] = (b"", expect)
     inputs = snapshot(source, options)
     elsewhere = local_tree(tmp_path, skip=(tmp_path / "out",))
-    listing = storage.list_images(source, storage_options=options)
+    listing = listing_of(source, storage_options=options)
     listed = {entry.key for entry in listing.images} | {key for key, _ in listing.excluded}
 
     first = flows.restore_dataset(source, output, "denoise", storage_options=options, **FAST)
