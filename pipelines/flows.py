@@ -339,21 +339,8 @@ def _run(
     logger, so = _logger(), storage_options
     clock = Clock()
     plans = [plan for plan, _ in sources]
-    scopes = [(p.dataset, p.config.config_hash) for p in plans]
     run_records.recover(output, so, logger)
-    done = load_state(output, scopes, so) if resume else state.DoneState.load(output, so, [])
-    # Each dataset's listing is started here, up to its first image: an empty source fails before anything else.
-    listings = [run_sources.primed(plan, listing()) for plan, listing in sources]
-    owner = ownership.Owner(output, ownership.root_id(output, so), overwrite)  # outputs are marked as the root's
-    for plan in plans:  # (the root's id made here: a source without images leaves none behind)
-        plan.owner = owner
-    logger.info(
-        "run %s: %d dataset(s); earlier runs restored %d image(s) with these settings; report under %s",
-        run_id,
-        len(plans),
-        len(done),
-        storage.redact(output),
-    )
+    done, listings = _start(run_id, sources, output, so, resume=resume, overwrite=overwrite, logger=logger)
     tracker = Tracker(plans, artifact=_ProgressArtifact(artifact) if _in_flow_run() else None)
     flow_run_id = _flow_run_id()
     stats: RunStats | None = None
@@ -365,59 +352,30 @@ def _run(
             run_records.closing(state.StateWriter(output, run_id, so)) as sw,
             reports.ReportWriter(output, run_id, so, before_commit=sw.flush) as writer,
         ):
-
-            def record(row: dict[str, Any], curves: list[dict[str, Any]] = ()) -> None:  # type: ignore[assignment]
-                check()
-                written = writer.rows_written
-                writer.append({**row, "flow_run_id": flow_run_id}, curves)  # flushed together
-                if row["status"] == "ok":
-                    sw.add(row)
-                if writer.rows_written != written:  # the state never runs ahead of the report
-                    sw.flush()
-                tracker.advance(row)
-                if row["status"] == "error":
-                    key, error = row["image_key"], str(row.get("error"))
-                    logger.warning("failed: %s", error if error.startswith(key) else f"{key}: {error}")
-
-            def check() -> None:  # another run took the output root over: not one more write, not even a flush
-                if held is not None and held.lost:
-                    writer.abandon()
-                    sw.abandon()
-                    held.check()
-
-            def planned() -> Iterator[Job]:
-                for plan, chunks in zip(plans, listings, strict=True):
-                    yield from jobs.plan_stream(
+            rows = _Rows(writer, sw, tracker, held, flow_run_id, logger)
+            progress.started(None, title)
+            try:
+                todo: Iterator[Job] = (
+                    job
+                    for plan, chunks in zip(plans, listings, strict=True)
+                    for job in jobs.plan_stream(
                         run_sources.timed(chunks, plan, clock, tracker.listed),
                         plan,
                         run_id=run_id,
                         done=done,
-                        record=record,
+                        record=rows.record,
                         adopt=sw.adopt,  # images done earlier, recorded anew: written without waiting
                         storage_options=so,
                         limit=limit,
                     )
-
-            progress.started(None, title)
-            try:
-                todo: Iterator[Job] = planned()
+                )
                 if execution.pack != 1:
                     todo = jobs.with_headers(todo, so)
-                first = next(todo, None)  # nothing new: no worker is started at all
-                if first is not None:
-                    stats = restore_images(
-                        quote(itertools.chain([first], todo)),  # quoted: Prefect must not walk the stream for futures
-                        execution,
-                        so,
-                        lambda o: record(o.row, o.curves),
-                        local_only=local_only,
-                        check=check,
-                        on_progress=tracker.running,
-                    )
+                stats = _dispatch(todo, execution, so, rows, local_only=local_only)
             finally:
                 progress.finished()
                 tracker.close()
-            check()  # before the writers close: a lost run neither commits its report nor merges the state
+            rows.check()  # before the writers close: a lost run neither commits its report nor merges the state
         outcome = "finished"
     except Exception as exc:
         outcome, failure = "failed", storage.redact(str(exc) or type(exc).__name__)
@@ -427,6 +385,94 @@ def _run(
             run_records.write_runs(
                 output, so, run_id, flow_run_id, plans, tracker, clock, stats, outcome, failure, logger
             )
+    _warn_unlisted(plans, logger)
+    return _publish(run_id, flow_run_id, output, so, plans, tracker, artifact, logger)
+
+
+def _start(
+    run_id: str,
+    sources: list[tuple[Plan, Callable[[], Iterable[storage.Listing]]]],
+    output: str,
+    so: dict | None,
+    *,
+    resume: bool,
+    overwrite: bool,
+    logger: Any,
+) -> tuple[state.DoneState, list[Iterator[storage.Listing]]]:
+    """What a run starts from: the done-state (empty without `resume`) and each dataset's listing, started here up
+    to its first image (an empty source fails before anything else); each plan gets the output root's owner."""
+    scopes = [(plan.dataset, plan.config.config_hash) for plan, _ in sources]
+    done = load_state(output, scopes, so) if resume else state.DoneState.load(output, so, [])
+    listings = [run_sources.primed(plan, listing()) for plan, listing in sources]
+    owner = ownership.Owner(output, ownership.root_id(output, so), overwrite)  # outputs are marked as the root's
+    for plan, _ in sources:  # (the root's id made here: a source without images leaves none behind)
+        plan.owner = owner
+    logger.info(
+        "run %s: %d dataset(s); earlier runs restored %d image(s) with these settings; report under %s",
+        run_id,
+        len(sources),
+        len(done),
+        storage.redact(output),
+    )
+    return done, listings
+
+
+def _dispatch(
+    todo: Iterator[Job], execution: Execution, so: dict | None, rows: _Rows, *, local_only: bool
+) -> RunStats | None:
+    """Run the planned jobs as they come, each outcome recorded in `rows`; None: nothing new, no worker started."""
+    first = next(todo, None)
+    if first is None:
+        return None
+    return restore_images(
+        quote(itertools.chain([first], todo)),  # quoted: Prefect must not walk the stream for futures
+        execution,
+        so,
+        lambda o: rows.record(o.row, o.curves),
+        local_only=local_only,
+        check=rows.check,
+        on_progress=rows.tracker.running,
+    )
+
+
+class _Rows:
+    """Where a run's rows go as they arrive: the report, then the state (never ahead of the report), the progress
+    and, for an error, the log; `check` stops every write once another run has taken the output root over."""
+
+    def __init__(
+        self,
+        writer: reports.ReportWriter,
+        sw: state.StateWriter,
+        tracker: Tracker,
+        held: lease.Lease | None,
+        flow_run_id: str | None,
+        logger: Any,
+    ) -> None:
+        self.writer, self.sw, self.tracker, self.held = writer, sw, tracker, held
+        self.flow_run_id, self.logger = flow_run_id, logger
+
+    def record(self, row: dict[str, Any], curves: list[dict[str, Any]] = ()) -> None:  # type: ignore[assignment]
+        self.check()
+        written = self.writer.rows_written
+        self.writer.append({**row, "flow_run_id": self.flow_run_id}, curves)  # flushed together
+        if row["status"] == "ok":
+            self.sw.add(row)
+        if self.writer.rows_written != written:  # the state never runs ahead of the report
+            self.sw.flush()
+        self.tracker.advance(row)
+        if row["status"] == "error":
+            key, error = row["image_key"], str(row.get("error"))
+            self.logger.warning("failed: %s", error if error.startswith(key) else f"{key}: {error}")
+
+    def check(self) -> None:  # another run took the output root over: not one more write, not even a flush
+        if self.held is not None and self.held.lost:
+            self.writer.abandon()
+            self.sw.abandon()
+            self.held.check()
+
+
+def _warn_unlisted(plans: list[Plan], logger: Any) -> None:
+    """The files of each dataset that are not images, and the outputs of images it no longer lists: one line each."""
     for plan in plans:
         if plan.not_images:
             shown = ", ".join(f"{k} ({why})" for k, why in plan.not_images_shown[:5])
@@ -434,7 +480,6 @@ def _run(
             logger.warning("%s: %d file(s) are not images: %s%s", plan.dataset, plan.not_images, shown, more)
         if plan.unlisted:
             logger.warning("%s: %s", plan.dataset, jobs.unlisted_line(plan.unlisted))
-    return _publish(run_id, flow_run_id, output, so, plans, tracker, artifact, logger)
 
 
 def _engine(ex: Execution) -> Any:
