@@ -352,7 +352,7 @@ def _run(
             run_records.closing(state.StateWriter(output, run_id, so)) as sw,
             reports.ReportWriter(output, run_id, so, before_commit=sw.flush) as writer,
         ):
-            rows = _Rows(writer, sw, tracker, held, flow_run_id, logger)
+            rows = run_records.Rows(writer, sw, tracker, held, flow_run_id, logger)
             progress.started(None, title)
             try:
                 todo: Iterator[Job] = (
@@ -385,7 +385,7 @@ def _run(
             run_records.write_runs(
                 output, so, run_id, flow_run_id, plans, tracker, clock, stats, outcome, failure, logger
             )
-    _warn_unlisted(plans, logger)
+    run_records.warn_unlisted(plans, logger)
     return _publish(run_id, flow_run_id, output, so, plans, tracker, artifact, logger)
 
 
@@ -418,7 +418,7 @@ def _start(
 
 
 def _dispatch(
-    todo: Iterator[Job], execution: Execution, so: dict | None, rows: _Rows, *, local_only: bool
+    todo: Iterator[Job], execution: Execution, so: dict | None, rows: run_records.Rows, *, local_only: bool
 ) -> RunStats | None:
     """Run the planned jobs as they come, each outcome recorded in `rows`; None: nothing new, no worker started."""
     first = next(todo, None)
@@ -433,53 +433,6 @@ def _dispatch(
         check=rows.check,
         on_progress=rows.tracker.running,
     )
-
-
-class _Rows:
-    """Where a run's rows go as they arrive: the report, then the state (never ahead of the report), the progress
-    and, for an error, the log; `check` stops every write once another run has taken the output root over."""
-
-    def __init__(
-        self,
-        writer: reports.ReportWriter,
-        sw: state.StateWriter,
-        tracker: Tracker,
-        held: lease.Lease | None,
-        flow_run_id: str | None,
-        logger: Any,
-    ) -> None:
-        self.writer, self.sw, self.tracker, self.held = writer, sw, tracker, held
-        self.flow_run_id, self.logger = flow_run_id, logger
-
-    def record(self, row: dict[str, Any], curves: list[dict[str, Any]] = ()) -> None:  # type: ignore[assignment]
-        self.check()
-        written = self.writer.rows_written
-        self.writer.append({**row, "flow_run_id": self.flow_run_id}, curves)  # flushed together
-        if row["status"] == "ok":
-            self.sw.add(row)
-        if self.writer.rows_written != written:  # the state never runs ahead of the report
-            self.sw.flush()
-        self.tracker.advance(row)
-        if row["status"] == "error":
-            key, error = row["image_key"], str(row.get("error"))
-            self.logger.warning("failed: %s", error if error.startswith(key) else f"{key}: {error}")
-
-    def check(self) -> None:  # another run took the output root over: not one more write, not even a flush
-        if self.held is not None and self.held.lost:
-            self.writer.abandon()
-            self.sw.abandon()
-            self.held.check()
-
-
-def _warn_unlisted(plans: list[Plan], logger: Any) -> None:
-    """The files of each dataset that are not images, and the outputs of images it no longer lists: one line each."""
-    for plan in plans:
-        if plan.not_images:
-            shown = ", ".join(f"{k} ({why})" for k, why in plan.not_images_shown[:5])
-            more = " …" if plan.not_images > 5 else ""
-            logger.warning("%s: %d file(s) are not images: %s%s", plan.dataset, plan.not_images, shown, more)
-        if plan.unlisted:
-            logger.warning("%s: %s", plan.dataset, jobs.unlisted_line(plan.unlisted))
 
 
 def _engine(ex: Execution) -> Any:

@@ -1,6 +1,8 @@
 """What a run records under its output root besides the outputs: what killed runs left, recovered before it writes
-(`recover`); the state writer closed (`closing`); its rows of the runs table (`write_runs`); and its summary, from its
-report rows as written (`summary`), what the flows return and publish."""
+(`recover`); where each of its rows goes as it arrives (`Rows`: report, state, progress, log); the state writer
+closed (`closing`); its rows of the runs table (`write_runs`); its summary, from its report rows as written
+(`summary`), what the flows return and publish; and the lines it ends with on files that are not images and outputs
+it no longer lists (`warn_unlisted`)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from pipelines.reporting import reports, runs, state
 from pipelines.run_tracker import Clock, Tracker
 
 if TYPE_CHECKING:
+    from pipelines import lease
     from pipelines.execution.workers import RunStats
 
 
@@ -178,3 +181,50 @@ def with_done_earlier(summary: list[dict[str, Any]], plans: list[Plan]) -> list[
         mine[0]["images"] += plan.done_earlier
         mine[0]["skipped"] += plan.done_earlier
     return summary
+
+
+class Rows:
+    """Where a run's rows go as they arrive: the report, then the state (never ahead of the report), the progress
+    and, for an error, the log; `check` stops every write once another run has taken the output root over."""
+
+    def __init__(
+        self,
+        writer: reports.ReportWriter,
+        sw: state.StateWriter,
+        tracker: Tracker,
+        held: lease.Lease | None,
+        flow_run_id: str | None,
+        logger: Any,
+    ) -> None:
+        self.writer, self.sw, self.tracker, self.held = writer, sw, tracker, held
+        self.flow_run_id, self.logger = flow_run_id, logger
+
+    def record(self, row: dict[str, Any], curves: list[dict[str, Any]] = ()) -> None:  # type: ignore[assignment]
+        self.check()
+        written = self.writer.rows_written
+        self.writer.append({**row, "flow_run_id": self.flow_run_id}, curves)  # flushed together
+        if row["status"] == "ok":
+            self.sw.add(row)
+        if self.writer.rows_written != written:  # the state never runs ahead of the report
+            self.sw.flush()
+        self.tracker.advance(row)
+        if row["status"] == "error":
+            key, error = row["image_key"], str(row.get("error"))
+            self.logger.warning("failed: %s", error if error.startswith(key) else f"{key}: {error}")
+
+    def check(self) -> None:  # another run took the output root over: not one more write, not even a flush
+        if self.held is not None and self.held.lost:
+            self.writer.abandon()
+            self.sw.abandon()
+            self.held.check()
+
+
+def warn_unlisted(plans: list[Plan], logger: Any) -> None:
+    """The files of each dataset that are not images, and the outputs of images it no longer lists: one line each."""
+    for plan in plans:
+        if plan.not_images:
+            shown = ", ".join(f"{k} ({why})" for k, why in plan.not_images_shown[:5])
+            more = " …" if plan.not_images > 5 else ""
+            logger.warning("%s: %d file(s) are not images: %s%s", plan.dataset, plan.not_images, shown, more)
+        if plan.unlisted:
+            logger.warning("%s: %s", plan.dataset, jobs.unlisted_line(plan.unlisted))
