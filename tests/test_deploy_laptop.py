@@ -54,6 +54,9 @@ def _commands(block: str) -> list[str]:
 _, RECIPE, DRIVERS, STOP = (_commands(b) for b in re.findall(r"```bash\n(.*?)```", SECTION, re.S))
 
 
+_NO_AGENT = "No available agent to submit job, please try again later"
+
+
 @dataclass
 class Terminal:
     """One bash fed the recipe line by line, as a user types it; its output, and its jobs', go to `log`."""
@@ -88,7 +91,13 @@ class Terminal:
         return int(found.group(1))
 
     def run(self, command: str, timeout: float = 300) -> None:
-        rc = self.wait(self.send(command), timeout)
+        for _ in range(12):
+            before = len(self.text())
+            rc = self.wait(self.send(command), timeout)
+            # a head just started may not have its job agent yet; Ray's answer says to try again later, as a user would
+            if rc == 0 or _NO_AGENT not in self.text()[before:]:
+                break
+            time.sleep(5)
         assert rc == 0, f"{command!r} exited {rc}\n{self.text()[-4000:]}"
 
     def children(self, needle: str) -> list[int]:

@@ -181,6 +181,10 @@ def check_stopped(outcome: Outcome, run: Stopped, keys: list[str]) -> str:
         return "ended before the moment"
     if run.code is None:
         outcome.fail("processes_left", f"{run.name}: still running {run.seconds:.0f} s after the start")
+    elif run.code == -run.signum and not run.stderr.strip() and not run.out.exists():
+        # before the interpreter reached dipflow's handler (a loaded machine's start-up): killed as the OS kills,
+        # which a shell reports as 128 + n, with nothing written
+        outcome.notes.append(f"{run.name}: killed by the signal before dipflow's code ran; nothing written")
     elif run.code != expected or run.stderr.strip().splitlines() != [LINES[run.signum]]:
         outcome.fail("unreadable_errors", f"{run.name}: exit {run.code}, stderr {run.stderr.strip()[-300:]!r}")
     for pid, command in run.survivors.items():
