@@ -7,12 +7,14 @@ decoded. Alpha is dropped, not composited: the Deep Image Prior restores colour,
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import struct
 import sys
 import warnings
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -95,6 +97,15 @@ class _Parts:
     full_depth: bool  # False: a 16-bit layout Pillow reads at 8 bits only
 
 
+@contextlib.contextmanager
+def _no_bomb_warning() -> Iterator[None]:
+    """Pillow's DecompressionBombWarning silenced: our max_pixels check replaces it. Its hard error (over
+    2 * MAX_IMAGE_PIXELS) remains."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
+
+
 def _decode_parts(data: Any, *, max_pixels: int, name: str | None, alpha: bool = False) -> _Parts:
     """`decode_image`'s work (checks, full-depth 16-bit PNG and TIFF colour, EXIF orientation), keeping what the
     file holds beside the colour samples; ``alpha=True`` also reads the alpha channel."""
@@ -105,9 +116,7 @@ def _decode_parts(data: Any, *, max_pixels: int, name: str | None, alpha: bool =
     if not data:
         raise ImageDecodeError(f"{where}empty file")
     try:
-        # Our max_pixels check below replaces Pillow's warning; its hard error (over 2 * MAX_IMAGE_PIXELS) remains.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with _no_bomb_warning():
             im = Image.open(io.BytesIO(data), formats=FORMATS)  # lazy: reads the header only
             width, height = im.size
             if width * height > max_pixels:
@@ -163,10 +172,8 @@ def image_shape(data: bytes, *, name: str | None = None) -> tuple[int, int, int]
     if not data:
         raise ImageDecodeError(f"{where}empty file")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(bytes(data)), formats=FORMATS) as im:
-                (width, height), mode, orientation = im.size, im.mode, _orientation(im)
+        with _no_bomb_warning(), Image.open(io.BytesIO(bytes(data)), formats=FORMATS) as im:
+            (width, height), mode, orientation = im.size, im.mode, _orientation(im)
     except Exception as e:  # Pillow raises many types for a bad header
         raise ImageDecodeError(f"{where}unreadable image header: {e}") from e
     if orientation in (5, 6, 7, 8):  # the transposing orientations (_ORIENT)
