@@ -24,45 +24,39 @@ import pyarrow.parquet as pq
 
 from pipelines import storage
 from pipelines.reporting import layout, reports
+from pipelines.reporting.reports import UTC_US, column
 
 __all__ = ["RUNS_SCHEMA", "describe", "latest_run", "read_runs", "runs_uri", "tidy", "write_run_summary"]
 
-_UTC_US = pa.timestamp("us", tz="UTC")
-
-
-def _f(name: str, type_: pa.DataType, doc: str, *, nullable: bool = True) -> pa.Field:
-    return pa.field(name, type_, nullable=nullable, metadata={"doc": doc})
-
-
 RUNS_SCHEMA = pa.schema(
     [
-        _f("run_id", pa.string(), "the dipflow run", nullable=False),
-        _f("flow_run_id", pa.string(), "Prefect flow-run id, when run as a flow"),
-        _f("dataset", pa.string(), "dataset name", nullable=False),
-        _f("source", pa.string(), "where the dataset was listed (redacted)"),
-        _f("task", pa.string(), "dipcore task", nullable=False),
-        _f("config_hash", pa.string(), "config hash of the run's settings for this dataset"),
-        _f("config_json", pa.string(), "canonical JSON of those settings"),
-        _f("outcome", pa.string(), "finished | failed | interrupted", nullable=False),
-        _f("error", pa.string(), "why the run did not finish (redacted)"),
-        _f("listed", pa.int64(), "images listed (restored, done earlier, failed or left out)", nullable=False),
-        _f("ok", pa.int64(), "images restored by this run", nullable=False),
-        _f("errors", pa.int64(), "images that failed (error rows)", nullable=False),
-        _f("done_earlier", pa.int64(), "images skipped: done by an earlier run, input unchanged", nullable=False),
-        _f("not_restored", pa.int64(), "images left out by policy (a symbolic link)", nullable=False),
-        _f("not_images", pa.int64(), "files of the source that are not images", nullable=False),
-        _f("verified_by_content", pa.int64(), "done by an old report: matched by content", nullable=False),
-        _f("started_at", _UTC_US, "when the run started (UTC)", nullable=False),
-        _f("finished_at", _UTC_US, "when the run ended (UTC)", nullable=False),
-        _f("seconds", pa.float64(), "wall-clock seconds of the whole run", nullable=False),
-        _f("seconds_to_first_dispatch", pa.float64(), "from the run's start to its first job handed to a worker"),
-        _f(
+        column("run_id", pa.string(), "the dipflow run", nullable=False),
+        column("flow_run_id", pa.string(), "Prefect flow-run id, when run as a flow"),
+        column("dataset", pa.string(), "dataset name", nullable=False),
+        column("source", pa.string(), "where the dataset was listed (redacted)"),
+        column("task", pa.string(), "dipcore task", nullable=False),
+        column("config_hash", pa.string(), "config hash of the run's settings for this dataset"),
+        column("config_json", pa.string(), "canonical JSON of those settings"),
+        column("outcome", pa.string(), "finished | failed | interrupted", nullable=False),
+        column("error", pa.string(), "why the run did not finish (redacted)"),
+        column("listed", pa.int64(), "images listed (restored, done earlier, failed or left out)", nullable=False),
+        column("ok", pa.int64(), "images restored by this run", nullable=False),
+        column("errors", pa.int64(), "images that failed (error rows)", nullable=False),
+        column("done_earlier", pa.int64(), "images skipped: done by an earlier run, input unchanged", nullable=False),
+        column("not_restored", pa.int64(), "images left out by policy (a symbolic link)", nullable=False),
+        column("not_images", pa.int64(), "files of the source that are not images", nullable=False),
+        column("verified_by_content", pa.int64(), "done by an old report: matched by content", nullable=False),
+        column("started_at", UTC_US, "when the run started (UTC)", nullable=False),
+        column("finished_at", UTC_US, "when the run ended (UTC)", nullable=False),
+        column("seconds", pa.float64(), "wall-clock seconds of the whole run", nullable=False),
+        column("seconds_to_first_dispatch", pa.float64(), "from the run's start to its first job handed to a worker"),
+        column(
             "seconds_listing",
             pa.float64(),
             "when its listing ended, from the run's start (drawn as jobs go out: not its duration)",
         ),
-        _f("report_version", pa.string(), "the report schema version the run wrote", nullable=False),
-        _f(
+        column("report_version", pa.string(), "the report schema version the run wrote", nullable=False),
+        column(
             "unlisted_outputs",
             pa.int64(),
             "outputs of images an earlier run restored that this run did not list (deleted or renamed inputs, or "
