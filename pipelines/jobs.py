@@ -313,27 +313,35 @@ def plan_stream(
 
 def _job(entry: storage.ImageEntry, plan: Plan, run_id: str, out: str, *, owned: bool) -> Job:
     """The job of a listed image of `plan` whose output is `out`; `owned`: an earlier run of the root wrote it."""
-    c, owner = plan.config, plan.owner
+    owner = plan.owner
     return Job(
-        run_id=run_id,
-        dataset=plan.dataset,
-        key=entry.key,
-        input_uri=entry.uri,
-        task=c.task,
-        restore_kwargs=c.restore_kwargs,
-        config_hash=c.config_hash,
-        config_json=c.config_json,
-        seed=c.seed,
+        **_job_settings(entry, plan, run_id),
         output_uri=out,
         fingerprint=entry.fingerprint,
         mask_uri=entry.mask_uri,
         guide_uri=entry.guide_uri,
-        synthesis=c.synthesis,
-        packable=c.packable,
-        classical=c.classical,
+        packable=plan.config.packable,
         provenance=owner.provenance(out) if owner else None,
         replace=owner is not None and (owner.overwrite or owned),
     )
+
+
+def _job_settings(entry: storage.ImageEntry, plan: Plan, run_id: str) -> dict[str, Any]:
+    """The fields of a job of `plan`'s image `entry` that every job has: which image, and the dataset's settings."""
+    c = plan.config
+    return {
+        "run_id": run_id,
+        "dataset": plan.dataset,
+        "key": entry.key,
+        "input_uri": entry.uri,
+        "task": c.task,
+        "restore_kwargs": c.restore_kwargs,
+        "config_hash": c.config_hash,
+        "config_json": c.config_json,
+        "seed": c.seed,
+        "synthesis": c.synthesis,
+        "classical": c.classical,
+    }
 
 
 def _done_before_ctime(done: Any, plan: Plan, entry: storage.ImageEntry, adopt: Callable[[dict], None]) -> bool:
@@ -535,18 +543,4 @@ def skipped_row(job: Job, reason: str | None = None) -> dict[str, Any]:
 
 def rejected_job(entry: storage.ImageEntry, plan: Plan, run_id: str) -> Job:
     """A stand-in job for an image that could not be planned, so that it still gets its error row."""
-    c = plan.config
-    return Job(
-        run_id=run_id,
-        dataset=plan.dataset,
-        key=entry.key,
-        input_uri=entry.uri,
-        task=c.task,
-        restore_kwargs=c.restore_kwargs,
-        config_hash=c.config_hash,
-        config_json=c.config_json,
-        seed=c.seed,
-        output_uri="",
-        synthesis=c.synthesis,
-        classical=c.classical,
-    )
+    return Job(**_job_settings(entry, plan, run_id), output_uri="")
