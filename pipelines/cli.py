@@ -418,7 +418,7 @@ def _run_options(args: argparse.Namespace) -> dict[str, Any]:
         "seed": args.seed,
         "preset": args.preset,
         "iterations": args.iterations,
-        "overrides": {"channels": args.channels} if args.channels else None,
+        "overrides": opts.overrides(args),
         "execution": _execution(args),
     }
 
@@ -459,23 +459,10 @@ def _in_job_working_dir() -> bool:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    from pipelines import jobs
-
     dataset = args.dataset or args.source  # the source as given names the dataset, as the flow's default does
     args.source, args.output, args.mask_dir = _absolute(args.source), _absolute(args.output), _absolute(args.mask_dir)
 
-    opts.check_settings(
-        lambda: jobs.run_config(
-            args.task,
-            scale=args.scale,
-            variant=args.variant,
-            preset=args.preset,
-            iterations=args.iterations,
-            early_stopping=STOPPING[args.stopping],
-            overrides={"channels": args.channels} if args.channels else None,
-            seed=args.seed,
-        )
-    )
+    opts.check_run_settings(args)
     _check_output(args.output, args.source, args, side_inputs=(args.mask_dir,))
     summary = _run_flow(
         "restore_dataset",
@@ -518,7 +505,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 crop=args.crop,
                 preset=args.preset,
                 iterations=args.iterations,
-                overrides={"channels": args.channels} if args.channels else None,
+                overrides=opts.overrides(args),
                 seed=args.seed,
                 early_stopping=args.early_stopping,
                 runs=args.runs,

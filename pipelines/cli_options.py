@@ -241,3 +241,29 @@ def check_settings(make_config: Callable[[], Any]) -> None:
         make_config()
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
+
+
+def overrides(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The preset overrides the model options ask for (None: none)."""
+    return {"channels": args.channels} if args.channels else None
+
+
+def restore_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings of a command with the restore options (`restore`, `restore-image`), as the keywords
+    `jobs.run_config` and `dipcore.restore` share; the preset overrides apart (`overrides`)."""
+    return {
+        "task": args.task,
+        "scale": args.scale,
+        "variant": args.variant,
+        "preset": args.preset,
+        "iterations": args.iterations,
+        "early_stopping": STOPPING[args.stopping],
+        "seed": args.seed,
+    }
+
+
+def check_run_settings(args: argparse.Namespace) -> None:
+    """`check_settings` of a command with the restore options, resolved by `jobs.run_config` as a run resolves them."""
+    from pipelines import jobs
+
+    check_settings(lambda: jobs.run_config(**restore_settings(args), overrides=overrides(args)))

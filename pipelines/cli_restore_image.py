@@ -9,7 +9,7 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
-from pipelines.cli_options import STOPPING, check_settings
+from pipelines.cli_options import check_run_settings, overrides, restore_settings
 from pipelines.errors import UsageError
 
 if TYPE_CHECKING:
@@ -40,24 +40,13 @@ def _check(args: argparse.Namespace) -> str:
     """The command's usage errors, before any image is read: the output's format (its returned name), the settings,
     the device, and an output that is one of the inputs."""
     import dipcore
-    from pipelines import jobs, storage
+    from pipelines import storage
 
     try:
         out_format = dipcore.format_for_path(args.output)
     except dipcore.ConfigError as exc:
         raise UsageError(f"argument -o/--output: {exc}") from None
-    check_settings(
-        lambda: jobs.run_config(
-            args.task,
-            scale=args.scale,
-            variant=args.variant,
-            preset=args.preset,
-            iterations=args.iterations,
-            early_stopping=STOPPING[args.stopping],
-            overrides={"channels": args.channels} if args.channels else None,
-            seed=args.seed,
-        )
-    )
+    check_run_settings(args)
     if args.device is not None:
         import torch
 
@@ -78,7 +67,6 @@ def _restore(args: argparse.Namespace, image: Any, side: dict[str, Any]) -> dipc
     """The fit, with a progress bar on stderr (none with --quiet) relabelled per phase of a self-validated fit."""
     import dipcore
 
-    overrides = {"channels": args.channels} if args.channels else {}
     # What the bar says in each phase of a self-validated fit (dipcore.selfvalidation); one fit has none.
     held = f"{100 * dipcore.selfvalidation.SELFVAL_HOLDOUT:g} %"
     phases = {"search": f"finding when to stop ({held} of pixels held out)", "refit": "restoring (every pixel)"}
@@ -90,18 +78,7 @@ def _restore(args: argparse.Namespace, image: Any, side: dict[str, Any]) -> dipc
             bar.update(step, description=what, completed=rec.iteration, total=rec.iterations, loss=f"{rec.loss:.5f}")
 
         return dipcore.restore(
-            image,
-            task=args.task,
-            scale=args.scale,
-            variant=args.variant,
-            preset=args.preset,
-            iterations=args.iterations,
-            seed=args.seed,
-            device=args.device,
-            early_stopping=STOPPING[args.stopping],
-            callback=on_step,
-            **side,
-            **overrides,
+            image, **restore_settings(args), device=args.device, callback=on_step, **side, **(overrides(args) or {})
         )
 
 
