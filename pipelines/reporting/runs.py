@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from pipelines import storage
 from pipelines.reporting import layout, reports
-from pipelines.reporting.reports import UTC_US, column
+from pipelines.reporting.schema import UTC_US, column
 
 __all__ = ["RUNS_SCHEMA", "describe", "latest_run", "read_runs", "runs_uri", "tidy", "write_run_summary"]
 
