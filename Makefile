@@ -42,7 +42,7 @@ lint: $(STAMP)
 
 # docs/results.md from the committed Parquet reports and the hand-written notes; a test keeps the two equal.
 results: $(STAMP)
-	$(VENV)/bin/dipflow report benchmarks/results/2026-11-26-h200/set5-x4-graph benchmarks/results/2026-11-26-cpu/es-cbm3d9-crop64 --markdown --notes docs/results-notes.md --output docs/results.md --stopping-study benchmarks/results/2026-12-03-cpu/stopping_denoise.jsonl.gz benchmarks/results/2026-12-03b-cpu/stopping_denoise.jsonl.gz benchmarks/results/2026-12-03c-cpu/stopping_denoise_128.jsonl.gz benchmarks/results/2026-12-03c-cpu/stopping_denoise_256.jsonl.gz benchmarks/results/2026-12-03c-cpu/stopping_denoise_width128.jsonl.gz benchmarks/results/2026-12-03b-cpu/stopping_jpeg.jsonl.gz benchmarks/results/2026-12-03c-cpu/stopping_sr.jsonl.gz benchmarks/results/2026-12-03c-cpu/stopping_inpaint.jsonl.gz
+	$(VENV)/bin/dipflow report benchmarks/results/2026-11-26-h200/set5-x4-graph benchmarks/results/2026-11-26-cpu/es-cbm3d9-crop64 benchmarks/results/2026-12-07-cpu/sr-x4-fast --markdown --notes docs/results-notes.md --output docs/results.md --stopping-study benchmarks/results/2026-12-03-cpu/stopping_denoise.jsonl.gz benchmarks/results/2026-12-03b-cpu/stopping_denoise.jsonl.gz benchmarks/results/2026-12-03c-cpu/stopping_denoise_128.jsonl.gz benchmarks/results/2026-12-03c-cpu/stopping_denoise_256.jsonl.gz benchmarks/results/2026-12-03c-cpu/stopping_denoise_width128.jsonl.gz benchmarks/results/2026-12-03b-cpu/stopping_jpeg.jsonl.gz benchmarks/results/2026-12-03c-cpu/stopping_sr.jsonl.gz benchmarks/results/2026-12-03c-cpu/stopping_inpaint.jsonl.gz
 
 # docs/reliability.md: the fault suite (tests/faults) run with its ledger written, then rendered with the notes.
 reliability: $(STAMP)
