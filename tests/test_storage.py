@@ -339,11 +339,7 @@ def test_s3_list_read_write(s3_server, s3_root):
     assert storage.read_bytes(out, so) == b"PNG2"
     # listings are fresh: a write after a listing shows up in the next one
     storage.write_bytes_atomic(f"{s3_root}/in/c.png", b"C", so)
-    assert [e.key for e in listing_of(f"{s3_root}/in", storage_options=so).images] == [
-        "a.png",
-        "c.png",
-        "sub/b.jpg",
-    ]
+    assert [e.key for e in listing_of(f"{s3_root}/in", storage_options=so).images] == ["a.png", "c.png", "sub/b.jpg"]
     assert storage.list_files(f"{s3_root}/out", so) == [out]
     with pytest.raises(StorageNotFoundError):
         storage.read_bytes(f"{s3_root}/nope.png", so)
