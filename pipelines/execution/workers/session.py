@@ -44,7 +44,7 @@ def start_ray(
         target = _resolve(address)
         if target is None:
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a private instance reports nothing anywhere
-            with _loopback_node():
+            with _loopback_node(), _any_agent_port():
                 ray.init(
                     address="local",
                     num_cpus=num_cpus,
@@ -60,6 +60,28 @@ def start_ray(
         else:
             _join(target, time.monotonic() + connect_timeout, common)
     return True
+
+
+@contextlib.contextmanager
+def _any_agent_port() -> Iterator[None]:
+    """While a private instance starts, its dashboard agent (Ray's `default` extra) listens on a free port, not on
+    Ray's fixed default 52365: that one is a head's on this machine (docs/deploy.md section 1: Ray Jobs go through
+    it), and two private runs would contend for it. ``ray.init`` has no option for it; the private ``RayParams`` it
+    builds is given none (Ray then lets the OS pick), and given back afterwards."""
+    from ray._private import parameter
+
+    original = parameter.RayParams
+
+    class _Params(original):  # type: ignore[misc,valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.setdefault("dashboard_agent_listen_port", None)
+            super().__init__(*args, **kwargs)
+
+    parameter.RayParams = _Params
+    try:
+        yield
+    finally:
+        parameter.RayParams = original
 
 
 def check_cluster(address: str | None, connect_timeout: float = 30.0) -> int | None:
