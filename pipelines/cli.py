@@ -384,16 +384,11 @@ def _check_cluster(execution: Execution | None, urls: list[str], params: dict[st
     """The flow's checks that the Ray cluster answers and can reach the run's local paths, here, before Prefect's
     server starts (tens of seconds): a wrong --ray-address costs its timeout and nothing else. Ray is imported only
     when a cluster is named (memory:// runs in the flow's process: no cluster to ask)."""
-    if execution is None or execution.ray_address == "local" or any(u.startswith("memory://") for u in urls):
+    if execution is None or not execution.joins_cluster() or any(u.startswith("memory://") for u in urls):
         return
-    if execution.ray_address is None and not os.environ.get("RAY_ADDRESS"):
-        return
-    from pipelines import storage
-    from pipelines.execution import reach, workers
+    from pipelines.execution import workers
 
-    nodes = workers.check_cluster(execution.ray_address, execution.ray_connect_timeout)
-    local = [storage.redact(u) for u in dict.fromkeys(_paths(params)) if storage.is_local(u)]
-    reach.check_local_paths(local, execution.ray_address, nodes, execution.local_paths_shared)
+    workers.check_run_cluster(execution, _paths(params))
 
 
 def _execution(args: argparse.Namespace) -> Execution:

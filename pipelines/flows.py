@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import os
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
@@ -449,13 +448,11 @@ def _check_cluster(ex: Execution, local_only: bool, paths: Sequence[str | None])
     folder); a private Ray or no Ray at all: nothing to ask."""
     if ex.executor == "inline" or (ex.executor == "auto" and local_only):
         return
-    if ex.ray_address == "local" or (ex.ray_address is None and not os.environ.get("RAY_ADDRESS")):
+    if not ex.joins_cluster():
         return  # a private Ray: Ray is not even imported for it here
-    from pipelines.execution import reach, workers
+    from pipelines.execution import workers
 
-    nodes = workers.check_cluster(ex.ray_address, ex.ray_connect_timeout)
-    local = [storage.redact(u) for u in dict.fromkeys(paths) if u is not None and storage.is_local(u)]
-    reach.check_local_paths(local, ex.ray_address, nodes, ex.local_paths_shared)
+    workers.check_run_cluster(ex, paths)
 
 
 def _on_ray(

@@ -12,6 +12,7 @@ Imports pydantic only: the CLI reads it to build its parser, and ``dipflow --hel
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -91,6 +92,11 @@ class Execution(BaseModel):
         description="ray: Ray actors; inline: in the flow's own process, without Ray (process-local storage such "
         "as memory://, debugging); auto (default): inline when the storage is memory://, else ray",
     )
+
+    def joins_cluster(self) -> bool:
+        """Whether a run on Ray joins a cluster (an address, or RAY_ADDRESS as a Ray job has it) rather than
+        starting a private instance."""
+        return self.ray_address != "local" and (self.ray_address is not None or bool(os.environ.get("RAY_ADDRESS")))
 
 
 def autocast(precision: str) -> str | None:

@@ -13,7 +13,8 @@ loop that feeds them.
   few seconds the loop asks each busy actor how its fits go (``progress``, answered beside the running call) and
   reads the answers as they come, never waiting for one.
 - `run_inline` (`inline.py`) runs the same jobs in this process, without Ray.
-- `start_ray`, `ray_session` and `check_cluster` (`session.py`): a private Ray on loopback, or a cluster joined.
+- `start_ray`, `ray_session`, `check_cluster` and `check_run_cluster` (`session.py`): a private Ray on loopback, or a
+  cluster joined, and what a run asks of that cluster before it writes anything.
 
 Why not ``ray.util.ActorPool``: Ray 2.60's pool no longer hands new calls to a dead actor, but (from its source,
 ``python/ray/util/actor_pool.py``) an actor there runs one call at a time and the next waits on the driver, so it
@@ -32,7 +33,7 @@ from pipelines.execution.restorer import JobOutcome, Restorer
 from pipelines.execution.workers.driver import RunStats, run_jobs
 from pipelines.execution.workers.inline import run_inline
 from pipelines.execution.workers.pool import RestoreWorker, WorkerPool
-from pipelines.execution.workers.session import check_cluster, ray_session, start_ray
+from pipelines.execution.workers.session import check_cluster, check_run_cluster, ray_session, start_ray
 
 __all__ = [
     "JobOutcome",
@@ -43,6 +44,7 @@ __all__ = [
     "WorkerPool",
     "WorkerStartError",
     "check_cluster",
+    "check_run_cluster",
     "ray_session",
     "run_inline",
     "run_jobs",

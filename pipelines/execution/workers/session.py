@@ -10,16 +10,19 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import ray
 from ray.exceptions import RayError
 
-from pipelines import signals
+from pipelines import signals, storage
 from pipelines.errors import RayConnectError, WorkerStartError
 from pipelines.execution import reach
 from pipelines.execution.workers.messages import first_line
+
+if TYPE_CHECKING:
+    from pipelines.execution.options import Execution
 
 
 def start_ray(
@@ -82,6 +85,15 @@ def _any_agent_port() -> Iterator[None]:
         yield
     finally:
         parameter.RayParams = original
+
+
+def check_run_cluster(ex: Execution, paths: Iterable[str | None]) -> None:
+    """A run's checks before it writes anything or starts Prefect's server: the cluster `ex` joins answers
+    (`check_cluster`) and can reach the run's local `paths` (`reach.check_local_paths`). The CLI asks them, and the
+    flows again (a deployment's run has no CLI before it)."""
+    nodes = check_cluster(ex.ray_address, ex.ray_connect_timeout)
+    local = [storage.redact(u) for u in dict.fromkeys(paths) if u is not None and storage.is_local(u)]
+    reach.check_local_paths(local, ex.ray_address, nodes, ex.local_paths_shared)
 
 
 def check_cluster(address: str | None, connect_timeout: float = 30.0) -> int | None:
