@@ -176,7 +176,7 @@ def restore(
     variant: str | None = None,
     mask: Any = None,
     guide: Any = None,
-    preset: str = "paper",
+    preset: str | TaskPreset = "paper",
     iterations: int | None = None,
     seed: int = 0,
     reference: Any = None,
@@ -193,7 +193,8 @@ def restore(
     """Restore one image with the Deep Image Prior.
 
     ``observation`` is a ``dipcore.Observation`` (from ``dipcore.degrade``) or a degraded image (array or PIL).
-    The task's published preset is used (``preset="fast"`` for a narrow, short run); ``overrides`` change any of
+    The task's published preset is used (``preset="fast"`` for a narrow, short run, or a ``TaskPreset`` resolved
+    already, e.g. by ``preset_for``, run as it is); ``overrides`` change any of
     its settings (``channels=``, ``lr=``, ``reg_noise_std=``, ``input_depth=``, ``net=``, ``ema=``, ``restarts=``,
     ``crop="center"`` for the paper's centre crop, …). ``reference`` (ground truth) only adds PSNR curves, measured
     as ``psnr_protocol`` says (``dipcore.psnr``'s keywords, e.g. ``{"y_channel": True, "shave": 4}`` for SR ×4;
@@ -231,7 +232,7 @@ def restore_batch(
     seeds: list[int] | None = None,
     scale: int | None = None,
     variant: str | None = None,
-    preset: str = "paper",
+    preset: str | TaskPreset = "paper",
     iterations: int | None = None,
     device: str | torch.device | None = None,
     early_stopping: bool | str | None = None,
@@ -294,7 +295,17 @@ class _How:
 
 
 def _preset(task: str, first: Any, scale: int | None, variant, preset, iterations, early_stopping, overrides):
-    """The preset a call runs; an Observation of a scaled task (SR) brings its scale where the call gives none."""
+    """The preset a call runs; an Observation of a scaled task (SR) brings its scale where the call gives none.
+    A ``TaskPreset`` given (a planner's, resolved once) runs as it is: the settings it holds cannot be given again."""
+    if isinstance(preset, TaskPreset):
+        given = {"variant": variant, "scale": scale, "iterations": iterations, "early_stopping": early_stopping}
+        given = [k for k, v in given.items() if v is not None] + sorted(overrides)
+        if preset.task != task or given:
+            raise ConfigError(
+                f"a resolved preset (of task {preset.task!r}) runs as it is: give task={preset.task!r} and none of "
+                f"{', '.join(given) or 'its settings'} (dipcore.apply_overrides changes a preset)"
+            )
+        return preset
     if isinstance(first, Observation):
         scale = scale or (first.scale if get_task(task).scaled else None)
     return preset_for(

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 from pipelines import cli_options as opts
 from pipelines import signals
-from pipelines.cli_options import STOPPING, TASKS
 from pipelines.cli_report import EXIT_FAILED_IMAGES, cmd_report, finish
 from pipelines.cli_restore_image import cmd_restore_image
 from pipelines.errors import CLIError, PipelineError, UsageError
@@ -29,13 +28,15 @@ from pipelines.errors import CLIError, PipelineError, UsageError
 if TYPE_CHECKING:
     from pipelines.execution.options import Execution
 
-__all__ = ["EXIT_FAILED_IMAGES", "TASKS", "CLIError", "UsageError", "build_parser", "main"]
+__all__ = ["EXIT_FAILED_IMAGES", "CLIError", "UsageError", "build_parser", "main"]
 
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 128 + signal.SIGTERM
 
 
 def build_parser() -> argparse.ArgumentParser:
     from pipelines.evaluation import benchmarks  # the standard library only: --help stays instant
+    from pipelines.execution.options import Execution  # pydantic only
+    from pipelines.settings import EvaluationSettings, RestoreSettings, Selection
 
     parser = opts.Parser(
         prog="dipflow",
@@ -57,17 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-o", "--output", required=True, type=opts.url, metavar="DST", help="where outputs and the report go"
     )
-    p.add_argument("--task", required=True, choices=TASKS, help="what to undo")
-    p.add_argument("--scale", type=opts.positive_int, help="super-resolution factor (sr; default 4)")
-    p.add_argument("--variant", help="task variant (inpaint: random|text|large|region; denoise: sigma25|sigma50)")
-    p.add_argument("--glob", type=opts.glob, help="only keys matching this pattern, relative to SRC (e.g. '**/*.jpg')")
-    p.add_argument("--mask-dir", type=opts.url, metavar="URL", help="folder of inpainting masks named like the images")
-    p.add_argument(
-        "--guide-suffix", type=opts.suffix, metavar="SUFFIX", help="flash/no-flash: <name><SUFFIX>.png is the guide"
-    )
-    p.add_argument("--dataset", help="name of the dataset in the report (default: SRC)")
-    opts.add_model_options(p)
-    opts.add_stopping_option(p)
+    opts.add_flags(p, RestoreSettings)
+    opts.add_flags(p, Selection)
     opts.add_run_options(p)
     p.set_defaults(func=cmd_restore)
 
@@ -95,34 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-o", "--output", required=True, type=opts.url, metavar="DST", help="where outputs and the report go"
     )
-    p.add_argument("--task", choices=TASKS, help="task for every benchmark (default: each benchmark's own)")
-    p.add_argument("--scale", type=opts.positive_int, help="SR factor (default 4)")
-    p.add_argument("--sigma", type=opts.positive_float, help="denoising noise level in 0-255 units (default 25)")
-    p.add_argument(
-        "--crop", type=opts.positive_int, metavar="SIZE", help="centre-crop clean images to SIZE² (smoke runs)"
-    )
-    g = p.add_argument_group("protocol")
-    g.add_argument(
-        "--early-stopping",
-        choices=("observe", "stop", "off"),
-        default="observe",
-        help="observe (default): run the full count and record where the no-ground-truth rule would "
-        "stop and its PSNR; stop: act on it; off: no rule",
-    )
-    g.add_argument(
-        "--runs",
-        type=opts.positive_int,
-        metavar="N",
-        help="independent runs averaged per image (default: "
-        + "; ".join(f"{b.runs} for {b.name}" for b in benchmarks.BENCHMARKS.values() if b.runs > 1)
-        + ", as in the paper; 1 elsewhere)",
-    )
-    g.add_argument(
-        "--no-classical",
-        action="store_true",
-        help="skip the classical baselines (CBM3D or NLM for denoising, biharmonic for inpainting)",
-    )
-    opts.add_model_options(p)
+    opts.add_flags(p, EvaluationSettings)
     opts.add_run_options(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -201,14 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="OUT",
         help="where the restored image goes; its extension picks the format: .png, .tif/.tiff, .jpg/.jpeg, .webp",
     )
-    p.add_argument("--task", required=True, choices=TASKS, help="what to undo")
-    p.add_argument("--scale", type=opts.positive_int, help="super-resolution factor (sr; default 4)")
-    p.add_argument("--variant", help="task variant (see `dipflow restore --help`)")
+    opts.add_flags(p, RestoreSettings)
     p.add_argument("--mask", type=opts.url, metavar="M", help="inpainting mask (white = known pixel)")
     p.add_argument("--guide", type=opts.url, metavar="G", help="guide image (the flash image for flash_noflash)")
     p.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: CUDA when present)")
-    opts.add_model_options(p)
-    opts.add_stopping_option(p)
     opts.add_output_options(p)
     p.set_defaults(func=cmd_restore_image)
 
@@ -223,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--iterations", type=opts.positive_int, default=500, help="steps per image (default 500)")
     p.add_argument("--size", type=opts.positive_int, default=96, help="side of the sample photos in pixels (96)")
-    opts.add_execution_options(p, only=("num_workers",))
+    opts.add_flags(p, Execution, only=("num_workers",))
     p.add_argument("--no-resume", action="store_true", help="redo images a previous demo finished")
     opts.add_output_options(p)
     p.set_defaults(func=cmd_demo)
@@ -354,25 +315,43 @@ def _run_flow(name: str, args: argparse.Namespace, **params: Any) -> dict[str, A
     from pipelines import storage, watchdog
 
     plain, secret = storage.split_secret_options(opts.storage_options(getattr(args, "storage_option", [])))
-    given = [params.get(k) for k in _URL_PARAMETERS]
+    flat = _flat(params)
+    given = [flat.get(k) for k in _URL_PARAMETERS]
     given = [u for v in given for u in (v if isinstance(v, list) else [v]) if isinstance(u, str)]
     try:
         urls = storage.url_secrets(given)
     except storage.StorageOptionError as exc:
         raise UsageError(str(exc)) from None
-    _check_cluster(params.get("execution"), given, params)
+    _check_cluster(params.get("execution"), given, flat)
     watchdog.guard()  # before Prefect's server and Ray start: nothing they start outlives this command
     _engine_env(args)
     from pipelines import flows, progress  # Prefect: only once the command line is known to be good
 
-    for k in _URL_PARAMETERS:
-        if isinstance(params.get(k), str):
-            params[k] = storage.redact(params[k])
-        elif isinstance(params.get(k), list):
-            params[k] = [storage.redact(v) for v in params[k]]
     sink = progress.RichProgress(enabled=not args.quiet)
     with flows.storage_credentials(secret, urls), progress.reporting(sink):
-        return getattr(flows, name)(storage_options=plain or None, **params)
+        return getattr(flows, name)(storage_options=plain or None, **_redacted(params))
+
+
+def _flat(params: dict[str, Any]) -> dict[str, Any]:
+    """The flow's parameters with the selection's fields (mask folder, dataset name) beside the others."""
+    selection = params.get("selection")
+    return {**params, **(selection.model_dump() if selection is not None else {})}
+
+
+def _redacted(params: dict[str, Any]) -> dict[str, Any]:
+    """`params` with every URL (and dataset name, which may be one) redacted, the selection's too."""
+    from pipelines import storage
+
+    def redact(value: Any) -> Any:
+        if isinstance(value, list):
+            return [storage.redact(v) for v in value]
+        return storage.redact(value) if isinstance(value, str) else value
+
+    out = {k: redact(v) if k in _URL_PARAMETERS else v for k, v in params.items()}
+    if (selection := params.get("selection")) is not None:
+        fields = {k: redact(v) for k, v in selection.model_dump().items() if k in _URL_PARAMETERS}
+        out["selection"] = selection.model_copy(update=fields)
+    return out
 
 
 def _paths(params: dict[str, Any]) -> list[str]:
@@ -391,31 +370,12 @@ def _check_cluster(execution: Execution | None, urls: list[str], params: dict[st
     workers.check_run_cluster(execution, _paths(params))
 
 
-def _execution(args: argparse.Namespace) -> Execution:
-    """The flows' `execution` parameter from the options given (`opts.add_execution_options`); the rest default."""
+def _run_models(args: argparse.Namespace) -> dict[str, Any]:
+    """The flow parameters `restore` and `evaluate` share, from their options: `execution` and `options`."""
     from pipelines.execution.options import Execution
+    from pipelines.settings import RunOptions
 
-    given = {name: getattr(args, name) for name in Execution.model_fields if getattr(args, name, None) is not None}
-    return Execution(**given)
-
-
-def _run_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The parameters `restore` and `evaluate` share: restoration settings, resume, limit, execution, lease."""
-    lease = {"break_lease": True} if args.break_lease else {}
-    if args.overwrite:
-        lease["overwrite"] = True
-    if args.lease_stale_after is not None:
-        lease["lease_stale_after"] = args.lease_stale_after
-    return {
-        **lease,
-        "resume": not args.no_resume,
-        "limit": args.limit,
-        "seed": args.seed,
-        "preset": args.preset,
-        "iterations": args.iterations,
-        "overrides": opts.overrides(args),
-        "execution": _execution(args),
-    }
+    return {"execution": opts.from_args(Execution, args), "options": opts.from_args(RunOptions, args)}
 
 
 def _check_output(output: str, source: str, args: argparse.Namespace, side_inputs: tuple = ()) -> None:
@@ -454,61 +414,43 @@ def _in_job_working_dir() -> bool:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
+    from pipelines.settings import RestoreSettings, Selection
+
     dataset = args.dataset or args.source  # the source as given names the dataset, as the flow's default does
     args.source, args.output, args.mask_dir = _absolute(args.source), _absolute(args.output), _absolute(args.mask_dir)
-
-    opts.check_run_settings(args)
+    settings = opts.from_args(RestoreSettings, args)
+    opts.check_run_settings(settings)
     _check_output(args.output, args.source, args, side_inputs=(args.mask_dir,))
     summary = _run_flow(
         "restore_dataset",
         args,
         source=args.source,
         output=args.output,
-        task=args.task,
-        scale=args.scale,
-        variant=args.variant,
-        glob=args.glob,
-        mask_dir=args.mask_dir,
-        guide_suffix=args.guide_suffix,
-        dataset=dataset,
-        early_stopping=STOPPING[args.stopping],
-        **_run_options(args),
+        settings=settings,
+        selection=opts.from_args(Selection, args, dataset=dataset),
+        **_run_models(args),
     )
     return finish(summary, args)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pipelines import storage
     from pipelines.evaluation.benchmarks import BENCHMARKS
     from pipelines.evaluation.protocols import evaluation_config
+    from pipelines.settings import EvaluationSettings
 
     if not args.data_root and any(b in BENCHMARKS for b in args.benchmarks):
         raise UsageError("where are the benchmarks? pass --data-root URL (or set DIPFLOW_DATA_ROOT)")
     # Folders named as benchmarks stay as given: their last name is the dataset's (the flow makes them absolute).
     args.data_root, args.output = _absolute(args.data_root), _absolute(args.output)
+    settings = opts.from_args(EvaluationSettings, args)
     for name in args.benchmarks:
         if name not in BENCHMARKS:
             try:
                 opts.url(name)
             except argparse.ArgumentTypeError as exc:
                 raise UsageError(f"argument BENCHMARK: {exc}") from None
-        opts.check_settings(
-            lambda name=name: evaluation_config(
-                name,
-                task=args.task,
-                scale=args.scale,
-                sigma=args.sigma,
-                crop=args.crop,
-                preset=args.preset,
-                iterations=args.iterations,
-                overrides=opts.overrides(args),
-                seed=args.seed,
-                early_stopping=args.early_stopping,
-                runs=args.runs,
-                classical=not args.no_classical,
-            )
-        )
-        from pipelines import storage
-
+        opts.check_settings(lambda name=name: evaluation_config(name, settings))
         _check_output(args.output, storage.join(args.data_root, name) if name in BENCHMARKS else name, args)
     summary = _run_flow(
         "evaluate",
@@ -516,14 +458,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         benchmarks=args.benchmarks,
         data_root=args.data_root or ".",
         output=args.output,
-        task=args.task,
-        scale=args.scale,
-        sigma=args.sigma,
-        crop=args.crop,
-        early_stopping=args.early_stopping,
-        runs=args.runs,
-        classical=not args.no_classical,
-        **_run_options(args),
+        settings=settings,
+        **_run_models(args),
     )
     return finish(summary, args)
 
@@ -532,6 +468,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from pipelines import samples
+    from pipelines.execution.options import Execution
+    from pipelines.settings import EvaluationSettings, RunOptions
 
     root = Path(args.output).resolve()
     clean = root / "clean"
@@ -542,11 +480,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         benchmarks=[str(clean)],
         data_root=str(root),
         output=str(root / "results"),
-        task="denoise",
-        preset="fast",
-        iterations=args.iterations,
-        resume=not args.no_resume,
-        execution=_execution(args),
+        settings=EvaluationSettings(task="denoise", preset="fast", iterations=args.iterations),
+        execution=opts.from_args(Execution, args),
+        options=RunOptions(resume=not args.no_resume),
     )
     code = finish(summary, args)
     if not args.json:

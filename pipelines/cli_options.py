@@ -11,9 +11,6 @@ from typing import Any
 
 from pipelines.errors import UsageError
 
-# dipcore.TASKS, spelled out so that building the parser does not import torch (a test keeps them equal).
-TASKS = ("denoise", "jpeg", "sr", "inpaint", "flash_noflash", "preimage", "reconstruct")
-
 
 class Parser(argparse.ArgumentParser):
     """argparse's parser with its usage errors on one line, ``dipflow: error: …`` and where to read more; exit 2."""
@@ -104,61 +101,66 @@ def storage_option(text: str) -> str:
     return text
 
 
-def add_model_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("restoration")
-    g.add_argument(
-        "--preset",
-        choices=("paper", "fast"),
-        default="paper",
-        help="published settings (default), or a narrow net and a short run for CPUs",
-    )
-    g.add_argument("--iterations", type=positive_int, help="optimisation steps (default: the preset's)")
-    g.add_argument("--channels", type=positive_int, help="channels at every scale of the net (default: preset's)")
-    g.add_argument(
-        "--seed", type=non_negative_int, default=0, help="seed of the net's initialisation and input (default 0)"
-    )
+def add_flags(p: argparse.ArgumentParser, model: Any, only: tuple[str, ...] | None = None, **groups: Any) -> None:
+    """One option per field of the pydantic `model` that carries a `pipelines.fields.Flag` (`only` those named),
+    listed under its Flag's group (one argparse group per name, made on first use or taken from `groups`): its type
+    and bounds parse the text, its description is the help. A field without a default is a required option; a
+    switch flips the field's default. Left out, a field keeps the model's default (`from_args` leaves it out)."""
+    from pipelines import fields
 
-
-# restore's --stopping -> dipcore's early_stopping: the task's default, self-validation, the running-variance rule,
-# or the preset's fixed count (the paper's loop).
-STOPPING = {"default": None, "selfval": "selfval", "variance": True, "off": False}
-
-
-def add_stopping_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--stopping",
-        choices=tuple(STOPPING),
-        default="default",
-        help="when a fit stops without ground truth: the task's default (denoise: selfval; else the preset's fixed "
-        "count), selfval (find the count on held-out pixels, then refit), variance (the running-variance rule), "
-        "off (the preset's fixed count: the paper's loop)",
-    )
-
-
-def add_execution_options(g: Any, only: tuple[str, ...] | None = None) -> None:
-    """One option per field of `pipelines.execution.options.Execution` (`only` those named): its type and bounds
-    parse the text, its description is the help. Left out, a field keeps the model's default."""
-    from pipelines.execution import options
-
-    for name, flag, help_ in options.flags():
+    for name, flag, help_ in fields.flags(model):
         if only is not None and name not in only:
             continue
-        if options.Execution.model_fields[name].annotation is bool:  # a switch; left out, the model's default
-            g.add_argument(flag.name(name), dest=name, action="store_true", default=None, help=help_)
-        else:
-            g.add_argument(flag.name(name), dest=name, type=_field_parser(name), metavar=flag.metavar, help=help_)
+        if flag.group is not None and flag.group not in groups:
+            groups[flag.group] = p.add_argument_group(flag.group)
+        g = groups[flag.group] if flag.group is not None else p
+        field = model.model_fields[name]
+        if field.annotation is bool:
+            g.add_argument(flag.name(name), dest=name, action="store_const", const=not field.default, help=help_)
+            continue
+        choices = _choices(field.annotation)
+        g.add_argument(
+            flag.name(name),
+            dest=name,
+            type=_field_parser(model, name, flag.check),
+            choices=choices,
+            metavar=None if choices else flag.metavar,
+            required=field.is_required(),
+            help=help_,
+        )
 
 
-def _field_parser(name: str) -> Callable[[str], Any]:
-    """argparse's `type` for field `name`: the model's own validation, its reasons as the usage error."""
+def _choices(annotation: Any) -> tuple[Any, ...] | None:
+    """The values of a Literal annotation (or of an optional one), which argparse lists in the usage; else None."""
+    import typing
+
+    args = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
+    literal = len(args) == 1 and typing.get_origin(args[0]) is typing.Literal
+    return typing.get_args(args[0]) if literal else None
+
+
+def from_args(model: Any, args: argparse.Namespace, **given: Any) -> Any:
+    """`model` from the options `add_flags` made (those given; the rest keep the model's defaults) and `given`."""
+    values = {name: getattr(args, name) for name in model.model_fields if getattr(args, name, None) is not None}
+    return model(**{**values, **given})
+
+
+_CHECKS: dict[str, Callable[[str], str]] = {}  # Flag.check -> the argparse type run before the model's validation
+
+
+def _field_parser(model: Any, name: str, check: str | None) -> Callable[[str], Any]:
+    """argparse's `type` for field `name`: the Flag's check, then the model's own validation, its reasons as the
+    usage error."""
 
     def parse(text: str) -> Any:
         from pydantic import ValidationError
 
-        from pipelines.execution import options
+        from pipelines import fields
 
+        if check is not None:
+            text = _CHECKS[check](text)
         try:
-            return options.parse_field(name, text)
+            return fields.parse_field(model, name, text)
         except ValidationError as exc:
             reasons = "; ".join(dict.fromkeys(e["msg"] for e in exc.errors()))
             raise argparse.ArgumentTypeError(f"invalid value {text!r}: {reasons}") from None
@@ -167,27 +169,14 @@ def _field_parser(name: str) -> Callable[[str], Any]:
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
+    """The options of a command that runs the flows: where and how jobs run (`Execution`), what a run does with
+    its output root (`RunOptions`), storage options and the output's form."""
+    from pipelines.execution.options import Execution
+    from pipelines.settings import RunOptions
+
     g = p.add_argument_group("execution")
-    add_execution_options(g)
-    g.add_argument("--no-resume", action="store_true", help="restore every image, even those done by earlier runs")
-    g.add_argument("--limit", type=positive_int, metavar="N", help="only the first N images (by key) of each dataset")
-    g.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace files at the outputs' places that no run into this output wrote (by default they are kept "
-        "and their images get error rows)",
-    )
-    g.add_argument(
-        "--break-lease",
-        action="store_true",
-        help="take over the output's lease from a run known to be dead (one run writes to an output at a time)",
-    )
-    g.add_argument(
-        "--lease-stale-after",
-        type=positive_float,
-        metavar="SECONDS",
-        help="a lease without heartbeat for this long is taken over (default 600)",
-    )
+    add_flags(p, Execution, execution=g)
+    add_flags(p, RunOptions, execution=g)
     add_storage_option(g)
     add_output_options(p)
 
@@ -232,38 +221,23 @@ def storage_options(pairs: list[str]) -> dict:
         raise UsageError(str(exc)) from None
 
 
-def check_settings(make_config: Callable[[], Any]) -> None:
+def check_settings(make_config: Callable[[], Any]) -> Any:
     """The run's settings resolved as the flow will resolve them (task, scale, variant, preset, overrides …), here,
     before Ray or Prefect starts: a bad combination is a usage error. Imports torch (dipcore), not the engines."""
     from dipcore import ConfigError
 
     try:
-        make_config()
+        return make_config()
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
 
 
-def overrides(args: argparse.Namespace) -> dict[str, Any] | None:
-    """The preset overrides the model options ask for (None: none)."""
-    return {"channels": args.channels} if args.channels else None
-
-
-def restore_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """The settings of a command with the restore options (`restore`, `restore-image`), as the keywords
-    `jobs.run_config` and `dipcore.restore` share; the preset overrides apart (`overrides`)."""
-    return {
-        "task": args.task,
-        "scale": args.scale,
-        "variant": args.variant,
-        "preset": args.preset,
-        "iterations": args.iterations,
-        "early_stopping": STOPPING[args.stopping],
-        "seed": args.seed,
-    }
-
-
-def check_run_settings(args: argparse.Namespace) -> None:
-    """`check_settings` of a command with the restore options, resolved by `jobs.run_config` as a run resolves them."""
+def check_run_settings(settings: Any) -> Any:
+    """`check_settings` of a `RestoreSettings`, resolved by `jobs.restore_config` as a run resolves them: the
+    `jobs.RunConfig`."""
     from pipelines import jobs
 
-    check_settings(lambda: jobs.run_config(**restore_settings(args), overrides=overrides(args)))
+    return check_settings(lambda: jobs.restore_config(settings))
+
+
+_CHECKS.update(url=url, glob=glob, suffix=suffix)

@@ -9,7 +9,7 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
-from pipelines.cli_options import check_run_settings, overrides, restore_settings
+from pipelines import cli_options as opts
 from pipelines.errors import UsageError
 
 if TYPE_CHECKING:
@@ -20,14 +20,14 @@ def cmd_restore_image(args: argparse.Namespace) -> int:
     import dipcore
     from pipelines import storage
 
-    out_format = _check(args)
+    out_format, config = _check(args)
 
     def read(uri: str) -> Any:
         return dipcore.decode_image(storage.read_bytes(uri), name=uri)
 
     decoded = dipcore.decode_with_info(storage.read_bytes(args.input), name=args.input)
     side = {"mask": read(args.mask) if args.mask else None, "guide": read(args.guide) if args.guide else None}
-    res = _restore(args, decoded.image, side)
+    res = _restore(args, config, decoded.image, side)
     encoded = dipcore.encode_like(res.image, decoded.info, format=out_format)  # like the input: depth, alpha, ICC
     storage.write_bytes_atomic(args.output, encoded.data)
     if encoded.notes:  # what the output could not keep of the input, on one line
@@ -36,17 +36,18 @@ def cmd_restore_image(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check(args: argparse.Namespace) -> str:
-    """The command's usage errors, before any image is read: the output's format (its returned name), the settings,
-    the device, and an output that is one of the inputs."""
+def _check(args: argparse.Namespace) -> tuple[str, Any]:
+    """The command's usage errors, before any image is read: the output's format, the settings, the device, and an
+    output that is one of the inputs. Returns the format's name and the settings resolved (`jobs.RunConfig`)."""
     import dipcore
     from pipelines import storage
+    from pipelines.settings import RestoreSettings
 
     try:
         out_format = dipcore.format_for_path(args.output)
     except dipcore.ConfigError as exc:
         raise UsageError(f"argument -o/--output: {exc}") from None
-    check_run_settings(args)
+    config = opts.check_run_settings(opts.from_args(RestoreSettings, args))
     if args.device is not None:
         import torch
 
@@ -60,10 +61,10 @@ def _check(args: argparse.Namespace) -> str:
                 f"the output {storage.redact(args.output)} is the {what} itself: the restored image would overwrite "
                 "it; write it to another file (-o restored.png)"
             )
-    return out_format
+    return out_format, config
 
 
-def _restore(args: argparse.Namespace, image: Any, side: dict[str, Any]) -> dipcore.Restoration:
+def _restore(args: argparse.Namespace, config: Any, image: Any, side: dict[str, Any]) -> dipcore.Restoration:
     """The fit, with a progress bar on stderr (none with --quiet) relabelled per phase of a self-validated fit."""
     import dipcore
 
@@ -78,7 +79,13 @@ def _restore(args: argparse.Namespace, image: Any, side: dict[str, Any]) -> dipc
             bar.update(step, description=what, completed=rec.iteration, total=rec.iterations, loss=f"{rec.loss:.5f}")
 
         return dipcore.restore(
-            image, **restore_settings(args), device=args.device, callback=on_step, **side, **(overrides(args) or {})
+            image,
+            task=config.task,
+            preset=config.preset,
+            seed=config.seed,
+            device=args.device,
+            callback=on_step,
+            **side,
         )
 
 

@@ -20,14 +20,13 @@ import itertools
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
 from prefect.logging import get_logger
 from prefect.utilities.annotations import quote
-from pydantic import NonNegativeInt, PositiveFloat, PositiveInt
 
 from pipelines import jobs, lease, ownership, progress, run_records, run_sources, signals, storage
 from pipelines.credentials import merged_options, real_url, storage_credentials
@@ -38,11 +37,21 @@ from pipelines.jobs import Job, Plan
 from pipelines.reporting import reports, state
 from pipelines.run_sources import benchmark_source, check_datasets, evaluation_sources, in_memory
 from pipelines.run_tracker import Clock, Tracker
+from pipelines.settings import EvaluationSettings, RestoreSettings, RunOptions, Selection
 
 if TYPE_CHECKING:
     from pipelines.execution.workers import JobOutcome, RunStats  # Ray is imported by the task, not by the flows
 
-__all__ = ["Execution", "evaluate", "restore_dataset", "storage_credentials"]
+__all__ = [
+    "EvaluationSettings",
+    "Execution",
+    "RestoreSettings",
+    "RunOptions",
+    "Selection",
+    "evaluate",
+    "restore_dataset",
+    "storage_credentials",
+]
 
 # ------------------------------------------------------------------------------------------------------ tasks
 
@@ -104,71 +113,55 @@ def restore_images(
 def restore_dataset(
     source: str,
     output: str,
-    task: str,
-    scale: PositiveInt | None = None,
-    preset: Literal["paper", "fast"] = "paper",
-    iterations: PositiveInt | None = None,
-    overrides: dict[str, Any] | None = None,
-    glob: str | None = None,
-    storage_options: dict[str, Any] | None = None,
-    seed: NonNegativeInt = 0,
-    dataset: str | None = None,
-    resume: bool = True,
-    variant: str | None = None,
-    early_stopping: bool | Literal["selfval"] | None = None,
-    mask_dir: str | None = None,
-    guide_suffix: str | None = None,
-    limit: PositiveInt | None = None,
+    settings: RestoreSettings,
+    selection: Selection = Selection(),
     execution: Execution = Execution(),
-    break_lease: bool = False,
-    lease_stale_after: PositiveFloat = lease.DEFAULT_STALE_AFTER,
-    overwrite: bool = False,
+    options: RunOptions = RunOptions(),
+    storage_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Restore every image under `source` (any fsspec URL) into `output` with ``dipcore.restore``, on Ray actors,
     and write the Parquet report beside the outputs. Returns a small summary (run id, report URI, counts).
 
-    `execution` says where and how (the Ray cluster, actors, retries, packing; a plain dict is validated into it).
-    With ``execution.pack``, images of one shape run as one batch on an actor (``dipcore.restore_batch``);
-    ``"auto"`` packs one per thread on CPU actors (one-CPU actors: none) and as many as the card's free memory holds
-    (at most 8) on GPU actors.
+    Each of the models is one parameter (a plain dict is validated into it): `settings`, what to restore and how
+    (`pipelines.settings.RestoreSettings`: the task, the preset and what changes it, the seed, stopping);
+    `selection`, which files are images and their side inputs (glob, mask folder, guide suffix) and the dataset's
+    name; `execution`, where and how (the Ray cluster, actors, retries, packing: images of one shape run as one
+    batch on an actor, ``dipcore.restore_batch``); `options`, what the run does with its output root (resume,
+    limit, overwrite, the lease).
 
     Nothing that is not the run's own is overwritten: an output root equal to the source, holding the source or a
     mask folder, is refused (`storage.check_output_root`); one inside the source is left out of the listing; images
     whose outputs would be one file get error rows; a file at an output's place that no run into the output root
-    wrote is not replaced (`pipelines.ownership`: that image gets an error row, before its fit) unless `overwrite`.
-    One run writes to an output root at a time: the run holds its
-    lease (`pipelines.lease`); `break_lease` takes over a lease held by a run known to be dead, and a lease without
-    heartbeat for `lease_stale_after` seconds is taken over anyway."""
+    wrote is not replaced (`pipelines.ownership`: that image gets an error row, before its fit) unless
+    ``options.overwrite``. One run writes to an output root at a time: the run holds its lease (`pipelines.lease`);
+    ``options.break_lease`` takes over a lease held by a run known to be dead, and a lease without heartbeat for
+    ``options.lease_stale_after`` seconds is taken over anyway."""
     so = merged_options(storage_options)
-    source, output, mask_dir = real_url(source), real_url(output), real_url(mask_dir)
-    dataset = dataset or storage.redact(source)  # the source as given names the dataset (its identity), as before
+    source, output, mask_dir = real_url(source), real_url(output), real_url(selection.mask_dir)
+    dataset = selection.dataset or storage.redact(source)  # the source as given names the dataset (its identity)
     # Absolute before anything is written: workers in another working directory must find the same place.
     source, output = storage.absolute(source), storage.absolute(output)
     mask_dir = storage.absolute(mask_dir) if mask_dir is not None else None
-    config = jobs.run_config(
-        task,
-        scale=scale,
-        variant=variant,
-        preset=preset,
-        iterations=iterations,
-        early_stopping=early_stopping,
-        overrides=overrides,
-        seed=seed,
-    )
+    config = jobs.restore_config(settings)
     storage.check_source(source, so)  # before anything is written: a mistyped source leaves no output behind
     inside = storage.check_output_root(output, source, so, side_inputs=[mask_dir])  # before anything is written
     # a wrong Ray address, or local paths that the cluster's nodes do not share, fail here, writing nothing
     _check_cluster(execution, in_memory(source, output), (source, output, mask_dir))
     storage.check_writable(output, so)  # before any listing or fit: an output it cannot write costs only this
     run_id = _new_run_id()
-    with _lease(output, so, run_id, break_lease, lease_stale_after) as held:
+    with _lease(output, so, run_id, options) as held:
         if inside:
             _logger().info("the output lies inside the source: its files are never taken as inputs")
         plan = Plan(dataset=dataset, config=config, output=output, source=storage.redact(source))
 
         def listing() -> Iterator[storage.Listing]:
             return storage.iter_listing(
-                source, glob=glob, storage_options=so, mask_dir=mask_dir, guide_suffix=guide_suffix, exclude=output
+                source,
+                glob=selection.glob,
+                storage_options=so,
+                mask_dir=mask_dir,
+                guide_suffix=selection.guide_suffix,
+                exclude=output,
             )
 
         return _run(
@@ -177,11 +170,9 @@ def restore_dataset(
             output=output,
             storage_options=so,
             execution=execution,
-            resume=resume,
-            limit=limit,
+            options=options,
             local_only=in_memory(source, output),
-            overwrite=overwrite,
-            title=f"restoring ({task})",
+            title=f"restoring ({settings.task})",
             artifact="restore-dataset",
             held=held,
         )
@@ -192,36 +183,24 @@ def evaluate(
     benchmarks: list[str],
     data_root: str,
     output: str,
-    task: str | None = None,
-    scale: PositiveInt | None = None,
-    preset: Literal["paper", "fast"] = "paper",
-    iterations: PositiveInt | None = None,
-    overrides: dict[str, Any] | None = None,
-    sigma: PositiveFloat | None = None,
-    crop: PositiveInt | None = None,
-    limit: PositiveInt | None = None,
-    storage_options: dict[str, Any] | None = None,
-    seed: NonNegativeInt = 0,
-    resume: bool = True,
-    early_stopping: Literal["observe", "stop", "off"] = "observe",
-    runs: PositiveInt | None = None,
-    classical: bool = True,
+    settings: EvaluationSettings = EvaluationSettings(),
     execution: Execution = Execution(),
-    break_lease: bool = False,
-    lease_stale_after: PositiveFloat = lease.DEFAULT_STALE_AFTER,
-    overwrite: bool = False,
+    options: RunOptions = RunOptions(),
+    storage_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Score dipcore on benchmarks with the paper's protocol: each of `benchmarks` is a name under `data_root`
     (set5, set14 → SR ×4; cbm3d9 → denoising σ=25; heide11 → inpainting, 50 % of pixels dropped) or a folder URL
-    of clean images (SR ×4 unless `task` says otherwise). The observation is synthesised from the clean image in
-    the worker; outputs go to ``<output>/<benchmark>/`` and every row carries PSNR, SSIM and the baseline's PSNR.
-    `execution` is as for `restore_dataset`: images whose observations have one shape can run as one batch.
+    of clean images (SR ×4 unless ``settings.task`` says otherwise). The observation is synthesised from the clean
+    image in the worker; outputs go to ``<output>/<benchmark>/`` and every row carries PSNR, SSIM and the
+    baseline's PSNR. `execution` and `options` are as for `restore_dataset`: images whose observations have one
+    shape can run as one batch.
 
-    ``early_stopping="observe"`` (default) adds the early-stopping study to every row (the rule's choice beside the
-    best PSNR along the run); ``runs`` runs are averaged per image (default 2 for cbm3d9 as in the paper, else 1);
+    `settings` (`pipelines.settings.EvaluationSettings`) holds the protocol besides the restoration's settings:
+    ``stopping="observe"`` (default) adds the early-stopping study to every row (the rule's choice beside the best
+    PSNR along the run); ``runs`` runs are averaged per image (default 2 for cbm3d9 as in the paper, else 1);
     ``classical`` scores CBM3D/NLM (denoising) or biharmonic inpainting beside DIP. The output root is checked
     against every benchmark's folder and leased as for `restore_dataset`; two benchmarks with one dataset name
-    (hence one output folder) are refused; `overwrite` as for `restore_dataset`."""
+    (hence one output folder) are refused."""
     if not benchmarks:
         raise ValueError(f"name at least one benchmark ({describe()}) or a folder of clean images")
     so = merged_options(storage_options)
@@ -238,30 +217,15 @@ def evaluate(
     )
     storage.check_writable(output, so)
     run_id = _new_run_id()
-    settings = {
-        "task": task,
-        "scale": scale,
-        "sigma": sigma,
-        "crop": crop,
-        "preset": preset,
-        "iterations": iterations,
-        "overrides": overrides,
-        "seed": seed,
-        "early_stopping": early_stopping,
-        "runs": runs,
-        "classical": classical,
-    }
-    with _lease(output, so, run_id, break_lease, lease_stale_after) as held:
+    with _lease(output, so, run_id, options) as held:
         return _run(
             run_id,
             evaluation_sources(benchmarks, sources, output=output, so=so, settings=settings),
             output=output,
             storage_options=so,
             execution=execution,
-            resume=resume,
-            limit=limit,
+            options=options,
             local_only=in_memory(output, *(source for source, _ in sources)),
-            overwrite=overwrite,
             title="evaluating",
             artifact="evaluate",
             held=held,
@@ -269,7 +233,7 @@ def evaluate(
 
 
 @contextlib.contextmanager
-def _lease(output: str, so: dict | None, run_id: str, break_lease: bool, stale_after: float) -> Iterator[lease.Lease]:
+def _lease(output: str, so: dict | None, run_id: str, options: RunOptions) -> Iterator[lease.Lease]:
     """The run's lease on its output root, held until the run ends however it ends (`pipelines.lease`); a takeover
     is said on the watcher's console too (one line), not only in the flow's log."""
     logger = _logger()
@@ -287,8 +251,8 @@ def _lease(output: str, so: dict | None, run_id: str, break_lease: bool, stale_a
             so,
             run_id=run_id,
             flow_run_id=_flow_run_id(),
-            stale_after=stale_after,
-            break_lease=break_lease,
+            stale_after=options.lease_stale_after,
+            break_lease=options.break_lease,
             warn=warn,
         ) as held,
     ):
@@ -324,12 +288,10 @@ def _run(
     output: str,
     storage_options: dict | None,
     execution: Execution,
-    resume: bool,
-    limit: int | None,
+    options: RunOptions,
     local_only: bool,
     title: str,
     artifact: str,
-    overwrite: bool = False,
     held: lease.Lease | None = None,
 ) -> dict[str, Any]:
     """List, skip what is done, run the rest — streaming: the first job is dispatched while the listing goes on —,
@@ -339,7 +301,9 @@ def _run(
     clock = Clock()
     plans = [plan for plan, _ in sources]
     run_records.recover(output, so, logger)
-    done, listings = _start(run_id, sources, output, so, resume=resume, overwrite=overwrite, logger=logger)
+    done, listings = _start(
+        run_id, sources, output, so, resume=options.resume, overwrite=options.overwrite, logger=logger
+    )
     tracker = Tracker(plans, artifact=_ProgressArtifact(artifact) if _in_flow_run() else None)
     flow_run_id = _flow_run_id()
     stats: RunStats | None = None
@@ -365,7 +329,7 @@ def _run(
                         record=rows.record,
                         adopt=sw.adopt,  # images done earlier, recorded anew: written without waiting
                         storage_options=so,
-                        limit=limit,
+                        limit=options.limit,
                     )
                 )
                 if execution.pack != 1:

@@ -28,9 +28,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipelines import ownership, storage
+
+if TYPE_CHECKING:
+    from pipelines.settings import RestoreSettings
 
 __all__ = [
     "CLASSICAL_TASKS",
@@ -46,6 +49,7 @@ __all__ = [
     "pack_key",
     "plan_stream",
     "rejected_job",
+    "restore_config",
     "run_config",
     "skipped_row",
     "unlisted_line",
@@ -88,16 +92,27 @@ class Synthesis:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """The settings shared by every job of one dataset: what `dipcore.restore` gets, and their identity."""
+    """The settings shared by every job of one dataset, resolved once on the driver: the dipcore preset that every
+    fit runs (a ``dipcore.TaskPreset``: a worker never resolves it again), the seed, and their identity."""
 
-    task: str
-    restore_kwargs: dict[str, Any]  # scale/variant/preset/iterations/early_stopping and preset overrides
+    preset: Any  # dipcore.TaskPreset, with the run's overrides applied
     seed: int
     config: dict[str, Any]  # resolved preset + seed (+ synthesis): what config_hash identifies
     config_hash: str
     synthesis: Synthesis | None = None
     packable: bool = False  # dipcore.restore_batch can batch fits of this config (dipcore.batched.batch_refusal)
     classical: bool = False  # evaluation: score the task's classical baseline beside DIP (evaluation.baselines)
+
+    @property
+    def task(self) -> str:
+        return self.preset.task
+
+    @property
+    def scale(self) -> int | None:
+        """The SR factor (None for a task without one)."""
+        from dipcore import get_task
+
+        return self.preset.scale if get_task(self.task).scaled else None
 
     @functools.cached_property
     def config_json(self) -> str:
@@ -106,35 +121,33 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class Job:
-    """One image to restore: where to read it, how to restore it, where to write it. URIs and settings only."""
+    """One image to restore: where to read it, where to write it, and its dataset's `RunConfig`. URIs and settings
+    only."""
 
     run_id: str
     dataset: str
     key: str  # POSIX path relative to the dataset root
     input_uri: str
-    task: str
-    restore_kwargs: dict[str, Any]
-    config_hash: str
-    config_json: str
-    seed: int
+    config: RunConfig
     output_uri: str
     fingerprint: str | None = None  # the input's identity from its listing (storage.fingerprint; None: none given)
     mask_uri: str | None = None
     guide_uri: str | None = None
     reference_uri: str | None = None  # ground truth beside a real observation, for scoring
-    synthesis: Synthesis | None = None  # evaluation: the input is the clean image; the observation is made from it
     size: tuple[int, int, int] | None = None  # (H, W, C) of the input from its header (with_headers; None: unknown)
-    packable: bool = False  # its config's fits can be stacked (RunConfig.packable)
-    classical: bool = False  # evaluation: also score the task's classical baseline
     provenance: str | None = None  # the mark its output carries (`ownership`); None: written unlooked (tools)
     replace: bool = False  # its output's place may be replaced unlooked: the state records it, or --overwrite
 
-    @property
-    def scale(self) -> int | None:
-        """The SR factor (None for a task without one)."""
-        from dipcore import get_task
-
-        return self.restore_kwargs.get("scale") if get_task(self.task).scaled else None
+    # What the job's config says, by the names its readers use.
+    task = property(lambda self: self.config.task)
+    scale = property(lambda self: self.config.scale)
+    preset = property(lambda self: self.config.preset)
+    seed = property(lambda self: self.config.seed)
+    config_hash = property(lambda self: self.config.config_hash)
+    config_json = property(lambda self: self.config.config_json)
+    synthesis = property(lambda self: self.config.synthesis)  # evaluation: the observation is made from the input
+    packable = property(lambda self: self.config.packable)  # its fits can be stacked (RunConfig.packable)
+    classical = property(lambda self: self.config.classical)  # evaluation: also score the classical baseline
 
 
 @dataclass
@@ -178,61 +191,43 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def run_config(
-    task: str,
-    *,
-    scale: int | None = None,
-    variant: str | None = None,
-    preset: str = "paper",
-    iterations: int | None = None,
-    early_stopping: bool | str | None = None,
-    overrides: dict[str, Any] | None = None,
-    seed: int = 0,
-    synthesis: Synthesis | None = None,
-    classical: bool = False,
-) -> RunConfig:
-    """Resolve the dipcore preset once (an unknown task, variant or override raises `dipcore.ConfigError` here, on
-    the driver, before any worker starts) and hash it. ``classical`` (evaluation runs of a task that has a
-    classical baseline) adds that baseline's columns to each row, so it is part of the identity too."""
-    from dipcore import batch_refusal, get_task, preset_for  # torch comes with dipcore; only the planner needs it
+def restore_config(settings: RestoreSettings) -> RunConfig:
+    """The RunConfig of `restore`'s settings: the dipcore preset resolved (an unknown task, variant or override
+    raises `dipcore.ConfigError` here, on the driver, before any worker starts) and hashed."""
+    from dipcore import preset_for  # torch comes with dipcore; only the planner needs it
 
-    t = get_task(task)
-    # The preset records the noise level of the degradation (and picks the denoising variant by it) where the task's
-    # synthesis has one: a Synthesis carries a default σ for every task.
-    sigma = synthesis.sigma if synthesis is not None and "sigma" in t.degrade_args else None
     p = preset_for(
-        task,
-        variant=variant,
-        scale=scale,
-        preset=preset,
-        sigma=sigma,
-        iterations=iterations,
-        early_stopping=early_stopping,
-        **(overrides or {}),
+        settings.task,
+        variant=settings.variant,
+        scale=settings.scale,
+        preset=settings.preset,
+        iterations=settings.iterations,
+        early_stopping=settings.early_stopping(),
+        **settings.preset_overrides(),
     )
-    kwargs: dict[str, Any] = {
-        "scale": p.scale if t.scaled else None,
-        "variant": p.variant,
-        "preset": preset,
-        "iterations": iterations,
-        "early_stopping": early_stopping,
-        **(overrides or {}),
-    }
-    config: dict[str, Any] = {**p.to_dict(), "seed": seed}
+    return run_config(p, seed=settings.seed)
+
+
+def run_config(preset: Any, *, seed: int = 0, synthesis: Synthesis | None = None, classical: bool = False) -> RunConfig:
+    """The RunConfig of a resolved ``dipcore.TaskPreset``: its identity is the preset, the seed and, for evaluation,
+    the synthesis. ``classical`` (evaluation runs of a task that has a classical baseline) adds that baseline's
+    columns to each row, so it is part of the identity too."""
+    from dipcore import batch_refusal
+
+    config: dict[str, Any] = {**preset.to_dict(), "seed": seed}
     if synthesis is not None:
         config["synthesis"] = dataclasses.asdict(synthesis)
-    classical = classical and synthesis is not None and task in CLASSICAL_TASKS
+    classical = classical and synthesis is not None and preset.task in CLASSICAL_TASKS
     if classical:
         config["classical_baseline"] = True
     config = json.loads(canonical_json(config))  # plain JSON types, as stored in the report
     return RunConfig(
-        task,
-        kwargs,
+        preset,
         seed,
         config,
         config_hash(config),
         synthesis,
-        packable=batch_refusal(p) is None,
+        packable=batch_refusal(preset) is None,
         classical=classical,
     )
 
@@ -320,7 +315,6 @@ def _job(entry: storage.ImageEntry, plan: Plan, run_id: str, out: str, *, owned:
         fingerprint=entry.fingerprint,
         mask_uri=entry.mask_uri,
         guide_uri=entry.guide_uri,
-        packable=plan.config.packable,
         provenance=owner.provenance(out) if owner else None,
         replace=owner is not None and (owner.overwrite or owned),
     )
@@ -328,20 +322,7 @@ def _job(entry: storage.ImageEntry, plan: Plan, run_id: str, out: str, *, owned:
 
 def _job_settings(entry: storage.ImageEntry, plan: Plan, run_id: str) -> dict[str, Any]:
     """The fields of a job of `plan`'s image `entry` that every job has: which image, and the dataset's settings."""
-    c = plan.config
-    return {
-        "run_id": run_id,
-        "dataset": plan.dataset,
-        "key": entry.key,
-        "input_uri": entry.uri,
-        "task": c.task,
-        "restore_kwargs": c.restore_kwargs,
-        "config_hash": c.config_hash,
-        "config_json": c.config_json,
-        "seed": c.seed,
-        "synthesis": c.synthesis,
-        "classical": c.classical,
-    }
+    return {"run_id": run_id, "dataset": plan.dataset, "key": entry.key, "input_uri": entry.uri, "config": plan.config}
 
 
 def _done_before_ctime(done: Any, plan: Plan, entry: storage.ImageEntry, adopt: Callable[[dict], None]) -> bool:
@@ -478,14 +459,9 @@ def pack_key(job: Job, *, shape: tuple[int, ...] | None = None, canvas: str = "s
     sides = (job.mask_uri is not None, job.guide_uri is not None, job.reference_uri is not None)
     if canvas == "own":
         return job.config_hash, job.task, tuple(shape), sides
-    from dipcore import canvas_bucket, preset_for
+    from dipcore import canvas_bucket
 
-    if (p := _PRESETS.get(job.config_hash)) is None:  # one config hash, one preset: resolved once per config
-        p = _PRESETS[job.config_hash] = preset_for(job.task, **job.restore_kwargs)
-    return job.config_hash, job.task, (canvas_bucket(p, shape), shape[2]), sides
-
-
-_PRESETS: dict[str, Any] = {}  # config hash -> dipcore preset, for pack_key's buckets
+    return job.config_hash, job.task, (canvas_bucket(job.preset, shape), shape[2]), sides
 
 
 # ------------------------------------------------------------------------------------------------------ rows
@@ -501,7 +477,7 @@ def base_row(job: Job) -> dict[str, Any]:
         "input_fingerprint": job.fingerprint,
         "task": job.task,
         "scale": job.scale,
-        "variant": job.restore_kwargs.get("variant"),
+        "variant": job.preset.variant,
         "config_hash": job.config_hash,
         "config_json": job.config_json,
         "seed": job.seed,

@@ -49,6 +49,7 @@ from typing import Any
 
 from pipelines import storage
 from pipelines.errors import LeaseHeldError, LeaseLostError
+from pipelines.settings import DEFAULT_STALE_AFTER
 
 __all__ = [
     "DEFAULT_STALE_AFTER",
@@ -65,9 +66,6 @@ LEASE_FOLDER = "_dipflow/lease"
 """Where the lease's generations lie under an output root. ``_dipflow/`` is a dipflow folder
 (`storage.DIPFLOW_FOLDERS`): never an output, a report part nor an input (a listing leaves an output root inside its
 source out)."""
-
-DEFAULT_STALE_AFTER = 600.0
-"""Seconds without a heartbeat after which a lease is stale: taken over by the next run, with a warning."""
 
 _log = logging.getLogger("dipflow.lease")
 

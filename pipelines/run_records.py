@@ -165,7 +165,7 @@ def with_done_earlier(summary: list[dict[str, Any]], plans: list[Plan]) -> list[
                 {
                     "dataset": plan.dataset,
                     "task": plan.config.task,
-                    "scale": plan.config.restore_kwargs.get("scale"),
+                    "scale": plan.config.scale,
                     "images": 0,
                     "ok": 0,
                     "errors": 0,

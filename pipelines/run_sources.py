@@ -7,13 +7,16 @@ from __future__ import annotations
 import functools
 import itertools
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pipelines import storage
 from pipelines.evaluation.benchmarks import BENCHMARKS
 from pipelines.evaluation.protocols import evaluation_config
 from pipelines.jobs import Plan
 from pipelines.run_tracker import Clock
+
+if TYPE_CHECKING:
+    from pipelines.settings import EvaluationSettings
 
 
 def benchmark_source(name: str, data_root: str) -> tuple[str, str]:
@@ -42,14 +45,14 @@ def check_datasets(benchmarks: list[str], datasets: list[str], output: str, so: 
 
 
 def evaluation_sources(
-    benchmarks: list[str], sources: list[tuple[str, str]], *, output: str, so: dict | None, settings: dict[str, Any]
+    benchmarks: list[str], sources: list[tuple[str, str]], *, output: str, so: dict | None, settings: EvaluationSettings
 ) -> list[tuple[Plan, Callable[[], Iterable[storage.Listing]]]]:
     """One plan per benchmark, with its evaluation config, and its listing (the output root left out)."""
     out = []
     for name, (source, dataset) in zip(benchmarks, sources, strict=True):
         plan = Plan(
             dataset=dataset,
-            config=evaluation_config(name, **settings),
+            config=evaluation_config(name, settings),
             output=storage.join(output, dataset),
             source=storage.redact(source),
         )

@@ -12,14 +12,16 @@ degraded input. dipcore (torch) is imported inside the functions that need it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipelines import storage
 from pipelines.evaluation.benchmarks import BENCHMARKS
 from pipelines.jobs import Job, RunConfig, Synthesis, run_config
 
+if TYPE_CHECKING:
+    from pipelines.settings import EvaluationSettings
+
 __all__ = [
-    "EARLY_STOPPING",
     "OBSERVED_EMA",
     "SR_CROP_MULTIPLE",
     "benchmark_synthesis",
@@ -32,8 +34,6 @@ __all__ = [
 ]
 
 SR_CROP_MULTIPLE = 32  # the authors' evaluation centre-crops the clean image to a multiple of 32 first
-# evaluate's early_stopping option -> the dipcore preset's: record the rule's choice, act on it, or leave it out.
-EARLY_STOPPING: dict[str, bool | str] = {"observe": "observe", "stop": True, "off": False}
 OBSERVED_EMA = 0.99  # the moving average an evaluation records where the preset keeps none (denoising's weight)
 
 
@@ -58,58 +58,45 @@ def benchmark_synthesis(
     return Synthesis(t.name, **knobs, crop_multiple=SR_CROP_MULTIPLE if t.scaled else None, crop_size=crop)
 
 
-def evaluation_config(
-    name: str,
-    *,
-    task: str | None = None,
-    scale: int | None = None,
-    sigma: float | None = None,
-    crop: int | None = None,
-    preset: str = "paper",
-    iterations: int | None = None,
-    overrides: dict[str, Any] | None = None,
-    seed: int = 0,
-    early_stopping: str = "observe",
-    runs: int | None = None,
-    classical: bool = True,
-) -> RunConfig:
-    """The RunConfig of evaluating benchmark `name` with the paper's protocol (`benchmark_synthesis`, BENCHMARKS).
+def evaluation_config(name: str, settings: EvaluationSettings) -> RunConfig:
+    """The RunConfig of evaluating benchmark `name` with the paper's protocol (`benchmark_synthesis`, BENCHMARKS)
+    and `settings`, its preset resolved once.
 
-    ``early_stopping`` is one of EARLY_STOPPING: ``"observe"`` (default) runs the fixed iteration count and
-    records what the no-ground-truth rule would have returned; ``"stop"`` acts on it; ``"off"`` leaves it out.
-    ``runs`` independent runs (seeds s, s + 1, …) are averaged into the returned output; default: the benchmark's
-    (2 for cbm3d9, as in the paper), else 1. ``classical`` scores the task's classical baseline beside DIP.
+    ``settings.runs`` independent runs (seeds s, s + 1, …) are averaged into the returned output; default: the
+    benchmark's (2 for cbm3d9, as in the paper), else 1. ``settings.classical`` scores the task's classical baseline
+    beside DIP. Where the preset keeps no moving average, one is recorded beside the output (`OBSERVED_EMA`).
     """
     from dipcore import ConfigError, get_task, preset_for
+    from dipcore.tasks import apply_overrides
 
-    if early_stopping not in EARLY_STOPPING:
-        raise ConfigError(f"early_stopping must be one of {', '.join(EARLY_STOPPING)}, not {early_stopping!r}")
-    spec = benchmark_synthesis(name, task=task, scale=scale, sigma=sigma, crop=crop)
+    s = settings
+    spec = benchmark_synthesis(name, task=s.task, scale=s.scale, sigma=s.sigma, crop=s.crop)
     b = BENCHMARKS.get(name)
-    overrides = dict(overrides or {})
+    overrides = s.preset_overrides()
+    runs = s.runs
     if runs is None:
         runs = overrides.get("restarts") or (b.runs if b and b.task == spec.task else 1)
     elif overrides.get("restarts", runs) != runs:
         raise ConfigError(f"runs={runs} and the override restarts={overrides['restarts']} disagree: give one")
     overrides["restarts"] = runs
-    scale = spec.scale if get_task(spec.task).scaled else None
+    t = get_task(spec.task)
+    p = preset_for(
+        spec.task,
+        variant=spec.variant,
+        scale=spec.scale if t.scaled else None,
+        preset=s.preset,
+        # The preset records the noise level of the degradation (and picks the denoising variant by it).
+        sigma=spec.sigma if "sigma" in t.degrade_args else None,
+        iterations=s.iterations,
+        early_stopping=s.early_stopping(),
+        **overrides,
+    )
     # A moving average where the preset keeps none (SR, inpainting): recorded as psnr_average beside the output the
     # preset returns, which it leaves as it is (the stopping study found SR's average 0.26 dB above its last iterate
     # on small crops; benchmarks/RESULTS.md). The paper's own settings otherwise.
-    if "ema" not in overrides and preset_for(spec.task, variant=spec.variant, scale=scale, preset=preset).ema is None:
-        overrides["ema"] = OBSERVED_EMA
-    return run_config(
-        spec.task,
-        scale=scale,
-        variant=spec.variant,
-        preset=preset,
-        iterations=iterations,
-        early_stopping=EARLY_STOPPING[early_stopping],
-        overrides=overrides,
-        seed=seed,
-        synthesis=spec,
-        classical=classical,
-    )
+    if p.ema is None and "ema" not in overrides:
+        p = apply_overrides(p, ema=OBSERVED_EMA)
+    return run_config(p, seed=s.seed, synthesis=spec, classical=s.classical)
 
 
 # ------------------------------------------------------------------------------------------- observe and score

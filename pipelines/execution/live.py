@@ -80,6 +80,6 @@ class LiveFits:
         fits = []
         for job, watch in watched:
             it, n, rate, phase = watch.reading()
-            total = n or job.restore_kwargs.get("iterations") or 0
+            total = n or job.preset.iterations
             fits.append(RunningFit(job.dataset, job.key, it, total, rate, phase))
         return fits

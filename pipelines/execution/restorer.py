@@ -18,7 +18,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipelines import jobs as jobs_mod
 from pipelines import ownership, storage
@@ -26,10 +26,12 @@ from pipelines.errors import PipelineError
 from pipelines.evaluation import baselines
 from pipelines.evaluation.protocols import observe, psnr_protocol, score
 from pipelines.execution.live import LiveFits
-from pipelines.execution.options import Pack
 from pipelines.execution.packing import AUTO_PACK_CAP, pack_for_memory
 from pipelines.jobs import Job, pack_key
 from pipelines.reporting import reports
+
+if TYPE_CHECKING:
+    from pipelines.execution.options import Pack
 
 __all__ = ["JobOutcome", "Restorer"]
 
@@ -227,10 +229,10 @@ class Restorer:
             return self.pack_limit
         import torch
 
-        from dipcore import canvas_bucket, get_task, preset_for
+        from dipcore import canvas_bucket, get_task
         from dipcore.memory import device_budget
 
-        p = preset_for(w.job.task, **w.job.restore_kwargs)
+        p = w.job.preset
         observed = getattr(w.obs, "image", w.obs).shape
         if self.canvas == "own":
             h, w_, _ = get_task(p.task).output_shape(observed, p.scale)  # the fit's canvas is the output's
@@ -258,7 +260,7 @@ class Restorer:
                     psnr_protocol=_protocol(group[0]),
                     canvas=self._fit_canvas,
                     callback=callback,
-                    **first.restore_kwargs,
+                    preset=first.preset,
                 )
         except Exception as exc:  # noqa: BLE001 - each job gets its own chance below
             _log.warning("a batch of %d jobs failed (%s); running them one by one", len(group), _describe(exc))
@@ -285,7 +287,7 @@ class Restorer:
                     canvas=self._fit_canvas,
                     callback=callback,
                     **w.side,
-                    **w.job.restore_kwargs,
+                    preset=w.job.preset,
                 )
         except Exception as exc:  # noqa: BLE001 - the job's error row carries the message; the worker stays up
             w.fail(exc)
