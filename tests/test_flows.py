@@ -12,7 +12,7 @@ import pytest
 from pipelines import storage
 from pipelines.reporting import reports
 
-FAST = {"preset": "fast", "iterations": 2, "overrides": {"channels": 8}}
+FAST = {"preset": "fast", "iterations": 2, "channels": 8}
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -38,7 +38,7 @@ def test_restore_dataset_on_a_local_folder_with_artifacts_and_resume(ray_local, 
     (src / "notes.txt").write_text("not an image")
 
     # A precision asked of the run reaches every actor (dipcore's default would keep these tiny fits in fp32).
-    first = flows.restore_dataset(str(src), str(out), "denoise", **FAST, execution={"precision": "bf16"})
+    first = flows.restore_dataset(str(src), str(out), {"task": "denoise", **FAST}, execution={"precision": "bf16"})
     assert (first["images"], first["ok"], first["error"], first["skipped"], first["not_images"]) == (5, 3, 2, 0, 1)
     assert sorted(f["image_key"] for f in first["failures"]) == ["corrupt.png", "empty.png"]
     for key in ["a.png", "sub/b.png", "sub/deeper/c.png"]:  # outputs mirror the input's relative paths
@@ -64,7 +64,7 @@ def test_restore_dataset_on_a_local_folder_with_artifacts_and_resume(ray_local, 
     assert states == {"load-state": "COMPLETED", "restore-images": "COMPLETED"}
 
     stamp = (out / "a.png").stat().st_mtime_ns
-    second = flows.restore_dataset(str(src), str(out), "denoise", **FAST)
+    second = flows.restore_dataset(str(src), str(out), {"task": "denoise", **FAST})
     assert (second["ok"], second["error"], second["skipped"]) == (0, 2, 3)  # only the failed ones run again
     assert second["done_earlier"] == 3
     assert (out / "a.png").stat().st_mtime_ns == stamp
@@ -90,14 +90,14 @@ def test_an_interrupted_run_resumes_with_only_the_unfinished_images(ray_local, t
     monkeypatch.setattr(reports.ReportWriter, "append", crash_after_two)
     with pytest.raises(RuntimeError, match="simulated crash"):  # the driver dies; in-process jobs save a pool start
         flows.restore_dataset(
-            str(src), str(out), "denoise", **FAST, execution={"executor": "inline", "precision": "fp32"}
+            str(src), str(out), {"task": "denoise", **FAST}, execution={"executor": "inline", "precision": "fp32"}
         )
     monkeypatch.undo()
     assert len(calls) == 2
     written = by_key(reports.read_report(str(out)))
     assert {json.loads(r["engine_json"])["autocast"] for r in written.values()} == {"off"}  # reached the restorer
 
-    resumed = flows.restore_dataset(str(src), str(out), "denoise", **FAST)
+    resumed = flows.restore_dataset(str(src), str(out), {"task": "denoise", **FAST})
     rows = by_key(reports.read_report(str(out), run_id=resumed["run_id"]))
     assert resumed["done_earlier"] == len(calls)  # counted, not rows
     assert sorted(k for k, r in rows.items() if r["status"] == "ok") == sorted(set(keys) - set(calls))
@@ -116,7 +116,7 @@ def test_restore_dataset_on_memory_keeps_escaping_keys_inside(tmp_path, write_im
     write_images(f"{root}/src", ["a.png", "sub/b.png"])
     for key in ["..%2f..%2fescaped.png", "sub/..%2fescaped.png"]:
         storage.write_bytes_atomic(f"{root}/src/{key}", storage.read_bytes(f"{root}/src/a.png"))
-    summary = flows.restore_dataset(f"{root}/src", f"{root}/out", "denoise", **FAST)
+    summary = flows.restore_dataset(f"{root}/src", f"{root}/out", {"task": "denoise", **FAST})
     assert (summary["ok"], summary["error"]) == (2, 2)
     rows = by_key(reports.read_report(f"{root}/out"))
     assert all("unsafe key" in rows[k]["error"] for k in ["..%2f..%2fescaped.png", "sub/..%2fescaped.png"])
@@ -139,7 +139,7 @@ def test_restore_dataset_packs_images_of_one_canvas_bucket(tmp_path, write_image
     root = "memory://flow-pack"
     write_images(f"{root}/src", ["a.png", "b.png", "c.png"])
     write_images(f"{root}/src", ["large.png"], size=96)  # 32² and 48² share the 64² canvas bucket; 96² does not
-    summary = flows.restore_dataset(f"{root}/src", f"{root}/out", "denoise", execution={"pack": 2}, **FAST)
+    summary = flows.restore_dataset(f"{root}/src", f"{root}/out", {"task": "denoise", **FAST}, execution={"pack": 2})
     assert (summary["ok"], summary["error"]) == (4, 0), summary["failures"]
     assert sorted(stacked) == [2]  # [a b] stacked; c and the 96² image alone
     rows = by_key(reports.read_report(f"{root}/out"))
@@ -150,7 +150,7 @@ def test_restore_dataset_packs_images_of_one_canvas_bucket(tmp_path, write_image
         "large.png": (96, 1),
     }
     with pytest.raises(ParameterTypeError, match=r"execution\.pack"):
-        flows.restore_dataset(f"{root}/src", f"{root}/out", "denoise", execution={"pack": 0}, **FAST)
+        flows.restore_dataset(f"{root}/src", f"{root}/out", {"task": "denoise", **FAST}, execution={"pack": 0})
 
 
 def test_restore_dataset_on_s3_keeps_credentials_out_of_prefect(ray_local, s3_server, s3_root, write_images):
@@ -162,7 +162,9 @@ def test_restore_dataset_on_s3_keeps_credentials_out_of_prefect(ray_local, s3_se
     assert set(secret) == {"key", "secret"} and "client_kwargs" in plain
     write_images(f"{s3_root}/in", ["a.png", "sub/b.png"], storage_options=s3_server.storage_options)
     with flows.storage_credentials(secret):
-        summary = flows.restore_dataset(f"{s3_root}/in", f"{s3_root}/out", "sr", scale=2, storage_options=plain, **FAST)
+        summary = flows.restore_dataset(
+            f"{s3_root}/in", f"{s3_root}/out", {"task": "sr", "scale": 2, **FAST}, storage_options=plain
+        )
     assert (summary["ok"], summary["error"]) == (2, 0), summary["failures"]
     so = s3_server.storage_options
     assert storage.exists(f"{s3_root}/out/sub/b.png", so)
@@ -182,13 +184,9 @@ def test_evaluate_scores_benchmarks_with_the_paper_protocols(ray_local, tmp_path
         ["set5", "cbm3d9", "heide11"],
         str(DATA),
         str(tmp_path / "eval"),
-        crop=48,
-        limit=1,
+        {"crop": 48, "stopping": "off", "runs": 1, "classical": False, **FAST},
         execution=flows.Execution(executor="inline"),
-        early_stopping="off",
-        runs=1,
-        classical=False,
-        **FAST,
+        options={"limit": 1},
     )  # the protocol is the worker's, not Ray's
     assert (summary["ok"], summary["error"]) == (3, 0), summary["failures"]
     rows = {r["dataset"]: r for r in reports.read_report(str(tmp_path / "eval")).to_pylist()}
@@ -220,13 +218,14 @@ def test_the_progress_artifact_never_passes_100_percent_while_folders_are_planne
     import prefect.artifacts
 
     from pipelines import flows, jobs, run_tracker
+    from pipelines.settings import RestoreSettings
 
     shares: list[float] = []
     monkeypatch.setattr(prefect.artifacts, "create_progress_artifact", lambda *a, **k: "artifact")
     monkeypatch.setattr(prefect.artifacts, "update_progress_artifact", lambda _id, share, **_: shares.append(share))
     clock = itertools.count(0.0, 2.0)  # every update is due: each call of monotonic() is 2 s after the last
     monkeypatch.setattr(run_tracker.time, "monotonic", lambda: next(clock))
-    plan = jobs.Plan("d", jobs.run_config("denoise", preset="fast"), output="out")
+    plan = jobs.Plan("d", jobs.restore_config(RestoreSettings(task="denoise", preset="fast")), output="out")
     tracker = run_tracker.Tracker([plan], artifact=flows._ProgressArtifact("restore-dataset"))
     for _folder in range(3):  # plan_stream counts a folder's 10 images, then yields its jobs; 2 were done earlier
         plan.listed += 10

@@ -9,6 +9,7 @@ import pytest
 from pipelines import jobs
 from pipelines.evaluation import protocols
 from pipelines.jobs import Synthesis
+from pipelines.settings import EvaluationSettings, RestoreSettings
 
 
 def _job(config: jobs.RunConfig, **kw) -> jobs.Job:
@@ -17,13 +18,8 @@ def _job(config: jobs.RunConfig, **kw) -> jobs.Job:
         dataset="d",
         key="a.png",
         input_uri="memory://in/a.png",
-        task=config.task,
-        restore_kwargs=config.restore_kwargs,
-        config_hash=config.config_hash,
-        config_json=config.config_json,
-        seed=0,
+        config=config,
         output_uri="memory://out/a.png",
-        synthesis=config.synthesis,
         **kw,
     )
 
@@ -58,12 +54,14 @@ def test_a_plain_job_without_the_side_input_its_task_needs_is_refused(task, mess
     import dipcore
 
     with pytest.raises(dipcore.ConfigError, match=re.escape(message)):
-        protocols.observe(_job(jobs.run_config(task)), np.zeros((8, 8, 3), np.float32), lambda uri: None)
+        protocols.observe(
+            _job(jobs.restore_config(RestoreSettings(task=task))), np.zeros((8, 8, 3), np.float32), lambda uri: None
+        )
 
 
 def test_the_psnr_protocol_and_the_naive_baseline_are_the_tasks():
-    sr = _job(protocols.evaluation_config("set5", preset="fast"))
-    denoise = _job(protocols.evaluation_config("cbm3d9", preset="fast"))
+    sr = _job(protocols.evaluation_config("set5", EvaluationSettings(preset="fast")))
+    denoise = _job(protocols.evaluation_config("cbm3d9", EvaluationSettings(preset="fast")))
     assert protocols.psnr_protocol(sr) == {"y_channel": True, "shave": 4}
     assert protocols.psnr_protocol(denoise) == {"y_channel": False, "shave": 0}
 
