@@ -122,7 +122,7 @@ def add_flags(p: argparse.ArgumentParser, model: Any, only: tuple[str, ...] | No
         g.add_argument(
             flag.name(name),
             dest=name,
-            type=_field_parser(model, name, flag.check),
+            type=None if choices else _field_parser(model, name, flag.check),  # argparse names a wrong choice
             choices=choices,
             metavar=None if choices else flag.metavar,
             required=field.is_required(),
@@ -134,9 +134,10 @@ def _choices(annotation: Any) -> tuple[Any, ...] | None:
     """The values of a Literal annotation (or of an optional one), which argparse lists in the usage; else None."""
     import typing
 
-    args = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
-    literal = len(args) == 1 and typing.get_origin(args[0]) is typing.Literal
-    return typing.get_args(args[0]) if literal else None
+    if typing.get_origin(annotation) is not typing.Literal:  # an optional Literal: X | None
+        members = [a for a in typing.get_args(annotation) if a is not type(None)]
+        annotation = members[0] if len(members) == 1 else None
+    return typing.get_args(annotation) if typing.get_origin(annotation) is typing.Literal else None
 
 
 def from_args(model: Any, args: argparse.Namespace, **given: Any) -> Any:

@@ -36,10 +36,16 @@ def test_each_command_has_help_with_examples(command, capsys):
     assert "examples:" in text and f"dipflow {command}" in text.split("examples:")[1]
 
 
-def test_task_choices_are_dipcore_tasks():
-    import dipcore
+def test_task_choices_are_dipcore_tasks_and_the_runs_help_is_the_registry():
+    import typing
 
-    assert tuple(cli.TASKS) == tuple(dipcore.TASKS)
+    import dipcore
+    from pipelines.evaluation.benchmarks import BENCHMARKS
+    from pipelines.settings import EvaluationSettings, Task
+
+    assert typing.get_args(Task) == tuple(dipcore.TASKS)
+    runs = EvaluationSettings.model_fields["runs"].description
+    assert all(f"{b.runs} for {b.name}" in runs for b in BENCHMARKS.values() if b.runs > 1)
 
 
 def test_restore_image_on_a_tiny_png(tmp_path, write_images, capsys):
@@ -83,11 +89,8 @@ def test_restore_then_report(ray_local, prefect_harness, tmp_path, write_images,
 @pytest.mark.parametrize(
     ("extra", "expected"),
     [
-        ([], {"early_stopping": "observe", "runs": None, "classical": True}),
-        (
-            ["--early-stopping", "off", "--runs", "3", "--no-classical"],
-            {"early_stopping": "off", "runs": 3, "classical": False},
-        ),
+        ([], {"stopping": "observe", "runs": None, "classical": True}),
+        (["--stopping", "off", "--runs", "3", "--no-classical"], {"stopping": "off", "runs": 3, "classical": False}),
     ],
 )
 def test_evaluate_protocol_options_reach_the_flow(extra, expected, monkeypatch):
@@ -108,9 +111,10 @@ def test_evaluate_protocol_options_reach_the_flow(extra, expected, monkeypatch):
 
     monkeypatch.setattr(cli, "_run_flow", fake_flow)
     assert cli.main(["evaluate", "cbm3d9", "--data-root", "data", "-o", "out", "--json", *extra]) == 0
-    assert seen["flow"] == "evaluate" and {k: seen[k] for k in expected} == expected
+    settings = seen["settings"].model_dump()
+    assert seen["flow"] == "evaluate" and {k: settings[k] for k in expected} == expected
     with pytest.raises(SystemExit):
-        cli.main(["evaluate", "cbm3d9", "--data-root", "data", "-o", "out", "--early-stopping", "sometimes"])
+        cli.main(["evaluate", "cbm3d9", "--data-root", "data", "-o", "out", "--stopping", "sometimes"])
 
 
 @pytest.mark.parametrize(
@@ -234,22 +238,58 @@ def test_execution_options_are_one_model_for_the_cli_and_both_flows():
     import inspect
 
     from pipelines import flows
-    from pipelines.execution.options import Execution, flags
+    from pipelines.cli_options import from_args
+    from pipelines.execution.options import Execution
+    from pipelines.fields import flags
 
-    offered = {name for name, _flag, _help in flags()}
+    offered = {name for name, _flag, _help in flags(Execution)}
     assert offered == set(Execution.model_fields) - {"executor"}  # executor: the CLI always lets "auto" choose
     restore = ["restore", "s", "-o", "o", "--task", "sr"]
     args = cli.build_parser().parse_args(
         [*restore, "--workers", "3", "--gpus-per-worker", "0.5", "--job-timeout", "9", "--compile", "on"]
     )
-    assert cli._execution(args) == Execution(num_workers=3, gpus_per_worker=0.5, job_timeout=9.0, compile="on")
-    assert flows._engine(cli._execution(args)).compile is True  # what every worker's dipcore engine gets
+    assert from_args(Execution, args) == Execution(num_workers=3, gpus_per_worker=0.5, job_timeout=9.0, compile="on")
+    assert flows._engine(from_args(Execution, args)).compile is True  # what every worker's dipcore engine gets
     for flow in (flows.restore_dataset, flows.evaluate):
         parameter = inspect.signature(flow.fn).parameters["execution"]
         assert parameter.annotation in (Execution, "Execution") and parameter.default == Execution()
         schema = flow.parameters.model_dump()
         assert not offered & set(schema["properties"])  # no execution field is a flow parameter of its own
         assert set(schema["definitions"]["Execution"]["properties"]) == set(Execution.model_fields)
+
+
+@pytest.mark.parametrize(
+    ("command", "model", "parameter"),
+    [
+        ("restore", "RestoreSettings", "settings"),
+        ("restore-image", "RestoreSettings", None),
+        ("evaluate", "EvaluationSettings", "settings"),
+        ("restore", "Selection", "selection"),
+        ("restore", "RunOptions", "options"),
+        ("evaluate", "RunOptions", "options"),
+    ],
+)
+def test_a_runs_settings_are_one_model_each_for_the_cli_and_the_flows(command, model, parameter):
+    """Every flagged field of the model is an option of the command, by one name in every command; the flow takes
+    the model as one parameter (one form in Prefect's UI), never its fields one by one, and at most 8 in all."""
+    import inspect
+
+    from pipelines import flows, settings
+    from pipelines.fields import flags
+
+    cls = getattr(settings, model)
+    parser = cli.build_parser()
+    sub = parser._subparsers._group_actions[0].choices[command]
+    options = {o for action in sub._actions for o in action.option_strings}
+    assert {flag.name(name) for name, flag, _ in flags(cls)} <= options
+    assert "--early-stopping" not in options  # one name per knob: --stopping everywhere
+    if parameter is None:
+        return
+    flow = flows.restore_dataset if command == "restore" else flows.evaluate
+    schema = flow.parameters.model_dump()
+    assert len(inspect.signature(flow.fn).parameters) <= 8
+    assert parameter in schema["properties"] and not set(cls.model_fields) & set(schema["properties"])
+    assert set(schema["definitions"][model]["properties"]) == set(cls.model_fields)
 
 
 # Every option of every command, given a bad value: (argv, what the one line says). "{tmp}" is a temporary folder.
@@ -298,7 +338,8 @@ BAD_COMMAND_LINES = [
     ([*_EVALUATE, "--sigma", "nan"], "--sigma"),
     ([*_EVALUATE, "--crop", "0"], "--crop"),
     ([*_EVALUATE, "--runs", "0"], "--runs"),
-    ([*_EVALUATE, "--early-stopping", "sometimes"], "--early-stopping"),
+    ([*_EVALUATE, "--stopping", "sometimes"], "--stopping"),
+    ([*_EVALUATE, "--early-stopping", "off"], "unrecognized arguments"),
     ([*_EVALUATE, "--task", "sr", "--scale", "1"], "scale"),
     (["report", "{tmp}", "--run-id", "../x"], "--run-id"),
     (["report", "{tmp}", "--notes", "{tmp}/n.md"], "go with --markdown"),

@@ -439,10 +439,8 @@ def test_a_triggered_restoration_runs_on_a_process_worker_and_reports_every_imag
     parameters = {
         "source": str(source),
         "output": str(output),
-        "task": "denoise",
-        "preset": "fast",
-        "iterations": 3,
-        "overrides": {"channels": 8},
+        # each model replaces the deployment's whole (Prefect merges one level deep): the task is repeated
+        "settings": {"task": "denoise", "preset": "fast", "iterations": 3, "channels": 8},
         # replaces the deployment's `execution` whole: its ray_address is repeated, as the docs say to
         "execution": {"ray_address": stack.ray_address, "gpus_per_worker": 0.0},  # no GPU: CPU actors on the head
     }

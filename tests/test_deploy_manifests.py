@@ -603,9 +603,9 @@ def test_a_bad_cron_is_rejected_by_the_schedule_model():
 def test_weekly_evaluation_is_set5_set14_x4_and_nightly_takes_the_documented_parameters():
     deps = {d["name"]: d for d in PREFECT_YAML["deployments"]}
     weekly = deps["weekly-sr-x4-set5-set14"]["parameters"]
-    assert weekly["benchmarks"] == ["set5", "set14"] and weekly["scale"] == 4
+    assert weekly["benchmarks"] == ["set5", "set14"] and weekly["settings"]["scale"] == 4
     nightly = deps["nightly-restoration"]["parameters"]
-    assert {"source", "output", "task", "execution"} <= set(nightly)
+    assert {"source", "output", "settings", "execution"} <= set(nightly) and nightly["settings"]["task"] == "denoise"
     assert nightly["execution"]["ray_address"] == "auto" and weekly["execution"]["ray_address"] == "auto"
 
 
@@ -617,9 +617,11 @@ def test_deployment_parameters_validate_against_the_flow(deployment):
 
     flow = getattr(flows, _entrypoint_function(deployment["entrypoint"]))
     validated = flow.validate_parameters(deployment["parameters"])
-    assert validated["execution"].ray_address == "auto"
+    assert validated["execution"].ray_address == "auto" and validated["settings"].preset == "paper"
     with pytest.raises(Exception, match="ray_adress"):
         flow.validate_parameters({**deployment["parameters"], "execution": {"ray_adress": "auto"}})
+    with pytest.raises(Exception, match="presets"):
+        flow.validate_parameters({**deployment["parameters"], "settings": {"task": "sr", "presets": "fast"}})
 
 
 # ------------------------------------------------------------------------------------------------ secrets
