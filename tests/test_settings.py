@@ -49,7 +49,7 @@ def test_a_misspelt_setting_fails_the_run_before_anything_is_written(tmp_path, w
 
     write_images(str(tmp_path / "src"), ["a.png"], size=16)
     for settings, selection in (({"task": "denoise", "iteration": 2}, {}), ({"task": "denoise"}, {"mask": "m/"})):
-        with pytest.raises(ParameterTypeError, match="iteration|mask"):
+        with pytest.raises(ParameterTypeError, match=r"iteration|mask"):
             flows.restore_dataset(str(tmp_path / "src"), str(tmp_path / "out"), settings, selection, INLINE)
     with pytest.raises(ParameterTypeError, match="stopping"):
         flows.evaluate([str(tmp_path / "src")], str(tmp_path), str(tmp_path / "eval"), {"stopping": "stop"}, INLINE)
