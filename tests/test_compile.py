@@ -156,12 +156,13 @@ def test_compile_is_off_by_default_validated_and_recorded(graphs, astronaut):
     assert _restore(img, compile=True).engine["compile"] is True and len(graphs) == 1
 
     # What a report row records (engine_json), and how a run asks for it.
-    from pipelines.execution.options import Execution, compile_net, parse_field
+    from pipelines.execution.options import Execution, compile_net
     from pipelines.execution.restorer import Restorer
+    from pipelines.fields import parse_field
 
     software = Restorer(device="cpu", engine=dipcore.EngineOptions(compile=True)).software
     assert json.loads(software["engine_json"])["compile"] is True
-    assert [compile_net(parse_field("compile", w)) for w in ("auto", "on", "off")] == [None, True, False]
+    assert [compile_net(parse_field(Execution, "compile", w)) for w in ("auto", "on", "off")] == [None, True, False]
     assert Execution().compile == "auto"
 
 
@@ -173,11 +174,12 @@ def _jobs(root, heights: list[int], width: int):
     import whole_plan
 
     from pipelines import jobs, storage
+    from pipelines.settings import RestoreSettings
 
     rng = np.random.default_rng(0)
     for i, h in enumerate(heights):
         storage.write_bytes_atomic(f"{root}/src/{i}.png", dipcore.encode_png(rng.random((h, width, 3), np.float32)))
-    config = jobs.run_config("denoise", preset="fast", iterations=1, overrides={"channels": 8})
+    config = jobs.restore_config(RestoreSettings(task="denoise", preset="fast", iterations=1, channels=8))
     return whole_plan.plan(f"{root}/src", output=f"{root}/out", config=config).jobs
 
 

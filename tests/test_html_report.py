@@ -14,7 +14,7 @@ import pytest
 from pipelines import jobs, storage
 from pipelines.reporting import html_report, reports, state
 
-FAST = {"preset": "fast", "iterations": 2, "overrides": {"channels": 8}}
+FAST = {"preset": "fast", "iterations": 2, "channels": 8}
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
 
 
@@ -37,7 +37,8 @@ def run(tmp_path_factory) -> Path:
     restorer = Restorer(device="cpu")
     settings = [("clean", "sr", jobs.Synthesis("sr", scale=4, crop_multiple=32)), ("noisy", "denoise", None)]
     for name, task, synthesis in settings:
-        config = jobs.run_config(task, scale=4 if synthesis else None, synthesis=synthesis, **FAST)
+        preset = dipcore.preset_for(task, scale=4 if synthesis else None, **FAST)
+        config = jobs.run_config(preset, synthesis=synthesis)
         plan = jobs.Plan(dataset=name, config=config, output=storage.join(out, name))
         with reports.ReportWriter(out, f"run-{name}") as writer:
             todo = jobs.plan_stream(

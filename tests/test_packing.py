@@ -21,7 +21,7 @@ from pipelines.execution.packing import PackQueue
 from pipelines.execution.restorer import Restorer
 from pipelines.jobs import Synthesis
 
-FAST = {"preset": "fast", "iterations": 2, "overrides": {"channels": 16}}
+FAST = {"preset": "fast", "iterations": 2, "channels": 16}
 
 
 def write(root, key: str, h: int, w: int, *, channels: int = 3, seed: int = 0) -> str:
@@ -33,8 +33,12 @@ def write(root, key: str, h: int, w: int, *, channels: int = 3, seed: int = 0) -
     return uri
 
 
-def plan(root, task: str = "denoise", synthesis: Synthesis | None = None, **kw) -> dict[str, jobs.Job]:
-    config = jobs.run_config(task, synthesis=synthesis, **{**FAST, **kw})
+def plan(root, task: str = "denoise", synthesis: Synthesis | None = None, seed: int = 0, **kw) -> dict[str, jobs.Job]:
+    """The jobs of a run over `root` with ``dipcore.preset_for(task, **FAST, **kw)`` (a None leaves FAST's out) and,
+    for evaluation, `synthesis`, whose σ the preset records as an evaluation's does."""
+    sigma = synthesis.sigma if synthesis is not None and "sigma" in dipcore.get_task(task).degrade_args else None
+    preset = preset_for(task, sigma=sigma, **{k: v for k, v in {**FAST, **kw}.items() if v is not None})
+    config = jobs.run_config(preset, seed=seed, synthesis=synthesis)
     return {j.key: j for j in whole_plan.plan(str(root), output=f"{root}-out", config=config).jobs}
 
 
@@ -123,8 +127,8 @@ def test_pack_keys_separate_configs_side_inputs_and_unstackable_settings(tmp_pat
     assert jobs.pack_key(j["b.png"]) == jobs.pack_key(j["c.png"]) is not None
     assert jobs.pack_key(j["a.png"]) != jobs.pack_key(j["b.png"])  # a has a mask, b has none
     assert jobs.pack_key(plan(src, seed=1)["b.png"]) != jobs.pack_key(j["b.png"])  # another config
-    assert jobs.pack_key(plan(src, overrides={"channels": 16, "restarts": 2})["b.png"]) is None
-    unet = plan(src, overrides={"net": "unet", "feature_scale": 16})["b.png"]
+    assert jobs.pack_key(plan(src, restarts=2)["b.png"]) is None
+    unet = plan(src, net="unet", feature_scale=16, channels=None)["b.png"]
     assert not unet.packable and jobs.pack_key(unet) is None
 
 
@@ -140,19 +144,9 @@ def test_batch_refusal_names_what_restore_batch_cannot_stack():
 
 
 def _job(key: str, shape: tuple[int, int, int] | None, config: str = "c") -> jobs.Job:
+    run = jobs.RunConfig(preset_for("denoise"), seed=0, config={}, config_hash=config, packable=True)
     return jobs.Job(
-        run_id="r",
-        dataset="d",
-        key=key,
-        input_uri=f"/in/{key}",
-        task="denoise",
-        restore_kwargs={},
-        config_hash=config,
-        config_json="{}",
-        seed=0,
-        output_uri=f"/out/{key}",
-        size=shape,
-        packable=True,
+        run_id="r", dataset="d", key=key, input_uri=f"/in/{key}", config=run, output_uri=f"/out/{key}", size=shape
     )
 
 
@@ -281,7 +275,7 @@ def test_packed_fits_reach_the_quality_of_single_ones(tmp_path):
     src = tmp_path / "src"
     for i, key in enumerate(["a.png", "b.png"]):
         write(src, key, 32, 32, seed=i)
-    j = plan(src, "denoise", Synthesis("denoise"), preset="fast", iterations=30, overrides={"channels": 16})
+    j = plan(src, "denoise", Synthesis("denoise"), iterations=30)
     r = Restorer(device="cpu")
     packed = r.run_batch([j["a.png"], j["b.png"]], pack=2)[0]
     single = r.run(j["a.png"])
@@ -317,7 +311,7 @@ def test_images_of_different_sizes_in_one_bucket_run_as_one_batch(tmp_path, spy,
     src = tmp_path / "src"
     write(src, "a.png", 40, 40)
     write(src, "b.png", 56, 48, seed=1)
-    j = plan(src, "denoise", Synthesis("denoise"), preset="fast", iterations=2, overrides={"channels": 8})
+    j = plan(src, "denoise", Synthesis("denoise"), channels=8)
     outcomes = Restorer(device="cpu", canvas=canvas).run_batch([j["a.png"], j["b.png"]], pack=2)
     assert spy == ([2] if canvas == "shared" else [])  # by exact shape: each alone
     assert [o.row["status"] for o in outcomes] == ["ok", "ok"]

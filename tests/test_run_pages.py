@@ -183,13 +183,15 @@ def test_the_flow_publishes_a_page_for_a_run_that_found_nothing_new(root, monkey
     import prefect.artifacts
 
     from pipelines import flows, jobs, run_tracker
+    from pipelines.settings import RestoreSettings
 
     made = {}
     monkeypatch.setattr(flows, "_in_flow_run", lambda: True)
     monkeypatch.setattr(prefect.artifacts, "create_table_artifact", lambda *a, **k: None)
     monkeypatch.setattr(prefect.artifacts, "create_markdown_artifact", lambda md, **k: made.setdefault("md", md))
     tracker = run_tracker.Tracker()
-    plan = jobs.Plan("d", jobs.run_config("denoise", preset="fast"), output=root, listed=2, done_earlier=2)
+    config = jobs.restore_config(RestoreSettings(task="denoise", preset="fast"))
+    plan = jobs.Plan("d", config, output=root, listed=2, done_earlier=2)
     flows._publish("r3", None, root, None, [plan], tracker, "restore-dataset", logging.getLogger("test"))
     page = Path(_page(root, "r3"))
     assert page.is_file() and f"HTML report: [{page}](file://{page})" in made["md"]
