@@ -37,6 +37,7 @@ import dipcore
 from pipelines import jobs
 from pipelines.execution import workers
 from pipelines.execution.restorer import Restorer
+from pipelines.settings import RestoreSettings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_fit import PLAIN, cpu_facts, emit
@@ -53,7 +54,7 @@ def make_images(folder: Path, n: int, size: int) -> None:
 
 
 def plan(folder: Path, output: Path, iterations: int, **settings) -> list[jobs.Job]:
-    config = jobs.run_config("denoise", iterations=iterations, **settings)
+    config = jobs.restore_config(RestoreSettings(task="denoise", iterations=iterations, **settings))
     return planned_jobs(str(folder), output=str(output), config=config)
 
 
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         pool = workers.WorkerPool(cores, num_cpus=1)
         warm = root / "warm"
         make_images(warm, cores, 16)  # starts every actor and pays its imports before any timing
-        run_pipeline(plan(warm, root / "out-warm", 1, preset="fast", overrides={"channels": 8}), pool)
+        run_pipeline(plan(warm, root / "out-warm", 1, preset="fast", channels=8), pool)
     tiny = np.zeros((16, 16, 3), np.float32)
     for engine in (PLAIN, None):  # this process's first fits pay lazy imports and initialisation: not timed
         dipcore.restore(tiny, task="denoise", preset="fast", channels=8, iterations=2, engine=engine)

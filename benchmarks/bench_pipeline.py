@@ -33,12 +33,13 @@ import dipcore
 from pipelines import jobs
 from pipelines.execution import workers
 from pipelines.reporting import reports
+from pipelines.settings import RestoreSettings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_plan import planned_jobs
 
 SIZE, ITERATIONS, CHANNELS = 16, 1, 8
-SETTINGS = {"preset": "fast", "iterations": ITERATIONS, "overrides": {"channels": CHANNELS}}
+SETTINGS = {"task": "denoise", "preset": "fast", "iterations": ITERATIONS, "channels": CHANNELS}
 
 
 def make_dataset(folder: Path, n: int) -> None:
@@ -64,7 +65,7 @@ def plain_loop(folder: Path) -> tuple[float, int]:
 def driver_run(folder: Path, output: Path, *, n_workers: int) -> dict[str, float]:
     """Plan + run on Ray + write the report, as the flow does without Prefect; times start-up apart."""
     started = time.perf_counter()
-    config = jobs.run_config("denoise", **SETTINGS)
+    config = jobs.restore_config(RestoreSettings(**SETTINGS))
     todo = planned_jobs(str(folder), output=str(output), config=config)
     planned = time.perf_counter()
     pool = workers.WorkerPool(n_workers, num_cpus=1)
@@ -95,7 +96,7 @@ def flow_run(folder: Path, output: Path) -> float:
     from pipelines import flows
 
     started = time.perf_counter()
-    summary = flows.restore_dataset(str(folder), str(output), "denoise", execution={"num_workers": 1}, **SETTINGS)
+    summary = flows.restore_dataset(str(folder), str(output), SETTINGS, execution={"num_workers": 1})
     assert summary["ok"] == summary["images"], summary["failures"][:3]
     return time.perf_counter() - started
 

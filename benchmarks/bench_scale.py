@@ -20,7 +20,7 @@
    merged, and one merged file missing 1 % of the keys (every 100th). For each, in a process of its own: the whole
    ``storage.iter_listing``, ``state.DoneState.load``, ``jobs.plan_stream`` consumed to its end (listing included:
    nothing to yield when all is done, the missing 1 % otherwise), the time from the load's start to the first job
-   yielded, and the process's peak RSS (torch is imported: ``jobs.run_config`` resolves the preset).
+   yielded, and the process's peak RSS (torch is imported: ``jobs.restore_config`` resolves the preset).
 
 Each table carries its targets (issue 12) as pass/fail columns. Scratch data lives in a temporary folder
 (``--workdir``), removed at the end unless ``--keep``.
@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 
 SIZE = 16
-SETTINGS = {"preset": "fast", "iterations": 1, "overrides": {"channels": 8}}
+SETTINGS = {"preset": "fast", "iterations": 1, "channels": 8}
 DATASET = "bench"  # the planning section's dataset name (the flow's is its source URL)
 NEW_SHARE = 100  # 1 % new: one image in NEW_SHARE
 RESULT = "BENCH-RESULT "  # how a child process hands its figures back, on one stdout line
@@ -221,6 +221,7 @@ def child_flow_run(spec: dict[str, Any]) -> dict[str, Any]:
     from pipelines.reporting import reports, runs
 
     so, execution = spec["storage_options"], {"executor": spec["executor"]}
+    settings = {"task": "denoise", **SETTINGS}
 
     @flow(name="bench-noop")
     def noop() -> None:
@@ -231,7 +232,7 @@ def child_flow_run(spec: dict[str, Any]) -> dict[str, Any]:
     prefect_start = time.monotonic() - t
     t = time.monotonic()
     with _credentials(so):
-        flows.restore_dataset(spec["warm_source"], spec["warm_output"], "denoise", execution=execution, **SETTINGS)
+        flows.restore_dataset(spec["warm_source"], spec["warm_output"], settings, execution=execution)
     warm_up = time.monotonic() - t
 
     batches = {"first": None, "seconds": 0.0}
@@ -260,7 +261,7 @@ def child_flow_run(spec: dict[str, Any]) -> dict[str, Any]:
     called_at = datetime.now(UTC)
     t = time.monotonic()
     with _credentials(so):
-        summary = flows.restore_dataset(spec["source"], spec["output"], "denoise", execution=execution, **SETTINGS)
+        summary = flows.restore_dataset(spec["source"], spec["output"], settings, execution=execution)
     wall = time.monotonic() - t
     peak = peak_rss_mb(reset)
 
@@ -309,8 +310,9 @@ def child_planning(spec: dict[str, Any]) -> dict[str, Any]:
     """Listing, state load and planning of one prepared tree and done-state, no fits (see the module)."""
     from pipelines import jobs, storage
     from pipelines.reporting import state
+    from pipelines.settings import RestoreSettings
 
-    config = jobs.run_config("denoise", **SETTINGS)
+    config = jobs.restore_config(RestoreSettings(task="denoise", **SETTINGS))
     # VmHWM, not ru_maxrss: Linux carries a spawning parent's peak into the child's ru_maxrss across exec (the first
     # run at 10⁶ objects read the parent's 1.6 GB, the state writer's, as this process's import peak).
     rss_base, import_peak = (
@@ -506,8 +508,9 @@ def write_states(source: str, n: int, states: dict[str, str]) -> None:
     runs' files, not merged) and ``missing`` (every key but each 100th, one file)."""
     from pipelines import jobs, storage
     from pipelines.reporting import state
+    from pipelines.settings import RestoreSettings
 
-    config_hash = jobs.run_config("denoise", **SETTINGS).config_hash
+    config_hash = jobs.restore_config(RestoreSettings(task="denoise", **SETTINGS)).config_hash
     entries = (e for chunk in storage.iter_listing(source) for e in chunk.images)
     merged = state.StateWriter(states["merged"], "prep-merged", None, merge_at=0)
     missing = state.StateWriter(states["missing"], "prep-missing", None, merge_at=0)

@@ -52,6 +52,7 @@ from pipelines.evaluation import protocols
 from pipelines.execution.packing import PackQueue
 from pipelines.execution.restorer import Restorer
 from pipelines.reporting import reports
+from pipelines.settings import EvaluationSettings
 
 # Most important first (issue 6 wants Set5 in full first; issue 5 the plain loop's ratio and bf16's PSNR cost).
 # set14:best@own: Set14 packed by exact shape, against set14:best's shared canvases (issue 16).
@@ -124,10 +125,9 @@ class Suite:
         """Evaluate one benchmark with one engine, `pack` images of one canvas bucket per fit on a shared canvas
         (``canvas="own"``: of one shape, each on its own canvas; 1: one at a time), skipping what cannot finish
         before the deadline; ``overhead``: seconds a batch may take on top (a compiled net's new canvas)."""
-        iterations = 30 if self.smoke else None
-        overrides = {"channels": 16} if self.smoke else None
+        settings = EvaluationSettings(iterations=30, channels=16) if self.smoke else EvaluationSettings()
         # The evaluate flow's protocol: early-stopping study, the benchmark's runs, classical baseline.
-        config = protocols.evaluation_config(benchmark, iterations=iterations, overrides=overrides)
+        config = protocols.evaluation_config(benchmark, settings)
         label = engine.replace("+", "-") + ("" if pack == 1 else f"-pack{pack}") + ("-own" if canvas == "own" else "")
         run_id = f"{benchmark}-{label}"
         root = str(self.out / "reports" / label)
