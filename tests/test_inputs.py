@@ -16,7 +16,7 @@ import dipcore
 from pipelines import cli, storage
 from pipelines.reporting import reports
 
-FAST = {"preset": "fast", "iterations": 2, "overrides": {"channels": 8}}
+FAST = {"preset": "fast", "iterations": 2, "channels": 8}
 
 
 def _gif(path, frames: int) -> None:
@@ -75,7 +75,7 @@ def test_restore_reports_every_input_it_does_not_restore(source, tmp_path):
 
     out = tmp_path / "out"
     summary = flows.restore_dataset(
-        str(source), str(out), "denoise", execution={"executor": "inline", "pack": 1}, **FAST
+        str(source), str(out), {"task": "denoise", **FAST}, execution={"executor": "inline", "pack": 1}
     )
     rows = {r["image_key"]: r for r in reports.read_report(str(out)).to_pylist()}
     assert {k: r["status"] for k, r in rows.items()} == {

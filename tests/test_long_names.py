@@ -12,6 +12,7 @@ import whole_plan
 
 from pipelines import jobs, storage
 from pipelines.reporting import reports
+from pipelines.settings import RestoreSettings
 
 CLI_FAST = ["--preset", "fast", "--iterations", "2", "--channels", "4", "--quiet"]
 
@@ -39,7 +40,7 @@ def test_restore_cli_takes_an_input_named_with_the_longest_name(ray_local, prefe
 def test_an_output_name_the_store_cannot_hold_fails_at_planning(tmp_path, write_images):
     deep = "/".join(["d" * 200] * 6) + "/a.png"  # a local path of 1,211 bytes below the root: fine here
     write_images(str(tmp_path / "src"), ["fine.png", deep], size=16)
-    config = jobs.run_config("denoise", preset="fast", iterations=2, overrides={"channels": 4})
+    config = jobs.restore_config(RestoreSettings(task="denoise", preset="fast", iterations=2, channels=4))
     plan = whole_plan.plan(str(tmp_path / "src"), output="s3://bucket/restored/x", config=config)
     assert [j.key for j in plan.jobs] == ["fine.png"]
     ((key, why),) = plan.rejected.items()
@@ -58,8 +59,8 @@ def test_restore_gives_an_unholdable_name_an_error_row_and_restores_the_rest(tmp
     long = "q" * 300 + ".png"
     write_images(src, [long, "ok.png"], size=16)
     out = str(tmp_path / "out")
-    fast = {"preset": "fast", "iterations": 2, "overrides": {"channels": 4}, "execution": {"executor": "inline"}}
-    summary = flows.restore_dataset(src, out, "denoise", **fast)
+    fast = {"task": "denoise", "preset": "fast", "iterations": 2, "channels": 4}
+    summary = flows.restore_dataset(src, out, fast, execution={"executor": "inline"})
     assert (summary["ok"], summary["error"]) == (1, 1)
     (failed,) = summary["failures"]
     assert failed["image_key"] == long and "304 bytes long" in failed["error"]

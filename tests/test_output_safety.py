@@ -11,8 +11,10 @@ from whole_plan import listing as listing_of
 
 from pipelines import jobs, storage
 from pipelines.reporting import reports
+from pipelines.settings import RestoreSettings
 
-FAST = {"preset": "fast", "iterations": 2, "overrides": {"channels": 8}, "execution": {"executor": "inline"}}
+FAST = {"preset": "fast", "iterations": 2, "channels": 8}
+INLINE = {"executor": "inline"}
 CLI_FAST = ["--preset", "fast", "--iterations", "2", "--channels", "8", "--quiet"]
 
 
@@ -65,7 +67,7 @@ def test_listing_leaves_an_output_inside_the_source_out(where):
 def test_inputs_whose_outputs_collide_are_both_refused(where, write_images):
     root, so = where
     write_images(f"{root}/src", ["a.png", "a.jpg", "b.png", "sub/c.PNG", "sub/c.tif"], size=16, storage_options=so)
-    config = jobs.run_config("denoise", preset="fast", iterations=2, overrides={"channels": 8})
+    config = jobs.restore_config(RestoreSettings(task="denoise", **FAST))
     plan = whole_plan.plan(f"{root}/src", output=f"{root}/out", config=config, storage_options=so)
     assert [j.key for j in plan.jobs] == ["b.png"]
     why = plan.rejected
@@ -84,16 +86,16 @@ def test_restore_refuses_its_own_source_and_excludes_an_output_inside_it(where, 
     before = {u: storage.read_bytes(u, so) for u in storage.list_files(src, so)}
     for output in (src, f"{src}/", root):
         with pytest.raises(storage.OutputOverlapError):
-            flows.restore_dataset(src, output, "denoise", storage_options=so, **FAST)
+            flows.restore_dataset(src, output, {"task": "denoise", **FAST}, execution=INLINE, storage_options=so)
     assert {u: storage.read_bytes(u, so) for u in storage.list_files(src, so)} == before  # nothing written
 
     out = f"{src}/restored"
-    first = flows.restore_dataset(src, out, "denoise", storage_options=so, **FAST)
+    first = flows.restore_dataset(src, out, {"task": "denoise", **FAST}, execution=INLINE, storage_options=so)
     assert (first["images"], first["ok"], first["error"]) == (3, 1, 2)
     failed = {f["image_key"]: f["error"] for f in first["failures"]}
     assert set(failed) == {"a.png", "a.jpg"} and all("would also be the output of" in e for e in failed.values())
     assert not storage.exists(f"{out}/a.png", so) and storage.exists(f"{out}/b.png", so)
-    second = flows.restore_dataset(src, out, "denoise", storage_options=so, **FAST)
+    second = flows.restore_dataset(src, out, {"task": "denoise", **FAST}, execution=INLINE, storage_options=so)
     assert second["images"] == 3 and second["not_images"] == 0  # the outputs, reports and thumbnails are not inputs
     rows = reports.read_report(out, so, run_id=second["run_id"]).to_pylist()
     assert sorted(r["image_key"] for r in rows) == ["a.jpg", "a.png"]  # refused again; b.png is done (no row)
@@ -108,7 +110,7 @@ def test_evaluate_refuses_shared_output_folders(where, write_images):
     root, so = where
     write_images(f"{root}/a/imgs", ["x.png"], size=16, storage_options=so)
     write_images(f"{root}/b/imgs", ["y.png"], size=16, storage_options=so)
-    kw = {"task": "denoise", "storage_options": so, **FAST}
+    kw = {"settings": {"task": "denoise", **FAST}, "execution": INLINE, "storage_options": so}
     with pytest.raises(storage.OutputOverlapError, match="would both write to"):
         flows.evaluate([f"{root}/a/imgs", f"{root}/b/imgs"], root, f"{root}/eval", **kw)
     with pytest.raises(storage.OutputOverlapError, match="would both write to"):

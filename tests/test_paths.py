@@ -37,8 +37,9 @@ def test_the_cli_hands_the_flows_absolute_paths_and_the_dataset_name_as_given(tm
     restore = ["restore", "photos", "-o", "out", "--mask-dir", "masks", "--task", "inpaint", "--json", "--quiet"]
     assert cli.main(restore) == 0
     given = seen["restore_dataset"]
-    assert (given["source"], given["output"], given["mask_dir"]) == tuple(str(tmp_path / n) for n in restore[1:6:2])
-    assert given["dataset"] == "photos"  # the dataset is named as before: resume finds earlier runs' rows
+    selection = given["selection"]
+    assert (given["source"], given["output"], selection.mask_dir) == tuple(str(tmp_path / n) for n in restore[1:6:2])
+    assert selection.dataset == "photos"  # the dataset is named as before: resume finds earlier runs' rows
     assert cli.main(["evaluate", "set5", "clean", "--data-root", "data", "-o", "eval", "--json", "--quiet"]) == 0
     given = seen["evaluate"]
     assert (given["data_root"], given["output"]) == (str(tmp_path / "data"), str(tmp_path / "eval"))
@@ -56,10 +57,7 @@ def test_a_flow_given_relative_paths_resolves_them_itself(prefect_harness, tmp_p
     summary = flows.restore_dataset(
         source="photos",
         output="out",
-        task="denoise",
-        preset="fast",
-        iterations=2,
-        overrides={"channels": 4},
+        settings={"task": "denoise", "preset": "fast", "iterations": 2, "channels": 4},
         execution={"executor": "inline"},
     )
     out = tmp_path / "out"
@@ -145,7 +143,7 @@ def test_local_paths_on_a_cluster_of_two_nodes_are_refused_unless_declared_share
 
         with pytest.raises(errors.LocalPathError, match="has 2 nodes"):
             flows.restore_dataset(
-                str(tmp_path / "src"), str(out), "denoise", execution=Execution(ray_address=cluster.address)
+                str(tmp_path / "src"), str(out), {"task": "denoise"}, execution=Execution(ray_address=cluster.address)
             )
         assert not out.exists()
 
