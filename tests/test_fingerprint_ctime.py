@@ -19,7 +19,8 @@ from pipelines import cli, storage
 from pipelines.reporting import state
 
 CLI_FAST = ["--task", "denoise", "--preset", "fast", "--iterations", "2", "--channels", "4", "--quiet", "--json"]
-FAST = {"preset": "fast", "iterations": 2, "overrides": {"channels": 4}, "execution": {"executor": "inline"}}
+FAST = {"preset": "fast", "iterations": 2, "channels": 4}
+INLINE = {"executor": "inline"}
 
 
 def _rewrite_in_place(path, data: bytes) -> None:
@@ -64,7 +65,7 @@ def test_an_old_format_state_redoes_nothing_and_records_the_new_fingerprints(tmp
 
     src, out = str(tmp_path / "src"), str(tmp_path / "out")
     _bmps(tmp_path / "src", ["a.bmp", "sub/b.bmp", "c.bmp"])
-    flows.restore_dataset(src, out, "denoise", **FAST)
+    flows.restore_dataset(src, out, {"task": "denoise", **FAST}, execution=INLINE)
     for uri in storage.list_files(state.state_dir(out)):  # the state as a version before the ctime wrote it
         path = storage.filesystem(uri)[1]
         table = pq.read_table(path)
@@ -72,13 +73,13 @@ def test_an_old_format_state_redoes_nothing_and_records_the_new_fingerprints(tmp
         assert all(f is not None and "ctime" not in f for f in old)
         pq.write_table(table.set_column(3, "input_fingerprint", pc.cast(old, "string")), path)
 
-    upgraded = flows.restore_dataset(src, out, "denoise", **FAST)
+    upgraded = flows.restore_dataset(src, out, {"task": "denoise", **FAST}, execution=INLINE)
     assert (upgraded["done_earlier"], upgraded["ok"]) == (3, 0)  # nothing redone
     latest = state._latest(pq.read_table(storage.filesystem(state.state_dir(out))[1]))
     assert all(";ctime_ns=" in f for f in latest.column("input_fingerprint").to_pylist())  # recorded anew
 
     _rewrite_in_place(tmp_path / "src" / "c.bmp", _flipped((tmp_path / "src" / "c.bmp").read_bytes()))
-    after = flows.restore_dataset(src, out, "denoise", **FAST)
+    after = flows.restore_dataset(src, out, {"task": "denoise", **FAST}, execution=INLINE)
     assert (after["done_earlier"], after["ok"]) == (2, 1)  # the old format no longer hides the rewrite
 
 

@@ -17,7 +17,8 @@ from pipelines import lease, storage
 from pipelines.errors import LeaseHeldError, LeaseLostError
 from pipelines.reporting import reports
 
-FAST = {"preset": "fast", "iterations": 2, "overrides": {"channels": 8}, "execution": {"executor": "inline"}}
+FAST = {"preset": "fast", "iterations": 2, "channels": 8}
+INLINE = {"executor": "inline"}
 
 
 def test_create_exclusive_creates_once(where):
@@ -114,7 +115,9 @@ def test_two_runs_into_one_output_root(where, write_images, monkeypatch):
     def run_inline(todo, **kw):  # the first run, mid-way: a second run into the same output
         def other() -> None:
             try:
-                second["summary"] = flows.restore_dataset(src, out, "denoise", storage_options=so, **FAST)
+                second["summary"] = flows.restore_dataset(
+                    src, out, {"task": "denoise", **FAST}, execution=INLINE, storage_options=so
+                )
             except Exception as exc:  # noqa: BLE001
                 second["error"] = exc
 
@@ -125,7 +128,7 @@ def test_two_runs_into_one_output_root(where, write_images, monkeypatch):
         return real(todo, **kw)
 
     monkeypatch.setattr(workers, "run_inline", run_inline)
-    first = flows.restore_dataset(src, out, "denoise", storage_options=so, **FAST)
+    first = flows.restore_dataset(src, out, {"task": "denoise", **FAST}, execution=INLINE, storage_options=so)
     assert (first["ok"], first["error"]) == (2, 0), first["failures"]
     assert isinstance(second.get("error"), LeaseHeldError), second
     assert f"run {first['run_id']}" in str(second["error"]) and "--break-lease" in str(second["error"])
@@ -137,14 +140,18 @@ def test_two_runs_into_one_output_root(where, write_images, monkeypatch):
 
     monkeypatch.setattr(workers, "run_inline", fail)
     with pytest.raises(RuntimeError, match="fell over"):
-        flows.restore_dataset(src, out, "denoise", storage_options=so, resume=False, **FAST)
+        flows.restore_dataset(
+            src, out, {"task": "denoise", **FAST}, execution=INLINE, options={"resume": False}, storage_options=so
+        )
     assert lease.read_lease(out, so) is None  # released on error
 
     stale = lease.Lease.acquire(out, so, run_id="killed-run", stale_after=60)  # a run that is gone (SIGKILL)
     with pytest.raises(LeaseHeldError, match="killed-run"):
-        flows.restore_dataset(src, out, "denoise", storage_options=so, **FAST)
+        flows.restore_dataset(src, out, {"task": "denoise", **FAST}, execution=INLINE, storage_options=so)
     monkeypatch.setattr(workers, "run_inline", real)
-    taken = flows.restore_dataset(src, out, "denoise", storage_options=so, break_lease=True, **FAST)
+    taken = flows.restore_dataset(
+        src, out, {"task": "denoise", **FAST}, execution=INLINE, options={"break_lease": True}, storage_options=so
+    )
     assert taken["skipped"] == 2 and lease.read_lease(out, so) is None
     assert stale.refresh() is False
 
@@ -156,9 +163,9 @@ def test_cli_names_the_holder_and_the_override(tmp_path, write_images, capsys, m
     monkeypatch.setattr(flows, "restore_dataset", lambda **params: seen.update(params) or {"failures": [], "error": 0})
     argv = ["restore", "src", "-o", "out", "--task", "denoise", "--json", "--quiet"]
     assert cli.main([*argv, "--break-lease", "--lease-stale-after", "120"]) == 0
-    assert (seen["break_lease"], seen["lease_stale_after"]) == (True, 120.0)
+    assert (seen["options"].break_lease, seen["options"].lease_stale_after) == (True, 120.0)
     seen.clear()
-    assert cli.main(argv) == 0 and "break_lease" not in seen  # the flow's defaults
+    assert cli.main(argv) == 0 and seen["options"].model_fields_set == set()  # the flow's defaults
 
     def held(**params):
         raise LeaseHeldError("the output out is in use: run r1 … or at once with --break-lease")

@@ -14,7 +14,7 @@ import pytest
 from pipelines import storage
 from pipelines.reporting import reports, runs, state
 
-FAST = {"preset": "fast", "iterations": 2, "overrides": {"channels": 8}}
+FAST = {"preset": "fast", "iterations": 2, "channels": 8}
 
 
 def _row(key: str, fingerprint: str, *, dataset: str = "d", config: str = "c", at: int = 0) -> dict:
@@ -138,11 +138,11 @@ def _reads(monkeypatch):
         monkeypatch.setattr(storage, "read_head", read_head)
 
 
-def _restore(src: str, out: str, so: dict | None, **kwargs):
+def _restore(src: str, out: str, so: dict | None):
     from pipelines import flows
 
     with flows.storage_credentials(so):
-        return flows.restore_dataset(src, out, "denoise", **FAST, execution={"executor": "inline"}, **kwargs)
+        return flows.restore_dataset(src, out, {"task": "denoise", **FAST}, execution={"executor": "inline"})
 
 
 @pytest.mark.usefixtures("prefect_harness")
