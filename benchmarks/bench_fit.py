@@ -30,7 +30,7 @@ import torch
 
 from dipcore import EngineOptions, get_task, preset_for
 from dipcore.api import build_problem, run_fits
-from dipcore.degrade import Observation
+from dipcore.observation import Observation
 from dipcore.fit import FitSettings
 from dipcore.memory import estimate_peak_bytes
 

@@ -31,7 +31,7 @@ import torch
 
 from dipcore import preset_for
 from dipcore.api import build_problem
-from dipcore.degrade import Observation
+from dipcore.observation import Observation
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_fit import emit

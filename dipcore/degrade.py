@@ -1,7 +1,5 @@
 """Synthetic observations for evaluation: ``degrade`` makes the observation of a paper's benchmark from a clean image,
-running the task's synthesis (``Task.synthesise`` in ``task_defs.py``) on the primitives of ``observation.py``.
-
-The record and the primitives are re-exported here, where callers of ``degrade`` have long imported them from."""
+running the task's synthesis (``Task.synthesise`` in ``task_defs.py``) on the primitives of ``observation.py``."""
 
 from __future__ import annotations
 
@@ -11,31 +9,10 @@ import numpy as np
 
 from .crop import center_crop_to_multiple
 from .imageio import to_float_image
-from .observation import (
-    MASK_CHANNEL_TOLERANCE,
-    Observation,
-    bernoulli_mask,
-    binary_mask,
-    compress_jpeg,
-    downscale,
-    region_mask,
-    text_mask,
-    upscale_bicubic,
-)
+from .observation import Observation
 from .task_defs import get_task
 
-__all__ = [
-    "MASK_CHANNEL_TOLERANCE",
-    "Observation",
-    "bernoulli_mask",
-    "binary_mask",
-    "compress_jpeg",
-    "degrade",
-    "downscale",
-    "region_mask",
-    "text_mask",
-    "upscale_bicubic",
-]
+__all__ = ["degrade"]
 
 
 def degrade(

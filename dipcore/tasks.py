@@ -8,6 +8,7 @@ structure but narrows the net and shortens the run so that it is usable on a CPU
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -211,20 +212,18 @@ def apply_overrides(p: TaskPreset, **overrides: Any) -> TaskPreset:
     return dataclasses.replace(p, net_options=dict(opts), **changes)
 
 
-def preset_for(
-    task: str,
-    *,
-    variant: str | None = None,
-    scale: int | None = None,
-    preset: Literal["paper", "fast"] = "paper",
-    sigma: float | None = None,
-    **overrides: Any,
-) -> TaskPreset:
-    """The preset ``restore`` runs: ``get_preset(task, …)`` with a user's ``overrides`` applied (``apply_overrides``).
+def preset_for(task: str, **settings: Any) -> TaskPreset:
+    """The preset ``restore`` runs: ``get_preset(task, …)`` with its keywords among `settings` (``variant``,
+    ``scale``, ``preset``, ``sigma``), and every other setting applied as an override (``apply_overrides``).
 
     An unknown task, variant or override raises ConfigError here, so a planner checks a run's settings without a fit.
     """
-    return apply_overrides(get_preset(task, variant=variant, scale=scale, preset=preset, sigma=sigma), **overrides)
+    chosen = {k: v for k, v in settings.items() if k in _GET_PRESET_KEYWORDS}
+    overrides = {k: v for k, v in settings.items() if k not in _GET_PRESET_KEYWORDS}
+    return apply_overrides(get_preset(task, **chosen), **overrides)
+
+
+_GET_PRESET_KEYWORDS = frozenset(inspect.signature(get_preset).parameters) - {"task"}
 
 
 _ALIASES = {"channels", "skip_channels", "net_options"}

@@ -55,9 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  dipflow restore scans/ -o out/ --task inpaint --glob '**/*.png'   # masks: <name>_mask.png\n",
     )
     p.add_argument("source", metavar="SRC", type=opts.url, help="folder or URL of the images (recursive)")
-    p.add_argument(
-        "-o", "--output", required=True, type=opts.url, metavar="DST", help="where outputs and the report go"
-    )
+    opts.add_output_root(p)
     opts.add_flags(p, RestoreSettings)
     opts.add_flags(p, Selection)
     opts.add_run_options(p)
@@ -84,9 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="folder holding the benchmark folders (default: $DIPFLOW_DATA_ROOT)",
     )
-    p.add_argument(
-        "-o", "--output", required=True, type=opts.url, metavar="DST", help="where outputs and the report go"
-    )
+    opts.add_output_root(p)
     opts.add_flags(p, EvaluationSettings)
     opts.add_run_options(p)
     p.set_defaults(func=cmd_evaluate)

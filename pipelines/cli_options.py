@@ -169,6 +169,10 @@ def _field_parser(model: Any, name: str, check: str | None) -> Callable[[str], A
     return parse
 
 
+def add_output_root(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--output", required=True, type=url, metavar="DST", help="where outputs and the report go")
+
+
 def add_run_options(p: argparse.ArgumentParser) -> None:
     """The options of a command that runs the flows: where and how jobs run (`Execution`), what a run does with
     its output root (`RunOptions`), storage options and the output's form."""

@@ -9,7 +9,7 @@ import dipcore
 from dipcore import preset_for
 from dipcore.api import build_problem
 from dipcore.concurrent import concurrent_workers, fit_concurrently
-from dipcore.degrade import Observation
+from dipcore.observation import Observation
 from dipcore.engine import EngineOptions
 from dipcore.errors import ConfigError
 from dipcore.fit import FitSettings, fit

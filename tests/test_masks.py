@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 import dipcore
-from dipcore.degrade import binary_mask
+from dipcore.observation import binary_mask
 from pipelines import cli
 from pipelines.reporting import reports
 

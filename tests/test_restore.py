@@ -9,7 +9,7 @@ import torch
 from skimage import data
 
 import dipcore
-from dipcore.degrade import bernoulli_mask
+from dipcore.observation import bernoulli_mask
 from dipcore.operators import LanczosDown
 
 

@@ -123,7 +123,7 @@ def observe(job: Job, image: Any, read_image: Callable[[str], Any]) -> tuple[Any
     downscales with LANCZOS; denoising adds σ-Gaussian noise; inpainting drops pixels with a Bernoulli mask.
     """
     import dipcore
-    from dipcore.degrade import binary_mask
+    from dipcore.observation import binary_mask
 
     s = job.synthesis
     if s is None:

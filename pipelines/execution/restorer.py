@@ -372,7 +372,7 @@ def _observation(w: _Work) -> Any:
     if not w.side:
         return w.obs
     import dipcore
-    from dipcore.degrade import binary_mask
+    from dipcore.observation import binary_mask
 
     mask, guide = w.side.get("mask"), w.side.get("guide")
     return dipcore.Observation(

@@ -321,9 +321,10 @@ def _read(
     kind: str,
     schema: pa.Schema,
     storage_options: dict | None,
-    run_id: str | None,
-    filter: ds.Expression | None,
-    columns: Sequence[str] | None,
+    *,
+    run_id: str | None = None,
+    filter: ds.Expression | None = None,
+    columns: Sequence[str] | None = None,
 ) -> pa.Table:
     base = storage.join(output_root, kind)
     # Pending first: a commit writes its file before it deletes the parts, so a listing of both taken while another
@@ -355,31 +356,16 @@ def _read(
     return table.replace_schema_metadata(schema.metadata)
 
 
-def read_report(
-    output_root: str,
-    storage_options: dict | None = None,
-    *,
-    run_id: str | None = None,
-    filter: ds.Expression | None = None,
-    columns: Sequence[str] | None = None,
-) -> pa.Table:
-    """Every report row under `output_root` (or one run's: only its folder is listed), in REPORT_SCHEMA; none → an
-    empty table. `filter` (a ``pyarrow.dataset`` expression, e.g. ``ds.field("status") == "ok"``) and `columns` go
-    to the scan: row groups whose statistics exclude the filter are not read."""
-    return _read(output_root, "report", REPORT_SCHEMA, storage_options, run_id, filter, columns)
+def read_report(output_root: str, storage_options: dict | None = None, **scan: Any) -> pa.Table:
+    """Every report row under `output_root`, in REPORT_SCHEMA; none → an empty table. `scan`: ``run_id`` (one
+    run's: only its folder is listed), ``filter`` (a ``pyarrow.dataset`` expression, e.g. ``ds.field("status") ==
+    "ok"``) and ``columns`` go to the scan: row groups whose statistics exclude the filter are not read."""
+    return _read(output_root, "report", REPORT_SCHEMA, storage_options, **scan)
 
 
-def read_curves(
-    output_root: str,
-    storage_options: dict | None = None,
-    *,
-    run_id: str | None = None,
-    filter: ds.Expression | None = None,
-    columns: Sequence[str] | None = None,
-) -> pa.Table:
-    """Every curve row under `output_root` (or one run's), in CURVES_SCHEMA; none → an empty table. `filter` and
-    `columns` as for `read_report`."""
-    return _read(output_root, "curves", CURVES_SCHEMA, storage_options, run_id, filter, columns)
+def read_curves(output_root: str, storage_options: dict | None = None, **scan: Any) -> pa.Table:
+    """Every curve row under `output_root`, in CURVES_SCHEMA; none → an empty table. `scan` as for `read_report`."""
+    return _read(output_root, "curves", CURVES_SCHEMA, storage_options, **scan)
 
 
 def latest_rows(table: pa.Table) -> pa.Table:
