@@ -112,11 +112,7 @@ def test_an_in_process_run_reports_its_running_fit_too(
         result = flows.restore_dataset(
             str(src),
             str(out),
-            "sr",
-            scale=2,
-            preset="fast",
-            iterations=ITERATIONS,
-            overrides={"channels": 4},
+            {"task": "sr", "scale": 2, "preset": "fast", "iterations": ITERATIONS, "channels": 4},
             execution={"executor": "inline"},
         )
     assert result["ok"] == 1
