@@ -13,9 +13,11 @@ import pytest
 import dipcore
 from pipelines import cli, ownership, storage
 from pipelines.reporting import reports, state
+from pipelines.settings import RestoreSettings, RunOptions
 
 CLI_FAST = ["--task", "denoise", "--preset", "fast", "--iterations", "2", "--channels", "4", "--quiet"]
-FAST = {"preset": "fast", "iterations": 2, "overrides": {"channels": 4}, "execution": {"executor": "inline"}}
+FAST = {"preset": "fast", "iterations": 2, "channels": 4}
+INLINE = {"executor": "inline"}
 
 
 def test_restore_keeps_a_file_already_in_the_output_folder(ray_local, prefect_harness, tmp_path, write_images, capsys):
@@ -44,9 +46,12 @@ def test_restore_keeps_a_file_already_in_the_output_folder(ray_local, prefect_ha
 
 
 def test_evaluate_takes_overwrite_too():
+    from pipelines.cli_options import from_args
+
     args = cli.build_parser().parse_args(["evaluate", "set5", "--data-root", "d", "-o", "o", "--overwrite"])
-    assert args.overwrite is True
-    assert cli.build_parser().parse_args(["restore", "s", "-o", "o", "--task", "sr"]).overwrite is False
+    assert from_args(RunOptions, args).overwrite is True
+    args = cli.build_parser().parse_args(["restore", "s", "-o", "o", "--task", "sr"])
+    assert from_args(RunOptions, args).overwrite is False
 
 
 @pytest.mark.usefixtures("prefect_harness")
@@ -55,7 +60,7 @@ def test_the_roots_own_outputs_are_replaced_a_crash_leftover_and_an_unmarked_one
 
     src, out = str(tmp_path / "src"), str(tmp_path / "out")
     write_images(src, ["a.png", "sub/b.png"], size=16)
-    flows.restore_dataset(src, out, "denoise", **FAST)
+    flows.restore_dataset(src, out, {"task": "denoise", **FAST}, execution=INLINE)
     b_out = tmp_path / "out" / "sub" / "b.png"
     assert json.loads(json.dumps(ownership.marked(b_out.read_bytes()))) == {
         "root": ownership.root_id(out),
@@ -65,20 +70,20 @@ def test_the_roots_own_outputs_are_replaced_a_crash_leftover_and_an_unmarked_one
     # A crash between writing the outputs and recording them: neither the report nor the state knows them.
     for uri in storage.list_files(state.state_dir(out)) + storage.list_files(f"{out}/report"):
         storage.remove_file(uri)
-    again = flows.restore_dataset(src, out, "denoise", **FAST)
+    again = flows.restore_dataset(src, out, {"task": "denoise", **FAST}, execution=INLINE)
     assert (again["ok"], again["error"]) == (2, 0)
 
     # An output written before outputs were marked: the state records it, under other settings too.
     unmarked = dipcore.encode_png(dipcore.decode_image(b_out.read_bytes()))
     b_out.write_bytes(unmarked)
-    other = flows.restore_dataset(src, out, "denoise", **{**FAST, "iterations": 3})
+    other = flows.restore_dataset(src, out, {"task": "denoise", **FAST, "iterations": 3}, execution=INLINE)
     assert (other["ok"], other["error"]) == (2, 0) and b_out.read_bytes() != unmarked
 
     # Another root's output (its mark names another root), where no run into this one wrote: not this root's.
     foreign = ownership.mark(unmarked, json.dumps({"root": "another-root", "output": "sub/c.png"}))
     (tmp_path / "out" / "sub" / "c.png").write_bytes(foreign)
     write_images(src, ["sub/c.png"], size=16)
-    last = flows.restore_dataset(src, out, "denoise", **FAST)
+    last = flows.restore_dataset(src, out, {"task": "denoise", **FAST}, execution=INLINE)
     assert (last["ok"], last["error"], last["done_earlier"]) == (0, 1, 2)
     assert (tmp_path / "out" / "sub" / "c.png").read_bytes() == foreign
 
@@ -90,8 +95,8 @@ def test_write_output_never_replaces_a_file_that_appears_after_the_look(where):
     owner = ownership.Owner(f"{root}/out", ownership.root_id(f"{root}/out", so))
     uri = f"{root}/out/deep/er/x.png"
     job = jobs.Job(
-        run_id="r", dataset="d", key="deep/er/x.png", input_uri="", task="denoise", restore_kwargs={},
-        config_hash="c", config_json="{}", seed=0, output_uri=uri, provenance=owner.provenance(uri),
+        run_id="r", dataset="d", key="deep/er/x.png", input_uri="",
+        config=jobs.restore_config(RestoreSettings(task="denoise")), output_uri=uri, provenance=owner.provenance(uri),
     )  # fmt: skip
     png = dipcore.encode_png(np.full((4, 4, 3), 0.5, np.float32))
     ownership.check_free(job, so)  # nothing there yet
