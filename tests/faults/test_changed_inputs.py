@@ -19,7 +19,8 @@ from PIL import Image
 from pipelines import storage
 from pipelines.reporting import reports, runs, state
 
-FAST = {"preset": "fast", "iterations": 2, "overrides": {"channels": 4}, "execution": {"executor": "inline"}}
+FAST = {"preset": "fast", "iterations": 2, "channels": 4}
+INLINE = {"executor": "inline"}
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -49,7 +50,7 @@ def test_inputs_changed_between_runs(where, ledger):
     keys = ["same.bmp", "in-place.bmp", "sub/renamed.bmp", "sub/deep/deleted.bmp", "replaced.bmp"]
     for i, key in enumerate(keys):
         storage.write_bytes_atomic(f"{src}/{key}", _bmp(i), so)
-    flows.restore_dataset(src, out, "denoise", storage_options=so, **FAST)
+    flows.restore_dataset(src, out, {"task": "denoise", **FAST}, execution=INLINE, storage_options=so)
     gone = {"sub/renamed.png": None, "sub/deep/deleted.png": None}
     for rel in gone:
         gone[rel] = storage.read_bytes(f"{out}/{rel}", so)
@@ -70,7 +71,7 @@ def test_inputs_changed_between_runs(where, ledger):
         backend,
         "rewritten in place (size, mtime, inode kept)" if backend == "local" else "uploaded again, same size",
     )
-    second = flows.restore_dataset(src, out, "denoise", storage_options=so, **FAST)
+    second = flows.restore_dataset(src, out, {"task": "denoise", **FAST}, execution=INLINE, storage_options=so)
     rows = reports.read_report(out, so, run_id=second["run_id"]).to_pylist()
     check_rows(outcome, listed, rows, expect=dict.fromkeys(listed, "ok"), done={"same.bmp"}, done_earlier=1)
     check_outputs(outcome, out, reports.read_report(out, so).to_pylist(), so)
@@ -97,18 +98,18 @@ def test_a_state_from_before_the_ctime_redoes_nothing(tmp_path, ledger):
     keys = [f"f{i}/img{i}.bmp" for i in range(6)]
     for i, key in enumerate(keys):
         storage.write_bytes_atomic(f"{src}/{key}", _bmp(i), None)
-    flows.restore_dataset(src, out, "denoise", **FAST)
+    flows.restore_dataset(src, out, {"task": "denoise", **FAST}, execution=INLINE)
     for uri in storage.list_files(state.state_dir(out)):  # as a version before the ctime wrote it
         path = storage.filesystem(uri)[1]
         table = pq.read_table(path)
         old = [storage.without_ctime(f) for f in table.column("input_fingerprint").to_pylist()]
         pq.write_table(table.set_column(3, "input_fingerprint", pc.cast(old, "string")), path)
     outcome = Outcome("an output root whose state predates the ctime", "changed input", "local", "after an upgrade")
-    upgraded = flows.restore_dataset(src, out, "denoise", **FAST)
+    upgraded = flows.restore_dataset(src, out, {"task": "denoise", **FAST}, execution=INLINE)
     rows = reports.read_report(out, run_id=upgraded["run_id"]).to_pylist()
     check_rows(outcome, set(keys), rows, done=set(keys), done_earlier=upgraded["done_earlier"])
     _in_place(f"{src}/{keys[0]}", _bmp(99))
-    after = flows.restore_dataset(src, out, "denoise", **FAST)
+    after = flows.restore_dataset(src, out, {"task": "denoise", **FAST}, execution=INLINE)
     rows = reports.read_report(out, run_id=after["run_id"]).to_pylist()
     check_rows(outcome, set(keys), rows, done=set(keys[1:]), done_earlier=after["done_earlier"])
     ledger(outcome)

@@ -29,9 +29,10 @@ from invariants import Outcome, check_outputs, check_outside_readers, check_unch
 from pipelines import storage
 from pipelines.execution.options import Execution
 from pipelines.reporting import reports, state
+from pipelines.settings import RestoreSettings, RunOptions
 
 ROOT = Path(__file__).resolve().parents[2]
-FAST = {"preset": "fast", "iterations": 2, "overrides": {"channels": 4}}
+FAST = RestoreSettings(task="denoise", preset="fast", iterations=2, channels=4)
 KEYS = ("a.png", "b.png", "c.png")
 WATCHED = ("/report/", "/curves/", "/_dipflow/pending/", "/_dipflow/state/", "/runs/")
 
@@ -107,11 +108,12 @@ def small_files(monkeypatch):
     monkeypatch.setattr(flows.state, "StateWriter", StateWriter)
 
 
-def _restore(src: Path, out: Path, **kwargs) -> dict:
+def _restore(src: Path, out: Path, **options) -> dict:
     from pipelines import flows
 
     execution = Execution(executor="inline", pack=1)  # one image at a time: the steps come in one order
-    return flows.restore_dataset.fn(str(src), str(out), "denoise", execution=execution, **FAST, **kwargs)
+    # .fn skips Prefect's parameter validation: models, not dicts
+    return flows.restore_dataset.fn(str(src), str(out), FAST, execution=execution, options=RunOptions(**options))
 
 
 def _ours(out: Path) -> dict[str, list[tuple]]:

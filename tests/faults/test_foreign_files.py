@@ -16,7 +16,8 @@ import dipcore
 from pipelines import ownership, storage
 from pipelines.reporting import reports
 
-FAST = {"preset": "fast", "iterations": 2, "overrides": {"channels": 4}, "execution": {"executor": "inline"}}
+FAST = {"preset": "fast", "iterations": 2, "channels": 4}
+INLINE = {"executor": "inline"}
 KEYS = ["a.png", "sub/b.png", "sub/deeper/c.png", "d.jpg", "sub/deeper/e.png"]
 FOREIGN = {  # output path → what stands there before the first run
     "a.png": "a file of the user's",
@@ -68,7 +69,7 @@ def test_a_file_that_is_not_the_runs_is_never_replaced(backend, tmp_path, reques
         now = {u: storage.sha256_hex(storage.read_bytes(u, so)) for u in theirs}
         check_unchanged(outcome, theirs, now, f"files not the run's, {when}")
 
-    first = flows.restore_dataset(src, out, "denoise", storage_options=so, **FAST)
+    first = flows.restore_dataset(src, out, {"task": "denoise", **FAST}, execution=INLINE, storage_options=so)
     rows = reports.read_report(out, so, run_id=first["run_id"]).to_pylist()
     expect = {k: ("error" if k.rpartition(".")[0] + ".png" in FOREIGN else "ok") for k in KEYS}
     check_rows(outcome, listed, rows, expect=expect)
@@ -82,13 +83,15 @@ def test_a_file_that_is_not_the_runs_is_never_replaced(backend, tmp_path, reques
     for folder in ("report", "curves", "runs", "_dipflow/state"):
         for uri in storage.list_files(f"{out}/{folder}", so):
             storage.remove_file(uri, so)
-    second = flows.restore_dataset(src, out, "denoise", storage_options=so, **FAST)
+    second = flows.restore_dataset(src, out, {"task": "denoise", **FAST}, execution=INLINE, storage_options=so)
     rows = reports.read_report(out, so, run_id=second["run_id"]).to_pylist()
     check_rows(outcome, listed, rows, expect=expect)
     check_outputs(outcome, out, rows, so, kept=frozenset(FOREIGN))
     kept_as_they_were("after a run over a crash's leftovers")
 
-    third = flows.restore_dataset(src, out, "denoise", storage_options=so, overwrite=True, **FAST)
+    third = flows.restore_dataset(
+        src, out, {"task": "denoise", **FAST}, execution=INLINE, options={"overwrite": True}, storage_options=so
+    )
     rows = reports.read_report(out, so, run_id=third["run_id"]).to_pylist()
     replaced = {k for k, e in expect.items() if e == "error"}
     check_rows(outcome, listed, rows, expect=dict.fromkeys(KEYS, "ok"), done=set(KEYS) - replaced)
@@ -97,7 +100,7 @@ def test_a_file_that_is_not_the_runs_is_never_replaced(backend, tmp_path, reques
         if storage.sha256_hex(storage.read_bytes(uri, so)) == theirs[uri]:
             outcome.fail("expected_missed", f"--overwrite left {uri} as it was")
 
-    fourth = flows.restore_dataset(src, out, "denoise", storage_options=so, **FAST)
+    fourth = flows.restore_dataset(src, out, {"task": "denoise", **FAST}, execution=INLINE, storage_options=so)
     rows = reports.read_report(out, so, run_id=fourth["run_id"]).to_pylist()
     check_rows(outcome, listed, rows, done=listed, done_earlier=fourth["done_earlier"])
     check_unchanged(outcome, inputs, {u: storage.sha256_hex(storage.read_bytes(u, so)) for u in inputs}, "inputs")

@@ -183,9 +183,10 @@ def test_a_ray_run_whose_lease_is_taken_over_stops_within_a_turn_of_its_loop(tmp
 
     thread = threading.Thread(target=usurp)
     thread.start()
-    settings = {"preset": "fast", "iterations": 300, "overrides": {"channels": 4}, "lease_stale_after": 0.4}
+    settings = {"task": "denoise", "preset": "fast", "iterations": 300, "channels": 4}
+    stale = {"lease_stale_after": 0.4}
     try:
-        flows.restore_dataset(src, out, "denoise", execution={"num_workers": 1, "pack": 1}, **settings)
+        flows.restore_dataset(src, out, settings, execution={"num_workers": 1, "pack": 1}, options=stale)
         outcome.fail("expected_missed", "the run finished although its lease was taken over")
     except LeaseLostError as exc:
         if "taken over by run usurper" not in str(exc) or not readable(str(exc)):
@@ -199,7 +200,7 @@ def test_a_ray_run_whose_lease_is_taken_over_stops_within_a_turn_of_its_loop(tmp
     outcome.notes.append(f"{len(outputs)} of {len(keys)} outputs written before it stopped")
 
     usurper["lease"].release()
-    flows.restore_dataset(src, out, "denoise", execution={"num_workers": 1}, **{**settings, "iterations": 2})
+    flows.restore_dataset(src, out, {**settings, "iterations": 2}, execution={"num_workers": 1}, options=stale)
     rows = reports.read_report(out).to_pylist()
     check_rows(outcome, set(keys), rows, expect=dict.fromkeys(keys, "ok"))
     check_outputs(outcome, out, rows)

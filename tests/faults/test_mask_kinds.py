@@ -17,7 +17,8 @@ import dipcore
 from pipelines import storage
 from pipelines.reporting import reports
 
-FAST = {"preset": "fast", "iterations": 2, "overrides": {"channels": 4}, "execution": {"executor": "inline"}}
+FAST = {"preset": "fast", "iterations": 2, "channels": 4}
+INLINE = {"executor": "inline"}
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -74,8 +75,14 @@ def test_every_kind_of_mask_ends_in_one_readable_row(where, ledger):
         storage.write_bytes_atomic(f"{root}/src/{case.name}", image, so)
         if case.mask is not None:
             storage.write_bytes_atomic(f"{root}/masks/{case.name}", case.mask, so)
-    kw = {"storage_options": so, "mask_dir": f"{root}/masks", **FAST}
-    summary = flows.restore_dataset(f"{root}/src", f"{root}/out", "inpaint", **kw)
+    summary = flows.restore_dataset(
+        f"{root}/src",
+        f"{root}/out",
+        {"task": "inpaint", **FAST},
+        selection={"mask_dir": f"{root}/masks"},
+        execution=INLINE,
+        storage_options=so,
+    )
     rows = reports.read_report(f"{root}/out", so, run_id=summary["run_id"]).to_pylist()
     check_outputs(Outcome("", "", "", ""), f"{root}/out", rows, so)
     for case in MASKS:

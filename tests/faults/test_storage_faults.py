@@ -26,7 +26,7 @@ from pipelines import storage
 from pipelines.errors import PipelineError
 from pipelines.reporting import reports
 
-FAST = {"preset": "fast", "iterations": 2, "overrides": {"channels": 8}}
+FAST = {"preset": "fast", "iterations": 2, "channels": 8}
 KEYS = ("a.png", "b.png", "sub/c.png")
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -129,22 +129,23 @@ def test_a_storage_fault_costs_only_its_images_and_a_rerun_finishes(
     outcome = Outcome(fault.case, "storage fault", f"{backend} + faulty://", fault.what)
     faulty = {**target, "faults": [dict(rule) for rule in fault.rules]}  # a fresh instance: the counts start anew
     inline = {"executor": "inline"}  # faulty:// is registered in this process only
+    settings = {"task": "denoise", **FAST}
 
     if fault.ends == "refused":
         with pytest.raises(PipelineError) as refused:
-            flows.restore_dataset(source, output, "denoise", storage_options=faulty, execution=inline, **FAST)
+            flows.restore_dataset(source, output, settings, execution=inline, storage_options=faulty)
         if not readable(str(refused.value)):
             outcome.fail("unreadable_errors", f"the run stopped with {refused.value!r}")
         outcome.notes.append(f"refused: {refused.value}")
         first_rows = []
     else:
-        first = flows.restore_dataset(source, output, "denoise", storage_options=faulty, execution=inline, **FAST)
+        first = flows.restore_dataset(source, output, settings, execution=inline, storage_options=faulty)
         first_rows = reports.read_report(output, storage_options=target, run_id=first["run_id"]).to_pylist()
         expect = {k: "error" if k in fault.errors else "ok" for k in KEYS}
         check_rows(outcome, set(KEYS), first_rows, expect=expect)
         outcome.notes += [row["error"] for row in first_rows if row["status"] == "error"]
 
-    second = flows.restore_dataset(source, output, "denoise", storage_options=target, execution=inline, **FAST)
+    second = flows.restore_dataset(source, output, settings, execution=inline, storage_options=target)
     second_rows = reports.read_report(output, storage_options=target, run_id=second["run_id"]).to_pylist()
     check_rows(
         outcome,
