@@ -19,12 +19,13 @@ import dipcore
 from pipelines import jobs, storage
 from pipelines.evaluation import protocols
 from pipelines.jobs import Job, Synthesis
+from pipelines.settings import EvaluationSettings, RestoreSettings
 
-FAST = {"preset": "fast", "iterations": 2, "overrides": {"channels": 8}}
+FAST = {"preset": "fast", "iterations": 2, "channels": 8}
 
 
 def plan(root: str, output: str, task: str = "denoise", synthesis: Synthesis | None = None, **kw) -> Planned:
-    config = jobs.run_config(task, synthesis=synthesis, **{**FAST, **kw})
+    config = jobs.run_config(dipcore.preset_for(task, **FAST, **kw), synthesis=synthesis)
     return whole_plan.plan(root, run_id="test-run", dataset="tiny", output=output, config=config)
 
 
@@ -109,37 +110,42 @@ def test_plan_rejects_keys_that_would_escape_the_output_root():
 
 
 def test_config_hash_changes_with_settings_not_with_execution():
-    a = jobs.run_config("denoise", **FAST)
-    assert jobs.run_config("denoise", **FAST).config_hash == a.config_hash
-    assert jobs.run_config("denoise", **{**FAST, "iterations": 3}).config_hash != a.config_hash
-    assert jobs.run_config("denoise", **FAST, seed=1).config_hash != a.config_hash
+    def config(**kw) -> jobs.RunConfig:
+        return jobs.restore_config(RestoreSettings(task="denoise", **{**FAST, **kw}))
+
+    a = config()
+    assert config().config_hash == a.config_hash
+    assert config(iterations=3).config_hash != a.config_hash
+    assert config(seed=1).config_hash != a.config_hash
     with pytest.raises(dipcore.ConfigError, match="unknown setting"):
-        jobs.run_config("denoise", overrides={"chanels": 8})
+        config(overrides={"chanels": 8})
 
 
 def test_evaluation_configs_follow_the_paper_and_hash_what_shapes_a_row():
-    fast = {"preset": "fast", "iterations": 2, "overrides": {"channels": 8}}
-    dn = protocols.evaluation_config("cbm3d9", **fast)
+    def config(name: str, **kw) -> jobs.RunConfig:
+        return protocols.evaluation_config(name, EvaluationSettings(**kw))
+
+    dn = config("cbm3d9", **FAST)
     assert dn.config["restarts"] == 2 and dn.config["early_stopping"] == "observe" and dn.classical
-    assert dn.restore_kwargs["restarts"] == 2 and dn.config["classical_baseline"] is True
-    assert protocols.evaluation_config("cbm3d9").config["iterations"] == 1800  # the paper's table (the code: 3000)
-    sr = protocols.evaluation_config("set5", **fast)
+    assert dn.preset.restarts == 2 and dn.config["classical_baseline"] is True
+    assert config("cbm3d9").config["iterations"] == 1800  # the paper's table (the code: 3000)
+    sr = config("set5", **FAST)
     assert sr.config["restarts"] == 1 and not sr.classical and "classical_baseline" not in sr.config  # bicubic
     # SR keeps no moving average: the evaluation records one (psnr_average) and still returns the last iterate.
     assert (sr.config["ema"], sr.config["output"]) == (protocols.OBSERVED_EMA, "final")
-    assert protocols.evaluation_config("set5", overrides={"ema": 0.9}).config["ema"] == 0.9  # a caller's stays
+    assert config("set5", overrides={"ema": 0.9}).config["ema"] == 0.9  # a caller's stays
     assert dn.config["ema"] == dipcore.preset_for("denoise", preset="fast").ema  # the preset's own
-    assert protocols.evaluation_config("cbm3d9", task="sr", **fast).config["restarts"] == 1  # runs follow the task
+    assert config("cbm3d9", task="sr", **FAST).config["restarts"] == 1  # runs follow the task
     changed = [
-        protocols.evaluation_config("cbm3d9", **fast, **kw).config_hash
-        for kw in ({"runs": 1}, {"early_stopping": "off"}, {"early_stopping": "stop"}, {"classical": False})
+        config("cbm3d9", **FAST, **kw).config_hash
+        for kw in ({"runs": 1}, {"stopping": "off"}, {"stopping": "variance"}, {"classical": False})
     ]
     assert len({dn.config_hash, *changed}) == 5
-    assert protocols.evaluation_config("cbm3d9", preset="fast", overrides={"restarts": 3}).config["restarts"] == 3
+    assert config("cbm3d9", preset="fast", overrides={"restarts": 3}).config["restarts"] == 3
     with pytest.raises(dipcore.ConfigError, match="disagree"):
-        protocols.evaluation_config("cbm3d9", runs=2, overrides={"restarts": 3})
-    with pytest.raises(dipcore.ConfigError, match="observe, stop, off"):
-        protocols.evaluation_config("set5", early_stopping="maybe")
+        config("cbm3d9", runs=2, overrides={"restarts": 3})
+    with pytest.raises(ValueError, match="'variance', 'observe' or 'off'"):  # pydantic's ValidationError
+        config("set5", stopping="maybe")
 
 
 # ------------------------------------------------------------------------------------------------- on Ray
