@@ -28,7 +28,7 @@ from whole_plan import listing as listing_of
 from pipelines import storage
 from pipelines.reporting import reports
 
-FAST = {"preset": "fast", "iterations": 2, "overrides": {"channels": 8}}
+FAST = {"preset": "fast", "iterations": 2, "channels": 8}
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -77,8 +77,8 @@ def test_every_bad_input_and_hostile_name_ends_in_one_readable_row(backend, ray_
     listing = listing_of(source, storage_options=options)
     listed = {entry.key for entry in listing.images} | {key for key, _ in listing.excluded}
 
-    first = flows.restore_dataset(source, output, "denoise", storage_options=options, **FAST)
-    second = flows.restore_dataset(source, output, "denoise", storage_options=options, **FAST)
+    first = flows.restore_dataset(source, output, {"task": "denoise", **FAST}, storage_options=options)
+    second = flows.restore_dataset(source, output, {"task": "denoise", **FAST}, storage_options=options)
     rows = reports.read_report(output, storage_options=options).to_pylist()
     first_rows = [r for r in rows if r["run_id"] == first["run_id"]]
     second_rows = [r for r in rows if r["run_id"] == second["run_id"]]

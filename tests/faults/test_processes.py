@@ -359,8 +359,8 @@ def test_an_actor_killed_mid_fit_costs_one_attempt_and_no_row(
     killer = threading.Thread(target=kill_one_busy_actor, daemon=True)
     killer.start()
     # 150 iterations: a second or more per image on a CPU, so that the kill lands inside a fit.
-    slow_fits = {"preset": "fast", "iterations": 150, "overrides": {"channels": 8}}
-    first = flows.restore_dataset(str(tmp_path / "src"), str(tmp_path / "out"), "denoise", **slow_fits)
+    slow_fits = {"task": "denoise", "preset": "fast", "iterations": 150, "channels": 8}
+    first = flows.restore_dataset(str(tmp_path / "src"), str(tmp_path / "out"), slow_fits)
     killer.join(timeout=10)
     assert killed, "no actor was seen busy: the case did not run"
     rows = reports.read_report(str(tmp_path / "out"), run_id=first["run_id"]).to_pylist()
