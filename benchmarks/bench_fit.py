@@ -30,9 +30,9 @@ import torch
 
 from dipcore import EngineOptions, get_task, preset_for
 from dipcore.api import build_problem, run_fits
-from dipcore.observation import Observation
 from dipcore.fit import FitSettings
 from dipcore.memory import estimate_peak_bytes
+from dipcore.observation import Observation
 
 PLAIN = EngineOptions(
     sync_every=1,
