@@ -9,10 +9,10 @@ import dipcore
 from dipcore import preset_for
 from dipcore.api import build_problem
 from dipcore.concurrent import concurrent_workers, fit_concurrently
-from dipcore.observation import Observation
 from dipcore.engine import EngineOptions
 from dipcore.errors import ConfigError
 from dipcore.fit import FitSettings, fit
+from dipcore.observation import Observation
 
 SMALL = dict(preset="fast", channels=8)
 

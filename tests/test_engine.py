@@ -9,8 +9,8 @@ from skimage import data
 import dipcore
 from dipcore import engine as engine_mod
 from dipcore.api import build_problem
-from dipcore.observation import Observation
 from dipcore.fit import FitSettings, fit
+from dipcore.observation import Observation
 from dipcore.task_defs import TASK_DEFS
 from dipcore.tasks import preset_for
 
