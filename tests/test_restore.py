@@ -264,3 +264,18 @@ def test_grayscale_in_grayscale_out(photo):
     mask = bernoulli_mask(64, 64, drop=0.5, seed=1)
     res = dipcore.restore(gray * mask, task="inpaint", mask=mask, preset="fast", iterations=3, channels=8)
     assert res.image.shape == (64, 64, 1)
+
+
+def test_a_resolved_preset_runs_as_it_is_and_refuses_settings_given_again(photo):
+    """What the pipelines do: resolve once (`preset_for`), hand the TaskPreset to every fit. The same fit as the
+    keywords give; a setting given beside it would be silently one of two, so it is refused."""
+    small = dipcore.center_crop(photo, 32, 32)
+    settings = {"preset": "fast", "iterations": 3, "channels": 4}
+    resolved = dipcore.preset_for("denoise", **settings)
+    by_keywords = dipcore.restore(small, task="denoise", seed=1, **settings)
+    by_preset = dipcore.restore(small, task="denoise", seed=1, preset=resolved)
+    assert by_preset.config == by_keywords.config
+    np.testing.assert_array_equal(by_preset.image, by_keywords.image)  # one process, one machine: the same fit
+    for given in ({"iterations": 5}, {"lr": 0.1}, {"task": "sr"}):
+        with pytest.raises(dipcore.ConfigError, match="runs as it is"):
+            dipcore.restore(small, **{"task": "denoise", **given}, preset=resolved)
