@@ -25,12 +25,9 @@ def test_dip_beats_the_degraded_input_on_denoising_and_inpainting_benchmarks(ray
         ["cbm3d9", "heide11"],
         str(DATA),
         str(tmp_path / "eval"),
-        crop=64,
-        limit=2,
+        {"crop": 64, "preset": "fast", "iterations": 400, "channels": 16, "overrides": {"es_patience": 100}},
         execution={"executor": "inline"},
-        preset="fast",
-        iterations=400,
-        overrides={"channels": 16, "es_patience": 100},
+        options={"limit": 2},
     )
     assert (summary["ok"], summary["error"]) == (4, 0), summary["failures"]
     rows = reports.read_report(str(tmp_path / "eval")).to_pylist()
