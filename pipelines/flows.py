@@ -1,8 +1,10 @@
 """Prefect flows: restore a dataset, evaluate on the paper's benchmarks. Each reads like a table of contents —
 list → plan → skip what earlier runs finished → restore on Ray → report → artifacts — and every Prefect call stays
 here on the driver (Ray workers never talk to Prefect: in ephemeral mode there is no server they could reach). The
-long part, the Ray driver loop, is the task run ``restore-images``; where and how it runs is one parameter,
-``execution`` (`pipelines.execution.options.Execution`), shown by Prefect's UI as one form.
+long part, the Ray driver loop, is the task run ``restore-images``. Each group of knobs is one parameter, shown by
+Prefect's UI as one form: what to restore and how (``settings``, `pipelines.settings`), which files (``selection``),
+where and how the jobs run (``execution``, `pipelines.execution.options.Execution`) and what a run does with its
+output root (``options``).
 
 Credentials: a flow's parameters are stored by Prefect (and shown in its UI), so secret storage options (keys,
 secrets, tokens, passwords, an endpoint URL with ``user:password@`` …) must not be parameters, and neither may a URL
