@@ -116,6 +116,10 @@ _SR_BY_SCALE = {2: (2000, 0.03), 4: (2000, 0.03), 8: (4000, 0.05)}  # (iteration
 _FAST_CHANNELS = 32
 _FAST_ITERATIONS = {"inpaint": 1200, "preimage": 300, "flash_noflash": 300}
 _FAST_DEFAULT_ITERATIONS = 600
+# The fast preset returns the moving average of outputs (EMA 0.99, as denoising's paper preset) where its short count
+# leaves the last iterate noisy: at the same cost, +1.2 dB on Set5 ×4 and +0.8 on Set14 (all 19 images), +1.1 dB on
+# the CPU preset study's SR images (issue 28; docs/results.md, "The CPU preset").
+_FAST_AVERAGE = frozenset({"sr", "inpaint"})
 
 # What the paper preset returns without ground truth, where the stopping study (issue 14, benchmarks/RESULTS.md)
 # found the fixed count far from the best output: denoising's blind count, at σ = 25 and more (figures there).
@@ -173,7 +177,8 @@ def _fast(p: TaskPreset) -> TaskPreset:
     opts = {**p.net_options, **nets.width_options(p.net, p.net_options, _FAST_CHANNELS)}
     iterations = _FAST_ITERATIONS.get(p.task, _FAST_DEFAULT_ITERATIONS)
     lr = max(p.lr, 0.01)  # short runs need the larger step of most notebooks
-    return dataclasses.replace(p, net_options=dict(opts), iterations=iterations, lr=lr)
+    average = {"ema": p.ema or 0.99, "output": "average"} if p.task in _FAST_AVERAGE else {}
+    return dataclasses.replace(p, net_options=dict(opts), iterations=iterations, lr=lr, **average)
 
 
 def apply_overrides(p: TaskPreset, **overrides: Any) -> TaskPreset:
