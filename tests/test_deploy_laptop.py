@@ -228,10 +228,10 @@ def _check_output(out: Path) -> None:
 
 
 def _stop_the_worker(term: Terminal, worker: int) -> None:
-    """The user's Ctrl-C. Prefect's worker then waits for its flow runs' processes to end; a second Ctrl-C kills it
-    (its own message says so). Twice in the full suite of 2026-12-08 (never alone, nor beside the e2e test) the
-    first did not stop it within 300 s although its run had completed: the second is what a user does then, and
-    the processes still running are named in a warning, so that the hang stays visible until it is understood."""
+    """The user's Ctrl-C; a second one kills Prefect's worker (its own message says so). In the full suite of
+    2026-12-08 (never alone, nor beside the e2e test) the first did not stop it within 300 s although its run had
+    completed, and no flow-run process was left: the worker process itself stayed. The second is what a user does
+    then, and the processes still running are named in a warning, so the hang stays visible until it is understood."""
     for pid in term.children("prefect worker start"):
         os.kill(pid, signal.SIGINT)
     try:
