@@ -146,7 +146,8 @@ def from_args(model: Any, args: argparse.Namespace, **given: Any) -> Any:
     return model(**{**values, **given})
 
 
-_CHECKS: dict[str, Callable[[str], str]] = {}  # Flag.check -> the argparse type run before the model's validation
+# Flag.check -> the argparse type run before the model's validation
+_CHECKS: dict[str, Callable[[str], str]] = {"url": url, "glob": glob, "suffix": suffix}
 
 
 def _field_parser(model: Any, name: str, check: str | None) -> Callable[[str], Any]:
@@ -243,6 +244,3 @@ def check_run_settings(settings: Any) -> Any:
     from pipelines import jobs
 
     return check_settings(lambda: jobs.restore_config(settings))
-
-
-_CHECKS.update(url=url, glob=glob, suffix=suffix)
